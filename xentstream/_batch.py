@@ -1,0 +1,426 @@
+"""One batch through one kernel: the single update path of functions and metrics.
+
+``multiclass_batch``, ``binary_batch``, ``multilabel_batch`` and
+``entropy_batch`` take user inputs and a config, check shapes and dtypes, call
+the matching CPU kernel once, and return the batch's exact partial sums
+(:class:`BatchSums`) or raise the first validation error. Nothing here keeps
+state: the functional API reduces a ``BatchSums`` immediately, a metric merges it
+into its state only after the whole batch passed validation (which is what makes
+``update`` atomic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+
+from xentstream import accumulator
+from xentstream._errors import DEFAULT_NAMES, ColumnNames, kernel_error
+from xentstream._inputs import as_array
+from xentstream._kernels import cpu, layout
+from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
+from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
+
+__all__ = [
+    "BatchSums",
+    "binary_batch",
+    "entropy_batch",
+    "multiclass_batch",
+    "multilabel_batch",
+]
+
+#: A block should hold at least this many prediction elements: fewer and the cost of
+#: zeroing and combining its accumulators outweighs the parallel speed-up.
+_MIN_BLOCK_ELEMENTS = 1 << 15
+#: Blocks per thread: a few, so that uneven rows (early validation exits, ignored
+#: rows) still balance.
+_BLOCKS_PER_THREAD = 4
+#: Memory cap for the per-block per-class accumulators of one call.
+_CLASS_SUMS_BUDGET_BYTES = 1 << 28
+
+_NO_ROWS = np.empty(0, dtype=np.float64)
+_NO_WEIGHTS = np.empty(0, dtype=np.float64)
+
+
+@dataclass
+class BatchSums:
+    """Exact partial sums of one batch.
+
+    Attributes
+    ----------
+    sums : ndarray, shape (N_SUMS, N_SLOTS)
+        One exact accumulator per quantity of :mod:`xentstream._kernels.layout`.
+    counts : ndarray, shape (N_COUNTS,)
+        Rows counted and rows ignored.
+    class_sums : ndarray or None, shape (C, N_CLASS_SUMS, N_SLOTS)
+        Per-class (per-label) sums when requested.
+    class_counts : ndarray or None, shape (C,)
+        Per-class rows (multi-label: positives) when requested.
+    row_losses : ndarray or None
+        Per-row losses in the inputs' leading shape when requested.
+    n_classes : int
+        Number of classes (labels) of the batch; 1 for binary.
+    """
+
+    sums: np.ndarray
+    counts: np.ndarray
+    class_sums: np.ndarray | None
+    class_counts: np.ndarray | None
+    row_losses: np.ndarray | None
+    n_classes: int
+
+    @property
+    def n_rows(self) -> int:
+        """Rows in the batch, ignored rows included."""
+        return int(self.counts[layout.ROWS] + self.counts[layout.IGNORED])
+
+
+def _block_count(n_rows: int, n_classes: int, per_class: bool) -> int:
+    """Number of row blocks for one call (any choice gives the same bits)."""
+    threads = numba.get_num_threads()
+    blocks = max(
+        1, min(n_rows * max(n_classes, 1) // _MIN_BLOCK_ELEMENTS, threads * _BLOCKS_PER_THREAD)
+    )
+    if per_class:
+        per_block = n_classes * layout.N_CLASS_SUMS * N_SLOTS * 8
+        blocks = max(1, min(blocks, _CLASS_SUMS_BUDGET_BYTES // per_block))
+    # Each block must stay below the terms a chunk can absorb without carrying.
+    blocks = max(blocks, -(-n_rows // MAX_TERMS_PER_BLOCK))
+    return min(blocks, max(n_rows, 1))
+
+
+def _run(
+    kernel: Any,
+    preds: np.ndarray,
+    target: np.ndarray,
+    weights: np.ndarray,
+    sample_weight: np.ndarray,
+    opts: layout.KernelOptions,
+    *,
+    leading_shape: tuple[int, ...],
+    n_classes: int,
+    per_class: bool,
+    keep_rows: bool,
+    row_offset: int,
+    names: ColumnNames,
+    kind: str,
+) -> BatchSums:
+    # Only C-contiguous arrays reach the kernels: other layouts are copied once here,
+    # which keeps one compiled specialization per dtype instead of one per layout.
+    preds = np.ascontiguousarray(preds)
+    target = np.ascontiguousarray(target)
+    sample_weight = np.ascontiguousarray(sample_weight)
+    n_rows = preds.shape[0]
+    n_blocks = _block_count(n_rows, n_classes, per_class)
+    row_losses = np.empty(n_rows, dtype=np.float64) if keep_rows else _NO_ROWS
+    block_sums = np.zeros((n_blocks, layout.N_SUMS, N_SLOTS), dtype=np.int64)
+    block_counts = np.zeros((n_blocks, layout.N_COUNTS), dtype=np.int64)
+    class_width = n_classes if per_class else 0
+    block_class_sums = np.zeros((n_blocks, class_width, layout.N_CLASS_SUMS, N_SLOTS), np.int64)
+    block_class_counts = np.zeros((n_blocks, class_width), dtype=np.int64)
+    errors = np.full((n_blocks, 3), -1, dtype=np.int64)
+    error_values = np.zeros(n_blocks, dtype=np.float64)
+    kernel(
+        preds,
+        target,
+        weights,
+        sample_weight,
+        opts,
+        row_losses,
+        block_sums,
+        block_counts,
+        block_class_sums,
+        block_class_counts,
+        errors,
+        error_values,
+    )
+    failed = np.flatnonzero(errors[:, 0] >= 0)
+    if failed.size:
+        first = failed[np.argmin(errors[failed, 0])]
+        row, code, column = (int(v) for v in errors[first])
+        raise kernel_error(
+            code,
+            row,
+            column,
+            float(error_values[first]),
+            names=names,
+            row_offset=row_offset,
+            leading_shape=leading_shape,
+            n_classes=n_classes,
+            sum_tol=opts.sum_tol,
+            kind=kind,
+        )
+    sums = accumulator.empty(layout.N_SUMS)
+    combine_blocks(block_sums, sums)
+    class_sums = class_counts = None
+    if per_class:
+        class_sums = accumulator.empty(n_classes, layout.N_CLASS_SUMS)
+        combine_blocks(
+            block_class_sums.reshape(n_blocks, n_classes * layout.N_CLASS_SUMS, N_SLOTS),
+            class_sums.reshape(n_classes * layout.N_CLASS_SUMS, N_SLOTS),
+        )
+        class_counts = block_class_counts.sum(axis=0)
+    return BatchSums(
+        sums=sums,
+        counts=block_counts.sum(axis=0),
+        class_sums=class_sums,
+        class_counts=class_counts,
+        row_losses=row_losses.reshape(leading_shape) if keep_rows else None,
+        n_classes=n_classes,
+    )
+
+
+def _empty_batch(n_classes: int, per_class: bool, keep_rows: bool, shape: tuple) -> BatchSums:
+    return BatchSums(
+        sums=accumulator.empty(layout.N_SUMS),
+        counts=np.zeros(layout.N_COUNTS, dtype=np.int64),
+        class_sums=accumulator.empty(n_classes, layout.N_CLASS_SUMS) if per_class else None,
+        class_counts=np.zeros(n_classes, dtype=np.int64) if per_class else None,
+        row_losses=np.zeros(shape, dtype=np.float64) if keep_rows else None,
+        n_classes=n_classes,
+    )
+
+
+def _sample_weight(sample_weight: Any, leading_shape: tuple[int, ...], name: str) -> np.ndarray:
+    if sample_weight is None:
+        return _NO_WEIGHTS
+    weights = as_array(sample_weight, name)
+    if weights.dtype.kind not in "fiub":
+        raise TypeError(f"{name}: must be numeric, got {weights.dtype}")
+    if weights.dtype.kind != "f" or weights.dtype.itemsize < 4:
+        weights = weights.astype(np.float64)
+    if weights.shape != leading_shape:
+        raise ValueError(
+            f"{name}: shape {weights.shape} does not match the rows of the predictions "
+            f"{leading_shape}"
+        )
+    return weights.reshape(-1)
+
+
+def _as_kernel_labels(array: np.ndarray) -> np.ndarray:
+    # numba reads bool arrays poorly as numbers; a uint8 view is free.
+    return array.view(np.uint8) if array.dtype == np.bool_ else array
+
+
+def _class_predictions(
+    preds: Any, names: ColumnNames, expected: int | None, what: str
+) -> tuple[np.ndarray, tuple[int, ...], int]:
+    array = as_array(preds, names.preds, floating=True)
+    if array.ndim < 2:
+        raise ValueError(
+            f"{names.preds}: shape {array.shape} has no {what} dimension; expected (..., C)"
+        )
+    n_classes = array.shape[-1]
+    if n_classes == 0:
+        raise ValueError(f"{names.preds}: shape {array.shape} has zero {what}es")
+    if expected is not None and n_classes != expected:
+        raise ValueError(
+            f"{names.preds}: has {n_classes} {what}es (last dimension) but the metric "
+            f"expects {expected}"
+        )
+    return array, array.shape[:-1], n_classes
+
+
+def _options(config: LossConfig, dtype: np.dtype, **extra: Any) -> layout.KernelOptions:
+    return layout.kernel_options(
+        input_kind=layout.INPUT_KINDS[config.input],
+        eps=config.resolve_eps(dtype),
+        sum_tol=config.resolve_sum_tol(dtype),
+        validate=config.validate,
+        **extra,
+    )
+
+
+def multiclass_batch(
+    config: MulticlassConfig,
+    preds: Any,
+    target: Any,
+    sample_weight: Any = None,
+    *,
+    keep_rows: bool = False,
+    with_entropy: bool = False,
+    row_offset: int = 0,
+    names: ColumnNames = DEFAULT_NAMES,
+) -> BatchSums:
+    """Exact sums of multiclass cross-entropy over one batch (hard or soft targets)."""
+    preds, leading_shape, n_classes = _class_predictions(preds, names, config.num_classes, "class")
+    target = as_array(target, names.target)
+    if config.class_weight is not None and len(config.class_weight) != n_classes:
+        raise ValueError(
+            f"class_weight: has {len(config.class_weight)} entries but {names.preds} has "
+            f"{n_classes} classes"
+        )
+    if target.shape == leading_shape and target.dtype.kind in "iub":
+        kernel = cpu.multiclass_hard
+        target = _as_kernel_labels(target).reshape(-1)
+    elif target.shape == preds.shape and target.dtype.kind == "f":
+        if config.ignore_index is not None:
+            raise ValueError(
+                f"{names.target}: soft targets (shape {target.shape}) cannot use "
+                "ignore_index, which selects hard labels"
+            )
+        kernel = cpu.multiclass_soft
+        target = target.reshape(-1, n_classes)
+    elif target.shape == leading_shape:
+        raise TypeError(
+            f"{names.target}: hard labels must be integers, got {target.dtype}; soft "
+            f"targets must have the predictions' shape {preds.shape}"
+        )
+    else:
+        raise ValueError(
+            f"{names.target}: shape {target.shape} matches neither hard labels "
+            f"{leading_shape} nor soft targets {preds.shape} for {names.preds}"
+        )
+    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight)
+    per_class = config.per_class
+    if preds.size == 0:
+        return _empty_batch(n_classes, per_class, keep_rows, leading_shape)
+    class_weight = (
+        np.ones(n_classes) if config.class_weight is None else np.asarray(config.class_weight)
+    )
+    opts = _options(
+        config,
+        preds.dtype,
+        label_smoothing=config.label_smoothing,
+        ignore_index=config.ignore_index,
+        with_entropy=with_entropy,
+    )
+    return _run(
+        kernel,
+        preds.reshape(-1, n_classes),
+        target,
+        class_weight,
+        weights,
+        opts,
+        leading_shape=leading_shape,
+        n_classes=n_classes,
+        per_class=per_class,
+        keep_rows=keep_rows,
+        row_offset=row_offset,
+        names=names,
+        kind="multiclass",
+    )
+
+
+def _binary_target(target: Any, shape: tuple[int, ...], names: ColumnNames) -> np.ndarray:
+    array = as_array(target, names.target)
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"{names.target}: must be numeric or bool, got {array.dtype}")
+    if array.shape != shape:
+        raise ValueError(
+            f"{names.target}: shape {array.shape} does not match {names.preds} shape {shape}"
+        )
+    return _as_kernel_labels(array)
+
+
+def binary_batch(
+    config: BinaryConfig,
+    preds: Any,
+    target: Any,
+    sample_weight: Any = None,
+    *,
+    keep_rows: bool = False,
+    with_entropy: bool = False,
+    row_offset: int = 0,
+    names: ColumnNames = DEFAULT_NAMES,
+) -> BatchSums:
+    """Exact sums of binary cross-entropy over one batch (predictions of any shape)."""
+    preds = as_array(preds, names.preds, floating=True)
+    leading_shape = preds.shape
+    target = _binary_target(target, leading_shape, names).reshape(-1)
+    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight)
+    if preds.size == 0:
+        return _empty_batch(1, False, keep_rows, leading_shape)
+    pos_weight = 1.0 if config.pos_weight is None else config.pos_weight
+    opts = _options(config, preds.dtype, pos_weight=pos_weight, with_entropy=with_entropy)
+    return _run(
+        cpu.binary,
+        preds.reshape(-1),
+        target,
+        _NO_WEIGHTS,
+        weights,
+        opts,
+        leading_shape=leading_shape,
+        n_classes=1,
+        per_class=False,
+        keep_rows=keep_rows,
+        row_offset=row_offset,
+        names=names,
+        kind="binary",
+    )
+
+
+def multilabel_batch(
+    config: MultilabelConfig,
+    preds: Any,
+    target: Any,
+    sample_weight: Any = None,
+    *,
+    keep_rows: bool = False,
+    with_entropy: bool = False,
+    row_offset: int = 0,
+    names: ColumnNames = DEFAULT_NAMES,
+) -> BatchSums:
+    """Exact sums of multi-label cross-entropy (sum over labels per row) over one batch."""
+    preds, leading_shape, n_labels = _class_predictions(preds, names, config.num_labels, "label")
+    target = _binary_target(target, preds.shape, names).reshape(-1, n_labels)
+    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight)
+    if isinstance(config.pos_weight, tuple) and len(config.pos_weight) != n_labels:
+        raise ValueError(
+            f"pos_weight: has {len(config.pos_weight)} entries but {names.preds} has "
+            f"{n_labels} labels"
+        )
+    if preds.size == 0:
+        return _empty_batch(n_labels, config.per_label, keep_rows, leading_shape)
+    if config.pos_weight is None:
+        pos_weight = np.ones(n_labels)
+    else:
+        pos_weight = np.broadcast_to(np.asarray(config.pos_weight, dtype=np.float64), (n_labels,))
+    opts = _options(config, preds.dtype, with_entropy=with_entropy)
+    return _run(
+        cpu.multilabel,
+        preds.reshape(-1, n_labels),
+        target,
+        np.ascontiguousarray(pos_weight),
+        weights,
+        opts,
+        leading_shape=leading_shape,
+        n_classes=n_labels,
+        per_class=config.per_label,
+        keep_rows=keep_rows,
+        row_offset=row_offset,
+        names=names,
+        kind="multilabel",
+    )
+
+
+def entropy_batch(
+    config: LossConfig,
+    preds: Any,
+    *,
+    keep_rows: bool = False,
+    names: ColumnNames = DEFAULT_NAMES,
+) -> BatchSums:
+    """Exact sums of the entropy of each predicted distribution over one batch."""
+    preds, leading_shape, n_classes = _class_predictions(preds, names, None, "class")
+    if preds.size == 0:
+        return _empty_batch(n_classes, False, keep_rows, leading_shape)
+    opts = _options(config, preds.dtype, with_entropy=True)
+    return _run(
+        cpu.prediction_entropy,
+        preds.reshape(-1, n_classes),
+        _NO_WEIGHTS,
+        _NO_WEIGHTS,
+        _NO_WEIGHTS,
+        opts,
+        leading_shape=leading_shape,
+        n_classes=n_classes,
+        per_class=False,
+        keep_rows=keep_rows,
+        row_offset=0,
+        names=names,
+        kind="multiclass",
+    )

@@ -1,0 +1,106 @@
+"""Turn user inputs (numpy, lists, polars, pyarrow, torch CPU tensors) into numpy arrays.
+
+Zero-copy wherever the source memory allows it; nothing here imports polars,
+pyarrow or torch (their objects are recognised by their module).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["as_array"]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _module(value: Any) -> str:
+    return type(value).__module__.split(".", 1)[0]
+
+
+def _first_null_error(name: str, mask: np.ndarray) -> ValueError:
+    row = int(np.argmax(mask))
+    return ValueError(f"{name}: row {row}: value is null; nulls are not allowed")
+
+
+def as_array(value: Any, name: str, *, floating: bool = False) -> np.ndarray:
+    """Return ``value`` as a numpy array, without copying when possible.
+
+    Parameters
+    ----------
+    value
+        A numpy array, list, polars Series/DataFrame, pyarrow (Chunked)Array or a torch
+        CPU tensor.
+    name
+        The argument or column name used in error messages.
+    floating
+        Require a floating-point result: float16 and bfloat16 are widened to float32,
+        integer lists to float64; integer arrays are a ``TypeError``.
+
+    Raises
+    ------
+    TypeError
+        For an unsupported object or dtype.
+    ValueError
+        For null values.
+
+    Examples
+    --------
+    >>> as_array([[0.5, 0.5]], "preds", floating=True).dtype
+    dtype('float64')
+    """
+    module = _module(value)
+    from_list = False
+    if isinstance(value, np.ndarray):
+        array = value
+    elif module == "torch":
+        if getattr(value, "device", None) is not None and value.device.type != "cpu":
+            raise TypeError(
+                f"{name}: a {value.device.type} tensor needs engine='cuda' "
+                "(the CPU engine reads host memory only)"
+            )
+        tensor = value.detach()
+        if str(tensor.dtype) in ("torch.bfloat16", "torch.float16"):
+            tensor = tensor.float()
+        array = tensor.numpy()
+    elif module == "polars":
+        if hasattr(value, "null_count") and callable(value.null_count):
+            nulls = value.null_count()
+            if not isinstance(nulls, int):  # a DataFrame: one count per column
+                nulls = int(nulls.sum_horizontal().item())
+            if nulls:
+                mask = value.is_null().to_numpy() if hasattr(value, "is_null") else None
+                if mask is None:
+                    mask = value.select(_any_null_expr()).to_series().to_numpy()
+                raise _first_null_error(name, mask)
+        array = value.to_numpy()
+    elif module == "pyarrow":
+        if value.null_count:
+            raise _first_null_error(name, np.asarray(value.is_null()))
+        array = value.to_numpy(zero_copy_only=False)
+    elif isinstance(value, list | tuple) or np.isscalar(value):
+        from_list = True
+        array = np.asarray(value)
+    elif hasattr(value, "__array__"):
+        array = np.asarray(value)
+    else:
+        raise TypeError(f"{name}: unsupported type {type(value).__name__}")
+    if array.dtype == object:
+        raise TypeError(f"{name}: ragged or non-numeric data (dtype object)")
+    if floating and array.dtype not in _FLOAT_DTYPES:
+        if array.dtype.kind == "f":
+            array = array.astype(np.float32)
+        elif from_list and array.dtype.kind in "iub":
+            array = array.astype(np.float64)
+        else:
+            raise TypeError(
+                f"{name}: must be floating point (float32 or float64), got {array.dtype}"
+            )
+    return array
+
+
+def _any_null_expr() -> Any:
+    import polars as pl
+
+    return pl.any_horizontal(pl.all().is_null())

@@ -1,0 +1,95 @@
+"""Shared numbering of the kernels' outputs: accumulator slots, counters, error codes.
+
+Kernels write into arrays indexed by these constants; the Python layers read them
+back by the same names. Nothing here imports numba.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+
+# Input kinds (``input=`` in the API).
+PROBS = 0
+LOGPROBS = 1
+LOGITS = 2
+INPUT_KINDS = {"probs": PROBS, "logprobs": LOGPROBS, "logits": LOGITS}
+
+# Exact sums every kernel accumulates, one accumulator row each (``sums[slot]``).
+LOSS = 0  # sum s_i L_i
+DENOMINATOR = 1  # sum s_i d_i   (d_i = class weight of the label; 1 for soft targets)
+LOSS_SQUARED = 2  # sum s_i L_i**2 / d_i   (second moment of the per-unit loss L/d)
+WEIGHT = 3  # sum s_i
+DENOMINATOR_SQUARED = 4  # sum (s_i d_i)**2   (effective sample size)
+ENTROPY = 5  # sum s_i H(p_i)   (predicted distribution)
+TARGET_ENTROPY = 6  # sum s_i H(q_i)   (target distribution, after smoothing)
+CORRECT = 7  # sum s_i [top-1 prediction == target]
+POSITIVE = 8  # sum s_i t_i   (binary: weighted positive mass)
+N_SUMS = 9
+
+# Integer counters (``counts[...]``).
+ROWS = 0  # rows counted (not ignored)
+IGNORED = 1  # rows dropped by ignore_index
+N_COUNTS = 2
+
+# Per-class (multiclass) / per-label (multi-label) exact sums: ``class_sums[c, slot]``.
+CLASS_LOSS = 0  # hard: sum s L over rows of label c; soft / labels: sum of c's share of L
+CLASS_WEIGHT = 1  # hard: sum s d; soft: sum s q_c; multi-label: sum s
+CLASS_MASS = 2  # weighted target mass of c: hard sum s [y = c]; soft / labels sum s q_c
+N_CLASS_SUMS = 3
+
+# Error codes written by the fused validation (``errors[block] = row, code, column``).
+OK = 0
+PRED_NAN = 1
+PRED_POS_INF = 2
+PRED_NOT_PROBABILITY = 3
+PRED_ROW_SUM = 4
+PRED_POSITIVE_LOGPROB = 5
+PRED_ALL_NEG_INF = 6
+LABEL_OUT_OF_RANGE = 7
+TARGET_INVALID = 8
+TARGET_ROW_SUM = 9
+TARGET_NOT_PROBABILITY = 10
+SAMPLE_WEIGHT_INVALID = 11
+
+#: Scalar options of one kernel call; a namedtuple so numba passes it by value.
+#: Always build it with :func:`kernel_options` so the field types never change
+#: (a new type would compile a new specialization).
+KernelOptions = namedtuple(
+    "KernelOptions",
+    [
+        "input_kind",  # PROBS / LOGPROBS / LOGITS
+        "eps",  # probability clipping (0.0: none)
+        "sum_tol",  # tolerance of the sum-to-one checks
+        "validate",  # value checks on (shape and label-range checks are never skipped)
+        "label_smoothing",
+        "ignore_index",
+        "has_ignore_index",
+        "pos_weight",  # binary only
+        "with_entropy",  # also accumulate H(p) and H(q) (costs a log per element)
+    ],
+)
+
+
+def kernel_options(
+    *,
+    input_kind: int,
+    eps: float,
+    sum_tol: float,
+    validate: bool = True,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    pos_weight: float = 1.0,
+    with_entropy: bool = False,
+) -> KernelOptions:
+    """Build :class:`KernelOptions` with fixed Python types for every field."""
+    return KernelOptions(
+        int(input_kind),
+        float(eps),
+        float(sum_tol),
+        bool(validate),
+        float(label_smoothing),
+        int(ignore_index if ignore_index is not None else 0),
+        ignore_index is not None,
+        float(pos_weight),
+        bool(with_entropy),
+    )

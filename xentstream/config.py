@@ -1,0 +1,201 @@
+"""What a loss computation is: the configuration shared by functions, metrics and state files.
+
+A config is frozen and compared as a whole: two metrics merge only when their
+configs are equal, and a state file records its metric's config.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xentstream._kernels.layout import INPUT_KINDS
+
+__all__ = ["BinaryConfig", "LossConfig", "MulticlassConfig", "MultilabelConfig"]
+
+
+def _check_input(value: str) -> str:
+    if value not in INPUT_KINDS:
+        raise ValueError(f"input: must be one of {sorted(INPUT_KINDS)}, got {value!r}")
+    return value
+
+
+def _check_eps(value: float | str) -> float | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"eps: must be 'auto' or a float, got {value!r}")
+    if not 0.0 <= value < 0.5:
+        raise ValueError(f"eps: must lie in [0, 0.5), got {value!r}")
+    return float(value)
+
+
+def _check_sum_tol(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if not (isinstance(value, int | float) and value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"sum_tol: must be a finite number >= 0 or None, got {value!r}")
+    return float(value)
+
+
+def _weight_tuple(name: str, values: Any, *, allow_zero: bool) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name}: must be a non-empty 1-D sequence, got shape {array.shape}")
+    bad = ~np.isfinite(array) | (array < 0.0) | (~allow_zero & (array == 0.0))
+    if bad.any():
+        index = int(np.argmax(bad))
+        rule = "finite and >= 0" if allow_zero else "finite and > 0"
+        raise ValueError(f"{name}: entry {index} is {array[index]!r}; weights must be {rule}")
+    return tuple(float(v) for v in array)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Base of the loss configurations: options common to every loss."""
+
+    kind: ClassVar[str] = ""
+    input: str = "probs"
+    eps: float | str = "auto"
+    sum_tol: float | None = None
+    validate: bool = True
+
+    def __post_init__(self) -> None:
+        _check_input(self.input)
+        object.__setattr__(self, "eps", _check_eps(self.eps))
+        object.__setattr__(self, "sum_tol", _check_sum_tol(self.sum_tol))
+        object.__setattr__(self, "validate", bool(self.validate))
+
+    def resolve_eps(self, dtype: np.dtype) -> float:
+        """The clipping eps for inputs of ``dtype`` ("auto": machine eps, as scikit-learn)."""
+        if self.input != "probs" and self.kind == "multiclass":
+            return 0.0
+        if self.eps == "auto":
+            return float(np.finfo(dtype).eps)
+        return float(self.eps)
+
+    def resolve_sum_tol(self, dtype: np.dtype) -> float:
+        """Tolerance of the sum-to-one checks (default sqrt(eps) of ``dtype``)."""
+        if self.sum_tol is None:
+            return math.sqrt(float(np.finfo(dtype).eps))
+        return self.sum_tol
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field, with the loss kind."""
+        data = asdict(self)
+        data["kind"] = self.kind
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LossConfig:
+        """Inverse of :meth:`to_dict`; unknown or missing keys are a ``ValueError``."""
+        names = {f.name for f in fields(cls)}
+        given = set(data) - {"kind"}
+        if given != names:
+            raise ValueError(
+                f"config: fields {sorted(given ^ names)} do not match a {cls.kind} config"
+            )
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "kind"}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class MulticlassConfig(LossConfig):
+    """Configuration of multiclass cross-entropy (SPEC section 2, "Multiclass")."""
+
+    kind: ClassVar[str] = "multiclass"
+    num_classes: int | None = None
+    class_weight: tuple[float, ...] | None = None
+    ignore_index: int | None = None
+    label_smoothing: float = 0.0
+    per_class: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_classes is not None and (
+            isinstance(self.num_classes, bool)
+            or not isinstance(self.num_classes, int)
+            or self.num_classes < 1
+        ):
+            raise ValueError(f"num_classes: must be a positive integer, got {self.num_classes!r}")
+        weights = _weight_tuple("class_weight", self.class_weight, allow_zero=True)
+        object.__setattr__(self, "class_weight", weights)
+        if (
+            weights is not None
+            and self.num_classes is not None
+            and len(weights) != self.num_classes
+        ):
+            raise ValueError(
+                f"class_weight: has {len(weights)} entries but num_classes is {self.num_classes}"
+            )
+        if self.ignore_index is not None and (
+            isinstance(self.ignore_index, bool)
+            or not isinstance(self.ignore_index, int | np.integer)
+        ):
+            raise TypeError(f"ignore_index: must be an integer or None, got {self.ignore_index!r}")
+        if self.ignore_index is not None:
+            object.__setattr__(self, "ignore_index", int(self.ignore_index))
+        if not (
+            isinstance(self.label_smoothing, int | float) and 0.0 <= self.label_smoothing <= 1.0
+        ):
+            raise ValueError(f"label_smoothing: must lie in [0, 1], got {self.label_smoothing!r}")
+        object.__setattr__(self, "label_smoothing", float(self.label_smoothing))
+        object.__setattr__(self, "per_class", bool(self.per_class))
+
+    def resolve_eps(self, dtype: np.dtype) -> float:
+        if self.input != "probs":
+            return 0.0
+        return super().resolve_eps(dtype)
+
+
+@dataclass(frozen=True)
+class BinaryConfig(LossConfig):
+    """Configuration of binary cross-entropy (SPEC section 2, "Binary")."""
+
+    kind: ClassVar[str] = "binary"
+    pos_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pos_weight is not None:
+            value = self.pos_weight
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"pos_weight: must be a finite number >= 0, got {value!r}")
+            object.__setattr__(self, "pos_weight", float(value))
+
+
+@dataclass(frozen=True)
+class MultilabelConfig(LossConfig):
+    """Configuration of multi-label cross-entropy (SPEC section 2, "Multi-label")."""
+
+    kind: ClassVar[str] = "multilabel"
+    num_labels: int | None = None
+    pos_weight: float | tuple[float, ...] | None = None
+    per_label: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_labels is not None and (
+            isinstance(self.num_labels, bool)
+            or not isinstance(self.num_labels, int)
+            or self.num_labels < 1
+        ):
+            raise ValueError(f"num_labels: must be a positive integer, got {self.num_labels!r}")
+        value = self.pos_weight
+        if value is not None and np.ndim(value) == 0:
+            value = float(value)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"pos_weight: must be finite and >= 0, got {value!r}")
+        elif value is not None:
+            value = _weight_tuple("pos_weight", value, allow_zero=True)
+            if self.num_labels is not None and len(value) != self.num_labels:
+                raise ValueError(
+                    f"pos_weight: has {len(value)} entries but num_labels is {self.num_labels}"
+                )
+        object.__setattr__(self, "pos_weight", value)
+        object.__setattr__(self, "per_label", bool(self.per_label))

@@ -1,0 +1,269 @@
+"""One-shot loss functions (SPEC section 4): a batch in, a loss out.
+
+Each function builds the same config a metric would, runs the batch through the
+shared update path (:mod:`xentstream._batch`) and reduces the exact sums.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from xentstream import accumulator
+from xentstream._batch import (
+    BatchSums,
+    binary_batch,
+    entropy_batch,
+    multiclass_batch,
+    multilabel_batch,
+)
+from xentstream._kernels import layout
+from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
+
+__all__ = ["binary_cross_entropy", "cross_entropy", "entropy", "multilabel_cross_entropy"]
+
+Reduction = Literal["mean", "sum", "none"]
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction: must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _reduce(batch: BatchSums, reduction: str) -> float | np.ndarray:
+    if reduction == "none":
+        return batch.row_losses
+    if reduction == "sum":
+        return accumulator.to_float(batch.sums[layout.LOSS])
+    return accumulator.ratio(batch.sums[layout.LOSS], batch.sums[layout.DENOMINATOR])
+
+
+def cross_entropy(
+    preds: Any,
+    target: Any,
+    *,
+    input: str = "probs",
+    class_weight: Any = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    sample_weight: Any = None,
+    eps: float | str = "auto",
+    reduction: Reduction = "mean",
+    sum_tol: float | None = None,
+    validate: bool = True,
+) -> float | np.ndarray:
+    """Multiclass cross-entropy, as ``torch.nn.functional.cross_entropy``.
+
+    Parameters
+    ----------
+    preds : array-like, shape (..., C)
+        Probabilities, log-probabilities or logits (see ``input``); leading
+        dimensions are flattened into rows, classes are last.
+    target : array-like, shape (...) of integers, or shape (..., C) of floats
+        Hard class labels, or soft target distributions (mixup, distillation).
+    input : {"probs", "logprobs", "logits"}
+        What ``preds`` holds. Probabilities are clipped to ``[eps, 1 - eps]``;
+        logits are normalized with a max-shifted log-sum-exp (never overflows).
+    class_weight : array-like, shape (C,), optional
+        Weight ``w_c`` of each class. With hard targets the mean divides by the
+        summed weights of the rows' labels, as torch does.
+    ignore_index : int, optional
+        Hard label whose rows are dropped (loss 0 with ``reduction="none"``).
+    label_smoothing : float
+        Mixes the target with the uniform distribution: ``(1 - e) q + e / C``.
+    sample_weight : array-like, shape (...), optional
+        Non-negative weight of each row.
+    eps : float or "auto"
+        Probability clipping; "auto" is the dtype's machine epsilon (scikit-learn's
+        rule); ``0.0`` disables clipping.
+    reduction : {"mean", "sum", "none"}
+        ``"mean"``: sum of s_i L_i over sum of s_i d_i; ``"sum"``: sum of s_i L_i,
+        both exact and correctly rounded; ``"none"``: per-row losses (float64, the
+        leading shape of ``preds``, sample weights not applied).
+    sum_tol : float, optional
+        Tolerance of the sum-to-one checks (default: sqrt of the dtype's eps).
+    validate : bool
+        ``False`` skips the value checks of SPEC section 7 (never the shape checks).
+
+    Returns
+    -------
+    float or ndarray
+
+    Raises
+    ------
+    ValueError
+        Shape mismatches or invalid values; the message names the argument, the row
+        and the rule.
+    TypeError
+        Unsupported input types or dtypes.
+
+    Examples
+    --------
+    >>> import math
+    >>> loss = cross_entropy([[0.7, 0.2, 0.1]], [0])
+    >>> math.isclose(loss, -math.log(0.7))
+    True
+    >>> cross_entropy([[2.0, 0.0], [0.0, 2.0]], [0, 0], input="logits", reduction="none")
+    array([0.12692801, 2.12692801])
+    """
+    _check_reduction(reduction)
+    config = MulticlassConfig(
+        input=input,
+        eps=eps,
+        sum_tol=sum_tol,
+        validate=validate,
+        class_weight=class_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+    )
+    batch = multiclass_batch(config, preds, target, sample_weight, keep_rows=reduction == "none")
+    return _reduce(batch, reduction)
+
+
+def binary_cross_entropy(
+    preds: Any,
+    target: Any,
+    *,
+    input: str = "probs",
+    pos_weight: float | None = None,
+    sample_weight: Any = None,
+    eps: float | str = "auto",
+    reduction: Reduction = "mean",
+    sum_tol: float | None = None,
+    validate: bool = True,
+) -> float | np.ndarray:
+    """Binary cross-entropy, as ``torch.nn.functional.binary_cross_entropy(_with_logits)``.
+
+    ``L = -(pw t log p + (1 - t) log(1 - p))``; from logits through the stable
+    softplus form, so no logit overflows.
+
+    Parameters
+    ----------
+    preds : array-like, any shape
+        Probability (or log-probability, or logit) of the positive class.
+    target : array-like, same shape
+        Targets in [0, 1]; bool and 0/1 integers are accepted.
+    input : {"probs", "logprobs", "logits"}
+    pos_weight : float, optional
+        Weight of the positive term, as torch's ``pos_weight``.
+    sample_weight : array-like, optional
+        Row weights; the mean is ``sum(s L) / sum(s)`` (scikit-learn's ``log_loss``
+        convention; torch's ``weight`` divides by the row count instead).
+    eps, reduction, sum_tol, validate
+        As in :func:`cross_entropy`.
+
+    Returns
+    -------
+    float or ndarray
+
+    Raises
+    ------
+    ValueError, TypeError
+        As in :func:`cross_entropy`.
+
+    Examples
+    --------
+    >>> import math
+    >>> math.isclose(binary_cross_entropy([0.6], [1.0]), -math.log(0.6))
+    True
+    """
+    _check_reduction(reduction)
+    config = BinaryConfig(
+        input=input, eps=eps, sum_tol=sum_tol, validate=validate, pos_weight=pos_weight
+    )
+    batch = binary_batch(config, preds, target, sample_weight, keep_rows=reduction == "none")
+    return _reduce(batch, reduction)
+
+
+def multilabel_cross_entropy(
+    preds: Any,
+    target: Any,
+    *,
+    input: str = "probs",
+    pos_weight: Any = None,
+    sample_weight: Any = None,
+    eps: float | str = "auto",
+    reduction: Reduction = "mean",
+    sum_tol: float | None = None,
+    validate: bool = True,
+) -> float | np.ndarray:
+    """Multi-label cross-entropy: per row, the SUM over labels of the binary loss.
+
+    The mean is over rows. torch's ``binary_cross_entropy_with_logits(...,
+    reduction="mean")`` averages over rows *and* labels, so it equals this value
+    divided by the number of labels C.
+
+    Parameters
+    ----------
+    preds : array-like, shape (..., C)
+        Per-label probabilities (or log-probabilities, or logits).
+    target : array-like, shape (..., C)
+        Per-label targets in [0, 1]; bool accepted.
+    pos_weight : float or array-like of shape (C,), optional
+        Weight of the positive term, per label or for all.
+    input, sample_weight, eps, reduction, sum_tol, validate
+        As in :func:`binary_cross_entropy`.
+
+    Returns
+    -------
+    float or ndarray
+
+    Raises
+    ------
+    ValueError, TypeError
+        As in :func:`cross_entropy`.
+
+    Examples
+    --------
+    >>> import math
+    >>> loss = multilabel_cross_entropy([[0.9, 0.2]], [[1, 0]])
+    >>> math.isclose(loss, -math.log(0.9) - math.log(0.8))
+    True
+    """
+    _check_reduction(reduction)
+    config = MultilabelConfig(
+        input=input, eps=eps, sum_tol=sum_tol, validate=validate, pos_weight=pos_weight
+    )
+    batch = multilabel_batch(config, preds, target, sample_weight, keep_rows=reduction == "none")
+    return _reduce(batch, reduction)
+
+
+def entropy(
+    preds: Any,
+    *,
+    input: str = "probs",
+    reduction: Reduction = "mean",
+    sum_tol: float | None = None,
+    validate: bool = True,
+) -> float | np.ndarray:
+    """Entropy ``-sum_c p_c log p_c`` of each predicted distribution (nats).
+
+    Parameters
+    ----------
+    preds : array-like, shape (..., C)
+        Probabilities, log-probabilities or logits.
+    input, reduction, sum_tol, validate
+        As in :func:`cross_entropy` (probabilities are not clipped here: 0 log 0 = 0).
+
+    Returns
+    -------
+    float or ndarray
+
+    Raises
+    ------
+    ValueError, TypeError
+        As in :func:`cross_entropy`.
+
+    Examples
+    --------
+    >>> import math
+    >>> p = [0.2, 0.3, 0.5]
+    >>> math.isclose(entropy([p]), -sum(x * math.log(x) for x in p))
+    True
+    """
+    _check_reduction(reduction)
+    config = LossConfig(input=input, sum_tol=sum_tol, validate=validate)
+    batch = entropy_batch(config, preds, keep_rows=reduction == "none")
+    return _reduce(batch, reduction)
