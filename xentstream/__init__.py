@@ -7,6 +7,7 @@ Examples
 0.356675
 """
 
+from xentstream._errors import ColumnNames
 from xentstream.config import BinaryConfig, MulticlassConfig, MultilabelConfig
 from xentstream.functional import (
     binary_cross_entropy,
@@ -14,15 +15,30 @@ from xentstream.functional import (
     entropy,
     multilabel_cross_entropy,
 )
+from xentstream.metrics import (
+    BinaryCrossEntropy,
+    CrossEntropy,
+    Metric,
+    MultiLabelCrossEntropy,
+    load,
+)
+from xentstream.report import Report
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BinaryConfig",
+    "BinaryCrossEntropy",
+    "ColumnNames",
+    "CrossEntropy",
+    "Metric",
+    "MultiLabelCrossEntropy",
     "MulticlassConfig",
     "MultilabelConfig",
+    "Report",
     "binary_cross_entropy",
     "cross_entropy",
     "entropy",
+    "load",
     "multilabel_cross_entropy",
 ]

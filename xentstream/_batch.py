@@ -11,6 +11,7 @@ into its state only after the whole batch passed validation (which is what makes
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,11 @@ _BLOCKS_PER_THREAD = 4
 _CLASS_SUMS_BUDGET_BYTES = 1 << 28
 
 _NO_ROWS = np.empty(0, dtype=np.float64)
+#: numba's "workqueue" threading layer aborts when two threads launch parallel kernels
+#: at once; OpenMP and TBB do not. Kernel calls are serialized until a run shows
+#: which layer numba picked, and stay serialized if it is workqueue.
+_WORKQUEUE_LOCK = threading.Lock()
+_threading_layer_is_safe = False
 _NO_WEIGHTS = np.empty(0, dtype=np.float64)
 
 
@@ -123,7 +129,7 @@ def _run(
     block_class_counts = np.zeros((n_blocks, class_width), dtype=np.int64)
     errors = np.full((n_blocks, 3), -1, dtype=np.int64)
     error_values = np.zeros(n_blocks, dtype=np.float64)
-    kernel(
+    arguments = (
         preds,
         target,
         weights,
@@ -137,6 +143,10 @@ def _run(
         errors,
         error_values,
     )
+    if _threading_layer_is_safe:
+        kernel(*arguments)
+    else:
+        _call_serialized(kernel, arguments)
     failed = np.flatnonzero(errors[:, 0] >= 0)
     if failed.size:
         first = failed[np.argmin(errors[failed, 0])]
@@ -171,6 +181,13 @@ def _run(
         row_losses=row_losses.reshape(leading_shape) if keep_rows else None,
         n_classes=n_classes,
     )
+
+
+def _call_serialized(kernel: Any, arguments: tuple) -> None:
+    global _threading_layer_is_safe
+    with _WORKQUEUE_LOCK:
+        kernel(*arguments)
+        _threading_layer_is_safe = numba.threading_layer() != "workqueue"
 
 
 def _empty_batch(n_classes: int, per_class: bool, keep_rows: bool, shape: tuple) -> BatchSums:

@@ -1,0 +1,666 @@
+"""Streaming metric objects (SPEC section 4): exact state that outlives any batch.
+
+A metric owns a config (what is computed) and an exact state (the sums so far).
+``update`` sends a batch through the same path as the functional API
+(:mod:`xentstream._batch`) and merges the batch's sums only after the batch
+passed validation, so a rejected batch leaves the state untouched. Because the
+sums are exact integers, merging is associative and commutative: any split of
+the rows, any merge order, any number of threads or processes gives the same bits.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import threading
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+from xentstream import accumulator
+from xentstream._batch import (
+    BatchSums,
+    binary_batch,
+    multiclass_batch,
+    multilabel_batch,
+)
+from xentstream._errors import DEFAULT_NAMES, ColumnNames
+from xentstream._inputs import as_array
+from xentstream._kernels import layout
+from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
+from xentstream.report import Report, build_report
+from xentstream.state import FORMAT, VERSION, read_json, write_json_atomic
+
+__all__ = ["BinaryCrossEntropy", "CrossEntropy", "Metric", "MultiLabelCrossEntropy", "load"]
+
+_ENGINES = ("auto", "cpu", "cuda")
+_SUM_NAMES = (
+    "loss",
+    "denominator",
+    "loss_squared",
+    "weight",
+    "denominator_squared",
+    "entropy",
+    "target_entropy",
+    "correct",
+    "positive",
+)
+_COUNT_NAMES = ("rows", "ignored")
+
+
+def _check_engine(engine: str) -> str:
+    if engine not in _ENGINES:
+        raise ValueError(f"engine: must be one of {_ENGINES}, got {engine!r}")
+    if engine == "cuda":
+        raise ValueError(
+            "engine='cuda': the CUDA kernels are not available in this version of "
+            "xentstream; use engine='cpu' (or 'auto')"
+        )
+    return engine
+
+
+def _check_window(window: int | None) -> int | None:
+    if window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window: must be a positive integer or None, got {window!r}")
+    return window
+
+
+class _Window:
+    """The last ``size`` counted rows as (s L, s d) pairs, for the windowed loss."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.rows: collections.deque[tuple[float, float]] = collections.deque(maxlen=size)
+
+    def extend(self, weighted_losses: np.ndarray, weights: np.ndarray) -> None:
+        keep = min(self.size, len(weights))
+        if keep:
+            pairs = zip(weighted_losses[-keep:].tolist(), weights[-keep:].tolist(), strict=True)
+            self.rows.extend(pairs)
+
+    def loss(self) -> float | None:
+        if not self.rows:
+            return None
+        losses, weights = zip(*self.rows, strict=True)
+        total = math.fsum(weights)
+        return math.fsum(losses) / total if total else math.nan
+
+    def copy(self) -> _Window:
+        twin = _Window(self.size)
+        twin.rows.extend(self.rows)
+        return twin
+
+
+class Metric:
+    """Base of the streaming metrics: registered exact state, update / merge / compute.
+
+    Subclasses set ``config_class`` and implement ``_run_batch``; everything else
+    (reset, merge, state_dict, save, thread safety) is generic over the state.
+    """
+
+    config_class: ClassVar[type[LossConfig]]
+    _registry: ClassVar[dict[str, type[Metric]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Metric._registry[cls.__name__] = cls
+
+    def __init__(self, config: LossConfig, *, engine: str = "auto", window: int | None = None):
+        self.config = config
+        self.engine = _check_engine(engine)
+        self.window = _check_window(window)
+        self._lock = threading.RLock()
+        self.reset()
+
+    # -- state ---------------------------------------------------------------------------
+
+    def reset(self) -> Metric:
+        """Forget every row seen; the config (and inferred class count) is kept."""
+        with self._lock:
+            self._sums = accumulator.empty(layout.N_SUMS)
+            self._counts = np.zeros(layout.N_COUNTS, dtype=np.int64)
+            self._class_sums: np.ndarray | None = None
+            self._class_counts: np.ndarray | None = None
+            self._window = _Window(self.window) if self.window else None
+        return self
+
+    @property
+    def rows_seen(self) -> int:
+        """Rows consumed so far, ignored rows included (the offset of the next batch)."""
+        return int(self._counts.sum())
+
+    @property
+    def n_classes(self) -> int | None:
+        """Classes (labels) of the inputs: from the config, else inferred from the first batch."""
+        return None
+
+    def _per_class_enabled(self) -> bool:
+        return False
+
+    # -- update --------------------------------------------------------------------------
+
+    def _run_batch(
+        self, preds: Any, target: Any, sample_weight: Any, names: ColumnNames
+    ) -> tuple[BatchSums, np.ndarray | None]:
+        raise NotImplementedError
+
+    def update(
+        self,
+        preds: Any,
+        target: Any,
+        sample_weight: Any = None,
+        *,
+        names: ColumnNames = DEFAULT_NAMES,
+    ) -> Metric:
+        """Add one batch. Atomic: a rejected batch leaves the state bit for bit unchanged.
+
+        Error messages give rows as offsets in the whole stream (rows seen before
+        plus the row in this batch). ``names`` lets feeders report column names.
+        Returns ``self``.
+        """
+        with self._lock:
+            batch, row_denominators = self._run_batch(preds, target, sample_weight, names)
+            self._absorb(batch, row_denominators, sample_weight)
+        return self
+
+    def _absorb(
+        self, batch: BatchSums, row_denominators: np.ndarray | None, sample_weight: Any
+    ) -> None:
+        accumulator.merge_into(self._sums, batch.sums)
+        self._counts += batch.counts
+        if batch.class_sums is not None:
+            self._ensure_class_state(batch.n_classes)
+            accumulator.merge_into(self._class_sums, batch.class_sums)
+            self._class_counts += batch.class_counts
+        if self._window is not None and batch.row_losses is not None:
+            losses = batch.row_losses.reshape(-1)
+            denominators = row_denominators.reshape(-1)
+            weights = (
+                np.ones_like(losses)
+                if sample_weight is None
+                else np.asarray(as_array(sample_weight, "sample_weight"), np.float64).reshape(-1)
+            )
+            counted = denominators >= 0  # ignored rows carry -1
+            self._window.extend(
+                (weights * losses)[counted], (weights * np.maximum(denominators, 0))[counted]
+            )
+
+    def _ensure_class_state(self, n_classes: int) -> None:
+        if self._class_sums is None:
+            self._class_sums = accumulator.empty(n_classes, layout.N_CLASS_SUMS)
+            self._class_counts = np.zeros(n_classes, dtype=np.int64)
+
+    # -- results -------------------------------------------------------------------------
+
+    @property
+    def value(self) -> float:
+        """Running mean loss (NaN before any counted row)."""
+        with self._lock:
+            return accumulator.ratio(self._sums[layout.LOSS], self._sums[layout.DENOMINATOR])
+
+    def _unweighted(self) -> bool:
+        return True
+
+    def compute(self) -> Report:
+        """Summarize the state as a :class:`~xentstream.Report` (idempotent)."""
+        with self._lock:
+            class_sums, class_counts = self._class_sums, self._class_counts
+            if class_sums is None and self._per_class_enabled() and self.n_classes:
+                class_sums = accumulator.empty(self.n_classes, layout.N_CLASS_SUMS)
+                class_counts = np.zeros(self.n_classes, dtype=np.int64)
+            return build_report(
+                kind=self.config.kind,
+                sums=self._sums,
+                counts=self._counts,
+                class_sums=class_sums,
+                class_counts=class_counts,
+                unweighted=self._unweighted(),
+                window_loss=self._window.loss() if self._window is not None else None,
+            )
+
+    # -- merge ---------------------------------------------------------------------------
+
+    def _merge_key(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def merge(self, other: Metric) -> Metric:
+        """Add ``other``'s state into this one (exact); ``other`` is left unchanged.
+
+        Raises
+        ------
+        TypeError
+            If ``other`` is another kind of metric.
+        ValueError
+            If the configurations differ.
+        """
+        if type(other) is not type(self):
+            raise TypeError(
+                f"merge: cannot merge {type(other).__name__} into {type(self).__name__}"
+            )
+        if other is self:
+            raise ValueError("merge: cannot merge a metric into itself")
+        with other._lock:
+            state = other._snapshot()
+        with self._lock:
+            self._check_compatible(state["config"], state["n_classes"], "merge")
+            if state["n_classes"] is not None:
+                self._adopt_class_count(state["n_classes"])
+            accumulator.merge_into(self._sums, state["sums"])
+            self._counts += state["counts"]
+            if state["class_sums"] is not None:
+                self._ensure_class_state(state["class_sums"].shape[0])
+                accumulator.merge_into(self._class_sums, state["class_sums"])
+                self._class_counts += state["class_counts"]
+            if self._window is not None and state["window"] is not None:
+                self._window.rows.extend(state["window"].rows)
+        return self
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {
+            "config": self._merge_key(),
+            "n_classes": self.n_classes,
+            "sums": self._sums.copy(),
+            "counts": self._counts.copy(),
+            "class_sums": None if self._class_sums is None else self._class_sums.copy(),
+            "class_counts": None if self._class_counts is None else self._class_counts.copy(),
+            "window": None if self._window is None else self._window.copy(),
+        }
+
+    def _check_compatible(self, config: dict[str, Any], n_classes: int | None, what: str) -> None:
+        mine = self._merge_key()
+        count_key = self._count_field()
+        theirs = dict(config)
+        # A class count inferred from data on one side only is not a conflict.
+        if count_key is not None:
+            mine[count_key] = theirs[count_key] = None
+            if n_classes is not None and self.n_classes is not None and n_classes != self.n_classes:
+                raise ValueError(
+                    f"{what}: {count_key} differ ({self.n_classes} here, {n_classes} there)"
+                )
+        if mine != theirs:
+            differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            details = ", ".join(f"{k}={mine.get(k)!r} vs {theirs.get(k)!r}" for k in differing)
+            raise ValueError(f"{what}: configurations differ: {details}")
+
+    def _count_field(self) -> str | None:
+        return None
+
+    def _adopt_class_count(self, n_classes: int) -> None:
+        """Fix the class count (inferred on the other side of a merge or a load)."""
+
+    # -- serialization -------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON-able, versioned dict of the config and the exact state."""
+        with self._lock:
+            return {
+                "format": FORMAT,
+                "version": VERSION,
+                "metric": type(self).__name__,
+                "config": self.config.to_dict(),
+                "n_classes": self.n_classes,
+                "window": self.window,
+                "counts": dict(zip(_COUNT_NAMES, (int(c) for c in self._counts), strict=True)),
+                "sums": dict(zip(_SUM_NAMES, accumulator.to_json(self._sums), strict=True)),
+                "class_sums": (
+                    None if self._class_sums is None else accumulator.to_json(self._class_sums)
+                ),
+                "class_counts": (
+                    None if self._class_counts is None else [int(c) for c in self._class_counts]
+                ),
+                "window_rows": (
+                    None if self._window is None else [list(pair) for pair in self._window.rows]
+                ),
+            }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], *, engine: str = "auto") -> Metric:
+        """Rebuild a metric from :meth:`state_dict` output.
+
+        Raises
+        ------
+        ValueError
+            If ``state`` is malformed, of another format version, or of another metric.
+        """
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError("state: not an xentstream metric state (missing 'format')")
+        if state.get("version") != VERSION:
+            raise ValueError(
+                f"state: version {state.get('version')!r} is not supported (expected {VERSION})"
+            )
+        name = state.get("metric")
+        if cls is Metric:
+            if name not in Metric._registry:
+                raise ValueError(f"state: unknown metric {name!r}")
+            cls = Metric._registry[name]
+        elif name != cls.__name__:
+            raise ValueError(f"state: holds a {name!r}, not a {cls.__name__}")
+        try:
+            config = cls.config_class.from_dict(state["config"])
+            metric = cls._from_config(config, engine=engine, window=state.get("window"))
+            n_classes = state["n_classes"]
+            if n_classes is not None:
+                metric._adopt_class_count(int(n_classes))
+            metric._counts = np.array([state["counts"][k] for k in _COUNT_NAMES], dtype=np.int64)
+            sums = state["sums"]
+            if set(sums) != set(_SUM_NAMES):
+                raise ValueError(f"sums must have the keys {list(_SUM_NAMES)}")
+            metric._sums = accumulator.from_json([sums[k] for k in _SUM_NAMES], (layout.N_SUMS,))
+            if state["class_sums"] is not None:
+                width = len(state["class_sums"])
+                metric._class_sums = accumulator.from_json(
+                    state["class_sums"], (width, layout.N_CLASS_SUMS)
+                )
+                metric._class_counts = np.array(state["class_counts"], dtype=np.int64)
+                if metric._class_counts.shape != (width,):
+                    raise ValueError("class_counts does not match class_sums")
+            if metric._window is not None and state.get("window_rows"):
+                metric._window.rows.extend((float(a), float(b)) for a, b in state["window_rows"])
+        except (KeyError, TypeError, IndexError) as error:
+            raise ValueError(f"state: malformed ({type(error).__name__}: {error})") from None
+        except ValueError as error:
+            message = str(error)
+            raise ValueError(
+                message if message.startswith("state") else f"state: {message}"
+            ) from None
+        return metric
+
+    @classmethod
+    def _from_config(cls, config: LossConfig, *, engine: str, window: int | None) -> Metric:
+        # Bypass the subclass constructor: the config is already complete.
+        metric = cls.__new__(cls)
+        Metric.__init__(metric, config, engine=engine, window=window)
+        return metric
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_dict` to ``path`` as JSON, atomically (temp, fsync, rename)."""
+        write_json_atomic(path, self.state_dict())
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable for multiprocessing (the lock is recreated); files use JSON only.
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rows={self.rows_seen}, value={self.value!r})"
+
+
+def load(path: str | os.PathLike[str], *, engine: str = "auto") -> Metric:
+    """Load a metric saved with :meth:`Metric.save`.
+
+    Raises
+    ------
+    ValueError
+        If the file is malformed, of an unknown version, or not a metric state.
+
+    Examples
+    --------
+    >>> import tempfile, os, xentstream as xs
+    >>> m = xs.CrossEntropy().update([[0.7, 0.3]], [0])
+    >>> path = os.path.join(tempfile.mkdtemp(), "state.json")
+    >>> m.save(path)
+    >>> xs.load(path).value == m.value
+    True
+    """
+    data = read_json(path)
+    try:
+        return Metric.from_state_dict(data, engine=engine)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+class _ClassCountMixin:
+    """Metrics with a class (label) dimension that may be inferred from the first batch."""
+
+    _count_name: ClassVar[str]
+
+    def _count_field(self) -> str:
+        return self._count_name
+
+    @property
+    def n_classes(self) -> int | None:
+        return getattr(self.config, self._count_name)
+
+    def _adopt_class_count(self, n_classes: int) -> None:
+        current = self.n_classes
+        if current is None:
+            self.config = replace(self.config, **{self._count_name: n_classes})
+        elif current != n_classes:
+            raise ValueError(f"{self._count_name}: {current} here, {n_classes} in the other state")
+
+
+class CrossEntropy(_ClassCountMixin, Metric):
+    """Streaming multiclass cross-entropy (hard labels or soft targets).
+
+    Parameters
+    ----------
+    num_classes : int, optional
+        Number of classes; inferred from the first batch when omitted.
+    input, class_weight, ignore_index, label_smoothing, eps, sum_tol, validate
+        As in :func:`xentstream.cross_entropy`.
+    per_class : bool
+        Also keep exact per-class sums (``Report.per_class``, normalized entropy).
+    engine : {"auto", "cpu", "cuda"}
+        Where the kernels run.
+    window : int, optional
+        Also report the loss over the last ``window`` counted rows.
+
+    Examples
+    --------
+    >>> import xentstream as xs
+    >>> m = xs.CrossEntropy(num_classes=3)
+    >>> m.update([[0.7, 0.2, 0.1]], [0]).update([[0.1, 0.8, 0.1]], [1]).compute().count
+    2
+    """
+
+    config_class = MulticlassConfig
+    _count_name = "num_classes"
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        *,
+        input: str = "probs",
+        class_weight: Any = None,
+        ignore_index: int | None = None,
+        label_smoothing: float = 0.0,
+        eps: float | str = "auto",
+        per_class: bool = False,
+        sum_tol: float | None = None,
+        validate: bool = True,
+        engine: str = "auto",
+        window: int | None = None,
+    ) -> None:
+        config = MulticlassConfig(
+            num_classes=num_classes,
+            input=input,
+            class_weight=class_weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            eps=eps,
+            per_class=per_class,
+            sum_tol=sum_tol,
+            validate=validate,
+        )
+        if num_classes is None and config.class_weight is not None:
+            config = replace(config, num_classes=len(config.class_weight))
+        super().__init__(config, engine=engine, window=window)
+
+    def _per_class_enabled(self) -> bool:
+        return self.config.per_class
+
+    def _unweighted(self) -> bool:
+        return self.config.class_weight is None
+
+    def _run_batch(self, preds, target, sample_weight, names):
+        batch = multiclass_batch(
+            self.config,
+            preds,
+            target,
+            sample_weight,
+            keep_rows=self._window is not None,
+            with_entropy=True,
+            row_offset=self.rows_seen,
+            names=names,
+        )
+        self._adopt_class_count(batch.n_classes)
+        denominators = None
+        if self._window is not None:
+            denominators = self._row_denominators(target, batch)
+        return batch, denominators
+
+    def _row_denominators(self, target: Any, batch: BatchSums) -> np.ndarray:
+        """d_i per row (-1 for ignored rows) for the windowed loss."""
+        labels = as_array(target, "target")
+        if labels.ndim == batch.row_losses.ndim + 1:  # soft targets
+            return np.ones(batch.row_losses.size)
+        labels = labels.reshape(-1).astype(np.int64)
+        ignored = (
+            labels == self.config.ignore_index
+            if self.config.ignore_index is not None
+            else np.zeros(labels.shape, bool)
+        )
+        weights = (
+            np.ones(batch.n_classes)
+            if self.config.class_weight is None
+            else np.asarray(self.config.class_weight)
+        )
+        return np.where(ignored, -1.0, weights[np.where(ignored, 0, labels)])
+
+
+class BinaryCrossEntropy(Metric):
+    """Streaming binary cross-entropy (SPEC section 2, "Binary").
+
+    Parameters
+    ----------
+    input, pos_weight, eps, sum_tol, validate
+        As in :func:`xentstream.binary_cross_entropy`.
+    engine, window
+        As in :class:`CrossEntropy`.
+
+    Examples
+    --------
+    >>> import xentstream as xs
+    >>> m = xs.BinaryCrossEntropy(input="logits").update([2.0, -1.0], [1, 0])
+    >>> 0.0 < m.value < 1.0
+    True
+    """
+
+    config_class = BinaryConfig
+
+    def __init__(
+        self,
+        *,
+        input: str = "probs",
+        pos_weight: float | None = None,
+        eps: float | str = "auto",
+        sum_tol: float | None = None,
+        validate: bool = True,
+        engine: str = "auto",
+        window: int | None = None,
+    ) -> None:
+        config = BinaryConfig(
+            input=input, pos_weight=pos_weight, eps=eps, sum_tol=sum_tol, validate=validate
+        )
+        super().__init__(config, engine=engine, window=window)
+
+    def _unweighted(self) -> bool:
+        return self.config.pos_weight is None
+
+    def _run_batch(self, preds, target, sample_weight, names):
+        batch = binary_batch(
+            self.config,
+            preds,
+            target,
+            sample_weight,
+            keep_rows=self._window is not None,
+            with_entropy=True,
+            row_offset=self.rows_seen,
+            names=names,
+        )
+        denominators = None if batch.row_losses is None else np.ones(batch.row_losses.size)
+        return batch, denominators
+
+
+class MultiLabelCrossEntropy(_ClassCountMixin, Metric):
+    """Streaming multi-label cross-entropy: per row, the sum over labels of the binary loss.
+
+    Parameters
+    ----------
+    num_labels : int, optional
+        Number of labels; inferred from the first batch when omitted.
+    input, pos_weight, eps, sum_tol, validate
+        As in :func:`xentstream.multilabel_cross_entropy`.
+    per_label : bool
+        Also keep exact per-label sums (``Report.per_class``, normalized entropy).
+    engine, window
+        As in :class:`CrossEntropy`.
+
+    Examples
+    --------
+    >>> import xentstream as xs
+    >>> m = xs.MultiLabelCrossEntropy(per_label=True).update([[0.9, 0.2]], [[1, 0]])
+    >>> m.compute().per_class.columns
+    ['label', 'positives', 'positive_rate', 'loss']
+    """
+
+    config_class = MultilabelConfig
+    _count_name = "num_labels"
+
+    def __init__(
+        self,
+        num_labels: int | None = None,
+        *,
+        input: str = "probs",
+        pos_weight: Any = None,
+        eps: float | str = "auto",
+        per_label: bool = False,
+        sum_tol: float | None = None,
+        validate: bool = True,
+        engine: str = "auto",
+        window: int | None = None,
+    ) -> None:
+        config = MultilabelConfig(
+            num_labels=num_labels,
+            input=input,
+            pos_weight=pos_weight,
+            eps=eps,
+            per_label=per_label,
+            sum_tol=sum_tol,
+            validate=validate,
+        )
+        if num_labels is None and isinstance(config.pos_weight, tuple):
+            config = replace(config, num_labels=len(config.pos_weight))
+        super().__init__(config, engine=engine, window=window)
+
+    def _per_class_enabled(self) -> bool:
+        return self.config.per_label
+
+    def _unweighted(self) -> bool:
+        return self.config.pos_weight is None
+
+    def _run_batch(self, preds, target, sample_weight, names):
+        batch = multilabel_batch(
+            self.config,
+            preds,
+            target,
+            sample_weight,
+            keep_rows=self._window is not None,
+            with_entropy=True,
+            row_offset=self.rows_seen,
+            names=names,
+        )
+        self._adopt_class_count(batch.n_classes)
+        denominators = None if batch.row_losses is None else np.ones(batch.row_losses.size)
+        return batch, denominators

@@ -1,0 +1,258 @@
+"""What a metric reports: the :class:`Report` dataclass and how it is derived from exact sums.
+
+Every field is computed from the exact accumulators at ``compute()`` time; nothing
+here is accumulated approximately.
+
+Standard error
+--------------
+Row ``i`` contributes the per-unit loss ``v_i = L_i / d_i`` with weight
+``a_i = s_i d_i`` (``d_i`` is the class weight of the label, 1 otherwise), so
+``loss = sum a v / sum a``. The weighted variance ``sigma^2 = sum a v^2 / sum a -
+loss^2`` is evaluated exactly from the integer accumulators (``sum s L^2 / d``,
+``sum s L``, ``sum s d``) and rounded once. The effective sample size is
+``n_eff = (sum a)^2 / sum a^2`` (Kish), and ``stderr = sqrt(sigma^2 / (n_eff - 1))``,
+which reduces to the usual ``sample std / sqrt(n)`` when all weights are 1. The 95%
+interval is ``loss -/+ z_0.975 * stderr`` (normal approximation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from xentstream import accumulator
+from xentstream._kernels import layout
+
+if TYPE_CHECKING:
+    import polars as pl
+
+__all__ = ["Report"]
+
+_Z95 = NormalDist().inv_cdf(0.975)
+
+
+@dataclass(frozen=True)
+class Report:
+    """The state of a metric, summarized (SPEC section 4). ``None`` where undefined.
+
+    Attributes
+    ----------
+    loss : float
+        Mean loss: ``sum s_i L_i / sum s_i d_i`` (NaN before any counted row).
+    loss_sum : float
+        ``sum s_i L_i``, exact and correctly rounded.
+    weight_sum : float
+        ``sum s_i d_i``, exact and correctly rounded.
+    count : int
+        Rows counted (ignored rows excluded).
+    ignored : int
+        Rows dropped by ``ignore_index``.
+    stderr : float or None
+        Standard error of ``loss`` (module docstring); None with fewer than 2 rows.
+    ci95 : tuple of float or None
+        Normal-approximation 95% interval for the mean loss.
+    perplexity : float
+        ``exp(loss)``.
+    bits : float
+        ``loss / ln 2``.
+    accuracy : float or None
+        Weighted top-1 accuracy (multiclass and binary).
+    entropy : float or None
+        Weighted mean entropy of the predicted distributions.
+    kl : float or None
+        Weighted mean ``KL(q || p) = CE - H(q)``; None when class or positive
+        weights make the loss a weighted cross-entropy.
+    normalized_entropy : float or None
+        Loss divided by the entropy of the weighted empirical label distribution
+        (multiclass and multi-label need ``per_class`` / ``per_label``).
+    window_loss : float or None
+        Mean loss over the last ``window`` counted rows, when the metric has a window.
+    per_class : polars.DataFrame or None
+        Per-class (per-label) statistics when requested.
+    """
+
+    loss: float
+    loss_sum: float
+    weight_sum: float
+    count: int
+    ignored: int
+    stderr: float | None
+    ci95: tuple[float, float] | None
+    perplexity: float
+    bits: float
+    accuracy: float | None
+    entropy: float | None
+    kl: float | None
+    normalized_entropy: float | None
+    window_loss: float | None
+    per_class: pl.DataFrame | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of every field (``per_class`` as a list of row dicts).
+
+        Examples
+        --------
+        >>> import xentstream as xs
+        >>> m = xs.CrossEntropy().update([[0.7, 0.3]], [0])
+        >>> sorted(m.compute().to_dict())[:4]
+        ['accuracy', 'bits', 'ci95', 'count']
+        """
+        data = asdict(self)
+        data["per_class"] = None if self.per_class is None else self.per_class.to_dicts()
+        if self.ci95 is not None:
+            data["ci95"] = list(self.ci95)
+        return data
+
+
+def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> float | None:
+    value = accumulator.ratio(numerator, denominator)
+    return None if math.isnan(value) and not accumulator.to_float(denominator) else value
+
+
+def _bernoulli_entropy(p: float) -> float:
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return -(p * math.log(p) + (1.0 - p) * math.log1p(-p))
+
+
+def _exact_variance(sums: np.ndarray) -> float | None:
+    """Weighted variance of the per-unit loss, from exact integers, rounded once."""
+    rows = (sums[layout.LOSS], sums[layout.LOSS_SQUARED], sums[layout.DENOMINATOR])
+    if any(row[layout_special] for row in rows for layout_special in _SPECIAL_SLOTS):
+        return None
+    loss, squares, denominator = (accumulator.exact_integer(row) for row in rows)
+    if denominator <= 0:
+        return None
+    variance = (squares * denominator - loss * loss) / (denominator * denominator)
+    return max(variance, 0.0)
+
+
+_SPECIAL_SLOTS = tuple(range(accumulator.N_SLOTS - 3, accumulator.N_SLOTS))
+
+
+def _standard_error(sums: np.ndarray) -> float | None:
+    variance = _exact_variance(sums)
+    if variance is None:
+        return None
+    total = accumulator.to_float(sums[layout.DENOMINATOR])
+    squares = accumulator.to_float(sums[layout.DENOMINATOR_SQUARED])
+    if squares <= 0.0:
+        return None
+    effective_n = total * total / squares
+    if effective_n <= 1.0 + 1e-12:
+        return None
+    return math.sqrt(variance / (effective_n - 1.0))
+
+
+def build_report(
+    *,
+    kind: str,
+    sums: np.ndarray,
+    counts: np.ndarray,
+    class_sums: np.ndarray | None,
+    class_counts: np.ndarray | None,
+    unweighted: bool,
+    window_loss: float | None,
+) -> Report:
+    """Derive every :class:`Report` field from a metric's exact state.
+
+    ``unweighted`` says that no class or positive weights scale the loss terms,
+    which is when the KL divergence and the normalized entropy are defined.
+    """
+    loss = accumulator.ratio(sums[layout.LOSS], sums[layout.DENOMINATOR])
+    count = int(counts[layout.ROWS])
+    stderr = _standard_error(sums) if count > 1 else None
+    ci95 = None if stderr is None else (loss - _Z95 * stderr, loss + _Z95 * stderr)
+    has_rows = count > 0
+    weight = sums[layout.WEIGHT]
+    accuracy = _safe_ratio(sums[layout.CORRECT], weight) if has_rows else None
+    if kind == "multilabel":
+        accuracy = None
+    entropy = _safe_ratio(sums[layout.ENTROPY], weight) if has_rows else None
+    kl = None
+    if has_rows and unweighted:
+        cross_entropy = accumulator.ratio(sums[layout.LOSS], weight)
+        target_entropy = accumulator.ratio(sums[layout.TARGET_ENTROPY], weight)
+        kl = cross_entropy - target_entropy
+    normalized = _normalized_entropy(kind, sums, class_sums, loss) if has_rows else None
+    if not unweighted:
+        normalized = None
+    per_class = _per_class_frame(kind, class_sums, class_counts, weight)
+    return Report(
+        loss=loss,
+        loss_sum=accumulator.to_float(sums[layout.LOSS]),
+        weight_sum=accumulator.to_float(sums[layout.DENOMINATOR]),
+        count=count,
+        ignored=int(counts[layout.IGNORED]),
+        stderr=stderr,
+        ci95=ci95,
+        perplexity=math.exp(loss) if loss < 709.0 else math.inf,
+        bits=loss / math.log(2.0),
+        accuracy=accuracy,
+        entropy=entropy,
+        kl=kl,
+        normalized_entropy=normalized,
+        window_loss=window_loss,
+        per_class=per_class,
+    )
+
+
+def _normalized_entropy(
+    kind: str, sums: np.ndarray, class_sums: np.ndarray | None, loss: float
+) -> float | None:
+    total = accumulator.to_float(sums[layout.WEIGHT])
+    if total <= 0.0:
+        return None
+    if kind == "binary":
+        baseline = _bernoulli_entropy(accumulator.to_float(sums[layout.POSITIVE]) / total)
+    elif class_sums is None:
+        return None
+    elif kind == "multiclass":
+        mass = accumulator.to_floats(class_sums[:, layout.CLASS_MASS]) / total
+        mass = mass[mass > 0.0]
+        baseline = float(-np.sum(mass * np.log(mass)))
+    else:
+        rates = accumulator.to_floats(class_sums[:, layout.CLASS_MASS]) / total
+        baseline = math.fsum(_bernoulli_entropy(float(p)) for p in rates)
+    if baseline <= 0.0:
+        return None
+    return loss / baseline
+
+
+def _per_class_frame(
+    kind: str,
+    class_sums: np.ndarray | None,
+    class_counts: np.ndarray | None,
+    weight: np.ndarray,
+) -> pl.DataFrame | None:
+    if class_sums is None or class_counts is None:
+        return None
+    import polars as pl
+
+    loss_sums = accumulator.to_floats(class_sums[:, layout.CLASS_LOSS])
+    weights = accumulator.to_floats(class_sums[:, layout.CLASS_WEIGHT])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_loss = np.where(weights > 0.0, loss_sums / np.where(weights > 0, weights, 1), np.nan)
+    if kind == "multilabel":
+        total = accumulator.to_float(weight)
+        rate = accumulator.to_floats(class_sums[:, layout.CLASS_MASS]) / total if total else None
+        return pl.DataFrame(
+            {
+                "label": np.arange(len(class_counts), dtype=np.int64),
+                "positives": class_counts.astype(np.int64),
+                "positive_rate": rate if rate is not None else np.full(len(class_counts), np.nan),
+                "loss": mean_loss,
+            }
+        )
+    return pl.DataFrame(
+        {
+            "class": np.arange(len(class_counts), dtype=np.int64),
+            "count": class_counts.astype(np.int64),
+            "weight": weights,
+            "loss": mean_loss,
+        }
+    )
