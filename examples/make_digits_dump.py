@@ -30,7 +30,9 @@ def main() -> None:
     digits = load_digits()
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=0)
-    logits = cross_val_predict(model, digits.data, digits.target, cv=folds, method="decision_function")
+    logits = cross_val_predict(
+        model, digits.data, digits.target, cv=folds, method="decision_function"
+    )
     shifted = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
     ink = digits.data.sum(axis=1)

@@ -39,8 +39,8 @@ _MIN_BLOCK_ELEMENTS = 1 << 15
 #: Blocks per thread: a few, so that uneven rows (early validation exits, ignored
 #: rows) still balance.
 _BLOCKS_PER_THREAD = 4
-#: Memory cap for the per-block per-class accumulators of one call.
-_CLASS_SUMS_BUDGET_BYTES = 1 << 28
+#: Memory cap for the per-block (per-class, per-group) accumulators of one call.
+_BLOCK_STATE_BUDGET_BYTES = 1 << 28
 
 _NO_ROWS = np.empty(0, dtype=np.float64)
 #: numba's "workqueue" threading layer aborts when two threads launch parallel kernels
@@ -49,6 +49,7 @@ _NO_ROWS = np.empty(0, dtype=np.float64)
 _WORKQUEUE_LOCK = threading.Lock()
 _threading_layer_is_safe = False
 _NO_WEIGHTS = np.empty(0, dtype=np.float64)
+_NO_GROUPS = np.empty(0, dtype=np.int64)
 
 
 @dataclass
@@ -69,6 +70,10 @@ class BatchSums:
         Per-row losses in the inputs' leading shape when requested.
     n_classes : int
         Number of classes (labels) of the batch; 1 for binary.
+    group_sums : ndarray or None, shape (G, N_SUMS, N_SLOTS)
+        Per-group sums when group codes were given (``sums`` is their exact total).
+    group_counts : ndarray or None, shape (G, N_COUNTS)
+        Per-group counters when group codes were given.
     """
 
     sums: np.ndarray
@@ -77,6 +82,8 @@ class BatchSums:
     class_counts: np.ndarray | None
     row_losses: np.ndarray | None
     n_classes: int
+    group_sums: np.ndarray | None = None
+    group_counts: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -84,15 +91,15 @@ class BatchSums:
         return int(self.counts[layout.ROWS] + self.counts[layout.IGNORED])
 
 
-def _block_count(n_rows: int, n_classes: int, per_class: bool) -> int:
+def _block_count(n_rows: int, n_classes: int, per_class: bool, n_groups: int) -> int:
     """Number of row blocks for one call (any choice gives the same bits)."""
     threads = numba.get_num_threads()
-    blocks = max(
-        1, min(n_rows * max(n_classes, 1) // _MIN_BLOCK_ELEMENTS, threads * _BLOCKS_PER_THREAD)
-    )
+    by_size = n_rows * max(n_classes, 1) // _MIN_BLOCK_ELEMENTS
+    blocks = max(1, min(by_size, threads * _BLOCKS_PER_THREAD))
+    per_block = n_groups * (layout.N_SUMS + layout.N_COUNTS) * N_SLOTS * 8
     if per_class:
-        per_block = n_classes * layout.N_CLASS_SUMS * N_SLOTS * 8
-        blocks = max(1, min(blocks, _CLASS_SUMS_BUDGET_BYTES // per_block))
+        per_block += n_classes * layout.N_CLASS_SUMS * N_SLOTS * 8
+    blocks = max(1, min(blocks, _BLOCK_STATE_BUDGET_BYTES // per_block))
     # Each block must stay below the terms a chunk can absorb without carrying.
     blocks = max(blocks, -(-n_rows // MAX_TERMS_PER_BLOCK))
     return min(blocks, max(n_rows, 1))
@@ -106,6 +113,8 @@ def _run(
     sample_weight: np.ndarray,
     opts: layout.KernelOptions,
     *,
+    groups: np.ndarray | None,
+    n_groups: int,
     leading_shape: tuple[int, ...],
     n_classes: int,
     per_class: bool,
@@ -120,10 +129,12 @@ def _run(
     target = np.ascontiguousarray(target)
     sample_weight = np.ascontiguousarray(sample_weight)
     n_rows = preds.shape[0]
-    n_blocks = _block_count(n_rows, n_classes, per_class)
+    group_codes = _NO_GROUPS if groups is None else _check_groups(groups, n_rows, n_groups)
+    n_groups = 1 if groups is None else n_groups
+    n_blocks = _block_count(n_rows, n_classes, per_class, n_groups)
     row_losses = np.empty(n_rows, dtype=np.float64) if keep_rows else _NO_ROWS
-    block_sums = np.zeros((n_blocks, layout.N_SUMS, N_SLOTS), dtype=np.int64)
-    block_counts = np.zeros((n_blocks, layout.N_COUNTS), dtype=np.int64)
+    block_sums = np.zeros((n_blocks, n_groups, layout.N_SUMS, N_SLOTS), dtype=np.int64)
+    block_counts = np.zeros((n_blocks, n_groups, layout.N_COUNTS), dtype=np.int64)
     class_width = n_classes if per_class else 0
     block_class_sums = np.zeros((n_blocks, class_width, layout.N_CLASS_SUMS, N_SLOTS), np.int64)
     block_class_counts = np.zeros((n_blocks, class_width), dtype=np.int64)
@@ -134,6 +145,7 @@ def _run(
         target,
         weights,
         sample_weight,
+        group_codes,
         opts,
         row_losses,
         block_sums,
@@ -163,8 +175,18 @@ def _run(
             sum_tol=opts.sum_tol,
             kind=kind,
         )
-    sums = accumulator.empty(layout.N_SUMS)
-    combine_blocks(block_sums, sums)
+    group_sums = accumulator.empty(n_groups, layout.N_SUMS)
+    combine_blocks(
+        block_sums.reshape(n_blocks, n_groups * layout.N_SUMS, N_SLOTS),
+        group_sums.reshape(n_groups * layout.N_SUMS, N_SLOTS),
+    )
+    group_counts = block_counts.sum(axis=0)
+    if groups is None:
+        sums, counts = group_sums[0], group_counts[0]
+    else:
+        sums = group_sums.sum(axis=0)
+        accumulator.merge_into(sums, accumulator.empty(layout.N_SUMS))
+        counts = group_counts.sum(axis=0)
     class_sums = class_counts = None
     if per_class:
         class_sums = accumulator.empty(n_classes, layout.N_CLASS_SUMS)
@@ -175,12 +197,23 @@ def _run(
         class_counts = block_class_counts.sum(axis=0)
     return BatchSums(
         sums=sums,
-        counts=block_counts.sum(axis=0),
+        counts=counts,
         class_sums=class_sums,
         class_counts=class_counts,
         row_losses=row_losses.reshape(leading_shape) if keep_rows else None,
         n_classes=n_classes,
+        group_sums=None if groups is None else group_sums,
+        group_counts=None if groups is None else group_counts,
     )
+
+
+def _check_groups(groups: np.ndarray, n_rows: int, n_groups: int) -> np.ndarray:
+    codes = np.ascontiguousarray(groups, dtype=np.int64).reshape(-1)
+    if codes.shape[0] != n_rows:
+        raise ValueError(f"by: {codes.shape[0]} group codes for {n_rows} rows")
+    if n_rows and (codes.min() < 0 or codes.max() >= n_groups):
+        raise ValueError(f"by: group codes must lie in [0, {n_groups})")
+    return codes
 
 
 def _call_serialized(kernel: Any, arguments: tuple) -> None:
@@ -190,8 +223,13 @@ def _call_serialized(kernel: Any, arguments: tuple) -> None:
         _threading_layer_is_safe = numba.threading_layer() != "workqueue"
 
 
-def _empty_batch(n_classes: int, per_class: bool, keep_rows: bool, shape: tuple) -> BatchSums:
+def _empty_batch(
+    n_classes: int, per_class: bool, keep_rows: bool, shape: tuple, n_groups: int | None = None
+) -> BatchSums:
+    grouped = n_groups is not None
     return BatchSums(
+        group_sums=accumulator.empty(n_groups, layout.N_SUMS) if grouped else None,
+        group_counts=np.zeros((n_groups, layout.N_COUNTS), dtype=np.int64) if grouped else None,
         sums=accumulator.empty(layout.N_SUMS),
         counts=np.zeros(layout.N_COUNTS, dtype=np.int64),
         class_sums=accumulator.empty(n_classes, layout.N_CLASS_SUMS) if per_class else None,
@@ -199,6 +237,10 @@ def _empty_batch(n_classes: int, per_class: bool, keep_rows: bool, shape: tuple)
         row_losses=np.zeros(shape, dtype=np.float64) if keep_rows else None,
         n_classes=n_classes,
     )
+
+
+def _grouped(groups: np.ndarray | None, n_groups: int) -> int | None:
+    return None if groups is None else n_groups
 
 
 def _sample_weight(sample_weight: Any, leading_shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -261,6 +303,8 @@ def multiclass_batch(
     with_entropy: bool = False,
     row_offset: int = 0,
     names: ColumnNames = DEFAULT_NAMES,
+    groups: np.ndarray | None = None,
+    n_groups: int = 1,
 ) -> BatchSums:
     """Exact sums of multiclass cross-entropy over one batch (hard or soft targets)."""
     preds, leading_shape, n_classes = _class_predictions(preds, names, config.num_classes, "class")
@@ -294,7 +338,9 @@ def multiclass_batch(
     weights = _sample_weight(sample_weight, leading_shape, names.sample_weight)
     per_class = config.per_class
     if preds.size == 0:
-        return _empty_batch(n_classes, per_class, keep_rows, leading_shape)
+        return _empty_batch(
+            n_classes, per_class, keep_rows, leading_shape, _grouped(groups, n_groups)
+        )
     class_weight = (
         np.ones(n_classes) if config.class_weight is None else np.asarray(config.class_weight)
     )
@@ -312,6 +358,8 @@ def multiclass_batch(
         class_weight,
         weights,
         opts,
+        groups=groups,
+        n_groups=n_groups,
         leading_shape=leading_shape,
         n_classes=n_classes,
         per_class=per_class,
@@ -343,6 +391,8 @@ def binary_batch(
     with_entropy: bool = False,
     row_offset: int = 0,
     names: ColumnNames = DEFAULT_NAMES,
+    groups: np.ndarray | None = None,
+    n_groups: int = 1,
 ) -> BatchSums:
     """Exact sums of binary cross-entropy over one batch (predictions of any shape)."""
     preds = as_array(preds, names.preds, floating=True)
@@ -350,7 +400,7 @@ def binary_batch(
     target = _binary_target(target, leading_shape, names).reshape(-1)
     weights = _sample_weight(sample_weight, leading_shape, names.sample_weight)
     if preds.size == 0:
-        return _empty_batch(1, False, keep_rows, leading_shape)
+        return _empty_batch(1, False, keep_rows, leading_shape, _grouped(groups, n_groups))
     pos_weight = 1.0 if config.pos_weight is None else config.pos_weight
     opts = _options(config, preds.dtype, pos_weight=pos_weight, with_entropy=with_entropy)
     return _run(
@@ -360,6 +410,8 @@ def binary_batch(
         _NO_WEIGHTS,
         weights,
         opts,
+        groups=groups,
+        n_groups=n_groups,
         leading_shape=leading_shape,
         n_classes=1,
         per_class=False,
@@ -380,6 +432,8 @@ def multilabel_batch(
     with_entropy: bool = False,
     row_offset: int = 0,
     names: ColumnNames = DEFAULT_NAMES,
+    groups: np.ndarray | None = None,
+    n_groups: int = 1,
 ) -> BatchSums:
     """Exact sums of multi-label cross-entropy (sum over labels per row) over one batch."""
     preds, leading_shape, n_labels = _class_predictions(preds, names, config.num_labels, "label")
@@ -391,7 +445,9 @@ def multilabel_batch(
             f"{n_labels} labels"
         )
     if preds.size == 0:
-        return _empty_batch(n_labels, config.per_label, keep_rows, leading_shape)
+        return _empty_batch(
+            n_labels, config.per_label, keep_rows, leading_shape, _grouped(groups, n_groups)
+        )
     if config.pos_weight is None:
         pos_weight = np.ones(n_labels)
     else:
@@ -404,6 +460,8 @@ def multilabel_batch(
         np.ascontiguousarray(pos_weight),
         weights,
         opts,
+        groups=groups,
+        n_groups=n_groups,
         leading_shape=leading_shape,
         n_classes=n_labels,
         per_class=config.per_label,
@@ -433,6 +491,8 @@ def entropy_batch(
         _NO_WEIGHTS,
         _NO_WEIGHTS,
         opts,
+        groups=None,
+        n_groups=1,
         leading_shape=leading_shape,
         n_classes=n_classes,
         per_class=False,

@@ -2,7 +2,7 @@
 
 Every kernel has the same shape of signature::
 
-    kernel(preds, target, <per-class or per-label weights>, sample_weight, opts,
+    kernel(preds, target, <per-class or per-label weights>, sample_weight, groups, opts,
            row_losses, sums, counts, class_sums, class_counts, errors, error_values)
 
 and splits the rows into ``sums.shape[0]`` contiguous blocks, one ``prange``
@@ -14,7 +14,10 @@ number of blocks or threads.
 Validation is fused into the same pass: a block stops at its first bad row and
 records ``(row, code, column)`` in ``errors[block]`` and the offending value in
 ``error_values[block]``; the caller reports the smallest row over all blocks.
-Optional outputs are switched off by passing arrays of length 0:
+``sums[block, group]`` and ``counts[block, group]`` are per group: ``groups`` holds a
+group code in ``[0, sums.shape[1])`` for every row (``by=`` in the feeders), so a
+grouped evaluation costs the same single pass. Optional inputs and outputs are
+switched off by passing arrays of length 0: ``groups`` (one group, code 0),
 ``row_losses`` (per-row losses for ``reduction="none"``), ``sample_weight``
 (all ones), ``class_sums`` / ``class_counts`` (per-class statistics).
 """
@@ -87,9 +90,15 @@ def _record_error(errors, error_values, block, row, code, column, value):
 
 
 @njit(inline="always", nogil=True)
-def _add_row(sums, block, s, loss, denominator, entropy, target_entropy, correct):
-    """Accumulate the exact per-row terms shared by every loss."""
-    acc = sums[block]
+def _group(groups, i):
+    if groups.shape[0] == 0:
+        return 0
+    return groups[i]
+
+
+@njit(inline="always", nogil=True)
+def _add_row(acc, s, loss, denominator, entropy, target_entropy, correct):
+    """Accumulate the exact per-row terms shared by every loss into ``acc`` (one group)."""
     add_term(acc, LOSS, s * loss)
     add_term(acc, DENOMINATOR, s * denominator)
     if denominator > 0.0:
@@ -108,6 +117,7 @@ def multiclass_hard(
     target,
     class_weight,
     sample_weight,
+    groups,
     opts,
     row_losses,
     sums,
@@ -140,7 +150,7 @@ def multiclass_hard(
                 break
             label = np.int64(target[i])
             if opts.has_ignore_index and label == opts.ignore_index:
-                counts[block, IGNORED] += 1
+                counts[block, _group(groups, i), IGNORED] += 1
                 if keep_rows:
                     row_losses[i] = 0.0
                 continue
@@ -151,6 +161,7 @@ def multiclass_hard(
             if not ok:
                 _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
                 break
+            group = _group(groups, i)
             w = class_weight[label]
             loss = neg_xlogy(
                 (1.0 - smoothing) * w, log_probability(preds, i, label, normalizer, opts)
@@ -163,8 +174,8 @@ def multiclass_hard(
                     )
             if keep_rows:
                 row_losses[i] = loss
-            counts[block, ROWS] += 1
-            _add_row(sums, block, s, loss, w, entropy, target_entropy, argmax == label)
+            counts[block, group, ROWS] += 1
+            _add_row(sums[block, group], s, loss, w, entropy, target_entropy, argmax == label)
             if per_class:
                 class_acc = class_sums[block, label]
                 add_term(class_acc, CLASS_LOSS, s * loss)
@@ -179,6 +190,7 @@ def multiclass_soft(
     target,
     class_weight,
     sample_weight,
+    groups,
     opts,
     row_losses,
     sums,
@@ -210,6 +222,7 @@ def multiclass_soft(
             if not ok:
                 _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
                 break
+            group = _group(groups, i)
             loss = 0.0
             target_entropy = 0.0
             for c in range(n_classes):
@@ -231,8 +244,10 @@ def multiclass_soft(
                 class_counts[block, target_argmax] += 1
             if keep_rows:
                 row_losses[i] = loss
-            counts[block, ROWS] += 1
-            _add_row(sums, block, s, loss, 1.0, entropy, target_entropy, argmax == target_argmax)
+            counts[block, group, ROWS] += 1
+            _add_row(
+                sums[block, group], s, loss, 1.0, entropy, target_entropy, argmax == target_argmax
+            )
 
 
 @njit(**_KERNEL_FLAGS)
@@ -241,6 +256,7 @@ def binary(
     target,
     unused_weight,
     sample_weight,
+    groups,
     opts,
     row_losses,
     sums,
@@ -267,6 +283,7 @@ def binary(
             if not ok:
                 _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
                 break
+            group = _group(groups, i)
             log_p, log_1mp = binary_log_probabilities(x, opts)
             loss = binary_loss(t, log_p, log_1mp, opts.pos_weight)
             entropy = 0.0
@@ -276,10 +293,10 @@ def binary(
                 target_entropy = binary_target_entropy(t)
             if keep_rows:
                 row_losses[i] = loss
-            counts[block, ROWS] += 1
+            counts[block, group, ROWS] += 1
             correct = binary_predicts_positive(x, opts) == (t >= 0.5)
-            _add_row(sums, block, s, loss, 1.0, entropy, target_entropy, correct)
-            add_term(sums[block], POSITIVE, s * t)
+            _add_row(sums[block, group], s, loss, 1.0, entropy, target_entropy, correct)
+            add_term(sums[block, group], POSITIVE, s * t)
 
 
 @njit(**_KERNEL_FLAGS)
@@ -288,6 +305,7 @@ def multilabel(
     target,
     pos_weight,
     sample_weight,
+    groups,
     opts,
     row_losses,
     sums,
@@ -322,6 +340,7 @@ def multilabel(
             if not ok:
                 _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
                 break
+            group = _group(groups, i)
             loss = 0.0
             entropy = 0.0
             target_entropy = 0.0
@@ -343,8 +362,8 @@ def multilabel(
                         class_counts[block, c] += 1
             if keep_rows:
                 row_losses[i] = loss
-            counts[block, ROWS] += 1
-            _add_row(sums, block, s, loss, 1.0, entropy, target_entropy, False)
+            counts[block, group, ROWS] += 1
+            _add_row(sums[block, group], s, loss, 1.0, entropy, target_entropy, False)
 
 
 @njit(**_KERNEL_FLAGS)
@@ -353,6 +372,7 @@ def prediction_entropy(
     unused_target,
     unused_weight,
     sample_weight,
+    groups,
     opts,
     row_losses,
     sums,
@@ -377,7 +397,8 @@ def prediction_entropy(
             if not ok:
                 _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
                 break
+            group = _group(groups, i)
             if keep_rows:
                 row_losses[i] = entropy
-            counts[block, ROWS] += 1
-            _add_row(sums, block, s, entropy, 1.0, entropy, 0.0, False)
+            counts[block, group, ROWS] += 1
+            _add_row(sums[block, group], s, entropy, 1.0, entropy, 0.0, False)
