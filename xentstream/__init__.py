@@ -9,6 +9,7 @@ Examples
 
 from xentstream._errors import ColumnNames
 from xentstream.config import BinaryConfig, MulticlassConfig, MultilabelConfig
+from xentstream.evaluate import GroupedReport, evaluate, stream
 from xentstream.functional import (
     binary_cross_entropy,
     cross_entropy,
@@ -31,6 +32,7 @@ __all__ = [
     "BinaryCrossEntropy",
     "ColumnNames",
     "CrossEntropy",
+    "GroupedReport",
     "Metric",
     "MultiLabelCrossEntropy",
     "MulticlassConfig",
@@ -39,6 +41,8 @@ __all__ = [
     "binary_cross_entropy",
     "cross_entropy",
     "entropy",
+    "evaluate",
     "load",
     "multilabel_cross_entropy",
+    "stream",
 ]

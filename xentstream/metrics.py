@@ -144,7 +144,7 @@ class Metric:
     # -- update --------------------------------------------------------------------------
 
     def _run_batch(
-        self, preds: Any, target: Any, sample_weight: Any, names: ColumnNames
+        self, preds: Any, target: Any, sample_weight: Any, names: ColumnNames, **grouping: Any
     ) -> tuple[BatchSums, np.ndarray | None]:
         raise NotImplementedError
 
@@ -162,10 +162,46 @@ class Metric:
         plus the row in this batch). ``names`` lets feeders report column names.
         Returns ``self``.
         """
-        with self._lock:
-            batch, row_denominators = self._run_batch(preds, target, sample_weight, names)
-            self._absorb(batch, row_denominators, sample_weight)
+        self.update_batch(preds, target, sample_weight, names=names)
         return self
+
+    def update_batch(
+        self,
+        preds: Any,
+        target: Any,
+        sample_weight: Any = None,
+        *,
+        names: ColumnNames = DEFAULT_NAMES,
+        groups: np.ndarray | None = None,
+        n_groups: int = 1,
+    ) -> BatchSums:
+        """:meth:`update`, returning the batch's exact sums (per group with ``groups``).
+
+        Feeders use it for grouped evaluation: one kernel pass updates this metric
+        and yields ``group_sums`` for the per-group metrics
+        (:meth:`absorb_group_sums`).
+        """
+        with self._lock:
+            batch, row_denominators = self._run_batch(
+                preds, target, sample_weight, names, groups=groups, n_groups=n_groups
+            )
+            self._absorb(batch, row_denominators, sample_weight)
+        return batch
+
+    def absorb_group_sums(self, sums: np.ndarray, counts: np.ndarray) -> None:
+        """Add one group's share of a :class:`BatchSums` (no per-class sums, no window)."""
+        with self._lock:
+            accumulator.merge_into(self._sums, sums)
+            self._counts += counts
+
+    def load_state_of(self, other: Metric) -> None:
+        """Replace this metric's state by a copy of ``other``'s (same kind and config)."""
+        if type(other) is not type(self):
+            raise TypeError(f"cannot load a {type(other).__name__} into a {type(self).__name__}")
+        self._check_compatible(other._merge_key(), other.n_classes, "checkpoint")
+        with self._lock:
+            self.reset()
+            self.merge(other)
 
     def _absorb(
         self, batch: BatchSums, row_denominators: np.ndarray | None, sample_weight: Any
@@ -503,7 +539,7 @@ class CrossEntropy(_ClassCountMixin, Metric):
     def _unweighted(self) -> bool:
         return self.config.class_weight is None
 
-    def _run_batch(self, preds, target, sample_weight, names):
+    def _run_batch(self, preds, target, sample_weight, names, **grouping):
         batch = multiclass_batch(
             self.config,
             preds,
@@ -513,6 +549,7 @@ class CrossEntropy(_ClassCountMixin, Metric):
             with_entropy=True,
             row_offset=self.rows_seen,
             names=names,
+            **grouping,
         )
         self._adopt_class_count(batch.n_classes)
         denominators = None
@@ -578,7 +615,7 @@ class BinaryCrossEntropy(Metric):
     def _unweighted(self) -> bool:
         return self.config.pos_weight is None
 
-    def _run_batch(self, preds, target, sample_weight, names):
+    def _run_batch(self, preds, target, sample_weight, names, **grouping):
         batch = binary_batch(
             self.config,
             preds,
@@ -588,6 +625,7 @@ class BinaryCrossEntropy(Metric):
             with_entropy=True,
             row_offset=self.rows_seen,
             names=names,
+            **grouping,
         )
         denominators = None if batch.row_losses is None else np.ones(batch.row_losses.size)
         return batch, denominators
@@ -650,7 +688,7 @@ class MultiLabelCrossEntropy(_ClassCountMixin, Metric):
     def _unweighted(self) -> bool:
         return self.config.pos_weight is None
 
-    def _run_batch(self, preds, target, sample_weight, names):
+    def _run_batch(self, preds, target, sample_weight, names, **grouping):
         batch = multilabel_batch(
             self.config,
             preds,
@@ -660,6 +698,7 @@ class MultiLabelCrossEntropy(_ClassCountMixin, Metric):
             with_entropy=True,
             row_offset=self.rows_seen,
             names=names,
+            **grouping,
         )
         self._adopt_class_count(batch.n_classes)
         denominators = None if batch.row_losses is None else np.ones(batch.row_losses.size)

@@ -1,0 +1,449 @@
+"""Feeders: turn a source of any size into bounded batches of numpy arrays.
+
+This is the only module that knows file formats. A source is opened as a
+:class:`Feeder`, which yields :class:`Batch` objects of at most ``batch_rows`` rows,
+starting after ``skip_rows`` rows (resumed runs). Frame and file sources go through
+polars (lazy scans, streaming batches: memory is bounded by the batch, whatever the
+file size); ``.npy`` files are memory-mapped; iterables are taken as they come.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import polars.selectors as cs
+
+from xentstream._errors import ColumnNames
+
+__all__ = ["Batch", "ColumnSpec", "Feeder", "open_source"]
+
+_SCANNERS = {
+    ".parquet": pl.scan_parquet,
+    ".pq": pl.scan_parquet,
+    ".arrow": pl.scan_ipc,
+    ".ipc": pl.scan_ipc,
+    ".feather": pl.scan_ipc,
+    ".csv": pl.scan_csv,
+    ".ndjson": pl.scan_ndjson,
+    ".jsonl": pl.scan_ndjson,
+}
+#: Default batch size aims at this many bytes of predictions per batch: large enough
+#: to amortize per-batch costs, small enough to stay in memory many times over.
+_TARGET_BATCH_BYTES = 1 << 26
+_MIN_BATCH_ROWS = 1024
+_MAX_BATCH_ROWS = 1 << 20
+
+
+def default_batch_rows(row_width: int, itemsize: int = 8) -> int:
+    """Rows per batch for predictions of ``row_width`` values of ``itemsize`` bytes."""
+    rows = _TARGET_BATCH_BYTES // max(1, row_width * itemsize)
+    return int(min(max(rows, _MIN_BATCH_ROWS), _MAX_BATCH_ROWS))
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """Which columns hold what (SPEC section 5).
+
+    ``preds``: one Array/List column, a list of column names, or a polars selector.
+    ``target``: a column name, or names (multi-label / soft targets).
+    ``classes``: class names, mapping string or categorical labels to indices.
+    """
+
+    preds: Any = None
+    target: Any = None
+    sample_weight: str | None = None
+    by: tuple[str, ...] = ()
+    classes: tuple[Any, ...] | None = None
+
+    def names(self) -> ColumnNames:
+        """How errors name the columns."""
+        preds = self.preds if isinstance(self.preds, str) else "preds"
+        target = self.target if isinstance(self.target, str) else "target"
+        weights = self.sample_weight if isinstance(self.sample_weight, str) else "sample_weight"
+        return ColumnNames(preds=preds, target=target, sample_weight=weights)
+
+
+@dataclass
+class Batch:
+    """One batch of a source, as arrays the metrics take."""
+
+    preds: Any
+    target: Any
+    sample_weight: Any
+    keys: pl.DataFrame | None  # the ``by`` columns of these rows
+    n_rows: int
+
+
+class Feeder:
+    """Iterate a source in batches; knows its fingerprint and (if cheap) its row count."""
+
+    def __init__(self, batches: Iterator[Batch], *, total_rows: int | None, fingerprint: dict):
+        self._batches = batches
+        self.total_rows = total_rows
+        self.fingerprint = fingerprint
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._batches
+
+
+# -- sources -------------------------------------------------------------------------------
+
+
+def _expand_paths(source: Any) -> list[Path] | None:
+    """The files of a path / glob / list of paths source, or None if not a path source."""
+    items = [source] if isinstance(source, str | os.PathLike) else None
+    if items is None and isinstance(source, list | tuple) and source:
+        if all(isinstance(item, str | os.PathLike) for item in source):
+            items = list(source)
+    if items is None:
+        return None
+    paths: list[Path] = []
+    for item in items:
+        text = os.fspath(item)
+        matches = sorted(glob.glob(text)) if glob.has_magic(text) else [text]
+        if not matches:
+            raise FileNotFoundError(f"source: no file matches {text!r}")
+        for match in matches:
+            if not os.path.exists(match):
+                raise FileNotFoundError(f"source: file {match!r} does not exist")
+            paths.append(Path(match))
+    suffixes = {path.suffix.lower() for path in paths}
+    if len(suffixes) > 1:
+        raise ValueError(f"source: files of different formats {sorted(suffixes)}")
+    suffix = suffixes.pop()
+    if suffix != ".npy" and suffix not in _SCANNERS:
+        raise ValueError(
+            f"source: unknown file type {suffix!r}; expected one of {sorted([*_SCANNERS, '.npy'])}"
+        )
+    return paths
+
+
+def _file_fingerprint(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    entries = []
+    for path in paths:
+        stat = path.stat()
+        entries.append(
+            {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        )
+    return entries
+
+
+def open_source(
+    source: Any,
+    spec: ColumnSpec,
+    *,
+    batch_rows: int | None,
+    skip_rows: int = 0,
+) -> Feeder:
+    """Open ``source`` (SPEC section 5) as a :class:`Feeder` of ``spec``'s columns.
+
+    Raises
+    ------
+    ValueError, TypeError, FileNotFoundError
+        For unknown formats, missing files or columns, and invalid specs.
+    """
+    paths = _expand_paths(source)
+    if paths is not None and paths[0].suffix.lower() == ".npy":
+        return _npy_feeder(paths, spec, batch_rows, skip_rows)
+    if paths is not None:
+        scan = _SCANNERS[paths[0].suffix.lower()]
+        frame = scan([str(p) for p in paths])
+        fingerprint = {"kind": "files", "files": _file_fingerprint(paths)}
+        return _frame_feeder(frame, spec, batch_rows, skip_rows, fingerprint, count_rows=True)
+    if isinstance(source, pl.DataFrame):
+        fingerprint = {"kind": "dataframe", "rows": source.height}
+        return _frame_feeder(source, spec, batch_rows, skip_rows, fingerprint, False)
+    if isinstance(source, pl.LazyFrame):
+        return _frame_feeder(source, spec, batch_rows, skip_rows, {"kind": "lazyframe"}, False)
+    if isinstance(source, str | bytes | Mapping) or not isinstance(source, Iterable):
+        raise TypeError(
+            f"source: expected a polars frame, a path or glob, a .npy file or an iterable "
+            f"of batches, got {type(source).__name__}"
+        )
+    return Feeder(
+        _iterable_batches(source, spec, skip_rows),
+        total_rows=None,
+        fingerprint={"kind": "iterable"},
+    )
+
+
+# -- polars frames and files ---------------------------------------------------------------
+
+
+def _resolve_columns(schema: pl.Schema, spec: ColumnSpec) -> tuple[list[str], list[str]]:
+    """(prediction columns, target columns) named by the spec, checked against the schema."""
+    if spec.preds is None or spec.target is None:
+        raise ValueError("preds and target: column names are required for frame and file sources")
+    if cs.is_selector(spec.preds):
+        pred_columns = cs.expand_selector(schema, spec.preds)
+        if not pred_columns:
+            raise ValueError("preds: the selector matches no column")
+        pred_columns = list(pred_columns)
+    elif isinstance(spec.preds, str):
+        pred_columns = [spec.preds]
+    else:
+        pred_columns = list(spec.preds)
+    target_columns = [spec.target] if isinstance(spec.target, str) else list(spec.target)
+    needed = [*pred_columns, *target_columns, *([spec.sample_weight] if spec.sample_weight else [])]
+    needed += list(spec.by)
+    missing = [name for name in needed if name not in schema]
+    if missing:
+        raise ValueError(
+            f"{missing[0]}: no such column; the source has {list(schema.names())[:20]}"
+        )
+    return pred_columns, target_columns
+
+
+def _prediction_width(schema: pl.Schema, pred_columns: list[str]) -> int:
+    if len(pred_columns) > 1:
+        return len(pred_columns)
+    dtype = schema[pred_columns[0]]
+    return int(dtype.shape[0]) if isinstance(dtype, pl.Array) else 1
+
+
+def _frame_feeder(
+    frame: pl.LazyFrame | pl.DataFrame,
+    spec: ColumnSpec,
+    batch_rows: int | None,
+    skip_rows: int,
+    fingerprint: dict[str, Any],
+    count_rows: bool,
+) -> Feeder:
+    eager = isinstance(frame, pl.DataFrame)
+    schema = frame.schema if eager else frame.collect_schema()
+    pred_columns, target_columns = _resolve_columns(schema, spec)
+    classes = spec.classes
+    if classes is None and len(pred_columns) > 1 and len(target_columns) == 1:
+        if schema[target_columns[0]] in (pl.String, pl.Categorical) or isinstance(
+            schema[target_columns[0]], pl.Enum
+        ):
+            classes = tuple(pred_columns)  # wide columns named after the classes
+    if batch_rows is None:
+        batch_rows = default_batch_rows(_prediction_width(schema, pred_columns))
+    if not isinstance(batch_rows, int) or batch_rows < 1:
+        raise ValueError(f"batch_rows: must be a positive integer, got {batch_rows!r}")
+    columns = list(dict.fromkeys([*pred_columns, *target_columns, *spec.by]))
+    if spec.sample_weight:
+        columns.append(spec.sample_weight)
+    total = frame.height if eager else None
+    if total is None and count_rows:
+        total = frame.select(pl.len()).collect().item()
+    fingerprint = {
+        **fingerprint,
+        "columns": {
+            "preds": pred_columns,
+            "target": target_columns,
+            "sample_weight": spec.sample_weight,
+            "by": list(spec.by),
+            "classes": None if classes is None else [str(c) for c in classes],
+        },
+    }
+    selected = frame.select(columns)
+    if skip_rows:
+        selected = selected.slice(skip_rows)
+
+    # An in-memory frame is sliced (zero-copy); a lazy one streams through polars.
+    chunks = (
+        selected.iter_slices(batch_rows)
+        if eager
+        else selected.collect_batches(chunk_size=batch_rows)
+    )
+
+    def batches() -> Iterator[Batch]:
+        offset = skip_rows
+        for chunk in chunks:
+            for part in chunk.iter_slices(batch_rows) if chunk.height > batch_rows else [chunk]:
+                if part.height == 0:
+                    continue
+                yield _frame_batch(part, pred_columns, target_columns, spec, classes, offset)
+                offset += part.height
+
+    return Feeder(batches(), total_rows=total, fingerprint=fingerprint)
+
+
+def _check_nulls(frame: pl.DataFrame, columns: Sequence[str], offset: int) -> None:
+    counts = frame.select(pl.col(columns).null_count()).row(0)
+    for name, count in zip(columns, counts, strict=True):
+        if count:
+            row = int(frame[name].is_null().arg_max())
+            raise ValueError(f"{name}: row {offset + row}: value is null; nulls are not allowed")
+
+
+def _matrix(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
+    if len(columns) == 1:
+        series = frame[columns[0]]
+        if isinstance(series.dtype, pl.List):
+            widths = series.list.len()
+            if widths.n_unique() > 1:
+                row = int((widths != widths[0]).arg_max())
+                raise ValueError(
+                    f"{columns[0]}: row {row}: list of length {widths[row]} where earlier rows "
+                    f"have {widths[0]}; every row needs one value per class"
+                )
+            series = series.list.to_array(int(widths[0]))
+        return series.to_numpy()
+    return frame.select(columns).to_numpy(order="c")
+
+
+def _labels(series: pl.Series, classes: tuple[Any, ...] | None, offset: int) -> np.ndarray:
+    if series.dtype in (pl.String, pl.Categorical) or isinstance(series.dtype, pl.Enum):
+        if classes is None:
+            raise ValueError(
+                f"{series.name}: string labels need classes= (the class names in the order "
+                "of the prediction columns)"
+            )
+        names = [str(c) for c in classes]
+        codes = series.cast(pl.String).replace_strict(
+            names, list(range(len(names))), default=None, return_dtype=pl.Int64
+        )
+        if codes.null_count():
+            row = int(codes.is_null().arg_max())
+            raise ValueError(
+                f"{series.name}: row {offset + row}: label {series[row]!r} is not one of the "
+                f"classes {names[:10]}"
+            )
+        return codes.to_numpy()
+    if classes is not None and series.dtype.is_integer() is False:
+        raise TypeError(f"{series.name}: labels of dtype {series.dtype} cannot use classes=")
+    return series.to_numpy()
+
+
+def _frame_batch(
+    frame: pl.DataFrame,
+    pred_columns: list[str],
+    target_columns: list[str],
+    spec: ColumnSpec,
+    classes: tuple[Any, ...] | None,
+    offset: int,
+) -> Batch:
+    needed = [*pred_columns, *target_columns]
+    if spec.sample_weight:
+        needed.append(spec.sample_weight)
+    _check_nulls(frame, needed, offset)
+    preds = _matrix(frame, pred_columns)
+    if len(target_columns) == 1 and not isinstance(
+        frame[target_columns[0]].dtype, pl.Array | pl.List
+    ):
+        target = _labels(frame[target_columns[0]], classes, offset)
+    else:
+        target = _matrix(frame, target_columns)
+    weights = frame[spec.sample_weight].to_numpy() if spec.sample_weight else None
+    keys = frame.select(spec.by) if spec.by else None
+    return Batch(preds, target, weights, keys, frame.height)
+
+
+# -- .npy files -----------------------------------------------------------------------------
+
+
+def _load_npy(value: Any, name: str) -> np.ndarray:
+    if isinstance(value, str | os.PathLike):
+        return np.load(value, mmap_mode="r", allow_pickle=False)
+    return np.asarray(value)
+
+
+def _npy_feeder(
+    paths: list[Path], spec: ColumnSpec, batch_rows: int | None, skip_rows: int
+) -> Feeder:
+    if len(paths) != 1:
+        raise ValueError("source: give one .npy file of predictions (and target= its labels)")
+    if spec.target is None:
+        raise ValueError("target: a .npy source needs target= (a .npy path or an array)")
+    if spec.by:
+        raise ValueError("by: grouping needs a frame or file source with group columns")
+    preds = _load_npy(paths[0], "preds")
+    target = _load_npy(spec.target, "target")
+    weights = None if spec.sample_weight is None else _load_npy(spec.sample_weight, "sample_weight")
+    if target.shape[0] != preds.shape[0]:
+        raise ValueError(
+            f"target: {target.shape[0]} rows but the predictions {paths[0].name} have "
+            f"{preds.shape[0]}"
+        )
+    width = int(np.prod(preds.shape[1:])) if preds.ndim > 1 else 1
+    rows = batch_rows or default_batch_rows(width, preds.dtype.itemsize)
+    total = preds.shape[0]
+    files = [paths[0]] + [
+        Path(v) for v in (spec.target, spec.sample_weight) if isinstance(v, str | os.PathLike)
+    ]
+    fingerprint = {"kind": "npy", "files": _file_fingerprint(files)}
+
+    def batches() -> Iterator[Batch]:
+        for start in range(skip_rows, total, rows):
+            stop = min(start + rows, total)
+            yield Batch(
+                preds[start:stop],
+                target[start:stop],
+                None if weights is None else weights[start:stop],
+                None,
+                stop - start,
+            )
+
+    return Feeder(batches(), total_rows=total, fingerprint=fingerprint)
+
+
+# -- iterables ------------------------------------------------------------------------------
+
+
+def _iterable_batches(source: Iterable[Any], spec: ColumnSpec, skip_rows: int) -> Iterator[Batch]:
+    offset = 0
+    pred_columns = target_columns = None
+    for item in source:
+        if isinstance(item, pl.DataFrame):
+            if pred_columns is None:
+                pred_columns, target_columns = _resolve_columns(item.schema, spec)
+            batch = _frame_batch(item, pred_columns, target_columns, spec, spec.classes, offset)
+        elif isinstance(item, Mapping):
+            preds = item[_key(item, spec.preds, "preds")]
+            target = item[_key(item, spec.target, "target")]
+            weight_key = spec.sample_weight or "sample_weight"
+            weights = item.get(weight_key)
+            batch = Batch(preds, target, weights, None, _length(preds))
+        elif isinstance(item, tuple) and len(item) in (2, 3):
+            weights = item[2] if len(item) == 3 else None
+            batch = Batch(item[0], item[1], weights, None, _length(item[0]))
+        else:
+            raise TypeError(
+                f"source: batch at row {offset} is a {type(item).__name__}; expected a "
+                "(preds, target[, sample_weight]) tuple, a dict or a polars DataFrame"
+            )
+        if spec.by and batch.keys is None:
+            raise ValueError("by: grouping needs DataFrame batches with the group columns")
+        start = offset
+        offset += batch.n_rows
+        if offset <= skip_rows:
+            continue
+        if start < skip_rows:  # resume inside this batch
+            batch = _tail(batch, skip_rows - start)
+        yield batch
+
+
+def _key(item: Mapping, name: Any, default: str) -> str:
+    key = name if isinstance(name, str) else default
+    if key not in item:
+        raise ValueError(f"source: batch dict has no {key!r} entry (keys: {list(item)[:10]})")
+    return key
+
+
+def _length(preds: Any) -> int:
+    shape = getattr(preds, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) else 1
+    return len(preds)
+
+
+def _tail(batch: Batch, start: int) -> Batch:
+    def cut(value: Any) -> Any:
+        if value is None:
+            return None
+        return value[start:] if hasattr(value, "__getitem__") else value
+
+    keys = None if batch.keys is None else batch.keys.slice(start)
+    preds = np.asarray(batch.preds) if isinstance(batch.preds, list) else batch.preds
+    target = np.asarray(batch.target) if isinstance(batch.target, list) else batch.target
+    return Batch(cut(preds), cut(target), cut(batch.sample_weight), keys, batch.n_rows - start)
