@@ -1,0 +1,7 @@
+"""``python -m xentstream`` is the ``xentstream`` command."""
+
+import sys
+
+from xentstream.cli import main
+
+sys.exit(main())
