@@ -50,6 +50,7 @@ _WORKQUEUE_LOCK = threading.Lock()
 _threading_layer_is_safe = False
 _NO_WEIGHTS = np.empty(0, dtype=np.float64)
 _NO_GROUPS = np.empty(0, dtype=np.int64)
+_NO_GROUPS.flags.writeable = False  # the same numba type as real group codes
 
 
 @dataclass
@@ -125,9 +126,9 @@ def _run(
 ) -> BatchSums:
     # Only C-contiguous arrays reach the kernels: other layouts are copied once here,
     # which keeps one compiled specialization per dtype instead of one per layout.
-    preds = np.ascontiguousarray(preds)
-    target = np.ascontiguousarray(target)
-    sample_weight = np.ascontiguousarray(sample_weight)
+    preds = _read_only(preds)
+    target = _read_only(target)
+    sample_weight = _read_only(sample_weight)
     n_rows = preds.shape[0]
     group_codes = _NO_GROUPS if groups is None else _check_groups(groups, n_rows, n_groups)
     n_groups = 1 if groups is None else n_groups
@@ -207,8 +208,20 @@ def _run(
     )
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous, read-only view (a copy only for other layouts).
+
+    numba types writable and read-only arrays differently; inputs from polars and
+    pyarrow are read-only, numpy's usually not. Handing every kernel read-only views
+    keeps one compiled specialization per dtype instead of one per combination.
+    """
+    view = np.ascontiguousarray(array).view()
+    view.flags.writeable = False
+    return view
+
+
 def _check_groups(groups: np.ndarray, n_rows: int, n_groups: int) -> np.ndarray:
-    codes = np.ascontiguousarray(groups, dtype=np.int64).reshape(-1)
+    codes = _read_only(np.asarray(groups, dtype=np.int64).reshape(-1))
     if codes.shape[0] != n_rows:
         raise ValueError(f"by: {codes.shape[0]} group codes for {n_rows} rows")
     if n_rows and (codes.min() < 0 or codes.max() >= n_groups):
@@ -243,10 +256,12 @@ def _grouped(groups: np.ndarray | None, n_groups: int) -> int | None:
     return None if groups is None else n_groups
 
 
-def _sample_weight(sample_weight: Any, leading_shape: tuple[int, ...], name: str) -> np.ndarray:
+def _sample_weight(
+    sample_weight: Any, leading_shape: tuple[int, ...], name: str, row_offset: int
+) -> np.ndarray:
     if sample_weight is None:
         return _NO_WEIGHTS
-    weights = as_array(sample_weight, name)
+    weights = as_array(sample_weight, name, row_offset=row_offset)
     if weights.dtype.kind not in "fiub":
         raise TypeError(f"{name}: must be numeric, got {weights.dtype}")
     if weights.dtype.kind != "f" or weights.dtype.itemsize < 4:
@@ -265,9 +280,9 @@ def _as_kernel_labels(array: np.ndarray) -> np.ndarray:
 
 
 def _class_predictions(
-    preds: Any, names: ColumnNames, expected: int | None, what: str
+    preds: Any, names: ColumnNames, expected: int | None, what: str, row_offset: int = 0
 ) -> tuple[np.ndarray, tuple[int, ...], int]:
-    array = as_array(preds, names.preds, floating=True)
+    array = as_array(preds, names.preds, floating=True, row_offset=row_offset)
     if array.ndim < 2:
         raise ValueError(
             f"{names.preds}: shape {array.shape} has no {what} dimension; expected (..., C)"
@@ -307,8 +322,10 @@ def multiclass_batch(
     n_groups: int = 1,
 ) -> BatchSums:
     """Exact sums of multiclass cross-entropy over one batch (hard or soft targets)."""
-    preds, leading_shape, n_classes = _class_predictions(preds, names, config.num_classes, "class")
-    target = as_array(target, names.target)
+    preds, leading_shape, n_classes = _class_predictions(
+        preds, names, config.num_classes, "class", row_offset
+    )
+    target = as_array(target, names.target, row_offset=row_offset)
     if config.class_weight is not None and len(config.class_weight) != n_classes:
         raise ValueError(
             f"class_weight: has {len(config.class_weight)} entries but {names.preds} has "
@@ -335,7 +352,7 @@ def multiclass_batch(
             f"{names.target}: shape {target.shape} matches neither hard labels "
             f"{leading_shape} nor soft targets {preds.shape} for {names.preds}"
         )
-    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight)
+    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight, row_offset)
     per_class = config.per_class
     if preds.size == 0:
         return _empty_batch(
@@ -370,8 +387,10 @@ def multiclass_batch(
     )
 
 
-def _binary_target(target: Any, shape: tuple[int, ...], names: ColumnNames) -> np.ndarray:
-    array = as_array(target, names.target)
+def _binary_target(
+    target: Any, shape: tuple[int, ...], names: ColumnNames, row_offset: int
+) -> np.ndarray:
+    array = as_array(target, names.target, row_offset=row_offset)
     if array.dtype.kind not in "fiub":
         raise TypeError(f"{names.target}: must be numeric or bool, got {array.dtype}")
     if array.shape != shape:
@@ -395,10 +414,10 @@ def binary_batch(
     n_groups: int = 1,
 ) -> BatchSums:
     """Exact sums of binary cross-entropy over one batch (predictions of any shape)."""
-    preds = as_array(preds, names.preds, floating=True)
+    preds = as_array(preds, names.preds, floating=True, row_offset=row_offset)
     leading_shape = preds.shape
-    target = _binary_target(target, leading_shape, names).reshape(-1)
-    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight)
+    target = _binary_target(target, leading_shape, names, row_offset).reshape(-1)
+    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight, row_offset)
     if preds.size == 0:
         return _empty_batch(1, False, keep_rows, leading_shape, _grouped(groups, n_groups))
     pos_weight = 1.0 if config.pos_weight is None else config.pos_weight
@@ -436,9 +455,11 @@ def multilabel_batch(
     n_groups: int = 1,
 ) -> BatchSums:
     """Exact sums of multi-label cross-entropy (sum over labels per row) over one batch."""
-    preds, leading_shape, n_labels = _class_predictions(preds, names, config.num_labels, "label")
-    target = _binary_target(target, preds.shape, names).reshape(-1, n_labels)
-    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight)
+    preds, leading_shape, n_labels = _class_predictions(
+        preds, names, config.num_labels, "label", row_offset
+    )
+    target = _binary_target(target, preds.shape, names, row_offset).reshape(-1, n_labels)
+    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight, row_offset)
     if isinstance(config.pos_weight, tuple) and len(config.pos_weight) != n_labels:
         raise ValueError(
             f"pos_weight: has {len(config.pos_weight)} entries but {names.preds} has "

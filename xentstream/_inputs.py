@@ -19,12 +19,12 @@ def _module(value: Any) -> str:
     return type(value).__module__.split(".", 1)[0]
 
 
-def _first_null_error(name: str, mask: np.ndarray) -> ValueError:
-    row = int(np.argmax(mask))
+def _first_null_error(name: str, mask: np.ndarray, row_offset: int) -> ValueError:
+    row = row_offset + int(np.argmax(mask))
     return ValueError(f"{name}: row {row}: value is null; nulls are not allowed")
 
 
-def as_array(value: Any, name: str, *, floating: bool = False) -> np.ndarray:
+def as_array(value: Any, name: str, *, floating: bool = False, row_offset: int = 0) -> np.ndarray:
     """Return ``value`` as a numpy array, without copying when possible.
 
     Parameters
@@ -34,6 +34,8 @@ def as_array(value: Any, name: str, *, floating: bool = False) -> np.ndarray:
         CPU tensor.
     name
         The argument or column name used in error messages.
+    row_offset
+        Rows of the stream before this batch, added to the row named by null errors.
     floating
         Require a floating-point result: float16 and bfloat16 are widened to float32,
         integer lists to float64; integer arrays are a ``TypeError``.
@@ -73,12 +75,15 @@ def as_array(value: Any, name: str, *, floating: bool = False) -> np.ndarray:
                 mask = value.is_null().to_numpy() if hasattr(value, "is_null") else None
                 if mask is None:
                     mask = value.select(_any_null_expr()).to_series().to_numpy()
-                raise _first_null_error(name, mask)
+                raise _first_null_error(name, mask, row_offset)
+        dtype = getattr(value, "dtype", None)
+        if dtype is not None and dtype.is_nested():
+            # null_count() sees whole rows only; a null inside an Array row would
+            # otherwise reach the kernels as NaN and be reported as one.
+            _arrow_to_numpy(value.to_arrow(), name, row_offset)
         array = value.to_numpy()
     elif module == "pyarrow":
-        if value.null_count:
-            raise _first_null_error(name, np.asarray(value.is_null()))
-        array = value.to_numpy(zero_copy_only=False)
+        array = _arrow_to_numpy(value, name, row_offset)
     elif isinstance(value, list | tuple) or np.isscalar(value):
         from_list = True
         array = np.asarray(value)
@@ -98,6 +103,25 @@ def as_array(value: Any, name: str, *, floating: bool = False) -> np.ndarray:
                 f"{name}: must be floating point (float32 or float64), got {array.dtype}"
             )
     return array
+
+
+def _arrow_to_numpy(value: Any, name: str, row_offset: int = 0) -> np.ndarray:
+    """A pyarrow (Chunked)Array as numpy; fixed-size lists become trailing dimensions."""
+    if value.null_count:
+        raise _first_null_error(name, np.asarray(value.is_null()), row_offset)
+    if getattr(value.type, "list_size", None) is None:
+        return value.to_numpy(zero_copy_only=False)
+    if hasattr(value, "combine_chunks"):
+        value = value.combine_chunks()
+    shape = [len(value)]
+    while getattr(value.type, "list_size", None) is not None:
+        shape.append(value.type.list_size)
+        value = value.flatten()
+        if value.null_count:
+            element = int(np.argmax(np.asarray(value.is_null())))
+            row = row_offset + element // int(np.prod(shape[1:]))
+            raise ValueError(f"{name}: row {row}: value is null; nulls are not allowed")
+    return value.to_numpy(zero_copy_only=False).reshape(shape)
 
 
 def _any_null_expr() -> Any:

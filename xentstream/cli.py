@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import io
 import json
 import math
@@ -277,6 +278,8 @@ def _plot(
 def _evaluate(args: argparse.Namespace) -> int:
     if args.dask is not None:
         raise _UsageError("--dask: distributed evaluation is not available in this version yet")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the long run
+        raise ImportError('--plot needs matplotlib: pip install "xentstream[plot]"')
     task = _infer_task(args, args.source)
     metric = _metric(args, task)
     source: Any = args.source if len(args.source) > 1 else args.source[0]

@@ -51,7 +51,8 @@ def _weight_tuple(name: str, values: Any, *, allow_zero: bool) -> tuple[float, .
     if bad.any():
         index = int(np.argmax(bad))
         rule = "finite and >= 0" if allow_zero else "finite and > 0"
-        raise ValueError(f"{name}: entry {index} is {array[index]!r}; weights must be {rule}")
+        value = float(array[index])
+        raise ValueError(f"{name}: entry {index} is {value!r}; weights must be {rule}")
     return tuple(float(v) for v in array)
 
 
@@ -72,8 +73,12 @@ class LossConfig:
         object.__setattr__(self, "validate", bool(self.validate))
 
     def resolve_eps(self, dtype: np.dtype) -> float:
-        """The clipping eps for inputs of ``dtype`` ("auto": machine eps, as scikit-learn)."""
-        if self.input != "probs" and self.kind == "multiclass":
+        """The clipping eps for inputs of ``dtype`` ("auto": machine eps, as scikit-learn).
+
+        Only probabilities are clipped; log-probabilities and logits are used as given
+        (SPEC section 2), for every loss kind.
+        """
+        if self.input != "probs":
             return 0.0
         if self.eps == "auto":
             return float(np.finfo(dtype).eps)

@@ -11,7 +11,10 @@ bitwise equal to an uninterrupted run.
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
+import math
 import os
 import queue
 import sys
@@ -80,6 +83,8 @@ class GroupedReport:
             row = dict(zip(self.by, key, strict=True))
             row.update({name: getattr(report, name) for name in _SCALAR_FIELDS})
             rows.append(row)
+        if not rows:  # no row read: still the key and report columns
+            return pl.DataFrame(schema=[*self.by, *_SCALAR_FIELDS])
         return pl.DataFrame(rows, infer_schema_length=None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,9 +93,53 @@ class GroupedReport:
             "overall": self.overall.to_dict(),
             "by": list(self.by),
             "groups": [
-                {"key": list(key), **report.to_dict()} for key, report in self.groups.items()
+                {"key": [_plain_key(v) for v in key], **report.to_dict()}
+                for key, report in self.groups.items()
             ],
         }
+
+
+_NAN = float("nan")
+_KEY_TYPES = {
+    "datetime": (datetime.datetime, datetime.datetime.isoformat, datetime.datetime.fromisoformat),
+    "date": (datetime.date, datetime.date.isoformat, datetime.date.fromisoformat),
+    "time": (datetime.time, datetime.time.isoformat, datetime.time.fromisoformat),
+    "timedelta": (
+        datetime.timedelta,
+        lambda v: [v.days, v.seconds, v.microseconds],
+        lambda v: datetime.timedelta(*v),
+    ),
+    "decimal": (decimal.Decimal, str, decimal.Decimal),
+}
+
+
+def _canonical_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``row`` with every NaN replaced by one NaN object, so that NaN keys compare equal."""
+    return tuple(_NAN if isinstance(v, float) and math.isnan(v) else v for v in row)
+
+
+def _key_to_json(value: Any) -> Any:
+    """A group key value as JSON: temporal and decimal values tagged with their type."""
+    for tag, (kind, encode, _) in _KEY_TYPES.items():  # datetime before its base class date
+        if isinstance(value, kind):
+            return {tag: encode(value)}
+    return value
+
+
+def _plain_key(value: Any) -> Any:
+    """A group key value for output: temporal values as ISO strings, decimals as text."""
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta | decimal.Decimal):
+        return str(value)
+    return value
+
+
+def _key_from_json(value: Any) -> Any:
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in _KEY_TYPES:
+        tag, encoded = next(iter(value.items()))
+        return _KEY_TYPES[tag][2](encoded)
+    return value
 
 
 class _GroupState:
@@ -113,7 +162,7 @@ class _GroupState:
     def codes(self, keys: pl.DataFrame) -> np.ndarray:
         """Group code of every row of ``keys`` (new keys get new codes)."""
         unique = keys.unique(maintain_order=True)
-        for row in unique.iter_rows():
+        for row in map(_canonical_key, unique.iter_rows()):
             if row not in self._codes:
                 self._codes[row] = len(self.keys)
                 self.keys.append(row)
@@ -134,13 +183,13 @@ class _GroupState:
 
     def to_json(self) -> list[dict[str, Any]]:
         return [
-            {"key": list(key), "state": metric.state_dict()}
+            {"key": [_key_to_json(v) for v in key], "state": metric.state_dict()}
             for key, metric in zip(self.keys, self.metrics, strict=True)
         ]
 
     def load_json(self, entries: list[dict[str, Any]]) -> None:
         for entry in entries:
-            key = tuple(entry["key"])
+            key = _canonical_key(tuple(_key_from_json(v) for v in entry["key"]))
             self._codes[key] = len(self.keys)
             self.keys.append(key)
             self.metrics.append(Metric.from_state_dict(entry["state"]))
@@ -223,8 +272,11 @@ class _Progress:
 
 
 def _fingerprint(feeder_fingerprint: dict[str, Any], metric: Metric) -> dict[str, Any]:
+    source = dict(feeder_fingerprint)
+    columns = source.pop("columns", None)  # an argument, not a property of the files
     return {
-        "source": feeder_fingerprint,
+        "source": source,
+        "columns": columns,
         "metric": type(metric).__name__,
         "config": metric._merge_key(),
     }

@@ -201,6 +201,18 @@ def _resolve_columns(schema: pl.Schema, spec: ColumnSpec) -> tuple[list[str], li
     return pred_columns, target_columns
 
 
+def _classes(
+    schema: pl.Schema, spec: ColumnSpec, pred_columns: list[str], target_columns: list[str]
+) -> tuple[Any, ...] | None:
+    """``spec.classes``, else the wide prediction column names for string labels."""
+    if spec.classes is not None or len(pred_columns) < 2 or len(target_columns) != 1:
+        return spec.classes
+    dtype = schema[target_columns[0]]
+    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
+        return tuple(pred_columns)  # wide columns named after the classes
+    return None
+
+
 def _prediction_width(schema: pl.Schema, pred_columns: list[str]) -> int:
     if len(pred_columns) > 1:
         return len(pred_columns)
@@ -219,12 +231,7 @@ def _frame_feeder(
     eager = isinstance(frame, pl.DataFrame)
     schema = frame.schema if eager else frame.collect_schema()
     pred_columns, target_columns = _resolve_columns(schema, spec)
-    classes = spec.classes
-    if classes is None and len(pred_columns) > 1 and len(target_columns) == 1:
-        if schema[target_columns[0]] in (pl.String, pl.Categorical) or isinstance(
-            schema[target_columns[0]], pl.Enum
-        ):
-            classes = tuple(pred_columns)  # wide columns named after the classes
+    classes = _classes(schema, spec, pred_columns, target_columns)
     if batch_rows is None:
         batch_rows = default_batch_rows(_prediction_width(schema, pred_columns))
     if not isinstance(batch_rows, int) or batch_rows < 1:
@@ -276,7 +283,7 @@ def _check_nulls(frame: pl.DataFrame, columns: Sequence[str], offset: int) -> No
             raise ValueError(f"{name}: row {offset + row}: value is null; nulls are not allowed")
 
 
-def _matrix(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
+def _matrix(frame: pl.DataFrame, columns: list[str], offset: int) -> np.ndarray:
     if len(columns) == 1:
         series = frame[columns[0]]
         if isinstance(series.dtype, pl.List):
@@ -284,8 +291,8 @@ def _matrix(frame: pl.DataFrame, columns: list[str]) -> np.ndarray:
             if widths.n_unique() > 1:
                 row = int((widths != widths[0]).arg_max())
                 raise ValueError(
-                    f"{columns[0]}: row {row}: list of length {widths[row]} where earlier rows "
-                    f"have {widths[0]}; every row needs one value per class"
+                    f"{columns[0]}: row {offset + row}: list of length {widths[row]} where "
+                    f"earlier rows have {widths[0]}; every row needs one value per class"
                 )
             series = series.list.to_array(int(widths[0]))
         return series.to_numpy()
@@ -327,13 +334,13 @@ def _frame_batch(
     if spec.sample_weight:
         needed.append(spec.sample_weight)
     _check_nulls(frame, needed, offset)
-    preds = _matrix(frame, pred_columns)
+    preds = _matrix(frame, pred_columns, offset)
     if len(target_columns) == 1 and not isinstance(
         frame[target_columns[0]].dtype, pl.Array | pl.List
     ):
         target = _labels(frame[target_columns[0]], classes, offset)
     else:
-        target = _matrix(frame, target_columns)
+        target = _matrix(frame, target_columns, offset)
     weights = frame[spec.sample_weight].to_numpy() if spec.sample_weight else None
     keys = frame.select(spec.by) if spec.by else None
     return Batch(preds, target, weights, keys, frame.height)
@@ -392,12 +399,13 @@ def _npy_feeder(
 
 def _iterable_batches(source: Iterable[Any], spec: ColumnSpec, skip_rows: int) -> Iterator[Batch]:
     offset = 0
-    pred_columns = target_columns = None
+    pred_columns = target_columns = classes = None
     for item in source:
         if isinstance(item, pl.DataFrame):
             if pred_columns is None:
                 pred_columns, target_columns = _resolve_columns(item.schema, spec)
-            batch = _frame_batch(item, pred_columns, target_columns, spec, spec.classes, offset)
+                classes = _classes(item.schema, spec, pred_columns, target_columns)
+            batch = _frame_batch(item, pred_columns, target_columns, spec, classes, offset)
         elif isinstance(item, Mapping):
             preds = item[_key(item, spec.preds, "preds")]
             target = item[_key(item, spec.target, "target")]

@@ -69,6 +69,24 @@ def _check_window(window: int | None) -> int | None:
     return window
 
 
+def _counts_from_json(values: Any) -> np.ndarray:
+    """Row counters of a state file: a list of non-negative integers."""
+    if not isinstance(values, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
+    ):
+        raise ValueError(f"counts must be lists of non-negative integers, got {values!r}")
+    return np.array(values, dtype=np.int64)
+
+
+def _exact_sum(values: tuple[float, ...]) -> int:
+    """Exact sum of finite floats as an integer in units of 2**-1074."""
+    total = 0
+    for value in values:
+        numerator, denominator = value.as_integer_ratio()
+        total += numerator << (1075 - denominator.bit_length())
+    return total
+
+
 class _Window:
     """The last ``size`` counted rows as (s L, s d) pairs, for the windowed loss."""
 
@@ -86,8 +104,19 @@ class _Window:
         if not self.rows:
             return None
         losses, weights = zip(*self.rows, strict=True)
-        total = math.fsum(weights)
-        return math.fsum(losses) / total if total else math.nan
+        try:
+            # Exact sums as integers, then one correctly rounded division: the same
+            # bits as the one-shot loss of these rows (fsum / fsum rounds twice).
+            top, bottom = _exact_sum(losses), _exact_sum(weights)
+        except (OverflowError, ValueError):  # an inf or NaN term
+            total = math.fsum(weights)
+            return math.fsum(losses) / total if total else math.nan
+        if not bottom:
+            return math.nan
+        try:
+            return top / bottom
+        except OverflowError:
+            return math.inf if (top > 0) == (bottom > 0) else -math.inf
 
     def copy(self) -> _Window:
         twin = _Window(self.size)
@@ -185,7 +214,8 @@ class Metric:
             batch, row_denominators = self._run_batch(
                 preds, target, sample_weight, names, groups=groups, n_groups=n_groups
             )
-            self._absorb(batch, row_denominators, sample_weight)
+            if batch.n_rows:  # an empty batch is a no-op: no zeroed per-class state
+                self._absorb(batch, row_denominators, sample_weight)
         return batch
 
     def absorb_group_sums(self, sums: np.ndarray, counts: np.ndarray) -> None:
@@ -261,7 +291,9 @@ class Metric:
     # -- merge ---------------------------------------------------------------------------
 
     def _merge_key(self) -> dict[str, Any]:
-        return self.config.to_dict()
+        # The window is part of what must match: merging a state without (or with a
+        # shorter) window would silently drop rows from the windowed loss.
+        return {**self.config.to_dict(), "window": self.window}
 
     def merge(self, other: Metric) -> Metric:
         """Add ``other``'s state into this one (exact); ``other`` is left unchanged.
@@ -381,17 +413,19 @@ class Metric:
             n_classes = state["n_classes"]
             if n_classes is not None:
                 metric._adopt_class_count(int(n_classes))
-            metric._counts = np.array([state["counts"][k] for k in _COUNT_NAMES], dtype=np.int64)
+            metric._counts = _counts_from_json([state["counts"][k] for k in _COUNT_NAMES])
             sums = state["sums"]
             if set(sums) != set(_SUM_NAMES):
                 raise ValueError(f"sums must have the keys {list(_SUM_NAMES)}")
             metric._sums = accumulator.from_json([sums[k] for k in _SUM_NAMES], (layout.N_SUMS,))
             if state["class_sums"] is not None:
                 width = len(state["class_sums"])
+                if n_classes is not None and width != n_classes:
+                    raise ValueError(f"class_sums has {width} rows for {n_classes} classes")
                 metric._class_sums = accumulator.from_json(
                     state["class_sums"], (width, layout.N_CLASS_SUMS)
                 )
-                metric._class_counts = np.array(state["class_counts"], dtype=np.int64)
+                metric._class_counts = _counts_from_json(state["class_counts"])
                 if metric._class_counts.shape != (width,):
                     raise ValueError("class_counts does not match class_sums")
             if metric._window is not None and state.get("window_rows"):
@@ -551,7 +585,8 @@ class CrossEntropy(_ClassCountMixin, Metric):
             names=names,
             **grouping,
         )
-        self._adopt_class_count(batch.n_classes)
+        if batch.n_rows:  # an empty batch does not fix the class count
+            self._adopt_class_count(batch.n_classes)
         denominators = None
         if self._window is not None:
             denominators = self._row_denominators(target, batch)
@@ -700,6 +735,7 @@ class MultiLabelCrossEntropy(_ClassCountMixin, Metric):
             names=names,
             **grouping,
         )
-        self._adopt_class_count(batch.n_classes)
+        if batch.n_rows:  # an empty batch does not fix the class count
+            self._adopt_class_count(batch.n_classes)
         denominators = None if batch.row_losses is None else np.ones(batch.row_losses.size)
         return batch, denominators

@@ -18,7 +18,7 @@ interval is ``loss -/+ z_0.975 * stderr`` (normal approximation).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
@@ -92,7 +92,9 @@ class Report:
     per_class: pl.DataFrame | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict of every field (``per_class`` as a list of row dicts).
+        """Strict-JSON-able dict of every field (``per_class`` as a list of row dicts).
+
+        NaN (undefined, e.g. the loss of a class with no rows) becomes ``None``.
 
         Examples
         --------
@@ -101,11 +103,20 @@ class Report:
         >>> sorted(m.compute().to_dict())[:4]
         ['accuracy', 'bits', 'ci95', 'count']
         """
-        data = asdict(self)
-        data["per_class"] = None if self.per_class is None else self.per_class.to_dicts()
-        if self.ci95 is not None:
-            data["ci95"] = list(self.ci95)
+        data = {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
+        if self.per_class is not None:
+            data["per_class"] = [
+                {k: _json_value(v) for k, v in row.items()} for row in self.per_class.to_dicts()
+            ]
         return data
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    return value
 
 
 def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray) -> float | None:

@@ -52,7 +52,7 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not a valid xentstream state file ({error})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a valid xentstream state file (not a JSON object)")

@@ -148,20 +148,20 @@ def multiclass_hard(
             if code != OK:
                 _record_error(errors, error_values, block, i, code, column, bad)
                 break
+            s, ok = _sample_weight(sample_weight, i, opts.validate)
+            if not ok:
+                _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
+                break
+            group = _group(groups, i)
             label = np.int64(target[i])
             if opts.has_ignore_index and label == opts.ignore_index:
-                counts[block, _group(groups, i), IGNORED] += 1
+                counts[block, group, IGNORED] += 1
                 if keep_rows:
                     row_losses[i] = 0.0
                 continue
             if label < 0 or label >= n_classes:
                 _record_error(errors, error_values, block, i, LABEL_OUT_OF_RANGE, label, 0.0)
                 break
-            s, ok = _sample_weight(sample_weight, i, opts.validate)
-            if not ok:
-                _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
-                break
-            group = _group(groups, i)
             w = class_weight[label]
             loss = neg_xlogy(
                 (1.0 - smoothing) * w, log_probability(preds, i, label, normalizer, opts)

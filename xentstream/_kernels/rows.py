@@ -28,6 +28,7 @@ from xentstream._kernels.layout import (
 )
 
 _INF = np.inf
+_NO_SHIFT = (0.0, 0.0)
 
 
 @njit(inline="always", nogil=True)
@@ -73,8 +74,11 @@ def scan_prediction_row(preds, i, opts):
     """One pass over prediction row ``i``: checks, top-1 class, log-normalizer, entropy.
 
     Returns ``(code, column, bad_value, argmax, normalizer, entropy)``. For logits
-    ``normalizer`` is logsumexp(x_i), computed after shifting by the row maximum so
-    that no exp overflows; for probabilities and log-probabilities it is 0.
+    ``normalizer`` is the pair ``(max_c x_ic, log sum_c exp(x_ic - max))`` whose sum is
+    logsumexp(x_i); shifting by the maximum keeps every exp from overflowing, and
+    keeping the two parts apart keeps ``(x - max) - log_sum`` exact to rounding even
+    when the logits are huge (``x - (max + log_sum)`` would lose ``log_sum``
+    entirely at 1e30). For probabilities and log-probabilities it is ``(0, 0)``.
     """
     n_classes = preds.shape[1]
     kind = opts.input_kind
@@ -87,14 +91,14 @@ def scan_prediction_row(preds, i, opts):
             x = np.float64(preds[i, c])
             if check:
                 if x != x:
-                    return PRED_NAN, c, x, 0, 0.0, 0.0
+                    return PRED_NAN, c, x, 0, _NO_SHIFT, 0.0
                 if x == _INF:
-                    return PRED_POS_INF, c, x, 0, 0.0, 0.0
+                    return PRED_POS_INF, c, x, 0, _NO_SHIFT, 0.0
             if x > best:
                 best = x
                 argmax = c
         if best == -_INF:
-            return PRED_ALL_NEG_INF, -1, best, 0, 0.0, 0.0
+            return PRED_ALL_NEG_INF, -1, best, 0, _NO_SHIFT, 0.0
         scaled_sum = 0.0
         weighted_shift = 0.0
         for c in range(n_classes):
@@ -106,17 +110,17 @@ def scan_prediction_row(preds, i, opts):
         log_scaled_sum = math.log(scaled_sum)
         # H = log Z - sum p (x - max), with Z the shifted partition function.
         entropy = log_scaled_sum - weighted_shift / scaled_sum
-        return OK, -1, 0.0, argmax, best + log_scaled_sum, entropy
+        return OK, -1, 0.0, argmax, (best, log_scaled_sum), entropy
     total = 0.0
     for c in range(n_classes):
         x = np.float64(preds[i, c])
         if check:
             if x != x:
-                return PRED_NAN, c, x, 0, 0.0, 0.0
+                return PRED_NAN, c, x, 0, _NO_SHIFT, 0.0
             if kind == PROBS and (x < 0.0 or x > 1.0):
-                return PRED_NOT_PROBABILITY, c, x, 0, 0.0, 0.0
+                return PRED_NOT_PROBABILITY, c, x, 0, _NO_SHIFT, 0.0
             if kind == LOGPROBS and x > 0.0:
-                return PRED_POSITIVE_LOGPROB, c, x, 0, 0.0, 0.0
+                return PRED_POSITIVE_LOGPROB, c, x, 0, _NO_SHIFT, 0.0
         if x > best:
             best = x
             argmax = c
@@ -130,8 +134,8 @@ def scan_prediction_row(preds, i, opts):
             if p > 0.0:
                 entropy -= p * x
     if check and abs(total - 1.0) > opts.sum_tol:
-        return PRED_ROW_SUM, -1, total, 0, 0.0, 0.0
-    return OK, -1, 0.0, argmax, 0.0, entropy
+        return PRED_ROW_SUM, -1, total, 0, _NO_SHIFT, 0.0
+    return OK, -1, 0.0, argmax, _NO_SHIFT, entropy
 
 
 @njit(inline="always", nogil=True)
@@ -142,7 +146,8 @@ def log_probability(preds, i, c, normalizer, opts):
         return clipped_log(x, opts.eps)
     if opts.input_kind == LOGPROBS:
         return x
-    return x - normalizer
+    shift, log_sum = normalizer
+    return (x - shift) - log_sum
 
 
 @njit(inline="always", nogil=True)
@@ -192,10 +197,9 @@ def binary_log_probabilities(x, opts):
         # log sigmoid(x) = -softplus(-x); log(1 - sigmoid(x)) = -softplus(x)
         return -softplus(-x), -softplus(x)
     if opts.input_kind == LOGPROBS:
-        p = math.exp(x)
-        if opts.eps > 0.0:
-            return clipped_log(p, opts.eps), clipped_log1m(p, opts.eps)
-        return x, math.log1p(-p)
+        # SPEC: log-probabilities are used as given (no clipping); log(1 - p) through
+        # expm1 keeps its precision when p is within rounding of 1.
+        return x, math.log(-math.expm1(x))
     return clipped_log(x, opts.eps), clipped_log1m(x, opts.eps)
 
 
