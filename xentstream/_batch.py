@@ -129,8 +129,11 @@ def _run(
     preds = _read_only(preds)
     target = _read_only(target)
     sample_weight = _read_only(sample_weight)
+    weights = _read_only(weights)  # class / label weights: a per-label pos_weight is a view
     n_rows = preds.shape[0]
-    group_codes = _NO_GROUPS if groups is None else _check_groups(groups, n_rows, n_groups)
+    group_codes = _read_only(
+        _NO_GROUPS if groups is None else _check_groups(groups, n_rows, n_groups)
+    )
     n_groups = 1 if groups is None else n_groups
     n_blocks = _block_count(n_rows, n_classes, per_class, n_groups)
     row_losses = np.empty(n_rows, dtype=np.float64) if keep_rows else _NO_ROWS

@@ -201,7 +201,7 @@ def build_report(
         ignored=int(counts[layout.IGNORED]),
         stderr=stderr,
         ci95=ci95,
-        perplexity=math.exp(loss) if loss < 709.0 else math.inf,
+        perplexity=_perplexity(loss),
         bits=loss / math.log(2.0),
         accuracy=accuracy,
         entropy=entropy,
@@ -210,6 +210,12 @@ def build_report(
         window_loss=window_loss,
         per_class=per_class,
     )
+
+
+def _perplexity(loss: float) -> float:
+    if math.isnan(loss):
+        return math.nan
+    return math.exp(loss) if loss < 709.0 else math.inf
 
 
 def _normalized_entropy(

@@ -1,0 +1,1 @@
+"""asv benchmarks of xentstream, one module per area (see ``asv_bench/asv.conf.json``)."""

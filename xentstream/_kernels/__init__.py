@@ -1,0 +1,36 @@
+"""Numba kernels: arrays in, exact accumulator arrays out (no Python objects).
+
+numba's on-disk cache keys a compiled kernel by the source file that defines it
+(``cpu.py``) only, so an edit to a helper module it inlines (``rows.py``,
+``exact.py``, ``layout.py``) would silently reuse stale machine code. To prevent
+that, the first import compares a hash of all kernel sources with the one recorded
+beside the cache and, when they differ, touches ``cpu.py`` so numba recompiles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+_HERE = Path(__file__).parent
+_SOURCES = ("cpu.py", "rows.py", "exact.py", "layout.py")
+_STAMP = _HERE / "__pycache__" / "kernel_sources.sha256"
+
+
+def _invalidate_stale_cache() -> None:
+    try:
+        digest = hashlib.sha256()
+        for name in _SOURCES:
+            digest.update((_HERE / name).read_bytes())
+        current = digest.hexdigest()
+        if _STAMP.exists() and _STAMP.read_text() == current:
+            return
+        os.utime(_HERE / "cpu.py")
+        _STAMP.parent.mkdir(exist_ok=True)
+        _STAMP.write_text(current)
+    except OSError:  # a read-only install cannot hold a stale cache of edited sources
+        pass
+
+
+_invalidate_stale_cache()
