@@ -50,7 +50,7 @@ def main() -> None:
         options = {"preds": "logits", "target": "label", "by": "region"}
         with (
             LocalCluster(
-                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
             ) as cluster,
             Client(cluster),  # the current client: xentstream.dask.evaluate uses it
         ):

@@ -372,7 +372,7 @@ def _evaluate_on_dask(
     # numba gives them, and processes sidestep the GIL in the polars-to-numpy glue.
     with (
         LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         Client(cluster) as client,
     ):
