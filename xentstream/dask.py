@@ -62,6 +62,7 @@ class _FilePart:
     start: int
     rows: int
     offset: int  # row of the whole stream where this partition begins
+    stamp: tuple[int, int]  # the file's size and mtime: a rewritten file gets new task keys
 
     def frame(self) -> pl.LazyFrame:
         scan = _SCANNERS[os.path.splitext(self.path)[1].lower()](self.path)
@@ -87,20 +88,24 @@ class _FramePart:
 
 
 def _file_partitions(paths: list[Any], partition_rows: int) -> list[_FilePart]:
-    spans: list[tuple[str, int, int, int]] = []
+    spans: list[tuple[str, int, int, int, tuple[int, int]]] = []
     offset = 0
     for path in paths:
         name = os.path.abspath(path)  # workers may run elsewhere: shared storage, absolute path
+        stat = os.stat(name)
         rows = _SCANNERS[path.suffix.lower()](name).select(pl.len()).collect().item()
         spans += [
-            (name, start, min(partition_rows, rows - start), offset + start)
+            (
+                name,
+                start,
+                min(partition_rows, rows - start),
+                offset + start,
+                (stat.st_size, stat.st_mtime_ns),
+            )
             for start in range(0, rows, partition_rows)
         ]
         offset += rows
-    return [
-        _FilePart(index, len(spans), name, start, rows, first)
-        for index, (name, start, rows, first) in enumerate(spans)
-    ]
+    return [_FilePart(index, len(spans), *span) for index, span in enumerate(spans)]
 
 
 # -- what runs on the workers ------------------------------------------------------------------
