@@ -15,7 +15,6 @@ import importlib.util
 import io
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -369,18 +368,11 @@ def _evaluate_on_dask(
             ) from None
         with client:
             return xentstream_dask.evaluate(source, metric, scheduler=client, **options)
-    # One task at a time per worker process (processes sidestep the GIL in the
-    # polars-to-numpy glue), and the machine's cores shared out between the workers'
-    # numba and polars thread pools rather than each pool taking them all.
-    cores = os.cpu_count() or 1
-    threads = str(max(1, cores // (workers or cores)))
+    # One thread per worker process: each task's kernels already use every core
+    # numba gives them, and processes sidestep the GIL in the polars-to-numpy glue.
     with (
         LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            env={"NUMBA_NUM_THREADS": threads, "POLARS_MAX_THREADS": threads},
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         Client(cluster) as client,
     ):
