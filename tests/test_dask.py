@@ -202,15 +202,19 @@ def _cli(*args: Any) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_dask_local_equals_one_process(files: dict[str, str], tmp_path: Path) -> None:
+def test_cli_dask_equals_one_process(client: Any, files: dict[str, str], tmp_path: Path) -> None:
+    """``--dask local:2`` (a cluster of its own) and ``--dask ADDRESS`` (the module's)."""
     run = (files["parquet"], "--preds", "p", "--target", "y", "--by", "g", "--format", "json")
-    with ThreadPoolExecutor(2) as pool:
-        on_dask, alone = pool.map(
-            lambda extra: _cli(*run, *extra), [("--dask", "local:2"), ("--no-progress",)]
+    address = client.scheduler.address
+    with ThreadPoolExecutor(3) as pool:
+        alone, *on_dask = pool.map(
+            lambda extra: _cli(*run, *extra),
+            [("--no-progress",), ("--dask", "local:2"), ("--dask", address)],
         )
-    assert on_dask.returncode == 0, on_dask.stderr[-2000:]
     assert alone.returncode == 0, alone.stderr[-2000:]
-    assert bits(json.loads(on_dask.stdout)) == bits(json.loads(alone.stdout))
+    for done in on_dask:
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert bits(json.loads(done.stdout)) == bits(json.loads(alone.stdout))
 
     refused = _cli(*run, "--dask", "local:2", "--checkpoint", tmp_path / "run.ckpt")
     assert refused.returncode == 2

@@ -106,7 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--plot", metavar="FILE.png")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--engine", choices=("auto", "cpu", "cuda"), default="auto")
-    run.add_argument("--dask", metavar="ADDRESS|local[:N]")
+    run.add_argument(
+        "--dask",
+        metavar="ADDRESS|local[:N]",
+        help="run on a Dask cluster: a scheduler's address, or N local worker processes",
+    )
 
     merge = commands.add_parser("merge", help="combine saved metric states")
     merge.add_argument("states", nargs="+", metavar="STATE.json")
