@@ -126,7 +126,8 @@ def _located(error: ValueError | TypeError, part: _FilePart | _FramePart) -> Exc
         message = _FIRST_ROW.sub(r"row \1 of the partition", message, count=1)
     else:
         message = _FIRST_ROW.sub(lambda m: f"row {part.offset + int(m[1])}", message, count=1)
-    return type(error)(f"{part.where()}: {message}")
+    kind = TypeError if isinstance(error, TypeError) else ValueError  # plain constructors
+    return kind(f"{part.where()}: {message}")
 
 
 def _partition_state(
