@@ -187,7 +187,9 @@ def test_bad_dataframe_partition_names_partition_and_row(client: Any, table: pl.
     pandas = table.select(*WIDE, "y").to_pandas()
     pandas.loc[1_234, "y"] = 9
     frame = dd.from_pandas(pandas, npartitions=5, sort=False)  # 500 rows each
-    with pytest.raises(ValueError, match=r"^partition 2 of 5 of the dask DataFrame: y: row 234 "):
+    with pytest.raises(
+        ValueError, match=r"^partition 2 of 5 of the dask DataFrame: y: row 1234: label 9"
+    ):
         xentstream_dask.evaluate(frame, xs.CrossEntropy(), preds=WIDE, target="y")
 
 

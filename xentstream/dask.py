@@ -115,19 +115,35 @@ def _state(metric: Metric, groups: _GroupState | None) -> dict[str, Any]:
     return {"metric": metric.state_dict(), "groups": None if groups is None else groups.to_json()}
 
 
-def _located(error: ValueError | TypeError, part: _FilePart | _FramePart) -> Exception:
+class _FramePartitionError(ValueError):
+    """Bad data in a DataFrame partition, before its row is a stream offset.
+
+    ``args``: the message, the partition, the message of the original error. Kept
+    in ``args`` because that is what survives pickling back from a worker.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _located(error: Exception, part: _FilePart | _FramePart, offset: int | None) -> Exception:
     """``error`` with the partition named and its row turned into a stream offset.
 
     The feeders and kernels number rows from the start of what they were given (here
-    the partition); a file partition knows where it begins in the whole stream.
+    the partition). A file partition knows where it begins in the whole stream; for a
+    DataFrame partition the client works it out after the failure (``offset``), and
+    until then the row is the partition's.
     """
     message = str(error)
-    if part.offset is None:
-        message = _FIRST_ROW.sub(r"row \1 of the partition", message, count=1)
+    if offset is None:
+        located = _FIRST_ROW.sub(r"row \1 of the partition", message, count=1)
     else:
-        message = _FIRST_ROW.sub(lambda m: f"row {part.offset + int(m[1])}", message, count=1)
-    kind = TypeError if isinstance(error, TypeError) else ValueError  # plain constructors
-    return kind(f"{part.where()}: {message}")
+        located = _FIRST_ROW.sub(lambda m: f"row {offset + int(m[1])}", message, count=1)
+    if isinstance(error, TypeError):
+        return TypeError(f"{part.where()}: {located}")
+    if offset is None:
+        return _FramePartitionError(f"{part.where()}: {located}", part, message)
+    return ValueError(f"{part.where()}: {located}")
 
 
 def _partition_state(
@@ -151,7 +167,7 @@ def _partition_state(
         ):
             pass
     except (ValueError, TypeError) as error:
-        raise _located(error, part) from None
+        raise _located(error, part, part.offset) from None
     return _state(metric, groups)
 
 
@@ -234,6 +250,24 @@ def _leaves(
     ]
 
 
+def _in_stream(source: Any, error: _FramePartitionError, scheduler: Any) -> Exception:
+    """A DataFrame partition's ``error`` with its row as an offset in the whole frame.
+
+    Only on this failure path are the earlier partitions' lengths computed (one more
+    pass over them, reading as few columns as the source allows).
+    """
+    import dask
+
+    _, part, message = error.args
+    offset = 0
+    if part.index:
+        (lengths,) = dask.compute(
+            source.partitions[: part.index].map_partitions(len), scheduler=scheduler
+        )
+        offset = int(sum(lengths))
+    return _located(ValueError(message), part, offset)
+
+
 def evaluate(
     source: Any,
     metric: Metric,
@@ -292,8 +326,8 @@ def evaluate(
         Without dask (``pip install "xentstream[dask]"``).
     ValueError, TypeError, FileNotFoundError
         Bad sources, columns or options; bad data, with the message naming the
-        partition, the row (its offset in the whole stream for file sources, in the
-        partition for DataFrame sources), the column and the rule broken.
+        partition, the row (its offset in the whole stream), the column and the rule
+        broken.
 
     Examples
     --------
@@ -327,7 +361,10 @@ def evaluate(
     if level:
         if scheduler is None:
             scheduler = _current_client()
-        (state,) = dask.compute(level[0], scheduler=scheduler)
+        try:
+            (state,) = dask.compute(level[0], scheduler=scheduler)
+        except _FramePartitionError as error:
+            raise _in_stream(source, error, scheduler) from None
         metric.merge(Metric.from_state_dict(state["metric"], engine=metric.engine))
         if groups is not None:
             groups.load_json(state["groups"])
