@@ -204,25 +204,42 @@ def _cli(*args: Any) -> subprocess.CompletedProcess:
     )
 
 
-def test_cli_dask_equals_one_process(client: Any, files: dict[str, str], tmp_path: Path) -> None:
-    """``--dask local:2`` (a cluster of its own) and ``--dask ADDRESS`` (the module's)."""
-    run = (files["parquet"], "--preds", "p", "--target", "y", "--by", "g", "--format", "json")
+def _assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_cli_dask_equals_one_process(
+    client: Any, files: dict[str, str], table: pl.DataFrame, tmp_path: Path
+) -> None:
+    """``--dask local:2`` (a cluster of its own) and ``--dask ADDRESS`` (the module's)
+    print the one-process JSON; bad data and bad arguments exit 2 with one line."""
+    run = ("--preds", "p", "--target", "y", "--by", "g", "--format", "json")
+    bad = _corrupt(table, tmp_path)
     address = client.scheduler.address
-    with ThreadPoolExecutor(3) as pool:
-        alone, *on_dask = pool.map(
-            lambda extra: _cli(*run, *extra),
-            [("--no-progress",), ("--dask", "local:2"), ("--dask", address)],
+    with ThreadPoolExecutor(4) as pool:
+        alone, local, remote, failed = pool.map(
+            lambda args: _cli(*args),
+            [
+                (files["parquet"], *run, "--no-progress"),
+                (files["parquet"], *run, "--dask", "local:2"),
+                (files["parquet"], *run, "--dask", address),
+                (bad, *run, "--dask", "local:1"),
+            ],
         )
     assert alone.returncode == 0, alone.stderr[-2000:]
-    for done in on_dask:
+    for done in (local, remote):
         assert done.returncode == 0, done.stderr[-2000:]
         assert bits(json.loads(done.stdout)) == bits(json.loads(alone.stdout))
+    # the workers' own logs stay quiet: the error is reported once
+    _assert_one_line_error(failed, "bad-2.parquet", "p: row 2100", "outside [0, 1]")
 
-    refused = _cli(*run, "--dask", "local:2", "--checkpoint", tmp_path / "run.ckpt")
-    assert refused.returncode == 2
-    assert refused.stdout == ""
-    lines = refused.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--checkpoint cannot be combined with --dask" in lines[0]
+    refused = _cli(files["parquet"], *run, "--dask", "local:2", "--checkpoint", tmp_path / "c")
+    _assert_one_line_error(refused, "--checkpoint cannot be combined with --dask")
 
 
 def test_dask_is_imported_lazily_and_named_when_missing() -> None:

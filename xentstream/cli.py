@@ -14,6 +14,7 @@ import csv
 import importlib.util
 import io
 import json
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -374,9 +375,15 @@ def _evaluate_on_dask(
             return xentstream_dask.evaluate(source, metric, scheduler=client, **options)
     # One thread per worker process: each task's kernels already use every core
     # numba gives them, and processes sidestep the GIL in the polars-to-numpy glue.
+    # Silent logs: bad data is reported once, as the one-line error, not also logged
+    # by the worker that met it.
     with (
         LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.CRITICAL,
         ) as cluster,
         Client(cluster) as client,
     ):
