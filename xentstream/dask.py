@@ -4,8 +4,8 @@ Each partition of the source (a slice of a Parquet / Arrow IPC file, or a partit
 of a ``dask.dataframe.DataFrame``) is read on a worker and fed through the same path
 as :func:`xentstream.evaluate` (``feeders`` -> ``Metric.update_batch`` -> the
 kernels, grouped rows through ``evaluate._GroupState``). The worker returns only the
-partition's exact state (``Metric.state_dict()``: a few hundred bytes of JSON-able
-integers, plus one such state per group); predictions never leave the worker that
+partition's exact state (``Metric.state_dict()``: about 3 KB of JSON-able integers,
+plus one such state per group); predictions never leave the worker that
 read them. The states are merged by a tree of ``split_every``-way merges that keeps
 the partitions in order, so group keys keep their order of first appearance. The
 sums are exact integers, so merging is integer addition and the report is bitwise
@@ -218,7 +218,8 @@ def _leaves(
 
     task = delayed(_partition_state, pure=True)
     if _is_dask_frame(source):
-        # An empty frame of the partitions' dtypes: column errors before any task runs.
+        # ``_meta``, the empty frame of the partitions' dtypes that every dask
+        # collection carries: column errors before any task runs.
         open_source(pl.from_pandas(source._meta), spec, batch_rows=batch_rows)
         parts = source.to_delayed()
         return [
@@ -285,8 +286,8 @@ def evaluate(
     """:func:`xentstream.evaluate` on a Dask cluster, bitwise equal to one process.
 
     Every partition becomes an exact metric state on a worker (the same feeders,
-    kernels and grouping as :func:`xentstream.evaluate`); only these states, a few
-    hundred bytes each (plus one per group), travel between workers, where they are
+    kernels and grouping as :func:`xentstream.evaluate`); only these states, about
+    3 KB each (plus as much per group), travel between workers, where they are
     merged by a tree reduction in partition order. The merged state is added to
     ``metric``, whose report is returned.
 
