@@ -477,7 +477,8 @@ def test_exit_codes(files: dict[str, Path], data: Data, tmp_path: Path) -> None:
         ((*run, "--pos-weight", "2"), ("--pos-weight",)),
         ((*run, "--class-weight", "1,x"), ("--class-weight",)),
         ((*run, "--batch-rows", "0"), ("batch_rows",)),
-        ((*run, "--dask", "local"), ("--dask",)),
+        ((*run, "--dask", "local:0"), ("--dask", "local:N")),
+        ((*run, "--dask", "local", "--checkpoint", tmp_path / "c.json"), ("--checkpoint",)),
         # missing and unknown files, unknown columns
         (("evaluate", tmp_path / "absent.parquet", *run[2:]), ("absent.parquet", "does not exist")),
         (("evaluate", tmp_path / "notes.txt", *run[2:]), ("unknown file type '.txt'",)),

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 _EPOCH = re.compile(
@@ -49,3 +51,10 @@ def test_training_loop_loss_decreases() -> None:
 def test_quickstart_streams_the_one_shot_bits() -> None:
     output = _run("quickstart.py")
     assert "streamed == one-shot (bitwise): True" in output
+
+
+def test_dask_cluster_equals_one_process() -> None:
+    pytest.importorskip("distributed")
+    pytest.importorskip("dask.dataframe")
+    output = _run("dask_cluster.py")
+    assert "cluster == one process (bitwise): True" in output

@@ -14,9 +14,11 @@ import csv
 import importlib.util
 import io
 import json
+import logging
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import polars as pl
@@ -49,6 +51,10 @@ _TABLE_FIELDS = (
     "normalized_entropy",
     "window_loss",
 )
+
+
+#: Seconds to wait for ``--dask ADDRESS``'s scheduler before giving up.
+_CONNECT_TIMEOUT_S = 30
 
 
 class _UsageError(Exception):
@@ -101,7 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--plot", metavar="FILE.png")
     run.add_argument("--no-progress", action="store_true")
     run.add_argument("--engine", choices=("auto", "cpu", "cuda"), default="auto")
-    run.add_argument("--dask", metavar="ADDRESS|local[:N]")
+    run.add_argument(
+        "--dask",
+        metavar="ADDRESS|local[:N]",
+        help="run on a Dask cluster: a scheduler's address, or N local worker processes",
+    )
 
     merge = commands.add_parser("merge", help="combine saved metric states")
     merge.add_argument("states", nargs="+", metavar="STATE.json")
@@ -277,7 +287,7 @@ def _plot(
 
 def _evaluate(args: argparse.Namespace) -> int:
     if args.dask is not None:
-        raise _UsageError("--dask: distributed evaluation is not available in this version yet")
+        _check_dask_args(args)
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the long run
         raise ImportError('--plot needs matplotlib: pip install "xentstream[plot]"')
     task = _infer_task(args, args.source)
@@ -297,7 +307,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         "progress": False if args.no_progress else None,
         "checkpoint": args.checkpoint,
     }
-    if args.plot:
+    if args.dask is not None:
+        options.pop("checkpoint")
+        options.pop("progress")
+        result = _evaluate_on_dask(args.dask, source, metric, options)
+    elif args.plot:
         history = []
         result = None
         for result in stream(source, metric, **options):
@@ -313,6 +327,67 @@ def _evaluate(args: argparse.Namespace) -> int:
         metric.save(args.save_state)
     _write(_render(result, args.format), args.output)
     return 0
+
+
+def _check_dask_args(args: argparse.Namespace) -> None:
+    """Reject what a Dask run cannot do, before any cluster starts."""
+    if args.checkpoint:
+        raise _UsageError(
+            "--checkpoint cannot be combined with --dask: Dask reruns lost partitions itself"
+        )
+    if args.plot:
+        raise _UsageError("--plot draws the running loss of one process; it cannot use --dask")
+    suffixes = {Path(path).suffix.lower() for path in args.source}
+    if not suffixes <= {".parquet", ".pq", ".arrow", ".ipc", ".feather"}:
+        raise _UsageError("--dask reads Parquet or Arrow IPC files only")
+    _dask_workers(args.dask)
+
+
+def _dask_workers(address: str) -> int | None:
+    """Worker processes for ``local[:N]`` (None: Dask's default), or 0 for an address."""
+    if address == "local":
+        return None
+    if not address.startswith("local:"):
+        return 0
+    count = address.removeprefix("local:")
+    if not count.isdigit() or int(count) < 1:
+        raise _UsageError(f"--dask: expected local:N with N a positive integer, got {address!r}")
+    return int(count)
+
+
+def _evaluate_on_dask(
+    address: str, source: Any, metric: Metric, options: dict[str, Any]
+) -> Report | GroupedReport:
+    from xentstream import dask as xentstream_dask
+
+    xentstream_dask._require_dask()
+    from distributed import Client, LocalCluster
+
+    workers = _dask_workers(address)
+    if workers == 0:
+        try:
+            client = Client(address, timeout=_CONNECT_TIMEOUT_S)
+        except (OSError, ValueError) as error:
+            raise _UsageError(
+                f"--dask: cannot reach a scheduler at {address!r} ({error})"
+            ) from None
+        with client:
+            return xentstream_dask.evaluate(source, metric, scheduler=client, **options)
+    # One thread per worker process: each task's kernels already use every core
+    # numba gives them, and processes sidestep the GIL in the polars-to-numpy glue.
+    # Silent logs: bad data is reported once, as the one-line error, not also logged
+    # by the worker that met it.
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        return xentstream_dask.evaluate(source, metric, scheduler=client, **options)
 
 
 def _merge(args: argparse.Namespace) -> int:

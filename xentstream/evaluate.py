@@ -188,11 +188,19 @@ class _GroupState:
         ]
 
     def load_json(self, entries: list[dict[str, Any]]) -> None:
+        """Add saved groups (:meth:`to_json`): a known key's state is merged into its
+        metric, a new key is appended. Loading the groups of consecutive parts of a
+        stream in order thus keeps the keys in order of first appearance."""
         for entry in entries:
             key = _canonical_key(tuple(_key_from_json(v) for v in entry["key"]))
-            self._codes[key] = len(self.keys)
-            self.keys.append(key)
-            self.metrics.append(Metric.from_state_dict(entry["state"]))
+            metric = Metric.from_state_dict(entry["state"])
+            code = self._codes.get(key)
+            if code is None:
+                self._codes[key] = len(self.keys)
+                self.keys.append(key)
+                self.metrics.append(metric)
+            else:
+                self.metrics[code].merge(metric)
 
     def reports(self) -> dict[tuple[Any, ...], Report]:
         return {key: m.compute() for key, m in zip(self.keys, self.metrics, strict=True)}

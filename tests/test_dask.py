@@ -1,0 +1,310 @@
+"""Many machines (SPEC section 8): ``xentstream.dask.evaluate`` on a real Dask cluster.
+
+A ``distributed.LocalCluster`` with two worker processes (shared by the module) reads
+real Parquet / Arrow IPC files; every result is compared BITWISE with
+``xs.evaluate`` in this process on the same rows. Also: a dask DataFrame source, the
+``--dask`` command line, errors naming the partition and the row, and a worker killed
+in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from stream_support import (
+    N_ROWS,
+    WIDE,
+    bits,
+    child_env,
+    full_frame,
+    make_data,
+    report_bits,
+    run_python,
+    write,
+)
+
+import xentstream as xs
+
+dask = pytest.importorskip("dask")
+pytest.importorskip("dask.dataframe")
+distributed = pytest.importorskip("distributed")
+
+from xentstream import dask as xentstream_dask  # noqa: E402  (after the skips)
+
+# Three files cut at 900 and 1700 rows, 300-row partitions: 9 partitions, the ones at
+# the end of each file short, so partitions and files do not line up.
+CUTS = (0, 900, 1_700, N_ROWS)
+PARTITION_ROWS = 300
+BATCH_ROWS = 128
+
+
+def _table() -> pl.DataFrame:
+    """The shared streaming table, plus ``band``: group keys first seen in descending
+    order, so sorting keys anywhere would show."""
+    frame = full_frame(make_data())
+    return frame.with_columns(band=(N_ROWS - 1 - pl.int_range(pl.len())) // 400)
+
+
+@pytest.fixture(scope="module")
+def table() -> pl.DataFrame:
+    return _table()
+
+
+@pytest.fixture(scope="module")
+def files(table: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The table as three files per format; glob of each."""
+    root = tmp_path_factory.mktemp("dask")
+    globs = {}
+    for suffix in ("parquet", "arrow"):
+        for number, (start, stop) in enumerate(itertools.pairwise(CUTS)):
+            write(table.slice(start, stop - start), root / f"part-{number}.{suffix}")
+        globs[suffix] = str(root / f"part-*.{suffix}")
+    return globs
+
+
+@pytest.fixture(scope="module")
+def client() -> Any:
+    """Two worker processes, one thread each, shared by the module."""
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+CASES = {
+    "multiclass": (
+        lambda: xs.CrossEntropy(per_class=True, window=100),
+        {"preds": "p", "target": "y", "sample_weight": "w"},
+    ),
+    "multiclass-by": (
+        lambda: xs.CrossEntropy(label_smoothing=0.1),
+        {"preds": WIDE, "target": "label", "by": ["h", "band"]},
+    ),
+    "binary-by": (
+        lambda: xs.BinaryCrossEntropy(pos_weight=2.0),
+        {"preds": "b_p", "target": "b_t", "sample_weight": "w", "by": "g"},
+    ),
+    "multilabel": (
+        lambda: xs.MultiLabelCrossEntropy(per_label=True),
+        {"preds": "ml_p", "target": "ml_t"},
+    ),
+}
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "arrow"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_files_bitwise_equal_to_one_process(
+    client: Any, files: dict[str, str], table: pl.DataFrame, case: str, suffix: str
+) -> None:
+    make_metric, columns = CASES[case]
+    with distributed.get_task_stream(client) as tasks:  # the current client is used
+        result = xentstream_dask.evaluate(
+            files[suffix],
+            make_metric(),
+            partition_rows=PARTITION_ROWS,
+            batch_rows=BATCH_ROWS,
+            split_every=3,
+            **columns,
+        )
+    expected = xs.evaluate(table, make_metric(), **columns)
+    assert bits(result.to_dict()) == bits(expected.to_dict())
+    if isinstance(expected, xs.GroupedReport):
+        assert list(result.groups) == list(expected.groups)  # first appearance
+    states = [t for t in tasks.data if t["key"].startswith("_partition_state")]
+    assert len(states) == 9  # ran on the cluster's worker processes
+    assert {t["worker"] for t in states} <= set(client.scheduler_info()["workers"])
+
+
+def test_dask_dataframe_source(client: Any, table: pl.DataFrame) -> None:
+    import dask.dataframe as dd
+
+    columns = {"preds": WIDE, "target": "label", "sample_weight": "w", "by": ["h", "band"]}
+    pandas = table.select(*WIDE, "label", "w", "h", "band").to_pandas()
+    frame = dd.from_pandas(pandas, npartitions=5)
+    result = xentstream_dask.evaluate(
+        frame, xs.CrossEntropy(window=50), scheduler=client, **columns
+    )
+    expected = xs.evaluate(table, xs.CrossEntropy(window=50), **columns)
+    assert bits(result.to_dict()) == bits(expected.to_dict())
+    assert list(result.groups) == list(expected.groups)
+
+
+def test_metric_updated_in_place_like_evaluate(client: Any, files: dict[str, str]) -> None:
+    """Rows already in the metric stay; the merged partitions are added to them."""
+    start = xs.CrossEntropy().update([[0.5, 0.25, 0.125, 0.125]], [2])
+    twin = xs.CrossEntropy().update([[0.5, 0.25, 0.125, 0.125]], [2])
+    frame = pl.read_parquet(files["parquet"])
+    result = xentstream_dask.evaluate(files["parquet"], start, preds="p", target="y")
+    expected = xs.evaluate(frame, twin, preds="p", target="y")
+    assert report_bits(result) == report_bits(expected)
+    assert report_bits(start.compute()) == report_bits(twin.compute())
+
+
+def _corrupt(table: pl.DataFrame, root: Path) -> str:
+    probs = table["p"].to_numpy().copy()
+    probs[2_100] = [1.5, -0.5, 0.0, 0.0]
+    bad = table.with_columns(pl.Series("p", probs))
+    for number, (start, stop) in enumerate(itertools.pairwise(CUTS)):
+        write(bad.slice(start, stop - start), root / f"bad-{number}.parquet")
+    return str(root / "bad-*.parquet")
+
+
+def test_bad_partition_names_partition_and_stream_row(
+    client: Any, table: pl.DataFrame, tmp_path: Path
+) -> None:
+    source = _corrupt(table, tmp_path)
+    with pytest.raises(ValueError) as raised:
+        xentstream_dask.evaluate(
+            source, xs.CrossEntropy(), preds="p", target="y", partition_rows=PARTITION_ROWS
+        )
+    message = str(raised.value)
+    # row 2100 is row 400 of bad-2 (from row 1700): its partition 7 holds rows 300..599
+    assert message.startswith("partition 7 of 9 (")
+    assert "bad-2.parquet, file rows 300..599)" in message
+    assert "p: row 2100" in message and "outside [0, 1]" in message
+    with pytest.raises(ValueError) as single:
+        xs.evaluate(source, xs.CrossEntropy(), preds="p", target="y")
+    assert message.endswith(str(single.value))  # the same message, with the partition
+
+
+def test_bad_dataframe_partition_names_partition_and_row(client: Any, table: pl.DataFrame) -> None:
+    import dask.dataframe as dd
+
+    pandas = table.select(*WIDE, "y").to_pandas()
+    pandas.loc[1_234, "y"] = 9
+    frame = dd.from_pandas(pandas, npartitions=5, sort=False)  # 500 rows each
+    with pytest.raises(
+        ValueError, match=r"^partition 2 of 5 of the dask DataFrame: y: row 1234: label 9"
+    ):
+        xentstream_dask.evaluate(frame, xs.CrossEntropy(), preds=WIDE, target="y")
+
+
+def _cli(*args: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "xentstream", "evaluate", *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        check=False,
+    )
+
+
+def _assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_cli_dask_equals_one_process(
+    client: Any, files: dict[str, str], table: pl.DataFrame, tmp_path: Path
+) -> None:
+    """``--dask local:2`` (a cluster of its own) and ``--dask ADDRESS`` (the module's)
+    print the one-process JSON; bad data and bad arguments exit 2 with one line."""
+    run = ("--preds", "p", "--target", "y", "--by", "g", "--format", "json")
+    bad = _corrupt(table, tmp_path)
+    address = client.scheduler.address
+    with ThreadPoolExecutor(4) as pool:
+        alone, local, remote, failed = pool.map(
+            lambda args: _cli(*args),
+            [
+                (files["parquet"], *run, "--no-progress"),
+                (files["parquet"], *run, "--dask", "local:2"),
+                (files["parquet"], *run, "--dask", address),
+                (bad, *run, "--dask", "local:1"),
+            ],
+        )
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    for done in (local, remote):
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert bits(json.loads(done.stdout)) == bits(json.loads(alone.stdout))
+    # the workers' own logs stay quiet: the error is reported once
+    _assert_one_line_error(failed, "bad-2.parquet", "p: row 2100", "outside [0, 1]")
+
+    refused = _cli(files["parquet"], *run, "--dask", "local:2", "--checkpoint", tmp_path / "c")
+    _assert_one_line_error(refused, "--checkpoint cannot be combined with --dask")
+
+
+def test_dask_is_imported_lazily_and_named_when_missing() -> None:
+    done = run_python(
+        "import sys, xentstream\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')]\n"
+        "assert not loaded, loaded\n"
+        "sys.modules['dask'] = None  # as if not installed\n"
+        "from xentstream import dask as xd\n"
+        "try:\n"
+        "    xd.evaluate('x.parquet', xentstream.CrossEntropy(), preds='p', target='y')\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'pip install "xentstream[dask]"' in done.stdout
+
+
+def test_killed_worker_is_recomputed_without_double_counting(
+    client: Any, files: dict[str, str], table: pl.DataFrame
+) -> None:
+    """SIGKILL a worker process as soon as it holds a finished partition state.
+
+    The state dies with it; the scheduler reruns the lost partitions on the other
+    worker (and on the one its nanny restarts). 100 partitions keep the run going
+    well past the first finished one, so the kill lands mid-run.
+    """
+    pids = client.run(os.getpid)
+    columns = {"preds": "p", "target": "y", "sample_weight": "w", "by": "band"}
+    killed: dict[str, Any] = {}
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(
+            xentstream_dask.evaluate,
+            files["parquet"],
+            xs.CrossEntropy(),
+            partition_rows=25,
+            batch_rows=BATCH_ROWS,
+            **columns,
+        )
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline and not running.done():
+            for worker, keys in client.has_what().items():
+                if any(str(key).startswith("_partition_state") for key in keys):
+                    killed.update(worker=worker, mid_run=not running.done())
+                    os.kill(pids[worker], signal.SIGKILL)
+                    break
+            time.sleep(0.005)
+        result = running.result(timeout=120)
+    assert killed.get("mid_run"), "the run ended before a worker could be killed"
+    expected = xs.evaluate(table, xs.CrossEntropy(), **columns)
+    assert bits(result.to_dict()) == bits(expected.to_dict())
+    client.wait_for_workers(2, timeout=60)
+    assert killed["worker"] not in client.scheduler_info()["workers"]
+
+
+def test_rejects_sources_it_cannot_split(tmp_path: Path, table: pl.DataFrame) -> None:
+    csv = write(table.select(*WIDE, "y"), tmp_path / "t.csv")
+    with pytest.raises(ValueError, match="cannot be split into partitions"):
+        xentstream_dask.evaluate(csv, xs.CrossEntropy(), preds=WIDE, target="y")
+    with pytest.raises(TypeError, match=r"dask\.dataframe\.DataFrame"):
+        xentstream_dask.evaluate(table, xs.CrossEntropy(), preds=WIDE, target="y")
+    parquet = write(table, tmp_path / "t.parquet")
+    with pytest.raises(ValueError, match="nope: no such column"):  # before any task runs
+        xentstream_dask.evaluate(parquet, xs.CrossEntropy(), preds="p", target="nope")
+    with pytest.raises(ValueError, match="partition_rows"):
+        xentstream_dask.evaluate(
+            parquet, xs.CrossEntropy(), preds="p", target="y", partition_rows=0
+        )
