@@ -529,12 +529,21 @@ KERNELS = {
 # -- host side ---------------------------------------------------------------------------
 
 
+class CudaUnavailableError(RuntimeError, ValueError):
+    """``engine="cuda"`` without a usable GPU.
+
+    A ``RuntimeError`` (the machine, not the data, is at fault) that is also a
+    ``ValueError`` (an ``engine=`` value this machine cannot honour), so callers
+    that report bad arguments - the CLI's exit status 2 - catch it as well.
+    """
+
+
 def ensure_available() -> None:
-    """Raise ``RuntimeError`` unless a CUDA GPU (or the simulator) can run the kernels."""
+    """Raise :class:`CudaUnavailableError` unless a GPU (or the simulator) runs kernels."""
     if SIMULATOR:
         return
     if not cuda.is_available():
-        raise RuntimeError(
+        raise CudaUnavailableError(
             "engine='cuda': no usable CUDA GPU (numba.cuda.is_available() is False; "
             "check the driver and CUDA_VISIBLE_DEVICES); use engine='cpu' or 'auto'"
         )
