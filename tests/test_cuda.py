@@ -104,12 +104,13 @@ def test_no_gpu_is_a_clear_error(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "engine='cuda': no usable CUDA GPU" in done.stdout
     # The CLI turns it into exit status 2 with one line.
-    path = tmp_path / "p.npy"
-    np.save(path, np.full((4, 2), 0.5))
+    preds, target = tmp_path / "p.npy", tmp_path / "y.npy"
+    np.save(preds, np.full((4, 2), 0.5))
+    np.save(target, np.zeros(4, dtype=np.int64))
     cli = subprocess.run(
         [
-            *(sys.executable, "-m", "xentstream", "evaluate", str(path)),
-            *("--target", str(path), "--engine", "cuda", "--no-progress"),
+            *(sys.executable, "-m", "xentstream", "evaluate", str(preds), "--preds", "-"),
+            *("--target", str(target), "--engine", "cuda", "--no-progress"),
         ],
         capture_output=True,
         text=True,
@@ -118,7 +119,8 @@ def test_no_gpu_is_a_clear_error(tmp_path: Path) -> None:
         check=False,
     )
     assert cli.returncode == 2
-    assert cli.stderr.count("\n") == 1 and "xentstream: error:" in cli.stderr
+    assert cli.stderr.count("\n") == 1
+    assert cli.stderr.startswith("xentstream: error: engine='cuda': no usable CUDA GPU")
 
 
 @requires_numba_cuda
