@@ -26,8 +26,11 @@ def is_device_array(value: Any) -> bool:
     """True for arrays in GPU memory (torch CUDA tensors, CuPy, numba device arrays).
 
     Recognised by ``__cuda_array_interface__``, or as the CUDA simulator's device
-    arrays, which are numpy-backed and lack the interface.
+    arrays, which are numpy-backed and lack the interface. A torch tensor is asked
+    for its device instead: one that requires grad raises on the interface.
     """
+    if _module(value) == "torch":
+        return getattr(getattr(value, "device", None), "type", "cpu") == "cuda"
     if hasattr(value, "__cuda_array_interface__"):
         return True
     return type(value).__module__.startswith("numba.cuda.simulator")

@@ -556,8 +556,17 @@ def is_device_array(value: Any) -> bool:
     return SIMULATOR and isinstance(value, cuda.devicearray.FakeCUDAArray)
 
 
-def as_device_array(value: Any) -> Any:
-    """A numba device array viewing the memory of ``value`` (no copy)."""
+def as_device_array(value: Any, *, floating: bool = False) -> Any:
+    """A numba device array viewing the memory of ``value`` (no copy).
+
+    torch tensors are detached first (one that requires grad refuses
+    ``__cuda_array_interface__``); with ``floating``, float16 / bfloat16 tensors are
+    widened to float32 on the device, as the CPU path widens them on the host.
+    """
+    if type(value).__module__.split(".", 1)[0] == "torch":
+        value = value.detach()
+        if floating and str(value.dtype) in ("torch.float16", "torch.bfloat16"):
+            value = value.float()
     if SIMULATOR:  # the simulator's device arrays are numpy-backed and have no interface
         return value
     return cuda.as_cuda_array(value)  # pragma: no cover - needs a GPU
@@ -681,17 +690,19 @@ def launch(
         """Fold one finished window into the totals; True if it found a bad row."""
         start, stop, stream, outputs = job
         stream.synchronize()
-        sums, counts, class_sums, class_counts, errs, values, losses = (
-            output.copy_to_host() for output in outputs
-        )
-        errs = errs[:-1]  # the last row is the shared minimum, not a thread's error
-        failed = np.flatnonzero(errs[:, 0] >= 0)
-        if failed.size:
-            first = failed[np.argmin(errs[failed, 0])]
+        n_threads = outputs[4].shape[0] - 1
+        # The shared minimum tells whether any thread failed: the per-thread rows
+        # (megabytes for a full grid) come back only then.
+        if int(outputs[4][n_threads:].copy_to_host()[0, 0]) != _NO_ERROR:
+            errs = outputs[4].copy_to_host()[:n_threads]
+            values = outputs[5].copy_to_host()
+            bad = np.flatnonzero(errs[:, 0] >= 0)
+            first = bad[np.argmin(errs[bad, 0])]
             errors[0] = errs[first]
             errors[0, 0] += start
             error_values[0] = values[first]
             return True
+        sums, counts, class_sums, class_counts = (o.copy_to_host() for o in outputs[:4])
         copies = sums.shape[0]
         _combine_blocks(
             sums.reshape(copies, n_groups * N_SUMS, N_SLOTS),
@@ -705,7 +716,7 @@ def launch(
             )
             total_class_counts[0] += class_counts.sum(axis=0)
         if keep_rows:
-            row_losses[start:stop] = losses
+            row_losses[start:stop] = outputs[6].copy_to_host()
         return False
 
     failed = False
@@ -744,15 +755,24 @@ def launch(
             cuda.to_device(np.zeros(n_threads + 1, np.float64), stream),
             cuda.to_device(np.empty(stop - start if keep_rows else 0, np.float64), stream),
         ]
-        preds_w, target_w, weight_w, groups_w = inputs
+        preds_window, target_window, weight_window, groups_window = inputs
         kernel[blocks, threads, stream](
-            preds_w, target_w, device_weights, weight_w, groups_w, opts, outputs[6], *outputs[:6]
+            preds_window,
+            target_window,
+            device_weights,
+            weight_window,
+            groups_window,
+            opts,
+            outputs[6],  # row_losses
+            *outputs[:6],  # sums, counts, class_sums, class_counts, errors, error_values
         )
         pending[slot] = (start, stop, stream, outputs)
-    if not failed:
-        for slot in sorted(range(2), key=lambda s: pending[s][0] if pending[s] else -1):
-            if pending[slot] is not None and finish(pending[slot]):
-                break
+    # The windows still in flight, oldest first (a later window's bad row must not
+    # hide an earlier one's).
+    for job in sorted((job for job in pending if job is not None), key=lambda job: job[0]):
+        if failed:
+            break
+        failed = finish(job)
     cuda.synchronize()
     return (
         total_sums,
