@@ -42,6 +42,7 @@ loop iterates.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numba
@@ -87,6 +88,9 @@ ACCUMULATOR_COPIES = 32
 #: at most this many terms to one slot of one copy, far below the 2**31 a chunk
 #: absorbs without carrying (``exact.MAX_TERMS_PER_BLOCK``).
 ROWS_PER_LAUNCH = 1 << 20
+#: Bytes of predictions per launch: bounds the pinned staging buffers (two per input)
+#: when rows are wide (a language model's vocabulary).
+WINDOW_BYTES = 1 << 26
 #: Memory cap for the accumulator copies of one launch (per-class sums grow with C).
 STATE_BUDGET_BYTES = 1 << 28
 
@@ -601,10 +605,14 @@ class _Stager:
     """Two pinned host buffers per row array: window k is staged in buffer k % 2.
 
     A buffer is refilled only after the stream that last read it finished, so the
-    copy of one window overlaps the kernel (and copies) of the other.
+    copy of one window overlaps the kernel (and copies) of the other. Pinning memory
+    is slow (a driver call per buffer), so each thread keeps its buffers for the next
+    batch of the same shape (:func:`_stager`): a stream of batches pins them once.
     """
 
     def __init__(self, arrays: list[Any], rows: int) -> None:
+        self.rows = rows
+        self.layout = _stager_layout(arrays)
         self.buffers = [
             [
                 None
@@ -619,6 +627,21 @@ class _Stager:
         buffer = self.buffers[slot][index][: array.shape[0]]
         buffer[...] = array
         return cuda.to_device(buffer, stream=stream)
+
+
+def _stager_layout(arrays: list[Any]) -> tuple:
+    return tuple(None if a is None else (a.shape[1:], a.dtype.str) for a in arrays)
+
+
+_STAGERS = threading.local()
+
+
+def _stager(arrays: list[Any], rows: int) -> _Stager:
+    """This thread's staging buffers, reused when they fit (a thread never shares them)."""
+    cached = getattr(_STAGERS, "last", None)
+    if cached is None or cached.rows < rows or cached.layout != _stager_layout(arrays):
+        cached = _STAGERS.last = _Stager(arrays, rows)
+    return cached
 
 
 def launch(
@@ -659,17 +682,14 @@ def launch(
         caller treats both engines alike. ``errors`` rows are rows of the whole call.
     """
     n_rows = int(preds.shape[0])
-    window_rows = max(1, min(int(ROWS_PER_LAUNCH), MAX_TERMS_PER_BLOCK, n_rows))
+    row_bytes = max(1, int(np.prod(preds.shape[1:], dtype=np.int64)) * preds.dtype.itemsize)
+    window_rows = min(int(ROWS_PER_LAUNCH), int(WINDOW_BYTES) // row_bytes, MAX_TERMS_PER_BLOCK)
+    window_rows = max(1, min(window_rows, n_rows))
     kernel = KERNELS[name]
     row_arrays = [preds, target, sample_weight, groups]
     on_host = [not is_device_array(array) and array.shape[0] > 0 for array in row_arrays]
-    stager = (
-        _Stager(
-            [a if host else None for a, host in zip(row_arrays, on_host, strict=True)], window_rows
-        )
-        if any(on_host)
-        else None
-    )
+    host_arrays = [a if host else None for a, host in zip(row_arrays, on_host, strict=True)]
+    stager = _stager(host_arrays, window_rows) if any(on_host) else None
     empty = {}  # length-0 placeholders go to the device once
     for index, array in enumerate(row_arrays):
         if array.shape[0] == 0:
