@@ -439,3 +439,24 @@ def test_cli_engine_cuda(tmp_path: Path) -> None:
         assert bits(outputs[0]) == bits(outputs[1])
     else:  # pragma: no cover - needs a GPU
         assert math.isclose(outputs[0]["loss"], outputs[1]["loss"], rel_tol=1e-12)
+
+
+def test_token_logits_with_padding_empty_batches_and_float32_on_the_device() -> None:
+    rng = np.random.default_rng(11)
+    logits = rng.normal(0.0, 2.0, (4, 9, 5)).astype(np.float32)  # (batch, seq, C)
+    labels = rng.integers(0, 5, (4, 9))
+    labels[:, 7:] = -100  # padding
+    options = {"input": "logits", "ignore_index": -100}
+    on_device = xs.cross_entropy(cuda.to_device(logits), cuda.to_device(labels), **options)
+    on_host = xs.cross_entropy(logits, labels, engine="cpu", **options)
+    rows = xs.cross_entropy(
+        cuda.to_device(logits), cuda.to_device(labels), reduction="none", **options
+    )
+    assert rows.shape == (4, 9) and not rows[:, 7:].any()
+    if SIMULATOR:
+        assert float_bits(on_device) == float_bits(on_host)
+    else:  # pragma: no cover - needs a GPU
+        assert math.isclose(on_device, on_host, rel_tol=1e-6)
+    metric = xs.CrossEntropy(engine="cuda")
+    metric.update(cuda.to_device(np.empty((0, 3))), cuda.to_device(np.empty(0, np.int64)))
+    assert metric.rows_seen == 0 and math.isnan(metric.value)
