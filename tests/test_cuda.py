@@ -140,3 +140,22 @@ def test_cuda_engine_checks() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+
+
+@requires_numba_cuda
+def test_kernels_lower_for_the_real_cuda_target() -> None:
+    """Typing and lowering for the hardware target (what the simulator cannot check)."""
+    if _gpu_available():  # pragma: no cover - the checks above ran on the device
+        pytest.skip("a GPU is present: the kernels ran on it")
+    done = subprocess.run(
+        [sys.executable, str(HERE / "cuda_lowering_check.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(simulator=False),
+        check=False,
+    )
+    if done.returncode == 3:  # pragma: no cover - another numba-cuda layout
+        pytest.skip(done.stdout.strip())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(": lowered,") == 5
