@@ -29,14 +29,23 @@ formula lives once. The CUDA simulator runs kernels as Python and cannot unbox i
 fake device arrays into an ``@njit`` call, so there the functions' ``py_func`` is
 called instead (same source).
 
+:func:`add_term_atomic` lives here rather than beside ``exact.add_term`` because
+``exact.py`` is imported by the CPU path, which must not import ``numba.cuda``.
+
 :func:`launch` is the host side: row windows of at most :data:`ROWS_PER_LAUNCH`
-rows, host inputs staged through pinned buffers on two streams (the copy of one
-window overlaps the kernel of the other), device inputs sliced without copying,
-and each window's copies normalized into one exact total on the host.
+rows (and :data:`WINDOW_BYTES`), host inputs staged through pinned buffers on two
+streams (the copy of one window overlaps the kernel of the other), device inputs
+sliced without copying, and each window's copies normalized into one exact total
+on the host.
 
 The launch sizes are module attributes so that tests can shrink them: with 4
-threads per block and 3 blocks, 50 rows cross block boundaries and every grid-stride
-loop iterates.
+threads per block, 3 blocks and 64-row windows, 150 rows cross block boundaries,
+every grid-stride loop iterates and host inputs take several transfers.
+
+One thread handles one row (its C classes in sequence, as the CPU does). Large C
+would gain from a warp per row with shuffle reductions, and heavy atomic traffic
+from per-block shared-memory accumulators flushed once; both are left for when
+they can be measured on a GPU.
 """
 
 from __future__ import annotations
