@@ -1,9 +1,17 @@
 """One batch through one kernel: the single update path of functions and metrics.
 
 ``multiclass_batch``, ``binary_batch``, ``multilabel_batch`` and
-``entropy_batch`` take user inputs and a config, check shapes and dtypes, call
-the matching CPU kernel once, and return the batch's exact partial sums
-(:class:`BatchSums`) or raise the first validation error. Nothing here keeps
+``entropy_batch`` take user inputs and a config, check shapes and dtypes, pick the
+engine, call the matching kernel once (``cpu.<name>`` or its CUDA twin
+``cuda.<name>_kernel``), and return the batch's exact partial sums
+(:class:`BatchSums`) or raise the first validation error.
+
+Engines (``engine=``): ``"auto"`` runs on the GPU when the predictions are a device
+array (``__cuda_array_interface__``: torch CUDA tensors, CuPy, numba), read in
+place, and on the CPU otherwise; ``"cuda"`` also copies host inputs to the device
+(in windows, :func:`xentstream._kernels.cuda.launch`); ``"cpu"`` copies device
+inputs to the host. Both engines return the same exact integer sums, so every
+step after the kernel call is shared. Nothing here keeps
 state: the functional API reduces a ``BatchSums`` immediately, a metric merges it
 into its state only after the whole batch passed validation (which is what makes
 ``update`` atomic).
@@ -20,12 +28,13 @@ import numpy as np
 
 from xentstream import accumulator
 from xentstream._errors import DEFAULT_NAMES, ColumnNames, kernel_error
-from xentstream._inputs import as_array
-from xentstream._kernels import cpu, layout
+from xentstream._inputs import as_array, is_device_array
+from xentstream._kernels import cpu, layout, load_cuda
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
 
 __all__ = [
+    "ENGINES",
     "BatchSums",
     "binary_batch",
     "entropy_batch",
@@ -43,6 +52,9 @@ _BLOCKS_PER_THREAD = 4
 _BLOCK_STATE_BUDGET_BYTES = 1 << 28
 
 _NO_ROWS = np.empty(0, dtype=np.float64)
+#: Values of ``engine=``.
+ENGINES = ("auto", "cpu", "cuda")
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: numba's "workqueue" threading layer aborts when two threads launch parallel kernels
 #: at once; OpenMP and TBB do not. Kernel calls are serialized until a run shows
 #: which layer numba picked, and stay serialized if it is workqueue.
@@ -107,11 +119,11 @@ def _block_count(n_rows: int, n_classes: int, per_class: bool, n_groups: int) ->
 
 
 def _run(
-    kernel: Any,
-    preds: np.ndarray,
-    target: np.ndarray,
+    kernel: str,
+    preds: Any,
+    target: Any,
     weights: np.ndarray,
-    sample_weight: np.ndarray,
+    sample_weight: Any,
     opts: layout.KernelOptions,
     *,
     groups: np.ndarray | None,
@@ -123,9 +135,12 @@ def _run(
     row_offset: int,
     names: ColumnNames,
     kind: str,
+    device: Any = None,
 ) -> BatchSums:
+    """Call kernel ``kernel`` (a ``cpu`` name) on the CPU or, with ``device``, its CUDA twin."""
     # Only C-contiguous arrays reach the kernels: other layouts are copied once here,
     # which keeps one compiled specialization per dtype instead of one per layout.
+    # Device arrays were checked to be contiguous by _array and stay where they are.
     preds = _read_only(preds)
     target = _read_only(target)
     sample_weight = _read_only(sample_weight)
@@ -135,34 +150,28 @@ def _run(
         _NO_GROUPS if groups is None else _check_groups(groups, n_rows, n_groups)
     )
     n_groups = 1 if groups is None else n_groups
-    n_blocks = _block_count(n_rows, n_classes, per_class, n_groups)
-    row_losses = np.empty(n_rows, dtype=np.float64) if keep_rows else _NO_ROWS
-    block_sums = np.zeros((n_blocks, n_groups, layout.N_SUMS, N_SLOTS), dtype=np.int64)
-    block_counts = np.zeros((n_blocks, n_groups, layout.N_COUNTS), dtype=np.int64)
     class_width = n_classes if per_class else 0
-    block_class_sums = np.zeros((n_blocks, class_width, layout.N_CLASS_SUMS, N_SLOTS), np.int64)
-    block_class_counts = np.zeros((n_blocks, class_width), dtype=np.int64)
-    errors = np.full((n_blocks, 3), -1, dtype=np.int64)
-    error_values = np.zeros(n_blocks, dtype=np.float64)
-    arguments = (
-        preds,
-        target,
-        weights,
-        sample_weight,
-        group_codes,
-        opts,
-        row_losses,
+    launch = _launch_cpu if device is None else device.launch
+    (
         block_sums,
         block_counts,
         block_class_sums,
         block_class_counts,
         errors,
         error_values,
+        row_losses,
+    ) = launch(
+        kernel,
+        preds,
+        target,
+        weights,
+        sample_weight,
+        group_codes,
+        opts,
+        n_groups=n_groups,
+        class_width=class_width,
+        keep_rows=keep_rows,
     )
-    if _threading_layer_is_safe:
-        kernel(*arguments)
-    else:
-        _call_serialized(kernel, arguments)
     failed = np.flatnonzero(errors[:, 0] >= 0)
     if failed.size:
         first = failed[np.argmin(errors[failed, 0])]
@@ -179,6 +188,7 @@ def _run(
             sum_tol=opts.sum_tol,
             kind=kind,
         )
+    n_blocks = block_sums.shape[0]
     group_sums = accumulator.empty(n_groups, layout.N_SUMS)
     combine_blocks(
         block_sums.reshape(n_blocks, n_groups * layout.N_SUMS, N_SLOTS),
@@ -211,13 +221,57 @@ def _run(
     )
 
 
-def _read_only(array: np.ndarray) -> np.ndarray:
-    """A C-contiguous, read-only view (a copy only for other layouts).
+def _launch_cpu(
+    name: str,
+    preds: np.ndarray,
+    target: np.ndarray,
+    weights: np.ndarray,
+    sample_weight: np.ndarray,
+    group_codes: np.ndarray,
+    opts: layout.KernelOptions,
+    *,
+    n_groups: int,
+    class_width: int,
+    keep_rows: bool,
+) -> tuple[np.ndarray, ...]:
+    """Run ``cpu.<name>`` over blocks of rows; the per-block outputs (see ``cpu.py``)."""
+    kernel = getattr(cpu, name)
+    n_rows = preds.shape[0]
+    n_classes = preds.shape[1] if preds.ndim == 2 else 1
+    n_blocks = _block_count(n_rows, n_classes, class_width > 0, n_groups)
+    row_losses = np.empty(n_rows, dtype=np.float64) if keep_rows else _NO_ROWS
+    block_sums = np.zeros((n_blocks, n_groups, layout.N_SUMS, N_SLOTS), dtype=np.int64)
+    block_counts = np.zeros((n_blocks, n_groups, layout.N_COUNTS), dtype=np.int64)
+    block_class_sums = np.zeros((n_blocks, class_width, layout.N_CLASS_SUMS, N_SLOTS), np.int64)
+    block_class_counts = np.zeros((n_blocks, class_width), dtype=np.int64)
+    errors = np.full((n_blocks, 3), -1, dtype=np.int64)
+    error_values = np.zeros(n_blocks, dtype=np.float64)
+    outputs = (
+        row_losses,
+        block_sums,
+        block_counts,
+        block_class_sums,
+        block_class_counts,
+        errors,
+        error_values,
+    )
+    arguments = (preds, target, weights, sample_weight, group_codes, opts, *outputs)
+    if _threading_layer_is_safe:
+        kernel(*arguments)
+    else:
+        _call_serialized(kernel, arguments)
+    return (*outputs[1:], row_losses)
+
+
+def _read_only(array: Any) -> Any:
+    """A C-contiguous, read-only view (a copy only for other layouts); device arrays as is.
 
     numba types writable and read-only arrays differently; inputs from polars and
     pyarrow are read-only, numpy's usually not. Handing every kernel read-only views
     keeps one compiled specialization per dtype instead of one per combination.
     """
+    if is_device_array(array):
+        return array
     view = np.ascontiguousarray(array).view()
     view.flags.writeable = False
     return view
@@ -259,15 +313,53 @@ def _grouped(groups: np.ndarray | None, n_groups: int) -> int | None:
     return None if groups is None else n_groups
 
 
+def _device_for(engine: str, preds: Any) -> Any:
+    """The CUDA kernel module when this batch runs on the GPU, else None (CPU)."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine: must be one of {ENGINES}, got {engine!r}")
+    if engine == "cpu" or (engine == "auto" and not is_device_array(preds)):
+        return None
+    device = load_cuda()
+    device.ensure_available()
+    return device
+
+
+def _array(
+    value: Any, name: str, device: Any, *, floating: bool = False, row_offset: int = 0
+) -> Any:
+    """:func:`as_array`, except that device arrays stay on the device for the CUDA engine."""
+    if device is None or not is_device_array(value):
+        return as_array(value, name, floating=floating, row_offset=row_offset)
+    array = device.as_device_array(value, floating=floating)  # zero copy
+    if floating and array.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: must be floating point (float32 or float64), got {array.dtype}")
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"{name}: unsupported dtype {array.dtype}")
+    if not array.is_c_contiguous():
+        # A strided device array would need a device-side copy kernel; rare enough
+        # (a transposed tensor) to ask for .contiguous() instead.
+        raise ValueError(
+            f"{name}: a non-contiguous device array (shape {array.shape}); make it "
+            "contiguous first (e.g. tensor.contiguous())"
+        )
+    return array
+
+
 def _sample_weight(
-    sample_weight: Any, leading_shape: tuple[int, ...], name: str, row_offset: int
-) -> np.ndarray:
+    sample_weight: Any,
+    leading_shape: tuple[int, ...],
+    name: str,
+    row_offset: int,
+    device: Any = None,
+) -> Any:
     if sample_weight is None:
         return _NO_WEIGHTS
-    weights = as_array(sample_weight, name, row_offset=row_offset)
+    weights = _array(sample_weight, name, device, row_offset=row_offset)
     if weights.dtype.kind not in "fiub":
         raise TypeError(f"{name}: must be numeric, got {weights.dtype}")
     if weights.dtype.kind != "f" or weights.dtype.itemsize < 4:
+        if is_device_array(weights):  # integer weights on the device: rare, convert on host
+            weights = device.to_host(weights)
         weights = weights.astype(np.float64)
     if weights.shape != leading_shape:
         raise ValueError(
@@ -277,20 +369,26 @@ def _sample_weight(
     return weights.reshape(-1)
 
 
-def _as_kernel_labels(array: np.ndarray) -> np.ndarray:
+def _as_kernel_labels(array: Any) -> Any:
     # numba reads bool arrays poorly as numbers; a uint8 view is free.
     return array.view(np.uint8) if array.dtype == np.bool_ else array
 
 
 def _class_predictions(
-    preds: Any, names: ColumnNames, expected: int | None, what: str, row_offset: int = 0
-) -> tuple[np.ndarray, tuple[int, ...], int]:
-    array = as_array(preds, names.preds, floating=True, row_offset=row_offset)
+    preds: Any,
+    names: ColumnNames,
+    expected: int | None,
+    what: str,
+    row_offset: int = 0,
+    device: Any = None,
+) -> tuple[Any, tuple[int, ...], int]:
+    array = _array(preds, names.preds, device, floating=True, row_offset=row_offset)
     if array.ndim < 2:
         raise ValueError(
             f"{names.preds}: shape {array.shape} has no {what} dimension; expected (..., C)"
         )
-    n_classes = array.shape[-1]
+    shape = tuple(array.shape)  # device arrays' shapes may refuse negative indices
+    n_classes = shape[-1]
     if n_classes == 0:
         raise ValueError(f"{names.preds}: shape {array.shape} has zero {what}es")
     if expected is not None and n_classes != expected:
@@ -298,7 +396,7 @@ def _class_predictions(
             f"{names.preds}: has {n_classes} {what}es (last dimension) but the metric "
             f"expects {expected}"
         )
-    return array, array.shape[:-1], n_classes
+    return array, shape[:-1], n_classes
 
 
 def _options(config: LossConfig, dtype: np.dtype, **extra: Any) -> layout.KernelOptions:
@@ -323,19 +421,21 @@ def multiclass_batch(
     names: ColumnNames = DEFAULT_NAMES,
     groups: np.ndarray | None = None,
     n_groups: int = 1,
+    engine: str = "auto",
 ) -> BatchSums:
     """Exact sums of multiclass cross-entropy over one batch (hard or soft targets)."""
+    device = _device_for(engine, preds)
     preds, leading_shape, n_classes = _class_predictions(
-        preds, names, config.num_classes, "class", row_offset
+        preds, names, config.num_classes, "class", row_offset, device
     )
-    target = as_array(target, names.target, row_offset=row_offset)
+    target = _array(target, names.target, device, row_offset=row_offset)
     if config.class_weight is not None and len(config.class_weight) != n_classes:
         raise ValueError(
             f"class_weight: has {len(config.class_weight)} entries but {names.preds} has "
             f"{n_classes} classes"
         )
     if target.shape == leading_shape and target.dtype.kind in "iub":
-        kernel = cpu.multiclass_hard
+        kernel = "multiclass_hard"
         target = _as_kernel_labels(target).reshape(-1)
     elif target.shape == preds.shape and target.dtype.kind == "f":
         if config.ignore_index is not None:
@@ -343,7 +443,7 @@ def multiclass_batch(
                 f"{names.target}: soft targets (shape {target.shape}) cannot use "
                 "ignore_index, which selects hard labels"
             )
-        kernel = cpu.multiclass_soft
+        kernel = "multiclass_soft"
         target = target.reshape(-1, n_classes)
     elif target.shape == leading_shape:
         raise TypeError(
@@ -355,7 +455,7 @@ def multiclass_batch(
             f"{names.target}: shape {target.shape} matches neither hard labels "
             f"{leading_shape} nor soft targets {preds.shape} for {names.preds}"
         )
-    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight, row_offset)
+    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight, row_offset, device)
     per_class = config.per_class
     if preds.size == 0:
         return _empty_batch(
@@ -387,13 +487,14 @@ def multiclass_batch(
         row_offset=row_offset,
         names=names,
         kind="multiclass",
+        device=device,
     )
 
 
 def _binary_target(
-    target: Any, shape: tuple[int, ...], names: ColumnNames, row_offset: int
-) -> np.ndarray:
-    array = as_array(target, names.target, row_offset=row_offset)
+    target: Any, shape: tuple[int, ...], names: ColumnNames, row_offset: int, device: Any
+) -> Any:
+    array = _array(target, names.target, device, row_offset=row_offset)
     if array.dtype.kind not in "fiub":
         raise TypeError(f"{names.target}: must be numeric or bool, got {array.dtype}")
     if array.shape != shape:
@@ -415,18 +516,20 @@ def binary_batch(
     names: ColumnNames = DEFAULT_NAMES,
     groups: np.ndarray | None = None,
     n_groups: int = 1,
+    engine: str = "auto",
 ) -> BatchSums:
     """Exact sums of binary cross-entropy over one batch (predictions of any shape)."""
-    preds = as_array(preds, names.preds, floating=True, row_offset=row_offset)
-    leading_shape = preds.shape
-    target = _binary_target(target, leading_shape, names, row_offset).reshape(-1)
-    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight, row_offset)
+    device = _device_for(engine, preds)
+    preds = _array(preds, names.preds, device, floating=True, row_offset=row_offset)
+    leading_shape = tuple(preds.shape)
+    target = _binary_target(target, leading_shape, names, row_offset, device).reshape(-1)
+    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight, row_offset, device)
     if preds.size == 0:
         return _empty_batch(1, False, keep_rows, leading_shape, _grouped(groups, n_groups))
     pos_weight = 1.0 if config.pos_weight is None else config.pos_weight
     opts = _options(config, preds.dtype, pos_weight=pos_weight, with_entropy=with_entropy)
     return _run(
-        cpu.binary,
+        "binary",
         preds.reshape(-1),
         target,
         _NO_WEIGHTS,
@@ -441,6 +544,7 @@ def binary_batch(
         row_offset=row_offset,
         names=names,
         kind="binary",
+        device=device,
     )
 
 
@@ -456,13 +560,16 @@ def multilabel_batch(
     names: ColumnNames = DEFAULT_NAMES,
     groups: np.ndarray | None = None,
     n_groups: int = 1,
+    engine: str = "auto",
 ) -> BatchSums:
     """Exact sums of multi-label cross-entropy (sum over labels per row) over one batch."""
+    device = _device_for(engine, preds)
     preds, leading_shape, n_labels = _class_predictions(
-        preds, names, config.num_labels, "label", row_offset
+        preds, names, config.num_labels, "label", row_offset, device
     )
-    target = _binary_target(target, preds.shape, names, row_offset).reshape(-1, n_labels)
-    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight, row_offset)
+    target = _binary_target(target, tuple(preds.shape), names, row_offset, device)
+    target = target.reshape(-1, n_labels)
+    weights = _sample_weight(sample_weight, leading_shape, names.sample_weight, row_offset, device)
     if isinstance(config.pos_weight, tuple) and len(config.pos_weight) != n_labels:
         raise ValueError(
             f"pos_weight: has {len(config.pos_weight)} entries but {names.preds} has "
@@ -478,7 +585,7 @@ def multilabel_batch(
         pos_weight = np.broadcast_to(np.asarray(config.pos_weight, dtype=np.float64), (n_labels,))
     opts = _options(config, preds.dtype, with_entropy=with_entropy)
     return _run(
-        cpu.multilabel,
+        "multilabel",
         preds.reshape(-1, n_labels),
         target,
         np.ascontiguousarray(pos_weight),
@@ -493,6 +600,7 @@ def multilabel_batch(
         row_offset=row_offset,
         names=names,
         kind="multilabel",
+        device=device,
     )
 
 
@@ -502,14 +610,16 @@ def entropy_batch(
     *,
     keep_rows: bool = False,
     names: ColumnNames = DEFAULT_NAMES,
+    engine: str = "auto",
 ) -> BatchSums:
     """Exact sums of the entropy of each predicted distribution over one batch."""
-    preds, leading_shape, n_classes = _class_predictions(preds, names, None, "class")
+    device = _device_for(engine, preds)
+    preds, leading_shape, n_classes = _class_predictions(preds, names, None, "class", device=device)
     if preds.size == 0:
         return _empty_batch(n_classes, False, keep_rows, leading_shape)
     opts = _options(config, preds.dtype, with_entropy=True)
     return _run(
-        cpu.prediction_entropy,
+        "prediction_entropy",
         preds.reshape(-1, n_classes),
         _NO_WEIGHTS,
         _NO_WEIGHTS,
@@ -524,4 +634,5 @@ def entropy_batch(
         row_offset=0,
         names=names,
         kind="multiclass",
+        device=device,
     )

@@ -1,7 +1,10 @@
-"""Turn user inputs (numpy, lists, polars, pyarrow, torch CPU tensors) into numpy arrays.
+"""Turn user inputs (numpy, lists, polars, pyarrow, torch tensors) into numpy arrays.
 
 Zero-copy wherever the source memory allows it; nothing here imports polars,
-pyarrow or torch (their objects are recognised by their module).
+pyarrow, torch or numba.cuda (their objects are recognised by their module or by
+``__cuda_array_interface__``). Device arrays reach the CUDA engine untouched
+(:func:`is_device_array`); :func:`as_array` copies them to the host only when the
+CPU engine was forced.
 """
 
 from __future__ import annotations
@@ -10,13 +13,27 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_array"]
+__all__ = ["as_array", "is_device_array"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _module(value: Any) -> str:
     return type(value).__module__.split(".", 1)[0]
+
+
+def is_device_array(value: Any) -> bool:
+    """True for arrays in GPU memory (torch CUDA tensors, CuPy, numba device arrays).
+
+    Recognised by ``__cuda_array_interface__``, or as the CUDA simulator's device
+    arrays, which are numpy-backed and lack the interface. A torch tensor is asked
+    for its device instead: one that requires grad raises on the interface.
+    """
+    if _module(value) == "torch":
+        return getattr(getattr(value, "device", None), "type", "cpu") == "cuda"
+    if hasattr(value, "__cuda_array_interface__"):
+        return True
+    return type(value).__module__.startswith("numba.cuda.simulator")
 
 
 def _first_null_error(name: str, mask: np.ndarray, row_offset: int) -> ValueError:
@@ -30,8 +47,8 @@ def as_array(value: Any, name: str, *, floating: bool = False, row_offset: int =
     Parameters
     ----------
     value
-        A numpy array, list, polars Series/DataFrame, pyarrow (Chunked)Array or a torch
-        CPU tensor.
+        A numpy array, list, polars Series/DataFrame, pyarrow (Chunked)Array, a torch
+        tensor or a device array (copied to the host: the CPU engine was forced).
     name
         The argument or column name used in error messages.
     row_offset
@@ -57,12 +74,9 @@ def as_array(value: Any, name: str, *, floating: bool = False, row_offset: int =
     if isinstance(value, np.ndarray):
         array = value
     elif module == "torch":
-        if getattr(value, "device", None) is not None and value.device.type != "cpu":
-            raise TypeError(
-                f"{name}: a {value.device.type} tensor needs engine='cuda' "
-                "(the CPU engine reads host memory only)"
-            )
         tensor = value.detach()
+        if tensor.device.type != "cpu":  # engine="cpu" forced on a device tensor
+            tensor = tensor.cpu()
         if str(tensor.dtype) in ("torch.bfloat16", "torch.float16"):
             tensor = tensor.float()
         array = tensor.numpy()
@@ -87,6 +101,10 @@ def as_array(value: Any, name: str, *, floating: bool = False, row_offset: int =
     elif isinstance(value, list | tuple) or np.isscalar(value):
         from_list = True
         array = np.asarray(value)
+    elif is_device_array(value):
+        from xentstream._kernels import load_cuda  # lazy: only device arrays need it
+
+        array = load_cuda().to_host(value)
     elif hasattr(value, "__array__"):
         array = np.asarray(value)
     else:

@@ -53,6 +53,7 @@ def cross_entropy(
     reduction: Reduction = "mean",
     sum_tol: float | None = None,
     validate: bool = True,
+    engine: str = "auto",
 ) -> float | np.ndarray:
     """Multiclass cross-entropy, as ``torch.nn.functional.cross_entropy``.
 
@@ -86,6 +87,11 @@ def cross_entropy(
         Tolerance of the sum-to-one checks (default: sqrt of the dtype's eps).
     validate : bool
         ``False`` skips the value checks of SPEC section 7 (never the shape checks).
+    engine : {"auto", "cpu", "cuda"}
+        Where the kernel runs: ``"auto"`` uses the GPU when ``preds`` is a device
+        array (``__cuda_array_interface__``: torch CUDA tensors, CuPy, numba), read
+        in place; ``"cuda"`` also copies host inputs to the GPU; ``"cpu"`` copies
+        device inputs to the host. (An addition to SPEC section 4's signatures.)
 
     Returns
     -------
@@ -118,7 +124,9 @@ def cross_entropy(
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
     )
-    batch = multiclass_batch(config, preds, target, sample_weight, keep_rows=reduction == "none")
+    batch = multiclass_batch(
+        config, preds, target, sample_weight, keep_rows=reduction == "none", engine=engine
+    )
     return _reduce(batch, reduction)
 
 
@@ -133,6 +141,7 @@ def binary_cross_entropy(
     reduction: Reduction = "mean",
     sum_tol: float | None = None,
     validate: bool = True,
+    engine: str = "auto",
 ) -> float | np.ndarray:
     """Binary cross-entropy, as ``torch.nn.functional.binary_cross_entropy(_with_logits)``.
 
@@ -151,7 +160,7 @@ def binary_cross_entropy(
     sample_weight : array-like, optional
         Row weights; the mean is ``sum(s L) / sum(s)`` (scikit-learn's ``log_loss``
         convention; torch's ``weight`` divides by the row count instead).
-    eps, reduction, sum_tol, validate
+    eps, reduction, sum_tol, validate, engine
         As in :func:`cross_entropy`.
 
     Returns
@@ -173,7 +182,9 @@ def binary_cross_entropy(
     config = BinaryConfig(
         input=input, eps=eps, sum_tol=sum_tol, validate=validate, pos_weight=pos_weight
     )
-    batch = binary_batch(config, preds, target, sample_weight, keep_rows=reduction == "none")
+    batch = binary_batch(
+        config, preds, target, sample_weight, keep_rows=reduction == "none", engine=engine
+    )
     return _reduce(batch, reduction)
 
 
@@ -188,6 +199,7 @@ def multilabel_cross_entropy(
     reduction: Reduction = "mean",
     sum_tol: float | None = None,
     validate: bool = True,
+    engine: str = "auto",
 ) -> float | np.ndarray:
     """Multi-label cross-entropy: per row, the SUM over labels of the binary loss.
 
@@ -203,7 +215,7 @@ def multilabel_cross_entropy(
         Per-label targets in [0, 1]; bool accepted.
     pos_weight : float or array-like of shape (C,), optional
         Weight of the positive term, per label or for all.
-    input, sample_weight, eps, reduction, sum_tol, validate
+    input, sample_weight, eps, reduction, sum_tol, validate, engine
         As in :func:`binary_cross_entropy`.
 
     Returns
@@ -226,7 +238,9 @@ def multilabel_cross_entropy(
     config = MultilabelConfig(
         input=input, eps=eps, sum_tol=sum_tol, validate=validate, pos_weight=pos_weight
     )
-    batch = multilabel_batch(config, preds, target, sample_weight, keep_rows=reduction == "none")
+    batch = multilabel_batch(
+        config, preds, target, sample_weight, keep_rows=reduction == "none", engine=engine
+    )
     return _reduce(batch, reduction)
 
 
@@ -237,6 +251,7 @@ def entropy(
     reduction: Reduction = "mean",
     sum_tol: float | None = None,
     validate: bool = True,
+    engine: str = "auto",
 ) -> float | np.ndarray:
     """Entropy ``-sum_c p_c log p_c`` of each predicted distribution (nats).
 
@@ -244,7 +259,7 @@ def entropy(
     ----------
     preds : array-like, shape (..., C)
         Probabilities, log-probabilities or logits.
-    input, reduction, sum_tol, validate
+    input, reduction, sum_tol, validate, engine
         As in :func:`cross_entropy` (probabilities are not clipped here: 0 log 0 = 0).
 
     Returns
@@ -265,5 +280,5 @@ def entropy(
     """
     _check_reduction(reduction)
     config = LossConfig(input=input, sum_tol=sum_tol, validate=validate)
-    batch = entropy_batch(config, preds, keep_rows=reduction == "none")
+    batch = entropy_batch(config, preds, keep_rows=reduction == "none", engine=engine)
     return _reduce(batch, reduction)

@@ -21,6 +21,7 @@ import numpy as np
 
 from xentstream import accumulator
 from xentstream._batch import (
+    ENGINES,
     BatchSums,
     binary_batch,
     multiclass_batch,
@@ -28,14 +29,14 @@ from xentstream._batch import (
 )
 from xentstream._errors import DEFAULT_NAMES, ColumnNames
 from xentstream._inputs import as_array
-from xentstream._kernels import layout
+from xentstream._kernels import layout, load_cuda
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
 from xentstream.report import Report, build_report
 from xentstream.state import FORMAT, VERSION, read_json, write_json_atomic
 
 __all__ = ["BinaryCrossEntropy", "CrossEntropy", "Metric", "MultiLabelCrossEntropy", "load"]
 
-_ENGINES = ("auto", "cpu", "cuda")
+_ENGINES = ENGINES
 _SUM_NAMES = (
     "loss",
     "denominator",
@@ -51,13 +52,12 @@ _COUNT_NAMES = ("rows", "ignored")
 
 
 def _check_engine(engine: str) -> str:
+    """Validate ``engine=``; ``"cuda"`` fails here, at construction, without a GPU."""
     if engine not in _ENGINES:
         raise ValueError(f"engine: must be one of {_ENGINES}, got {engine!r}")
     if engine == "cuda":
-        raise ValueError(
-            "engine='cuda': the CUDA kernels are not available in this version of "
-            "xentstream; use engine='cpu' (or 'auto')"
-        )
+        # ImportError naming the extra without numba-cuda; RuntimeError without a GPU.
+        load_cuda().ensure_available()
     return engine
 
 
@@ -583,6 +583,7 @@ class CrossEntropy(_ClassCountMixin, Metric):
             with_entropy=True,
             row_offset=self.rows_seen,
             names=names,
+            engine=self.engine,
             **grouping,
         )
         if batch.n_rows:  # an empty batch does not fix the class count
@@ -660,6 +661,7 @@ class BinaryCrossEntropy(Metric):
             with_entropy=True,
             row_offset=self.rows_seen,
             names=names,
+            engine=self.engine,
             **grouping,
         )
         denominators = None if batch.row_losses is None else np.ones(batch.row_losses.size)
@@ -733,6 +735,7 @@ class MultiLabelCrossEntropy(_ClassCountMixin, Metric):
             with_entropy=True,
             row_offset=self.rows_seen,
             names=names,
+            engine=self.engine,
             **grouping,
         )
         if batch.n_rows:  # an empty batch does not fix the class count

@@ -34,3 +34,25 @@ def _invalidate_stale_cache() -> None:
 
 
 _invalidate_stale_cache()
+
+
+def load_cuda():
+    """Import the CUDA kernels (:mod:`xentstream._kernels.cuda`) on first use.
+
+    Kept out of ``import xentstream`` because importing ``numba.cuda`` costs time
+    and looks for a driver; only ``engine="cuda"`` (or device arrays) needs it.
+
+    Raises
+    ------
+    ImportError
+        If numba-cuda is not installed, naming the extra that installs it.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("numba_cuda") is None:
+        raise ImportError(
+            "engine='cuda' needs the numba-cuda package: pip install \"xentstream[cuda]\""
+        )
+    from xentstream._kernels import cuda
+
+    return cuda
