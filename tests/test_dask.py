@@ -85,9 +85,10 @@ def client() -> Any:
         yield client
 
 
+# window=1000 spans four 300-row partitions (and, in the DataFrame test, three).
 CASES = {
     "multiclass": (
-        lambda: xs.CrossEntropy(per_class=True, window=100),
+        lambda: xs.CrossEntropy(per_class=True, window=1_000),
         {"preds": "p", "target": "y", "sample_weight": "w"},
     ),
     "multiclass-by": (
@@ -95,7 +96,7 @@ CASES = {
         {"preds": WIDE, "target": "label", "by": ["h", "band"]},
     ),
     "binary-by": (
-        lambda: xs.BinaryCrossEntropy(pos_weight=2.0),
+        lambda: xs.BinaryCrossEntropy(pos_weight=2.0, engine="cpu"),
         {"preds": "b_p", "target": "b_t", "sample_weight": "w", "by": "g"},
     ),
     "multilabel": (
@@ -136,9 +137,9 @@ def test_dask_dataframe_source(client: Any, table: pl.DataFrame) -> None:
     pandas = table.select(*WIDE, "label", "w", "h", "band").to_pandas()
     frame = dd.from_pandas(pandas, npartitions=5)
     result = xentstream_dask.evaluate(
-        frame, xs.CrossEntropy(window=50), scheduler=client, **columns
+        frame, xs.CrossEntropy(window=1_000), scheduler=client, task_threads=1, **columns
     )
-    expected = xs.evaluate(table, xs.CrossEntropy(window=50), **columns)
+    expected = xs.evaluate(table, xs.CrossEntropy(window=1_000), **columns)
     assert bits(result.to_dict()) == bits(expected.to_dict())
     assert list(result.groups) == list(expected.groups)
 
@@ -189,6 +190,89 @@ def test_bad_dataframe_partition_names_partition_and_row(client: Any, table: pl.
     frame = dd.from_pandas(pandas, npartitions=5, sort=False)  # 500 rows each
     with pytest.raises(
         ValueError, match=r"^partition 2 of 5 of the dask DataFrame: y: row 1234: label 9"
+    ):
+        xentstream_dask.evaluate(frame, xs.CrossEntropy(), preds=WIDE, target="y")
+
+
+def test_first_bad_partition_is_reported_whatever_finishes_first(
+    client: Any, table: pl.DataFrame, tmp_path: Path
+) -> None:
+    """Two bad partitions: a slow first one (300k rows, bad at its end) and a quick
+    one behind it (bad at its start), run at once by the two workers. The quick one
+    fails first, yet the error is always the first bad partition's, as one process
+    reports it."""
+    frame = table.select("p", "y")
+    big = pl.concat([frame] * 120)  # 300_000 rows
+    probs = big["p"].to_numpy().copy()
+    probs[-1] = [1.5, -0.5, 0.0, 0.0]
+    big = big.with_columns(pl.Series("p", probs))
+    small = frame.head(100)
+    probs = small["p"].to_numpy().copy()
+    probs[3] = [0.5, 0.5, 0.5, -0.5]
+    small = small.with_columns(pl.Series("p", probs))
+    paths = [write(big, tmp_path / "a.parquet"), write(small, tmp_path / "b.parquet")]
+    with pytest.raises(ValueError) as single:
+        xs.evaluate(paths, xs.CrossEntropy(), preds="p", target="y")
+    for _ in range(2):
+        with pytest.raises(ValueError) as raised:
+            xentstream_dask.evaluate(
+                paths, xs.CrossEntropy(), preds="p", target="y", partition_rows=300_000
+            )
+        message = str(raised.value)
+        assert message.startswith("partition 0 of 2 ("), message
+        assert "p: row 299999" in message
+        assert message.endswith(str(single.value))
+
+
+def test_engine_reaches_the_workers(tmp_path: Path) -> None:
+    """``engine="cuda"``, built in a client running numba's CUDA simulator, on a
+    worker without the simulator or a GPU: the worker's no-GPU error, not a silent
+    run on the CPU. (A worker rebuilding the metric from its state alone would get
+    engine "auto".)"""
+    source = write(_table().select("p", "y").head(200), tmp_path / "t.parquet")
+    code = (
+        "import logging, sys\n"
+        "import xentstream as xs\n"
+        "from distributed import Client, LocalCluster\n"
+        "from xentstream import dask as xd\n"
+        "metric = xs.CrossEntropy(engine='cuda')  # the simulator, here\n"
+        "with (\n"
+        "    LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=':0',\n"
+        "                 env={'NUMBA_ENABLE_CUDASIM': '0'}, silence_logs=logging.CRITICAL)"
+        " as cluster,\n"
+        "    Client(cluster),\n"
+        "):\n"
+        "    try:\n"
+        "        xd.evaluate(sys.argv[1], metric, preds='p', target='y', partition_rows=50)\n"
+        "    except RuntimeError as error:\n"
+        "        print(type(error).__name__, isinstance(error, ValueError), error)\n"
+        "    else:\n"
+        "        print('ran')\n"
+    )
+    pytest.importorskip("numba.cuda")
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**child_env(), "NUMBA_ENABLE_CUDASIM": "1"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("CudaUnavailableError True dask worker on host "), done.stdout
+    assert "engine='cuda': no usable CUDA GPU" in done.stdout
+
+
+def test_bad_dataframe_partition_dtype_names_partition(client: Any, table: pl.DataFrame) -> None:
+    """A partition whose dtypes differ from the frame's ``_meta`` (float labels): the
+    TypeError goes through the same path as bad values and names the partition."""
+    import dask.dataframe as dd
+
+    pandas = table.select(*WIDE, "y").to_pandas()
+    pieces = [pandas.iloc[:1_000], pandas.iloc[1_000:2_000].astype({"y": "float64"})]
+    frame = dd.from_map(lambda piece: piece, pieces, meta=pandas.iloc[:0])
+    with pytest.raises(
+        TypeError, match=r"^partition 1 of 2 of the dask DataFrame: y: hard labels must be"
     ):
         xentstream_dask.evaluate(frame, xs.CrossEntropy(), preds=WIDE, target="y")
 
@@ -308,3 +392,24 @@ def test_rejects_sources_it_cannot_split(tmp_path: Path, table: pl.DataFrame) ->
         xentstream_dask.evaluate(
             parquet, xs.CrossEntropy(), preds="p", target="y", partition_rows=0
         )
+    with pytest.raises(ValueError, match=r"t\.csv cannot be split into partitions"):
+        xentstream_dask.evaluate([csv], xs.CrossEntropy(), preds=WIDE, target="y")
+    with pytest.raises(ValueError, match=r"different formats \['\.csv', '\.parquet'\]"):
+        xentstream_dask.evaluate([parquet, csv], xs.CrossEntropy(), preds=WIDE, target="y")
+    with pytest.raises(ValueError, match="task_threads"):
+        xentstream_dask.evaluate(parquet, xs.CrossEntropy(), preds="p", target="y", task_threads=0)
+
+
+def test_cli_names_the_extra_without_distributed(tmp_path: Path, table: pl.DataFrame) -> None:
+    source = write(table.select("p", "y"), tmp_path / "t.parquet")
+    done = run_python(
+        "import sys\n"
+        "sys.modules['distributed'] = None  # as if not installed\n"
+        "from xentstream.cli import main\n"
+        "sys.exit(main(['evaluate', sys.argv[1], '--preds', 'p', '--target', 'y',"
+        " '--dask', 'local:1']))\n",
+        str(source),
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "distributed is missing" in done.stderr
+    assert 'pip install "xentstream[dask]"' in done.stderr

@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -344,7 +345,8 @@ def _check_dask_args(args: argparse.Namespace) -> None:
 
 
 def _dask_workers(address: str) -> int | None:
-    """Worker processes for ``local[:N]`` (None: Dask's default), or 0 for an address."""
+    """Worker processes for ``local[:N]`` (None: the default of ``local``), or 0 for an
+    address."""
     if address == "local":
         return None
     if not address.startswith("local:"):
@@ -360,23 +362,50 @@ def _evaluate_on_dask(
 ) -> Report | GroupedReport:
     from xentstream import dask as xentstream_dask
 
-    xentstream_dask._require_dask()
+    xentstream_dask._require_dask(distributed=True)
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    try:
+        return _run_on_dask(address, source, metric, options)
+    except FileNotFoundError:
+        raise  # a missing file: main reports it like any other run's
+    except (CommClosedError, KilledWorker, OSError, TimeoutError) as error:
+        # The cluster failed, not the data: a lost scheduler, workers that keep dying.
+        text = " ".join(str(error).split()) or "no details"
+        raise _UsageError(f"--dask: the cluster failed ({type(error).__name__}: {text})") from None
+
+
+def _run_on_dask(
+    address: str, source: Any, metric: Metric, options: dict[str, Any]
+) -> Report | GroupedReport:
     from distributed import Client, LocalCluster
+
+    from xentstream import dask as xentstream_dask
 
     workers = _dask_workers(address)
     if workers == 0:
         try:
             client = Client(address, timeout=_CONNECT_TIMEOUT_S)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError) as error:  # TimeoutError is an OSError
             raise _UsageError(
                 f"--dask: cannot reach a scheduler at {address!r} ({error})"
             ) from None
         with client:
             return xentstream_dask.evaluate(source, metric, scheduler=client, **options)
-    # One thread per worker process: each task's kernels already use every core
-    # numba gives them, and processes sidestep the GIL in the polars-to-numpy glue.
-    # Silent logs: bad data is reported once, as the one-line error, not also logged
-    # by the worker that met it.
+    cores = os.cpu_count() or 1
+    if workers is None:
+        # Every worker's kernels are numba-parallel, so one process per core (Dask's
+        # default) would run cores x cores threads. Half as many processes as cores,
+        # two numba threads each, still overlaps one task's file reading and polars
+        # glue (serial per task) with another's kernels without oversubscribing.
+        workers = max(1, cores // 2)
+    # One task per process; its numba threads are set in the task's own thread
+    # (numba.set_num_threads is per thread). NUMBA_NUM_THREADS in the workers'
+    # environment is no alternative: numba reads it once per process and refuses a
+    # new value after its threads started, which broke runs starting several clusters.
+    # Processes sidestep the GIL in the polars-to-numpy glue. Silent logs: bad data
+    # is reported once, as the one-line error, not also logged by the worker.
     with (
         LocalCluster(
             n_workers=workers,
@@ -387,7 +416,13 @@ def _evaluate_on_dask(
         ) as cluster,
         Client(cluster) as client,
     ):
-        return xentstream_dask.evaluate(source, metric, scheduler=client, **options)
+        return xentstream_dask.evaluate(
+            source,
+            metric,
+            scheduler=client,
+            task_threads=max(1, cores // workers),
+            **options,
+        )
 
 
 def _merge(args: argparse.Namespace) -> int:

@@ -17,16 +17,18 @@ when this module's functions run; ``import xentstream`` never imports it.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
+import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import polars as pl
 
 from xentstream.evaluate import GroupedReport, _GroupState, _prepare, _report, _run
 from xentstream.feeders import _SCANNERS, ColumnSpec, _expand_paths, open_source
-from xentstream.metrics import Metric
+from xentstream.metrics import Metric, _check_engine
 from xentstream.report import Report
 
 __all__ = ["DEFAULT_PARTITION_ROWS", "evaluate"]
@@ -39,12 +41,18 @@ _SPLITTABLE = (".parquet", ".pq", ".arrow", ".ipc", ".feather")
 _FIRST_ROW = re.compile(r"\brow (\d+)")
 
 
-def _require_dask() -> Any:
+def _require_dask(*, distributed: bool = False) -> Any:
+    """``dask``, or an ImportError naming the extra; ``distributed`` too where a run needs
+    a cluster (the command line's ``--dask``)."""
     try:
         import dask
-    except ImportError:
+
+        if distributed:
+            importlib.import_module("distributed")
+    except ImportError as error:
         raise ImportError(
-            'xentstream.dask needs dask and distributed: pip install "xentstream[dask]"'
+            f"xentstream.dask needs dask and distributed ({error.name} is missing): "
+            'pip install "xentstream[dask]"'
         ) from None
     return dask
 
@@ -115,64 +123,97 @@ def _state(metric: Metric, groups: _GroupState | None) -> dict[str, Any]:
     return {"metric": metric.state_dict(), "groups": None if groups is None else groups.to_json()}
 
 
-class _FramePartitionError(ValueError):
-    """Bad data in a DataFrame partition, before its row is a stream offset.
+def _located(
+    kind: type[Exception], message: str, part: _FilePart | _FramePart, offset: int
+) -> Exception:
+    """The error ``kind(message)`` with the partition named and, for xentstream's own
+    checks, its row (numbered from the start of the partition, as the feeders and
+    kernels number them) turned into an offset in the whole stream (SPEC section 7)."""
+    if kind in (ValueError, TypeError):
+        message = _FIRST_ROW.sub(lambda m: f"row {offset + int(m[1])}", message, count=1)
+    return kind(f"{part.where()}: {message}")
 
-    ``args``: the message, the partition, the message of the original error. Kept
-    in ``args`` because that is what survives pickling back from a worker.
-    """
 
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-def _located(error: Exception, part: _FilePart | _FramePart, offset: int | None) -> Exception:
-    """``error`` with the partition named and its row turned into a stream offset.
-
-    The feeders and kernels number rows from the start of what they were given (here
-    the partition). A file partition knows where it begins in the whole stream; for a
-    DataFrame partition the client works it out after the failure (``offset``), and
-    until then the row is the partition's.
-    """
-    message = str(error)
-    if offset is None:
-        located = _FIRST_ROW.sub(r"row \1 of the partition", message, count=1)
-    else:
-        located = _FIRST_ROW.sub(lambda m: f"row {offset + int(m[1])}", message, count=1)
+def _bad_data(part: _FilePart | _FramePart, error: Exception) -> dict[str, Any]:
+    """A partition's bad data as a value, not an exception, so that the merge can keep
+    the first bad partition of the stream: raised, the error dask reports would be
+    whichever failing task happened to finish first."""
     if isinstance(error, TypeError):
-        return TypeError(f"{part.where()}: {located}")
-    if offset is None:
-        return _FramePartitionError(f"{part.where()}: {located}", part, message)
-    return ValueError(f"{part.where()}: {located}")
+        kind: type[Exception] = TypeError
+    elif isinstance(error, ValueError):
+        kind = ValueError
+    else:
+        kind = type(error)  # polars' own errors: unreadable file, unconvertible frame
+    return {"error": {"part": part, "kind": kind, "message": str(error)}}
 
 
 def _partition_state(
     part: _FilePart | _FramePart,
     data: Any,
     template: dict[str, Any],
+    engine: str,
+    threads: int | None,
     spec: ColumnSpec,
     batch_rows: int | None,
 ) -> dict[str, Any]:
-    """Exact state of one partition: a pure function of the partition's rows.
+    """Exact state of one partition (or its bad data): a pure function of its rows.
 
     A task lost with its worker is simply run again (Dask retries it); since its
     result depends only on its rows, no row is ever counted twice.
     """
-    metric = Metric.from_state_dict(template)
-    groups = _GroupState(spec.by, metric) if spec.by else None
-    frame = part.frame() if isinstance(part, _FilePart) else pl.from_pandas(data)
     try:
+        _check_engine(engine)
+    except (ImportError, RuntimeError) as error:  # engine="cuda": no numba-cuda, no GPU
+        # The worker's machine is at fault, not the data: stop the run at once.
+        raise type(error)(f"dask worker on host {socket.gethostname()}: {error}") from None
+    # The engine is not part of a state: without it here, every task would run on
+    # whatever "auto" picks on its worker.
+    metric = Metric.from_state_dict(template, engine=engine)
+    groups = _GroupState(spec.by, metric) if spec.by else None
+    if threads is None:
+        return _feed(part, data, metric, spec, groups, batch_rows)
+    import numba
+
+    # set_num_threads is per calling thread (this task's thread in the worker), so it
+    # is safe in any worker and is undone for whatever runs next on the thread.
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        return _feed(part, data, metric, spec, groups, batch_rows)
+    finally:
+        numba.set_num_threads(before)
+
+
+def _feed(
+    part: _FilePart | _FramePart,
+    data: Any,
+    metric: Metric,
+    spec: ColumnSpec,
+    groups: _GroupState | None,
+    batch_rows: int | None,
+) -> dict[str, Any]:
+    try:
+        frame = part.frame() if isinstance(part, _FilePart) else pl.from_pandas(data)
         for _ in _run(
             frame, metric, spec, groups, batch_rows=batch_rows, progress=False, checkpoint=None
         ):
             pass
-    except (ValueError, TypeError) as error:
-        raise _located(error, part, part.offset) from None
+    except (ValueError, TypeError, pl.exceptions.PolarsError) as error:
+        return _bad_data(part, error)
     return _state(metric, groups)
 
 
 def _merge_states(by: tuple[str, ...], *states: dict[str, Any]) -> dict[str, Any]:
-    """Merge partition states, in partition order (group keys keep first appearance)."""
+    """Merge partition states, in partition order (group keys keep first appearance).
+
+    The first bad partition among ``states`` (they are in partition order, and each
+    holds the first bad partition of its own subtree) wins and the sums are skipped:
+    the run reports the first bad partition of the stream, whatever order the tasks
+    finished in.
+    """
+    for state in states:
+        if "error" in state:
+            return state
     metric = Metric.from_state_dict(states[0]["metric"])
     groups = _GroupState(by, metric) if by else None
     for number, state in enumerate(states):
@@ -209,11 +250,15 @@ def _is_dask_frame(source: Any) -> bool:
 def _leaves(
     source: Any,
     spec: ColumnSpec,
-    template: dict[str, Any],
     batch_rows: int | None,
     partition_rows: int,
+    task_args: tuple[Any, ...],
 ) -> list[Any]:
-    """One delayed partition state per partition; checks columns on the client first."""
+    """One delayed partition state per partition; checks columns on the client first.
+
+    ``task_args``: what every task gets after its partition and data (the metric's
+    template state, engine and numba threads; see :func:`_partition_state`).
+    """
     from dask import delayed
 
     task = delayed(_partition_state, pure=True)
@@ -223,7 +268,7 @@ def _leaves(
         open_source(pl.from_pandas(source._meta), spec, batch_rows=batch_rows)
         parts = source.to_delayed()
         return [
-            task(_FramePart(index, len(parts)), part, template, spec, batch_rows)
+            task(_FramePart(index, len(parts)), part, *task_args, spec, batch_rows)
             for index, part in enumerate(parts)
         ]
     paths = _expand_paths(source)
@@ -232,41 +277,46 @@ def _leaves(
             "source: expected a path, glob or list of Parquet / Arrow IPC files, or a "
             f"dask.dataframe.DataFrame, got {type(source).__name__}"
         )
-    suffix = paths[0].suffix.lower()
-    if suffix not in _SPLITTABLE:
-        raise ValueError(
-            f"source: {suffix} files cannot be split into partitions; use Parquet or Arrow "
-            "IPC files, or a dask.dataframe.DataFrame (dask.dataframe.read_csv, ...)"
-        )
+    for path in paths:
+        if path.suffix.lower() not in _SPLITTABLE:
+            raise ValueError(
+                f"source: {path} cannot be split into partitions ({path.suffix or 'no'} "
+                "suffix); use Parquet or Arrow IPC files, or a dask.dataframe.DataFrame "
+                "(dask.dataframe.read_csv, ...)"
+            )
     if (
         isinstance(partition_rows, bool)
         or not isinstance(partition_rows, int)
         or partition_rows < 1
     ):
         raise ValueError(f"partition_rows: must be a positive integer, got {partition_rows!r}")
+    suffix = paths[0].suffix.lower()
     open_source(_SCANNERS[suffix](str(paths[0])).head(0), spec, batch_rows=batch_rows)
     return [
-        task(part, None, template, spec, batch_rows)
+        task(part, None, *task_args, spec, batch_rows)
         for part in _file_partitions(paths, partition_rows)
     ]
 
 
-def _in_stream(source: Any, error: _FramePartitionError, scheduler: Any) -> Exception:
-    """A DataFrame partition's ``error`` with its row as an offset in the whole frame.
+def _raise_bad_data(source: Any, error: dict[str, Any], scheduler: Any) -> NoReturn:
+    """Raise the first bad partition's error, its row as an offset in the whole stream.
 
-    Only on this failure path are the earlier partitions' lengths computed (one more
-    pass over them, reading as few columns as the source allows).
+    A file partition knows where it begins; for a DataFrame partition the earlier
+    partitions' lengths are computed here, on this failure path only (one more pass
+    over them, reading as few columns as the source allows).
     """
     import dask
 
-    _, part, message = error.args
-    offset = 0
-    if part.index:
-        (lengths,) = dask.compute(
-            source.partitions[: part.index].map_partitions(len), scheduler=scheduler
-        )
-        offset = int(sum(lengths))
-    return _located(ValueError(message), part, offset)
+    part = error["part"]
+    offset = part.offset
+    if offset is None:
+        offset = 0
+        if part.index:
+            (lengths,) = dask.compute(
+                source.partitions[: part.index].map_partitions(len), scheduler=scheduler
+            )
+            offset = int(sum(lengths))
+    raise _located(error["kind"], error["message"], part, offset)
 
 
 def evaluate(
@@ -282,6 +332,7 @@ def evaluate(
     partition_rows: int = DEFAULT_PARTITION_ROWS,
     split_every: int = 8,
     scheduler: Any = None,
+    task_threads: int | None = None,
 ) -> Report | GroupedReport:
     """:func:`xentstream.evaluate` on a Dask cluster, bitwise equal to one process.
 
@@ -292,7 +343,14 @@ def evaluate(
     ``metric``, whose report is returned.
 
     A partition's state is a pure function of its rows, so a task lost with a dying
-    worker is recomputed by Dask and no row is counted twice.
+    worker is recomputed by Dask and no row is counted twice. Bad data does not
+    fail its task: every partition runs, and the error raised is that of the first
+    bad partition of the stream, whatever order the tasks finish in.
+
+    The tasks run on ``metric.engine``: with ``engine="cuda"`` every worker needs a
+    usable GPU (and ``pip install "xentstream[cuda]"``), and one without stops the run
+    with the no-GPU error. The client builds the metric, so under ``engine="cuda"`` it
+    needs numba-cuda and a GPU too.
 
     Parameters
     ----------
@@ -314,6 +372,11 @@ def evaluate(
         What runs the graph: a ``distributed.Client`` or a name dask knows
         (``"sync"``, ``"threads"``, ``"processes"``). Default: the current
         ``distributed.Client`` if there is one, else dask's local scheduler.
+    task_threads : int, optional
+        numba threads each task's kernels use (``numba.set_num_threads`` in the task's
+        own thread). Default: numba's, every core of the worker's machine - right for
+        one single-threaded worker per machine; with several worker processes on one
+        machine, about ``cores // processes`` keeps them from oversubscribing it.
 
     Returns
     -------
@@ -324,11 +387,15 @@ def evaluate(
     Raises
     ------
     ImportError
-        Without dask (``pip install "xentstream[dask]"``).
+        Without dask (``pip install "xentstream[dask]"``); ``engine="cuda"`` on a
+        worker without numba-cuda.
     ValueError, TypeError, FileNotFoundError
         Bad sources, columns or options; bad data, with the message naming the
-        partition, the row (its offset in the whole stream), the column and the rule
-        broken.
+        first bad partition of the stream, the row (its offset in the whole stream),
+        the column and the rule broken.
+    RuntimeError
+        ``engine="cuda"`` on a worker without a usable GPU (also a ``ValueError``),
+        naming the worker's host.
 
     Examples
     --------
@@ -351,9 +418,15 @@ def evaluate(
     )
     if isinstance(split_every, bool) or not isinstance(split_every, int) or split_every < 2:
         raise ValueError(f"split_every: must be an integer >= 2, got {split_every!r}")
+    if task_threads is not None and (
+        isinstance(task_threads, bool) or not isinstance(task_threads, int) or task_threads < 1
+    ):
+        raise ValueError(f"task_threads: must be a positive integer or None, got {task_threads!r}")
     blank = Metric.from_state_dict(metric.state_dict())
     template = blank.reset().state_dict()  # the config only: what every task starts from
-    level = _leaves(source, spec, template, batch_rows, partition_rows)
+    level = _leaves(
+        source, spec, batch_rows, partition_rows, (template, metric.engine, task_threads)
+    )
     merge = dask.delayed(_merge_states, pure=True)
     while len(level) > 1:
         level = [
@@ -362,10 +435,9 @@ def evaluate(
     if level:
         if scheduler is None:
             scheduler = _current_client()
-        try:
-            (state,) = dask.compute(level[0], scheduler=scheduler)
-        except _FramePartitionError as error:
-            raise _in_stream(source, error, scheduler) from None
+        (state,) = dask.compute(level[0], scheduler=scheduler)
+        if "error" in state:
+            _raise_bad_data(source, state["error"], scheduler)
         metric.merge(Metric.from_state_dict(state["metric"], engine=metric.engine))
         if groups is not None:
             groups.load_json(state["groups"])
