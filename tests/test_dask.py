@@ -264,8 +264,9 @@ def test_engine_reaches_the_workers(tmp_path: Path) -> None:
 
 
 def test_bad_dataframe_partition_dtype_names_partition(client: Any, table: pl.DataFrame) -> None:
-    """A partition whose dtypes differ from the frame's ``_meta`` (float labels): the
-    TypeError goes through the same path as bad values and names the partition."""
+    """A partition whose dtypes differ from the frame's ``_meta``: float labels (a
+    TypeError) and labels polars cannot convert go through the same path as bad
+    values and name the partition."""
     import dask.dataframe as dd
 
     pandas = table.select(*WIDE, "y").to_pandas()
@@ -273,6 +274,12 @@ def test_bad_dataframe_partition_dtype_names_partition(client: Any, table: pl.Da
     frame = dd.from_map(lambda piece: piece, pieces, meta=pandas.iloc[:0])
     with pytest.raises(
         TypeError, match=r"^partition 1 of 2 of the dask DataFrame: y: hard labels must be"
+    ):
+        xentstream_dask.evaluate(frame, xs.CrossEntropy(), preds=WIDE, target="y")
+    unconvertible = pandas.iloc[1_000:2_000].astype({"y": "complex128"})
+    frame = dd.from_map(lambda piece: piece, [pieces[0], unconvertible], meta=pandas.iloc[:0])
+    with pytest.raises(
+        TypeError, match=r"^partition 1 of 2 of the dask DataFrame: ArrowNotImplementedError: "
     ):
         xentstream_dask.evaluate(frame, xs.CrossEntropy(), preds=WIDE, target="y")
 

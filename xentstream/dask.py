@@ -192,8 +192,15 @@ def _feed(
     groups: _GroupState | None,
     batch_rows: int | None,
 ) -> dict[str, Any]:
+    if isinstance(part, _FramePart):
+        try:
+            data = pl.from_pandas(data)
+        except (ValueError, TypeError) as error:
+            return _bad_data(part, error)
+        except Exception as error:  # pyarrow's NotImplementedError (a complex column), ...
+            return _bad_data(part, TypeError(f"{type(error).__name__}: {error}"))
     try:
-        frame = part.frame() if isinstance(part, _FilePart) else pl.from_pandas(data)
+        frame = part.frame() if isinstance(part, _FilePart) else data
         for _ in _run(
             frame, metric, spec, groups, batch_rows=batch_rows, progress=False, checkpoint=None
         ):
