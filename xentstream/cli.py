@@ -371,9 +371,10 @@ def _evaluate_on_dask(
     except FileNotFoundError:
         raise  # a missing file: main reports it like any other run's
     except (CommClosedError, KilledWorker, OSError, TimeoutError) as error:
-        # The cluster failed, not the data: a lost scheduler, workers that keep dying.
+        # Mostly the cluster failing, not the data: a lost scheduler, workers that keep
+        # dying (KilledWorker), a connection timing out. One line, no traceback.
         text = " ".join(str(error).split()) or "no details"
-        raise _UsageError(f"--dask: the cluster failed ({type(error).__name__}: {text})") from None
+        raise _UsageError(f"--dask: the run failed ({type(error).__name__}: {text})") from None
 
 
 def _run_on_dask(

@@ -11,6 +11,10 @@ the partitions in order, so group keys keep their order of first appearance. The
 sums are exact integers, so merging is integer addition and the report is bitwise
 equal to one process reading the same rows, whatever the partitioning.
 
+Tasks run on the metric's engine (a state does not carry it). Bad data is a task's
+result, not its exception, so the merge can keep the first bad partition of the
+stream: the error does not depend on which failing task finished first.
+
 dask is an optional dependency (``pip install "xentstream[dask]"``), imported only
 when this module's functions run; ``import xentstream`` never imports it.
 """
