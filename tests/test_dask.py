@@ -144,6 +144,26 @@ def test_dask_dataframe_source(client: Any, table: pl.DataFrame) -> None:
     assert list(result.groups) == list(expected.groups)
 
 
+def test_task_threads_are_restored(files: dict[str, str], table: pl.DataFrame) -> None:
+    """``task_threads`` sets numba's threads for the task's own thread only: run in
+    this thread (the sync scheduler), it leaves them as they were, same bits."""
+    import numba
+
+    before = numba.get_num_threads()
+    result = xentstream_dask.evaluate(
+        files["arrow"],
+        xs.CrossEntropy(),
+        preds="p",
+        target="y",
+        partition_rows=1_000,
+        scheduler="sync",
+        task_threads=1,
+    )
+    assert numba.get_num_threads() == before
+    expected = xs.evaluate(table, xs.CrossEntropy(), preds="p", target="y")
+    assert report_bits(result) == report_bits(expected)
+
+
 def test_metric_updated_in_place_like_evaluate(client: Any, files: dict[str, str]) -> None:
     """Rows already in the metric stay; the merged partitions are added to them."""
     start = xs.CrossEntropy().update([[0.5, 0.25, 0.125, 0.125]], [2])
@@ -307,23 +327,25 @@ def _assert_one_line_error(done: subprocess.CompletedProcess, *fragments: str) -
 def test_cli_dask_equals_one_process(
     client: Any, files: dict[str, str], table: pl.DataFrame, tmp_path: Path
 ) -> None:
-    """``--dask local:2`` (a cluster of its own) and ``--dask ADDRESS`` (the module's)
-    print the one-process JSON; bad data and bad arguments exit 2 with one line."""
+    """``--dask local:2``, ``--dask local`` (clusters of their own) and ``--dask
+    ADDRESS`` (the module's) print the one-process JSON; bad data and bad arguments
+    exit 2 with one line."""
     run = ("--preds", "p", "--target", "y", "--by", "g", "--format", "json")
     bad = _corrupt(table, tmp_path)
     address = client.scheduler.address
-    with ThreadPoolExecutor(4) as pool:
-        alone, local, remote, failed = pool.map(
+    with ThreadPoolExecutor(5) as pool:
+        alone, local, default, remote, failed = pool.map(
             lambda args: _cli(*args),
             [
                 (files["parquet"], *run, "--no-progress"),
                 (files["parquet"], *run, "--dask", "local:2"),
+                (files["parquet"], *run, "--engine", "cpu", "--dask", "local"),
                 (files["parquet"], *run, "--dask", address),
                 (bad, *run, "--dask", "local:1"),
             ],
         )
     assert alone.returncode == 0, alone.stderr[-2000:]
-    for done in (local, remote):
+    for done in (local, default, remote):
         assert done.returncode == 0, done.stderr[-2000:]
         assert bits(json.loads(done.stdout)) == bits(json.loads(alone.stdout))
     # the workers' own logs stay quiet: the error is reported once
