@@ -709,10 +709,14 @@ class _Stager:
             for _ in range(2)
         ]
 
-    def stage(self, slot: int, index: int, array: np.ndarray, stream: Any) -> Any:
-        buffer = self.buffers[slot][index][: array.shape[0]]
+    def stage(self, slot: int, index: int, array: np.ndarray, destination: Any, stream: Any) -> Any:
+        """Copy ``array`` through pinned buffer ``slot`` into the front of ``destination``."""
+        n = array.shape[0]
+        buffer = self.buffers[slot][index][:n]
         buffer[...] = array
-        return cuda.to_device(buffer, stream=stream)
+        window = destination[:n]
+        window.copy_to_device(buffer, stream=stream)
+        return window
 
 
 def _stager_layout(arrays: list[Any]) -> tuple:
@@ -810,7 +814,8 @@ def launch(
 
     Notes
     -----
-    Device memory is allocated once per call, not per window: one set of accumulator
+    Device memory is allocated once per call, not per window: per stream, a window of
+    each host input (filled from the pinned buffers); one set of accumulator
     copies shared by every window of both streams (integer atomics commute, so two
     kernels may add into it concurrently), zeroed on the device and read back once
     at the end - or every :data:`FLUSH_ROWS` rows, before a chunk could absorb more
@@ -833,6 +838,14 @@ def launch(
             empty[index] = array if is_device_array(array) else to_device(array)
     device_weights = to_device(weights)
     streams = [cuda.stream(), cuda.stream()]
+    # Per stream, device memory for a window of each host array (filled by the stager).
+    staged = [
+        [
+            cuda.device_array((window_rows, *array.shape[1:]), array.dtype) if host else None
+            for array, host in zip(row_arrays, on_host, strict=True)
+        ]
+        for _ in streams
+    ]
 
     # Device state of the whole call (see Notes).
     blocks, threads = _grid(window_rows)
@@ -945,7 +958,8 @@ def launch(
             if position in empty:
                 inputs.append(empty[position])
             elif on_host[position]:
-                inputs.append(stager.stage(slot, position, array[start:stop], stream))
+                window = array[start:stop]
+                inputs.append(stager.stage(slot, position, window, staged[slot][position], stream))
             else:
                 inputs.append(array[start:stop])
         thread_errors, thread_values, window_losses, _ = per_stream[slot]
