@@ -471,6 +471,41 @@ def test_half_precision_device_inputs_are_widened_like_host_inputs() -> None:
     np.testing.assert_array_equal(widened.copy_to_host(), preds.astype(np.float32))
 
 
+class _CudaTensor:
+    """Stands in for a torch CUDA tensor (torch cannot make one without a GPU): the
+    module, ``device``, ``detach`` and ``float`` that ``_inputs`` and ``cuda`` use."""
+
+    __module__ = "torch"
+
+    def __init__(self, values: np.ndarray, dtype: str) -> None:
+        self.values, self.dtype = values, dtype
+        self.shape, self.ndim = values.shape, values.ndim
+        self.device = type("device", (), {"type": "cuda"})()
+        self.widened = False
+
+    def detach(self) -> _CudaTensor:
+        return self
+
+    def float(self) -> Any:
+        self.widened = True
+        return cuda.to_device(self.values.astype(np.float32))
+
+
+def test_half_precision_torch_tensors_are_widened_with_float() -> None:
+    preds = _CudaTensor(DATA["probs"].astype(np.float16), "torch.bfloat16")
+    soft = _CudaTensor(DATA["soft"].astype(np.float16), "torch.float16")
+    weights = _CudaTensor(DATA["weights"].astype(np.float16), "torch.bfloat16")
+    loss = xs.cross_entropy(preds, soft, sample_weight=weights, sum_tol=1e-2)
+    assert preds.widened and soft.widened and weights.widened
+    expected = xs.cross_entropy(
+        preds.values, soft.values, sample_weight=weights.values, sum_tol=1e-2, engine="cpu"
+    )
+    if SIMULATOR:
+        assert float_bits(loss) == float_bits(expected)
+    else:  # pragma: no cover - needs a GPU
+        assert math.isclose(loss, expected, rel_tol=1e-12)
+
+
 def test_unreadable_device_dtype_names_the_argument() -> None:
     class Bfloat16OnTheDevice:  # another library's bfloat16 array, as the interface shows it
         shape = (N_ROWS,)
