@@ -77,6 +77,22 @@ def main() -> int:
         except Exception as error:  # report every kernel, then fail
             failed += 1
             print(f"{name}: FAILED {type(error).__name__}: {error}")
+    # The host side's helpers: zeroing, error reset, float16 widening.
+    helpers = {
+        "fill_kernel": (cuda.fill_kernel, (_writable(i64, 1), i64)),
+        "reset_errors_kernel": (cuda.reset_errors_kernel, (_writable(i64, 2),)),
+        "widen_kernel": (
+            cuda.widen_kernel,
+            (_writable(types.float16, 1), _writable(f32, 1)),
+        ),
+    }
+    for name, (kernel, signature) in helpers.items():
+        try:
+            compile_cuda(kernel.py_func, types.void, signature, cc=(8, 0))
+            print(f"{name}: lowered, helper")
+        except Exception as error:
+            failed += 1
+            print(f"{name}: FAILED {type(error).__name__}: {error}")
     return 1 if failed else 0
 
 

@@ -260,6 +260,27 @@ def test_batch_splits_and_launch_shapes_are_bitwise_stable(
     monkeypatch.setattr(device, "ROWS_PER_LAUNCH", 1000)
     assert _report(name, "cuda", slice(0, 101), slice(101, None)) == one_pass
     assert _report(name, "cuda") == one_pass  # a second launch: same bits
+    # The device accumulators read back inside a call (every window, every second
+    # window), as a call of more than exact.MAX_TERMS_PER_BLOCK rows does.
+    for flush_rows in (70, 130):
+        monkeypatch.setattr(device, "ROWS_PER_LAUNCH", 64)
+        monkeypatch.setattr(device, "FLUSH_ROWS", flush_rows)
+        assert _report(name, "cuda") == one_pass
+    # A small staging cap shortens the windows of host inputs, not the result.
+    monkeypatch.setattr(device, "FLUSH_ROWS", 1 << 30)
+    monkeypatch.setattr(device, "STAGING_BYTES", 1500)
+    device.release_buffers()  # else the larger buffers of the calls above are reused
+    assert _report(name, "cuda") == one_pass
+    assert all(stager.rows < 64 for stager in device._STAGERS.values())
+
+
+def test_release_buffers_frees_the_pinned_staging_buffers() -> None:
+    expected = _report("hard-logits", "cuda")
+    assert device._STAGERS  # this thread kept its buffers for the next call
+    device.release_buffers()
+    assert not device._STAGERS
+    assert _report("hard-logits", "cuda") == expected  # new buffers pinned on demand
+    device.release_buffers()
 
 
 @pytest.mark.parametrize(
@@ -283,7 +304,7 @@ def test_device_arrays_in_the_functions_and_mixed_inputs() -> None:
     np.testing.assert_allclose(entropy, reference.entropy_rows(DATA["probs"]), rtol=1e-12)
 
 
-def test_groups_window_and_evaluate_on_the_device() -> None:
+def test_groups_window_and_evaluate_on_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
     frame = pl.DataFrame(
         {"p": DATA["probs"], "y": DATA["labels"], "g": DATA["groups"], "w": DATA["weights"]}
     )
@@ -302,6 +323,24 @@ def test_groups_window_and_evaluate_on_the_device() -> None:
     device_polars, host_polars = (result.to_polars() for result in results)
     if SIMULATOR:
         assert bits(device_polars.to_dicts()) == bits(host_polars.to_dicts())
+    else:  # pragma: no cover - needs a GPU
+        for device_row, host_row in zip(
+            device_polars.to_dicts(), host_polars.to_dicts(), strict=True
+        ):
+            _close_reports(device_row, host_row)
+    # Many groups: one accumulator copy per launch, same bits.
+    monkeypatch.setattr(device, "MANY_GROUPS", 2)
+    assert device._copies(3, 3, 0) == 1
+    one_copy = xs.evaluate(
+        frame,
+        xs.CrossEntropy(engine="cuda", per_class=True),
+        preds="p",
+        target="y",
+        sample_weight="w",
+        by="g",
+        batch_rows=40,
+    )
+    assert bits(one_copy.to_polars().to_dicts()) == bits(device_polars.to_dicts())
     windowed = xs.CrossEntropy(window=20, engine="auto")
     windowed.update(cuda.to_device(DATA["probs"]), cuda.to_device(DATA["labels"]))
     host_window = xs.CrossEntropy(window=20, engine="cpu").update(DATA["probs"], DATA["labels"])
@@ -401,6 +440,86 @@ def test_target_and_weight_errors_match_cpu(case: str) -> None:
             function(*arguments, engine=engine, **options)
         messages.append(str(caught.value))
     assert messages[0] == messages[1]
+
+
+def test_half_precision_device_inputs_are_widened_like_host_inputs() -> None:
+    """float16 predictions, soft targets and sample weights: as the CPU takes them."""
+    preds = DATA["probs"].astype(np.float16)
+    soft = DATA["soft"].astype(np.float16)
+    weights = DATA["weights"].astype(np.float16)
+    rows = xs.cross_entropy(
+        cuda.to_device(preds),
+        cuda.to_device(soft),
+        sample_weight=cuda.to_device(weights),
+        reduction="none",
+        sum_tol=1e-2,
+    )
+    host_rows = xs.cross_entropy(preds, soft, reduction="none", engine="cpu", sum_tol=1e-2)
+    np.testing.assert_allclose(rows, host_rows, rtol=1e-6, atol=1e-6)
+    metrics = []
+    for engine, to_device in (("auto", cuda.to_device), ("cpu", np.asarray)):
+        metric = xs.CrossEntropy(engine=engine, sum_tol=1e-2)
+        metric.update(to_device(preds), to_device(soft), to_device(weights))
+        metric.update(to_device(preds), to_device(DATA["labels"]))
+        metrics.append(metric.compute().to_dict())
+    if SIMULATOR:
+        assert bits(metrics[0]) == bits(metrics[1])
+    else:  # pragma: no cover - needs a GPU
+        _close_reports(metrics[0], metrics[1])
+    widened = device.as_device_array(cuda.to_device(preds), "preds")
+    assert widened.dtype == np.float32 and widened.shape == preds.shape
+    np.testing.assert_array_equal(widened.copy_to_host(), preds.astype(np.float32))
+
+
+class _CudaTensor:
+    """Stands in for a torch CUDA tensor (torch cannot make one without a GPU): the
+    module, ``device``, ``detach`` and ``float`` that ``_inputs`` and ``cuda`` use."""
+
+    __module__ = "torch"
+
+    def __init__(self, values: np.ndarray, dtype: str) -> None:
+        self.values, self.dtype = values, dtype
+        self.shape, self.ndim = values.shape, values.ndim
+        self.device = type("device", (), {"type": "cuda"})()
+        self.widened = False
+
+    def detach(self) -> _CudaTensor:
+        return self
+
+    def float(self) -> Any:
+        self.widened = True
+        return cuda.to_device(self.values.astype(np.float32))
+
+
+def test_half_precision_torch_tensors_are_widened_with_float() -> None:
+    preds = _CudaTensor(DATA["probs"].astype(np.float16), "torch.bfloat16")
+    soft = _CudaTensor(DATA["soft"].astype(np.float16), "torch.float16")
+    weights = _CudaTensor(DATA["weights"].astype(np.float16), "torch.bfloat16")
+    loss = xs.cross_entropy(preds, soft, sample_weight=weights, sum_tol=1e-2)
+    assert preds.widened and soft.widened and weights.widened
+    expected = xs.cross_entropy(
+        preds.values, soft.values, sample_weight=weights.values, sum_tol=1e-2, engine="cpu"
+    )
+    if SIMULATOR:
+        assert float_bits(loss) == float_bits(expected)
+    else:  # pragma: no cover - needs a GPU
+        assert math.isclose(loss, expected, rel_tol=1e-12)
+
+
+def test_unreadable_device_dtype_names_the_argument() -> None:
+    class Bfloat16OnTheDevice:  # another library's bfloat16 array, as the interface shows it
+        shape = (N_ROWS,)
+        __cuda_array_interface__ = {  # noqa: RUF012
+            "shape": (N_ROWS,),
+            "typestr": "<V2",
+            "data": (0, False),
+            "version": 3,
+        }
+
+    with pytest.raises(TypeError, match=r"sample_weight: device array of dtype '<V2'.*float32"):
+        xs.cross_entropy(
+            cuda.to_device(DATA["probs"]), DATA["labels"], sample_weight=Bfloat16OnTheDevice()
+        )
 
 
 def test_engine_cuda_errors_are_clear() -> None:

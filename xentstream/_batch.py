@@ -330,7 +330,7 @@ def _array(
     """:func:`as_array`, except that device arrays stay on the device for the CUDA engine."""
     if device is None or not is_device_array(value):
         return as_array(value, name, floating=floating, row_offset=row_offset)
-    array = device.as_device_array(value, floating=floating)  # zero copy
+    array = device.as_device_array(value, name)  # zero copy, except to widen half precision
     if floating and array.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name}: must be floating point (float32 or float64), got {array.dtype}")
     if array.dtype.kind not in "fiub":

@@ -54,8 +54,10 @@ def as_array(value: Any, name: str, *, floating: bool = False, row_offset: int =
     row_offset
         Rows of the stream before this batch, added to the row named by null errors.
     floating
-        Require a floating-point result: float16 and bfloat16 are widened to float32,
-        integer lists to float64; integer arrays are a ``TypeError``.
+        Require a floating-point result: integer lists are widened to float64;
+        integer arrays are a ``TypeError``. float16 and bfloat16 are widened to
+        float32 either way (soft targets and weights too), as the CUDA engine widens
+        them on the device.
 
     Raises
     ------
@@ -111,6 +113,8 @@ def as_array(value: Any, name: str, *, floating: bool = False, row_offset: int =
         raise TypeError(f"{name}: unsupported type {type(value).__name__}")
     if array.dtype == object:
         raise TypeError(f"{name}: ragged or non-numeric data (dtype object)")
+    if array.dtype == np.float16:  # any argument: the kernels read float32 and float64
+        array = array.astype(np.float32)
     if floating and array.dtype not in _FLOAT_DTYPES:
         if array.dtype.kind == "f":
             array = array.astype(np.float32)

@@ -34,9 +34,13 @@ called instead (same source).
 
 :func:`launch` is the host side: row windows of at most :data:`ROWS_PER_LAUNCH`
 rows (and :data:`WINDOW_BYTES`), host inputs staged through pinned buffers on two
-streams (the copy of one window overlaps the kernel of the other), device inputs
-sliced without copying, and each window's copies normalized into one exact total
-on the host.
+streams (the copy of one window overlaps the kernel of the other: every copy of a
+window is issued on its stream and only that stream is waited for), device inputs
+sliced without copying. Device state is allocated and zeroed on the device once per
+call: one set of accumulator copies, shared by both streams and read back once at
+the end (every :data:`FLUSH_ROWS` rows for huge calls), where the host normalizes
+the copies into one exact total. The pinned buffers stay with the thread for its
+next call (at most :data:`STAGING_BYTES`) until :func:`release_buffers`.
 
 The launch sizes are module attributes so that tests can shrink them: with 4
 threads per block, 3 blocks and 64-row windows, 150 rows cross block boundaries,
@@ -52,12 +56,14 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from typing import Any
 
 import numba
 import numpy as np
 from numba import cuda
 
+from xentstream._inputs import is_device_array
 from xentstream._kernels import rows
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, NAN, NEG_INF, POS_INF
 from xentstream._kernels.exact import combine_blocks as _combine_blocks
@@ -102,6 +108,14 @@ ROWS_PER_LAUNCH = 1 << 20
 WINDOW_BYTES = 1 << 26
 #: Memory cap for the accumulator copies of one launch (per-class sums grow with C).
 STATE_BUDGET_BYTES = 1 << 28
+#: Above this many groups a launch uses one accumulator copy (see :func:`_copies`).
+MANY_GROUPS = 64
+#: Most bytes of pinned staging buffers one thread keeps (:func:`release_buffers`).
+STAGING_BYTES = 1 << 28
+#: Rows added into the device accumulators between two read-backs: a chunk absorbs
+#: ``exact.MAX_TERMS_PER_BLOCK`` terms without carrying, and a row adds at most one
+#: term to a slot. Tests lower it so that the read-back inside a call runs.
+FLUSH_ROWS = MAX_TERMS_PER_BLOCK
 
 _NO_ERROR = np.iinfo(np.int64).max
 _LOW32 = 0xFFFFFFFF
@@ -255,9 +269,10 @@ def multiclass_hard_kernel(
     smoothing = opts.label_smoothing
     keep_rows = row_losses.shape[0] > 0
     per_class = class_sums.shape[1] > 0
-    # H of the smoothed one-hot target is the same for every row. The composition of
-    # the row loss below mirrors cpu.multiclass_hard line for line (it lives in the
-    # kernel body there, not in rows.py, which this branch may not change).
+    # H of the smoothed one-hot target is the same for every row. The row loss below
+    # is composed from the rows.py formulas exactly as in the body of
+    # cpu.multiclass_hard (same terms, same order), so that both engines add the same
+    # float64 values; a change there must be mirrored here.
     target_entropy = 0.0
     if opts.with_entropy and smoothing > 0.0:
         off = smoothing / n_classes
@@ -562,27 +577,81 @@ def ensure_available() -> None:
         )
 
 
-def is_device_array(value: Any) -> bool:
-    """True for GPU arrays: ``__cuda_array_interface__`` or the simulator's fake arrays."""
-    if hasattr(value, "__cuda_array_interface__"):
-        return True
-    return SIMULATOR and isinstance(value, cuda.devicearray.FakeCUDAArray)
-
-
-def as_device_array(value: Any, *, floating: bool = False) -> Any:
-    """A numba device array viewing the memory of ``value`` (no copy).
+def as_device_array(value: Any, name: str) -> Any:
+    """A numba device array of the memory of ``value``: no copy, except to widen.
 
     torch tensors are detached first (one that requires grad refuses
-    ``__cuda_array_interface__``); with ``floating``, float16 / bfloat16 tensors are
-    widened to float32 on the device, as the CPU path widens them on the host.
+    ``__cuda_array_interface__``). Half precision is widened to float32 on the
+    device, as :func:`~xentstream._inputs.as_array` widens it on the host, whatever
+    the argument (predictions, soft targets, sample weights): torch ``float16`` and
+    ``bfloat16`` tensors with ``.float()``, any other contiguous ``float16`` device
+    array with :func:`widen_kernel`. A dtype numba cannot read (``__cuda_array_interface__``
+    type ``V``, such as another library's bfloat16) is a ``TypeError`` naming ``name``.
+    Contiguity is checked by the caller (a strided float16 array stays as it is).
     """
     if type(value).__module__.split(".", 1)[0] == "torch":
         value = value.detach()
-        if floating and str(value.dtype) in ("torch.float16", "torch.bfloat16"):
+        if str(value.dtype) in ("torch.float16", "torch.bfloat16"):
             value = value.float()
-    if SIMULATOR:  # the simulator's device arrays are numpy-backed and have no interface
-        return value
-    return cuda.as_cuda_array(value)  # pragma: no cover - needs a GPU
+    if hasattr(value, "__cuda_array_interface__"):
+        typestr = value.__cuda_array_interface__["typestr"]
+        if typestr[1] == "V":
+            raise TypeError(
+                f"{name}: device array of dtype {typestr!r} (not a numeric type the GPU "
+                "kernels can read, e.g. bfloat16); convert it to float32 on the device "
+                "first (e.g. .astype('float32'))"
+            )
+        array = cuda.as_cuda_array(value)
+    else:  # the simulator's device arrays are numpy-backed and have no interface
+        array = value
+    if array.dtype == np.float16 and array.is_c_contiguous():
+        array = _widen(array)
+    return array
+
+
+@cuda.jit
+def widen_kernel(source, destination):
+    """``destination[i] = float32(source[i])``: float16 device inputs to float32."""
+    for i in range(cuda.grid(1), source.shape[0], cuda.gridsize(1)):
+        destination[i] = np.float32(source[i])
+
+
+@cuda.jit
+def fill_kernel(destination, value):
+    """``destination[:] = value`` on the device (zeroes the accumulator copies)."""
+    for i in range(cuda.grid(1), destination.shape[0], cuda.gridsize(1)):
+        destination[i] = value
+
+
+@cuda.jit
+def reset_errors_kernel(errors):
+    """Every thread's error row to ``-1`` (none), the shared minimum to "no bad row"."""
+    last = errors.shape[0] - 1
+    for i in range(cuda.grid(1), errors.shape[0], cuda.gridsize(1)):
+        errors[i, 0] = _NO_ERROR if i == last else -1
+        errors[i, 1] = -1
+        errors[i, 2] = -1
+
+
+def _small_grid(n: int) -> tuple[int, int]:
+    threads = int(THREADS_PER_BLOCK)
+    return max(1, min(int(MAX_BLOCKS), -(-n // threads))), threads
+
+
+def _widen(array: Any) -> Any:
+    flat = array.reshape(array.size)
+    wide = cuda.device_array(array.size, dtype=np.float32)
+    if array.size:
+        blocks, threads = _small_grid(array.size)
+        widen_kernel[blocks, threads](flat, wide)
+    return wide.reshape(*array.shape)
+
+
+def _fill(array: Any, value: int, stream: Any) -> None:
+    """Set every element of the contiguous device ``array`` to ``value`` on ``stream``."""
+    if array.size:
+        blocks, threads = _small_grid(array.size)
+        fill_kernel[blocks, threads, stream](array.reshape(array.size), value)
 
 
 def to_host(value: Any) -> np.ndarray:
@@ -604,6 +673,13 @@ def _grid(n_rows: int) -> tuple[int, int]:
 
 
 def _copies(blocks: int, n_groups: int, class_width: int) -> int:
+    """Accumulator copies of a launch: fewer with many groups, whose state dominates.
+
+    Group codes already spread the atomics over ``n_groups`` accumulators, so above
+    :data:`MANY_GROUPS` one copy is used (a copy of a group's sums is 5 KiB).
+    """
+    if n_groups > MANY_GROUPS:
+        return 1
     per_copy = 8 * (
         n_groups * (N_SUMS * N_SLOTS + N_COUNTS) + class_width * (N_CLASS_SUMS * N_SLOTS + 1)
     )
@@ -617,6 +693,7 @@ class _Stager:
     copy of one window overlaps the kernel (and copies) of the other. Pinning memory
     is slow (a driver call per buffer), so each thread keeps its buffers for the next
     batch of the same shape (:func:`_stager`): a stream of batches pins them once.
+    :func:`release_buffers` frees them; :data:`STAGING_BYTES` caps their size.
     """
 
     def __init__(self, arrays: list[Any], rows: int) -> None:
@@ -632,25 +709,70 @@ class _Stager:
             for _ in range(2)
         ]
 
-    def stage(self, slot: int, index: int, array: np.ndarray, stream: Any) -> Any:
-        buffer = self.buffers[slot][index][: array.shape[0]]
+    def stage(self, slot: int, index: int, array: np.ndarray, destination: Any, stream: Any) -> Any:
+        """Copy ``array`` through pinned buffer ``slot`` into the front of ``destination``."""
+        n = array.shape[0]
+        buffer = self.buffers[slot][index][:n]
         buffer[...] = array
-        return cuda.to_device(buffer, stream=stream)
+        window = destination[:n]
+        window.copy_to_device(buffer, stream=stream)
+        return window
 
 
 def _stager_layout(arrays: list[Any]) -> tuple:
     return tuple(None if a is None else (a.shape[1:], a.dtype.str) for a in arrays)
 
 
-_STAGERS = threading.local()
+# Each thread's staging buffers, keyed by its Thread object (weakly: a finished
+# thread's buffers go with it), behind a lock so that release_buffers() can free them
+# from any thread.
+_STAGERS: weakref.WeakKeyDictionary[threading.Thread, _Stager] = weakref.WeakKeyDictionary()
+_STAGERS_LOCK = threading.Lock()
 
 
 def _stager(arrays: list[Any], rows: int) -> _Stager:
     """This thread's staging buffers, reused when they fit (a thread never shares them)."""
-    cached = getattr(_STAGERS, "last", None)
-    if cached is None or cached.rows < rows or cached.layout != _stager_layout(arrays):
-        cached = _STAGERS.last = _Stager(arrays, rows)
+    thread = threading.current_thread()
+    layout = _stager_layout(arrays)
+    with _STAGERS_LOCK:
+        cached = _STAGERS.pop(thread, None)  # dropped first: never two sets pinned
+    if cached is None or cached.rows < rows or cached.layout != layout:
+        cached = _Stager(arrays, rows)
+    with _STAGERS_LOCK:
+        _STAGERS[thread] = cached
     return cached
+
+
+def release_buffers() -> None:
+    """Free the pinned host buffers that ``engine="cuda"`` keeps for host inputs.
+
+    Each thread that ran host (numpy) inputs on the GPU keeps two pinned buffers per
+    input array, at most :data:`STAGING_BYTES` in all, so that the next batch of the
+    same shape need not pin memory again (a slow driver call). Pinned memory cannot
+    be swapped out; call this when done with the GPU to return it. Buffers in use by a
+    launch in another thread are freed when that launch ends. The next launch pins
+    new ones.
+    """
+    with _STAGERS_LOCK:
+        _STAGERS.clear()
+
+
+def _window_rows(row_arrays: list[Any], on_host: list[bool], n_rows: int) -> int:
+    """Rows per launch: :data:`ROWS_PER_LAUNCH`, less for wide rows or large staging."""
+    preds = row_arrays[0]
+    row_bytes = max(1, int(np.prod(preds.shape[1:], dtype=np.int64)) * preds.dtype.itemsize)
+    staged_bytes = sum(
+        2 * int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+        for array, host in zip(row_arrays, on_host, strict=True)
+        if host
+    )
+    window_rows = min(
+        int(ROWS_PER_LAUNCH),
+        int(WINDOW_BYTES) // row_bytes,
+        int(STAGING_BYTES) // max(1, staged_bytes),
+        int(FLUSH_ROWS),
+    )
+    return max(1, min(window_rows, n_rows))
 
 
 def launch(
@@ -689,14 +811,25 @@ def launch(
         ``(sums, counts, class_sums, class_counts, errors, error_values, row_losses)``
         in the CPU kernels' layout with a single (already normalized) block, so the
         caller treats both engines alike. ``errors`` rows are rows of the whole call.
+
+    Notes
+    -----
+    Device memory is allocated once per call, not per window: per stream, a window of
+    each host input (filled from the pinned buffers); one set of accumulator
+    copies shared by every window of both streams (integer atomics commute, so two
+    kernels may add into it concurrently), zeroed on the device and read back once
+    at the end - or every :data:`FLUSH_ROWS` rows, before a chunk could absorb more
+    terms than ``exact.MAX_TERMS_PER_BLOCK`` - and, per stream, the error rows of
+    its threads and its window of per-row losses. The error rows are reset only
+    once: a window that finds a bad row ends the call. Per window only the shared
+    minimum of the bad rows (and the per-row losses, if kept) come back, copied on
+    the window's stream, so the other stream's copies and kernel go on meanwhile.
     """
     n_rows = int(preds.shape[0])
-    row_bytes = max(1, int(np.prod(preds.shape[1:], dtype=np.int64)) * preds.dtype.itemsize)
-    window_rows = min(int(ROWS_PER_LAUNCH), int(WINDOW_BYTES) // row_bytes, MAX_TERMS_PER_BLOCK)
-    window_rows = max(1, min(window_rows, n_rows))
     kernel = KERNELS[name]
     row_arrays = [preds, target, sample_weight, groups]
     on_host = [not is_device_array(array) and array.shape[0] > 0 for array in row_arrays]
+    window_rows = _window_rows(row_arrays, on_host, n_rows)
     host_arrays = [a if host else None for a, host in zip(row_arrays, on_host, strict=True)]
     stager = _stager(host_arrays, window_rows) if any(on_host) else None
     empty = {}  # length-0 placeholders go to the device once
@@ -705,6 +838,43 @@ def launch(
             empty[index] = array if is_device_array(array) else to_device(array)
     device_weights = to_device(weights)
     streams = [cuda.stream(), cuda.stream()]
+    # Per stream, device memory for a window of each host array (filled by the stager).
+    staged = [
+        [
+            cuda.device_array((window_rows, *array.shape[1:]), array.dtype) if host else None
+            for array, host in zip(row_arrays, on_host, strict=True)
+        ]
+        for _ in streams
+    ]
+
+    # Device state of the whole call (see Notes).
+    blocks, threads = _grid(window_rows)
+    n_threads = blocks * threads
+    copies = _copies(blocks, n_groups, class_width)
+    state = [
+        cuda.device_array((copies, n_groups, N_SUMS, N_SLOTS), np.int64),
+        cuda.device_array((copies, n_groups, N_COUNTS), np.int64),
+        cuda.device_array((copies, class_width, N_CLASS_SUMS, N_SLOTS), np.int64),
+        cuda.device_array((copies, class_width), np.int64),
+    ]
+    per_stream = []
+    for stream in streams:
+        thread_errors = cuda.device_array((n_threads + 1, 3), np.int64)
+        blocks_reset, threads_reset = _small_grid(n_threads + 1)
+        reset_errors_kernel[blocks_reset, threads_reset, stream](thread_errors)
+        per_stream.append(
+            (
+                thread_errors,
+                cuda.device_array(n_threads + 1, np.float64),  # read only where errors >= 0
+                cuda.device_array(window_rows if keep_rows else 0, np.float64),
+                cuda.pinned_array((1, 3), np.int64),  # the shared minimum, per window
+            )
+        )
+
+    def zero_state() -> None:
+        for array in state:
+            _fill(array, 0, streams[0])
+        streams[0].synchronize()  # before a kernel on either stream adds into it
 
     total_sums = np.zeros((1, n_groups, N_SUMS, N_SLOTS), dtype=np.int64)
     total_counts = np.zeros((1, n_groups, N_COUNTS), dtype=np.int64)
@@ -715,24 +885,11 @@ def launch(
     row_losses = np.empty(n_rows if keep_rows else 0, dtype=np.float64)
     pending: list[Any] = [None, None]
 
-    def finish(job: Any) -> bool:
-        """Fold one finished window into the totals; True if it found a bad row."""
-        start, stop, stream, outputs = job
+    def flush() -> None:
+        """Fold the accumulator copies into the totals (both streams are idle)."""
+        stream = streams[0]
+        sums, counts, class_sums, class_counts = (a.copy_to_host(stream=stream) for a in state)
         stream.synchronize()
-        n_threads = outputs[4].shape[0] - 1
-        # The shared minimum tells whether any thread failed: the per-thread rows
-        # (megabytes for a full grid) come back only then.
-        if int(outputs[4][n_threads:].copy_to_host()[0, 0]) != _NO_ERROR:
-            errs = outputs[4].copy_to_host()[:n_threads]
-            values = outputs[5].copy_to_host()
-            bad = np.flatnonzero(errs[:, 0] >= 0)
-            first = bad[np.argmin(errs[bad, 0])]
-            errors[0] = errs[first]
-            errors[0, 0] += start
-            error_values[0] = values[first]
-            return True
-        sums, counts, class_sums, class_counts = (o.copy_to_host() for o in outputs[:4])
-        copies = sums.shape[0]
         _combine_blocks(
             sums.reshape(copies, n_groups * N_SUMS, N_SLOTS),
             total_sums[0].reshape(n_groups * N_SUMS, N_SLOTS),
@@ -744,15 +901,51 @@ def launch(
                 total_class_sums[0].reshape(class_width * N_CLASS_SUMS, N_SLOTS),
             )
             total_class_counts[0] += class_counts.sum(axis=0)
-        if keep_rows:
-            row_losses[start:stop] = outputs[6].copy_to_host()
-        return False
 
+    def finish(job: Any) -> bool:
+        """Wait for one window; True if it found a bad row (recorded in ``errors``)."""
+        start, stop, slot = job
+        stream = streams[slot]
+        thread_errors, thread_values, window_losses, minimum = per_stream[slot]
+        thread_errors[n_threads:].copy_to_host(minimum, stream=stream)
+        if keep_rows:
+            window_losses[: stop - start].copy_to_host(row_losses[start:stop], stream=stream)
+        stream.synchronize()
+        # The shared minimum tells whether any thread failed: the per-thread rows
+        # (megabytes for a full grid) come back only then.
+        if int(minimum[0, 0]) == _NO_ERROR:
+            return False
+        errs = thread_errors.copy_to_host(stream=stream)[:n_threads]
+        values = thread_values.copy_to_host(stream=stream)
+        stream.synchronize()
+        bad = np.flatnonzero(errs[:, 0] >= 0)
+        first = bad[np.argmin(errs[bad, 0])]
+        errors[0] = errs[first]
+        errors[0, 0] += start
+        error_values[0] = values[first]
+        return True
+
+    def finish_pending() -> bool:
+        """Wait for the windows in flight, oldest first (a later window's bad row must
+        not hide an earlier one's); True if one found a bad row."""
+        jobs = sorted((job for job in pending if job is not None), key=lambda job: job[0])
+        pending[:] = [None, None]
+        return any(finish(job) for job in jobs)
+
+    zero_state()
     failed = False
+    unflushed = 0  # rows added into the accumulator copies since they were zeroed
     for index, start in enumerate(range(0, n_rows, window_rows)):
         stop = min(start + window_rows, n_rows)
         slot = index % 2
         stream = streams[slot]
+        if unflushed + (stop - start) > FLUSH_ROWS:
+            failed = finish_pending()
+            if failed:
+                break
+            flush()
+            zero_state()
+            unflushed = 0
         # Windows finish in order, so the first window with a bad row holds the
         # smallest bad row of the call.
         if pending[slot] is not None:
@@ -765,44 +958,33 @@ def launch(
             if position in empty:
                 inputs.append(empty[position])
             elif on_host[position]:
-                inputs.append(stager.stage(slot, position, array[start:stop], stream))
+                window = array[start:stop]
+                inputs.append(stager.stage(slot, position, window, staged[slot][position], stream))
             else:
-                inputs.append(as_device_array(array)[start:stop])
-        blocks, threads = _grid(stop - start)
-        copies = _copies(blocks, n_groups, class_width)
-        n_threads = blocks * threads
-        thread_errors = np.full((n_threads + 1, 3), -1, dtype=np.int64)
-        thread_errors[-1, 0] = _NO_ERROR
-        outputs = [
-            cuda.to_device(np.zeros((copies, n_groups, N_SUMS, N_SLOTS), np.int64), stream),
-            cuda.to_device(np.zeros((copies, n_groups, N_COUNTS), np.int64), stream),
-            cuda.to_device(
-                np.zeros((copies, class_width, N_CLASS_SUMS, N_SLOTS), np.int64), stream
-            ),
-            cuda.to_device(np.zeros((copies, class_width), np.int64), stream),
-            cuda.to_device(thread_errors, stream),
-            cuda.to_device(np.zeros(n_threads + 1, np.float64), stream),
-            cuda.to_device(np.empty(stop - start if keep_rows else 0, np.float64), stream),
-        ]
+                inputs.append(array[start:stop])
+        thread_errors, thread_values, window_losses, _ = per_stream[slot]
         preds_window, target_window, weight_window, groups_window = inputs
-        kernel[blocks, threads, stream](
+        window_blocks, _ = _grid(stop - start)
+        kernel[window_blocks, threads, stream](
             preds_window,
             target_window,
             device_weights,
             weight_window,
             groups_window,
             opts,
-            outputs[6],  # row_losses
-            *outputs[:6],  # sums, counts, class_sums, class_counts, errors, error_values
+            window_losses[: stop - start] if keep_rows else window_losses,
+            *state,  # sums, counts, class_sums, class_counts
+            thread_errors,
+            thread_values,
         )
-        pending[slot] = (start, stop, stream, outputs)
-    # The windows still in flight, oldest first (a later window's bad row must not
-    # hide an earlier one's).
-    for job in sorted((job for job in pending if job is not None), key=lambda job: job[0]):
-        if failed:
-            break
-        failed = finish(job)
-    cuda.synchronize()
+        unflushed += stop - start
+        pending[slot] = (start, stop, slot)
+    if not failed:
+        failed = finish_pending()
+    for stream in streams:
+        stream.synchronize()  # a failed call may leave a later window running
+    if not failed:
+        flush()
     return (
         total_sums,
         total_counts,
