@@ -38,8 +38,6 @@ from xentstream._kernels import cuda as device
 
 cuda = device.cuda
 
-SIMULATOR = device.SIMULATOR
-
 # The simulator runs kernels as Python on numpy scalars, which warn on the inf - inf
 # and NaN arithmetic the kernels do on purpose (``s - s == 0`` is the finiteness test
 # of a sample weight); compiled kernels, on a GPU or a CPU, raise no such warnings.
@@ -152,13 +150,22 @@ def _report(name: str, engine: str, *batches: slice, to_device: bool = False) ->
 
 
 def _close_reports(actual: dict[str, Any], expected: dict[str, Any]) -> None:
-    """Reports within SPEC section 3's tolerance (real GPU: another math library)."""
+    """Reports within SPEC section 3's tolerance.
+
+    The engines' per-row values may differ in the last bits (the CPU kernels use their own
+    vectorized exp / log, a GPU its libdevice); each engine's sums are exact on its own
+    rows, which the device checks below test bit for bit against ``math.fsum``.
+    """
     for key, value in expected.items():
         other = actual[key]
         if isinstance(value, float) and isinstance(other, float):
             assert math.isclose(other, value, rel_tol=1e-12, abs_tol=1e-12), key
+        elif key == "per_class" and value is not None:
+            assert len(other) == len(value)
+            for device_row, host_row in zip(other, value, strict=True):
+                _close_reports(device_row, host_row)
         else:
-            assert other == value or key == "per_class", key
+            assert other == value, key
 
 
 # -- every kernel against the CPU engine and the float64 reference ---------------------------
@@ -166,13 +173,10 @@ def _close_reports(actual: dict[str, Any], expected: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_metric_matches_cpu(name: str) -> None:
-    if SIMULATOR:
-        assert _report(name, "cuda") == _report(name, "cpu")
-    else:  # pragma: no cover - needs a GPU
-        _close_reports(
-            _metric(name, "cuda").update(*_inputs(name)).compute().to_dict(),
-            _metric(name, "cpu").update(*_inputs(name)).compute().to_dict(),
-        )
+    _close_reports(
+        _metric(name, "cuda").update(*_inputs(name)).compute().to_dict(),
+        _metric(name, "cpu").update(*_inputs(name)).compute().to_dict(),
+    )
 
 
 @pytest.mark.parametrize(
@@ -226,13 +230,16 @@ def test_functions_match_reference_and_cpu(function: Any, arguments: tuple, rows
     # rounded sum of the device's own per-row terms.
     device_sum = function(*inputs, reduction="sum", engine="cuda", **options)
     assert float_bits(device_sum) == float_bits(math.fsum(device_rows))
-    if SIMULATOR:
-        assert float_bits(device_sum) == float_bits(
-            function(*inputs, reduction="sum", engine="cpu", **options)
-        )
-        assert float_bits(function(*inputs, engine="cuda", **options)) == float_bits(
-            function(*inputs, engine="cpu", **options)
-        )
+    assert math.isclose(
+        device_sum,
+        function(*inputs, reduction="sum", engine="cpu", **options),
+        rel_tol=1e-12,
+    )
+    assert math.isclose(
+        function(*inputs, engine="cuda", **options),
+        function(*inputs, engine="cpu", **options),
+        rel_tol=1e-12,
+    )
 
 
 def test_float32_within_tolerance() -> None:
@@ -321,13 +328,8 @@ def test_groups_window_and_evaluate_on_the_device(monkeypatch: pytest.MonkeyPatc
         for engine in ("cuda", "cpu")
     ]
     device_polars, host_polars = (result.to_polars() for result in results)
-    if SIMULATOR:
-        assert bits(device_polars.to_dicts()) == bits(host_polars.to_dicts())
-    else:  # pragma: no cover - needs a GPU
-        for device_row, host_row in zip(
-            device_polars.to_dicts(), host_polars.to_dicts(), strict=True
-        ):
-            _close_reports(device_row, host_row)
+    for device_row, host_row in zip(device_polars.to_dicts(), host_polars.to_dicts(), strict=True):
+        _close_reports(device_row, host_row)
     # Many groups: one accumulator copy per launch, same bits.
     monkeypatch.setattr(device, "MANY_GROUPS", 2)
     assert device._copies(3, 3, 0) == 1
@@ -462,10 +464,7 @@ def test_half_precision_device_inputs_are_widened_like_host_inputs() -> None:
         metric.update(to_device(preds), to_device(soft), to_device(weights))
         metric.update(to_device(preds), to_device(DATA["labels"]))
         metrics.append(metric.compute().to_dict())
-    if SIMULATOR:
-        assert bits(metrics[0]) == bits(metrics[1])
-    else:  # pragma: no cover - needs a GPU
-        _close_reports(metrics[0], metrics[1])
+    _close_reports(metrics[0], metrics[1])
     widened = device.as_device_array(cuda.to_device(preds), "preds")
     assert widened.dtype == np.float32 and widened.shape == preds.shape
     np.testing.assert_array_equal(widened.copy_to_host(), preds.astype(np.float32))
@@ -500,10 +499,7 @@ def test_half_precision_torch_tensors_are_widened_with_float() -> None:
     expected = xs.cross_entropy(
         preds.values, soft.values, sample_weight=weights.values, sum_tol=1e-2, engine="cpu"
     )
-    if SIMULATOR:
-        assert float_bits(loss) == float_bits(expected)
-    else:  # pragma: no cover - needs a GPU
-        assert math.isclose(loss, expected, rel_tol=1e-12)
+    assert math.isclose(loss, expected, rel_tol=1e-12)
 
 
 def test_unreadable_device_dtype_names_the_argument() -> None:
@@ -554,10 +550,7 @@ def test_cli_engine_cuda(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, done.stderr
         outputs.append(json.loads(done.stdout))
-    if SIMULATOR:
-        assert bits(outputs[0]) == bits(outputs[1])
-    else:  # pragma: no cover - needs a GPU
-        assert math.isclose(outputs[0]["loss"], outputs[1]["loss"], rel_tol=1e-12)
+    assert math.isclose(outputs[0]["loss"], outputs[1]["loss"], rel_tol=1e-12)
 
 
 def test_token_logits_with_padding_empty_batches_and_float32_on_the_device() -> None:
@@ -572,10 +565,7 @@ def test_token_logits_with_padding_empty_batches_and_float32_on_the_device() -> 
         cuda.to_device(logits), cuda.to_device(labels), reduction="none", **options
     )
     assert rows.shape == (4, 9) and not rows[:, 7:].any()
-    if SIMULATOR:
-        assert float_bits(on_device) == float_bits(on_host)
-    else:  # pragma: no cover - needs a GPU
-        assert math.isclose(on_device, on_host, rel_tol=1e-6)
+    assert math.isclose(on_device, on_host, rel_tol=1e-6)
     metric = xs.CrossEntropy(engine="cuda")
     metric.update(cuda.to_device(np.empty((0, 3))), cuda.to_device(np.empty(0, np.int64)))
     assert metric.rows_seen == 0 and math.isnan(metric.value)
