@@ -237,14 +237,22 @@ def multiclass_hard(
             )
             if smoothing > 0.0:
                 smoothed = 0.0
-                for c in range(n_classes):
-                    smoothed = add_reassoc(
-                        smoothed,
-                        neg_xlogy_fast(
-                            share * class_weight[c],
-                            log_probability_fast(preds, i, c, normalizer, opts),
-                        ),
-                    )
+                if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
+                    shift, log_sum = normalizer
+                    for c in range(n_classes):
+                        log_p = (np.float64(preds[i, c]) - shift) - log_sum
+                        smoothed = add_reassoc(
+                            smoothed, neg_xlogy_fast(share * class_weight[c], log_p)
+                        )
+                else:
+                    for c in range(n_classes):
+                        smoothed = add_reassoc(
+                            smoothed,
+                            neg_xlogy_fast(
+                                share * class_weight[c],
+                                log_probability_fast(preds, i, c, normalizer, opts),
+                            ),
+                        )
                 loss += smoothed
             if keep_rows:
                 row_losses[i] = loss
@@ -332,6 +340,12 @@ def multiclass_soft(
                     add_term(class_acc, CLASS_WEIGHT, s * q)
                     add_term(class_acc, CLASS_MASS, s * q)
                 class_counts[block, target_argmax] += 1
+            elif opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
+                shift, log_sum = normalizer
+                for c in range(n_classes):
+                    q = (1.0 - smoothing) * np.float64(target[i, c]) + share
+                    log_p = (np.float64(preds[i, c]) - shift) - log_sum
+                    loss = add_reassoc(loss, neg_xlogy_fast(class_weight[c] * q, log_p))
             else:
                 for c in range(n_classes):
                     q = (1.0 - smoothing) * np.float64(target[i, c]) + share
