@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from xentstream._kernels.exact import add_term
-from xentstream._kernels.fastmath import add_reassoc, log64
+from xentstream._kernels.fastmath import add_reassoc, exp64, log1p64, log64
 from xentstream._kernels.layout import (
     CLASS_LOSS,
     CLASS_MASS,
@@ -69,12 +69,14 @@ from xentstream._kernels.rows import (
     neg_xlogy,
     neg_xlogy_fast,
     scan_narrow_logits_row,
+    scan_prediction_row,
     scan_prediction_row_fast,
     scan_soft_target_row_fast,
 )
 
 # error_model="numpy": a float division is a plain IEEE division (no zero check that
 # would block vectorization); every division in the kernels has a nonzero divisor.
+_INF = np.inf
 _KERNEL_FLAGS = {"parallel": True, "nogil": True, "cache": True, "error_model": "numpy"}
 
 
@@ -209,6 +211,8 @@ def multiclass_hard(
                 code, column, bad, argmax, normalizer, entropy = scan_narrow_logits_row(
                     preds, i, exps, (i - group_start) * n_classes, opts
                 )
+            elif n_classes < NARROW_CLASSES:  # narrow probs: the scalar scan, inlined
+                code, column, bad, argmax, normalizer, entropy = scan_prediction_row(preds, i, opts)
             else:
                 code, column, bad, argmax, normalizer, entropy = scan_prediction_row_fast(
                     preds, i, opts
@@ -467,7 +471,13 @@ def multilabel(
         for i in range(start, stop):
             failed = False
             bad_pairs = 0
-            if opts.validate:
+            if opts.validate and opts.input_kind == LOGITS:  # kind tested outside the loop
+                for c in range(n_labels):
+                    x = np.float64(preds[i, c])
+                    t = np.float64(target[i, c])
+                    bad_pairs += np.int64(not x < _INF) + np.int64(not t >= 0.0)
+                    bad_pairs += np.int64(not t <= 1.0)
+            elif opts.validate:
                 for c in range(n_labels):
                     ok = binary_pair_is_ok(np.float64(preds[i, c]), np.float64(target[i, c]), opts)
                     bad_pairs += np.int64(not ok)
@@ -508,6 +518,14 @@ def multilabel(
                         add_term(label_acc, CLASS_MASS, s * t)
                         if t >= 0.5:
                             class_counts[block, c] += 1
+            elif opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
+                for c in range(n_labels):
+                    x = np.float64(preds[i, c])
+                    t = np.float64(target[i, c])
+                    m = log1p64(exp64(-abs(x)))  # softplus(+-x) = max(+-x, 0) + m
+                    log_p = -(max(-x, 0.0) + m)
+                    log_1mp = -(max(x, 0.0) + m)
+                    loss = add_reassoc(loss, binary_loss_fast(t, log_p, log_1mp, pos_weight[c]))
             else:
                 for c in range(n_labels):
                     x = np.float64(preds[i, c])
