@@ -328,6 +328,8 @@ def multiclass_soft(
             group = _group(groups, i)
             loss = 0.0
             target_entropy = 0.0
+            # The row's loss and entropy come from the same SIMD loops whatever the
+            # outputs, so a metric (per-class sums, entropy) and the function agree bitwise.
             if per_class:
                 for c in range(n_classes):
                     q = (1.0 - smoothing) * np.float64(target[i, c]) + share
@@ -336,15 +338,12 @@ def multiclass_soft(
                     term = neg_xlogy(
                         class_weight[c] * q, log_probability_fast(preds, i, c, normalizer, opts)
                     )
-                    loss += term
-                    if with_entropy:
-                        target_entropy += neg_xlogy(q, math.log(q))
                     class_acc = class_sums[block, c]
                     add_term(class_acc, CLASS_LOSS, s * term)
                     add_term(class_acc, CLASS_WEIGHT, s * q)
                     add_term(class_acc, CLASS_MASS, s * q)
                 class_counts[block, target_argmax] += 1
-            elif opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
+            if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
                 shift, log_sum = normalizer
                 for c in range(n_classes):
                     q = (1.0 - smoothing) * np.float64(target[i, c]) + share
@@ -360,10 +359,10 @@ def multiclass_soft(
                             log_probability_fast(preds, i, c, normalizer, opts),
                         ),
                     )
-                if with_entropy:
-                    for c in range(n_classes):
-                        q = (1.0 - smoothing) * np.float64(target[i, c]) + share
-                        target_entropy = add_reassoc(target_entropy, neg_xlogy_fast(q, log64(q)))
+            if with_entropy:
+                for c in range(n_classes):
+                    q = (1.0 - smoothing) * np.float64(target[i, c]) + share
+                    target_entropy = add_reassoc(target_entropy, neg_xlogy_fast(q, log64(q)))
             if keep_rows:
                 row_losses[i] = loss
             counts[block, group, ROWS] += 1
@@ -501,13 +500,14 @@ def multilabel(
             loss = 0.0
             entropy = 0.0
             target_entropy = 0.0
+            # The row's loss comes from the same SIMD loops whatever the outputs, so a
+            # metric (per-label sums, entropy) and the function agree bitwise.
             if per_label or with_entropy:
                 for c in range(n_labels):
                     x = np.float64(preds[i, c])
                     t = np.float64(target[i, c])
                     log_p, log_1mp = binary_log_probabilities_fast(x, opts)
                     term = binary_loss_fast(t, log_p, log_1mp, pos_weight[c])
-                    loss += term
                     if with_entropy:
                         entropy += binary_entropy(log_p, log_1mp)
                         target_entropy += binary_target_entropy(t)
@@ -518,7 +518,7 @@ def multilabel(
                         add_term(label_acc, CLASS_MASS, s * t)
                         if t >= 0.5:
                             class_counts[block, c] += 1
-            elif opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
+            if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
                 for c in range(n_labels):
                     x = np.float64(preds[i, c])
                     t = np.float64(target[i, c])
