@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 _HERE = Path(__file__).parent
-_SOURCES = ("cpu.py", "rows.py", "exact.py", "layout.py")
+_SOURCES = ("cpu.py", "rows.py", "exact.py", "layout.py", "fastmath.py")
 _STAMP = _HERE / "__pycache__" / "kernel_sources.sha256"
 
 

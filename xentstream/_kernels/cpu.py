@@ -30,6 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from xentstream._kernels.exact import add_term
+from xentstream._kernels.fastmath import add_reassoc, exp64, log1p64, log64
 from xentstream._kernels.layout import (
     CLASS_LOSS,
     CLASS_MASS,
@@ -40,6 +41,7 @@ from xentstream._kernels.layout import (
     ENTROPY,
     IGNORED,
     LABEL_OUT_OF_RANGE,
+    LOGITS,
     LOSS,
     LOSS_SQUARED,
     OK,
@@ -50,19 +52,32 @@ from xentstream._kernels.layout import (
     WEIGHT,
 )
 from xentstream._kernels.rows import (
+    NARROW_CLASSES,
+    NARROW_GROUP_ELEMENTS,
     binary_entropy,
-    binary_log_probabilities,
+    binary_log_probabilities_fast,
+    binary_log_probabilities_scalar,
     binary_loss,
+    binary_loss_fast,
+    binary_pair_is_ok,
     binary_predicts_positive,
     binary_target_entropy,
     check_binary_pair,
+    exp_rows,
     log_probability,
+    log_probability_fast,
     neg_xlogy,
+    neg_xlogy_fast,
+    scan_narrow_logits_row,
     scan_prediction_row,
-    scan_soft_target_row,
+    scan_prediction_row_fast,
+    scan_soft_target_row_fast,
 )
 
-_KERNEL_FLAGS = {"parallel": True, "nogil": True, "cache": True}
+# error_model="numpy": a float division is a plain IEEE division (no zero check that
+# would block vectorization); every division in the kernels has a nonzero divisor.
+_INF = np.inf
+_KERNEL_FLAGS = {"parallel": True, "nogil": True, "cache": True, "error_model": "numpy"}
 
 
 @njit(inline="always", nogil=True)
@@ -111,6 +126,43 @@ def _add_row(acc, s, loss, denominator, entropy, target_entropy, correct):
         add_term(acc, CORRECT, s)
 
 
+@njit(inline="always", nogil=True)
+def _add_unit_row(acc, loss, entropy, target_entropy, with_entropy):
+    """:func:`_add_row` for s = 1 and d = 1, less the sums that only count rows.
+
+    WEIGHT, DENOMINATOR, DENOMINATOR_SQUARED and CORRECT then add 1.0 per (correct)
+    row; :func:`_add_unit_counts` adds their exact integer totals once per block
+    instead, which gives the same canonical accumulator as adding the ones.
+    """
+    add_term(acc, LOSS, loss)
+    add_term(acc, LOSS_SQUARED, loss * loss)
+    if with_entropy:
+        add_term(acc, ENTROPY, entropy)
+        add_term(acc, TARGET_ENTROPY, target_entropy)
+
+
+@njit(inline="always", nogil=True)
+def _add_unit_counts(block_sums, block_counts, correct):
+    """Per group of one block: the count-valued sums of the rows added by _add_unit_row."""
+    for group in range(block_sums.shape[0]):
+        rows = np.float64(block_counts[group, ROWS])  # exact: a block has < 2**53 rows
+        add_term(block_sums[group], WEIGHT, rows)
+        add_term(block_sums[group], DENOMINATOR, rows)
+        add_term(block_sums[group], DENOMINATOR_SQUARED, rows)
+        add_term(block_sums[group], CORRECT, np.float64(correct[group]))
+
+
+@njit(inline="always", nogil=True)
+def _unit_weights(sample_weight, weights):
+    """No sample weights and all class weights 1: every row has s = d = 1."""
+    if sample_weight.shape[0] != 0:
+        return False
+    for c in range(weights.shape[0]):
+        if weights[c] != 1.0:
+            return False
+    return True
+
+
 @njit(**_KERNEL_FLAGS)
 def multiclass_hard(
     preds,
@@ -141,10 +193,30 @@ def multiclass_hard(
         target_entropy = neg_xlogy(on, math.log(on)) + (n_classes - 1) * neg_xlogy(
             off, math.log(off)
         )
+    unit = _unit_weights(sample_weight, class_weight)
+    with_entropy = opts.with_entropy
+    share = smoothing / n_classes
+    narrow = opts.input_kind == LOGITS and n_classes < NARROW_CLASSES
+    group_rows = max(1, NARROW_GROUP_ELEMENTS // n_classes)
     for block in prange(n_blocks):
         start, stop = _block_bounds(block, n_blocks, n_rows)
+        correct = np.zeros(sums.shape[1], dtype=np.int64)
+        exps = np.empty(group_rows * n_classes if narrow else 0)
+        group_start = start
         for i in range(start, stop):
-            code, column, bad, argmax, normalizer, entropy = scan_prediction_row(preds, i, opts)
+            if narrow:
+                if i == group_start + group_rows or i == start:
+                    group_start = i
+                    exp_rows(preds, i, min(i + group_rows, stop), exps)
+                code, column, bad, argmax, normalizer, entropy = scan_narrow_logits_row(
+                    preds, i, exps, (i - group_start) * n_classes, opts
+                )
+            elif n_classes < NARROW_CLASSES:  # narrow probs: the scalar scan, inlined
+                code, column, bad, argmax, normalizer, entropy = scan_prediction_row(preds, i, opts)
+            else:
+                code, column, bad, argmax, normalizer, entropy = scan_prediction_row_fast(
+                    preds, i, opts
+                )
             if code != OK:
                 _record_error(errors, error_values, block, i, code, column, bad)
                 break
@@ -163,25 +235,51 @@ def multiclass_hard(
                 _record_error(errors, error_values, block, i, LABEL_OUT_OF_RANGE, label, 0.0)
                 break
             w = class_weight[label]
+            # One log per row: libm's scalar log is faster here than fastmath's.
             loss = neg_xlogy(
                 (1.0 - smoothing) * w, log_probability(preds, i, label, normalizer, opts)
             )
             if smoothing > 0.0:
-                share = smoothing / n_classes
-                for c in range(n_classes):
-                    loss += neg_xlogy(
-                        share * class_weight[c], log_probability(preds, i, c, normalizer, opts)
-                    )
+                smoothed = 0.0
+                if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
+                    shift, log_sum = normalizer
+                    for c in range(n_classes):
+                        log_p = (np.float64(preds[i, c]) - shift) - log_sum
+                        smoothed = add_reassoc(
+                            smoothed, neg_xlogy_fast(share * class_weight[c], log_p)
+                        )
+                else:
+                    for c in range(n_classes):
+                        smoothed = add_reassoc(
+                            smoothed,
+                            neg_xlogy_fast(
+                                share * class_weight[c],
+                                log_probability_fast(preds, i, c, normalizer, opts),
+                            ),
+                        )
+                loss += smoothed
             if keep_rows:
                 row_losses[i] = loss
             counts[block, group, ROWS] += 1
-            _add_row(sums[block, group], s, loss, w, entropy, target_entropy, argmax == label)
+            if unit:
+                _add_unit_row(sums[block, group], loss, entropy, target_entropy, with_entropy)
+                correct[group] += np.int64(argmax == label)
+            else:
+                _add_row(sums[block, group], s, loss, w, entropy, target_entropy, argmax == label)
             if per_class:
                 class_acc = class_sums[block, label]
                 add_term(class_acc, CLASS_LOSS, s * loss)
-                add_term(class_acc, CLASS_WEIGHT, s * w)
-                add_term(class_acc, CLASS_MASS, s)
+                if not unit:
+                    add_term(class_acc, CLASS_WEIGHT, s * w)
+                    add_term(class_acc, CLASS_MASS, s)
                 class_counts[block, label] += 1
+        if unit:
+            _add_unit_counts(sums[block], counts[block], correct)
+            if per_class:
+                for c in range(n_classes):
+                    rows = np.float64(class_counts[block, c])
+                    add_term(class_sums[block, c], CLASS_WEIGHT, rows)
+                    add_term(class_sums[block, c], CLASS_MASS, rows)
 
 
 @njit(**_KERNEL_FLAGS)
@@ -207,14 +305,19 @@ def multiclass_soft(
     share = smoothing / n_classes
     keep_rows = row_losses.shape[0] > 0
     per_class = class_sums.shape[1] > 0
+    unit = sample_weight.shape[0] == 0
+    with_entropy = opts.with_entropy
     for block in prange(n_blocks):
         start, stop = _block_bounds(block, n_blocks, n_rows)
+        correct = np.zeros(sums.shape[1], dtype=np.int64)
         for i in range(start, stop):
-            code, column, bad, argmax, normalizer, entropy = scan_prediction_row(preds, i, opts)
+            code, column, bad, argmax, normalizer, entropy = scan_prediction_row_fast(
+                preds, i, opts
+            )
             if code != OK:
                 _record_error(errors, error_values, block, i, code, column, bad)
                 break
-            code, column, bad, target_argmax = scan_soft_target_row(target, i, opts)
+            code, column, bad, target_argmax = scan_soft_target_row_fast(target, i, opts)
             if code != OK:
                 _record_error(errors, error_values, block, i, code, column, bad)
                 break
@@ -225,29 +328,59 @@ def multiclass_soft(
             group = _group(groups, i)
             loss = 0.0
             target_entropy = 0.0
-            for c in range(n_classes):
-                q = (1.0 - smoothing) * np.float64(target[i, c]) + share
-                if q == 0.0:
-                    continue
-                term = neg_xlogy(
-                    class_weight[c] * q, log_probability(preds, i, c, normalizer, opts)
-                )
-                loss += term
-                if opts.with_entropy:
-                    target_entropy += neg_xlogy(q, math.log(q))
-                if per_class:
+            # The row's loss and entropy come from the same SIMD loops whatever the
+            # outputs, so a metric (per-class sums, entropy) and the function agree bitwise.
+            if per_class:
+                for c in range(n_classes):
+                    q = (1.0 - smoothing) * np.float64(target[i, c]) + share
+                    if q == 0.0:
+                        continue
+                    term = neg_xlogy(
+                        class_weight[c] * q, log_probability_fast(preds, i, c, normalizer, opts)
+                    )
                     class_acc = class_sums[block, c]
                     add_term(class_acc, CLASS_LOSS, s * term)
                     add_term(class_acc, CLASS_WEIGHT, s * q)
                     add_term(class_acc, CLASS_MASS, s * q)
-            if per_class:
                 class_counts[block, target_argmax] += 1
+            if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
+                shift, log_sum = normalizer
+                for c in range(n_classes):
+                    q = (1.0 - smoothing) * np.float64(target[i, c]) + share
+                    log_p = (np.float64(preds[i, c]) - shift) - log_sum
+                    loss = add_reassoc(loss, neg_xlogy_fast(class_weight[c] * q, log_p))
+            else:
+                for c in range(n_classes):
+                    q = (1.0 - smoothing) * np.float64(target[i, c]) + share
+                    loss = add_reassoc(
+                        loss,
+                        neg_xlogy_fast(
+                            class_weight[c] * q,
+                            log_probability_fast(preds, i, c, normalizer, opts),
+                        ),
+                    )
+            if with_entropy:
+                for c in range(n_classes):
+                    q = (1.0 - smoothing) * np.float64(target[i, c]) + share
+                    target_entropy = add_reassoc(target_entropy, neg_xlogy_fast(q, log64(q)))
             if keep_rows:
                 row_losses[i] = loss
             counts[block, group, ROWS] += 1
-            _add_row(
-                sums[block, group], s, loss, 1.0, entropy, target_entropy, argmax == target_argmax
-            )
+            if unit:
+                _add_unit_row(sums[block, group], loss, entropy, target_entropy, with_entropy)
+                correct[group] += np.int64(argmax == target_argmax)
+            else:
+                _add_row(
+                    sums[block, group],
+                    s,
+                    loss,
+                    1.0,
+                    entropy,
+                    target_entropy,
+                    argmax == target_argmax,
+                )
+        if unit:
+            _add_unit_counts(sums[block], counts[block], correct)
 
 
 @njit(**_KERNEL_FLAGS)
@@ -270,13 +403,16 @@ def binary(
     n_rows = preds.shape[0]
     n_blocks = sums.shape[0]
     keep_rows = row_losses.shape[0] > 0
+    unit = sample_weight.shape[0] == 0
+    with_entropy = opts.with_entropy
     for block in prange(n_blocks):
         start, stop = _block_bounds(block, n_blocks, n_rows)
+        correct_rows = np.zeros(sums.shape[1], dtype=np.int64)
         for i in range(start, stop):
             x = np.float64(preds[i])
             t = np.float64(target[i])
-            code, which, bad = check_binary_pair(x, t, opts)
-            if code != OK:
+            if opts.validate and not binary_pair_is_ok(x, t, opts):
+                code, which, bad = check_binary_pair(x, t, opts)
                 _record_error(errors, error_values, block, i, code, which, bad)
                 break
             s, ok = _sample_weight(sample_weight, i, opts.validate)
@@ -284,19 +420,25 @@ def binary(
                 _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
                 break
             group = _group(groups, i)
-            log_p, log_1mp = binary_log_probabilities(x, opts)
+            log_p, log_1mp = binary_log_probabilities_scalar(x, opts)
             loss = binary_loss(t, log_p, log_1mp, opts.pos_weight)
             entropy = 0.0
             target_entropy = 0.0
-            if opts.with_entropy:
+            if with_entropy:
                 entropy = binary_entropy(log_p, log_1mp)
                 target_entropy = binary_target_entropy(t)
             if keep_rows:
                 row_losses[i] = loss
             counts[block, group, ROWS] += 1
             correct = binary_predicts_positive(x, opts) == (t >= 0.5)
-            _add_row(sums[block, group], s, loss, 1.0, entropy, target_entropy, correct)
+            if unit:
+                _add_unit_row(sums[block, group], loss, entropy, target_entropy, with_entropy)
+                correct_rows[group] += np.int64(correct)
+            else:
+                _add_row(sums[block, group], s, loss, 1.0, entropy, target_entropy, correct)
             add_term(sums[block, group], POSITIVE, s * t)
+        if unit:
+            _add_unit_counts(sums[block], counts[block], correct_rows)
 
 
 @njit(**_KERNEL_FLAGS)
@@ -320,11 +462,25 @@ def multilabel(
     n_blocks = sums.shape[0]
     keep_rows = row_losses.shape[0] > 0
     per_label = class_sums.shape[1] > 0
+    unit = sample_weight.shape[0] == 0
+    with_entropy = opts.with_entropy
     for block in prange(n_blocks):
         start, stop = _block_bounds(block, n_blocks, n_rows)
+        no_correct = np.zeros(sums.shape[1], dtype=np.int64)
         for i in range(start, stop):
             failed = False
-            for c in range(n_labels):
+            bad_pairs = 0
+            if opts.validate and opts.input_kind == LOGITS:  # kind tested outside the loop
+                for c in range(n_labels):
+                    x = np.float64(preds[i, c])
+                    t = np.float64(target[i, c])
+                    bad_pairs += np.int64(not x < _INF) + np.int64(not t >= 0.0)
+                    bad_pairs += np.int64(not t <= 1.0)
+            elif opts.validate:
+                for c in range(n_labels):
+                    ok = binary_pair_is_ok(np.float64(preds[i, c]), np.float64(target[i, c]), opts)
+                    bad_pairs += np.int64(not ok)
+            for c in range(n_labels if bad_pairs > 0 else 0):
                 code, which, bad = check_binary_pair(
                     np.float64(preds[i, c]), np.float64(target[i, c]), opts
                 )
@@ -344,26 +500,47 @@ def multilabel(
             loss = 0.0
             entropy = 0.0
             target_entropy = 0.0
-            for c in range(n_labels):
-                x = np.float64(preds[i, c])
-                t = np.float64(target[i, c])
-                log_p, log_1mp = binary_log_probabilities(x, opts)
-                term = binary_loss(t, log_p, log_1mp, pos_weight[c])
-                loss += term
-                if opts.with_entropy:
-                    entropy += binary_entropy(log_p, log_1mp)
-                    target_entropy += binary_target_entropy(t)
-                if per_label:
-                    label_acc = class_sums[block, c]
-                    add_term(label_acc, CLASS_LOSS, s * term)
-                    add_term(label_acc, CLASS_WEIGHT, s)
-                    add_term(label_acc, CLASS_MASS, s * t)
-                    if t >= 0.5:
-                        class_counts[block, c] += 1
+            # The row's loss comes from the same SIMD loops whatever the outputs, so a
+            # metric (per-label sums, entropy) and the function agree bitwise.
+            if per_label or with_entropy:
+                for c in range(n_labels):
+                    x = np.float64(preds[i, c])
+                    t = np.float64(target[i, c])
+                    log_p, log_1mp = binary_log_probabilities_fast(x, opts)
+                    term = binary_loss_fast(t, log_p, log_1mp, pos_weight[c])
+                    if with_entropy:
+                        entropy += binary_entropy(log_p, log_1mp)
+                        target_entropy += binary_target_entropy(t)
+                    if per_label:
+                        label_acc = class_sums[block, c]
+                        add_term(label_acc, CLASS_LOSS, s * term)
+                        add_term(label_acc, CLASS_WEIGHT, s)
+                        add_term(label_acc, CLASS_MASS, s * t)
+                        if t >= 0.5:
+                            class_counts[block, c] += 1
+            if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
+                for c in range(n_labels):
+                    x = np.float64(preds[i, c])
+                    t = np.float64(target[i, c])
+                    m = log1p64(exp64(-abs(x)))  # softplus(+-x) = max(+-x, 0) + m
+                    log_p = -(max(-x, 0.0) + m)
+                    log_1mp = -(max(x, 0.0) + m)
+                    loss = add_reassoc(loss, binary_loss_fast(t, log_p, log_1mp, pos_weight[c]))
+            else:
+                for c in range(n_labels):
+                    x = np.float64(preds[i, c])
+                    t = np.float64(target[i, c])
+                    log_p, log_1mp = binary_log_probabilities_fast(x, opts)
+                    loss = add_reassoc(loss, binary_loss_fast(t, log_p, log_1mp, pos_weight[c]))
             if keep_rows:
                 row_losses[i] = loss
             counts[block, group, ROWS] += 1
-            _add_row(sums[block, group], s, loss, 1.0, entropy, target_entropy, False)
+            if unit:
+                _add_unit_row(sums[block, group], loss, entropy, target_entropy, with_entropy)
+            else:
+                _add_row(sums[block, group], s, loss, 1.0, entropy, target_entropy, False)
+        if unit:
+            _add_unit_counts(sums[block], counts[block], no_correct)
 
 
 @njit(**_KERNEL_FLAGS)
@@ -389,7 +566,7 @@ def prediction_entropy(
     for block in prange(n_blocks):
         start, stop = _block_bounds(block, n_blocks, n_rows)
         for i in range(start, stop):
-            code, column, bad, _, _, entropy = scan_prediction_row(preds, i, opts)
+            code, column, bad, _, _, entropy = scan_prediction_row_fast(preds, i, opts)
             if code != OK:
                 _record_error(errors, error_values, block, i, code, column, bad)
                 break

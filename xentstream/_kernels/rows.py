@@ -11,6 +11,14 @@ import math
 import numpy as np
 from numba import njit
 
+from xentstream._kernels.fastmath import (
+    add_reassoc,
+    exp64,
+    log1p64,
+    log64,
+    max_num,
+    softplus_pair,
+)
 from xentstream._kernels.layout import (
     LOGITS,
     LOGPROBS,
@@ -231,3 +239,250 @@ def binary_predicts_positive(x, opts):
     if opts.input_kind == LOGPROBS:
         return x >= -math.log(2.0)
     return x >= 0.5
+
+
+# -- vectorized CPU row scans -------------------------------------------------------------
+#
+# The CPU kernels call the ``*_fast`` functions below; the scalar ones above stay the
+# reference (and are what the CUDA twins call). A fast scan makes branch-free passes
+# over the row -- maxima through ``max_num``, sums through ``add_reassoc``, exp and log
+# from :mod:`fastmath` -- which LLVM turns into SIMD loops. Whenever the row holds
+# anything unusual (NaN, +-inf, a value out of range, a failed sum-to-one check) it
+# defers to the scalar scan, which reports the first bad column exactly as before. The
+# order of a row's sum is fixed by the compiled code alone, so a row's loss never
+# depends on the block, batch or thread that computes it.
+
+#: Columns per chunk of the max pass: the inner loop over a chunk vectorizes and only
+#: the chunk holding the maximum is searched for the first arg-max.
+_ARGMAX_CHUNK = 256
+#: Row scans are called, not inlined into each kernel: inlining them (and the scalar
+#: fallback inside them) at numba's level multiplied the compile time of a kernel.
+_CALLED = {"nogil": True, "error_model": "numpy"}
+#: Rows narrower than this are not worth a SIMD pass each (the vector body of a loop
+#: starts at 16-32 elements); logits rows this narrow take their exps from a flat
+#: pass over a group of rows instead (:func:`exp_rows`, :func:`scan_narrow_logits_row`).
+NARROW_CLASSES = 64
+#: Elements per group of narrow rows: the exps of a group stay in L1.
+NARROW_GROUP_ELEMENTS = 1024
+#: A narrow row whose logits all lie in [-_NARROW_RANGE, _NARROW_RANGE] needs no shift
+#: by its maximum: sum exp(x) neither overflows nor loses its largest term.
+_NARROW_RANGE = 600.0
+
+
+@njit(**_CALLED)
+def _scan_prediction_row_scalar(preds, i, opts):
+    """:func:`scan_prediction_row` as a called function (the rare-row fallback)."""
+    return scan_prediction_row(preds, i, opts)
+
+
+@njit(**_CALLED)
+def _scan_soft_target_row_scalar(target, i, opts):
+    """:func:`scan_soft_target_row` as a called function (the rare-row fallback)."""
+    return scan_soft_target_row(target, i, opts)
+
+
+@njit(inline="always", nogil=True)
+def _row_max_argmax(preds, i):
+    """(max, first arg-max, probe) of row ``i``; probe is NaN iff the row holds NaN or inf."""
+    n_classes = preds.shape[1]
+    best = -_INF
+    best_start = 0
+    probe = 0.0
+    for start in range(0, n_classes, _ARGMAX_CHUNK):
+        stop = min(start + _ARGMAX_CHUNK, n_classes)
+        chunk_best = -_INF
+        for c in range(start, stop):
+            x = np.float64(preds[i, c])
+            chunk_best = max_num(chunk_best, x)
+            probe = add_reassoc(probe, x * 0.0)
+        if chunk_best > best:
+            best = chunk_best
+            best_start = start
+    argmax = best_start
+    for c in range(best_start, min(best_start + _ARGMAX_CHUNK, n_classes)):
+        if np.float64(preds[i, c]) == best:
+            argmax = c
+            break
+    return best, argmax, probe
+
+
+@njit(**_CALLED)
+def scan_prediction_row_fast(preds, i, opts):
+    """:func:`scan_prediction_row`, vectorized for the usual row (same return values)."""
+    kind = opts.input_kind
+    n_classes = preds.shape[1]
+    if kind == LOGPROBS or n_classes < NARROW_CLASSES:
+        return _scan_prediction_row_scalar(preds, i, opts)
+    best, argmax, probe = _row_max_argmax(preds, i)
+    if probe != 0.0:  # NaN, +inf or -inf somewhere: the scalar scan sorts it out
+        return _scan_prediction_row_scalar(preds, i, opts)
+    if kind == LOGITS:
+        scaled_sum = 0.0
+        entropy = 0.0
+        if opts.with_entropy:
+            weighted_shift = 0.0
+            for c in range(n_classes):
+                shifted = np.float64(preds[i, c]) - best
+                e = exp64(shifted)
+                scaled_sum = add_reassoc(scaled_sum, e)
+                weighted_shift = add_reassoc(weighted_shift, e * shifted)
+            log_scaled_sum = math.log(scaled_sum)
+            entropy = log_scaled_sum - weighted_shift / scaled_sum
+        else:
+            for c in range(n_classes):
+                scaled_sum = add_reassoc(scaled_sum, exp64(np.float64(preds[i, c]) - best))
+            log_scaled_sum = math.log(scaled_sum)
+        return OK, -1, 0.0, argmax, (best, log_scaled_sum), entropy
+    # PROBS
+    total = 0.0
+    out_of_range = 0
+    entropy = 0.0
+    for c in range(n_classes):
+        x = np.float64(preds[i, c])
+        total = add_reassoc(total, x)
+        out_of_range += np.int64(x < 0.0) + np.int64(x > 1.0)
+    if opts.with_entropy:
+        for c in range(n_classes):
+            x = np.float64(preds[i, c])
+            term = x * log64(x)
+            entropy = add_reassoc(entropy, -term if x > 0.0 else 0.0)
+    if opts.validate and (out_of_range > 0 or abs(total - 1.0) > opts.sum_tol):
+        return _scan_prediction_row_scalar(preds, i, opts)
+    return OK, -1, 0.0, argmax, _NO_SHIFT, entropy
+
+
+@njit(inline="always", nogil=True)
+def log_probability_fast(preds, i, c, normalizer, opts):
+    """:func:`log_probability` with the vectorizable log."""
+    x = np.float64(preds[i, c])
+    if opts.input_kind == PROBS:
+        eps = opts.eps
+        if eps > 0.0:
+            if x < eps:
+                x = eps
+            if x > 1.0 - eps:
+                x = 1.0 - eps
+        return log64(x)
+    if opts.input_kind == LOGPROBS:
+        return x
+    shift, log_sum = normalizer
+    return (x - shift) - log_sum
+
+
+@njit(inline="always", nogil=True)
+def neg_xlogy_fast(coefficient, log_value):
+    """:func:`neg_xlogy` as a select (no branch)."""
+    product = -coefficient * log_value
+    return 0.0 if coefficient == 0.0 else product
+
+
+@njit(**_CALLED)
+def scan_soft_target_row_fast(target, i, opts):
+    """:func:`scan_soft_target_row`, vectorized for the usual row."""
+    n_classes = target.shape[1]
+    _, argmax, probe = _row_max_argmax(target, i)
+    if not opts.validate:
+        if probe != 0.0:
+            return _scan_soft_target_row_scalar(target, i, opts)
+        return OK, -1, 0.0, argmax
+    total = 0.0
+    negative = 0
+    for c in range(n_classes):
+        q = np.float64(target[i, c])
+        total = add_reassoc(total, q)
+        negative += np.int64(q < 0.0)
+    if probe != 0.0 or negative > 0 or abs(total - 1.0) > opts.sum_tol:
+        return _scan_soft_target_row_scalar(target, i, opts)
+    return OK, -1, 0.0, argmax
+
+
+@njit(inline="always", nogil=True)
+def binary_log_probabilities_fast(x, opts):
+    """:func:`binary_log_probabilities` with one vectorizable exp and log1p for logits."""
+    if opts.input_kind == LOGITS:
+        plus, minus = softplus_pair(x)
+        return -minus, -plus
+    if opts.input_kind == LOGPROBS:
+        return x, math.log(-math.expm1(x))
+    eps = opts.eps
+    if eps > 0.0:
+        if x < eps:
+            x = eps
+        if x > 1.0 - eps:
+            x = 1.0 - eps
+    return log64(x), log1p64(-x)
+
+
+@njit(inline="always", nogil=True)
+def binary_log_probabilities_scalar(x, opts):
+    """:func:`binary_log_probabilities` with one libm exp and log1p for logits.
+
+    For one value at a time libm is faster than fastmath's functions (which pay off
+    only in SIMD loops).
+    """
+    if opts.input_kind == LOGITS:
+        m = math.log1p(math.exp(-abs(x)))  # softplus(+-x) = max(+-x, 0) + m
+        return -(max(-x, 0.0) + m), -(max(x, 0.0) + m)
+    return binary_log_probabilities(x, opts)
+
+
+@njit(inline="always", nogil=True)
+def binary_loss_fast(t, log_p, log_1mp, pos_weight):
+    """:func:`binary_loss` without branches."""
+    return neg_xlogy_fast(pos_weight * t, log_p) + neg_xlogy_fast(1.0 - t, log_1mp)
+
+
+@njit(inline="always", nogil=True)
+def binary_pair_is_ok(x, t, opts):
+    """Branch-free form of ``check_binary_pair(x, t, opts)[0] == OK``."""
+    kind = opts.input_kind
+    ok = x == x and t >= 0.0 and t <= 1.0
+    if kind == PROBS:
+        ok = ok and x >= 0.0 and x <= 1.0
+    elif kind == LOGITS:
+        ok = ok and x != _INF
+    else:
+        ok = ok and x <= 0.0
+    return ok
+
+
+@njit(**_CALLED)
+def exp_rows(preds, start, stop, out):
+    """``out[:k] = exp(preds[start:stop].ravel())``: one flat SIMD pass over narrow rows."""
+    n_classes = preds.shape[1]
+    for r in range(stop - start):
+        for c in range(n_classes):
+            out[r * n_classes + c] = exp64(np.float64(preds[start + r, c]))
+
+
+@njit(**_CALLED)
+def scan_narrow_logits_row(preds, i, exps, offset, opts):
+    """:func:`scan_prediction_row` for a narrow logits row whose exps are precomputed.
+
+    ``exps[offset + c] = exp(preds[i, c])`` (:func:`exp_rows`). When the row's logits
+    lie in [-600, 600] the log-normalizer is log sum exp(x) unshifted: the normalizer
+    is ``(0, logsumexp)``, within 2e-16 * 600 of the shifted form. Other rows (and NaN
+    or inf) take the scalar scan. Either way a row's result depends only on the row.
+    """
+    n_classes = preds.shape[1]
+    best = -_INF
+    lowest = _INF
+    argmax = 0
+    total = 0.0
+    weighted = 0.0
+    for c in range(n_classes):
+        x = np.float64(preds[i, c])
+        if x > best:
+            best = x
+            argmax = c
+        lowest = min(lowest, x)
+        e = exps[offset + c]
+        total += e
+        weighted += e * x
+    if not (best <= _NARROW_RANGE and lowest >= -_NARROW_RANGE and total == total):
+        return _scan_prediction_row_scalar(preds, i, opts)
+    log_sum = math.log(total)
+    entropy = 0.0
+    if opts.with_entropy:
+        entropy = log_sum - weighted / total
+    return OK, -1, 0.0, argmax, (0.0, log_sum), entropy

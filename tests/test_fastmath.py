@@ -1,0 +1,146 @@
+"""Accuracy of the vectorizable exp / log / log1p against numpy (SPEC section 3 budget)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+from xentstream._kernels.fastmath import add_reassoc, exp64, log1p64, log64, max_num
+
+
+@njit(error_model="numpy")
+def _exp(x, out):
+    for i in range(x.shape[0]):
+        out[i] = exp64(np.float64(x[i]))
+
+
+@njit(error_model="numpy")
+def _log(x, out):
+    for i in range(x.shape[0]):
+        out[i] = log64(np.float64(x[i]))
+
+
+@njit(error_model="numpy")
+def _log1p(x, out):
+    for i in range(x.shape[0]):
+        out[i] = log1p64(np.float64(x[i]))
+
+
+@njit(error_model="numpy")
+def _sum_and_max(x):
+    total = 0.0
+    best = -np.inf
+    for i in range(x.shape[0]):
+        total = add_reassoc(total, np.float64(x[i]))
+        best = max_num(best, np.float64(x[i]))
+    return total, best
+
+
+def _apply(fn, x: np.ndarray) -> np.ndarray:
+    out = np.empty(x.shape, dtype=np.float64)
+    fn(x, out)
+    return out
+
+
+def _max_ulps(got: np.ndarray, expected: np.ndarray) -> float:
+    finite = np.isfinite(expected) & (expected != 0.0)
+    np.testing.assert_array_equal(got[~finite], expected[~finite])
+    return float(
+        np.max(np.abs(got[finite] - expected[finite]) / np.spacing(np.abs(expected[finite])))
+    )
+
+
+_RNG = np.random.default_rng(20_240_601)
+_SPECIALS = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, -5e-324, 2.2250738585072014e-308])
+
+
+def test_exp_is_within_4_ulp_over_its_whole_range() -> None:
+    x = np.concatenate(
+        [
+            _RNG.uniform(-745.2, 709.79, 400_000),
+            _RNG.uniform(-1.0, 1.0, 100_000),
+            -np.logspace(-320, np.log10(745.1), 20_000),
+            np.logspace(-320, np.log10(709.7), 20_000),
+            [709.78, 709.782712893384, -708.4, -744.4, -745.13, 1e-300, -1e-300],
+        ]
+    )
+    with np.errstate(over="ignore", under="ignore"):
+        expected = np.exp(x)
+    assert _max_ulps(_apply(_exp, x), expected) <= 4
+
+
+@pytest.mark.parametrize(
+    "x", [*_SPECIALS, 709.8, 710.0, 1e308, -745.2, -746.0, -1e308, 1e-20, -1e-20]
+)
+def test_exp_special_values_follow_libm(x: float) -> None:
+    got = _apply(_exp, np.array([x]))[0]
+    with np.errstate(over="ignore", under="ignore"):
+        expected = np.exp(x)
+    assert got == expected or (np.isnan(got) and np.isnan(expected))
+
+
+def test_exp_of_float32_input() -> None:
+    x = _RNG.uniform(-103.0, 88.0, 200_000).astype(np.float32)
+    got = _apply(_exp, x)
+    expected = np.exp(x.astype(np.float64))
+    assert _max_ulps(got, expected) <= 4
+
+
+def test_log_is_within_2_ulp_including_subnormals() -> None:
+    x = np.concatenate(
+        [
+            np.exp(_RNG.uniform(-744.0, 709.0, 400_000)),
+            _RNG.uniform(0.5, 2.0, 100_000),
+            np.array([5e-324, 1e-320, 1e-310, 2.2250738585072014e-308, 1.7976931348623157e308]),
+            1.0 + np.arange(-50, 50) * np.finfo(np.float64).eps,
+        ]
+    )
+    assert _max_ulps(_apply(_log, x), np.log(x)) <= 2
+
+
+@pytest.mark.parametrize("x", [*_SPECIALS, -1.0, 1.0, -np.finfo(np.float64).tiny])
+def test_log_special_values_follow_libm(x: float) -> None:
+    got = _apply(_log, np.array([x]))[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = np.log(x)
+    assert got == expected or (np.isnan(got) and np.isnan(expected))
+
+
+def test_log1p_is_within_4_ulp_for_tiny_and_large_arguments() -> None:
+    u = np.concatenate(
+        [
+            np.exp(_RNG.uniform(-745.0, 0.0, 300_000)),  # softplus: log1p(exp(-|x|))
+            _RNG.uniform(-0.999, 1e3, 100_000),
+            -np.exp(_RNG.uniform(-745.0, -0.01, 100_000)),
+            [1e-320, 5e-324, 1e300, 1.7976931348623157e308],
+        ]
+    )
+    assert _max_ulps(_apply(_log1p, u), np.log1p(u)) <= 4
+
+
+@pytest.mark.parametrize("u", [0.0, -0.0, -1.0, np.inf, np.nan, -2.0, -np.inf])
+def test_log1p_special_values_follow_libm(u: float) -> None:
+    got = _apply(_log1p, np.array([u]))[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = np.log1p(u)
+    assert got == expected or (np.isnan(got) and np.isnan(expected))
+
+
+def test_float32_arguments_meet_the_float32_budget() -> None:
+    """SPEC section 3: 1e-6 relative for float32 input (fastmath is float64 inside)."""
+    x = _RNG.uniform(1e-30, 1e30, 100_000).astype(np.float32)
+    got = _apply(_log, x)
+    expected = np.log(x.astype(np.float64))
+    assert np.max(np.abs(got - expected) / np.maximum(np.abs(expected), 1.0)) < 1e-15
+
+
+def test_reductions_ignore_nothing_but_nan_in_max() -> None:
+    x = _RNG.standard_normal(1001)
+    total, best = _sum_and_max(x)
+    assert total == pytest.approx(np.sum(x), rel=1e-13, abs=1e-12)
+    assert best == np.max(x)
+    x[17] = np.nan
+    total, best = _sum_and_max(x)
+    assert np.isnan(total)
+    assert best == np.nanmax(x)
