@@ -200,6 +200,8 @@ CASES: list[Case] = [
     Case(CE, "probs-smoothing", {"label_smoothing": 0.1, "num_classes": N_CLASSES}),
     Case(CE, "soft-logits", {"input": "logits", "per_class": True}, target="soft"),
     Case(CE, "soft-probs-smoothing", {"label_smoothing": 0.2, "window": 5}, target="soft"),
+    # logits with soft targets and no per-class sums take the kernel's SIMD-only path
+    Case(CE, "soft-logits-smoothing", {"input": "logits", "label_smoothing": 0.1}, target="soft"),
     Case(
         CE,
         "tokens-logits",
@@ -222,6 +224,7 @@ CASES: list[Case] = [
         {"input": "logits", "pos_weight": [0.5, 1.0, 2.0, 3.0], "per_label": True, "window": 5},
     ),
     Case(MLCE, "soft-logprobs", {"input": "logprobs", "pos_weight": 1.5}, target="soft"),
+    Case(MLCE, "soft-logits", {"input": "logits"}, target="soft"),
 ]
 
 CASE_IDS = [case.id for case in CASES]
