@@ -1,7 +1,7 @@
 """Numba kernels: arrays in, exact accumulator arrays out (no Python objects).
 
 numba's on-disk cache keys a compiled kernel by the source file that defines it
-(``cpu.py``) only, so an edit to a helper module it inlines (``rows.py``,
+(``cpu.py``) only, so an edit to a helper module whose code it contains (``rows.py``,
 ``exact.py``, ``layout.py``) would silently reuse stale machine code. To prevent
 that, the first import compares a hash of all kernel sources with the one recorded
 beside the cache and, when they differ, touches ``cpu.py`` so numba recompiles.

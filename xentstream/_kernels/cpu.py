@@ -80,12 +80,12 @@ _INF = np.inf
 _KERNEL_FLAGS = {"parallel": True, "nogil": True, "cache": True, "error_model": "numpy"}
 
 
-@njit(inline="always", nogil=True)
+@njit(nogil=True, error_model="numpy")
 def _block_bounds(block, n_blocks, n_rows):
     return block * n_rows // n_blocks, (block + 1) * n_rows // n_blocks
 
 
-@njit(inline="always", nogil=True)
+@njit(nogil=True, error_model="numpy")
 def _sample_weight(sample_weight, i, validate):
     """Returns (weight, ok): 1.0 when no weights are given; ok False if invalid."""
     if sample_weight.shape[0] == 0:
@@ -96,7 +96,7 @@ def _sample_weight(sample_weight, i, validate):
     return s, True
 
 
-@njit(inline="always", nogil=True)
+@njit(nogil=True, error_model="numpy")
 def _record_error(errors, error_values, block, row, code, column, value):
     errors[block, 0] = row
     errors[block, 1] = code
@@ -104,14 +104,14 @@ def _record_error(errors, error_values, block, row, code, column, value):
     error_values[block] = value
 
 
-@njit(inline="always", nogil=True)
+@njit(nogil=True, error_model="numpy")
 def _group(groups, i):
     if groups.shape[0] == 0:
         return 0
     return groups[i]
 
 
-@njit(inline="always", nogil=True)
+@njit(nogil=True, error_model="numpy")
 def _add_row(acc, s, loss, denominator, entropy, target_entropy, correct):
     """Accumulate the exact per-row terms shared by every loss into ``acc`` (one group)."""
     add_term(acc, LOSS, s * loss)
@@ -126,7 +126,7 @@ def _add_row(acc, s, loss, denominator, entropy, target_entropy, correct):
         add_term(acc, CORRECT, s)
 
 
-@njit(inline="always", nogil=True)
+@njit(nogil=True, error_model="numpy")
 def _add_unit_row(acc, loss, entropy, target_entropy, with_entropy):
     """:func:`_add_row` for s = 1 and d = 1, less the sums that only count rows.
 
@@ -141,7 +141,7 @@ def _add_unit_row(acc, loss, entropy, target_entropy, with_entropy):
         add_term(acc, TARGET_ENTROPY, target_entropy)
 
 
-@njit(inline="always", nogil=True)
+@njit(nogil=True, error_model="numpy")
 def _add_unit_counts(block_sums, block_counts, correct):
     """Per group of one block: the count-valued sums of the rows added by _add_unit_row."""
     for group in range(block_sums.shape[0]):
@@ -152,7 +152,7 @@ def _add_unit_counts(block_sums, block_counts, correct):
         add_term(block_sums[group], CORRECT, np.float64(correct[group]))
 
 
-@njit(inline="always", nogil=True)
+@njit(nogil=True, error_model="numpy")
 def _unit_weights(sample_weight, weights):
     """No sample weights and all class weights 1: every row has s = d = 1."""
     if sample_weight.shape[0] != 0:
@@ -211,7 +211,7 @@ def multiclass_hard(
                 code, column, bad, argmax, normalizer, entropy = scan_narrow_logits_row(
                     preds, i, exps, (i - group_start) * n_classes, opts
                 )
-            elif n_classes < NARROW_CLASSES:  # narrow probs: the scalar scan, inlined
+            elif n_classes < NARROW_CLASSES:  # narrow probs: the scalar scan
                 code, column, bad, argmax, normalizer, entropy = scan_prediction_row(preds, i, opts)
             else:
                 code, column, bad, argmax, normalizer, entropy = scan_prediction_row_fast(

@@ -51,7 +51,7 @@ def float64_bits(typingctx, value):
     return signature, codegen
 
 
-@njit(inline="always", nogil=True)
+@njit(nogil=True, error_model="numpy")
 def add_term(acc, slot, value):
     """Add the float64 ``value`` exactly to accumulator row ``acc[slot]``."""
     if value == 0.0:

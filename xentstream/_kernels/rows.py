@@ -1,4 +1,10 @@
-"""Per-row loss arithmetic shared by every CPU kernel (inlined into them).
+"""Per-row loss arithmetic shared by every CPU kernel.
+
+These are plain called ``@njit`` functions, not ``inline="always"``: numba's own
+inliner copies a callee's IR into every call site and re-runs type inference and SSA
+on the result, which made one kernel take 34 s to compile (11 s without it). LLVM
+still inlines the small ones into the kernels' loops, so those loops vectorize the
+same (measured: kernel times unchanged within noise, see ``docs/performance.md``).
 
 All arithmetic is float64 whatever the input dtype: float32 inputs are widened
 element by element as they are read, never copied.
@@ -38,8 +44,12 @@ from xentstream._kernels.layout import (
 _INF = np.inf
 _NO_SHIFT = (0.0, 0.0)
 
+#: Flags of every helper here: called, never inlined at numba's level (see above);
+#: ``error_model="numpy"`` keeps zero-division checks out of the SIMD loops.
+_CALLED = {"nogil": True, "error_model": "numpy"}
 
-@njit(inline="always", nogil=True)
+
+@njit(**_CALLED)
 def neg_xlogy(coefficient, log_value):
     """-coefficient * log_value with 0 * log 0 = 0 (a zero coefficient never yields NaN)."""
     if coefficient == 0.0:
@@ -47,7 +57,7 @@ def neg_xlogy(coefficient, log_value):
     return -coefficient * log_value
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def softplus(z):
     """log(1 + exp(z)) without overflow: max(z, 0) + log1p(exp(-|z|))."""
     if z > 0.0:
@@ -55,7 +65,7 @@ def softplus(z):
     return math.log1p(math.exp(z))
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def clipped_log(p, eps):
     """log(clip(p, eps, 1 - eps)); eps = 0 gives log(p), hence -inf at p = 0."""
     if eps > 0.0:
@@ -66,7 +76,7 @@ def clipped_log(p, eps):
     return math.log(p)
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def clipped_log1m(p, eps):
     """log(1 - clip(p, eps, 1 - eps)), through log1p for accuracy at small p."""
     if eps > 0.0:
@@ -77,7 +87,7 @@ def clipped_log1m(p, eps):
     return math.log1p(-p)
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def scan_prediction_row(preds, i, opts):
     """One pass over prediction row ``i``: checks, top-1 class, log-normalizer, entropy.
 
@@ -146,7 +156,7 @@ def scan_prediction_row(preds, i, opts):
     return OK, -1, 0.0, argmax, _NO_SHIFT, entropy
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def log_probability(preds, i, c, normalizer, opts):
     """Predicted log-probability of class ``c`` in row ``i`` (see SPEC section 2)."""
     x = np.float64(preds[i, c])
@@ -158,7 +168,7 @@ def log_probability(preds, i, c, normalizer, opts):
     return (x - shift) - log_sum
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def scan_soft_target_row(target, i, opts):
     """Check soft-target row ``i``; returns ``(code, column, bad_value, argmax)``."""
     argmax = 0
@@ -177,7 +187,7 @@ def scan_soft_target_row(target, i, opts):
     return OK, -1, 0.0, argmax
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def check_binary_pair(x, t, opts):
     """Check one binary prediction / target pair; returns ``(code, which, bad_value)``.
 
@@ -198,7 +208,7 @@ def check_binary_pair(x, t, opts):
     return OK, 0, 0.0
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def binary_log_probabilities(x, opts):
     """(log p, log(1 - p)) of the positive class for one binary prediction."""
     if opts.input_kind == LOGITS:
@@ -211,19 +221,19 @@ def binary_log_probabilities(x, opts):
     return clipped_log(x, opts.eps), clipped_log1m(x, opts.eps)
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def binary_loss(t, log_p, log_1mp, pos_weight):
     """-(pw t log p + (1 - t) log(1 - p)), with 0 * log 0 = 0."""
     return neg_xlogy(pos_weight * t, log_p) + neg_xlogy(1.0 - t, log_1mp)
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def binary_entropy(log_p, log_1mp):
     """Entropy of a Bernoulli(p) given log p and log(1 - p)."""
     return neg_xlogy(math.exp(log_p), log_p) + neg_xlogy(math.exp(log_1mp), log_1mp)
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def binary_target_entropy(t):
     """Entropy of a Bernoulli(t) target (0 for hard 0/1 targets)."""
     if t <= 0.0 or t >= 1.0:
@@ -231,7 +241,7 @@ def binary_target_entropy(t):
     return -(t * math.log(t) + (1.0 - t) * math.log1p(-t))
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def binary_predicts_positive(x, opts):
     """Top-1 decision of a binary prediction: p >= 1/2."""
     if opts.input_kind == LOGITS:
@@ -255,9 +265,6 @@ def binary_predicts_positive(x, opts):
 #: Columns per chunk of the max pass: the inner loop over a chunk vectorizes and only
 #: the chunk holding the maximum is searched for the first arg-max.
 _ARGMAX_CHUNK = 256
-#: Row scans are called, not inlined into each kernel: inlining them (and the scalar
-#: fallback inside them) at numba's level multiplied the compile time of a kernel.
-_CALLED = {"nogil": True, "error_model": "numpy"}
 #: Rows narrower than this are not worth a SIMD pass each (the vector body of a loop
 #: starts at 16-32 elements); logits rows this narrow take their exps from a flat
 #: pass over a group of rows instead (:func:`exp_rows`, :func:`scan_narrow_logits_row`).
@@ -281,7 +288,7 @@ def _scan_soft_target_row_scalar(target, i, opts):
     return scan_soft_target_row(target, i, opts)
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def _row_max_argmax(preds, i):
     """(max, first arg-max, probe) of row ``i``; probe is NaN iff the row holds NaN or inf."""
     n_classes = preds.shape[1]
@@ -351,7 +358,7 @@ def scan_prediction_row_fast(preds, i, opts):
     return OK, -1, 0.0, argmax, _NO_SHIFT, entropy
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def log_probability_fast(preds, i, c, normalizer, opts):
     """:func:`log_probability` with the vectorizable log."""
     x = np.float64(preds[i, c])
@@ -369,7 +376,7 @@ def log_probability_fast(preds, i, c, normalizer, opts):
     return (x - shift) - log_sum
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def neg_xlogy_fast(coefficient, log_value):
     """:func:`neg_xlogy` as a select (no branch)."""
     product = -coefficient * log_value
@@ -396,7 +403,7 @@ def scan_soft_target_row_fast(target, i, opts):
     return OK, -1, 0.0, argmax
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def binary_log_probabilities_fast(x, opts):
     """:func:`binary_log_probabilities` with one vectorizable exp and log1p for logits."""
     if opts.input_kind == LOGITS:
@@ -413,7 +420,7 @@ def binary_log_probabilities_fast(x, opts):
     return log64(x), log1p64(-x)
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def binary_log_probabilities_scalar(x, opts):
     """:func:`binary_log_probabilities` with one libm exp and log1p for logits.
 
@@ -426,13 +433,13 @@ def binary_log_probabilities_scalar(x, opts):
     return binary_log_probabilities(x, opts)
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def binary_loss_fast(t, log_p, log_1mp, pos_weight):
     """:func:`binary_loss` without branches."""
     return neg_xlogy_fast(pos_weight * t, log_p) + neg_xlogy_fast(1.0 - t, log_1mp)
 
 
-@njit(inline="always", nogil=True)
+@njit(**_CALLED)
 def binary_pair_is_ok(x, t, opts):
     """Branch-free form of ``check_binary_pair(x, t, opts)[0] == OK``."""
     kind = opts.input_kind
