@@ -54,14 +54,12 @@ from xentstream._kernels.layout import (
 from xentstream._kernels.rows import (
     NARROW_CLASSES,
     NARROW_GROUP_ELEMENTS,
-    binary_entropy,
+    bernoulli_entropies_fast,
     binary_log_probabilities_fast,
-    binary_log_probabilities_scalar,
-    binary_loss,
     binary_loss_fast,
+    binary_losses_fast,
     binary_pair_is_ok,
     binary_predicts_positive,
-    binary_target_entropy,
     check_binary_pair,
     exp_rows,
     log_probability,
@@ -408,7 +406,20 @@ def binary(
     for block in prange(n_blocks):
         start, stop = _block_bounds(block, n_blocks, n_rows)
         correct_rows = np.zeros(sums.shape[1], dtype=np.int64)
+        # Losses of a chunk of rows come from one SIMD pass (the same whatever the
+        # outputs, so a metric and the function agree bitwise); the checks, weights and
+        # exact adds follow row by row.
+        losses = np.empty(NARROW_GROUP_ELEMENTS)
+        h_p = np.empty(NARROW_GROUP_ELEMENTS if with_entropy else 0)
+        h_t = np.empty(NARROW_GROUP_ELEMENTS if with_entropy else 0)
+        chunk_start = start
         for i in range(start, stop):
+            if i == chunk_start + NARROW_GROUP_ELEMENTS or i == start:
+                chunk_start = i
+                chunk_stop = min(i + NARROW_GROUP_ELEMENTS, stop)
+                binary_losses_fast(preds, target, i, chunk_stop, opts.pos_weight, opts, losses)
+                if with_entropy:
+                    bernoulli_entropies_fast(preds, target, i, chunk_stop, opts, h_p, h_t)
             x = np.float64(preds[i])
             t = np.float64(target[i])
             if opts.validate and not binary_pair_is_ok(x, t, opts):
@@ -420,13 +431,12 @@ def binary(
                 _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
                 break
             group = _group(groups, i)
-            log_p, log_1mp = binary_log_probabilities_scalar(x, opts)
-            loss = binary_loss(t, log_p, log_1mp, opts.pos_weight)
+            loss = losses[i - chunk_start]
             entropy = 0.0
             target_entropy = 0.0
             if with_entropy:
-                entropy = binary_entropy(log_p, log_1mp)
-                target_entropy = binary_target_entropy(t)
+                entropy = h_p[i - chunk_start]
+                target_entropy = h_t[i - chunk_start]
             if keep_rows:
                 row_losses[i] = loss
             counts[block, group, ROWS] += 1
@@ -467,6 +477,8 @@ def multilabel(
     for block in prange(n_blocks):
         start, stop = _block_bounds(block, n_blocks, n_rows)
         no_correct = np.zeros(sums.shape[1], dtype=np.int64)
+        h_p = np.empty(n_labels if with_entropy else 0)
+        h_t = np.empty(n_labels if with_entropy else 0)
         for i in range(start, stop):
             failed = False
             bad_pairs = 0
@@ -502,22 +514,23 @@ def multilabel(
             target_entropy = 0.0
             # The row's loss comes from the same SIMD loops whatever the outputs, so a
             # metric (per-label sums, entropy) and the function agree bitwise.
-            if per_label or with_entropy:
+            if with_entropy:
+                bernoulli_entropies_fast(preds[i], target[i], 0, n_labels, opts, h_p, h_t)
+                for c in range(n_labels):
+                    entropy = add_reassoc(entropy, h_p[c])
+                    target_entropy = add_reassoc(target_entropy, h_t[c])
+            if per_label:
                 for c in range(n_labels):
                     x = np.float64(preds[i, c])
                     t = np.float64(target[i, c])
                     log_p, log_1mp = binary_log_probabilities_fast(x, opts)
                     term = binary_loss_fast(t, log_p, log_1mp, pos_weight[c])
-                    if with_entropy:
-                        entropy += binary_entropy(log_p, log_1mp)
-                        target_entropy += binary_target_entropy(t)
-                    if per_label:
-                        label_acc = class_sums[block, c]
-                        add_term(label_acc, CLASS_LOSS, s * term)
-                        add_term(label_acc, CLASS_WEIGHT, s)
-                        add_term(label_acc, CLASS_MASS, s * t)
-                        if t >= 0.5:
-                            class_counts[block, c] += 1
+                    label_acc = class_sums[block, c]
+                    add_term(label_acc, CLASS_LOSS, s * term)
+                    add_term(label_acc, CLASS_WEIGHT, s)
+                    add_term(label_acc, CLASS_MASS, s * t)
+                    if t >= 0.5:
+                        class_counts[block, c] += 1
             if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
                 for c in range(n_labels):
                     x = np.float64(preds[i, c])

@@ -269,7 +269,8 @@ _ARGMAX_CHUNK = 256
 #: starts at 16-32 elements); logits rows this narrow take their exps from a flat
 #: pass over a group of rows instead (:func:`exp_rows`, :func:`scan_narrow_logits_row`).
 NARROW_CLASSES = 64
-#: Elements per group of narrow rows: the exps of a group stay in L1.
+#: Elements per group of narrow rows: the exps of a group stay in L1 (also the rows
+#: of one SIMD pass of the binary kernel).
 NARROW_GROUP_ELEMENTS = 1024
 #: A narrow row whose logits all lie in [-_NARROW_RANGE, _NARROW_RANGE] needs no shift
 #: by its maximum: sum exp(x) neither overflows nor loses its largest term.
@@ -451,6 +452,68 @@ def binary_pair_is_ok(x, t, opts):
     else:
         ok = ok and x <= 0.0
     return ok
+
+
+@njit(**_CALLED)
+def bernoulli_entropies_fast(preds, target, start, stop, opts, entropies, target_entropies):
+    """``entropies[:k]`` = H(p), ``target_entropies[:k]`` = H(t) of 1-d ``start:stop``.
+
+    In SIMD loops: with libm's scalar exp and log1p per value the entropies that
+    metrics report cost 15x a multi-label row's loss. The exp / log calls are written
+    out in the loops (not through a helper returning a tuple, which LLVM does not
+    inline), so the loops vectorize.
+    """
+    if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
+        for r in range(stop - start):
+            x = np.float64(preds[start + r])
+            m = log1p64(exp64(-abs(x)))  # softplus(+-x) = max(+-x, 0) + m
+            log_p = -(max(-x, 0.0) + m)
+            log_1mp = -(max(x, 0.0) + m)
+            h = neg_xlogy_fast(exp64(log_p), log_p) + neg_xlogy_fast(exp64(log_1mp), log_1mp)
+            entropies[r] = h
+    else:
+        for r in range(stop - start):
+            log_p, log_1mp = binary_log_probabilities_fast(np.float64(preds[start + r]), opts)
+            entropies[r] = binary_entropy(log_p, log_1mp)
+    for r in range(stop - start):
+        t = np.float64(target[start + r])
+        h = -(t * log64(t) + (1.0 - t) * log1p64(-t))
+        target_entropies[r] = h if t > 0.0 and t < 1.0 else 0.0
+
+
+@njit(**_CALLED)
+def binary_losses_fast(preds, target, start, stop, pos_weight, opts, out):
+    """``out[:k]``: the binary loss of rows ``start:stop`` in one SIMD pass.
+
+    One value per row leaves no inner loop to vectorize, so the loop runs across rows
+    instead: exp / log1p from :mod:`fastmath` instead of one libm call pair per row
+    (2x faster for 4 Mi rows). Invalid rows give NaN or garbage here; the kernel checks
+    every row before it uses its loss. Log-probabilities keep the scalar ``expm1``.
+    """
+    kind = opts.input_kind  # tested once, outside each SIMD loop
+    eps = opts.eps
+    if kind == LOGITS:
+        for r in range(stop - start):
+            x = np.float64(preds[start + r])
+            m = log1p64(exp64(-abs(x)))  # softplus(+-x) = max(+-x, 0) + m
+            log_p = -(max(-x, 0.0) + m)
+            log_1mp = -(max(x, 0.0) + m)
+            out[r] = binary_loss_fast(np.float64(target[start + r]), log_p, log_1mp, pos_weight)
+    elif kind == PROBS and eps > 0.0:
+        for r in range(stop - start):
+            x = min(max(np.float64(preds[start + r]), eps), 1.0 - eps)
+            t = np.float64(target[start + r])
+            out[r] = binary_loss_fast(t, log64(x), log1p64(-x), pos_weight)
+    elif kind == PROBS:
+        for r in range(stop - start):
+            x = np.float64(preds[start + r])
+            t = np.float64(target[start + r])
+            out[r] = binary_loss_fast(t, log64(x), log1p64(-x), pos_weight)
+    else:
+        for r in range(stop - start):
+            x = np.float64(preds[start + r])
+            log_p, log_1mp = binary_log_probabilities(x, opts)
+            out[r] = binary_loss_fast(np.float64(target[start + r]), log_p, log_1mp, pos_weight)
 
 
 @njit(**_CALLED)
