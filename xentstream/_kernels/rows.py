@@ -422,19 +422,6 @@ def binary_log_probabilities_fast(x, opts):
 
 
 @njit(**_CALLED)
-def binary_log_probabilities_scalar(x, opts):
-    """:func:`binary_log_probabilities` with one libm exp and log1p for logits.
-
-    For one value at a time libm is faster than fastmath's functions (which pay off
-    only in SIMD loops).
-    """
-    if opts.input_kind == LOGITS:
-        m = math.log1p(math.exp(-abs(x)))  # softplus(+-x) = max(+-x, 0) + m
-        return -(max(-x, 0.0) + m), -(max(x, 0.0) + m)
-    return binary_log_probabilities(x, opts)
-
-
-@njit(**_CALLED)
 def binary_loss_fast(t, log_p, log_1mp, pos_weight):
     """:func:`binary_loss` without branches."""
     return neg_xlogy_fast(pos_weight * t, log_p) + neg_xlogy_fast(1.0 - t, log_1mp)
