@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from xentstream._kernels.exact import add_term
-from xentstream._kernels.fastmath import add_reassoc, exp64, log1p64, log64
+from xentstream._kernels.fastmath import add_reassoc, log64, log_sigmoid_pair
 from xentstream._kernels.layout import (
     CLASS_LOSS,
     CLASS_MASS,
@@ -533,11 +533,8 @@ def multilabel(
                         class_counts[block, c] += 1
             if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
                 for c in range(n_labels):
-                    x = np.float64(preds[i, c])
                     t = np.float64(target[i, c])
-                    m = log1p64(exp64(-abs(x)))  # softplus(+-x) = max(+-x, 0) + m
-                    log_p = -(max(-x, 0.0) + m)
-                    log_1mp = -(max(x, 0.0) + m)
+                    log_p, log_1mp = log_sigmoid_pair(np.float64(preds[i, c]))
                     loss = add_reassoc(loss, binary_loss_fast(t, log_p, log_1mp, pos_weight[c]))
             else:
                 for c in range(n_labels):

@@ -183,8 +183,15 @@ def log1p64(u):
     return result
 
 
-@njit(nogil=True, error_model="numpy")
-def softplus_pair(x):
-    """``(softplus(x), softplus(-x))`` with one exp and one log1p (x finite or inf)."""
-    m = log1p64(exp64(-abs(x)))  # log1p(exp(-|x|))
-    return max(x, 0.0) + m, max(-x, 0.0) + m
+# inline="always" (the one helper here that has it): LLVM does not inline a function
+# that returns a tuple and holds an exp64 and a log1p64, so a loop calling it stayed
+# scalar (138 vs 29 ms for 4 Mi values); numba's inliner copies these three lines into
+# the loop at little compile cost.
+@njit(inline="always", nogil=True, error_model="numpy")
+def log_sigmoid_pair(x):
+    """``(log sigmoid(x), log sigmoid(-x))`` with one exp and one log1p (x finite or inf).
+
+    ``log sigmoid(+-x) = -softplus(-+x) = -(max(-+x, 0) + log1p(exp(-|x|)))``.
+    """
+    m = log1p64(exp64(-abs(x)))
+    return -(max(-x, 0.0) + m), -(max(x, 0.0) + m)

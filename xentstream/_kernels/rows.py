@@ -22,8 +22,8 @@ from xentstream._kernels.fastmath import (
     exp64,
     log1p64,
     log64,
+    log_sigmoid_pair,
     max_num,
-    softplus_pair,
 )
 from xentstream._kernels.layout import (
     LOGITS,
@@ -66,25 +66,26 @@ def softplus(z):
 
 
 @njit(**_CALLED)
-def clipped_log(p, eps):
-    """log(clip(p, eps, 1 - eps)); eps = 0 gives log(p), hence -inf at p = 0."""
+def clip_probability(p, eps):
+    """clip(p, eps, 1 - eps); eps = 0 leaves p as it is (NaN stays NaN)."""
     if eps > 0.0:
         if p < eps:
             p = eps
         elif p > 1.0 - eps:
             p = 1.0 - eps
-    return math.log(p)
+    return p
+
+
+@njit(**_CALLED)
+def clipped_log(p, eps):
+    """log(clip(p, eps, 1 - eps)); eps = 0 gives log(p), hence -inf at p = 0."""
+    return math.log(clip_probability(p, eps))
 
 
 @njit(**_CALLED)
 def clipped_log1m(p, eps):
     """log(1 - clip(p, eps, 1 - eps)), through log1p for accuracy at small p."""
-    if eps > 0.0:
-        if p < eps:
-            p = eps
-        elif p > 1.0 - eps:
-            p = 1.0 - eps
-    return math.log1p(-p)
+    return math.log1p(-clip_probability(p, eps))
 
 
 @njit(**_CALLED)
@@ -364,13 +365,7 @@ def log_probability_fast(preds, i, c, normalizer, opts):
     """:func:`log_probability` with the vectorizable log."""
     x = np.float64(preds[i, c])
     if opts.input_kind == PROBS:
-        eps = opts.eps
-        if eps > 0.0:
-            if x < eps:
-                x = eps
-            if x > 1.0 - eps:
-                x = 1.0 - eps
-        return log64(x)
+        return log64(clip_probability(x, opts.eps))
     if opts.input_kind == LOGPROBS:
         return x
     shift, log_sum = normalizer
@@ -408,16 +403,10 @@ def scan_soft_target_row_fast(target, i, opts):
 def binary_log_probabilities_fast(x, opts):
     """:func:`binary_log_probabilities` with one vectorizable exp and log1p for logits."""
     if opts.input_kind == LOGITS:
-        plus, minus = softplus_pair(x)
-        return -minus, -plus
+        return log_sigmoid_pair(x)
     if opts.input_kind == LOGPROBS:
         return x, math.log(-math.expm1(x))
-    eps = opts.eps
-    if eps > 0.0:
-        if x < eps:
-            x = eps
-        if x > 1.0 - eps:
-            x = 1.0 - eps
+    x = clip_probability(x, opts.eps)
     return log64(x), log1p64(-x)
 
 
@@ -446,16 +435,11 @@ def bernoulli_entropies_fast(preds, target, start, stop, opts, entropies, target
     """``entropies[:k]`` = H(p), ``target_entropies[:k]`` = H(t) of 1-d ``start:stop``.
 
     In SIMD loops: with libm's scalar exp and log1p per value the entropies that
-    metrics report cost 15x a multi-label row's loss. The exp / log calls are written
-    out in the loops (not through a helper returning a tuple, which LLVM does not
-    inline), so the loops vectorize.
+    metrics report cost 15x a multi-label row's loss.
     """
     if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
         for r in range(stop - start):
-            x = np.float64(preds[start + r])
-            m = log1p64(exp64(-abs(x)))  # softplus(+-x) = max(+-x, 0) + m
-            log_p = -(max(-x, 0.0) + m)
-            log_1mp = -(max(x, 0.0) + m)
+            log_p, log_1mp = log_sigmoid_pair(np.float64(preds[start + r]))
             h = neg_xlogy_fast(exp64(log_p), log_p) + neg_xlogy_fast(exp64(log_1mp), log_1mp)
             entropies[r] = h
     else:
@@ -481,19 +465,11 @@ def binary_losses_fast(preds, target, start, stop, pos_weight, opts, out):
     eps = opts.eps
     if kind == LOGITS:
         for r in range(stop - start):
-            x = np.float64(preds[start + r])
-            m = log1p64(exp64(-abs(x)))  # softplus(+-x) = max(+-x, 0) + m
-            log_p = -(max(-x, 0.0) + m)
-            log_1mp = -(max(x, 0.0) + m)
+            log_p, log_1mp = log_sigmoid_pair(np.float64(preds[start + r]))
             out[r] = binary_loss_fast(np.float64(target[start + r]), log_p, log_1mp, pos_weight)
-    elif kind == PROBS and eps > 0.0:
-        for r in range(stop - start):
-            x = min(max(np.float64(preds[start + r]), eps), 1.0 - eps)
-            t = np.float64(target[start + r])
-            out[r] = binary_loss_fast(t, log64(x), log1p64(-x), pos_weight)
     elif kind == PROBS:
         for r in range(stop - start):
-            x = np.float64(preds[start + r])
+            x = clip_probability(np.float64(preds[start + r]), eps)
             t = np.float64(target[start + r])
             out[r] = binary_loss_fast(t, log64(x), log1p64(-x), pos_weight)
     else:
