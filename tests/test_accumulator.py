@@ -30,7 +30,7 @@ def accumulate(terms: list[float], rows: int = 1, slot: int = 0) -> np.ndarray:
     """A fresh accumulator array with ``terms`` added to row ``slot``, normalized."""
     acc = accumulator.empty(rows)
     for term in terms:
-        add_term(acc, slot, float(term))
+        add_term(acc[slot], float(term))
     accumulator.merge_into(acc, accumulator.empty(rows))  # normalizes
     return acc
 
@@ -145,7 +145,7 @@ def test_to_floats_rounds_every_row() -> None:
     acc = accumulator.empty(2, 2)
     for index, terms in enumerate(rows):
         for term in terms:
-            add_term(acc.reshape(4, N_SLOTS), index, term)
+            add_term(acc.reshape(4, N_SLOTS)[index], term)
     values = accumulator.to_floats(acc)
     assert values.shape == (2, 2)
     assert values.ravel().tolist() == [math.fsum(terms) for terms in rows]
@@ -175,7 +175,7 @@ def test_json_round_trip_of_nested_accumulators() -> None:
     acc = accumulator.empty(2, 3)
     flat = acc.reshape(6, N_SLOTS)
     for slot, term in enumerate([1e-300, -2.5, 1e300, TINY, -FLOAT64_MAX, 7.0]):
-        add_term(flat, slot, term)
+        add_term(flat[slot], term)
     accumulator.merge_into(acc, accumulator.empty(2, 3))
     back = accumulator.from_json(json.loads(json.dumps(accumulator.to_json(acc))), (2, 3))
     assert np.array_equal(back, acc)

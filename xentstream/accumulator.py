@@ -62,7 +62,7 @@ def to_float(row: np.ndarray) -> float:
     >>> from xentstream._kernels.exact import add_term
     >>> acc = empty(1)
     >>> for term in (1e100, 1.0, -1e100, 1e-3):
-    ...     add_term(acc, 0, term)
+    ...     add_term(acc[0], term)
     >>> to_float(acc[0]) == math.fsum([1e100, 1.0, -1e100, 1e-3])
     True
     """

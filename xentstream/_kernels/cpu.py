@@ -75,6 +75,11 @@ from xentstream._kernels.rows import (
 # error_model="numpy": a float division is a plain IEEE division (no zero check that
 # would block vectorization); every division in the kernels has a nonzero divisor.
 _INF = np.inf
+# Error codes passed to a called @njit function as numpy scalars, not Python ints:
+# numba compiles a callee once per literal argument value (see exact.add_term).
+_WEIGHT_ERROR = np.int64(SAMPLE_WEIGHT_INVALID)
+_LABEL_ERROR = np.int64(LABEL_OUT_OF_RANGE)
+_NO_COLUMN = np.int64(-1)
 _KERNEL_FLAGS = {"parallel": True, "nogil": True, "cache": True, "error_model": "numpy"}
 
 
@@ -112,16 +117,16 @@ def _group(groups, i):
 @njit(nogil=True, error_model="numpy")
 def _add_row(acc, s, loss, denominator, entropy, target_entropy, correct):
     """Accumulate the exact per-row terms shared by every loss into ``acc`` (one group)."""
-    add_term(acc, LOSS, s * loss)
-    add_term(acc, DENOMINATOR, s * denominator)
+    add_term(acc[LOSS], s * loss)
+    add_term(acc[DENOMINATOR], s * denominator)
     if denominator > 0.0:
-        add_term(acc, LOSS_SQUARED, s * (loss * loss / denominator))
-    add_term(acc, WEIGHT, s)
-    add_term(acc, DENOMINATOR_SQUARED, (s * denominator) * (s * denominator))
-    add_term(acc, ENTROPY, s * entropy)
-    add_term(acc, TARGET_ENTROPY, s * target_entropy)
+        add_term(acc[LOSS_SQUARED], s * (loss * loss / denominator))
+    add_term(acc[WEIGHT], s)
+    add_term(acc[DENOMINATOR_SQUARED], (s * denominator) * (s * denominator))
+    add_term(acc[ENTROPY], s * entropy)
+    add_term(acc[TARGET_ENTROPY], s * target_entropy)
     if correct:
-        add_term(acc, CORRECT, s)
+        add_term(acc[CORRECT], s)
 
 
 @njit(nogil=True, error_model="numpy")
@@ -132,11 +137,11 @@ def _add_unit_row(acc, loss, entropy, target_entropy, with_entropy):
     row; :func:`_add_unit_counts` adds their exact integer totals once per block
     instead, which gives the same canonical accumulator as adding the ones.
     """
-    add_term(acc, LOSS, loss)
-    add_term(acc, LOSS_SQUARED, loss * loss)
+    add_term(acc[LOSS], loss)
+    add_term(acc[LOSS_SQUARED], loss * loss)
     if with_entropy:
-        add_term(acc, ENTROPY, entropy)
-        add_term(acc, TARGET_ENTROPY, target_entropy)
+        add_term(acc[ENTROPY], entropy)
+        add_term(acc[TARGET_ENTROPY], target_entropy)
 
 
 @njit(nogil=True, error_model="numpy")
@@ -144,10 +149,10 @@ def _add_unit_counts(block_sums, block_counts, correct):
     """Per group of one block: the count-valued sums of the rows added by _add_unit_row."""
     for group in range(block_sums.shape[0]):
         rows = np.float64(block_counts[group, ROWS])  # exact: a block has < 2**53 rows
-        add_term(block_sums[group], WEIGHT, rows)
-        add_term(block_sums[group], DENOMINATOR, rows)
-        add_term(block_sums[group], DENOMINATOR_SQUARED, rows)
-        add_term(block_sums[group], CORRECT, np.float64(correct[group]))
+        add_term(block_sums[group, WEIGHT], rows)
+        add_term(block_sums[group, DENOMINATOR], rows)
+        add_term(block_sums[group, DENOMINATOR_SQUARED], rows)
+        add_term(block_sums[group, CORRECT], np.float64(correct[group]))
 
 
 @njit(nogil=True, error_model="numpy")
@@ -220,7 +225,7 @@ def multiclass_hard(
                 break
             s, ok = _sample_weight(sample_weight, i, opts.validate)
             if not ok:
-                _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
+                _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
                 break
             group = _group(groups, i)
             label = np.int64(target[i])
@@ -230,7 +235,7 @@ def multiclass_hard(
                     row_losses[i] = 0.0
                 continue
             if label < 0 or label >= n_classes:
-                _record_error(errors, error_values, block, i, LABEL_OUT_OF_RANGE, label, 0.0)
+                _record_error(errors, error_values, block, i, _LABEL_ERROR, label, 0.0)
                 break
             w = class_weight[label]
             # One log per row: libm's scalar log is faster here than fastmath's.
@@ -266,18 +271,18 @@ def multiclass_hard(
                 _add_row(sums[block, group], s, loss, w, entropy, target_entropy, argmax == label)
             if per_class:
                 class_acc = class_sums[block, label]
-                add_term(class_acc, CLASS_LOSS, s * loss)
+                add_term(class_acc[CLASS_LOSS], s * loss)
                 if not unit:
-                    add_term(class_acc, CLASS_WEIGHT, s * w)
-                    add_term(class_acc, CLASS_MASS, s)
+                    add_term(class_acc[CLASS_WEIGHT], s * w)
+                    add_term(class_acc[CLASS_MASS], s)
                 class_counts[block, label] += 1
         if unit:
             _add_unit_counts(sums[block], counts[block], correct)
             if per_class:
                 for c in range(n_classes):
                     rows = np.float64(class_counts[block, c])
-                    add_term(class_sums[block, c], CLASS_WEIGHT, rows)
-                    add_term(class_sums[block, c], CLASS_MASS, rows)
+                    add_term(class_sums[block, c, CLASS_WEIGHT], rows)
+                    add_term(class_sums[block, c, CLASS_MASS], rows)
 
 
 @njit(**_KERNEL_FLAGS)
@@ -321,7 +326,7 @@ def multiclass_soft(
                 break
             s, ok = _sample_weight(sample_weight, i, opts.validate)
             if not ok:
-                _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
+                _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
                 break
             group = _group(groups, i)
             loss = 0.0
@@ -337,9 +342,9 @@ def multiclass_soft(
                         class_weight[c] * q, log_probability_fast(preds, i, c, normalizer, opts)
                     )
                     class_acc = class_sums[block, c]
-                    add_term(class_acc, CLASS_LOSS, s * term)
-                    add_term(class_acc, CLASS_WEIGHT, s * q)
-                    add_term(class_acc, CLASS_MASS, s * q)
+                    add_term(class_acc[CLASS_LOSS], s * term)
+                    add_term(class_acc[CLASS_WEIGHT], s * q)
+                    add_term(class_acc[CLASS_MASS], s * q)
                 class_counts[block, target_argmax] += 1
             if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
                 shift, log_sum = normalizer
@@ -428,7 +433,7 @@ def binary(
                 break
             s, ok = _sample_weight(sample_weight, i, opts.validate)
             if not ok:
-                _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
+                _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
                 break
             group = _group(groups, i)
             loss = losses[i - chunk_start]
@@ -446,7 +451,7 @@ def binary(
                 correct_rows[group] += np.int64(correct)
             else:
                 _add_row(sums[block, group], s, loss, 1.0, entropy, target_entropy, correct)
-            add_term(sums[block, group], POSITIVE, s * t)
+            add_term(sums[block, group, POSITIVE], s * t)
         if unit:
             _add_unit_counts(sums[block], counts[block], correct_rows)
 
@@ -506,7 +511,7 @@ def multilabel(
                 break
             s, ok = _sample_weight(sample_weight, i, opts.validate)
             if not ok:
-                _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
+                _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
                 break
             group = _group(groups, i)
             loss = 0.0
@@ -526,9 +531,9 @@ def multilabel(
                     log_p, log_1mp = binary_log_probabilities_fast(x, opts)
                     term = binary_loss_fast(t, log_p, log_1mp, pos_weight[c])
                     label_acc = class_sums[block, c]
-                    add_term(label_acc, CLASS_LOSS, s * term)
-                    add_term(label_acc, CLASS_WEIGHT, s)
-                    add_term(label_acc, CLASS_MASS, s * t)
+                    add_term(label_acc[CLASS_LOSS], s * term)
+                    add_term(label_acc[CLASS_WEIGHT], s)
+                    add_term(label_acc[CLASS_MASS], s * t)
                     if t >= 0.5:
                         class_counts[block, c] += 1
             if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
@@ -582,7 +587,7 @@ def prediction_entropy(
                 break
             s, ok = _sample_weight(sample_weight, i, opts.validate)
             if not ok:
-                _record_error(errors, error_values, block, i, SAMPLE_WEIGHT_INVALID, -1, s)
+                _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
                 break
             group = _group(groups, i)
             if keep_rows:

@@ -17,6 +17,7 @@ makes the representation canonical (equal sums give equal bits).
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
@@ -32,6 +33,8 @@ N_SLOTS = N_CHUNKS + 3
 UNIT_EXPONENT = -1075
 #: A block of rows must add fewer terms than this to one slot before normalizing.
 MAX_TERMS_PER_BLOCK = 1 << 30
+#: Terms one :func:`add_terms` call may take (its int64 sums of < 2**52 parts stay exact).
+MAX_STAGED_TERMS = 1 << 11
 
 _LOW32 = 0xFFFFFFFF
 _MANTISSA_MASK = (1 << 52) - 1
@@ -51,18 +54,36 @@ def float64_bits(typingctx, value):
     return signature, codegen
 
 
+@intrinsic
+def bits_float64(typingctx, bits):
+    """Reinterpret an int64 as the float64 with the same bits (no conversion)."""
+    if bits != types.int64:
+        return None
+    signature = types.float64(types.int64)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return signature, codegen
+
+
 @njit(nogil=True, error_model="numpy")
-def add_term(acc, slot, value):
-    """Add the float64 ``value`` exactly to accumulator row ``acc[slot]``."""
+def add_term(acc, value):
+    """Add the float64 ``value`` exactly to ``acc``, one accumulator row (``sums[slot]``).
+
+    The row, not ``(sums, slot)``, is the argument: numba compiles a called ``@njit``
+    function once per *literal* argument, so a slot constant would compile one copy of
+    this function per slot (0.4-0.7 s each on a cold cache).
+    """
     if value == 0.0:
         return
     if value - value != 0.0:  # inf or NaN: counted, never mixed into the integer
         if value != value:
-            acc[slot, NAN] += 1
+            acc[NAN] += 1
         elif value > 0.0:
-            acc[slot, POS_INF] += 1
+            acc[POS_INF] += 1
         else:
-            acc[slot, NEG_INF] += 1
+            acc[NEG_INF] += 1
         return
     bits = float64_bits(value)
     exponent = (bits >> 52) & 0x7FF
@@ -79,16 +100,107 @@ def add_term(acc, slot, value):
     mid = (mantissa >> (32 - shift)) & _LOW32
     high = (mantissa >> 32) >> (32 - shift)
     if bits < 0:
-        acc[slot, chunk] -= low
-        acc[slot, chunk + 1] -= mid
-        acc[slot, chunk + 2] -= high
+        acc[chunk] -= low
+        acc[chunk + 1] -= mid
+        acc[chunk + 2] -= high
     else:
-        acc[slot, chunk] += low
-        acc[slot, chunk + 1] += mid
-        acc[slot, chunk + 2] += high
+        acc[chunk] += low
+        acc[chunk + 1] += mid
+        acc[chunk + 2] += high
 
 
-@njit(nogil=True)
+@njit(nogil=True, error_model="numpy")
+def _power_of_two(k):
+    """2.0**k for a normal result (-1022 <= k <= 1023), built in the exponent bits."""
+    return bits_float64((k + 1023) << 52)
+
+
+@njit(nogil=True, error_model="numpy")
+def _add_units(acc, units, unit_exponent):
+    """Add ``units * 2**unit_exponent`` (``|units| < 2**62``) exactly, as two float64 terms."""
+    high = units >> 31  # arithmetic shift: floor, so 0 <= low < 2**31
+    low = units - (high << 31)
+    add_term(acc, np.float64(high) * _power_of_two(unit_exponent + 31))
+    add_term(acc, np.float64(low) * _power_of_two(unit_exponent))
+
+
+@njit(nogil=True, error_model="numpy")
+def add_terms(acc, terms, n_terms):
+    """Add ``terms[:n_terms]`` exactly to ``acc``, like :func:`add_term` for each, faster.
+
+    ``terms`` is scratch: its first ``n_terms`` values are overwritten. At most
+    :data:`MAX_STAGED_TERMS` terms per call.
+
+    Rump, Ogita and Oishi's error-free extraction (AccSum, SIAM J. Sci. Comput. 2008),
+    two levels deep: with ``2**e`` the largest finite magnitude, ``(sigma + t) - sigma``
+    for ``sigma = 1.5 * 2**(e + 2)`` is ``t`` rounded to a multiple of ``2**(e - 50)``,
+    exactly, and ``t`` minus it is exact too; the second level does the same to the
+    remainders with multiples of ``2**(e - 101)``. Each level's parts are integers times
+    its unit, below ``2**52`` in magnitude, summed in an ``int64`` (no overflow for
+    2**11 terms) by a loop that LLVM vectorizes; the two sums join the accumulator as
+    four :func:`add_term` calls. Only what is left below ``2**(e - 101)`` -- terms more
+    than 2**50 times smaller than the largest, with low bits set -- and non-finite terms
+    go through :func:`add_term` one by one. A few cycles a term instead of ~4 ns.
+
+    Examples
+    --------
+    >>> import math
+    >>> import numpy as np
+    >>> terms = [0.1, 1e-300, -2.5, 3e20, 7.0]
+    >>> acc = np.zeros((N_SLOTS,), dtype=np.int64)
+    >>> add_terms(acc, np.array(terms), len(terms))
+    >>> reference = np.zeros((N_SLOTS,), dtype=np.int64)
+    >>> for term in terms:
+    ...     add_term(reference, term)
+    >>> normalize(acc.reshape(1, -1)); normalize(reference.reshape(1, -1))
+    >>> bool((acc == reference).all())
+    True
+    """
+    top_exponent = 0  # biased exponent bits of the largest finite term; 0: none nonzero
+    non_finite = 0
+    for i in range(n_terms):
+        t = terms[i]
+        finite = t - t == 0.0
+        non_finite += np.int64(not finite)
+        exponent_bits = (float64_bits(t) >> 52) & 0x7FF
+        top_exponent = max(top_exponent, exponent_bits if finite else 0)
+    if non_finite > 0:
+        for i in range(n_terms):
+            if terms[i] - terms[i] != 0.0:
+                add_term(acc, terms[i])
+                terms[i] = 0.0
+    e = top_exponent - 1023
+    if top_exponent == 0 or e < -921 or e > 1000:
+        # All zero or subnormal, or so large or small that a level's unit or sigma
+        # would leave the normal range: term by term (add_term skips zeros).
+        for i in range(n_terms):
+            add_term(acc, terms[i])
+        return
+    sigma_high = 1.5 * _power_of_two(e + 2)
+    scale_high = _power_of_two(50 - e)
+    sigma_middle = 1.5 * _power_of_two(e - 49)
+    scale_middle = _power_of_two(101 - e)
+    units_high = 0
+    units_middle = 0
+    leftover = 0
+    for i in range(n_terms):
+        t = terms[i]
+        high = (sigma_high + t) - sigma_high
+        rest = t - high
+        middle = (sigma_middle + rest) - sigma_middle
+        low = rest - middle
+        units_high += np.int64(high * scale_high)
+        units_middle += np.int64(middle * scale_middle)
+        terms[i] = low
+        leftover += np.int64(low != 0.0)
+    _add_units(acc, units_high, e - 50)
+    _add_units(acc, units_middle, e - 101)
+    if leftover > 0:
+        for i in range(n_terms):
+            add_term(acc, terms[i])
+
+
+@njit(nogil=True, cache=True)
 def normalize(acc):
     """Propagate carries in every row of ``acc`` so that chunks lie in [0, 2**32).
 
@@ -101,7 +213,7 @@ def normalize(acc):
             acc[slot, k + 1] += carry
 
 
-@njit(nogil=True)
+@njit(nogil=True, cache=True)
 def combine_blocks(block_accs, out):
     """Normalize each block's accumulator and add it into ``out`` (then normalize)."""
     for block in range(block_accs.shape[0]):

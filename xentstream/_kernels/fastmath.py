@@ -22,20 +22,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from xentstream._kernels.exact import float64_bits
-
-
-@intrinsic
-def bits_float64(typingctx, bits):
-    """Reinterpret an int64 as the float64 with the same bits (no conversion)."""
-    if bits != types.int64:
-        return None
-    signature = types.float64(types.int64)
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return signature, codegen
+from xentstream._kernels.exact import bits_float64, float64_bits
 
 
 @intrinsic
