@@ -41,30 +41,29 @@ _MANTISSA_MASK = (1 << 52) - 1
 _HIDDEN_BIT = 1 << 52
 
 
-@intrinsic
-def float64_bits(typingctx, value):
-    """Reinterpret a float64 as the int64 with the same bits (no conversion)."""
-    if value != types.float64:
-        return None
-    signature = types.int64(types.float64)
+def _reinterpret(source, target, name, doc):
+    """An intrinsic that reinterprets a ``source`` value's bits as ``target`` (no conversion)."""
 
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
+    def typer(typingctx, value):
+        if value != source:
+            return None
 
-    return signature, codegen
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], context.get_value_type(target))
+
+        return target(source), codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    typer.__doc__ = doc
+    return intrinsic(typer)
 
 
-@intrinsic
-def bits_float64(typingctx, bits):
-    """Reinterpret an int64 as the float64 with the same bits (no conversion)."""
-    if bits != types.int64:
-        return None
-    signature = types.float64(types.int64)
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-
-    return signature, codegen
+float64_bits = _reinterpret(
+    types.float64, types.int64, "float64_bits", "The int64 with the same bits as a float64."
+)
+bits_float64 = _reinterpret(
+    types.int64, types.float64, "bits_float64", "The float64 with the same bits as an int64."
+)
 
 
 @njit(nogil=True, error_model="numpy")
