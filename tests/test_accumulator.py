@@ -20,7 +20,16 @@ from reference import exact_sum
 from strategies import FLOAT64_MAX, float64_terms, term_lists
 
 from xentstream import accumulator
-from xentstream._kernels.exact import N_CHUNKS, N_SLOTS, NAN, NEG_INF, POS_INF, add_term
+from xentstream._kernels.exact import (
+    MAX_STAGED_TERMS,
+    N_CHUNKS,
+    N_SLOTS,
+    NAN,
+    NEG_INF,
+    POS_INF,
+    add_term,
+    add_terms,
+)
 
 TINY = 5e-324  # smallest subnormal
 SMALLEST_NORMAL = 2.2250738585072014e-308
@@ -32,6 +41,16 @@ def accumulate(terms: list[float], rows: int = 1, slot: int = 0) -> np.ndarray:
     for term in terms:
         add_term(acc[slot], float(term))
     accumulator.merge_into(acc, accumulator.empty(rows))  # normalizes
+    return acc
+
+
+def accumulate_staged(terms: list[float], chunk: int = MAX_STAGED_TERMS) -> np.ndarray:
+    """:func:`accumulate` through ``add_terms`` (the kernels' staged path), ``chunk`` at a time."""
+    acc = accumulator.empty(1)
+    for start in range(0, len(terms), chunk):
+        part = np.array(terms[start : start + chunk], dtype=np.float64)
+        add_terms(acc[0], part, part.shape[0])
+    accumulator.merge_into(acc, accumulator.empty(1))
     return acc
 
 
@@ -81,6 +100,66 @@ def test_sum_of_large_terms_overflows_to_inf_only_when_the_exact_sum_does() -> N
     too_big = [FLOAT64_MAX, FLOAT64_MAX]
     assert accumulator.to_float(accumulate(too_big)[0]) == math.inf
     assert accumulator.to_float(accumulate([-x for x in too_big])[0]) == -math.inf
+
+
+# -- add_terms: the staged path must give the very bits of add_term, term by term ------------
+
+STAGED_CASES = {
+    **EDGE_CASES,
+    # 2**11 terms just below a power of two: the largest integer sums a level can reach
+    "full-top-binade": [math.nextafter(2.0, 0.0)] * MAX_STAGED_TERMS,
+    "full-top-binade-negative": [-math.nextafter(2.0, 0.0)] * MAX_STAGED_TERMS,
+    "rounds-up-to-next-power": [math.nextafter(2.0, 0.0), 1.0 + 2.0**-52] * 1024,
+    # remainders below the second level (terms 2**60 smaller, low bits set)
+    "leftover-below-two-levels": [1.0, 2.0**-60 * (1 + 2.0**-52), -(2.0**-70) * 3.0] * 50,
+    # the extraction's exponent range: largest terms at its edges and just outside
+    "exponent-921-below": [2.0**-921, 2.0**-1000, -(2.0**-950) * 1.5],
+    "exponent-922-below": [2.0**-922, 2.0**-1000, -(2.0**-950) * 1.5],
+    "exponent-1000": [2.0**1000 * 1.75, -(2.0**990), 3.0],
+    "exponent-1001": [2.0**1001 * 1.75, -(2.0**990), 3.0],
+    "non-finite-among-finite": [1.5, math.inf, -(2.0**-30), math.nan, -math.inf, 7.0],
+    "non-finite-only": [math.inf, math.inf],
+    "subnormal-only": [TINY, -TINY * 3, 1e-310],
+}
+
+
+@pytest.mark.parametrize("terms", STAGED_CASES.values(), ids=STAGED_CASES.keys())
+def test_add_terms_equals_add_term_on_edge_cases(terms: list[float]) -> None:
+    assert np.array_equal(accumulate_staged(terms), accumulate(terms))
+
+
+def scaled_by_power_of_two(term: float, exponent: int) -> float:
+    """``term * 2**exponent``, or ``term`` itself where that would overflow."""
+    try:
+        return math.ldexp(term, exponent)
+    except OverflowError:
+        return term
+
+
+@given(
+    term_lists(max_size=200),
+    st.integers(-1100, 1100),
+    st.lists(st.sampled_from([math.inf, -math.inf, math.nan]), max_size=2),
+    st.integers(1, 64),
+)
+def test_add_terms_equals_add_term(
+    terms: list[float], exponent: int, specials: list[float], chunk: int
+) -> None:
+    """Bit for bit, over the whole exponent range (terms moved by ``2**exponent``)."""
+    scaled = [scaled_by_power_of_two(t, exponent) for t in terms] + specials
+    staged = accumulate_staged(scaled, chunk)
+    assert np.array_equal(staged, accumulate(scaled))
+    if not specials:
+        assert accumulator.to_float(staged[0]) == correctly_rounded(exact_sum(scaled))
+
+
+def test_add_terms_only_overwrites_its_first_terms() -> None:
+    terms = np.array([1.0, 2.0**-80 + 1.0, 5.0, 9.0])
+    acc = accumulator.empty(1)
+    add_terms(acc[0], terms, 3)
+    assert terms[3] == 9.0
+    accumulator.merge_into(acc, accumulator.empty(1))
+    assert np.array_equal(acc, accumulate([1.0, 2.0**-80 + 1.0, 5.0]))
 
 
 @given(term_lists())

@@ -36,6 +36,8 @@ MAX_TERMS_PER_BLOCK = 1 << 30
 #: Terms one :func:`add_terms` call may take (its int64 sums of < 2**52 parts stay exact).
 MAX_STAGED_TERMS = 1 << 11
 
+#: add_terms adds this many terms or fewer one by one.
+_FEW_TERMS = 4
 _LOW32 = 0xFFFFFFFF
 _MANTISSA_MASK = (1 << 52) - 1
 _HIDDEN_BIT = 1 << 52
@@ -155,6 +157,10 @@ def add_terms(acc, terms, n_terms):
     >>> bool((acc == reference).all())
     True
     """
+    if n_terms <= _FEW_TERMS:  # one row's terms (grouped rows): the setup would dominate
+        for i in range(n_terms):
+            add_term(acc, terms[i])
+        return
     top_exponent = 0  # biased exponent bits of the largest finite term; 0: none nonzero
     non_finite = 0
     for i in range(n_terms):
