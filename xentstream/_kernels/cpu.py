@@ -9,7 +9,9 @@ and splits the rows into ``sums.shape[0]`` contiguous blocks, one ``prange``
 iteration each. A block writes only its own slice of the output arrays (no false
 sharing of accumulators, no atomics). Because the sums are exact integers, the
 caller may combine the blocks in any order and the bits do not depend on the
-number of blocks or threads.
+number of blocks or threads. Inside a block, each row's terms are staged in its
+group's buffer and added a buffer at a time (:func:`_stage_row`,
+:func:`~xentstream._kernels.exact.add_terms`): exact too, so the same bits.
 
 Validation is fused into the same pass: a block stops at its first bad row and
 records ``(row, code, column)`` in ``errors[block]`` and the offending value in
