@@ -181,6 +181,13 @@ def _add_staged(acc, staged, n_rows, slots):
 
 
 @njit(nogil=True, error_model="numpy")
+def _staging_columns(n_sums, n_rows):
+    """Columns per sum when ``n_sums`` sums stage at once: within L2, at least one."""
+    columns = _STAGING_BYTES // max(1, n_sums * 8)
+    return max(1, min(_STAGED_ROWS, n_rows, columns))
+
+
+@njit(nogil=True, error_model="numpy")
 def _staging_buffer(n_groups, n_rows):
     """Staging columns for one block of rows: ``staged[group, slot, k]``.
 
@@ -191,8 +198,7 @@ def _staging_buffer(n_groups, n_rows):
     buffer stays in L2 (one column: a row's terms are added at once). Not zeroed:
     :func:`_add_staged` reads only the slots and columns that rows wrote.
     """
-    columns = _STAGING_BYTES // (n_groups * N_SUMS * 8)
-    columns = max(1, min(_STAGED_ROWS, n_rows, columns))
+    columns = _staging_columns(n_groups * N_SUMS, n_rows)
     return np.empty((n_groups, N_SUMS, columns)), np.zeros(n_groups, dtype=np.int64)
 
 
@@ -210,9 +216,7 @@ def _label_staging_buffer(n_labels, n_rows):
     Like :func:`_staging_buffer`, for the per-label sums of the multi-label kernel
     (empty without ``per_label``): every row adds a term to each label's three sums.
     """
-    columns = _STAGING_BYTES // max(1, n_labels * N_CLASS_SUMS * 8)
-    columns = max(1, min(_STAGED_ROWS, n_rows, columns))
-    return np.empty((n_labels, N_CLASS_SUMS, columns))
+    return np.empty((n_labels, N_CLASS_SUMS, _staging_columns(n_labels * N_CLASS_SUMS, n_rows)))
 
 
 @njit(nogil=True, error_model="numpy")

@@ -196,7 +196,7 @@ def add_term_atomic(acc, slot, value):
 
 @cuda.jit(device=True)
 def _add_row_atomic(acc, s, loss, denominator, entropy, target_entropy, correct):
-    """The per-row terms of ``cpu._add_row``, added with atomics (same slots, same terms)."""
+    """The per-row terms of ``cpu._stage_row``, added with atomics (same slots, same terms)."""
     add_term_atomic(acc, LOSS, s * loss)
     add_term_atomic(acc, DENOMINATOR, s * denominator)
     if denominator > 0.0:
