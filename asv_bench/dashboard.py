@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,9 +140,21 @@ CDN_FILES = {
 #: Inserted into graphdisplay.js after the y axis is set up: a line at 1.0 on the
 #: speedup graphs, where above means xentstream is faster.
 SPEEDUP_LINE = """
-        // xentstream: a line at 1.0 on "speedup" graphs (peer time / ours; above it, ours is faster)
+        // xentstream: a line at 1.0 on "speedup" graphs (peer time / ours: above, ours is
+        // faster), the y axis stretched to show it even when every point is on one side
         if (!reference_scale && /speedup/.test(unit) && /higher is better/.test(unit)) {
-            markings.push({ color: "#d9534f", lineWidth: 1, yaxis: { from: 1, to: 1 } });
+            var low = 1, high = 1;
+            $.each(graphs, function(i, series) {
+                $.each(series.data, function(j, point) {
+                    if (point[1] !== null) {
+                        low = Math.min(low, point[1]);
+                        high = Math.max(high, point[1]);
+                    }
+                });
+            });
+            options.yaxis.min = low - 0.05 * (high - low);
+            options.yaxis.max = high + 0.05 * (high - low);
+            markings.push({ color: "#17becf", lineWidth: 2, yaxis: { from: 1, to: 1 } });
         }
 """
 GRAPH_ANCHOR = "        handle_y_scale(options);\n"
@@ -314,6 +327,79 @@ def server(html_dir: Path, port: int = 0) -> http.server.ThreadingHTTPServer:
     return http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
 
 
+# -- looking at it in a browser ---------------------------------------------------------------
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",  # run as root in CI
+    "--disable-gpu",
+    # without these, Chromium keeps trying to reach Google's hosts on a closed network
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+#: Counts, in the main graph's canvas, the pixels that are not background, and those of
+#: the speedup line's colour (#17becf); the axis labels are drawn on the canvas too.
+_CANVAS_PIXELS = """() => {
+    const canvas = document.querySelector('#main-graph canvas.flot-base');
+    if (!canvas) return null;
+    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    let drawn = 0, line = 0;
+    for (let i = 0; i < data.length; i += 4) {
+        if (data[i + 3] > 0 && (data[i] < 240 || data[i + 1] < 240 || data[i + 2] < 240)) drawn++;
+        if (Math.abs(data[i] - 23) < 12 && Math.abs(data[i + 1] - 190) < 12
+            && Math.abs(data[i + 2] - 207) < 12) line++;
+    }
+    return {drawn: drawn, line: line, width: canvas.width, height: canvas.height};
+}"""
+
+
+def look(url: str, screenshot: Path | None = None, chromium: str = "/usr/bin/chromium") -> dict:
+    """Open ``url`` (a graph of the dashboard) in headless Chromium with no network.
+
+    Every request that does not go to ``url``'s own server is refused, as on a machine
+    with no route out. Returns what a person would check: the graph canvas's pixel
+    counts (None when no graph was drawn), the page's text, the JavaScript errors and
+    the refused addresses. Needs the ``playwright`` package (it drives Debian's
+    ``chromium``; it downloads no browser of its own here).
+    """
+    from playwright.sync_api import sync_playwright
+
+    origin = "/".join(url.split("/")[:3]) + "/"
+    refused: list[str] = []
+    errors: list[str] = []
+
+    def route(request_route: object) -> None:
+        request = request_route.request  # type: ignore[attr-defined]
+        if request.url.startswith(origin):
+            request_route.continue_()  # type: ignore[attr-defined]
+        else:
+            refused.append(request.url)
+            request_route.abort()  # type: ignore[attr-defined]
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=list(CHROMIUM_FLAGS))
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.route("**/*", route)
+            page.goto(url)
+            try:
+                page.wait_for_selector("#main-graph canvas.flot-base", timeout=15_000)
+                page.wait_for_timeout(500)  # flot draws after the canvas is inserted
+            except Exception as error:  # a timeout: the caller sees "no graph canvas"
+                errors.append(f"no graph canvas: {error}")
+            pixels = page.evaluate(_CANVAS_PIXELS)
+            text = page.inner_text("body")
+            if screenshot is not None:
+                page.screenshot(path=str(screenshot))
+        finally:
+            browser.close()
+    return {"pixels": pixels, "text": text, "errors": errors, "refused": refused}
+
+
 # -- command line -----------------------------------------------------------------------------
 
 
@@ -326,6 +412,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-run", action="store_true", help="publish existing results only")
     parser.add_argument("--no-serve", action="store_true", help="build html/ and exit")
     parser.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (8080)")
+    parser.add_argument(
+        "--screenshot",
+        type=Path,
+        metavar="PNG",
+        help="save a headless Chromium screenshot of --graph's page here (needs playwright)",
+    )
+    parser.add_argument(
+        "--graph",
+        default="peers.VsTorch.track_speedup_vs_torch",
+        help="the benchmark --screenshot shows",
+    )
     return parser.parse_args(argv)
 
 
@@ -340,6 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     except DashboardError as error:
         print(f"dashboard: {error}", file=sys.stderr)
         return 1
+    if args.screenshot:
+        with server(html_dir) as httpd:
+            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            url = f"http://127.0.0.1:{httpd.server_address[1]}/#{args.graph}"
+            seen = look(url, args.screenshot)
+            httpd.shutdown()
+        print(f"screenshot in {args.screenshot}: {seen['pixels']}, errors {seen['errors']}")
     if args.no_serve:
         print(f"dashboard built in {html_dir}")
         return 0

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from . import common
 
-SPEEDUP_UNIT = "speedup: peer time / ours (higher is better)"
+SPEEDUP_UNIT = "speedup (higher is better)"
 
 
 class _Speedup:
