@@ -13,7 +13,9 @@ same seeded data, so no side's threads, allocator or page cache state is the oth
 Each is called once to warm up (JIT, imports), and its result is checked against
 xentstream's (relative tolerance ``--rtol``): a peer that disagrees is not timed and
 the run exits 1. Then rounds interleave the sides, one call each, the order rotating,
-so that drifts of the machine hit every side alike; the medians are compared:
+so that drifts of the machine hit every side alike, with a pause before each call
+(``--pause``) so that the thread pool of the side called before has stopped spinning;
+the medians are compared:
 
 - ``peer / ours``: the peer's median time over xentstream's; **> 1 means xentstream
   is faster**;
@@ -89,27 +91,29 @@ def worker(case: str, side: str, n_elements: int) -> int:
     Replies go, one JSON object a line, to the original stdout; whatever the libraries
     print is sent to stderr, so it cannot be mistaken for a reply.
     """
-    channel = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    peers = [] if side in ("ours", "read") else [side]
-    prepared = common.prepare(case, peers=peers, n_elements=n_elements, warm=False)
-    if side == "ours":
-        fn = prepared.ours
-    elif side == "read":
-        fn = prepared.read
-    else:
-        fn = prepared.peers[side]
-    value = fn()
-    ready = {"value": None if side == "read" else float(value), "nbytes": prepared.nbytes}
-    channel.write(json.dumps({**ready, "calls": prepared.calls}) + "\n")
-    for line in sys.stdin:
-        if line.strip() != "run":
-            break
-        start = time.perf_counter()
-        fn()
-        channel.write(json.dumps({"seconds": time.perf_counter() - start}) + "\n")
-    prepared.close()
+    with os.fdopen(os.dup(1), "w", buffering=1) as channel:
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        peers = [] if side in ("ours", "read") else [side]
+        prepared = common.prepare(case, peers=peers, n_elements=n_elements, warm=False)
+        try:
+            if side == "ours":
+                fn = prepared.ours
+            elif side == "read":
+                fn = prepared.read
+            else:
+                fn = prepared.peers[side]
+            value = fn()
+            ready = {"value": None if side == "read" else float(value), "nbytes": prepared.nbytes}
+            channel.write(json.dumps({**ready, "calls": prepared.calls}) + "\n")
+            for line in sys.stdin:
+                if line.strip() != "run":
+                    break
+                start = time.perf_counter()
+                fn()
+                channel.write(json.dumps({"seconds": time.perf_counter() - start}) + "\n")
+        finally:
+            prepared.close()
     return 0
 
 
@@ -129,7 +133,8 @@ class Side:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line:
-            code = self.process.wait()
+            self.close()
+            code = self.process.returncode
             raise RuntimeError(f"the {self.name} worker exited {code} (its stderr is above)")
         return json.loads(line)
 
@@ -140,8 +145,9 @@ class Side:
         return float(self._reply()["seconds"])
 
     def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                pipe.close()
         self.process.wait()
 
 
@@ -153,7 +159,13 @@ def agrees(ours: float, peer: float, rtol: float) -> bool:
 
 
 def measure_case(
-    key: str, peers: list[str], n_elements: int, rounds: int, rtol: float, tiny: bool
+    key: str,
+    peers: list[str],
+    n_elements: int,
+    rounds: int,
+    rtol: float,
+    tiny: bool,
+    pause: float = 0.0,
 ) -> list[dict[str, Any]]:
     """The rows of one case: each peer against xentstream, medians of interleaved rounds."""
     case = common.CASES[key]
@@ -180,11 +192,14 @@ def measure_case(
         for round_ in range(rounds):
             for i in range(len(timed)):
                 side = timed[(round_ + i) % len(timed)]
+                # The side called before may leave its thread pool spinning (OpenMP
+                # waits actively for a while after a parallel region); it is idle
+                # again by the end of the pause instead of taking this side's cores.
+                time.sleep(pause)
                 times[side.name].append(side.time_one_call())
     finally:
         for side in sides:
-            if side.process.poll() is None:
-                side.close()
+            side.close()
     calls = ours.ready["calls"]
     median = {name: statistics.median(values) / calls for name, values in times.items()}
     base = {
@@ -253,6 +268,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--tiny", action="store_true", help="a few KB a case: checks it runs")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds (5)")
     parser.add_argument("--rtol", type=float, default=1e-4, help="agreement tolerance (1e-4)")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.5,
+        help="seconds between two sides' calls, for the last one's threads to go idle (0.5)",
+    )
     parser.add_argument("--cases", nargs="+", metavar="TEXT", help="cases whose key has TEXT")
     parser.add_argument("--peers", nargs="+", metavar="NAME", help="peers to time")
     parser.add_argument("--json", type=Path, help="also write the run as JSON here")
@@ -301,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         if not present:
             continue
         print(f"{key}: {', '.join(present)} ...", file=sys.stderr, flush=True)
-        rows += measure_case(key, present, n_elements, args.rounds, args.rtol, args.tiny)
+        rows += measure_case(
+            key, present, n_elements, args.rounds, args.rtol, args.tiny, args.pause
+        )
     for peer in sorted(missing):
         hint = INSTALL_HINTS.get(peer, f"install {common.PEERS[peer].module}")
         notes.append(f"{peer} is not installed, its rows are empty ({hint})")
@@ -315,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             "elements": n_elements,
             "rounds": args.rounds,
             "rtol": args.rtol,
+            "pause_s": args.pause,
             "tiny": args.tiny,
         },
         "load_average": {"start": load_start, "end": os.getloadavg()[0]},
