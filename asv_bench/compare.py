@@ -9,13 +9,13 @@
 The method (issue 14): for each case (``benchmarks/common.py: CASES``, the registry the
 asv benchmarks use too) xentstream, each peer and the read-bandwidth reference
 (``numpy.sum`` over the same bytes) run in processes of their own, each building the
-same seeded data, so no side's threads, allocator or page cache state is the other's.
+same seeded data, so that no side's threads or allocator state is the other's.
 Each is called once to warm up (JIT, imports), and its result is checked against
 xentstream's (relative tolerance ``--rtol``): a peer that disagrees is not timed and
-the run exits 1. Then rounds interleave the sides, one call each, the order rotating,
-so that drifts of the machine hit every side alike, with a pause before each call
-(``--pause``) so that the thread pool of the side called before has stopped spinning;
-the medians are compared:
+the run exits 1, as it does when a peer fails. Then rounds interleave the sides, one
+call each, the order rotating, so that drifts of the machine hit every side alike,
+with a pause before each call (``--pause``) so that the thread pool of the side called
+before has stopped spinning; the medians are compared:
 
 - ``peer / ours``: the peer's median time over xentstream's; **> 1 means xentstream
   is faster**;
@@ -177,8 +177,13 @@ def measure_case(
         sides.append(ours)
         timed = [ours]
         peer_sides: dict[str, Side] = {}
+        failed: list[str] = []
         for peer in peers:
-            side = Side(key, peer, n_elements, tiny)
+            try:
+                side = Side(key, peer, n_elements, tiny)
+            except RuntimeError:
+                failed.append(peer)  # its traceback is on stderr; the other peers go on
+                continue
             sides.append(side)
             peer_sides[peer] = side
             if agrees(ours.ready["value"], side.ready["value"], rtol):
@@ -220,6 +225,8 @@ def measure_case(
         else:
             row.update(status="disagrees", peer_s=None, ratio=None)
         rows.append(row)
+    for peer in failed:
+        rows.append({**base, "peer": peer, "status": "failed", "peer_s": None, "ratio": None})
     return rows
 
 
@@ -352,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     if args.markdown:
         args.markdown.write_text(table, encoding="utf-8")
-    return 1 if any(row["status"] == "disagrees" for row in rows) else 0
+    return 1 if any(row["status"] in ("disagrees", "failed") for row in rows) else 0
 
 
 if __name__ == "__main__":
