@@ -281,7 +281,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=0.5,
         help="seconds between two sides' calls, for the last one's threads to go idle (0.5)",
     )
-    parser.add_argument("--cases", nargs="+", metavar="TEXT", help="cases whose key has TEXT")
+    parser.add_argument(
+        "--cases", nargs="+", metavar="TEXT", help="the case named TEXT, or those whose key has it"
+    )
     parser.add_argument("--peers", nargs="+", metavar="NAME", help="peers to time")
     parser.add_argument("--json", type=Path, help="also write the run as JSON here")
     parser.add_argument("--markdown", type=Path, help="also write the table here")
@@ -302,7 +304,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"default peers: {', '.join(DEFAULT_PEERS)}")
         return 0
     pool = tuple(common.CASES) if args.cases else DEFAULT_CASES
-    keys = [key for key in pool if not args.cases or any(text in key for text in args.cases)]
+    # a TEXT that is a whole key names that case alone (logits-hard-C10 is part of
+    # logits-hard-C1000's key too); any other TEXT selects every key it is part of
+    texts = args.cases or []
+    keys = [
+        key
+        for key in pool
+        if not texts
+        or any(text == key or (text not in common.CASES and text in key) for text in texts)
+    ]
     if not keys:
         print(f"no case matches {args.cases}; see --list", file=sys.stderr)
         return 2
