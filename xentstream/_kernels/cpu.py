@@ -46,6 +46,7 @@ from xentstream._kernels.layout import (
     INPUT_KINDS,
     LABEL_OUT_OF_RANGE,
     LOGITS,
+    LOGPROBS,
     LOSS,
     LOSS_SQUARED,
     N_CLASS_SUMS,
@@ -71,10 +72,9 @@ from xentstream._kernels.rows import (
     binary_predicts_positive,
     check_binary_pair,
     hard_label_losses,
-    log_probability,
     log_probability_fast,
     logit_label_losses,
-    narrow_logits_chunk,
+    narrow_rows_chunk,
     neg_xlogy,
     neg_xlogy_fast,
     scan_prediction_row,
@@ -317,7 +317,7 @@ def _make_multiclass_hard(kind, with_entropy):
         unit = _unit_weights(sample_weight, class_weight)
         staged_slots = _staged_slots(unit, with_entropy, False)
         share = smoothing / n_classes
-        narrow = kind == LOGITS and n_classes < NARROW_CLASSES
+        narrow = kind != LOGPROBS and n_classes < NARROW_CLASSES
         chunk_rows = NARROW_CHUNK_ROWS if narrow else 1
         # Whole chunks of narrow rows skip the row-by-row path when nothing about their
         # rows needs it (the row values are the same either way, see hard_label_losses).
@@ -327,6 +327,7 @@ def _make_multiclass_hard(kind, with_entropy):
             start, stop = _block_bounds(block, n_blocks, n_rows)
             correct = np.zeros(sums.shape[1], dtype=np.int64)
             staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
+            scratch32 = np.empty(preds.shape[1], dtype=np.float32)  # float32 exps
             width = chunk_rows if narrow else 0
             columns = np.empty((n_classes if narrow else 0, width))
             row_best = np.empty(width)
@@ -344,10 +345,11 @@ def _make_multiclass_hard(kind, with_entropy):
                 if narrow and i == chunk_stop:
                     chunk_start = i
                     chunk_stop = min(i + chunk_rows, stop)
-                    n_unusual = narrow_logits_chunk(
+                    n_unusual = narrow_rows_chunk(
                         preds,
                         chunk_start,
                         chunk_stop,
+                        opts,
                         with_entropy,
                         columns,
                         row_best,
@@ -395,13 +397,13 @@ def _make_multiclass_hard(kind, with_entropy):
                         argmax = row_argmax[r]
                         normalizer = (row_best[r], row_log_sum[r])
                         entropy = row_entropy[r]
-                elif n_classes < NARROW_CLASSES:  # narrow probs: the scalar scan
+                elif n_classes < NARROW_CLASSES:  # narrow log-probabilities: the scalar scan
                     code, column, bad, argmax, normalizer, entropy = scan_prediction_row(
                         preds, i, opts
                     )
                 else:
                     code, column, bad, argmax, normalizer, entropy = scan_prediction_row_fast(
-                        preds, i, opts
+                        preds, i, opts, scratch32
                     )
                 if code != OK:
                     _record_error(errors, error_values, block, i, code, column, bad)
@@ -421,9 +423,10 @@ def _make_multiclass_hard(kind, with_entropy):
                     _record_error(errors, error_values, block, i, _LABEL_ERROR, label, 0.0)
                     break
                 w = class_weight[label]
-                # One log per row: libm's scalar log is faster here than fastmath's.
+                # log64, not libm: a narrow row whose chunk takes the whole-chunk path
+                # gets its loss from hard_label_losses, which must give the same bits.
                 loss = neg_xlogy(
-                    (1.0 - smoothing) * w, log_probability(preds, i, label, normalizer, opts)
+                    (1.0 - smoothing) * w, log_probability_fast(preds, i, label, normalizer, opts)
                 )
                 if smoothing > 0.0:
                     smoothed = 0.0
@@ -516,9 +519,10 @@ def _make_multiclass_soft(kind, with_entropy):
             start, stop = _block_bounds(block, n_blocks, n_rows)
             correct = np.zeros(sums.shape[1], dtype=np.int64)
             staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
+            scratch32 = np.empty(preds.shape[1], dtype=np.float32)  # float32 exps
             for i in range(start, stop):
                 code, column, bad, argmax, normalizer, entropy = scan_prediction_row_fast(
-                    preds, i, opts
+                    preds, i, opts, scratch32
                 )
                 if code != OK:
                     _record_error(errors, error_values, block, i, code, column, bad)
@@ -893,8 +897,11 @@ def _make_prediction_entropy(kind, with_entropy):
         for block in prange(n_blocks):
             start, stop = _block_bounds(block, n_blocks, n_rows)
             staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
+            scratch32 = np.empty(preds.shape[1], dtype=np.float32)  # float32 exps
             for i in range(start, stop):
-                code, column, bad, _, _, entropy = scan_prediction_row_fast(preds, i, opts)
+                code, column, bad, _, _, entropy = scan_prediction_row_fast(
+                    preds, i, opts, scratch32
+                )
                 if code != OK:
                     _record_error(errors, error_values, block, i, code, column, bad)
                     break

@@ -319,8 +319,26 @@ def _row_max_argmax(preds, i):
 
 
 @njit(**_CALLED)
-def scan_prediction_row_fast(preds, i, opts):
-    """:func:`scan_prediction_row`, vectorized for the usual row (same return values)."""
+def _float32_exps(row, best, out):
+    """``out[c] = exp(row[c] - best)`` in float32 math, for a float32 logits row.
+
+    float32 exp has twice the lanes of float64 and a shorter polynomial; in SPEC
+    section 3's float32 budget (the shift's rounding moves a term by at most
+    |x - max| * 6e-8 relative, i.e. the row's log-normalizer by < 3e-8). A loop of its
+    own: one that also widened to float64 stayed scalar.
+    """
+    best32 = np.float32(best)  # exact: the maximum is one of the row's float32 values
+    for c in range(row.shape[0]):
+        out[c] = exp32(np.float32(row[c]) - best32)
+
+
+@njit(**_CALLED)
+def scan_prediction_row_fast(preds, i, opts, scratch32):
+    """:func:`scan_prediction_row`, vectorized for the usual row (same return values).
+
+    float32 logits take their exps from :func:`_float32_exps` (``scratch32``: float32
+    scratch of the row's length), summed in float64.
+    """
     kind = opts.input_kind
     n_classes = preds.shape[1]
     if kind == LOGPROBS or n_classes < NARROW_CLASSES:
@@ -328,6 +346,23 @@ def scan_prediction_row_fast(preds, i, opts):
     best, argmax, probe = _row_max_argmax(preds, i)
     if probe != 0.0:  # NaN, +inf or -inf somewhere: the scalar scan sorts it out
         return _scan_prediction_row_scalar(preds, i, opts)
+    if kind == LOGITS and is_float32(preds):
+        _float32_exps(preds[i], best, scratch32)
+        scaled_sum = 0.0
+        entropy = 0.0
+        if opts.with_entropy:
+            weighted_shift = 0.0
+            for c in range(n_classes):
+                e = np.float64(scratch32[c])
+                scaled_sum = add_reassoc(scaled_sum, e)
+                weighted_shift = add_reassoc(weighted_shift, e * (np.float64(preds[i, c]) - best))
+            log_scaled_sum = math.log(scaled_sum)
+            entropy = log_scaled_sum - weighted_shift / scaled_sum
+        else:
+            for c in range(n_classes):
+                scaled_sum = add_reassoc(scaled_sum, np.float64(scratch32[c]))
+            log_scaled_sum = math.log(scaled_sum)
+        return OK, -1, 0.0, argmax, (best, log_scaled_sum), entropy
     if kind == LOGITS:
         scaled_sum = 0.0
         entropy = 0.0
@@ -584,10 +619,10 @@ NARROW_CHUNK_ROWS = 256
 
 
 @njit(**_CALLED)
-def narrow_logits_chunk(
-    preds, start, stop, with_entropy, columns, best, argmax, log_sum, entropy, unusual
+def narrow_rows_chunk(
+    preds, start, stop, opts, with_entropy, columns, best, argmax, log_sum, entropy, unusual
 ):
-    """The row scans of narrow logits rows ``start:stop``, across rows instead of along them.
+    """The row scans of narrow rows ``start:stop``, across rows instead of along them.
 
     A row of ten logits leaves a loop too short to vectorize, so the chunk is
     transposed into ``columns[c, r]`` (in L1) and every pass runs over the chunk's rows
@@ -596,13 +631,16 @@ def narrow_logits_chunk(
     from its own lane with the classes in a fixed order, so they depend on the row
     only, never on the chunk. ``unusual[r]`` is 1 for rows holding NaN or +-inf
     (their values here are garbage; the kernel re-scans them with
-    :func:`scan_prediction_row`); returns the number of such rows.
+    :func:`scan_prediction_row`); returns the number of such rows. Probabilities:
+    :func:`_narrow_probs_scan`.
     """
     chunk = preds[start:stop]  # see bernoulli_entropies_fast
     n, n_classes = chunk.shape
     for r in range(n):
         for c in range(n_classes):
             columns[c, r] = np.float64(chunk[r, c])
+    if opts.input_kind == PROBS:
+        return _narrow_probs_scan(opts, n, columns, best, argmax, log_sum, entropy, unusual)
     probe = log_sum  # scratch until the exp pass
     for r in range(n):
         best[r] = columns[0, r]
@@ -648,12 +686,61 @@ def narrow_logits_chunk(
 
 
 @njit(**_CALLED)
-def hard_label_losses(target, start, stop, opts, columns, best, log_sum, losses, squares):
-    """Losses ``-log p_y`` of ordinary narrow logits rows ``start:stop``, across rows.
+def _narrow_probs_scan(opts, n, columns, best, argmax, log_sum, entropy, unusual):
+    """:func:`narrow_rows_chunk` for probabilities (``columns`` already transposed).
 
-    ``losses[r] = -((x_y - max) - log_sum)``, the same operations as
-    :func:`log_probability` and the kernel's ``neg_xlogy`` for a unit weight, so a row
-    gets the same bits here as in the kernel's row-by-row path. Also writes
+    Unusual rows: NaN, a value outside [0, 1] or (validating) a sum off 1 by more than
+    the tolerance. The normalizer is ``(0, 0)``; the entropy ``-sum p log p`` uses
+    ``log64`` in the lanes.
+    """
+    n_classes = columns.shape[0]
+    total = log_sum  # scratch: the row sums
+    odd = best  # scratch: values out of range (the maxima come after)
+    for r in range(n):
+        total[r] = 0.0
+        odd[r] = 0.0
+        entropy[r] = 0.0
+    for c in range(n_classes):
+        for r in range(n):
+            x = columns[c, r]
+            total[r] = total[r] + x
+            odd[r] = odd[r] + np.float64(not ((x >= 0.0) & (x <= 1.0)))  # NaN is odd too
+    n_unusual = 0
+    for r in range(n):
+        bad = odd[r] > 0.0
+        if opts.validate:
+            bad = bad | (abs(total[r] - 1.0) > opts.sum_tol)
+        unusual[r] = np.uint8(bad)
+        n_unusual += np.int64(bad)
+    if opts.with_entropy:
+        for c in range(n_classes):
+            for r in range(n):
+                x = columns[c, r]
+                term = x * log64(x)
+                entropy[r] = entropy[r] + (-term if x > 0.0 else 0.0)
+    for r in range(n):
+        best[r] = columns[0, r]
+        argmax[r] = 0
+    for c in range(1, n_classes):
+        for r in range(n):
+            x = columns[c, r]
+            larger = x > best[r]  # strict: the first maximum wins, as in the scalar scan
+            best[r] = x if larger else best[r]
+            argmax[r] = c if larger else argmax[r]
+    for r in range(n):
+        best[r] = 0.0  # the normalizer of probabilities is (0, 0)
+        log_sum[r] = 0.0
+    return n_unusual
+
+
+@njit(**_CALLED)
+def hard_label_losses(target, start, stop, opts, columns, best, log_sum, losses, squares):
+    """Losses ``-log p_y`` of ordinary narrow rows ``start:stop``, across rows.
+
+    ``losses[r] = -((x_y - max) - log_sum)`` (probabilities: ``-log64(clip(p_y))``),
+    the same operations as :func:`log_probability_fast` and the kernel's ``neg_xlogy``
+    for a unit weight, so a row gets the same bits here as in the kernel's row-by-row
+    path. Also writes
     ``squares[r]``; returns the number of rows whose label is out of range or ignored
     (their losses are garbage and the caller takes the row-by-row path).
     """
@@ -667,7 +754,10 @@ def hard_label_losses(target, start, stop, opts, columns, best, log_sum, losses,
             outside = outside | (label == opts.ignore_index)
         special += np.int64(outside)
         column = min(max(label, 0), n_classes - 1)
-        loss = -((columns[column, r] - best[r]) - log_sum[r])
+        if opts.input_kind == PROBS:
+            loss = -log64(clip_probability(columns[column, r], opts.eps))
+        else:
+            loss = -((columns[column, r] - best[r]) - log_sum[r])
         losses[r] = loss
         squares[r] = loss * loss
     return special
