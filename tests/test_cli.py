@@ -348,8 +348,6 @@ def test_string_labels_and_npy(files: dict[str, Path], data: Data) -> None:
             (
                 "evaluate",
                 files["npy"],
-                "--preds",
-                "-",
                 "--target",
                 files["npy_target"],
                 "--batch-rows",
@@ -469,14 +467,14 @@ def test_exit_codes(files: dict[str, Path], data: Data, tmp_path: Path) -> None:
     run = ("evaluate", table, "--preds", "p", "--target", "y")
     cases: list[tuple[tuple[Any, ...], tuple[str, ...]]] = [
         # bad arguments
-        ((), ("required",)),
+        (("evaluate", table), ("--target", "required")),
         (("evaluate", table, "--preds", "p"), ("--target",)),
         ((*run, "--format", "xml"), ("--format", "xml")),
         ((*run, "--batch-rows", "many"), ("--batch-rows", "many")),
         ((*run, "--bogus"), ("--bogus",)),
         ((*run, "--pos-weight", "2"), ("--pos-weight",)),
         ((*run, "--class-weight", "1,x"), ("--class-weight",)),
-        ((*run, "--batch-rows", "0"), ("batch_rows",)),
+        ((*run, "--batch-rows", "0"), ("--batch-rows",)),
         ((*run, "--dask", "local:0"), ("--dask", "local:N")),
         ((*run, "--dask", "local", "--checkpoint", tmp_path / "c.json"), ("--checkpoint",)),
         # missing and unknown files, unknown columns

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
+import glob
 import importlib.util
 import io
 import json
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import polars as pl
 
+from xentstream import __version__
 from xentstream.evaluate import GroupedReport, evaluate, stream
 from xentstream.metrics import (
     BinaryCrossEntropy,
@@ -67,6 +72,44 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks; option help starts in a wider column."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+
+#: Python argument names as the command line spells them, for error messages that come
+#: from the API (``batch_rows: must be ...`` -> ``--batch-rows: must be ...``).
+_FLAGS = {
+    "batch_rows": "--batch-rows",
+    "class_weight": "--class-weight",
+    "pos_weight": "--pos-weight",
+    "ignore_index": "--ignore-index",
+    "label_smoothing": "--label-smoothing",
+    "sum_tol": "--sum-tol",
+    "classes": "--classes",
+    "input": "--input",
+    "engine": "--engine",
+    "by": "--by",
+    "sample_weight": "--sample-weight",
+}
+
+
+def _with_flags(message: str) -> str:
+    """An API error message in command-line terms: flags instead of Python arguments."""
+    message = re.sub(r"\binput='(\w+)'", r"--input \1", message)
+    message = re.sub(r"\bsum_tol=", "--sum-tol ", message)
+    message = re.sub(
+        r"\b(a larger|is not) (sum_tol|ignore_index)\b", lambda m: f"{m[1]} {_FLAGS[m[2]]}", message
+    )
+    head, colon, rest = message.partition(": ")
+    # A column's message reads "COL: row N: ..."; only argument messages are renamed.
+    if colon and head in _FLAGS and not rest.startswith("row "):
+        message = f"{_FLAGS[head]}: {rest}"
+    return message
+
+
 def _float_list(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",")]
@@ -80,65 +123,208 @@ def _name_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="xentstream", description="Exact, streaming cross-entropy.")
-    commands = parser.add_subparsers(dest="command", required=True)
+_DESCRIPTION = """\
+Exact, streaming cross-entropy over prediction dumps of any size.
 
-    run = commands.add_parser("evaluate", help="evaluate prediction dumps")
-    run.add_argument("source", nargs="+", help="Parquet / IPC / CSV / NDJSON / .npy files or globs")
-    run.add_argument("--preds", nargs="+", required=True, metavar="COL")
-    run.add_argument("--target", nargs="+", required=True, metavar="COL")
-    run.add_argument(
-        "--task", choices=("auto", "multiclass", "binary", "multilabel"), default="auto"
+Every sum is exact (the correctly rounded value of the exact sum), so a result is
+bitwise identical for any batch size, thread count, shard split or merge order."""
+
+_EXAMPLES = """\
+examples:
+  # a wide dump: one probability column per class (a glob or a ^regex$ names them)
+  xentstream evaluate preds.parquet --preds 'p_*' --target label
+  # logits in one Array column, per group, resumable, as JSON
+  xentstream evaluate 'dumps/*.parquet' --preds logits --target label --input logits \\
+      --by country --checkpoint run.ckpt --format json
+  # language-model tokens: Array[(T, V)] logits, Array[T] token ids, padding -100
+  xentstream evaluate lm.parquet --preds logits --target tokens --input logits \\
+      --ignore-index -100
+  # numpy dumps: the predictions file is the source, the labels file the target
+  xentstream evaluate probs.npy --target labels.npy
+  # combine the states saved by shards
+  xentstream merge shard-*.json --format json"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="xentstream",
+        description=_DESCRIPTION,
+        epilog=_EXAMPLES + "\n\nRun 'xentstream evaluate --help' for every option.",
+        formatter_class=_Formatter,
     )
-    run.add_argument("--input", choices=("probs", "logprobs", "logits"), default="probs")
-    run.add_argument("--sample-weight", metavar="COL")
-    run.add_argument("--class-weight", type=_float_list, metavar="W,...")
-    run.add_argument("--pos-weight", type=_float_list, metavar="W[,...]")
-    run.add_argument("--ignore-index", type=int, metavar="K")
-    run.add_argument("--label-smoothing", type=float, default=0.0, metavar="E")
-    run.add_argument("--classes", type=_name_list, metavar="A,B,...")
-    run.add_argument("--by", nargs="+", metavar="COL")
-    run.add_argument("--per-class", action="store_true")
-    run.add_argument("--batch-rows", type=int, metavar="N")
-    run.add_argument("--checkpoint", metavar="FILE")
-    run.add_argument("--save-state", metavar="FILE", help="write the final metric state (JSON)")
-    run.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    run.add_argument("--output", metavar="FILE")
-    run.add_argument("--plot", metavar="FILE.png")
-    run.add_argument("--no-progress", action="store_true")
-    run.add_argument("--engine", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--version", action="version", version=f"xentstream {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "evaluate",
+        help="evaluate prediction dumps (files, globs, .npy)",
+        description="Evaluate a cross-entropy loss over prediction dumps, in bounded memory.",
+        epilog=_EXAMPLES,
+        formatter_class=_Formatter,
+    )
     run.add_argument(
+        "source",
+        nargs="+",
+        metavar="SOURCE",
+        help="Parquet, Arrow IPC / Feather, CSV or NDJSON files or globs (one format), "
+        "or one .npy file of predictions",
+    )
+    columns = run.add_argument_group("columns")
+    columns.add_argument(
+        "--preds",
+        nargs="+",
+        metavar="COL",
+        help="prediction column(s): one Array / List column, or one column per class; "
+        "each COL may be a glob ('p_*') or a regex ('^p_\\d+$'), matched in file order. "
+        "Required except for a .npy source, which holds the predictions itself",
+    )
+    columns.add_argument(
+        "--target",
+        nargs="+",
+        required=True,
+        metavar="COL",
+        help="target column(s) (patterns as for --preds): integer or string class labels, "
+        "0/1 or probabilities; for a .npy source, the .npy file of targets",
+    )
+    columns.add_argument("--sample-weight", metavar="COL", help="column of row weights")
+    columns.add_argument(
+        "--by",
+        nargs="+",
+        metavar="COL",
+        help="group columns: one report per group as well, in the same pass",
+    )
+    columns.add_argument(
+        "--classes",
+        type=_name_list,
+        metavar="A,B,...",
+        help="class names of string labels, in the order of the prediction columns "
+        "(default: the wide prediction column names)",
+    )
+    loss = run.add_argument_group("loss")
+    loss.add_argument(
+        "--task",
+        choices=("auto", "multiclass", "binary", "multilabel"),
+        default="auto",
+        help="default: auto, from the columns' types and shapes: one score per row is "
+        "binary; labels with the predictions' shape minus the class axis are multiclass "
+        "(also (T, V) token logits with T labels); targets of the predictions' shape are "
+        "multi-label (soft multiclass targets need --task multiclass)",
+    )
+    loss.add_argument(
+        "--input",
+        choices=("probs", "logprobs", "logits"),
+        default="probs",
+        help="what the predictions hold (default: probs)",
+    )
+    loss.add_argument(
+        "--class-weight",
+        type=_float_list,
+        metavar="W,...",
+        help="multiclass: one weight per class (default: all 1)",
+    )
+    loss.add_argument(
+        "--pos-weight",
+        type=_float_list,
+        metavar="W[,...]",
+        help="binary and multi-label: weight of the positive term, one or one per label",
+    )
+    loss.add_argument(
+        "--ignore-index",
+        type=int,
+        metavar="K",
+        help="multiclass: drop rows (tokens) whose label is K, e.g. -100 for padding",
+    )
+    loss.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        metavar="E",
+        help="multiclass: mix the target with the uniform distribution (default: 0)",
+    )
+    loss.add_argument(
+        "--sum-tol",
+        type=float,
+        metavar="TOL",
+        help="tolerance of the sum-to-one checks of probability rows (default: sqrt of "
+        "the dtype's machine epsilon)",
+    )
+    loss.add_argument(
+        "--per-class",
+        action="store_true",
+        help="also report per-class (per-label) loss, counts and normalized entropy",
+    )
+    running = run.add_argument_group("running")
+    running.add_argument(
+        "--batch-rows",
+        type=int,
+        metavar="N",
+        help="rows per batch (default: about 64 MiB of predictions)",
+    )
+    running.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="save the exact state here every few seconds and on Ctrl-C / SIGTERM; "
+        "rerunning the same command resumes (bitwise equal to one uninterrupted run)",
+    )
+    running.add_argument(
+        "--engine",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the kernels run (default: auto, the CPU for files)",
+    )
+    running.add_argument(
         "--dask",
         metavar="ADDRESS|local[:N]",
-        help="run on a Dask cluster: a scheduler's address, or N local worker processes",
+        help="run on a Dask cluster: a scheduler's address, or N local worker processes "
+        "(Parquet / Arrow IPC sources)",
+    )
+    running.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (default: a bar when stderr is a terminal)",
+    )
+    output = run.add_argument_group("output")
+    output.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="output format (default: table)",
+    )
+    output.add_argument("--output", metavar="FILE", help="write the report here (default: stdout)")
+    output.add_argument(
+        "--save-state",
+        metavar="FILE",
+        help="write the final exact metric state (JSON, with the groups' states under --by) "
+        "for 'xentstream merge'",
+    )
+    output.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the running loss with its 95%% band (per group with --by, per-class bars "
+        "with --per-class); needs matplotlib",
     )
 
-    merge = commands.add_parser("merge", help="combine saved metric states")
-    merge.add_argument("states", nargs="+", metavar="STATE.json")
-    merge.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    merge.add_argument("--output", metavar="FILE")
-    merge.add_argument("--save-state", metavar="FILE")
+    merge = commands.add_parser(
+        "merge",
+        help="combine metric states saved by shards (--save-state)",
+        description="Combine metric states saved with --save-state (exact: any order, the "
+        "same bits).",
+        formatter_class=_Formatter,
+    )
+    merge.add_argument("states", nargs="+", metavar="STATE.json", help="saved metric states")
+    merge.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="output format (default: table)",
+    )
+    merge.add_argument("--output", metavar="FILE", help="write the report here (default: stdout)")
+    merge.add_argument("--save-state", metavar="FILE", help="write the merged state here")
     return parser
 
 
-def _infer_task(args: argparse.Namespace, source: list[str]) -> str:
-    if args.task != "auto":
-        return args.task
-    if len(args.target) > 1:
-        return "multilabel"
-    if len(args.preds) > 1:
-        return "multiclass"
-    if source[0].endswith(".npy"):
-        return "multiclass"
-    schema = _schema(source)
-    dtype = schema.get(args.preds[0])
-    target_dtype = schema.get(args.target[0])
-    if isinstance(dtype, pl.Array | pl.List):
-        if isinstance(target_dtype, pl.Array | pl.List):
-            return "multilabel"
-        return "multiclass"
-    return "binary"
+def _is_npy(source: list[str]) -> bool:
+    return str(source[0]).lower().endswith(".npy")
 
 
 def _schema(source: list[str]) -> pl.Schema:
@@ -146,6 +332,99 @@ def _schema(source: list[str]) -> pl.Schema:
 
     paths = _expand_paths(source)
     return _SCANNERS[paths[0].suffix.lower()](str(paths[0])).collect_schema()
+
+
+def _expand_columns(patterns: list[str], names: list[str], flag: str) -> list[str]:
+    """Column names for ``patterns``: exact names, globs (``p_*``) or regexes (``^p_\\d+$``,
+    polars' convention), matched in the file's column order."""
+    out: list[str] = []
+    for pattern in patterns:
+        if pattern in names:
+            matches = [pattern]
+        elif pattern.startswith("^") and pattern.endswith("$"):
+            try:
+                regex = re.compile(pattern)
+            except re.error as error:
+                raise _UsageError(f"{flag}: {pattern!r} is not a valid regex ({error})") from None
+            matches = [name for name in names if regex.fullmatch(name)]
+        elif glob.has_magic(pattern):
+            matches = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        else:
+            matches = [pattern]  # a plain name: the feeder says that no such column exists
+        if not matches:
+            shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+            raise _UsageError(f"{flag}: {pattern!r} matches no column; the source has {shown}")
+        out.extend(name for name in matches if name not in out)
+    return out
+
+
+def _row_shape(dtype: pl.DataType | None) -> tuple[tuple[int | None, ...], pl.DataType | None]:
+    """(shape of one row's value, leaf dtype) of a column: () for scalars, None for a
+    List's unknown width."""
+    shape: list[int | None] = []
+    while isinstance(dtype, pl.Array | pl.List):
+        if isinstance(dtype, pl.Array):
+            shape.append(dtype.shape[0])
+        else:
+            shape.append(None)
+        dtype = dtype.inner
+    return tuple(shape), dtype
+
+
+def _same_shape(a: tuple[int | None, ...], b: tuple[int | None, ...]) -> bool:
+    return len(a) == len(b) and all(
+        x is None or y is None or x == y for x, y in zip(a, b, strict=True)
+    )
+
+
+def _task_from_shapes(
+    preds: tuple[int | None, ...], target: tuple[int | None, ...], where: str
+) -> str:
+    """The task of predictions and targets whose rows have these shapes (SPEC section 2:
+    classes are the last axis of the predictions)."""
+    if not preds and not target:
+        return "binary"
+    if not preds:
+        raise _UsageError(
+            f"--task: cannot tell the task from {where}: one prediction per row and targets "
+            f"of shape {_show(target)}; pass --task"
+        )
+    if _same_shape(target, preds[:-1]):
+        return "multiclass"  # a label per row, or per token of (T, V) logits
+    if _same_shape(target, preds):
+        return "multilabel"
+    raise _UsageError(
+        f"--task: cannot tell the task from {where}: predictions of shape {_show(preds)} "
+        f"per row and targets of shape {_show(target)}; expected targets of shape "
+        f"{_show(preds[:-1])} (multiclass labels) or {_show(preds)} (multi-label); "
+        "pass --task"
+    )
+
+
+def _show(shape: tuple[int | None, ...]) -> str:
+    return (
+        "("
+        + ", ".join("?" if n is None else str(n) for n in shape)
+        + ("," if len(shape) == 1 else "")
+        + ")"
+    )
+
+
+def _infer_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
+    """``--task auto``: from the columns' types and shapes (or the .npy arrays')."""
+    if args.task != "auto":
+        return args.task
+    if schema is None:  # .npy: the arrays' shapes, read from their headers
+        preds = np.load(args.source[0], mmap_mode="r", allow_pickle=False)
+        target = np.load(args.target[0], mmap_mode="r", allow_pickle=False)
+        return _task_from_shapes(preds.shape[1:], target.shape[1:], "the .npy files")
+
+    def columns(names: list[str]) -> tuple[int | None, ...]:
+        if len(names) > 1:  # wide: one scalar column per class (label)
+            return (len(names),)
+        return _row_shape(schema.get(names[0]))[0]
+
+    return _task_from_shapes(columns(args.preds), columns(args.target), "the columns")
 
 
 def _metric(args: argparse.Namespace, task: str) -> Metric:
@@ -159,6 +438,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
             ignore_index=args.ignore_index,
             label_smoothing=args.label_smoothing,
             per_class=args.per_class,
+            sum_tol=args.sum_tol,
             engine=args.engine,
         )
     for flag in ("class_weight", "ignore_index"):
@@ -172,11 +452,16 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
         return BinaryCrossEntropy(
             input=args.input,
             pos_weight=None if pos_weight is None else pos_weight[0],
+            sum_tol=args.sum_tol,
             engine=args.engine,
         )
     weight = pos_weight[0] if pos_weight is not None and len(pos_weight) == 1 else pos_weight
     return MultiLabelCrossEntropy(
-        input=args.input, pos_weight=weight, per_label=args.per_class, engine=args.engine
+        input=args.input,
+        pos_weight=weight,
+        per_label=args.per_class,
+        sum_tol=args.sum_tol,
+        engine=args.engine,
     )
 
 
@@ -291,13 +576,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         _check_dask_args(args)
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the long run
         raise ImportError('--plot needs matplotlib: pip install "xentstream[plot]"')
-    task = _infer_task(args, args.source)
+    schema = _resolve_columns(args)
+    task = _infer_task(args, schema)
     metric = _metric(args, task)
     source: Any = args.source if len(args.source) > 1 else args.source[0]
-    preds: Any = args.preds[0] if len(args.preds) == 1 else args.preds
-    target: Any = args.target[0] if len(args.target) == 1 else args.target
-    if str(args.source[0]).endswith(".npy"):
+    if schema is None:  # .npy: the source holds the predictions, --target names a file
         preds, target = None, args.target[0]
+    else:
+        preds = args.preds[0] if len(args.preds) == 1 else args.preds
+        target = args.target[0] if len(args.target) == 1 else args.target
     options = {
         "preds": preds,
         "target": target,
@@ -328,6 +615,32 @@ def _evaluate(args: argparse.Namespace) -> int:
         metric.save(args.save_state)
     _write(_render(result, args.format), args.output)
     return 0
+
+
+def _resolve_columns(args: argparse.Namespace) -> pl.Schema | None:
+    """Check the column flags against the source; expand patterns in place.
+
+    Returns the source's schema (None for a .npy source, which has no columns)."""
+    if _is_npy(args.source):
+        if args.preds is not None:
+            raise _UsageError(
+                "--preds: a .npy source is the predictions array itself; leave --preds out"
+            )
+        if len(args.target) != 1:
+            raise _UsageError("--target: a .npy source takes one .npy file of targets")
+        return None
+    if args.preds is None:
+        raise _UsageError(
+            "--preds is required for Parquet / IPC / CSV / NDJSON sources: name the "
+            "prediction column(s)"
+        )
+    schema = _schema(args.source)
+    names = list(schema.names())
+    args.preds = _expand_columns(args.preds, names, "--preds")
+    args.target = _expand_columns(args.target, names, "--target")
+    if args.by:
+        args.by = _expand_columns(args.by, names, "--by")
+    return schema
 
 
 def _check_dask_args(args: argparse.Namespace) -> None:
@@ -446,7 +759,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     2
     """
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if args.command is None:  # bare ``xentstream``: what it does and how to start
+            parser.print_help()
+            return 0
         return _evaluate(args) if args.command == "evaluate" else _merge(args)
     except _UsageError as error:
         print(f"xentstream: error: {error}", file=sys.stderr)
@@ -458,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ImportError,
         pl.exceptions.PolarsError,
     ) as error:
-        message = " ".join(str(error).split())
+        message = _with_flags(" ".join(str(error).split()))
         print(f"xentstream: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

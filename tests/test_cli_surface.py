@@ -1,0 +1,192 @@
+"""The command line as a newcomer meets it (issue 18), in child processes.
+
+Task inference from column types and shapes (language-model token dumps, multi-label
+``.npy``), column patterns, ``--help`` / ``--version`` / bare ``xentstream``, error
+messages in flag names, and Ctrl-C / SIGTERM flushing the checkpoint. Expected values
+come from torch and scikit-learn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from sklearn.metrics import log_loss
+from stream_support import child_env
+
+import xentstream as xs
+from xentstream import cli as xs_cli
+
+
+def cli(*args: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "xentstream", *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        check=False,
+    )
+
+
+def cli_many(commands: list[tuple[Any, ...]]) -> list[subprocess.CompletedProcess]:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda args: cli(*args), commands))
+
+
+def ok(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == ""
+    return done.stdout
+
+
+def one_line_error(done: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert done.returncode == 2, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xentstream: error: "), done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def dumps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    rng = np.random.default_rng(18)
+    root = tmp_path_factory.mktemp("surface")
+    n, steps, vocab = 40, 6, 7
+    logits = rng.normal(size=(n, steps, vocab)) * 2
+    tokens = rng.integers(0, vocab, size=(n, steps))
+    tokens[rng.random((n, steps)) < 0.25] = -100  # padding
+    pl.DataFrame({"logits": logits, "tokens": tokens}).write_parquet(root / "lm.parquet")
+    # 12 classes: file order p_0 .. p_11 differs from the lexicographic p_0, p_1, p_10, ...
+    n_classes = 12
+    probs = rng.dirichlet(np.ones(n_classes), size=90)
+    labels = rng.integers(0, n_classes, size=90)
+    wide = pl.DataFrame({f"p_{i}": probs[:, i] for i in range(n_classes)} | {"y": labels})
+    wide.write_parquet(root / "wide.parquet")
+    ml_probs = rng.uniform(0.02, 0.98, size=(50, 3))
+    ml_target = rng.integers(0, 2, size=(50, 3))
+    np.save(root / "ml_p.npy", ml_probs)
+    np.save(root / "ml_t.npy", ml_target)
+    np.save(root / "two.npy", ml_target[:, :2])  # neither labels nor multi-label targets
+    binary_probs, binary_target = rng.uniform(0.02, 0.98, size=60), rng.integers(0, 2, 60)
+    np.save(root / "b_p.npy", binary_probs)
+    np.save(root / "b_t.npy", binary_target)
+    return {
+        "root": root,
+        "logits": logits,
+        "tokens": tokens,
+        "probs": probs,
+        "labels": labels,
+        "ml": (ml_probs, ml_target),
+        "binary": (binary_probs, binary_target),
+    }
+
+
+def test_task_inference(dumps: dict[str, Any]) -> None:
+    root = dumps["root"]
+    lm, npy_ml, npy_binary, ambiguous = cli_many(
+        [
+            (
+                "evaluate",
+                root / "lm.parquet",
+                "--preds",
+                "logits",
+                "--target",
+                "tokens",
+                "--input",
+                "logits",
+                "--ignore-index",
+                -100,
+                "--format",
+                "json",
+            ),
+            ("evaluate", root / "ml_p.npy", "--target", root / "ml_t.npy", "--format", "json"),
+            ("evaluate", root / "b_p.npy", "--target", root / "b_t.npy", "--format", "json"),
+            ("evaluate", root / "ml_p.npy", "--target", root / "two.npy"),
+        ]
+    )
+    report = json.loads(ok(lm))
+    logits, tokens = dumps["logits"], dumps["tokens"]
+    expected = torch.nn.functional.cross_entropy(
+        torch.from_numpy(logits.reshape(-1, logits.shape[-1])),
+        torch.from_numpy(tokens.reshape(-1)),
+        ignore_index=-100,
+    ).item()
+    assert math.isclose(report["loss"], expected, rel_tol=1e-12)
+    assert report["count"] == int((tokens != -100).sum())
+    assert report["ignored"] == int((tokens == -100).sum())
+
+    ml_probs, ml_target = dumps["ml"]
+    per_label_mean = torch.nn.functional.binary_cross_entropy(
+        torch.from_numpy(ml_probs), torch.from_numpy(ml_target.astype(np.float64))
+    ).item()
+    assert math.isclose(
+        json.loads(ok(npy_ml))["loss"], per_label_mean * ml_probs.shape[1], rel_tol=1e-12
+    )
+    binary_probs, binary_target = dumps["binary"]
+    assert math.isclose(
+        json.loads(ok(npy_binary))["loss"], log_loss(binary_target, binary_probs), rel_tol=1e-12
+    )
+    one_line_error(ambiguous, "--task", "(3,)", "(2,)", "pass --task")
+
+
+def test_column_patterns(dumps: dict[str, Any]) -> None:
+    root = dumps["root"]
+    wide = root / "wide.parquet"
+    glob_run, regex_run, none_matches, npy_preds, no_preds = cli_many(
+        [
+            ("evaluate", wide, "--preds", "p_*", "--target", "y", "--format", "json"),
+            ("evaluate", wide, "--preds", r"^p_\d+$", "--target", "y", "--format", "json"),
+            ("evaluate", wide, "--preds", "q_*", "--target", "y"),
+            ("evaluate", root / "b_p.npy", "--preds", "p", "--target", root / "b_t.npy"),
+            ("evaluate", wide, "--target", "y"),
+        ]
+    )
+    expected = log_loss(dumps["labels"], dumps["probs"], labels=range(12))
+    for done in (glob_run, regex_run):
+        assert math.isclose(json.loads(ok(done))["loss"], expected, rel_tol=1e-12)
+    one_line_error(none_matches, "--preds", "'q_*' matches no column", "p_0")
+    one_line_error(npy_preds, "--preds", ".npy")
+    one_line_error(no_preds, "--preds is required")
+
+
+def test_help_version_and_flag_names(dumps: dict[str, Any], tmp_path: Path) -> None:
+    # Every option of every command says what it does.
+    parser = xs_cli._parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, command in commands.items():
+        for action in command._actions:
+            assert action.help, (name, action.option_strings or action.dest)
+
+    probs = np.array([[0.5, 0.7], [0.5, 0.5]])
+    pl.DataFrame({"p": probs, "y": [0, 1]}).write_parquet(tmp_path / "bad.parquet")
+    bare, version, help_text, batch_rows, bad_probs = cli_many(
+        [
+            (),
+            ("--version",),
+            ("evaluate", "--help"),
+            ("evaluate", dumps["root"] / "wide.parquet", "--preds", "p_*", "--target", "y",
+             "--batch-rows", 0),
+            ("evaluate", tmp_path / "bad.parquet", "--preds", "p", "--target", "y"),
+        ]
+    )  # fmt: skip
+    assert "evaluate" in ok(bare) and "examples:" in bare.stdout and "merge" in bare.stdout
+    assert ok(version).strip() == f"xentstream {xs.__version__}"
+    text = ok(help_text)
+    for fragment in ("(default: probs)", "(default: table)", "examples:", "--ignore-index -100"):
+        assert fragment in text
+    message = one_line_error(batch_rows, "--batch-rows: must be a positive integer")
+    assert "batch_rows" not in message
+    message = one_line_error(bad_probs, "p: row 0", "sum to 1.2", "--sum-tol", "--input logits")
+    assert not re.search(r"input=|sum_tol", message), message
