@@ -20,6 +20,8 @@ import logging
 import math
 import os
 import re
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from xentstream import __version__
-from xentstream.evaluate import GroupedReport, evaluate, stream
+from xentstream.evaluate import GroupedReport, Interrupted, evaluate, stream
 from xentstream.metrics import (
     BinaryCrossEntropy,
     CrossEntropy,
@@ -750,6 +752,21 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupted(error: KeyboardInterrupt, argv: Sequence[str] | None) -> str:
+    """One line: what a stopped run kept and how to resume it."""
+    if not isinstance(error, Interrupted):
+        return "interrupted (nothing saved; --checkpoint FILE makes a run resumable)"
+    name = signal.Signals(error.signal).name
+    command = shlex.join(["xentstream", *(sys.argv[1:] if argv is None else argv)])
+    if error.rows is None:
+        return f"stopped by {name} before any checkpoint was written; rerun: {command}"
+    done = f"{error.rows:,}" + ("" if error.total_rows is None else f" of {error.total_rows:,}")
+    return (
+        f"stopped by {name}; {done} rows are saved in the checkpoint {error.checkpoint}; "
+        f"to resume, rerun the same command: {command}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
@@ -778,9 +795,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _with_flags(" ".join(str(error).split()))
         print(f"xentstream: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("xentstream: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        print(f"xentstream: {_interrupted(error, argv)}", file=sys.stderr)
+        return 128 + getattr(error, "signal", signal.SIGINT)
 
 
 if __name__ == "__main__":

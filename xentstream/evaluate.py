@@ -5,8 +5,8 @@ The loop: a background thread pulls batches from a :class:`~xentstream.feeders.F
 computing batch k), the metric absorbs each batch in one kernel pass, per-group
 metrics take their group's share of the same pass, a progress bar shows rows/s and
 the running loss, and a checkpoint file records the exact state and the rows
-consumed every few seconds so that a killed run resumes where it stopped, ending
-bitwise equal to an uninterrupted run.
+consumed every few seconds and on SIGINT / SIGTERM so that a stopped run resumes
+where it stopped, ending bitwise equal to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import math
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ from xentstream.metrics import Metric
 from xentstream.report import Report
 from xentstream.state import read_json, write_json_atomic
 
-__all__ = ["GroupedReport", "evaluate", "stream"]
+__all__ = ["GroupedReport", "Interrupted", "evaluate", "stream"]
 
 CHECKPOINT_FORMAT = "xentstream.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -279,6 +280,83 @@ class _Progress:
             self.bar.close()
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run with a checkpoint stopped by Ctrl-C (SIGINT) or SIGTERM.
+
+    The checkpoint was written first (unless a second signal forced an immediate stop
+    in the middle of a batch, when the previous checkpoint is kept), so rerunning with
+    the same arguments resumes after ``rows`` rows.
+
+    Attributes
+    ----------
+    signal : int
+        The signal that stopped the run.
+    rows : int or None
+        Rows consumed and saved in ``checkpoint``; None when a forced stop came before
+        any checkpoint was written.
+    total_rows : int or None
+        Rows of the source, when known.
+    checkpoint : pathlib.Path
+        The checkpoint file.
+    """
+
+    def __init__(
+        self, signum: int, rows: int | None, total_rows: int | None, checkpoint: Path
+    ) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signal = signum
+        self.rows = rows
+        self.total_rows = total_rows
+        self.checkpoint = checkpoint
+
+
+class _StopSignals:
+    """SIGINT / SIGTERM handling while a checkpointed run is inside ``evaluate``.
+
+    A signal outside a batch stops the run at once; inside one (the metric and the
+    group states being updated) it stops the run when the batch is done, so that the
+    flushed checkpoint is consistent. A second signal inside a batch stops at once and
+    the checkpoint is not rewritten. Handlers are installed only in the main thread,
+    only over the default handlers (an application's own SIGTERM handler is kept), and
+    only while the run's code executes (not while ``stream`` is suspended at a yield).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.forced = False
+        self._in_batch = False
+        self._saved: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        for signum, default in defaults.items():
+            if signal.getsignal(signum) is default:
+                self._saved[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        self._saved.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._in_batch and self.signum is None:
+            self.signum = signum  # stop when the batch is done
+            return
+        self.forced = self._in_batch
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def begin_batch(self) -> None:
+        self._in_batch = True
+
+    def end_batch(self) -> None:
+        self._in_batch = False
+        if self.signum is not None:
+            raise KeyboardInterrupt
+
+
 def _fingerprint(feeder_fingerprint: dict[str, Any], metric: Metric) -> dict[str, Any]:
     source = dict(feeder_fingerprint)
     columns = source.pop("columns", None)  # an argument, not a property of the files
@@ -376,8 +454,13 @@ def _run(
     bar = _Progress(progress, feeder.total_rows, skip)
     rows = skip
     last_save = time.monotonic()
+    stops = _StopSignals()
+    saved_rows = skip if path is not None and path.exists() else None  # rows in the file
+    if path is not None:
+        stops.install()
     try:
         for batch in _prefetch(iter(feeder)):
+            stops.begin_batch()
             codes = None if groups is None else groups.codes(batch.keys)
             n_groups = 1 if groups is None else len(groups.keys)
             result = metric.update_batch(
@@ -394,11 +477,25 @@ def _run(
             bar.update(batch.n_rows, metric)
             if path is not None and time.monotonic() - last_save > CHECKPOINT_INTERVAL_S:
                 _write_checkpoint(path, fingerprint, rows, metric, groups)
-                last_save = time.monotonic()
+                last_save, saved_rows = time.monotonic(), rows
+            stops.end_batch()
+            if path is not None:
+                stops.restore()  # the caller's handlers while ``stream`` is suspended
             yield
+            if path is not None:
+                stops.install()
         if path is not None:
             _write_checkpoint(path, fingerprint, rows, metric, groups)
+    except KeyboardInterrupt:
+        if path is None or stops.signum is None:
+            raise  # no checkpoint, or not our handler's doing: a plain interrupt
+        stops.restore()
+        if not stops.forced:
+            _write_checkpoint(path, fingerprint, rows, metric, groups)
+            saved_rows = rows
+        raise Interrupted(stops.signum, saved_rows, feeder.total_rows, path) from None
     finally:
+        stops.restore()
         bar.close()
 
 
@@ -449,8 +546,10 @@ def evaluate(
     progress : bool, optional
         Progress bar (default: on when stderr is a terminal).
     checkpoint : path, optional
-        Save the state and rows consumed here every few seconds; a rerun with the same
-        arguments resumes and ends bitwise equal to an uninterrupted run.
+        Save the state and rows consumed here every few seconds, at the end, and on
+        Ctrl-C / SIGTERM in the main thread (then :class:`Interrupted` is raised); a
+        rerun with the same arguments resumes and ends bitwise equal to an
+        uninterrupted run.
 
     Returns
     -------
@@ -461,6 +560,8 @@ def evaluate(
     ValueError, TypeError, FileNotFoundError
         Bad sources, columns, data (the message names the column and the row offset in
         the whole source), or a checkpoint written for another run.
+    Interrupted
+        A checkpointed run stopped by SIGINT or SIGTERM, after saving the checkpoint.
 
     Examples
     --------
