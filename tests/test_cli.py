@@ -200,8 +200,9 @@ def test_outputs_json_table_csv(files: dict[str, Path], data: Data, tmp_path: Pa
     rows = list(csv.DictReader(io.StringIO(report_csv.read_text())))
     assert len(rows) == 1
     weighted = one_shot(xs.CrossEntropy(), data.probs, data.labels, data.weights)
-    for name in ("loss", "loss_sum", "weight_sum", "stderr", "accuracy", "entropy", "kl"):
+    for name in ("loss", "loss_sum", "weight_sum", "stderr", "accuracy", "entropy"):
         assert float_bits(float(rows[0][name])) == float_bits(getattr(weighted, name)), name
+    assert weighted.kl is None and rows[0]["kl"] == ""  # hard labels: KL is the loss
     assert int(rows[0]["count"]) == weighted.count
     assert float_bits(float(rows[0]["ci95_low"])) == float_bits(weighted.ci95[0])
     assert float_bits(float(rows[0]["ci95_high"])) == float_bits(weighted.ci95[1])

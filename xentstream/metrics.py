@@ -78,6 +78,17 @@ def _counts_from_json(values: Any) -> np.ndarray:
     return np.array(values, dtype=np.int64)
 
 
+def _add_counts(mine: np.ndarray | None, theirs: np.ndarray | None) -> np.ndarray | None:
+    """Label counts of two states together (None, unknown, wins)."""
+    if mine is None or theirs is None:
+        return None
+    width = max(len(mine), len(theirs))
+    total = np.zeros(width, dtype=np.int64)
+    total[: len(mine)] += mine
+    total[: len(theirs)] += theirs
+    return total
+
+
 def _exact_sum(values: tuple[float, ...]) -> int:
     """Exact sum of finite floats as an integer in units of 2**-1074."""
     total = 0
@@ -133,6 +144,9 @@ class Metric:
 
     config_class: ClassVar[type[LossConfig]]
     _registry: ClassVar[dict[str, type[Metric]]] = {}
+    #: Keeps exact integer counts of hard labels (the normalized entropy's baseline
+    #: without per-class sums); None in ``_label_counts`` once they are unknown.
+    _counts_labels: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -155,6 +169,10 @@ class Metric:
             self._class_sums: np.ndarray | None = None
             self._class_counts: np.ndarray | None = None
             self._window = _Window(self.window) if self.window else None
+            self._label_counts: np.ndarray | None = (
+                np.zeros(0, dtype=np.int64) if self._counts_labels else None
+            )
+            self._batch_label_counts: np.ndarray | None = None  # _run_batch -> _absorb
         return self
 
     @property
@@ -223,6 +241,7 @@ class Metric:
         with self._lock:
             accumulator.merge_into(self._sums, sums)
             self._counts += counts
+            self._label_counts = None  # a group's labels are not counted
 
     def load_state_of(self, other: Metric) -> None:
         """Replace this metric's state by a copy of ``other``'s (same kind and config)."""
@@ -238,6 +257,9 @@ class Metric:
     ) -> None:
         accumulator.merge_into(self._sums, batch.sums)
         self._counts += batch.counts
+        if self._label_counts is not None:
+            self._label_counts = _add_counts(self._label_counts, self._batch_label_counts)
+            self._batch_label_counts = None
         if batch.class_sums is not None:
             self._ensure_class_state(batch.n_classes)
             accumulator.merge_into(self._class_sums, batch.class_sums)
@@ -286,6 +308,7 @@ class Metric:
                 class_counts=class_counts,
                 unweighted=self._unweighted(),
                 window_loss=self._window.loss() if self._window is not None else None,
+                label_counts=self._label_counts,
             )
 
     # -- merge ---------------------------------------------------------------------------
@@ -325,6 +348,7 @@ class Metric:
                 self._class_counts += state["class_counts"]
             if self._window is not None and state["window"] is not None:
                 self._window.rows.extend(state["window"].rows)
+            self._label_counts = _add_counts(self._label_counts, state["label_counts"])
         return self
 
     def _snapshot(self) -> dict[str, Any]:
@@ -336,6 +360,7 @@ class Metric:
             "class_sums": None if self._class_sums is None else self._class_sums.copy(),
             "class_counts": None if self._class_counts is None else self._class_counts.copy(),
             "window": None if self._window is None else self._window.copy(),
+            "label_counts": None if self._label_counts is None else self._label_counts.copy(),
         }
 
     def _check_compatible(self, config: dict[str, Any], n_classes: int | None, what: str) -> None:
@@ -383,6 +408,9 @@ class Metric:
                 "window_rows": (
                     None if self._window is None else [list(pair) for pair in self._window.rows]
                 ),
+                "label_counts": (
+                    None if self._label_counts is None else self._label_counts.tolist()
+                ),
             }
 
     @classmethod
@@ -428,6 +456,11 @@ class Metric:
                 metric._class_counts = _counts_from_json(state["class_counts"])
                 if metric._class_counts.shape != (width,):
                     raise ValueError("class_counts does not match class_sums")
+            # States written before label counts existed have none: unknown, not zero.
+            labels = state.get("label_counts")
+            metric._label_counts = (
+                _counts_from_json(labels) if labels is not None and cls._counts_labels else None
+            )
             if metric._window is not None and state.get("window_rows"):
                 metric._window.rows.extend((float(a), float(b)) for a, b in state["window_rows"])
         except (KeyError, TypeError, IndexError) as error:
@@ -536,6 +569,7 @@ class CrossEntropy(_ClassCountMixin, Metric):
 
     config_class = MulticlassConfig
     _count_name = "num_classes"
+    _counts_labels = True
 
     def __init__(
         self,
@@ -591,7 +625,22 @@ class CrossEntropy(_ClassCountMixin, Metric):
         denominators = None
         if self._window is not None:
             denominators = self._row_denominators(target, batch)
+        if self._label_counts is not None and batch.n_rows:
+            self._batch_label_counts = self._count_labels(target, sample_weight, batch)
         return batch, denominators
+
+    def _count_labels(self, target: Any, sample_weight: Any, batch: BatchSums) -> np.ndarray | None:
+        """Exact counts of this batch's hard labels (None: soft targets or sample
+        weights, whose label mass needs ``per_class``'s exact sums)."""
+        if sample_weight is not None:
+            return None
+        labels = as_array(target, "target")
+        if labels.dtype.kind not in "iub":
+            return None
+        labels = labels.reshape(-1)
+        if self.config.ignore_index is not None:
+            labels = labels[labels != self.config.ignore_index]
+        return np.bincount(labels.astype(np.int64, copy=False), minlength=batch.n_classes)
 
     def _row_denominators(self, target: Any, batch: BatchSums) -> np.ndarray:
         """d_i per row (-1 for ignored rows) for the windowed loss."""

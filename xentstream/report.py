@@ -55,8 +55,9 @@ class Report:
         Standard error of ``loss`` (module docstring); None with fewer than 2 rows.
     ci95 : tuple of float or None
         Normal-approximation 95% interval for the mean loss.
-    perplexity : float
-        ``exp(loss)``.
+    perplexity : float or None
+        ``exp(loss)``, multiclass only (binary and multi-label losses are not the
+        log-loss of one distribution over classes).
     bits : float
         ``loss / ln 2``.
     accuracy : float or None
@@ -64,11 +65,14 @@ class Report:
     entropy : float or None
         Weighted mean entropy of the predicted distributions.
     kl : float or None
-        Weighted mean ``KL(q || p) = CE - H(q)``; None when class or positive
-        weights make the loss a weighted cross-entropy.
+        Weighted mean ``KL(q || p) = CE - H(q)``, for soft (or smoothed) targets: with
+        one-hot targets it equals the loss and is None; also None when class or
+        positive weights make the loss a weighted cross-entropy.
     normalized_entropy : float or None
-        Loss divided by the entropy of the weighted empirical label distribution
-        (multiclass and multi-label need ``per_class`` / ``per_label``).
+        Loss divided by the entropy of the weighted empirical label distribution:
+        binary always; multiclass hard labels always (from exact label counts; with
+        sample weights, or soft targets, it needs ``per_class``); multi-label with
+        ``per_label``.
     window_loss : float or None
         Mean loss over the last ``window`` counted rows, when the metric has a window.
     per_class : polars.DataFrame or None
@@ -82,7 +86,7 @@ class Report:
     ignored: int
     stderr: float | None
     ci95: tuple[float, float] | None
-    perplexity: float
+    perplexity: float | None
     bits: float
     accuracy: float | None
     entropy: float | None
@@ -168,11 +172,14 @@ def build_report(
     class_counts: np.ndarray | None,
     unweighted: bool,
     window_loss: float | None,
+    label_counts: np.ndarray | None = None,
 ) -> Report:
     """Derive every :class:`Report` field from a metric's exact state.
 
     ``unweighted`` says that no class or positive weights scale the loss terms,
     which is when the KL divergence and the normalized entropy are defined.
+    ``label_counts``: exact counts of the hard labels (multiclass without per-class
+    sums), the normalized entropy's baseline.
     """
     loss = accumulator.ratio(sums[layout.LOSS], sums[layout.DENOMINATOR])
     count = int(counts[layout.ROWS])
@@ -185,11 +192,15 @@ def build_report(
         accuracy = None
     entropy = _safe_ratio(sums[layout.ENTROPY], weight) if has_rows else None
     kl = None
-    if has_rows and unweighted:
+    # With one-hot targets H(q) = 0 and the KL divergence is the loss again: not reported.
+    soft = bool(np.any(sums[layout.TARGET_ENTROPY]))
+    if has_rows and unweighted and soft:
         cross_entropy = accumulator.ratio(sums[layout.LOSS], weight)
         target_entropy = accumulator.ratio(sums[layout.TARGET_ENTROPY], weight)
         kl = cross_entropy - target_entropy
-    normalized = _normalized_entropy(kind, sums, class_sums, loss) if has_rows else None
+    normalized = (
+        _normalized_entropy(kind, sums, class_sums, loss, label_counts) if has_rows else None
+    )
     if not unweighted:
         normalized = None
     per_class = _per_class_frame(kind, class_sums, class_counts, weight)
@@ -201,7 +212,9 @@ def build_report(
         ignored=int(counts[layout.IGNORED]),
         stderr=stderr,
         ci95=ci95,
-        perplexity=_perplexity(loss),
+        # exp(loss) is a perplexity over the classes of one distribution per row; a sum of
+        # binary losses over labels (or one Bernoulli) has no such reading.
+        perplexity=_perplexity(loss) if kind == "multiclass" else None,
         bits=loss / math.log(2.0),
         accuracy=accuracy,
         entropy=entropy,
@@ -219,13 +232,21 @@ def _perplexity(loss: float) -> float:
 
 
 def _normalized_entropy(
-    kind: str, sums: np.ndarray, class_sums: np.ndarray | None, loss: float
+    kind: str,
+    sums: np.ndarray,
+    class_sums: np.ndarray | None,
+    loss: float,
+    label_counts: np.ndarray | None = None,
 ) -> float | None:
     total = accumulator.to_float(sums[layout.WEIGHT])
     if total <= 0.0:
         return None
     if kind == "binary":
         baseline = _bernoulli_entropy(accumulator.to_float(sums[layout.POSITIVE]) / total)
+    elif kind == "multiclass" and class_sums is None and label_counts is not None:
+        counts = label_counts[label_counts > 0].astype(np.float64)
+        mass = counts / counts.sum() if counts.size else counts
+        baseline = float(-np.sum(mass * np.log(mass)))
     elif class_sums is None:
         return None
     elif kind == "multiclass":
