@@ -8,6 +8,8 @@ come from torch and scikit-learn.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import re
@@ -248,3 +250,91 @@ def test_signal_flushes_checkpoint(dumps: dict[str, Any], tmp_path: Path, name: 
     # Exact sums: the resumed run is bitwise the uninterrupted one.
     assert json.loads(ok(resumed)) == json.loads(ok(whole))
     assert json.loads(checkpoint.read_text())["rows_consumed"] == 90
+
+
+# -- outputs that keep every number ----------------------------------------------------------
+
+
+def _grouped_dump(root: Path) -> tuple[Path, Path, Path, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(77)
+    probs = rng.dirichlet(np.ones(3), size=60)
+    labels = rng.integers(0, 3, size=60)
+    region = np.array(["west", "east", "north"])[rng.integers(0, 3, size=60)]
+    frame = pl.DataFrame(
+        {"ant": probs[:, 0], "bee": probs[:, 1], "cat": probs[:, 2], "y": labels, "r": region}
+    )
+    paths = (root / "all.parquet", root / "a.parquet", root / "b.parquet")
+    frame.write_parquet(paths[0])
+    frame.slice(0, 25).write_parquet(paths[1])
+    frame.slice(25).write_parquet(paths[2])
+    return *paths, probs, labels, region
+
+
+def test_outputs_keep_data(tmp_path: Path) -> None:
+    whole, part_a, part_b, probs, labels, region = _grouped_dump(tmp_path)
+    wide = ("--preds", "ant", "bee", "cat", "--target", "y")
+    states = [tmp_path / "a.json", tmp_path / "b.json"]
+    per_class_csv, grouped_json, *shards = cli_many(
+        [
+            ("evaluate", whole, *wide, "--per-class", "--format", "csv"),
+            ("evaluate", whole, *wide, "--by", "r", "--format", "json"),
+            *(("evaluate", part, *wide, "--by", "r", "--save-state", state)
+              for part, state in zip((part_a, part_b), states, strict=True)),
+        ]
+    )  # fmt: skip
+    rows = list(csv.DictReader(io.StringIO(ok(per_class_csv))))
+    assert [row["class"] for row in rows] == ["", "ant", "bee", "cat"]  # names, not 0..C-1
+    picked = -np.log(probs[np.arange(60), labels])
+    assert math.isclose(float(rows[0]["loss"]), picked.mean(), rel_tol=1e-12)
+    for row, c in zip(rows[1:], range(3), strict=True):
+        assert int(row["count"]) == int((labels == c).sum())
+        assert math.isclose(float(row["loss"]), picked[labels == c].mean(), rel_tol=1e-12)
+
+    grouped = json.loads(ok(grouped_json))
+    assert [g["key"] for g in grouped["groups"]] == [["east"], ["north"], ["west"]]  # sorted
+    for group in grouped["groups"]:
+        assert math.isclose(group["loss"], picked[region == group["key"][0]].mean(), rel_tol=1e-12)
+    for done in shards:
+        ok(done)
+    xs.CrossEntropy().update([[0.5, 0.5]], [0]).save(tmp_path / "plain.json")
+    merged, mixed = cli_many(
+        [
+            ("merge", *states, "--format", "json"),
+            ("merge", states[0], tmp_path / "plain.json"),
+        ]
+    )
+    assert json.loads(ok(merged)) == grouped  # exact states: bitwise the one-pass run
+    one_line_error(mixed, "plain.json", "holds no groups")
+
+    result = xs.evaluate(whole, xs.CrossEntropy(), preds=["ant", "bee", "cat"], target="y", by="r")
+    table = result.to_polars()
+    assert table["r"].to_list() == ["east", "north", "west"]
+    for row, report in zip(table.iter_rows(named=True), result.groups.values(), strict=True):
+        assert (row["ci95_low"], row["ci95_high"]) == report.ci95
+
+
+def test_plot_shows_every_batch_group_and_class(tmp_path: Path, monkeypatch) -> None:
+    whole, *_ = _grouped_dump(tmp_path)
+    drawn: dict[str, Any] = {}
+
+    def capture(path: str, history: list, result: Any) -> None:
+        drawn["figure"] = xs_cli._figure(history, result)
+        drawn["history"] = history
+
+    monkeypatch.setattr(xs_cli, "_plot", capture)
+    args = ["evaluate", str(whole), "--preds", "ant", "bee", "cat", "--target", "y"]
+    assert xs_cli.main([*args, "--by", "r", "--per-class", "--plot", "x.png", "--no-progress",
+                        "--output", str(tmp_path / "out.txt")]) == 0  # fmt: skip
+    # 60 rows fit one default batch; the plot reads smaller ones: a point per few rows.
+    assert len(drawn["history"]) >= 50
+    running, groups, classes = drawn["figure"].axes
+    lines = {line.get_label().split(":")[0] for line in running.get_lines()}
+    assert lines == {"running loss", "r=east", "r=north", "r=west"}
+    assert len(running.collections[0].get_offsets()) == len(drawn["history"])  # batch means
+    assert "over 60 rows" in running.get_title() and "±" in running.get_title()
+    assert [t.get_text().split(" ")[0] for t in classes.get_yticklabels()] == ["ant", "bee", "cat"]
+    assert len(classes.patches) == 3 and len(groups.patches) == 3
+
+    png = tmp_path / "loss.png"
+    ok(cli(*args, "--plot", png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -31,7 +31,15 @@ import numpy as np
 import polars as pl
 
 from xentstream import __version__
-from xentstream.evaluate import GroupedReport, Interrupted, evaluate, stream
+from xentstream.evaluate import (
+    GROUPED_FORMAT,
+    GroupedReport,
+    Interrupted,
+    evaluate,
+    grouped_state_dict,
+    merge_grouped_states,
+    stream,
+)
 from xentstream.metrics import (
     BinaryCrossEntropy,
     CrossEntropy,
@@ -40,6 +48,7 @@ from xentstream.metrics import (
     load,
 )
 from xentstream.report import Report
+from xentstream.state import read_json, write_json_atomic
 
 __all__ = ["main"]
 
@@ -503,8 +512,26 @@ def _csv(result: Report | GroupedReport) -> str:
             rows.append(row)
     else:
         rows.append(_flat(result))
+    overall = result.overall if isinstance(result, GroupedReport) else result
+    if overall.per_class is not None:
+        # Long format, one table: the per-class rows follow the overall row, named in
+        # the class (label) column, which is empty on the overall and group rows.
+        column = overall.per_class.columns[0]
+        for row in rows:
+            row[column] = None
+        for entry in overall.per_class.to_dicts():
+            rows.append(
+                {
+                    k: (None if isinstance(v, float) and math.isnan(v) else v)
+                    for k, v in entry.items()
+                }
+            )
+    fields = list(dict.fromkeys(name for row in rows for name in row))
+    if overall.per_class is not None:  # the class (label) column first: it names the row
+        column = overall.per_class.columns[0]
+        fields = [column, *(name for name in fields if name != column)]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
@@ -534,42 +561,195 @@ def _write(text: str, output: str | None) -> None:
             handle.write(text)
 
 
-def _plot(
-    path: str, history: list[tuple[int, float, tuple[float, float] | None]], report: Report
-) -> None:
-    try:
-        import matplotlib
+#: The plot draws a point per batch; it picks batches small enough for about this many.
+_PLOT_POINTS = 200
+#: Groups drawn as their own running-loss line (more would be unreadable).
+_PLOT_GROUP_LINES = 8
+#: Bars drawn in the per-group and per-class panels.
+_PLOT_BARS = 40
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError('--plot needs matplotlib: pip install "xentstream[plot]"') from None
-    with_bars = report.per_class is not None
-    figure, axes = plt.subplots(1, 2 if with_bars else 1, figsize=(11 if with_bars else 6, 4))
-    line_axes = axes[0] if with_bars else axes
-    rows = [h[0] for h in history]
-    line_axes.plot(rows, [h[1] for h in history], label="running loss")
-    banded = [(r, h[2]) for r, h in zip(rows, history, strict=True) if h[2] is not None]
+
+def _plot_batch_rows(source: Any, args: argparse.Namespace) -> int | None:
+    """Rows per batch for ``--plot``: about ``_PLOT_POINTS`` points whatever the size
+    (None, the default, once batches of that size would be large anyway)."""
+    from xentstream.feeders import _SCANNERS, _expand_paths
+
+    paths = _expand_paths(source)
+    if paths[0].suffix.lower() == ".npy":
+        total = np.load(paths[0], mmap_mode="r", allow_pickle=False).shape[0]
+    else:
+        scan = _SCANNERS[paths[0].suffix.lower()]
+        total = scan([str(p) for p in paths]).select(pl.len()).collect().item()
+    rows = max(1, math.ceil(total / _PLOT_POINTS))
+    return rows if rows < 1 << 16 else None
+
+
+def _history_point(result: Report | GroupedReport) -> dict[str, Any]:
+    """What the plot needs of one running report."""
+    overall = result.overall if isinstance(result, GroupedReport) else result
+    point = {
+        "rows": overall.count + overall.ignored,
+        "loss": overall.loss,
+        "ci95": overall.ci95,
+        "loss_sum": overall.loss_sum,
+        "weight_sum": overall.weight_sum,
+        "groups": {},
+    }
+    if isinstance(result, GroupedReport) and len(result.groups) <= _PLOT_GROUP_LINES:
+        point["groups"] = {key: report.loss for key, report in result.groups.items()}
+    return point
+
+
+def _key_label(by: tuple[str, ...], key: tuple[Any, ...]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in zip(by, key, strict=True))
+
+
+def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> Any:
+    """The ``--plot`` figure: running loss (+ per-batch points, per-group lines), the
+    groups' losses and the per-class losses, each with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    overall = result.overall if isinstance(result, GroupedReport) else result
+    grouped = isinstance(result, GroupedReport) and bool(result.groups)
+    panels = 1 + grouped + (overall.per_class is not None)
+    figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
+    axes = list(axes[0])
+    line_axes = axes.pop(0)
+    rows = [h["rows"] for h in history]
+    marker = "o" if len(history) < 30 else None  # a few batches: show each one
+    # Batch means: the loss of the rows read since the previous point. On a file sorted
+    # by anything, they show the order that the running mean would smear into a trend.
+    batch_rows, batch_means = [], []
+    previous = {"loss_sum": 0.0, "weight_sum": 0.0}
+    for point in history:
+        weight = point["weight_sum"] - previous["weight_sum"]
+        if weight > 0:
+            batch_rows.append(point["rows"])
+            batch_means.append((point["loss_sum"] - previous["loss_sum"]) / weight)
+        previous = point
+    if len(batch_means) > 1:
+        line_axes.scatter(batch_rows, batch_means, s=6, color="0.6", label="batch mean", zorder=1)
+    line_axes.plot(
+        rows, [h["loss"] for h in history], marker=marker, color="C0", label="running loss"
+    )
+    banded = [(r, h["ci95"]) for r, h in zip(rows, history, strict=True) if h["ci95"]]
     if banded:
         line_axes.fill_between(
             [b[0] for b in banded],
-            [b[1][0] for b in banded],
+            [max(b[1][0], 0.0) for b in banded],  # a loss is >= 0; the normal band is not
             [b[1][1] for b in banded],
-            alpha=0.3,
+            alpha=0.25,
+            color="C0",
             label="95% interval",
+            zorder=2,
         )
-    line_axes.set_xlabel("rows")
+    if grouped and history and history[-1]["groups"]:
+        for index, key in enumerate(history[-1]["groups"]):
+            points = [(h["rows"], h["groups"][key]) for h in history if key in h["groups"]]
+            line_axes.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                color=f"C{index + 1}",
+                linewidth=1,
+                label=f"{_key_label(result.by, key)}: {result.groups[key].loss:.4g}",
+            )
+    _settled_ylim(line_axes, history, batch_means)
+    line_axes.set_xlabel("rows read, in file order")
     line_axes.set_ylabel("loss (nats)")
-    line_axes.legend()
-    if with_bars:
-        frame = report.per_class
-        axes[1].bar(
-            frame[frame.columns[0]].to_list(), frame["loss"].fill_nan(None).fill_null(0).to_list()
+    line_axes.legend(fontsize="small")
+    title = f"loss {overall.loss:.4g}"
+    if overall.ci95 is not None:
+        title += f" ± {(overall.ci95[1] - overall.ci95[0]) / 2:.2g} (95%)"
+    line_axes.set_title(f"{title} over {overall.count:,} rows")
+    if grouped:
+        _bars(
+            axes.pop(0),
+            [
+                f"{_key_label(result.by, key)} (n={report.count:,})"
+                for key, report in result.groups.items()
+            ],
+            [report.loss for report in result.groups.values()],
+            [report.ci95 for report in result.groups.values()],
+            [report.count for report in result.groups.values()],
+            overall.loss,
+            f"loss by {', '.join(result.by)}",
         )
-        axes[1].set_xlabel(frame.columns[0])
-        axes[1].set_ylabel("mean loss")
+    if overall.per_class is not None:
+        frame = overall.per_class
+        column = frame.columns[0]
+        counts = frame["count" if "count" in frame.columns else "positives"].to_list()
+        _bars(
+            axes.pop(0),
+            [f"{name} (n={n:,})" for name, n in zip(frame[column].to_list(), counts, strict=True)],
+            frame["loss"].to_list(),
+            None,
+            counts,
+            None,
+            f"mean loss per {column}",
+        )
     figure.tight_layout()
-    figure.savefig(path)
+    return figure
+
+
+def _settled_ylim(axes: Any, history: list[dict[str, Any]], batch_means: list[float]) -> None:
+    """Y range for the settled part of the run: the first few rows' swings (a handful of
+    rows, a wide band) would otherwise flatten everything after them."""
+    if len(history) < 10:
+        return
+    settled = history[len(history) // 10 :]
+    values = [h["loss"] for h in settled] + [h["ci95"][1] for h in settled if h["ci95"]]
+    values += [v for point in settled for v in point["groups"].values()]
+    if batch_means:
+        values.append(float(np.quantile(batch_means, 0.98)))
+    values = [v for v in values if math.isfinite(v)]
+    if values:
+        axes.set_ylim(0.0, max(values) * 1.15 or 1.0)
+
+
+def _bars(
+    axes: Any,
+    labels: list[str],
+    values: list[float],
+    intervals: list[tuple[float, float] | None] | None,
+    counts: list[int],
+    reference: float | None,
+    title: str,
+) -> None:
+    """Horizontal bars, one per label (the ``_PLOT_BARS`` largest by count)."""
+    order = sorted(range(len(labels)), key=lambda i: -counts[i])[:_PLOT_BARS]
+    order.sort()  # back in table order
+    shown = [v if v is not None and math.isfinite(v) else 0.0 for v in (values[i] for i in order)]
+    errors = None
+    if intervals is not None:
+        below, above = [], []
+        for i in order:
+            low, high = intervals[i] if intervals[i] is not None else (values[i], values[i])
+            below.append(values[i] - low)
+            above.append(high - values[i])
+        errors = [below, above]
+    positions = list(range(len(order)))
+    axes.barh(positions, shown, xerr=errors, color="C0", alpha=0.8)
+    axes.set_yticks(positions, [labels[i] for i in order], fontsize="small")
+    axes.invert_yaxis()  # first label on top, as in the table
+    if reference is not None and math.isfinite(reference):
+        axes.axvline(reference, color="0.3", linestyle="--", linewidth=1, label="overall")
+        axes.legend(fontsize="small")
+    if len(order) < len(labels):
+        title += f" ({len(order)} of {len(labels)}, by count)"
+    axes.set_title(title)
+    axes.set_xlabel("loss (nats)")
+
+
+def _plot(path: str, history: list[dict[str, Any]], result: Report | GroupedReport) -> None:
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError('--plot needs matplotlib: pip install "xentstream[plot]"') from None
+    figure = _figure(history, result)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
@@ -602,19 +782,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         options.pop("progress")
         result = _evaluate_on_dask(args.dask, source, metric, options)
     elif args.plot:
+        if options["batch_rows"] is None:
+            options["batch_rows"] = _plot_batch_rows(source, args)
         history = []
         result = None
         for result in stream(source, metric, **options):
-            overall = result.overall if isinstance(result, GroupedReport) else result
-            history.append((overall.count + overall.ignored, overall.loss, overall.ci95))
+            history.append(_history_point(result))
         if result is None:
             result = evaluate([], metric)
-        overall = result.overall if isinstance(result, GroupedReport) else result
-        _plot(args.plot, history, overall)
+        _plot(args.plot, history, result)
     else:
         result = evaluate(source, metric, **options)
     if args.save_state:
-        metric.save(args.save_state)
+        if isinstance(result, GroupedReport):  # the groups' states too, for merge
+            write_json_atomic(args.save_state, grouped_state_dict(result))
+        else:
+            metric.save(args.save_state)
     _write(_render(result, args.format), args.output)
     return 0
 
@@ -742,6 +925,23 @@ def _run_on_dask(
 
 
 def _merge(args: argparse.Namespace) -> int:
+    states = [read_json(path) for path in args.states]
+    grouped = [isinstance(s, dict) and s.get("format") == GROUPED_FORMAT for s in states]
+    if any(grouped):
+        if not all(grouped):
+            plain = args.states[grouped.index(False)]
+            raise _UsageError(
+                f"merge: {plain} holds no groups but other states do (saved with --by); "
+                "merge states of one kind"
+            )
+        try:
+            result = merge_grouped_states(states)
+        except ValueError as error:
+            raise ValueError(f"merge: {error}") from None
+        if args.save_state:
+            write_json_atomic(args.save_state, grouped_state_dict(result))
+        _write(_render(result, args.format), args.output)
+        return 0
     metrics = [load(path) for path in args.states]
     merged = metrics[0]
     for other in metrics[1:]:

@@ -69,23 +69,28 @@ class GroupedReport:
     by : tuple of str
         The group columns.
     groups : dict
-        Group key (a tuple of the ``by`` values) -> :class:`Report`, in order of first
-        appearance.
+        Group key (a tuple of the ``by`` values) -> :class:`Report`, sorted by key
+        (nulls last).
     """
 
     overall: Report
     by: tuple[str, ...]
     groups: dict[tuple[Any, ...], Report] = field(default_factory=dict)
+    # The exact states behind the reports (for grouped state files), not a result.
+    _states: Any = field(default=None, compare=False, repr=False)
 
     def to_polars(self) -> pl.DataFrame:
-        """One row per group (key columns + the scalar report fields)."""
+        """One row per group: key columns, the scalar report fields, ``ci95_low`` and
+        ``ci95_high``."""
         rows = []
         for key, report in self.groups.items():
             row = dict(zip(self.by, key, strict=True))
             row.update({name: getattr(report, name) for name in _SCALAR_FIELDS})
+            low, high = report.ci95 if report.ci95 is not None else (None, None)
+            row.update(ci95_low=low, ci95_high=high)
             rows.append(row)
         if not rows:  # no row read: still the key and report columns
-            return pl.DataFrame(schema=[*self.by, *_SCALAR_FIELDS])
+            return pl.DataFrame(schema=[*self.by, *_SCALAR_FIELDS, "ci95_low", "ci95_high"])
         return pl.DataFrame(rows, infer_schema_length=None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,9 +183,15 @@ class _GroupState:
         )
         return joined["__code"].to_numpy()
 
-    def absorb(self, group_sums: np.ndarray, group_counts: np.ndarray) -> None:
+    def absorb(
+        self,
+        group_sums: np.ndarray,
+        group_counts: np.ndarray,
+        label_counts: np.ndarray | None = None,
+    ) -> None:
         for code in np.flatnonzero(group_counts.sum(axis=1)):
-            self.metrics[code].absorb_group_sums(group_sums[code], group_counts[code])
+            labels = None if label_counts is None else label_counts[code]
+            self.metrics[code].absorb_group_sums(group_sums[code], group_counts[code], labels)
 
     def to_json(self) -> list[dict[str, Any]]:
         return [
@@ -435,13 +446,19 @@ def _run(
     batch_rows: int | None,
     progress: bool | None,
     checkpoint: str | os.PathLike[str] | None,
+    info: dict[str, Any] | None = None,
 ) -> Iterator[None]:
-    """Feed every batch of ``source`` to ``metric`` (and ``groups``); yield after each."""
+    """Feed every batch of ``source`` to ``metric`` (and ``groups``); yield after each.
+
+    ``info`` receives ``class_names`` (for the per-class tables) once the source is open.
+    """
     path = None if checkpoint is None else Path(checkpoint)
     skip = 0
     # Open once without skipping to learn the fingerprint, then resume if it matches.
     feeder = open_source(source, spec, batch_rows=batch_rows)
     fingerprint = _fingerprint(feeder.fingerprint, metric)
+    if info is not None:
+        info["class_names"] = _class_names(feeder.fingerprint)
     if path is not None:
         saved = _read_checkpoint(path, fingerprint)
         if saved is not None:
@@ -472,7 +489,10 @@ def _run(
                 n_groups=n_groups,
             )
             if groups is not None and result.group_sums is not None:
-                groups.absorb(result.group_sums, result.group_counts)
+                labels = metric._group_label_counts(
+                    batch.target, batch.sample_weight, codes, len(groups.keys)
+                )
+                groups.absorb(result.group_sums, result.group_counts, labels)
             rows += batch.n_rows
             bar.update(batch.n_rows, metric)
             if path is not None and time.monotonic() - last_save > CHECKPOINT_INTERVAL_S:
@@ -499,11 +519,96 @@ def _run(
         bar.close()
 
 
-def _report(metric: Metric, groups: _GroupState | None) -> Report | GroupedReport:
-    overall = metric.compute()
+def _class_names(fingerprint: dict[str, Any]) -> list[str] | None:
+    """Class (label) names a frame source knows: ``classes``, else wide column names."""
+    columns = fingerprint.get("columns") or {}
+    if columns.get("classes"):
+        return list(columns["classes"])
+    preds = columns.get("preds") or []
+    return list(preds) if len(preds) > 1 else None
+
+
+def _spec_class_names(spec: ColumnSpec) -> list[str] | None:
+    """:func:`_class_names` from the arguments alone (sources opened elsewhere: Dask)."""
+    preds = list(spec.preds) if isinstance(spec.preds, list | tuple) else []
+    columns = {"classes": None if spec.classes is None else [str(c) for c in spec.classes]}
+    return _class_names({"columns": {**columns, "preds": preds}})
+
+
+def _named(report: Report, names: list[str] | None) -> Report:
+    """``report`` with its per-class table's class (label) column holding ``names``."""
+    table = report.per_class
+    if table is None or not names or len(names) != table.height:
+        return report
+    column = table.columns[0]
+    return replace(report, per_class=table.with_columns(pl.Series(column, names, pl.String)))
+
+
+def _key_order(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Sort key of a group key: values ascending, then NaN, then null."""
+    return tuple(
+        (2, 0) if v is None else (1, 0) if isinstance(v, float) and math.isnan(v) else (0, v)
+        for v in key
+    )
+
+
+def _report(
+    metric: Metric, groups: _GroupState | None, class_names: list[str] | None = None
+) -> Report | GroupedReport:
+    overall = _named(metric.compute(), class_names)
     if groups is None:
         return overall
-    return GroupedReport(overall=overall, by=groups.by, groups=groups.reports())
+    reports = groups.reports()
+    try:
+        ordered = dict(sorted(reports.items(), key=lambda item: _key_order(item[0])))
+    except TypeError:  # keys that do not compare (mixed types): first appearance
+        ordered = reports
+    return GroupedReport(overall=overall, by=groups.by, groups=ordered, _states=(metric, groups))
+
+
+GROUPED_FORMAT = "xentstream.grouped"
+GROUPED_VERSION = 1
+
+
+def grouped_state_dict(result: GroupedReport) -> dict[str, Any]:
+    """The exact states of a grouped evaluation (overall and per group) as one JSON-able
+    dict: what ``xentstream evaluate --by ... --save-state`` writes and ``merge`` reads."""
+    metric, groups = result._states
+    return {
+        "format": GROUPED_FORMAT,
+        "version": GROUPED_VERSION,
+        "by": list(groups.by),
+        "overall": metric.state_dict(),
+        "groups": groups.to_json(),
+    }
+
+
+def merge_grouped_states(states: list[dict[str, Any]]) -> GroupedReport:
+    """Merge :func:`grouped_state_dict` outputs (shards of one run): the overall states,
+    and each group's states by key.
+
+    Raises
+    ------
+    ValueError
+        For states of another format or version, or grouped by other columns.
+    """
+    metric: Metric | None = None
+    groups: _GroupState | None = None
+    for index, state in enumerate(states):
+        if state.get("format") != GROUPED_FORMAT or state.get("version") != GROUPED_VERSION:
+            raise ValueError(f"state {index}: not a grouped state of version {GROUPED_VERSION}")
+        by = tuple(state["by"])
+        overall = Metric.from_state_dict(state["overall"])
+        if metric is None:
+            metric, groups = overall, _GroupState(by, overall)
+        else:
+            if by != groups.by:
+                raise ValueError(f"state {index}: grouped by {list(by)}, not {list(groups.by)}")
+            metric.merge(overall)
+        groups.load_json(state["groups"])
+    if metric is None:
+        raise ValueError("merge: no states")
+    return _report(metric, groups)
 
 
 def evaluate(
@@ -574,6 +679,7 @@ def evaluate(
     spec, groups = _prepare(
         metric, preds=preds, target=target, sample_weight=sample_weight, by=by, classes=classes
     )
+    info: dict[str, Any] = {}
     for _ in _run(
         source,
         metric,
@@ -582,9 +688,10 @@ def evaluate(
         batch_rows=batch_rows,
         progress=progress,
         checkpoint=checkpoint,
+        info=info,
     ):
         pass
-    return _report(metric, groups)
+    return _report(metric, groups, info.get("class_names"))
 
 
 def stream(
@@ -612,6 +719,7 @@ def stream(
     spec, groups = _prepare(
         metric, preds=preds, target=target, sample_weight=sample_weight, by=by, classes=classes
     )
+    info: dict[str, Any] = {}
     for _ in _run(
         source,
         metric,
@@ -620,5 +728,6 @@ def stream(
         batch_rows=batch_rows,
         progress=progress,
         checkpoint=checkpoint,
+        info=info,
     ):
-        yield _report(metric, groups)
+        yield _report(metric, groups, info.get("class_names"))

@@ -236,12 +236,21 @@ class Metric:
                 self._absorb(batch, row_denominators, sample_weight)
         return batch
 
-    def absorb_group_sums(self, sums: np.ndarray, counts: np.ndarray) -> None:
-        """Add one group's share of a :class:`BatchSums` (no per-class sums, no window)."""
+    def absorb_group_sums(
+        self, sums: np.ndarray, counts: np.ndarray, label_counts: np.ndarray | None = None
+    ) -> None:
+        """Add one group's share of a :class:`BatchSums` (no per-class sums, no window),
+        and of :meth:`_group_label_counts` (None: the group's labels are unknown)."""
         with self._lock:
             accumulator.merge_into(self._sums, sums)
             self._counts += counts
-            self._label_counts = None  # a group's labels are not counted
+            self._label_counts = _add_counts(self._label_counts, label_counts)
+
+    def _group_label_counts(
+        self, target: Any, sample_weight: Any, codes: np.ndarray, n_groups: int
+    ) -> np.ndarray | None:
+        """Exact label counts per group of a batch, shape (n_groups, C), if kept."""
+        return None
 
     def load_state_of(self, other: Metric) -> None:
         """Replace this metric's state by a copy of ``other``'s (same kind and config)."""
@@ -629,15 +638,36 @@ class CrossEntropy(_ClassCountMixin, Metric):
             self._batch_label_counts = self._count_labels(target, sample_weight, batch)
         return batch, denominators
 
-    def _count_labels(self, target: Any, sample_weight: Any, batch: BatchSums) -> np.ndarray | None:
-        """Exact counts of this batch's hard labels (None: soft targets or sample
-        weights, whose label mass needs ``per_class``'s exact sums)."""
+    def _group_label_counts(
+        self, target: Any, sample_weight: Any, codes: np.ndarray, n_groups: int
+    ) -> np.ndarray | None:
+        n_classes = self.n_classes
+        labels = self._hard_labels(target, sample_weight)
+        if labels is None or n_classes is None:
+            return None
+        codes = np.asarray(codes).reshape(-1)
+        if labels.size != codes.size:  # token labels: one group per row, T labels per row
+            codes = np.repeat(codes, labels.size // max(codes.size, 1))
+        if self.config.ignore_index is not None:
+            kept = labels != self.config.ignore_index
+            labels, codes = labels[kept], codes[kept]
+        flat = codes.astype(np.int64) * n_classes + labels.astype(np.int64, copy=False)
+        counts = np.bincount(flat, minlength=n_groups * n_classes)
+        return counts.reshape(n_groups, n_classes)
+
+    def _hard_labels(self, target: Any, sample_weight: Any) -> np.ndarray | None:
+        """The batch's hard labels, flat; None for soft targets or weighted rows."""
         if sample_weight is not None:
             return None
         labels = as_array(target, "target")
-        if labels.dtype.kind not in "iub":
+        return labels.reshape(-1) if labels.dtype.kind in "iub" else None
+
+    def _count_labels(self, target: Any, sample_weight: Any, batch: BatchSums) -> np.ndarray | None:
+        """Exact counts of this batch's hard labels (None: soft targets or sample
+        weights, whose label mass needs ``per_class``'s exact sums)."""
+        labels = self._hard_labels(target, sample_weight)
+        if labels is None:
             return None
-        labels = labels.reshape(-1)
         if self.config.ignore_index is not None:
             labels = labels[labels != self.config.ignore_index]
         return np.bincount(labels.astype(np.int64, copy=False), minlength=batch.n_classes)
