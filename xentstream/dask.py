@@ -2,7 +2,7 @@
 
 Each partition of the source (a slice of a Parquet / Arrow IPC file, or a partition
 of a ``dask.dataframe.DataFrame``) is read on a worker and fed through the same path
-as :func:`xentstream.evaluate` (``feeders`` -> ``Metric.update_batch`` -> the
+as :func:`xentstream.evaluate` (``feeders`` -> ``Metric._update_batch`` -> the
 kernels, grouped rows through ``evaluate._GroupState``). The worker returns only the
 partition's exact state (``Metric.state_dict()``: about 3 KB of JSON-able integers,
 plus one such state per group); predictions never leave the worker that

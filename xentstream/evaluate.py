@@ -191,7 +191,7 @@ class _GroupState:
     ) -> None:
         for code in np.flatnonzero(group_counts.sum(axis=1)):
             labels = None if label_counts is None else label_counts[code]
-            self.metrics[code].absorb_group_sums(group_sums[code], group_counts[code], labels)
+            self.metrics[code]._absorb_group_sums(group_sums[code], group_counts[code], labels)
 
     def to_json(self) -> list[dict[str, Any]]:
         return [
@@ -462,7 +462,7 @@ def _run(
     if path is not None:
         saved = _read_checkpoint(path, fingerprint)
         if saved is not None:
-            metric.load_state_of(Metric.from_state_dict(saved["metric"]))
+            metric._load_state_of(Metric.from_state_dict(saved["metric"]))
             if groups is not None:
                 groups.load_json(saved["groups"] or [])
             skip = int(saved["rows_consumed"])
@@ -480,7 +480,7 @@ def _run(
             stops.begin_batch()
             codes = None if groups is None else groups.codes(batch.keys)
             n_groups = 1 if groups is None else len(groups.keys)
-            result = metric.update_batch(
+            result = metric._update_batch(
                 batch.preds,
                 batch.target,
                 batch.sample_weight,

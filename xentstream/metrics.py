@@ -209,10 +209,10 @@ class Metric:
         plus the row in this batch). ``names`` lets feeders report column names.
         Returns ``self``.
         """
-        self.update_batch(preds, target, sample_weight, names=names)
+        self._update_batch(preds, target, sample_weight, names=names)
         return self
 
-    def update_batch(
+    def _update_batch(
         self,
         preds: Any,
         target: Any,
@@ -226,7 +226,7 @@ class Metric:
 
         Feeders use it for grouped evaluation: one kernel pass updates this metric
         and yields ``group_sums`` for the per-group metrics
-        (:meth:`absorb_group_sums`).
+        (:meth:`_absorb_group_sums`).
         """
         with self._lock:
             batch, row_denominators = self._run_batch(
@@ -236,7 +236,7 @@ class Metric:
                 self._absorb(batch, row_denominators, sample_weight)
         return batch
 
-    def absorb_group_sums(
+    def _absorb_group_sums(
         self, sums: np.ndarray, counts: np.ndarray, label_counts: np.ndarray | None = None
     ) -> None:
         """Add one group's share of a :class:`BatchSums` (no per-class sums, no window),
@@ -252,7 +252,7 @@ class Metric:
         """Exact label counts per group of a batch, shape (n_groups, C), if kept."""
         return None
 
-    def load_state_of(self, other: Metric) -> None:
+    def _load_state_of(self, other: Metric) -> None:
         """Replace this metric's state by a copy of ``other``'s (same kind and config)."""
         if type(other) is not type(self):
             raise TypeError(f"cannot load a {type(other).__name__} into a {type(self).__name__}")
