@@ -47,27 +47,12 @@ from xentstream.metrics import (
     MultiLabelCrossEntropy,
     load,
 )
-from xentstream.report import Report
+from xentstream.report import _SCALARS, Report, _format
 from xentstream.state import read_json, write_json_atomic
 
 __all__ = ["main"]
 
-_TABLE_FIELDS = (
-    "loss",
-    "stderr",
-    "ci95",
-    "count",
-    "ignored",
-    "loss_sum",
-    "weight_sum",
-    "perplexity",
-    "bits",
-    "accuracy",
-    "entropy",
-    "kl",
-    "normalized_entropy",
-    "window_loss",
-)
+_TABLE_FIELDS = _SCALARS  # the table shows what Report's str shows, in that order
 
 
 #: Seconds to wait for ``--dask ADDRESS``'s scheduler before giving up.
@@ -476,14 +461,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
     )
 
 
-def _format_value(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_format_value(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:.6g}" if math.isfinite(value) else str(value)
-    return str(value)
+_format_value = _format
 
 
 def _table(result: Report | GroupedReport) -> str:

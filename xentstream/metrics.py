@@ -212,6 +212,37 @@ class Metric:
         self._update_batch(preds, target, sample_weight, names=names)
         return self
 
+    def forward(self, preds: Any, target: Any, sample_weight: Any = None) -> float:
+        """Add one batch (as :meth:`update`) and return this batch's mean loss.
+
+        What a training loop logs per step, as ``torchmetrics``' ``forward``; the
+        metric's :attr:`value` is the running loss over every batch so far.
+        ``metric(preds, target)`` is the same call.
+
+        Examples
+        --------
+        >>> import xentstream as xs
+        >>> m = xs.CrossEntropy()
+        >>> round(m([[0.5, 0.5]], [0]), 6), round(m([[0.9, 0.1]], [0]), 6)
+        (0.693147, 0.105361)
+        >>> round(m.value, 6)
+        0.399254
+        """
+        batch = self._update_batch(preds, target, sample_weight)
+        return accumulator.ratio(batch.sums[layout.LOSS], batch.sums[layout.DENOMINATOR])
+
+    __call__ = forward
+
+    def to(self, device: Any) -> Metric:
+        """Run the kernels on ``device`` (``"cpu"``, ``"cuda"``, a ``torch.device``);
+        returns ``self``. The exact state itself always lives in host memory (it is a
+        few kilobytes of integers)."""
+        kind = str(getattr(device, "type", device)).split(":", 1)[0]
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+        self.engine = _check_engine(kind)
+        return self
+
     def _update_batch(
         self,
         preds: Any,

@@ -95,6 +95,52 @@ class Report:
     window_loss: float | None
     per_class: pl.DataFrame | None = field(default=None, compare=False)
 
+    def scalars(self, prefix: str = "") -> dict[str, float | int]:
+        """The defined scalar fields as one flat dict, for loggers (TensorBoard, W&B,
+        Lightning's ``self.log_dict``): no tables, no None, ``ci95`` as two entries.
+
+        Examples
+        --------
+        >>> import xentstream as xs
+        >>> m = xs.CrossEntropy().update([[0.7, 0.3], [0.2, 0.8]], [0, 1])
+        >>> sorted(m.compute().scalars("val/"))[:3]
+        ['val/accuracy', 'val/bits', 'val/ci95_high']
+        """
+        out: dict[str, float | int] = {}
+        for name in _SCALARS:
+            value = getattr(self, name)
+            if name == "ci95":
+                if value is not None:
+                    out[f"{prefix}ci95_low"], out[f"{prefix}ci95_high"] = value
+            elif value is not None:
+                out[f"{prefix}{name}"] = value
+        return out
+
+    def __str__(self) -> str:
+        """One aligned ``name  value`` line per defined field, then the per-class table."""
+        lines = [f"{name:<{_WIDTH}}  {_format(value)}" for name, value in self._shown()]
+        text = "\n".join(lines)
+        if self.per_class is not None:
+            import polars as pl
+
+            with pl.Config(tbl_rows=50, tbl_cols=20, tbl_hide_dataframe_shape=True):
+                text += f"\n\n{self.per_class}"
+        return text
+
+    def _repr_html_(self) -> str:
+        """A two-column table in notebooks (and the per-class table below it)."""
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{name}</th><td>{_format(value)}</td></tr>"
+            for name, value in self._shown()
+        )
+        html = f"<table><caption>xentstream Report</caption>{rows}</table>"
+        if self.per_class is not None:
+            html += self.per_class._repr_html_()
+        return html
+
+    def _shown(self) -> list[tuple[str, Any]]:
+        return [(name, getattr(self, name)) for name in _SCALARS if getattr(self, name) is not None]
+
     def to_dict(self) -> dict[str, Any]:
         """Strict-JSON-able dict of every field (``per_class`` as a list of row dicts).
 
@@ -113,6 +159,34 @@ class Report:
                 {k: _json_value(v) for k, v in row.items()} for row in self.per_class.to_dicts()
             ]
         return data
+
+
+#: Scalar fields in the order people read them: the loss and its uncertainty first.
+_SCALARS = (
+    "loss",
+    "stderr",
+    "ci95",
+    "count",
+    "ignored",
+    "loss_sum",
+    "weight_sum",
+    "perplexity",
+    "bits",
+    "accuracy",
+    "entropy",
+    "kl",
+    "normalized_entropy",
+    "window_loss",
+)
+_WIDTH = max(map(len, _SCALARS))
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_format(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else str(value)
+    return str(value)
 
 
 def _json_value(value: Any) -> Any:
