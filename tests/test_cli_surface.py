@@ -338,3 +338,19 @@ def test_plot_shows_every_batch_group_and_class(tmp_path: Path, monkeypatch) -> 
     png = tmp_path / "loss.png"
     ok(cli(*args, "--plot", png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_bar_says_compiling_and_ends_on_the_final_loss(monkeypatch) -> None:
+    evaluate_module = sys.modules["xentstream.evaluate"]
+    screen = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.setattr(evaluate_module, "_kernels_compiled", lambda: False)
+    metric = xs.CrossEntropy()
+    bar = evaluate_module._Progress(True, total=4, initial=0)
+    assert "compiling kernels (first run only)" in screen.getvalue()
+    for probs, labels in (([[0.9, 0.1], [0.4, 0.6]], [0, 1]), ([[0.5, 0.5], [0.2, 0.8]], [0, 0])):
+        bar.update(2, metric.update(probs, labels))  # the second within 0.5 s: no refresh
+    bar.close()
+    last = screen.getvalue().replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("xentstream: 100%") and "compiling" not in last
+    assert f"loss {metric.value:.4g}±" in last  # the final loss, not the first batch's

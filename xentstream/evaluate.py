@@ -253,41 +253,75 @@ def _prefetch(batches: Iterator[Batch]) -> Iterator[Batch]:
         stop.set()
 
 
+def _kernels_compiled() -> bool:
+    """Whether the CPU kernels are compiled in this process or in numba's disk cache
+    (best effort: the cache next to the kernels, or under ``NUMBA_CACHE_DIR``)."""
+    from xentstream._kernels import cpu
+
+    if any(getattr(kernel, "signatures", None) for kernel in vars(cpu).values()):
+        return True
+    root = Path(os.environ.get("NUMBA_CACHE_DIR") or Path(cpu.__file__).parent / "__pycache__")
+    try:
+        return any(root.rglob("cpu.*.nbi"))
+    except OSError:
+        return True  # unknown: say nothing rather than something wrong
+
+
 class _Progress:
-    """A tqdm bar with rows/s and the running loss +- stderr; off when not wanted."""
+    """A tqdm bar with rows/s and the running loss +- stderr; off when not wanted.
+
+    Until the first batch is done it says when the kernels are being compiled (the
+    first run on a machine waits ~10 s there, which would otherwise look like a hang).
+    The postfix is short so that the bar keeps its width in an 80-column terminal, and
+    it shows the final loss when the bar closes.
+    """
 
     def __init__(self, enabled: bool | None, total: int | None, initial: int) -> None:
         if enabled is None:
             enabled = sys.stderr.isatty()
         self.bar = None
         self._last = 0.0
+        self._metric: Metric | None = None
         if enabled:
             from tqdm.auto import tqdm
 
+            compiling = not _kernels_compiled()
             self.bar = tqdm(
                 total=total,
                 initial=initial,
                 unit="rows",
                 unit_scale=True,
                 dynamic_ncols=True,
-                desc="xentstream",
+                desc="xentstream: compiling kernels (first run only)"
+                if compiling
+                else "xentstream",
             )
+            self._compiling = compiling
 
     def update(self, rows: int, metric: Metric) -> None:
         if self.bar is None:
             return
+        self._metric = metric
+        if self._compiling:
+            self._compiling = False
+            self.bar.set_description_str("xentstream", refresh=False)
         self.bar.update(rows)
         now = time.monotonic()
         if now - self._last > 0.5:  # the report costs a little; refresh it twice a second
             self._last = now
-            report = metric.compute()
-            text = f"{report.loss:.5f}"
-            if report.stderr is not None:
-                text += f" ± {report.stderr:.5f}"
-            self.bar.set_postfix_str(f"loss {text}", refresh=False)
+            self._show_loss(metric)
+
+    def _show_loss(self, metric: Metric) -> None:
+        report = metric.compute()
+        text = f"loss {report.loss:.4g}"
+        if report.stderr is not None:
+            text += f"±{report.stderr:.2g}"
+        self.bar.set_postfix_str(text, refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
+            if self._metric is not None:
+                self._show_loss(self._metric)  # the final loss, not the last refresh's
             self.bar.close()
 
 
