@@ -94,7 +94,7 @@ _FLAGS = {
 
 def _with_flags(message: str) -> str:
     """An API error message in command-line terms: flags instead of Python arguments."""
-    message = re.sub(r"\binput='(\w+)'", r"--input \1", message)
+    message = re.sub(r"\b(input|engine)='(\w+)'", r"--\1 \2", message)
     message = re.sub(r"\bsum_tol=", "--sum-tol ", message)
     message = re.sub(
         r"\b(a larger|is not) (sum_tol|ignore_index)\b", lambda m: f"{m[1]} {_FLAGS[m[2]]}", message
