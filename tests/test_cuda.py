@@ -109,7 +109,7 @@ def test_no_gpu_is_a_clear_error(tmp_path: Path) -> None:
     np.save(target, np.zeros(4, dtype=np.int64))
     cli = subprocess.run(
         [
-            *(sys.executable, "-m", "xentstream", "evaluate", str(preds), "--preds", "-"),
+            *(sys.executable, "-m", "xentstream", "evaluate", str(preds)),
             *("--target", str(target), "--engine", "cuda", "--no-progress"),
         ],
         capture_output=True,
@@ -120,7 +120,7 @@ def test_no_gpu_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert cli.returncode == 2
     assert cli.stderr.count("\n") == 1
-    assert cli.stderr.startswith("xentstream: error: engine='cuda': no usable CUDA GPU")
+    assert cli.stderr.startswith("xentstream: error: --engine cuda: no usable CUDA GPU")
 
 
 @requires_numba_cuda

@@ -124,7 +124,7 @@ def test_files_bitwise_equal_to_one_process(
     expected = xs.evaluate(table, make_metric(), **columns)
     assert bits(result.to_dict()) == bits(expected.to_dict())
     if isinstance(expected, xs.GroupedReport):
-        assert list(result.groups) == list(expected.groups)  # first appearance
+        assert list(result.groups) == list(expected.groups)  # sorted by key
     states = [t for t in tasks.data if t["key"].startswith("_partition_state")]
     assert len(states) == 9  # ran on the cluster's worker processes
     assert {t["worker"] for t in states} <= set(client.scheduler_info()["workers"])

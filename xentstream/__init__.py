@@ -9,7 +9,7 @@ Examples
 
 from xentstream._errors import ColumnNames
 from xentstream.config import BinaryConfig, MulticlassConfig, MultilabelConfig
-from xentstream.evaluate import GroupedReport, evaluate, stream
+from xentstream.evaluate import GroupedReport, Interrupted, evaluate, stream
 from xentstream.functional import (
     binary_cross_entropy,
     cross_entropy,
@@ -33,6 +33,7 @@ __all__ = [
     "ColumnNames",
     "CrossEntropy",
     "GroupedReport",
+    "Interrupted",
     "Metric",
     "MultiLabelCrossEntropy",
     "MulticlassConfig",

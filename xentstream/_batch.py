@@ -29,7 +29,12 @@ import numpy as np
 
 from xentstream import accumulator
 from xentstream._errors import DEFAULT_NAMES, ColumnNames, kernel_error
-from xentstream._inputs import as_array, is_device_array
+from xentstream._inputs import (
+    as_array,
+    binary_columns,
+    is_device_array,
+    squeeze_label_column,
+)
 from xentstream._kernels import cpu, layout, load_cuda
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
@@ -477,6 +482,7 @@ def multiclass_batch(
         preds, names, config.num_classes, "class", row_offset, device
     )
     target = _array(target, names.target, device, row_offset=row_offset)
+    target = squeeze_label_column(target, leading_shape)
     if config.class_weight is not None and len(config.class_weight) != n_classes:
         raise ValueError(
             f"class_weight: has {len(config.class_weight)} entries but {names.preds} has "
@@ -569,6 +575,15 @@ def binary_batch(
     """Exact sums of binary cross-entropy over one batch (predictions of any shape)."""
     device = _device_for(engine, preds)
     preds = _array(preds, names.preds, device, floating=True, row_offset=row_offset)
+    preds, target = binary_columns(
+        preds,
+        _array(target, names.target, device, row_offset=row_offset),
+        input=config.input,
+        sum_tol=config.resolve_sum_tol(preds.dtype),
+        validate=config.validate,
+        name=names.preds,
+        row_offset=row_offset,
+    )
     leading_shape = tuple(preds.shape)
     target = _binary_target(target, leading_shape, names, row_offset, device).reshape(-1)
     weights = _sample_weight(sample_weight, leading_shape, names.sample_weight, row_offset, device)

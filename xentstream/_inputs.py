@@ -150,3 +150,71 @@ def _any_null_expr() -> Any:
     import polars as pl
 
     return pl.any_horizontal(pl.all().is_null())
+
+
+def squeeze_label_column(target: Any, leading_shape: tuple[int, ...]) -> Any:
+    """Integer labels of shape ``(..., 1)`` (a column vector: ``df[["y"]]``,
+    ``y.reshape(-1, 1)``) for predictions of leading shape ``(...)``, as ``(...)``.
+
+    Examples
+    --------
+    >>> squeeze_label_column(np.array([[0], [2]]), (2,)).shape
+    (2,)
+    """
+    if tuple(target.shape) == (*leading_shape, 1) and target.dtype.kind in "iub":
+        return target.reshape(leading_shape)
+    return target
+
+
+def binary_columns(
+    preds: Any,
+    target: Any,
+    *,
+    input: str,
+    sum_tol: float,
+    validate: bool,
+    name: str,
+    row_offset: int = 0,
+) -> tuple[Any, Any]:
+    """Binary predictions and targets of one shape from the shapes people have.
+
+    A trailing axis of length 1 on either side is dropped (column vectors). Predictions
+    with a trailing axis of 2 where the target has none are scikit-learn's
+    ``predict_proba`` layout, (P(class 0), P(class 1)): probabilities must sum to 1
+    within ``sum_tol`` and column 1 is used; log-probabilities use column 1; the two
+    logits of a softmax give the binary logit ``x1 - x0``.
+
+    Raises
+    ------
+    ValueError
+        For (N, 2) probabilities whose rows do not sum to 1 (``validate`` on).
+
+    Examples
+    --------
+    >>> p, t = binary_columns(np.array([[0.8, 0.2], [0.3, 0.7]]), np.array([0, 1]),
+    ...                       input="probs", sum_tol=1e-8, validate=True, name="preds")
+    >>> p
+    array([0.2, 0.7])
+    """
+    p_shape, t_shape = tuple(preds.shape), tuple(target.shape)
+    if p_shape[-1:] == (2,) and t_shape == (*p_shape[:-1], 1):  # proba and a label column
+        target, t_shape = target.reshape(p_shape[:-1]), p_shape[:-1]
+    if p_shape == (*t_shape, 1):
+        return preds.reshape(t_shape), target
+    if t_shape == (*p_shape, 1):
+        return preds, target.reshape(p_shape)
+    if p_shape != (*t_shape, 2) or is_device_array(preds):
+        return preds, target
+    if input == "logits":
+        return np.ascontiguousarray(preds[..., 1] - preds[..., 0]), target
+    if input == "probs" and validate:
+        totals = (preds[..., 0] + preds[..., 1]).reshape(-1)
+        bad = ~(np.abs(totals - 1.0) <= sum_tol)  # NaN counts as bad
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(
+                f"{name}: row {row_offset + row}: the two columns sum to {float(totals[row])!r}, "
+                f"not 1 within sum_tol={sum_tol:.3g}; binary predictions of shape (N, 2) "
+                "are read as predict_proba output: P(class 0), P(class 1)"
+            )
+    return np.ascontiguousarray(preds[..., 1]), target

@@ -11,20 +11,35 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
+import glob
 import importlib.util
 import io
 import json
 import logging
 import math
 import os
+import re
+import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import polars as pl
 
-from xentstream.evaluate import GroupedReport, evaluate, stream
+from xentstream import __version__
+from xentstream.evaluate import (
+    GROUPED_FORMAT,
+    GroupedReport,
+    Interrupted,
+    evaluate,
+    grouped_state_dict,
+    merge_grouped_states,
+    stream,
+)
 from xentstream.metrics import (
     BinaryCrossEntropy,
     CrossEntropy,
@@ -32,26 +47,12 @@ from xentstream.metrics import (
     MultiLabelCrossEntropy,
     load,
 )
-from xentstream.report import Report
+from xentstream.report import _SCALARS, Report, _format
+from xentstream.state import read_json, write_json_atomic
 
 __all__ = ["main"]
 
-_TABLE_FIELDS = (
-    "loss",
-    "stderr",
-    "ci95",
-    "count",
-    "ignored",
-    "loss_sum",
-    "weight_sum",
-    "perplexity",
-    "bits",
-    "accuracy",
-    "entropy",
-    "kl",
-    "normalized_entropy",
-    "window_loss",
-)
+_TABLE_FIELDS = _SCALARS  # the table shows what Report's str shows, in that order
 
 
 #: Seconds to wait for ``--dask ADDRESS``'s scheduler before giving up.
@@ -67,6 +68,44 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks; option help starts in a wider column."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+
+#: Python argument names as the command line spells them, for error messages that come
+#: from the API (``batch_rows: must be ...`` -> ``--batch-rows: must be ...``).
+_FLAGS = {
+    "batch_rows": "--batch-rows",
+    "class_weight": "--class-weight",
+    "pos_weight": "--pos-weight",
+    "ignore_index": "--ignore-index",
+    "label_smoothing": "--label-smoothing",
+    "sum_tol": "--sum-tol",
+    "classes": "--classes",
+    "input": "--input",
+    "engine": "--engine",
+    "by": "--by",
+    "sample_weight": "--sample-weight",
+}
+
+
+def _with_flags(message: str) -> str:
+    """An API error message in command-line terms: flags instead of Python arguments."""
+    message = re.sub(r"\b(input|engine)='(\w+)'", r"--\1 \2", message)
+    message = re.sub(r"\bsum_tol=", "--sum-tol ", message)
+    message = re.sub(
+        r"\b(a larger|is not) (sum_tol|ignore_index)\b", lambda m: f"{m[1]} {_FLAGS[m[2]]}", message
+    )
+    head, colon, rest = message.partition(": ")
+    # A column's message reads "COL: row N: ..."; only argument messages are renamed.
+    if colon and head in _FLAGS and not rest.startswith("row "):
+        message = f"{_FLAGS[head]}: {rest}"
+    return message
+
+
 def _float_list(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",")]
@@ -80,65 +119,208 @@ def _name_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="xentstream", description="Exact, streaming cross-entropy.")
-    commands = parser.add_subparsers(dest="command", required=True)
+_DESCRIPTION = """\
+Exact, streaming cross-entropy over prediction dumps of any size.
 
-    run = commands.add_parser("evaluate", help="evaluate prediction dumps")
-    run.add_argument("source", nargs="+", help="Parquet / IPC / CSV / NDJSON / .npy files or globs")
-    run.add_argument("--preds", nargs="+", required=True, metavar="COL")
-    run.add_argument("--target", nargs="+", required=True, metavar="COL")
-    run.add_argument(
-        "--task", choices=("auto", "multiclass", "binary", "multilabel"), default="auto"
+Every sum is exact (the correctly rounded value of the exact sum), so a result is
+bitwise identical for any batch size, thread count, shard split or merge order."""
+
+_EXAMPLES = """\
+examples:
+  # a wide dump: one probability column per class (a glob or a ^regex$ names them)
+  xentstream evaluate preds.parquet --preds 'p_*' --target label
+  # logits in one Array column, per group, resumable, as JSON
+  xentstream evaluate 'dumps/*.parquet' --preds logits --target label --input logits \\
+      --by country --checkpoint run.ckpt --format json
+  # language-model tokens: Array[(T, V)] logits, Array[T] token ids, padding -100
+  xentstream evaluate lm.parquet --preds logits --target tokens --input logits \\
+      --ignore-index -100
+  # numpy dumps: the predictions file is the source, the labels file the target
+  xentstream evaluate probs.npy --target labels.npy
+  # combine the states saved by shards
+  xentstream merge shard-*.json --format json"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="xentstream",
+        description=_DESCRIPTION,
+        epilog=_EXAMPLES + "\n\nRun 'xentstream evaluate --help' for every option.",
+        formatter_class=_Formatter,
     )
-    run.add_argument("--input", choices=("probs", "logprobs", "logits"), default="probs")
-    run.add_argument("--sample-weight", metavar="COL")
-    run.add_argument("--class-weight", type=_float_list, metavar="W,...")
-    run.add_argument("--pos-weight", type=_float_list, metavar="W[,...]")
-    run.add_argument("--ignore-index", type=int, metavar="K")
-    run.add_argument("--label-smoothing", type=float, default=0.0, metavar="E")
-    run.add_argument("--classes", type=_name_list, metavar="A,B,...")
-    run.add_argument("--by", nargs="+", metavar="COL")
-    run.add_argument("--per-class", action="store_true")
-    run.add_argument("--batch-rows", type=int, metavar="N")
-    run.add_argument("--checkpoint", metavar="FILE")
-    run.add_argument("--save-state", metavar="FILE", help="write the final metric state (JSON)")
-    run.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    run.add_argument("--output", metavar="FILE")
-    run.add_argument("--plot", metavar="FILE.png")
-    run.add_argument("--no-progress", action="store_true")
-    run.add_argument("--engine", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--version", action="version", version=f"xentstream {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "evaluate",
+        help="evaluate prediction dumps (files, globs, .npy)",
+        description="Evaluate a cross-entropy loss over prediction dumps, in bounded memory.",
+        epilog=_EXAMPLES,
+        formatter_class=_Formatter,
+    )
     run.add_argument(
+        "source",
+        nargs="+",
+        metavar="SOURCE",
+        help="Parquet, Arrow IPC / Feather, CSV or NDJSON files or globs (one format), "
+        "or one .npy file of predictions",
+    )
+    columns = run.add_argument_group("columns")
+    columns.add_argument(
+        "--preds",
+        nargs="+",
+        metavar="COL",
+        help="prediction column(s): one Array / List column, or one column per class; "
+        "each COL may be a glob ('p_*') or a regex ('^p_\\d+$'), matched in file order. "
+        "Required except for a .npy source, which holds the predictions itself",
+    )
+    columns.add_argument(
+        "--target",
+        nargs="+",
+        required=True,
+        metavar="COL",
+        help="target column(s) (patterns as for --preds): integer or string class labels, "
+        "0/1 or probabilities; for a .npy source, the .npy file of targets",
+    )
+    columns.add_argument("--sample-weight", metavar="COL", help="column of row weights")
+    columns.add_argument(
+        "--by",
+        nargs="+",
+        metavar="COL",
+        help="group columns: one report per group as well, in the same pass",
+    )
+    columns.add_argument(
+        "--classes",
+        type=_name_list,
+        metavar="A,B,...",
+        help="class names of string labels, in the order of the prediction columns "
+        "(default: the wide prediction column names)",
+    )
+    loss = run.add_argument_group("loss")
+    loss.add_argument(
+        "--task",
+        choices=("auto", "multiclass", "binary", "multilabel"),
+        default="auto",
+        help="default: auto, from the columns' types and shapes: one score per row is "
+        "binary; labels with the predictions' shape minus the class axis are multiclass "
+        "(also (T, V) token logits with T labels); targets of the predictions' shape are "
+        "multi-label (soft multiclass targets need --task multiclass)",
+    )
+    loss.add_argument(
+        "--input",
+        choices=("probs", "logprobs", "logits"),
+        default="probs",
+        help="what the predictions hold (default: probs)",
+    )
+    loss.add_argument(
+        "--class-weight",
+        type=_float_list,
+        metavar="W,...",
+        help="multiclass: one weight per class (default: all 1)",
+    )
+    loss.add_argument(
+        "--pos-weight",
+        type=_float_list,
+        metavar="W[,...]",
+        help="binary and multi-label: weight of the positive term, one or one per label",
+    )
+    loss.add_argument(
+        "--ignore-index",
+        type=int,
+        metavar="K",
+        help="multiclass: drop rows (tokens) whose label is K, e.g. -100 for padding",
+    )
+    loss.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        metavar="E",
+        help="multiclass: mix the target with the uniform distribution (default: 0)",
+    )
+    loss.add_argument(
+        "--sum-tol",
+        type=float,
+        metavar="TOL",
+        help="tolerance of the sum-to-one checks of probability rows (default: sqrt of "
+        "the dtype's machine epsilon)",
+    )
+    loss.add_argument(
+        "--per-class",
+        action="store_true",
+        help="also report per-class (per-label) loss, counts and normalized entropy",
+    )
+    running = run.add_argument_group("running")
+    running.add_argument(
+        "--batch-rows",
+        type=int,
+        metavar="N",
+        help="rows per batch (default: about 64 MiB of predictions)",
+    )
+    running.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="save the exact state here every few seconds and on Ctrl-C / SIGTERM; "
+        "rerunning the same command resumes (bitwise equal to one uninterrupted run)",
+    )
+    running.add_argument(
+        "--engine",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the kernels run (default: auto, the CPU for files)",
+    )
+    running.add_argument(
         "--dask",
         metavar="ADDRESS|local[:N]",
-        help="run on a Dask cluster: a scheduler's address, or N local worker processes",
+        help="run on a Dask cluster: a scheduler's address, or N local worker processes "
+        "(Parquet / Arrow IPC sources)",
+    )
+    running.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (default: a bar when stderr is a terminal)",
+    )
+    output = run.add_argument_group("output")
+    output.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="output format (default: table)",
+    )
+    output.add_argument("--output", metavar="FILE", help="write the report here (default: stdout)")
+    output.add_argument(
+        "--save-state",
+        metavar="FILE",
+        help="write the final exact metric state (JSON, with the groups' states under --by) "
+        "for 'xentstream merge'",
+    )
+    output.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the running loss with its 95%% band (per group with --by, per-class bars "
+        "with --per-class); needs matplotlib",
     )
 
-    merge = commands.add_parser("merge", help="combine saved metric states")
-    merge.add_argument("states", nargs="+", metavar="STATE.json")
-    merge.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    merge.add_argument("--output", metavar="FILE")
-    merge.add_argument("--save-state", metavar="FILE")
+    merge = commands.add_parser(
+        "merge",
+        help="combine metric states saved by shards (--save-state)",
+        description="Combine metric states saved with --save-state (exact: any order, the "
+        "same bits).",
+        formatter_class=_Formatter,
+    )
+    merge.add_argument("states", nargs="+", metavar="STATE.json", help="saved metric states")
+    merge.add_argument(
+        "--format",
+        choices=("table", "json", "csv"),
+        default="table",
+        help="output format (default: table)",
+    )
+    merge.add_argument("--output", metavar="FILE", help="write the report here (default: stdout)")
+    merge.add_argument("--save-state", metavar="FILE", help="write the merged state here")
     return parser
 
 
-def _infer_task(args: argparse.Namespace, source: list[str]) -> str:
-    if args.task != "auto":
-        return args.task
-    if len(args.target) > 1:
-        return "multilabel"
-    if len(args.preds) > 1:
-        return "multiclass"
-    if source[0].endswith(".npy"):
-        return "multiclass"
-    schema = _schema(source)
-    dtype = schema.get(args.preds[0])
-    target_dtype = schema.get(args.target[0])
-    if isinstance(dtype, pl.Array | pl.List):
-        if isinstance(target_dtype, pl.Array | pl.List):
-            return "multilabel"
-        return "multiclass"
-    return "binary"
+def _is_npy(source: list[str]) -> bool:
+    return str(source[0]).lower().endswith(".npy")
 
 
 def _schema(source: list[str]) -> pl.Schema:
@@ -146,6 +328,99 @@ def _schema(source: list[str]) -> pl.Schema:
 
     paths = _expand_paths(source)
     return _SCANNERS[paths[0].suffix.lower()](str(paths[0])).collect_schema()
+
+
+def _expand_columns(patterns: list[str], names: list[str], flag: str) -> list[str]:
+    """Column names for ``patterns``: exact names, globs (``p_*``) or regexes (``^p_\\d+$``,
+    polars' convention), matched in the file's column order."""
+    out: list[str] = []
+    for pattern in patterns:
+        if pattern in names:
+            matches = [pattern]
+        elif pattern.startswith("^") and pattern.endswith("$"):
+            try:
+                regex = re.compile(pattern)
+            except re.error as error:
+                raise _UsageError(f"{flag}: {pattern!r} is not a valid regex ({error})") from None
+            matches = [name for name in names if regex.fullmatch(name)]
+        elif glob.has_magic(pattern):
+            matches = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        else:
+            matches = [pattern]  # a plain name: the feeder says that no such column exists
+        if not matches:
+            shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+            raise _UsageError(f"{flag}: {pattern!r} matches no column; the source has {shown}")
+        out.extend(name for name in matches if name not in out)
+    return out
+
+
+def _row_shape(dtype: pl.DataType | None) -> tuple[tuple[int | None, ...], pl.DataType | None]:
+    """(shape of one row's value, leaf dtype) of a column: () for scalars, None for a
+    List's unknown width."""
+    shape: list[int | None] = []
+    while isinstance(dtype, pl.Array | pl.List):
+        if isinstance(dtype, pl.Array):
+            shape.append(dtype.shape[0])
+        else:
+            shape.append(None)
+        dtype = dtype.inner
+    return tuple(shape), dtype
+
+
+def _same_shape(a: tuple[int | None, ...], b: tuple[int | None, ...]) -> bool:
+    return len(a) == len(b) and all(
+        x is None or y is None or x == y for x, y in zip(a, b, strict=True)
+    )
+
+
+def _task_from_shapes(
+    preds: tuple[int | None, ...], target: tuple[int | None, ...], where: str
+) -> str:
+    """The task of predictions and targets whose rows have these shapes (SPEC section 2:
+    classes are the last axis of the predictions)."""
+    if not preds and not target:
+        return "binary"
+    if not preds:
+        raise _UsageError(
+            f"--task: cannot tell the task from {where}: one prediction per row and targets "
+            f"of shape {_show(target)}; pass --task"
+        )
+    if _same_shape(target, preds[:-1]):
+        return "multiclass"  # a label per row, or per token of (T, V) logits
+    if _same_shape(target, preds):
+        return "multilabel"
+    raise _UsageError(
+        f"--task: cannot tell the task from {where}: predictions of shape {_show(preds)} "
+        f"per row and targets of shape {_show(target)}; expected targets of shape "
+        f"{_show(preds[:-1])} (multiclass labels) or {_show(preds)} (multi-label); "
+        "pass --task"
+    )
+
+
+def _show(shape: tuple[int | None, ...]) -> str:
+    return (
+        "("
+        + ", ".join("?" if n is None else str(n) for n in shape)
+        + ("," if len(shape) == 1 else "")
+        + ")"
+    )
+
+
+def _infer_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
+    """``--task auto``: from the columns' types and shapes (or the .npy arrays')."""
+    if args.task != "auto":
+        return args.task
+    if schema is None:  # .npy: the arrays' shapes, read from their headers
+        preds = np.load(args.source[0], mmap_mode="r", allow_pickle=False)
+        target = np.load(args.target[0], mmap_mode="r", allow_pickle=False)
+        return _task_from_shapes(preds.shape[1:], target.shape[1:], "the .npy files")
+
+    def columns(names: list[str]) -> tuple[int | None, ...]:
+        if len(names) > 1:  # wide: one scalar column per class (label)
+            return (len(names),)
+        return _row_shape(schema.get(names[0]))[0]
+
+    return _task_from_shapes(columns(args.preds), columns(args.target), "the columns")
 
 
 def _metric(args: argparse.Namespace, task: str) -> Metric:
@@ -159,6 +434,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
             ignore_index=args.ignore_index,
             label_smoothing=args.label_smoothing,
             per_class=args.per_class,
+            sum_tol=args.sum_tol,
             engine=args.engine,
         )
     for flag in ("class_weight", "ignore_index"):
@@ -172,22 +448,20 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
         return BinaryCrossEntropy(
             input=args.input,
             pos_weight=None if pos_weight is None else pos_weight[0],
+            sum_tol=args.sum_tol,
             engine=args.engine,
         )
     weight = pos_weight[0] if pos_weight is not None and len(pos_weight) == 1 else pos_weight
     return MultiLabelCrossEntropy(
-        input=args.input, pos_weight=weight, per_label=args.per_class, engine=args.engine
+        input=args.input,
+        pos_weight=weight,
+        per_label=args.per_class,
+        sum_tol=args.sum_tol,
+        engine=args.engine,
     )
 
 
-def _format_value(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_format_value(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:.6g}" if math.isfinite(value) else str(value)
-    return str(value)
+_format_value = _format
 
 
 def _table(result: Report | GroupedReport) -> str:
@@ -216,8 +490,26 @@ def _csv(result: Report | GroupedReport) -> str:
             rows.append(row)
     else:
         rows.append(_flat(result))
+    overall = result.overall if isinstance(result, GroupedReport) else result
+    if overall.per_class is not None:
+        # Long format, one table: the per-class rows follow the overall row, named in
+        # the class (label) column, which is empty on the overall and group rows.
+        column = overall.per_class.columns[0]
+        for row in rows:
+            row[column] = None
+        for entry in overall.per_class.to_dicts():
+            rows.append(
+                {
+                    k: (None if isinstance(v, float) and math.isnan(v) else v)
+                    for k, v in entry.items()
+                }
+            )
+    fields = list(dict.fromkeys(name for row in rows for name in row))
+    if overall.per_class is not None:  # the class (label) column first: it names the row
+        column = overall.per_class.columns[0]
+        fields = [column, *(name for name in fields if name != column)]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
@@ -247,42 +539,195 @@ def _write(text: str, output: str | None) -> None:
             handle.write(text)
 
 
-def _plot(
-    path: str, history: list[tuple[int, float, tuple[float, float] | None]], report: Report
-) -> None:
-    try:
-        import matplotlib
+#: The plot draws a point per batch; it picks batches small enough for about this many.
+_PLOT_POINTS = 200
+#: Groups drawn as their own running-loss line (more would be unreadable).
+_PLOT_GROUP_LINES = 8
+#: Bars drawn in the per-group and per-class panels.
+_PLOT_BARS = 40
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError('--plot needs matplotlib: pip install "xentstream[plot]"') from None
-    with_bars = report.per_class is not None
-    figure, axes = plt.subplots(1, 2 if with_bars else 1, figsize=(11 if with_bars else 6, 4))
-    line_axes = axes[0] if with_bars else axes
-    rows = [h[0] for h in history]
-    line_axes.plot(rows, [h[1] for h in history], label="running loss")
-    banded = [(r, h[2]) for r, h in zip(rows, history, strict=True) if h[2] is not None]
+
+def _plot_batch_rows(source: Any, args: argparse.Namespace) -> int | None:
+    """Rows per batch for ``--plot``: about ``_PLOT_POINTS`` points whatever the size
+    (None, the default, once batches of that size would be large anyway)."""
+    from xentstream.feeders import _SCANNERS, _expand_paths
+
+    paths = _expand_paths(source)
+    if paths[0].suffix.lower() == ".npy":
+        total = np.load(paths[0], mmap_mode="r", allow_pickle=False).shape[0]
+    else:
+        scan = _SCANNERS[paths[0].suffix.lower()]
+        total = scan([str(p) for p in paths]).select(pl.len()).collect().item()
+    rows = max(1, math.ceil(total / _PLOT_POINTS))
+    return rows if rows < 1 << 16 else None
+
+
+def _history_point(result: Report | GroupedReport) -> dict[str, Any]:
+    """What the plot needs of one running report."""
+    overall = result.overall if isinstance(result, GroupedReport) else result
+    point = {
+        "rows": overall.count + overall.ignored,
+        "loss": overall.loss,
+        "ci95": overall.ci95,
+        "loss_sum": overall.loss_sum,
+        "weight_sum": overall.weight_sum,
+        "groups": {},
+    }
+    if isinstance(result, GroupedReport) and len(result.groups) <= _PLOT_GROUP_LINES:
+        point["groups"] = {key: report.loss for key, report in result.groups.items()}
+    return point
+
+
+def _key_label(by: tuple[str, ...], key: tuple[Any, ...]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in zip(by, key, strict=True))
+
+
+def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> Any:
+    """The ``--plot`` figure: running loss (+ per-batch points, per-group lines), the
+    groups' losses and the per-class losses, each with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    overall = result.overall if isinstance(result, GroupedReport) else result
+    grouped = isinstance(result, GroupedReport) and bool(result.groups)
+    panels = 1 + grouped + (overall.per_class is not None)
+    figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
+    axes = list(axes[0])
+    line_axes = axes.pop(0)
+    rows = [h["rows"] for h in history]
+    marker = "o" if len(history) < 30 else None  # a few batches: show each one
+    # Batch means: the loss of the rows read since the previous point. On a file sorted
+    # by anything, they show the order that the running mean would smear into a trend.
+    batch_rows, batch_means = [], []
+    previous = {"loss_sum": 0.0, "weight_sum": 0.0}
+    for point in history:
+        weight = point["weight_sum"] - previous["weight_sum"]
+        if weight > 0:
+            batch_rows.append(point["rows"])
+            batch_means.append((point["loss_sum"] - previous["loss_sum"]) / weight)
+        previous = point
+    if len(batch_means) > 1:
+        line_axes.scatter(batch_rows, batch_means, s=6, color="0.6", label="batch mean", zorder=1)
+    line_axes.plot(
+        rows, [h["loss"] for h in history], marker=marker, color="C0", label="running loss"
+    )
+    banded = [(r, h["ci95"]) for r, h in zip(rows, history, strict=True) if h["ci95"]]
     if banded:
         line_axes.fill_between(
             [b[0] for b in banded],
-            [b[1][0] for b in banded],
+            [max(b[1][0], 0.0) for b in banded],  # a loss is >= 0; the normal band is not
             [b[1][1] for b in banded],
-            alpha=0.3,
+            alpha=0.25,
+            color="C0",
             label="95% interval",
+            zorder=2,
         )
-    line_axes.set_xlabel("rows")
+    if grouped and history and history[-1]["groups"]:
+        for index, key in enumerate(history[-1]["groups"]):
+            points = [(h["rows"], h["groups"][key]) for h in history if key in h["groups"]]
+            line_axes.plot(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                color=f"C{index + 1}",
+                linewidth=1,
+                label=f"{_key_label(result.by, key)}: {result.groups[key].loss:.4g}",
+            )
+    _settled_ylim(line_axes, history, batch_means)
+    line_axes.set_xlabel("rows read, in file order")
     line_axes.set_ylabel("loss (nats)")
-    line_axes.legend()
-    if with_bars:
-        frame = report.per_class
-        axes[1].bar(
-            frame[frame.columns[0]].to_list(), frame["loss"].fill_nan(None).fill_null(0).to_list()
+    line_axes.legend(fontsize="small")
+    title = f"loss {overall.loss:.4g}"
+    if overall.ci95 is not None:
+        title += f" ± {(overall.ci95[1] - overall.ci95[0]) / 2:.2g} (95%)"
+    line_axes.set_title(f"{title} over {overall.count:,} rows")
+    if grouped:
+        _bars(
+            axes.pop(0),
+            [
+                f"{_key_label(result.by, key)} (n={report.count:,})"
+                for key, report in result.groups.items()
+            ],
+            [report.loss for report in result.groups.values()],
+            [report.ci95 for report in result.groups.values()],
+            [report.count for report in result.groups.values()],
+            overall.loss,
+            f"loss by {', '.join(result.by)}",
         )
-        axes[1].set_xlabel(frame.columns[0])
-        axes[1].set_ylabel("mean loss")
+    if overall.per_class is not None:
+        frame = overall.per_class
+        column = frame.columns[0]
+        counts = frame["count" if "count" in frame.columns else "positives"].to_list()
+        _bars(
+            axes.pop(0),
+            [f"{name} (n={n:,})" for name, n in zip(frame[column].to_list(), counts, strict=True)],
+            frame["loss"].to_list(),
+            None,
+            counts,
+            None,
+            f"mean loss per {column}",
+        )
     figure.tight_layout()
-    figure.savefig(path)
+    return figure
+
+
+def _settled_ylim(axes: Any, history: list[dict[str, Any]], batch_means: list[float]) -> None:
+    """Y range for the settled part of the run: the first few rows' swings (a handful of
+    rows, a wide band) would otherwise flatten everything after them."""
+    if len(history) < 10:
+        return
+    settled = history[len(history) // 10 :]
+    values = [h["loss"] for h in settled] + [h["ci95"][1] for h in settled if h["ci95"]]
+    values += [v for point in settled for v in point["groups"].values()]
+    if batch_means:
+        values.append(float(np.quantile(batch_means, 0.98)))
+    values = [v for v in values if math.isfinite(v)]
+    if values:
+        axes.set_ylim(0.0, max(values) * 1.15 or 1.0)
+
+
+def _bars(
+    axes: Any,
+    labels: list[str],
+    values: list[float],
+    intervals: list[tuple[float, float] | None] | None,
+    counts: list[int],
+    reference: float | None,
+    title: str,
+) -> None:
+    """Horizontal bars, one per label (the ``_PLOT_BARS`` largest by count)."""
+    order = sorted(range(len(labels)), key=lambda i: -counts[i])[:_PLOT_BARS]
+    order.sort()  # back in table order
+    shown = [v if v is not None and math.isfinite(v) else 0.0 for v in (values[i] for i in order)]
+    errors = None
+    if intervals is not None:
+        below, above = [], []
+        for i in order:
+            low, high = intervals[i] if intervals[i] is not None else (values[i], values[i])
+            below.append(values[i] - low)
+            above.append(high - values[i])
+        errors = [below, above]
+    positions = list(range(len(order)))
+    axes.barh(positions, shown, xerr=errors, color="C0", alpha=0.8)
+    axes.set_yticks(positions, [labels[i] for i in order], fontsize="small")
+    axes.invert_yaxis()  # first label on top, as in the table
+    if reference is not None and math.isfinite(reference):
+        axes.axvline(reference, color="0.3", linestyle="--", linewidth=1, label="overall")
+        axes.legend(fontsize="small")
+    if len(order) < len(labels):
+        title += f" ({len(order)} of {len(labels)}, by count)"
+    axes.set_title(title)
+    axes.set_xlabel("loss (nats)")
+
+
+def _plot(path: str, history: list[dict[str, Any]], result: Report | GroupedReport) -> None:
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError('--plot needs matplotlib: pip install "xentstream[plot]"') from None
+    figure = _figure(history, result)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
@@ -291,13 +736,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         _check_dask_args(args)
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the long run
         raise ImportError('--plot needs matplotlib: pip install "xentstream[plot]"')
-    task = _infer_task(args, args.source)
+    schema = _resolve_columns(args)
+    task = _infer_task(args, schema)
     metric = _metric(args, task)
     source: Any = args.source if len(args.source) > 1 else args.source[0]
-    preds: Any = args.preds[0] if len(args.preds) == 1 else args.preds
-    target: Any = args.target[0] if len(args.target) == 1 else args.target
-    if str(args.source[0]).endswith(".npy"):
+    if schema is None:  # .npy: the source holds the predictions, --target names a file
         preds, target = None, args.target[0]
+    else:
+        preds = args.preds[0] if len(args.preds) == 1 else args.preds
+        target = args.target[0] if len(args.target) == 1 else args.target
     options = {
         "preds": preds,
         "target": target,
@@ -313,21 +760,50 @@ def _evaluate(args: argparse.Namespace) -> int:
         options.pop("progress")
         result = _evaluate_on_dask(args.dask, source, metric, options)
     elif args.plot:
+        if options["batch_rows"] is None:
+            options["batch_rows"] = _plot_batch_rows(source, args)
         history = []
         result = None
         for result in stream(source, metric, **options):
-            overall = result.overall if isinstance(result, GroupedReport) else result
-            history.append((overall.count + overall.ignored, overall.loss, overall.ci95))
+            history.append(_history_point(result))
         if result is None:
             result = evaluate([], metric)
-        overall = result.overall if isinstance(result, GroupedReport) else result
-        _plot(args.plot, history, overall)
+        _plot(args.plot, history, result)
     else:
         result = evaluate(source, metric, **options)
     if args.save_state:
-        metric.save(args.save_state)
+        if isinstance(result, GroupedReport):  # the groups' states too, for merge
+            write_json_atomic(args.save_state, grouped_state_dict(result))
+        else:
+            metric.save(args.save_state)
     _write(_render(result, args.format), args.output)
     return 0
+
+
+def _resolve_columns(args: argparse.Namespace) -> pl.Schema | None:
+    """Check the column flags against the source; expand patterns in place.
+
+    Returns the source's schema (None for a .npy source, which has no columns)."""
+    if _is_npy(args.source):
+        if args.preds is not None:
+            raise _UsageError(
+                "--preds: a .npy source is the predictions array itself; leave --preds out"
+            )
+        if len(args.target) != 1:
+            raise _UsageError("--target: a .npy source takes one .npy file of targets")
+        return None
+    if args.preds is None:
+        raise _UsageError(
+            "--preds is required for Parquet / IPC / CSV / NDJSON sources: name the "
+            "prediction column(s)"
+        )
+    schema = _schema(args.source)
+    names = list(schema.names())
+    args.preds = _expand_columns(args.preds, names, "--preds")
+    args.target = _expand_columns(args.target, names, "--target")
+    if args.by:
+        args.by = _expand_columns(args.by, names, "--by")
+    return schema
 
 
 def _check_dask_args(args: argparse.Namespace) -> None:
@@ -427,6 +903,23 @@ def _run_on_dask(
 
 
 def _merge(args: argparse.Namespace) -> int:
+    states = [read_json(path) for path in args.states]
+    grouped = [isinstance(s, dict) and s.get("format") == GROUPED_FORMAT for s in states]
+    if any(grouped):
+        if not all(grouped):
+            plain = args.states[grouped.index(False)]
+            raise _UsageError(
+                f"merge: {plain} holds no groups but other states do (saved with --by); "
+                "merge states of one kind"
+            )
+        try:
+            result = merge_grouped_states(states)
+        except ValueError as error:
+            raise ValueError(f"merge: {error}") from None
+        if args.save_state:
+            write_json_atomic(args.save_state, grouped_state_dict(result))
+        _write(_render(result, args.format), args.output)
+        return 0
     metrics = [load(path) for path in args.states]
     merged = metrics[0]
     for other in metrics[1:]:
@@ -435,6 +928,21 @@ def _merge(args: argparse.Namespace) -> int:
         merged.save(args.save_state)
     _write(_render(merged.compute(), args.format), args.output)
     return 0
+
+
+def _interrupted(error: KeyboardInterrupt, argv: Sequence[str] | None) -> str:
+    """One line: what a stopped run kept and how to resume it."""
+    if not isinstance(error, Interrupted):
+        return "interrupted (nothing saved; --checkpoint FILE makes a run resumable)"
+    name = signal.Signals(error.signal).name
+    command = shlex.join(["xentstream", *(sys.argv[1:] if argv is None else argv)])
+    if error.rows is None:
+        return f"stopped by {name} before any checkpoint was written; rerun: {command}"
+    done = f"{error.rows:,}" + ("" if error.total_rows is None else f" of {error.total_rows:,}")
+    return (
+        f"stopped by {name}; {done} rows are saved in the checkpoint {error.checkpoint}; "
+        f"to resume, rerun the same command: {command}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -446,7 +954,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     2
     """
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args = parser.parse_args(argv)
+        if args.command is None:  # bare ``xentstream``: what it does and how to start
+            parser.print_help()
+            return 0
         return _evaluate(args) if args.command == "evaluate" else _merge(args)
     except _UsageError as error:
         print(f"xentstream: error: {error}", file=sys.stderr)
@@ -458,12 +970,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ImportError,
         pl.exceptions.PolarsError,
     ) as error:
-        message = " ".join(str(error).split())
+        message = _with_flags(" ".join(str(error).split()))
         print(f"xentstream: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("xentstream: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        print(f"xentstream: {_interrupted(error, argv)}", file=sys.stderr)
+        return 128 + getattr(error, "signal", signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Each partition of the source (a slice of a Parquet / Arrow IPC file, or a partition
 of a ``dask.dataframe.DataFrame``) is read on a worker and fed through the same path
-as :func:`xentstream.evaluate` (``feeders`` -> ``Metric.update_batch`` -> the
+as :func:`xentstream.evaluate` (``feeders`` -> ``Metric._update_batch`` -> the
 kernels, grouped rows through ``evaluate._GroupState``). The worker returns only the
 partition's exact state (``Metric.state_dict()``: about 3 KB of JSON-able integers,
 plus one such state per group); predictions never leave the worker that
@@ -30,7 +30,14 @@ from typing import Any, NoReturn
 
 import polars as pl
 
-from xentstream.evaluate import GroupedReport, _GroupState, _prepare, _report, _run
+from xentstream.evaluate import (
+    GroupedReport,
+    _GroupState,
+    _prepare,
+    _report,
+    _run,
+    _spec_class_names,
+)
 from xentstream.feeders import _SCANNERS, ColumnSpec, _expand_paths, open_source
 from xentstream.metrics import Metric, _check_engine
 from xentstream.report import Report
@@ -393,7 +400,7 @@ def evaluate(
     -------
     Report or GroupedReport
         Bitwise equal to :func:`xentstream.evaluate` on the same rows in one process;
-        groups in order of first appearance in the source.
+        groups sorted by key, as there.
 
     Raises
     ------
@@ -452,4 +459,4 @@ def evaluate(
         metric.merge(Metric.from_state_dict(state["metric"], engine=metric.engine))
         if groups is not None:
             groups.load_json(state["groups"])
-    return _report(metric, groups)
+    return _report(metric, groups, _spec_class_names(spec))

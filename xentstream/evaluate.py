@@ -5,8 +5,8 @@ The loop: a background thread pulls batches from a :class:`~xentstream.feeders.F
 computing batch k), the metric absorbs each batch in one kernel pass, per-group
 metrics take their group's share of the same pass, a progress bar shows rows/s and
 the running loss, and a checkpoint file records the exact state and the rows
-consumed every few seconds so that a killed run resumes where it stopped, ending
-bitwise equal to an uninterrupted run.
+consumed every few seconds and on SIGINT / SIGTERM so that a stopped run resumes
+where it stopped, ending bitwise equal to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import math
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ from xentstream.metrics import Metric
 from xentstream.report import Report
 from xentstream.state import read_json, write_json_atomic
 
-__all__ = ["GroupedReport", "evaluate", "stream"]
+__all__ = ["GroupedReport", "Interrupted", "evaluate", "stream"]
 
 CHECKPOINT_FORMAT = "xentstream.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -68,23 +69,28 @@ class GroupedReport:
     by : tuple of str
         The group columns.
     groups : dict
-        Group key (a tuple of the ``by`` values) -> :class:`Report`, in order of first
-        appearance.
+        Group key (a tuple of the ``by`` values) -> :class:`Report`, sorted by key
+        (nulls last).
     """
 
     overall: Report
     by: tuple[str, ...]
     groups: dict[tuple[Any, ...], Report] = field(default_factory=dict)
+    # The exact states behind the reports (for grouped state files), not a result.
+    _states: Any = field(default=None, compare=False, repr=False)
 
     def to_polars(self) -> pl.DataFrame:
-        """One row per group (key columns + the scalar report fields)."""
+        """One row per group: key columns, the scalar report fields, ``ci95_low`` and
+        ``ci95_high``."""
         rows = []
         for key, report in self.groups.items():
             row = dict(zip(self.by, key, strict=True))
             row.update({name: getattr(report, name) for name in _SCALAR_FIELDS})
+            low, high = report.ci95 if report.ci95 is not None else (None, None)
+            row.update(ci95_low=low, ci95_high=high)
             rows.append(row)
         if not rows:  # no row read: still the key and report columns
-            return pl.DataFrame(schema=[*self.by, *_SCALAR_FIELDS])
+            return pl.DataFrame(schema=[*self.by, *_SCALAR_FIELDS, "ci95_low", "ci95_high"])
         return pl.DataFrame(rows, infer_schema_length=None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,9 +183,15 @@ class _GroupState:
         )
         return joined["__code"].to_numpy()
 
-    def absorb(self, group_sums: np.ndarray, group_counts: np.ndarray) -> None:
+    def absorb(
+        self,
+        group_sums: np.ndarray,
+        group_counts: np.ndarray,
+        label_counts: np.ndarray | None = None,
+    ) -> None:
         for code in np.flatnonzero(group_counts.sum(axis=1)):
-            self.metrics[code].absorb_group_sums(group_sums[code], group_counts[code])
+            labels = None if label_counts is None else label_counts[code]
+            self.metrics[code]._absorb_group_sums(group_sums[code], group_counts[code], labels)
 
     def to_json(self) -> list[dict[str, Any]]:
         return [
@@ -241,42 +253,153 @@ def _prefetch(batches: Iterator[Batch]) -> Iterator[Batch]:
         stop.set()
 
 
+def _kernels_compiled() -> bool:
+    """Whether the CPU kernels are compiled in this process or in numba's disk cache
+    (best effort: the cache next to the kernels, or under ``NUMBA_CACHE_DIR``)."""
+    from xentstream._kernels import cpu
+
+    if any(getattr(kernel, "signatures", None) for kernel in vars(cpu).values()):
+        return True
+    root = Path(os.environ.get("NUMBA_CACHE_DIR") or Path(cpu.__file__).parent / "__pycache__")
+    try:
+        return any(root.rglob("cpu.*.nbi"))
+    except OSError:
+        return True  # unknown: say nothing rather than something wrong
+
+
 class _Progress:
-    """A tqdm bar with rows/s and the running loss +- stderr; off when not wanted."""
+    """A tqdm bar with rows/s and the running loss +- stderr; off when not wanted.
+
+    Until the first batch is done it says when the kernels are being compiled (the
+    first run on a machine waits ~10 s there, which would otherwise look like a hang).
+    The postfix is short so that the bar keeps its width in an 80-column terminal, and
+    it shows the final loss when the bar closes.
+    """
 
     def __init__(self, enabled: bool | None, total: int | None, initial: int) -> None:
         if enabled is None:
             enabled = sys.stderr.isatty()
         self.bar = None
         self._last = 0.0
+        self._metric: Metric | None = None
         if enabled:
             from tqdm.auto import tqdm
 
+            compiling = not _kernels_compiled()
             self.bar = tqdm(
                 total=total,
                 initial=initial,
                 unit="rows",
                 unit_scale=True,
                 dynamic_ncols=True,
-                desc="xentstream",
+                desc="xentstream: compiling kernels (first run only)"
+                if compiling
+                else "xentstream",
             )
+            self._compiling = compiling
 
     def update(self, rows: int, metric: Metric) -> None:
         if self.bar is None:
             return
+        self._metric = metric
+        if self._compiling:
+            self._compiling = False
+            self.bar.set_description_str("xentstream", refresh=False)
         self.bar.update(rows)
         now = time.monotonic()
         if now - self._last > 0.5:  # the report costs a little; refresh it twice a second
             self._last = now
-            report = metric.compute()
-            text = f"{report.loss:.5f}"
-            if report.stderr is not None:
-                text += f" ± {report.stderr:.5f}"
-            self.bar.set_postfix_str(f"loss {text}", refresh=False)
+            self._show_loss(metric)
+
+    def _show_loss(self, metric: Metric) -> None:
+        report = metric.compute()
+        text = f"loss {report.loss:.4g}"
+        if report.stderr is not None:
+            text += f"±{report.stderr:.2g}"
+        self.bar.set_postfix_str(text, refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
+            if self._metric is not None:
+                self._show_loss(self._metric)  # the final loss, not the last refresh's
             self.bar.close()
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run with a checkpoint stopped by Ctrl-C (SIGINT) or SIGTERM.
+
+    The checkpoint was written first (unless a second signal forced an immediate stop
+    in the middle of a batch, when the previous checkpoint is kept), so rerunning with
+    the same arguments resumes after ``rows`` rows.
+
+    Attributes
+    ----------
+    signal : int
+        The signal that stopped the run.
+    rows : int or None
+        Rows consumed and saved in ``checkpoint``; None when a forced stop came before
+        any checkpoint was written.
+    total_rows : int or None
+        Rows of the source, when known.
+    checkpoint : pathlib.Path
+        The checkpoint file.
+    """
+
+    def __init__(
+        self, signum: int, rows: int | None, total_rows: int | None, checkpoint: Path
+    ) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signal = signum
+        self.rows = rows
+        self.total_rows = total_rows
+        self.checkpoint = checkpoint
+
+
+class _StopSignals:
+    """SIGINT / SIGTERM handling while a checkpointed run is inside ``evaluate``.
+
+    A signal outside a batch stops the run at once; inside one (the metric and the
+    group states being updated) it stops the run when the batch is done, so that the
+    flushed checkpoint is consistent. A second signal inside a batch stops at once and
+    the checkpoint is not rewritten. Handlers are installed only in the main thread,
+    only over the default handlers (an application's own SIGTERM handler is kept), and
+    only while the run's code executes (not while ``stream`` is suspended at a yield).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.forced = False
+        self._in_batch = False
+        self._saved: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        for signum, default in defaults.items():
+            if signal.getsignal(signum) is default:
+                self._saved[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        self._saved.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._in_batch and self.signum is None:
+            self.signum = signum  # stop when the batch is done
+            return
+        self.forced = self._in_batch
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def begin_batch(self) -> None:
+        self._in_batch = True
+
+    def end_batch(self) -> None:
+        self._in_batch = False
+        if self.signum is not None:
+            raise KeyboardInterrupt
 
 
 def _fingerprint(feeder_fingerprint: dict[str, Any], metric: Metric) -> dict[str, Any]:
@@ -357,17 +480,23 @@ def _run(
     batch_rows: int | None,
     progress: bool | None,
     checkpoint: str | os.PathLike[str] | None,
+    info: dict[str, Any] | None = None,
 ) -> Iterator[None]:
-    """Feed every batch of ``source`` to ``metric`` (and ``groups``); yield after each."""
+    """Feed every batch of ``source`` to ``metric`` (and ``groups``); yield after each.
+
+    ``info`` receives ``class_names`` (for the per-class tables) once the source is open.
+    """
     path = None if checkpoint is None else Path(checkpoint)
     skip = 0
     # Open once without skipping to learn the fingerprint, then resume if it matches.
     feeder = open_source(source, spec, batch_rows=batch_rows)
     fingerprint = _fingerprint(feeder.fingerprint, metric)
+    if info is not None:
+        info["class_names"] = _class_names(feeder.fingerprint)
     if path is not None:
         saved = _read_checkpoint(path, fingerprint)
         if saved is not None:
-            metric.load_state_of(Metric.from_state_dict(saved["metric"]))
+            metric._load_state_of(Metric.from_state_dict(saved["metric"]))
             if groups is not None:
                 groups.load_json(saved["groups"] or [])
             skip = int(saved["rows_consumed"])
@@ -376,11 +505,16 @@ def _run(
     bar = _Progress(progress, feeder.total_rows, skip)
     rows = skip
     last_save = time.monotonic()
+    stops = _StopSignals()
+    saved_rows = skip if path is not None and path.exists() else None  # rows in the file
+    if path is not None:
+        stops.install()
     try:
         for batch in _prefetch(iter(feeder)):
+            stops.begin_batch()
             codes = None if groups is None else groups.codes(batch.keys)
             n_groups = 1 if groups is None else len(groups.keys)
-            result = metric.update_batch(
+            result = metric._update_batch(
                 batch.preds,
                 batch.target,
                 batch.sample_weight,
@@ -389,24 +523,126 @@ def _run(
                 n_groups=n_groups,
             )
             if groups is not None and result.group_sums is not None:
-                groups.absorb(result.group_sums, result.group_counts)
+                labels = metric._group_label_counts(
+                    batch.target, batch.sample_weight, codes, len(groups.keys)
+                )
+                groups.absorb(result.group_sums, result.group_counts, labels)
             rows += batch.n_rows
             bar.update(batch.n_rows, metric)
             if path is not None and time.monotonic() - last_save > CHECKPOINT_INTERVAL_S:
                 _write_checkpoint(path, fingerprint, rows, metric, groups)
-                last_save = time.monotonic()
+                last_save, saved_rows = time.monotonic(), rows
+            stops.end_batch()
+            if path is not None:
+                stops.restore()  # the caller's handlers while ``stream`` is suspended
             yield
+            if path is not None:
+                stops.install()
         if path is not None:
             _write_checkpoint(path, fingerprint, rows, metric, groups)
+    except KeyboardInterrupt:
+        if path is None or stops.signum is None:
+            raise  # no checkpoint, or not our handler's doing: a plain interrupt
+        stops.restore()
+        if not stops.forced:
+            _write_checkpoint(path, fingerprint, rows, metric, groups)
+            saved_rows = rows
+        raise Interrupted(stops.signum, saved_rows, feeder.total_rows, path) from None
     finally:
+        stops.restore()
         bar.close()
 
 
-def _report(metric: Metric, groups: _GroupState | None) -> Report | GroupedReport:
-    overall = metric.compute()
+def _class_names(fingerprint: dict[str, Any]) -> list[str] | None:
+    """Class (label) names a frame source knows: ``classes``, else wide column names."""
+    columns = fingerprint.get("columns") or {}
+    if columns.get("classes"):
+        return list(columns["classes"])
+    preds = columns.get("preds") or []
+    return list(preds) if len(preds) > 1 else None
+
+
+def _spec_class_names(spec: ColumnSpec) -> list[str] | None:
+    """:func:`_class_names` from the arguments alone (sources opened elsewhere: Dask)."""
+    preds = list(spec.preds) if isinstance(spec.preds, list | tuple) else []
+    columns = {"classes": None if spec.classes is None else [str(c) for c in spec.classes]}
+    return _class_names({"columns": {**columns, "preds": preds}})
+
+
+def _named(report: Report, names: list[str] | None) -> Report:
+    """``report`` with its per-class table's class (label) column holding ``names``."""
+    table = report.per_class
+    if table is None or not names or len(names) != table.height:
+        return report
+    column = table.columns[0]
+    return replace(report, per_class=table.with_columns(pl.Series(column, names, pl.String)))
+
+
+def _key_order(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Sort key of a group key: values ascending, then NaN, then null."""
+    return tuple(
+        (2, 0) if v is None else (1, 0) if isinstance(v, float) and math.isnan(v) else (0, v)
+        for v in key
+    )
+
+
+def _report(
+    metric: Metric, groups: _GroupState | None, class_names: list[str] | None = None
+) -> Report | GroupedReport:
+    overall = _named(metric.compute(), class_names)
     if groups is None:
         return overall
-    return GroupedReport(overall=overall, by=groups.by, groups=groups.reports())
+    reports = groups.reports()
+    try:
+        ordered = dict(sorted(reports.items(), key=lambda item: _key_order(item[0])))
+    except TypeError:  # keys that do not compare (mixed types): first appearance
+        ordered = reports
+    return GroupedReport(overall=overall, by=groups.by, groups=ordered, _states=(metric, groups))
+
+
+GROUPED_FORMAT = "xentstream.grouped"
+GROUPED_VERSION = 1
+
+
+def grouped_state_dict(result: GroupedReport) -> dict[str, Any]:
+    """The exact states of a grouped evaluation (overall and per group) as one JSON-able
+    dict: what ``xentstream evaluate --by ... --save-state`` writes and ``merge`` reads."""
+    metric, groups = result._states
+    return {
+        "format": GROUPED_FORMAT,
+        "version": GROUPED_VERSION,
+        "by": list(groups.by),
+        "overall": metric.state_dict(),
+        "groups": groups.to_json(),
+    }
+
+
+def merge_grouped_states(states: list[dict[str, Any]]) -> GroupedReport:
+    """Merge :func:`grouped_state_dict` outputs (shards of one run): the overall states,
+    and each group's states by key.
+
+    Raises
+    ------
+    ValueError
+        For states of another format or version, or grouped by other columns.
+    """
+    metric: Metric | None = None
+    groups: _GroupState | None = None
+    for index, state in enumerate(states):
+        if state.get("format") != GROUPED_FORMAT or state.get("version") != GROUPED_VERSION:
+            raise ValueError(f"state {index}: not a grouped state of version {GROUPED_VERSION}")
+        by = tuple(state["by"])
+        overall = Metric.from_state_dict(state["overall"])
+        if metric is None:
+            metric, groups = overall, _GroupState(by, overall)
+        else:
+            if by != groups.by:
+                raise ValueError(f"state {index}: grouped by {list(by)}, not {list(groups.by)}")
+            metric.merge(overall)
+        groups.load_json(state["groups"])
+    if metric is None:
+        raise ValueError("merge: no states")
+    return _report(metric, groups)
 
 
 def evaluate(
@@ -449,8 +685,10 @@ def evaluate(
     progress : bool, optional
         Progress bar (default: on when stderr is a terminal).
     checkpoint : path, optional
-        Save the state and rows consumed here every few seconds; a rerun with the same
-        arguments resumes and ends bitwise equal to an uninterrupted run.
+        Save the state and rows consumed here every few seconds, at the end, and on
+        Ctrl-C / SIGTERM in the main thread (then :class:`Interrupted` is raised); a
+        rerun with the same arguments resumes and ends bitwise equal to an
+        uninterrupted run.
 
     Returns
     -------
@@ -461,6 +699,8 @@ def evaluate(
     ValueError, TypeError, FileNotFoundError
         Bad sources, columns, data (the message names the column and the row offset in
         the whole source), or a checkpoint written for another run.
+    Interrupted
+        A checkpointed run stopped by SIGINT or SIGTERM, after saving the checkpoint.
 
     Examples
     --------
@@ -473,6 +713,7 @@ def evaluate(
     spec, groups = _prepare(
         metric, preds=preds, target=target, sample_weight=sample_weight, by=by, classes=classes
     )
+    info: dict[str, Any] = {}
     for _ in _run(
         source,
         metric,
@@ -481,9 +722,10 @@ def evaluate(
         batch_rows=batch_rows,
         progress=progress,
         checkpoint=checkpoint,
+        info=info,
     ):
         pass
-    return _report(metric, groups)
+    return _report(metric, groups, info.get("class_names"))
 
 
 def stream(
@@ -511,6 +753,7 @@ def stream(
     spec, groups = _prepare(
         metric, preds=preds, target=target, sample_weight=sample_weight, by=by, classes=classes
     )
+    info: dict[str, Any] = {}
     for _ in _run(
         source,
         metric,
@@ -519,5 +762,6 @@ def stream(
         batch_rows=batch_rows,
         progress=progress,
         checkpoint=checkpoint,
+        info=info,
     ):
-        yield _report(metric, groups)
+        yield _report(metric, groups, info.get("class_names"))

@@ -149,6 +149,7 @@ def open_source(
     ValueError, TypeError, FileNotFoundError
         For unknown formats, missing files or columns, and invalid specs.
     """
+    source = _as_polars_source(source, spec, batch_rows)
     paths = _expand_paths(source)
     if paths is not None and paths[0].suffix.lower() == ".npy":
         return _npy_feeder(paths, spec, batch_rows, skip_rows)
@@ -172,6 +173,67 @@ def open_source(
         total_rows=None,
         fingerprint={"kind": "iterable"},
     )
+
+
+# -- other libraries' tables ---------------------------------------------------------------
+
+
+def _module(value: Any) -> str:
+    return type(value).__module__.split(".", 1)[0]
+
+
+def _is_arrow_dataset(value: Any) -> bool:
+    return any(
+        kind.__name__ == "Dataset" and kind.__module__ == "pyarrow._dataset"
+        for kind in type(value).__mro__
+    )
+
+
+def _polars_frame(item: Any) -> Any:
+    """A pandas DataFrame or pyarrow Table / RecordBatch as a polars DataFrame (Arrow
+    memory is shared, not copied); anything else as it is."""
+    module, name = _module(item), type(item).__name__
+    if module == "pandas" and name == "DataFrame":
+        return pl.from_pandas(item)  # the index is not a column
+    if module == "pyarrow" and name in ("Table", "RecordBatch"):
+        return pl.from_arrow(item)
+    return item
+
+
+def _reader_frames(reader: Any, batch_rows: int | None) -> Iterator[pl.DataFrame]:
+    """A pyarrow RecordBatchReader as DataFrames of at most ``batch_rows`` rows."""
+    for record_batch in reader:
+        frame = pl.from_arrow(record_batch)
+        yield from frame.iter_slices(batch_rows) if batch_rows else [frame]
+
+
+def _is_row_dicts(source: Any, spec: ColumnSpec) -> bool:
+    """A list of records (``[{"p": [...], "y": 3}, ...]``), told apart from a list of
+    batch dicts by its target: one value per record, not an array."""
+    if not isinstance(source, list) or not source or not isinstance(source[0], Mapping):
+        return False
+    if not isinstance(spec.target, str) or spec.target not in source[0]:
+        return False
+    return isinstance(source[0][spec.target], int | float | str | bool | np.generic)
+
+
+def _as_polars_source(source: Any, spec: ColumnSpec, batch_rows: int | None) -> Any:
+    """Tables of pandas, pyarrow and DuckDB, and lists of records, as polars sources;
+    any other source as it is. Nothing is imported: objects are known by their module."""
+    source = _polars_frame(source)
+    module, name = _module(source), type(source).__name__
+    if module == "pyarrow" and name == "RecordBatchReader":
+        return _reader_frames(source, batch_rows)
+    if module == "pyarrow" and _is_arrow_dataset(source):
+        return pl.scan_pyarrow_dataset(source)  # lazy: read batch by batch
+    if module == "duckdb" and hasattr(source, "pl"):
+        try:
+            return source.pl(lazy=True)  # duckdb >= 1.4 streams into a LazyFrame
+        except TypeError:
+            return _reader_frames(source.fetch_record_batch(batch_rows or 1 << 16), batch_rows)
+    if _is_row_dicts(source, spec):
+        return pl.DataFrame(source, infer_schema_length=None)
+    return source
 
 
 # -- polars frames and files ---------------------------------------------------------------
@@ -401,6 +463,7 @@ def _iterable_batches(source: Iterable[Any], spec: ColumnSpec, skip_rows: int) -
     offset = 0
     pred_columns = target_columns = classes = None
     for item in source:
+        item = _polars_frame(item)
         if isinstance(item, pl.DataFrame):
             if pred_columns is None:
                 pred_columns, target_columns = _resolve_columns(item.schema, spec)

@@ -18,6 +18,7 @@ from xentstream._batch import (
     multiclass_batch,
     multilabel_batch,
 )
+from xentstream._inputs import as_array
 from xentstream._kernels import layout
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
 
@@ -40,6 +41,64 @@ def _reduce(batch: BatchSums, reduction: str) -> float | np.ndarray:
     return accumulator.ratio(batch.sums[layout.LOSS], batch.sums[layout.DENOMINATOR])
 
 
+def _label_codes(target: Any, labels: Any, name: str = "target") -> Any:
+    """``target`` as indices into ``labels`` (scikit-learn's ``labels=``: the classes in
+    the order of the prediction columns); ``target`` itself without ``labels``."""
+    if labels is None:
+        return target
+    names = list(labels)
+    index: dict[Any, int] = {}
+    for position, label in enumerate(names):
+        if label in index:
+            raise ValueError(f"labels: {label!r} appears twice")
+        index[label] = position
+    if hasattr(target, "to_numpy"):  # pandas, polars, pyarrow: strings as objects
+        pyarrow = type(target).__module__.startswith("pyarrow")
+        values = np.asarray(target.to_numpy(zero_copy_only=False) if pyarrow else target.to_numpy())
+    else:
+        values = as_array(target, name) if _is_tensor(target) else np.asarray(target)
+    uniques, inverse = np.unique(values, return_inverse=True)
+    codes = np.empty(len(uniques), dtype=np.int64)
+    for k, value in enumerate(uniques.tolist()):
+        if value not in index:
+            row = int(np.argmax(inverse.reshape(-1) == k))
+            raise ValueError(
+                f"{name}: row {row}: label {value!r} is not one of labels {names[:10]}"
+            )
+        codes[k] = index[value]
+    return codes[inverse].reshape(values.shape)
+
+
+def _is_tensor(value: Any) -> bool:
+    return type(value).__module__.split(".", 1)[0] == "torch"
+
+
+def _swapped_hint(error: Exception, preds: Any, target: Any, labels: Any) -> Exception:
+    """``error`` with a hint when the inputs look like strings without ``labels=``, or
+    like scikit-learn's argument order ``(y_true, y_pred)``."""
+    try:
+        p, t = np.asarray(preds), np.asarray(target)
+    except Exception:  # device arrays, ragged lists: no hint
+        return error
+    hint = None
+    if labels is None and t.dtype.kind in "USO":
+        hint = (
+            "string labels need labels= (the class names in the order of the prediction "
+            "columns, as scikit-learn's log_loss takes them)"
+        )
+    elif p.dtype.kind in "iub" or (
+        p.dtype.kind == "f" and p.ndim < t.ndim and np.array_equal(p, np.round(p))
+    ):
+        if t.dtype.kind == "f" and not np.array_equal(t, np.round(t)):
+            hint = (
+                "the arguments look swapped: xentstream takes (preds, target), like torch; "
+                "scikit-learn's log_loss takes (y_true, y_pred)"
+            )
+    if hint is None:
+        return error
+    return type(error)(f"{error}; {hint}")
+
+
 def cross_entropy(
     preds: Any,
     target: Any,
@@ -54,6 +113,7 @@ def cross_entropy(
     sum_tol: float | None = None,
     validate: bool = True,
     engine: str = "auto",
+    labels: Any = None,
 ) -> float | np.ndarray:
     """Multiclass cross-entropy, as ``torch.nn.functional.cross_entropy``.
 
@@ -92,6 +152,10 @@ def cross_entropy(
         array (``__cuda_array_interface__``: torch CUDA tensors, CuPy, numba), read
         in place; ``"cuda"`` also copies host inputs to the GPU; ``"cpu"`` copies
         device inputs to the host. (An addition to SPEC section 4's signatures.)
+    labels : sequence, optional
+        The classes in the order of the prediction columns, as scikit-learn's
+        ``log_loss(labels=...)``: ``target`` then holds these values (strings, or
+        integers other than 0..C-1) and is mapped to column indices.
 
     Returns
     -------
@@ -113,6 +177,8 @@ def cross_entropy(
     True
     >>> cross_entropy([[2.0, 0.0], [0.0, 2.0]], [0, 0], input="logits", reduction="none")
     array([0.12692801, 2.12692801])
+    >>> math.isclose(cross_entropy([[0.7, 0.3]], ["cat"], labels=["cat", "dog"]), -math.log(0.7))
+    True
     """
     _check_reduction(reduction)
     config = MulticlassConfig(
@@ -124,9 +190,17 @@ def cross_entropy(
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
     )
-    batch = multiclass_batch(
-        config, preds, target, sample_weight, keep_rows=reduction == "none", engine=engine
-    )
+    try:
+        batch = multiclass_batch(
+            config,
+            preds,
+            _label_codes(target, labels),
+            sample_weight,
+            keep_rows=reduction == "none",
+            engine=engine,
+        )
+    except (TypeError, ValueError) as error:
+        raise _swapped_hint(error, preds, target, labels) from None
     return _reduce(batch, reduction)
 
 
@@ -142,6 +216,7 @@ def binary_cross_entropy(
     sum_tol: float | None = None,
     validate: bool = True,
     engine: str = "auto",
+    labels: Any = None,
 ) -> float | np.ndarray:
     """Binary cross-entropy, as ``torch.nn.functional.binary_cross_entropy(_with_logits)``.
 
@@ -162,6 +237,12 @@ def binary_cross_entropy(
         convention; torch's ``weight`` divides by the row count instead).
     eps, reduction, sum_tol, validate, engine
         As in :func:`cross_entropy`.
+    labels : sequence of two, optional
+        ``[negative, positive]``: the values ``target`` holds (e.g. ``["ham", "spam"]``).
+
+    Shapes people have are accepted: column vectors (a trailing axis of 1) on either
+    side, and scikit-learn's ``predict_proba`` output of shape (N, 2) (rows must sum to
+    1; column 1 is used; with ``input="logits"`` the binary logit is ``x1 - x0``).
 
     Returns
     -------
@@ -177,14 +258,28 @@ def binary_cross_entropy(
     >>> import math
     >>> math.isclose(binary_cross_entropy([0.6], [1.0]), -math.log(0.6))
     True
+    >>> proba = [[0.4, 0.6], [0.9, 0.1]]  # clf.predict_proba(X)
+    >>> math.isclose(
+    ...     binary_cross_entropy(proba, ["spam", "ham"], labels=["ham", "spam"]),
+    ...     -(math.log(0.6) + math.log(0.9)) / 2,
+    ... )
+    True
     """
     _check_reduction(reduction)
     config = BinaryConfig(
         input=input, eps=eps, sum_tol=sum_tol, validate=validate, pos_weight=pos_weight
     )
-    batch = binary_batch(
-        config, preds, target, sample_weight, keep_rows=reduction == "none", engine=engine
-    )
+    try:
+        batch = binary_batch(
+            config,
+            preds,
+            _label_codes(target, labels),
+            sample_weight,
+            keep_rows=reduction == "none",
+            engine=engine,
+        )
+    except (TypeError, ValueError) as error:
+        raise _swapped_hint(error, preds, target, labels) from None
     return _reduce(batch, reduction)
 
 

@@ -78,6 +78,17 @@ def _counts_from_json(values: Any) -> np.ndarray:
     return np.array(values, dtype=np.int64)
 
 
+def _add_counts(mine: np.ndarray | None, theirs: np.ndarray | None) -> np.ndarray | None:
+    """Label counts of two states together (None, unknown, wins)."""
+    if mine is None or theirs is None:
+        return None
+    width = max(len(mine), len(theirs))
+    total = np.zeros(width, dtype=np.int64)
+    total[: len(mine)] += mine
+    total[: len(theirs)] += theirs
+    return total
+
+
 def _exact_sum(values: tuple[float, ...]) -> int:
     """Exact sum of finite floats as an integer in units of 2**-1074."""
     total = 0
@@ -133,6 +144,9 @@ class Metric:
 
     config_class: ClassVar[type[LossConfig]]
     _registry: ClassVar[dict[str, type[Metric]]] = {}
+    #: Keeps exact integer counts of hard labels (the normalized entropy's baseline
+    #: without per-class sums); None in ``_label_counts`` once they are unknown.
+    _counts_labels: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -155,6 +169,10 @@ class Metric:
             self._class_sums: np.ndarray | None = None
             self._class_counts: np.ndarray | None = None
             self._window = _Window(self.window) if self.window else None
+            self._label_counts: np.ndarray | None = (
+                np.zeros(0, dtype=np.int64) if self._counts_labels else None
+            )
+            self._batch_label_counts: np.ndarray | None = None  # _run_batch -> _absorb
         return self
 
     @property
@@ -191,10 +209,41 @@ class Metric:
         plus the row in this batch). ``names`` lets feeders report column names.
         Returns ``self``.
         """
-        self.update_batch(preds, target, sample_weight, names=names)
+        self._update_batch(preds, target, sample_weight, names=names)
         return self
 
-    def update_batch(
+    def forward(self, preds: Any, target: Any, sample_weight: Any = None) -> float:
+        """Add one batch (as :meth:`update`) and return this batch's mean loss.
+
+        What a training loop logs per step, as ``torchmetrics``' ``forward``; the
+        metric's :attr:`value` is the running loss over every batch so far.
+        ``metric(preds, target)`` is the same call.
+
+        Examples
+        --------
+        >>> import xentstream as xs
+        >>> m = xs.CrossEntropy()
+        >>> round(m([[0.5, 0.5]], [0]), 6), round(m([[0.9, 0.1]], [0]), 6)
+        (0.693147, 0.105361)
+        >>> round(m.value, 6)
+        0.399254
+        """
+        batch = self._update_batch(preds, target, sample_weight)
+        return accumulator.ratio(batch.sums[layout.LOSS], batch.sums[layout.DENOMINATOR])
+
+    __call__ = forward
+
+    def to(self, device: Any) -> Metric:
+        """Run the kernels on ``device`` (``"cpu"``, ``"cuda"``, a ``torch.device``);
+        returns ``self``. The exact state itself always lives in host memory (it is a
+        few kilobytes of integers)."""
+        kind = str(getattr(device, "type", device)).split(":", 1)[0]
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+        self.engine = _check_engine(kind)
+        return self
+
+    def _update_batch(
         self,
         preds: Any,
         target: Any,
@@ -208,7 +257,7 @@ class Metric:
 
         Feeders use it for grouped evaluation: one kernel pass updates this metric
         and yields ``group_sums`` for the per-group metrics
-        (:meth:`absorb_group_sums`).
+        (:meth:`_absorb_group_sums`).
         """
         with self._lock:
             batch, row_denominators = self._run_batch(
@@ -218,13 +267,23 @@ class Metric:
                 self._absorb(batch, row_denominators, sample_weight)
         return batch
 
-    def absorb_group_sums(self, sums: np.ndarray, counts: np.ndarray) -> None:
-        """Add one group's share of a :class:`BatchSums` (no per-class sums, no window)."""
+    def _absorb_group_sums(
+        self, sums: np.ndarray, counts: np.ndarray, label_counts: np.ndarray | None = None
+    ) -> None:
+        """Add one group's share of a :class:`BatchSums` (no per-class sums, no window),
+        and of :meth:`_group_label_counts` (None: the group's labels are unknown)."""
         with self._lock:
             accumulator.merge_into(self._sums, sums)
             self._counts += counts
+            self._label_counts = _add_counts(self._label_counts, label_counts)
 
-    def load_state_of(self, other: Metric) -> None:
+    def _group_label_counts(
+        self, target: Any, sample_weight: Any, codes: np.ndarray, n_groups: int
+    ) -> np.ndarray | None:
+        """Exact label counts per group of a batch, shape (n_groups, C), if kept."""
+        return None
+
+    def _load_state_of(self, other: Metric) -> None:
         """Replace this metric's state by a copy of ``other``'s (same kind and config)."""
         if type(other) is not type(self):
             raise TypeError(f"cannot load a {type(other).__name__} into a {type(self).__name__}")
@@ -238,6 +297,9 @@ class Metric:
     ) -> None:
         accumulator.merge_into(self._sums, batch.sums)
         self._counts += batch.counts
+        if self._label_counts is not None:
+            self._label_counts = _add_counts(self._label_counts, self._batch_label_counts)
+            self._batch_label_counts = None
         if batch.class_sums is not None:
             self._ensure_class_state(batch.n_classes)
             accumulator.merge_into(self._class_sums, batch.class_sums)
@@ -286,6 +348,7 @@ class Metric:
                 class_counts=class_counts,
                 unweighted=self._unweighted(),
                 window_loss=self._window.loss() if self._window is not None else None,
+                label_counts=self._label_counts,
             )
 
     # -- merge ---------------------------------------------------------------------------
@@ -325,6 +388,7 @@ class Metric:
                 self._class_counts += state["class_counts"]
             if self._window is not None and state["window"] is not None:
                 self._window.rows.extend(state["window"].rows)
+            self._label_counts = _add_counts(self._label_counts, state["label_counts"])
         return self
 
     def _snapshot(self) -> dict[str, Any]:
@@ -336,6 +400,7 @@ class Metric:
             "class_sums": None if self._class_sums is None else self._class_sums.copy(),
             "class_counts": None if self._class_counts is None else self._class_counts.copy(),
             "window": None if self._window is None else self._window.copy(),
+            "label_counts": None if self._label_counts is None else self._label_counts.copy(),
         }
 
     def _check_compatible(self, config: dict[str, Any], n_classes: int | None, what: str) -> None:
@@ -383,6 +448,9 @@ class Metric:
                 "window_rows": (
                     None if self._window is None else [list(pair) for pair in self._window.rows]
                 ),
+                "label_counts": (
+                    None if self._label_counts is None else self._label_counts.tolist()
+                ),
             }
 
     @classmethod
@@ -428,6 +496,11 @@ class Metric:
                 metric._class_counts = _counts_from_json(state["class_counts"])
                 if metric._class_counts.shape != (width,):
                     raise ValueError("class_counts does not match class_sums")
+            # States written before label counts existed have none: unknown, not zero.
+            labels = state.get("label_counts")
+            metric._label_counts = (
+                _counts_from_json(labels) if labels is not None and cls._counts_labels else None
+            )
             if metric._window is not None and state.get("window_rows"):
                 metric._window.rows.extend((float(a), float(b)) for a, b in state["window_rows"])
         except (KeyError, TypeError, IndexError) as error:
@@ -536,6 +609,7 @@ class CrossEntropy(_ClassCountMixin, Metric):
 
     config_class = MulticlassConfig
     _count_name = "num_classes"
+    _counts_labels = True
 
     def __init__(
         self,
@@ -591,7 +665,43 @@ class CrossEntropy(_ClassCountMixin, Metric):
         denominators = None
         if self._window is not None:
             denominators = self._row_denominators(target, batch)
+        if self._label_counts is not None and batch.n_rows:
+            self._batch_label_counts = self._count_labels(target, sample_weight, batch)
         return batch, denominators
+
+    def _group_label_counts(
+        self, target: Any, sample_weight: Any, codes: np.ndarray, n_groups: int
+    ) -> np.ndarray | None:
+        n_classes = self.n_classes
+        labels = self._hard_labels(target, sample_weight)
+        if labels is None or n_classes is None:
+            return None
+        codes = np.asarray(codes).reshape(-1)
+        if labels.size != codes.size:  # token labels: one group per row, T labels per row
+            codes = np.repeat(codes, labels.size // max(codes.size, 1))
+        if self.config.ignore_index is not None:
+            kept = labels != self.config.ignore_index
+            labels, codes = labels[kept], codes[kept]
+        flat = codes.astype(np.int64) * n_classes + labels.astype(np.int64, copy=False)
+        counts = np.bincount(flat, minlength=n_groups * n_classes)
+        return counts.reshape(n_groups, n_classes)
+
+    def _hard_labels(self, target: Any, sample_weight: Any) -> np.ndarray | None:
+        """The batch's hard labels, flat; None for soft targets or weighted rows."""
+        if sample_weight is not None:
+            return None
+        labels = as_array(target, "target")
+        return labels.reshape(-1) if labels.dtype.kind in "iub" else None
+
+    def _count_labels(self, target: Any, sample_weight: Any, batch: BatchSums) -> np.ndarray | None:
+        """Exact counts of this batch's hard labels (None: soft targets or sample
+        weights, whose label mass needs ``per_class``'s exact sums)."""
+        labels = self._hard_labels(target, sample_weight)
+        if labels is None:
+            return None
+        if self.config.ignore_index is not None:
+            labels = labels[labels != self.config.ignore_index]
+        return np.bincount(labels.astype(np.int64, copy=False), minlength=batch.n_classes)
 
     def _row_denominators(self, target: Any, batch: BatchSums) -> np.ndarray:
         """d_i per row (-1 for ignored rows) for the windowed loss."""

@@ -55,8 +55,9 @@ class Report:
         Standard error of ``loss`` (module docstring); None with fewer than 2 rows.
     ci95 : tuple of float or None
         Normal-approximation 95% interval for the mean loss.
-    perplexity : float
-        ``exp(loss)``.
+    perplexity : float or None
+        ``exp(loss)``, multiclass only (binary and multi-label losses are not the
+        log-loss of one distribution over classes).
     bits : float
         ``loss / ln 2``.
     accuracy : float or None
@@ -64,11 +65,14 @@ class Report:
     entropy : float or None
         Weighted mean entropy of the predicted distributions.
     kl : float or None
-        Weighted mean ``KL(q || p) = CE - H(q)``; None when class or positive
-        weights make the loss a weighted cross-entropy.
+        Weighted mean ``KL(q || p) = CE - H(q)``, for soft (or smoothed) targets: with
+        one-hot targets it equals the loss and is None; also None when class or
+        positive weights make the loss a weighted cross-entropy.
     normalized_entropy : float or None
-        Loss divided by the entropy of the weighted empirical label distribution
-        (multiclass and multi-label need ``per_class`` / ``per_label``).
+        Loss divided by the entropy of the weighted empirical label distribution:
+        binary always; multiclass hard labels always (from exact label counts; with
+        sample weights, or soft targets, it needs ``per_class``); multi-label with
+        ``per_label``.
     window_loss : float or None
         Mean loss over the last ``window`` counted rows, when the metric has a window.
     per_class : polars.DataFrame or None
@@ -82,7 +86,7 @@ class Report:
     ignored: int
     stderr: float | None
     ci95: tuple[float, float] | None
-    perplexity: float
+    perplexity: float | None
     bits: float
     accuracy: float | None
     entropy: float | None
@@ -90,6 +94,52 @@ class Report:
     normalized_entropy: float | None
     window_loss: float | None
     per_class: pl.DataFrame | None = field(default=None, compare=False)
+
+    def scalars(self, prefix: str = "") -> dict[str, float | int]:
+        """The defined scalar fields as one flat dict, for loggers (TensorBoard, W&B,
+        Lightning's ``self.log_dict``): no tables, no None, ``ci95`` as two entries.
+
+        Examples
+        --------
+        >>> import xentstream as xs
+        >>> m = xs.CrossEntropy().update([[0.7, 0.3], [0.2, 0.8]], [0, 1])
+        >>> sorted(m.compute().scalars("val/"))[:3]
+        ['val/accuracy', 'val/bits', 'val/ci95_high']
+        """
+        out: dict[str, float | int] = {}
+        for name in _SCALARS:
+            value = getattr(self, name)
+            if name == "ci95":
+                if value is not None:
+                    out[f"{prefix}ci95_low"], out[f"{prefix}ci95_high"] = value
+            elif value is not None:
+                out[f"{prefix}{name}"] = value
+        return out
+
+    def __str__(self) -> str:
+        """One aligned ``name  value`` line per defined field, then the per-class table."""
+        lines = [f"{name:<{_WIDTH}}  {_format(value)}" for name, value in self._shown()]
+        text = "\n".join(lines)
+        if self.per_class is not None:
+            import polars as pl
+
+            with pl.Config(tbl_rows=50, tbl_cols=20, tbl_hide_dataframe_shape=True):
+                text += f"\n\n{self.per_class}"
+        return text
+
+    def _repr_html_(self) -> str:
+        """A two-column table in notebooks (and the per-class table below it)."""
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{name}</th><td>{_format(value)}</td></tr>"
+            for name, value in self._shown()
+        )
+        html = f"<table><caption>xentstream Report</caption>{rows}</table>"
+        if self.per_class is not None:
+            html += self.per_class._repr_html_()
+        return html
+
+    def _shown(self) -> list[tuple[str, Any]]:
+        return [(name, getattr(self, name)) for name in _SCALARS if getattr(self, name) is not None]
 
     def to_dict(self) -> dict[str, Any]:
         """Strict-JSON-able dict of every field (``per_class`` as a list of row dicts).
@@ -109,6 +159,34 @@ class Report:
                 {k: _json_value(v) for k, v in row.items()} for row in self.per_class.to_dicts()
             ]
         return data
+
+
+#: Scalar fields in the order people read them: the loss and its uncertainty first.
+_SCALARS = (
+    "loss",
+    "stderr",
+    "ci95",
+    "count",
+    "ignored",
+    "loss_sum",
+    "weight_sum",
+    "perplexity",
+    "bits",
+    "accuracy",
+    "entropy",
+    "kl",
+    "normalized_entropy",
+    "window_loss",
+)
+_WIDTH = max(map(len, _SCALARS))
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_format(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else str(value)
+    return str(value)
 
 
 def _json_value(value: Any) -> Any:
@@ -168,11 +246,14 @@ def build_report(
     class_counts: np.ndarray | None,
     unweighted: bool,
     window_loss: float | None,
+    label_counts: np.ndarray | None = None,
 ) -> Report:
     """Derive every :class:`Report` field from a metric's exact state.
 
     ``unweighted`` says that no class or positive weights scale the loss terms,
     which is when the KL divergence and the normalized entropy are defined.
+    ``label_counts``: exact counts of the hard labels (multiclass without per-class
+    sums), the normalized entropy's baseline.
     """
     loss = accumulator.ratio(sums[layout.LOSS], sums[layout.DENOMINATOR])
     count = int(counts[layout.ROWS])
@@ -185,11 +266,15 @@ def build_report(
         accuracy = None
     entropy = _safe_ratio(sums[layout.ENTROPY], weight) if has_rows else None
     kl = None
-    if has_rows and unweighted:
+    # With one-hot targets H(q) = 0 and the KL divergence is the loss again: not reported.
+    soft = bool(np.any(sums[layout.TARGET_ENTROPY]))
+    if has_rows and unweighted and soft:
         cross_entropy = accumulator.ratio(sums[layout.LOSS], weight)
         target_entropy = accumulator.ratio(sums[layout.TARGET_ENTROPY], weight)
         kl = cross_entropy - target_entropy
-    normalized = _normalized_entropy(kind, sums, class_sums, loss) if has_rows else None
+    normalized = (
+        _normalized_entropy(kind, sums, class_sums, loss, label_counts) if has_rows else None
+    )
     if not unweighted:
         normalized = None
     per_class = _per_class_frame(kind, class_sums, class_counts, weight)
@@ -201,7 +286,9 @@ def build_report(
         ignored=int(counts[layout.IGNORED]),
         stderr=stderr,
         ci95=ci95,
-        perplexity=_perplexity(loss),
+        # exp(loss) is a perplexity over the classes of one distribution per row; a sum of
+        # binary losses over labels (or one Bernoulli) has no such reading.
+        perplexity=_perplexity(loss) if kind == "multiclass" else None,
         bits=loss / math.log(2.0),
         accuracy=accuracy,
         entropy=entropy,
@@ -219,13 +306,21 @@ def _perplexity(loss: float) -> float:
 
 
 def _normalized_entropy(
-    kind: str, sums: np.ndarray, class_sums: np.ndarray | None, loss: float
+    kind: str,
+    sums: np.ndarray,
+    class_sums: np.ndarray | None,
+    loss: float,
+    label_counts: np.ndarray | None = None,
 ) -> float | None:
     total = accumulator.to_float(sums[layout.WEIGHT])
     if total <= 0.0:
         return None
     if kind == "binary":
         baseline = _bernoulli_entropy(accumulator.to_float(sums[layout.POSITIVE]) / total)
+    elif kind == "multiclass" and class_sums is None and label_counts is not None:
+        counts = label_counts[label_counts > 0].astype(np.float64)
+        mass = counts / counts.sum() if counts.size else counts
+        baseline = float(-np.sum(mass * np.log(mass)))
     elif class_sums is None:
         return None
     elif kind == "multiclass":
