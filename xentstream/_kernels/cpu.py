@@ -940,8 +940,6 @@ _FACTORIES = {
     "multilabel": _make_multilabel,
     "prediction_entropy": _make_prediction_entropy,
 }
-#: Kernel names, the same for the CPU kernels and their CUDA twins.
-KERNEL_NAMES = tuple(_FACTORIES)
 
 
 @functools.cache

@@ -329,16 +329,3 @@ def log1p32(u):
     if w == _F_ZERO:
         result = -_F_INF
     return result
-
-
-@njit(inline="always", nogil=True, error_model="numpy")
-def log_sigmoid_pair32(x):
-    """:func:`log_sigmoid_pair` of a float32 logit, with float32 exp and log1p.
-
-    The float64 results are within 2e-7 relative of the exact values (SPEC's float32
-    budget is 1e-6): the softplus' large part ``max(-+x, 0)`` is exact in float64 and
-    only the ``log1p(exp(-|x|))`` correction, at most log 2, is float32.
-    """
-    m = np.float64(log1p32(exp32(-abs(x))))
-    xd = np.float64(x)
-    return -(max(-xd, 0.0) + m), -(max(xd, 0.0) + m)

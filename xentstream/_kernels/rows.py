@@ -270,15 +270,12 @@ def binary_predicts_positive(x, opts):
 #: the chunk holding the maximum is searched for the first arg-max.
 _ARGMAX_CHUNK = 256
 #: Rows narrower than this are not worth a SIMD pass each (the vector body of a loop
-#: starts at 16-32 elements); logits rows this narrow take their exps from a flat
-#: pass over a group of rows instead (:func:`exp_rows`, :func:`scan_narrow_logits_row`).
+#: starts at 16-32 elements); logits and probability rows this narrow are processed
+#: in chunks across rows instead (:func:`narrow_rows_chunk`).
 NARROW_CLASSES = 64
-#: Elements per group of narrow rows: the exps of a group stay in L1 (also the rows
-#: of one SIMD pass of the binary kernel).
+#: Rows of one chunk of the binary kernel's SIMD passes across rows (its scratch
+#: columns stay in L1).
 NARROW_GROUP_ELEMENTS = 1024
-#: A narrow row whose logits all lie in [-_NARROW_RANGE, _NARROW_RANGE] needs no shift
-#: by its maximum: sum exp(x) neither overflows nor loses its largest term.
-_NARROW_RANGE = 600.0
 
 
 @njit(**_CALLED)
@@ -761,46 +758,3 @@ def hard_label_losses(target, start, stop, opts, columns, best, log_sum, losses,
         losses[r] = loss
         squares[r] = loss * loss
     return special
-
-
-@njit(**_CALLED)
-def exp_rows(preds, start, stop, out):
-    """``out[:k] = exp(preds[start:stop].ravel())``: one flat SIMD pass over narrow rows."""
-    chunk = preds[start:stop]  # see bernoulli_entropies_fast
-    n_classes = preds.shape[1]
-    for r in range(stop - start):
-        for c in range(n_classes):
-            out[r * n_classes + c] = exp64(np.float64(chunk[r, c]))
-
-
-@njit(**_CALLED)
-def scan_narrow_logits_row(preds, i, exps, offset, opts):
-    """:func:`scan_prediction_row` for a narrow logits row whose exps are precomputed.
-
-    ``exps[offset + c] = exp(preds[i, c])`` (:func:`exp_rows`). When the row's logits
-    lie in [-600, 600] the log-normalizer is log sum exp(x) unshifted: the normalizer
-    is ``(0, logsumexp)``, within 2e-16 * 600 of the shifted form. Other rows (and NaN
-    or inf) take the scalar scan. Either way a row's result depends only on the row.
-    """
-    n_classes = preds.shape[1]
-    best = -_INF
-    lowest = _INF
-    argmax = 0
-    total = 0.0
-    weighted = 0.0
-    for c in range(n_classes):
-        x = np.float64(preds[i, c])
-        if x > best:
-            best = x
-            argmax = c
-        lowest = min(lowest, x)
-        e = exps[offset + c]
-        total += e
-        weighted += e * x
-    if not (best <= _NARROW_RANGE and lowest >= -_NARROW_RANGE and total == total):
-        return _scan_prediction_row_scalar(preds, i, opts)
-    log_sum = math.log(total)
-    entropy = 0.0
-    if opts.with_entropy:
-        entropy = log_sum - weighted / total
-    return OK, -1, 0.0, argmax, (0.0, log_sum), entropy
