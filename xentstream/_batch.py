@@ -265,7 +265,7 @@ def _launch_cpu(
     keep_rows: bool,
 ) -> tuple[np.ndarray, ...]:
     """Run ``cpu.<name>`` over blocks of rows; the per-block outputs (see ``cpu.py``)."""
-    kernel = cpu.kernel(name, opts.input_kind, opts.with_entropy)
+    kernel = cpu.kernel(name, opts.with_entropy)
     n_rows = preds.shape[0]
     n_classes = preds.shape[1] if preds.ndim == 2 else 1
     n_blocks = _block_count(n_rows, n_classes, class_width > 0, n_groups)

@@ -43,7 +43,6 @@ from xentstream._kernels.layout import (
     DENOMINATOR_SQUARED,
     ENTROPY,
     IGNORED,
-    INPUT_KINDS,
     LABEL_OUT_OF_RANGE,
     LOGITS,
     LOGPROBS,
@@ -98,18 +97,21 @@ _KERNEL_FLAGS = {"parallel": True, "nogil": True, "cache": True, "error_model": 
 
 
 @njit(nogil=True, error_model="numpy")
-def _static_fields(opts, kind, with_entropy):
-    """The fields of ``opts`` with the input kind and entropy flag of a kernel variant.
+def _static_fields(opts, with_entropy):
+    """The fields of ``opts`` with the entropy flag of a kernel variant.
 
-    ``kind`` and ``with_entropy`` are constants of the variant (closure variables of
-    its factory), so once LLVM inlines this and the row helpers every test of them
-    folds away: a variant's loops hold only its own path. A kernel rebuilds its options
-    as ``KernelOptions(*_static_fields(...))``: numba's parfor lowering can rebuild a
-    namedtuple inside a ``prange`` body only when the kernel calls its class itself.
-    ``np.int64`` / ``np.bool_`` drop the literal types (LLVM still sees constants).
+    ``with_entropy`` is a constant of the variant (a closure variable of its factory),
+    so once LLVM inlines this and the row helpers every test of it folds away: the
+    function variant holds no entropy code, the metric variant no test of the flag.
+    A kernel rebuilds its options as ``KernelOptions(*_static_fields(...))``: numba's
+    parfor lowering can rebuild a namedtuple inside a ``prange`` body only when the
+    kernel calls its class itself. ``np.bool_`` drops the literal type (LLVM still sees
+    a constant). The input kind stays a run-time value: as a constant too it tripled
+    the variants a test suite compiles (each 8-20 s here) for no measured speed, the
+    SIMD loops testing the kind outside themselves anyway.
     """
     return (
-        np.int64(kind),
+        opts.input_kind,
         opts.eps,
         opts.sum_tol,
         opts.validate,
@@ -280,8 +282,8 @@ def _unit_weights(sample_weight, weights):
     return True
 
 
-def _make_multiclass_hard(kind, with_entropy):
-    """``multiclass_hard`` compiled for one input kind and entropy flag."""
+def _make_multiclass_hard(with_entropy):
+    """``multiclass_hard`` compiled with or without the entropies a metric reports."""
 
     @njit(**_KERNEL_FLAGS)
     def multiclass_hard(
@@ -300,7 +302,8 @@ def _make_multiclass_hard(kind, with_entropy):
         error_values,
     ):
         """Cross-entropy of (N, C) predictions against N integer labels."""
-        opts = KernelOptions(*_static_fields(opts, kind, with_entropy))
+        opts = KernelOptions(*_static_fields(opts, with_entropy))
+        kind = opts.input_kind
         keep_rows = row_losses.shape[0] > 0
         n_rows, n_classes = preds.shape
         n_blocks = sums.shape[0]
@@ -486,8 +489,8 @@ def _make_multiclass_hard(kind, with_entropy):
     return multiclass_hard
 
 
-def _make_multiclass_soft(kind, with_entropy):
-    """``multiclass_soft`` compiled for one input kind and entropy flag."""
+def _make_multiclass_soft(with_entropy):
+    """``multiclass_soft`` compiled with or without the entropies a metric reports."""
 
     @njit(**_KERNEL_FLAGS)
     def multiclass_soft(
@@ -506,7 +509,8 @@ def _make_multiclass_soft(kind, with_entropy):
         error_values,
     ):
         """Cross-entropy of (N, C) predictions against (N, C) target distributions."""
-        opts = KernelOptions(*_static_fields(opts, kind, with_entropy))
+        opts = KernelOptions(*_static_fields(opts, with_entropy))
+        kind = opts.input_kind
         keep_rows = row_losses.shape[0] > 0
         n_rows, n_classes = preds.shape
         n_blocks = sums.shape[0]
@@ -600,8 +604,8 @@ def _make_multiclass_soft(kind, with_entropy):
     return multiclass_soft
 
 
-def _make_binary(kind, with_entropy):
-    """``binary`` compiled for one input kind and entropy flag."""
+def _make_binary(with_entropy):
+    """``binary`` compiled with or without the entropies a metric reports."""
 
     @njit(**_KERNEL_FLAGS)
     def binary(
@@ -620,7 +624,7 @@ def _make_binary(kind, with_entropy):
         error_values,
     ):
         """Binary cross-entropy of N predictions of the positive class against N targets."""
-        opts = KernelOptions(*_static_fields(opts, kind, with_entropy))
+        opts = KernelOptions(*_static_fields(opts, with_entropy))
         keep_rows = row_losses.shape[0] > 0
         n_rows = preds.shape[0]
         n_blocks = sums.shape[0]
@@ -731,8 +735,8 @@ def _make_binary(kind, with_entropy):
     return binary
 
 
-def _make_multilabel(kind, with_entropy):
-    """``multilabel`` compiled for one input kind and entropy flag."""
+def _make_multilabel(with_entropy):
+    """``multilabel`` compiled with or without the entropies a metric reports."""
 
     @njit(**_KERNEL_FLAGS)
     def multilabel(
@@ -751,7 +755,8 @@ def _make_multilabel(kind, with_entropy):
         error_values,
     ):
         """Multi-label cross-entropy: per row, the sum over labels of the binary loss."""
-        opts = KernelOptions(*_static_fields(opts, kind, with_entropy))
+        opts = KernelOptions(*_static_fields(opts, with_entropy))
+        kind = opts.input_kind
         keep_rows = row_losses.shape[0] > 0
         n_rows, n_labels = preds.shape
         n_blocks = sums.shape[0]
@@ -869,8 +874,8 @@ def _make_multilabel(kind, with_entropy):
     return multilabel
 
 
-def _make_prediction_entropy(kind, with_entropy):
-    """``prediction_entropy`` compiled for one input kind and entropy flag."""
+def _make_prediction_entropy(with_entropy):
+    """``prediction_entropy`` compiled with or without the entropies a metric reports."""
 
     @njit(**_KERNEL_FLAGS)
     def prediction_entropy(
@@ -889,7 +894,7 @@ def _make_prediction_entropy(kind, with_entropy):
         error_values,
     ):
         """Entropy of each predicted distribution (rows of an (N, C) array)."""
-        opts = KernelOptions(*_static_fields(opts, kind, with_entropy))
+        opts = KernelOptions(*_static_fields(opts, with_entropy))
         keep_rows = row_losses.shape[0] > 0
         n_rows = preds.shape[0]
         n_blocks = sums.shape[0]
@@ -943,14 +948,12 @@ _FACTORIES = {
 
 
 @functools.cache
-def kernel(name, input_kind, with_entropy):
-    """The CPU kernel ``name`` specialized for one input kind and entropy flag.
+def kernel(name, with_entropy):
+    """The CPU kernel ``name``, specialized for whether the caller wants entropies.
 
-    Each variant is compiled on its first call only and holds only its own path
-    (``docs/performance.md``: measured speed and cold compile). The variants are
-    closures over plain constants, which numba's on-disk cache keys by value, so each
-    is compiled once per machine, not once per process.
+    Functions do not, metrics do (for their Report). Each variant is compiled on its
+    first call only and holds only its own path (``docs/performance.md``). The
+    variants are closures over a plain constant, which numba's on-disk cache keys by
+    value, so each is compiled once per machine, not once per process.
     """
-    if input_kind not in INPUT_KINDS.values():
-        raise ValueError(f"unknown input kind {input_kind!r}")
-    return _FACTORIES[name](int(input_kind), bool(with_entropy))
+    return _FACTORIES[name](bool(with_entropy))
