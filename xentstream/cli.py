@@ -142,10 +142,10 @@ def _infer_task(args: argparse.Namespace, source: list[str]) -> str:
 
 
 def _schema(source: list[str]) -> pl.Schema:
-    from xentstream.feeders import _SCANNERS, _expand_paths
+    from xentstream.feeders import _expand_paths, scan_files
 
     paths = _expand_paths(source)
-    return _SCANNERS[paths[0].suffix.lower()](str(paths[0])).collect_schema()
+    return scan_files(paths[:1]).collect_schema()
 
 
 def _metric(args: argparse.Namespace, task: str) -> Metric:

@@ -107,13 +107,18 @@ def _expand_paths(source: Any) -> list[Path] | None:
     paths: list[Path] = []
     for item in items:
         text = os.fspath(item)
-        matches = sorted(glob.glob(text)) if glob.has_magic(text) else [text]
-        if not matches:
-            raise FileNotFoundError(f"source: no file matches {text!r}")
-        for match in matches:
-            if not os.path.exists(match):
-                raise FileNotFoundError(f"source: file {match!r} does not exist")
-            paths.append(Path(match))
+        # An existing path always means itself, even with glob characters in its name
+        # (``data[1].parquet``); only a path that does not exist is a pattern, and
+        # ``glob.escape`` (``data[[]1].parquet``) matches such a name literally.
+        if os.path.exists(text):
+            matches = [text]
+        elif glob.has_magic(text):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise FileNotFoundError(f"source: no file matches {text!r}")
+        else:
+            raise FileNotFoundError(f"source: file {text!r} does not exist")
+        paths.extend(Path(match) for match in matches)
     suffixes = {path.suffix.lower() for path in paths}
     if len(suffixes) > 1:
         raise ValueError(f"source: files of different formats {sorted(suffixes)}")
@@ -123,6 +128,14 @@ def _expand_paths(source: Any) -> list[Path] | None:
             f"source: unknown file type {suffix!r}; expected one of {sorted([*_SCANNERS, '.npy'])}"
         )
     return paths
+
+
+def scan_files(paths: Sequence[Path]) -> pl.LazyFrame:
+    """A lazy scan of exactly ``paths`` (already expanded: polars must not glob again)."""
+    scan = _SCANNERS[paths[0].suffix.lower()]
+    if scan is pl.scan_ndjson:  # no ``glob=`` option: escape the names instead
+        return scan([glob.escape(str(p)) for p in paths])
+    return scan([str(p) for p in paths], glob=False)
 
 
 def _file_fingerprint(paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -153,8 +166,7 @@ def open_source(
     if paths is not None and paths[0].suffix.lower() == ".npy":
         return _npy_feeder(paths, spec, batch_rows, skip_rows)
     if paths is not None:
-        scan = _SCANNERS[paths[0].suffix.lower()]
-        frame = scan([str(p) for p in paths])
+        frame = scan_files(paths)
         fingerprint = {"kind": "files", "files": _file_fingerprint(paths)}
         return _frame_feeder(frame, spec, batch_rows, skip_rows, fingerprint, count_rows=True)
     if isinstance(source, pl.DataFrame):
