@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import glob
 import json
 import math
 import os
@@ -31,12 +32,13 @@ import polars as pl
 from xentstream.feeders import Batch, ColumnSpec, open_source
 from xentstream.metrics import Metric
 from xentstream.report import Report
-from xentstream.state import read_json, write_json_atomic
+from xentstream.state import read_json, shorten, show, write_json_atomic
 
 __all__ = ["GroupedReport", "evaluate", "stream"]
 
 CHECKPOINT_FORMAT = "xentstream.checkpoint"
-CHECKPOINT_VERSION = 1
+#: 2: with base_rows and metric_rows_per_row, which make a checkpoint self-checking.
+CHECKPOINT_VERSION = 2
 #: Seconds between checkpoint writes: often enough to lose little on a kill, rarely
 #: enough that writing the JSON never shows in the throughput.
 CHECKPOINT_INTERVAL_S = 5.0
@@ -187,13 +189,30 @@ class _GroupState:
             for key, metric in zip(self.keys, self.metrics, strict=True)
         ]
 
-    def load_json(self, entries: list[dict[str, Any]]) -> None:
+    def load_json(self, entries: list[dict[str, Any]], *, strict: bool = False) -> None:
         """Add saved groups (:meth:`to_json`): a known key's state is merged into its
         metric, a new key is appended. Loading the groups of consecutive parts of a
-        stream in order thus keeps the keys in order of first appearance."""
+        stream in order thus keeps the keys in order of first appearance.
+
+        ``strict`` (one saved stream, a checkpoint): every entry must be a group of
+        this grouping, of this metric's kind and config, and keys must not repeat.
+        """
+        seen: set[tuple[Any, ...]] = set()
         for entry in entries:
+            if strict and not (
+                isinstance(entry, dict)
+                and set(entry) == {"key", "state"}
+                and isinstance(entry["key"], list)
+                and len(entry["key"]) == len(self.by)
+            ):
+                raise ValueError(f"a group must be {{key: [{len(self.by)} values], state: ...}}")
             key = _canonical_key(tuple(_key_from_json(v) for v in entry["key"]))
             metric = Metric.from_state_dict(entry["state"])
+            if strict:
+                if key in seen:
+                    raise ValueError(f"group key {show(list(key))} appears twice")
+                seen.add(key)
+                self._new_metric().load_state_of(metric)  # same kind and config, or raises
             code = self._codes.get(key)
             if code is None:
                 self._codes[key] = len(self.keys)
@@ -291,28 +310,123 @@ def _fingerprint(feeder_fingerprint: dict[str, Any], metric: Metric) -> dict[str
 
 
 def _read_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved checkpoint at ``path`` (None if there is none), checked for this run."""
     if not path.exists():
         return None
     data = read_json(path)
-    if data.get("format") != CHECKPOINT_FORMAT or data.get("version") != CHECKPOINT_VERSION:
+    version = data.get("version")
+    if (
+        data.get("format") != CHECKPOINT_FORMAT
+        or not isinstance(version, int)
+        or isinstance(version, bool)
+        or version != CHECKPOINT_VERSION
+    ):
         raise ValueError(
             f"checkpoint {path}: not an xentstream checkpoint of version {CHECKPOINT_VERSION}"
         )
-    saved = data.get("fingerprint", {})
+    missing = sorted(set(_CHECKPOINT_KEYS) - set(data))
+    if missing:
+        raise ValueError(f"checkpoint {path}: malformed (no {', '.join(missing)})")
+    saved = data["fingerprint"]
+    if not isinstance(saved, dict):
+        raise ValueError(f"checkpoint {path}: malformed (fingerprint is not a JSON object)")
     expected = json.loads(json.dumps(fingerprint))
     if saved != expected:
         differing = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
-        what = "the source files changed" if "source" in differing else "the arguments differ"
+        files = expected.get("source", {}).get("kind") in ("files", "npy")
+        what = f"the source {'files ' if files else ''}changed"
+        what = what if "source" in differing else "the arguments differ"
+        shown = ", ".join(shorten(str(k), 40) for k in differing[:5])
         raise ValueError(
-            f"checkpoint {path}: written for another run ({what}: {', '.join(differing)}); "
-            "delete it to start over"
+            f"checkpoint {path}: written for another run ({what}: {shown}); delete it to start over"
         )
     return data
 
 
+#: Every key a checkpoint holds; ``metric_rows_per_row`` relates the saved metric's
+#: rows to the rows consumed (1, or the positions per row of (N, T, C) batches).
+_CHECKPOINT_KEYS = (
+    "format",
+    "version",
+    "fingerprint",
+    "rows_consumed",
+    "base_rows",
+    "metric_rows_per_row",
+    "metric",
+    "groups",
+)
+
+
+def _load_checkpoint(
+    path: Path, saved: dict[str, Any], metric: Metric, groups: _GroupState | None
+) -> int:
+    """Load a checkpoint's state into ``metric`` (and ``groups``); return the rows consumed.
+
+    A checkpoint must be self-consistent: the saved metric holds exactly the rows
+    consumed (times ``metric_rows_per_row``, after ``base_rows`` it held before the
+    run), and groups are there exactly with ``by=``, with distinct keys, adding up to
+    the same rows. Nothing is changed if it is not.
+    """
+
+    def bad(rule: str) -> ValueError:
+        return ValueError(f"checkpoint {path}: inconsistent ({rule}); delete it to start over")
+
+    consumed, base, per_row = (
+        saved["rows_consumed"],
+        saved["base_rows"],
+        saved["metric_rows_per_row"],
+    )
+    for name, value in (("rows_consumed", consumed), ("base_rows", base)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+            raise bad(f"{name} must be an integer in [0, 2**63), got {show(value)}")
+    if per_row is not None and (
+        not isinstance(per_row, int) or isinstance(per_row, bool) or not 0 <= per_row < 1 << 63
+    ):
+        raise bad(
+            f"metric_rows_per_row must be null or a non-negative integer, got {show(per_row)}"
+        )
+    try:
+        state = Metric.from_state_dict(saved["metric"])
+    except ValueError as error:
+        raise ValueError(f"checkpoint {path}: {error}") from None
+    held = state.rows_seen - base
+    if held < 0 or (per_row is not None and held != consumed * per_row):
+        raise bad(
+            f"rows_consumed is {consumed} but the saved metric holds {state.rows_seen} rows"
+            + ("" if per_row in (None, 1) else f" ({per_row} per row)")
+            + (f" after {base} it held before" if base else "")
+        )
+    entries = saved["groups"]
+    loaded = None
+    if groups is None:
+        if entries is not None:
+            raise bad("it holds groups, but this run has no by=")
+    else:
+        if not isinstance(entries, list):
+            raise bad("this run groups by= but the checkpoint holds no list of groups")
+        loaded = _GroupState(groups.by, groups.template)
+        try:
+            loaded.load_json(entries, strict=True)
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
+            raise bad(f"groups: {show(str(error), 200)}") from None
+        in_groups = sum(m.rows_seen for m in loaded.metrics)
+        if in_groups != held:
+            raise bad(f"the groups hold {in_groups} rows, the metric {held} from this source")
+    metric.load_state_of(state)
+    if loaded is not None:
+        groups.load_json(entries)
+    return consumed
+
+
 def _write_checkpoint(
-    path: Path, fingerprint: dict[str, Any], rows: int, metric: Metric, groups: _GroupState | None
+    path: Path,
+    fingerprint: dict[str, Any],
+    rows: int,
+    counters: tuple[int, int | None],
+    metric: Metric,
+    groups: _GroupState | None,
 ) -> None:
+    base, per_row = counters
     write_json_atomic(
         path,
         {
@@ -320,10 +434,19 @@ def _write_checkpoint(
             "version": CHECKPOINT_VERSION,
             "fingerprint": fingerprint,
             "rows_consumed": rows,
+            "base_rows": base,
+            "metric_rows_per_row": per_row,
             "metric": metric.state_dict(),
             "groups": None if groups is None else groups.to_json(),
         },
     )
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Temporary files of ``path`` left by a writer killed before its rename."""
+    pattern = f".{glob.escape(path.name)}.*.tmp"  # write_json_atomic's temp names
+    for stale in path.parent.glob(pattern):
+        stale.unlink(missing_ok=True)
 
 
 def _prepare(
@@ -357,20 +480,32 @@ def _run(
     batch_rows: int | None,
     progress: bool | None,
     checkpoint: str | os.PathLike[str] | None,
+    checkpoint_key: str | None = None,
 ) -> Iterator[None]:
     """Feed every batch of ``source`` to ``metric`` (and ``groups``); yield after each."""
     path = None if checkpoint is None else Path(checkpoint)
+    if checkpoint_key is not None and not isinstance(checkpoint_key, str):
+        raise TypeError(f"checkpoint_key: must be a string, got {type(checkpoint_key).__name__}")
     skip = 0
     # Open once without skipping to learn the fingerprint, then resume if it matches.
     feeder = open_source(source, spec, batch_rows=batch_rows)
-    fingerprint = _fingerprint(feeder.fingerprint, metric)
+    base, per_row = metric.rows_seen, 1
     if path is not None:
+        source_print = dict(feeder.fingerprint)
+        if source_print["kind"] == "iterable" and checkpoint_key is None:
+            raise ValueError(
+                "checkpoint: an iterable of batches cannot be fingerprinted, so a rerun "
+                "could resume on other data; pass checkpoint_key= (a name for this "
+                "stream, changed whenever its data change) to checkpoint it"
+            )
+        if checkpoint_key is not None:
+            source_print["key"] = checkpoint_key
+        fingerprint = _fingerprint(source_print, metric)
+        _remove_stale_temp_files(path)
         saved = _read_checkpoint(path, fingerprint)
         if saved is not None:
-            metric.load_state_of(Metric.from_state_dict(saved["metric"]))
-            if groups is not None:
-                groups.load_json(saved["groups"] or [])
-            skip = int(saved["rows_consumed"])
+            skip = _load_checkpoint(path, saved, metric, groups)
+            base, per_row = saved["base_rows"], saved["metric_rows_per_row"]
             feeder = open_source(source, spec, batch_rows=batch_rows, skip_rows=skip)
     names = spec.names()
     bar = _Progress(progress, feeder.total_rows, skip)
@@ -390,14 +525,22 @@ def _run(
             )
             if groups is not None and result.group_sums is not None:
                 groups.absorb(result.group_sums, result.group_counts)
+            if batch.n_rows:
+                # Metric rows per source row: 1, or T for (N, T, C) batches; None once
+                # it varies (then only the saved metric's own counts are checked).
+                ratio, exact = divmod(result.n_rows, batch.n_rows)
+                if per_row is not None and (exact or (rows > 0 and ratio != per_row)):
+                    per_row = None
+                elif per_row is not None:
+                    per_row = ratio
             rows += batch.n_rows
             bar.update(batch.n_rows, metric)
             if path is not None and time.monotonic() - last_save > CHECKPOINT_INTERVAL_S:
-                _write_checkpoint(path, fingerprint, rows, metric, groups)
+                _write_checkpoint(path, fingerprint, rows, (base, per_row), metric, groups)
                 last_save = time.monotonic()
             yield
         if path is not None:
-            _write_checkpoint(path, fingerprint, rows, metric, groups)
+            _write_checkpoint(path, fingerprint, rows, (base, per_row), metric, groups)
     finally:
         bar.close()
 
@@ -421,6 +564,7 @@ def evaluate(
     batch_rows: int | None = None,
     progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_key: str | None = None,
 ) -> Report | GroupedReport:
     """Run ``metric`` over every row of ``source`` in bounded batches; return its report.
 
@@ -450,7 +594,16 @@ def evaluate(
         Progress bar (default: on when stderr is a terminal).
     checkpoint : path, optional
         Save the state and rows consumed here every few seconds; a rerun with the same
-        arguments resumes and ends bitwise equal to an uninterrupted run.
+        arguments resumes and ends bitwise equal to an uninterrupted run. A checkpoint
+        is used only for the source it was written for: files by path, size and
+        modification time; a DataFrame by a hash of its contents; a LazyFrame by its
+        serialized plan (holding its in-memory data, not the contents of the files it
+        scans). An iterable of batches cannot be fingerprinted: it needs
+        ``checkpoint_key``. A checkpoint that is not self-consistent is refused.
+    checkpoint_key : str, optional
+        A name for the source, stored in the checkpoint and compared on resume:
+        required to checkpoint an iterable of batches (change it whenever the data
+        change), an extra guard for other sources.
 
     Returns
     -------
@@ -481,6 +634,7 @@ def evaluate(
         batch_rows=batch_rows,
         progress=progress,
         checkpoint=checkpoint,
+        checkpoint_key=checkpoint_key,
     ):
         pass
     return _report(metric, groups)
@@ -498,6 +652,7 @@ def stream(
     batch_rows: int | None = None,
     progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_key: str | None = None,
 ) -> Iterator[Report | GroupedReport]:
     """Like :func:`evaluate`, but yield the running report after each batch.
 
@@ -519,5 +674,6 @@ def stream(
         batch_rows=batch_rows,
         progress=progress,
         checkpoint=checkpoint,
+        checkpoint_key=checkpoint_key,
     ):
         yield _report(metric, groups)

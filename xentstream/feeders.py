@@ -10,8 +10,9 @@ file size); ``.npy`` files are memory-mapped; iterables are taken as they come.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,29 @@ class Batch:
 
 
 class Feeder:
-    """Iterate a source in batches; knows its fingerprint and (if cheap) its row count."""
+    """Iterate a source in batches; knows its fingerprint and (if cheap) its row count.
 
-    def __init__(self, batches: Iterator[Batch], *, total_rows: int | None, fingerprint: dict):
+    ``fingerprint`` may be a callable: hashing an in-memory frame costs a pass over
+    it, paid only when a checkpoint asks (:attr:`fingerprint`).
+    """
+
+    def __init__(
+        self,
+        batches: Iterator[Batch],
+        *,
+        total_rows: int | None,
+        fingerprint: dict | Callable[[], dict],
+    ):
         self._batches = batches
         self.total_rows = total_rows
-        self.fingerprint = fingerprint
+        self._fingerprint = fingerprint
+
+    @property
+    def fingerprint(self) -> dict:
+        """What identifies the source (``{"kind": "iterable"}``: nothing does)."""
+        if callable(self._fingerprint):
+            self._fingerprint = self._fingerprint()
+        return self._fingerprint
 
     def __iter__(self) -> Iterator[Batch]:
         return self._batches
@@ -170,7 +188,7 @@ def open_source(
         fingerprint = {"kind": "files", "files": _file_fingerprint(paths)}
         return _frame_feeder(frame, spec, batch_rows, skip_rows, fingerprint, count_rows=True)
     if isinstance(source, pl.DataFrame):
-        fingerprint = {"kind": "dataframe", "rows": source.height}
+        fingerprint = {"kind": "dataframe"}
         return _frame_feeder(source, spec, batch_rows, skip_rows, fingerprint, False)
     if isinstance(source, pl.LazyFrame):
         return _frame_feeder(source, spec, batch_rows, skip_rows, {"kind": "lazyframe"}, False)
@@ -254,6 +272,7 @@ def _frame_feeder(
     total = frame.height if eager else None
     if total is None and count_rows:
         total = frame.select(pl.len()).collect().item()
+    kind = fingerprint["kind"]
     fingerprint = {
         **fingerprint,
         "columns": {
@@ -265,6 +284,9 @@ def _frame_feeder(
         },
     }
     selected = frame.select(columns)
+    if kind in ("dataframe", "lazyframe"):
+        described = fingerprint
+        fingerprint = lambda: {**described, **_frame_fingerprint(selected)}  # noqa: E731
     if skip_rows:
         selected = selected.slice(skip_rows)
 
@@ -285,6 +307,38 @@ def _frame_feeder(
                 offset += part.height
 
     return Feeder(batches(), total_rows=total, fingerprint=fingerprint)
+
+
+def _frame_fingerprint(frame: pl.LazyFrame | pl.DataFrame) -> dict[str, Any]:
+    """What identifies an in-memory frame (its contents) or a lazy one (its plan).
+
+    A DataFrame: a SHA-256 of its row hashes (one pass over the columns read). A
+    LazyFrame: a SHA-256 of its serialized plan, which holds any in-memory data but
+    not the contents of the files it scans. polars' row hashes and plan format may
+    change between its versions, so its version is part of the fingerprint.
+    """
+    digest = hashlib.sha256()
+    schema = frame.schema if isinstance(frame, pl.DataFrame) else frame.collect_schema()
+    if isinstance(frame, pl.DataFrame):
+        for part in frame.iter_slices(1 << 20):
+            digest.update(part.hash_rows(seed=0x5EED).to_numpy().tobytes())
+        rows = frame.height
+    else:
+        try:
+            digest.update(frame.serialize(format="binary"))
+        except Exception as error:  # polars raises several kinds for unserializable plans
+            raise ValueError(
+                "checkpoint: this LazyFrame's plan cannot be serialized, so a checkpoint "
+                "cannot tell whether a rerun reads the same data "
+                f"({type(error).__name__}); pass checkpoint_key= to name the source"
+            ) from None
+        rows = None
+    return {
+        "schema": {name: str(dtype) for name, dtype in schema.items()},
+        "rows": rows,
+        "sha256": digest.hexdigest(),
+        "polars": pl.__version__,
+    }
 
 
 def _check_nulls(frame: pl.DataFrame, columns: Sequence[str], offset: int) -> None:
