@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -56,6 +57,8 @@ _TABLE_FIELDS = (
 
 #: Seconds to wait for ``--dask ADDRESS``'s scheduler before giving up.
 _CONNECT_TIMEOUT_S = 30
+#: Seconds a ``--dask`` run waits with no worker alive before it fails.
+_NO_WORKERS_TIMEOUT_S = 60
 
 
 class _UsageError(Exception):
@@ -326,6 +329,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         result = evaluate(source, metric, **options)
     if args.save_state:
         metric.save(args.save_state)
+    overall = result.overall if isinstance(result, GroupedReport) else result
+    if overall.count + overall.ignored == 0:
+        warnings.warn("the source holds no rows: nothing was evaluated", stacklevel=1)
     _write(_render(result, args.format), args.output)
     return 0
 
@@ -363,14 +369,28 @@ def _evaluate_on_dask(
     from xentstream import dask as xentstream_dask
 
     xentstream_dask._require_dask(distributed=True)
+    import dask
     from distributed.comm.core import CommClosedError
-    from distributed.scheduler import KilledWorker
+    from distributed.scheduler import KilledWorker, NoValidWorkerError, NoWorkerError
 
+    # Workers that die and never come back would leave the run waiting forever: after
+    # this long without a worker the scheduler fails the tasks (unless the user's
+    # Dask config sets its own limit).
+    timeout_key = "distributed.scheduler.no-workers-timeout"
+    limit = dask.config.get(timeout_key, None) or f"{_NO_WORKERS_TIMEOUT_S}s"
     try:
-        return _run_on_dask(address, source, metric, options)
+        with dask.config.set({timeout_key: limit}):
+            return _run_on_dask(address, source, metric, options)
     except FileNotFoundError:
         raise  # a missing file: main reports it like any other run's
-    except (CommClosedError, KilledWorker, OSError, TimeoutError) as error:
+    except (
+        CommClosedError,
+        KilledWorker,
+        NoValidWorkerError,
+        NoWorkerError,
+        OSError,
+        TimeoutError,
+    ) as error:
         # Mostly the cluster failing, not the data: a lost scheduler, workers that keep
         # dying (KilledWorker), a connection timing out. One line, no traceback.
         text = " ".join(str(error).split()) or "no details"
@@ -407,16 +427,17 @@ def _run_on_dask(
     # new value after its threads started, which broke runs starting several clusters.
     # Processes sidestep the GIL in the polars-to-numpy glue. Silent logs: bad data
     # is reported once, as the one-line error, not also logged by the worker.
-    with (
-        LocalCluster(
+    try:
+        cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
             dashboard_address=":0",
             silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+        )
+    except RuntimeError as error:  # "Nanny failed to start": workers dying at start
+        raise _UsageError(f"--dask: the local cluster did not start ({error})") from None
+    with cluster, Client(cluster) as client:
         return xentstream_dask.evaluate(
             source,
             metric,
@@ -437,6 +458,40 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Every failure the command line reports as one line with exit status 2, each class
+#: mapped here once: bad arguments and data (ValueError, TypeError; OverflowError for
+#: numbers out of range), files that cannot be opened, read or written (OSError:
+#: missing, a directory, no permission), polars' read errors, a missing optional
+#: dependency (ImportError), and the cluster of --dask (raised as _UsageError).
+_FAILURES = (
+    _UsageError,
+    ValueError,
+    TypeError,
+    OverflowError,
+    OSError,
+    ImportError,
+    pl.exceptions.PolarsError,
+)
+#: An error line longer than this is cut: a message must stay one readable line
+#: whatever the input echoed in it.
+_MAX_MESSAGE = 500
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f"{error.filename}: {error.strerror}"  # without the "[Errno 13]" noise
+    else:
+        text = " ".join(str(error).split()) or type(error).__name__
+    if len(text) > _MAX_MESSAGE:
+        text = f"{text[: _MAX_MESSAGE - 30]}... ({len(text)} characters)"
+    return text
+
+
+def _warning_line(message: Any, category: Any, *_: Any, **__: Any) -> None:
+    """Warnings as one ``xentstream: warning:`` line, without the source line."""
+    print(f"xentstream: warning: {_one_line(Exception(str(message)))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
@@ -446,20 +501,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     2
     """
     try:
-        args = _parser().parse_args(argv)
-        return _evaluate(args) if args.command == "evaluate" else _merge(args)
-    except _UsageError as error:
-        print(f"xentstream: error: {error}", file=sys.stderr)
-        return 2
-    except (
-        ValueError,
-        TypeError,
-        FileNotFoundError,
-        ImportError,
-        pl.exceptions.PolarsError,
-    ) as error:
-        message = " ".join(str(error).split())
-        print(f"xentstream: error: {message}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            args = _parser().parse_args(argv)
+            return _evaluate(args) if args.command == "evaluate" else _merge(args)
+    except _FAILURES as error:
+        print(f"xentstream: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("xentstream: interrupted", file=sys.stderr)

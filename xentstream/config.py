@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from xentstream._errors import show
 from xentstream._kernels.layout import INPUT_KINDS
 
 __all__ = ["BinaryConfig", "LossConfig", "MulticlassConfig", "MultilabelConfig"]
@@ -44,7 +45,7 @@ def _check_sum_tol(value: float | None) -> float | None:
 def _check_flag(name: str, value: Any) -> bool:
     # bool("no") is True: a string or a number here is a mistake, not a yes.
     if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"{name}: must be True or False, got {_show(value)}")
+        raise TypeError(f"{name}: must be True or False, got {show(value)}")
     return bool(value)
 
 
@@ -53,17 +54,10 @@ def _check_count(name: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name}: must be a positive integer or None, got {_show(value)}")
+        raise TypeError(f"{name}: must be a positive integer or None, got {show(value)}")
     if not 1 <= value < 1 << 31:
-        raise ValueError(f"{name}: must be a positive integer below 2**31, got {_show(value)}")
+        raise ValueError(f"{name}: must be a positive integer below 2**31, got {show(value)}")
     return int(value)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, int) and value.bit_length() > 200:
-        return f"<an integer of {value.bit_length()} bits>"
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _weight_tuple(name: str, values: Any, *, allow_zero: bool) -> tuple[float, ...] | None:
@@ -128,7 +122,7 @@ class LossConfig:
         given = set(data) - {"kind"}
         if given != names:
             wrong = sorted(map(str, given ^ names))
-            shown = ", ".join(_show(k) for k in wrong[:5]) + (", ..." if len(wrong) > 5 else "")
+            shown = ", ".join(show(k) for k in wrong[:5]) + (", ..." if len(wrong) > 5 else "")
             raise ValueError(
                 f"config: {len(wrong)} fields ({shown}) do not match a {cls.kind} config"
             )
@@ -167,7 +161,7 @@ class MulticlassConfig(LossConfig):
             raise TypeError(f"ignore_index: must be an integer or None, got {self.ignore_index!r}")
         if self.ignore_index is not None:
             if not -(1 << 63) <= self.ignore_index < 1 << 63:  # an int64 in the kernels
-                raise ValueError(f"ignore_index: must fit in int64, got {_show(self.ignore_index)}")
+                raise ValueError(f"ignore_index: must fit in int64, got {show(self.ignore_index)}")
             object.__setattr__(self, "ignore_index", int(self.ignore_index))
         if not (
             isinstance(self.label_smoothing, int | float)

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from xentstream._errors import shorten, show
 from xentstream.feeders import Batch, ColumnSpec, open_source
 from xentstream.metrics import Metric
 from xentstream.report import Report
-from xentstream.state import read_json, shorten, show, write_json_atomic
+from xentstream.state import read_json, write_json_atomic
 
 __all__ = ["GroupedReport", "evaluate", "stream"]
 

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 import polars.selectors as cs
 
-from xentstream._errors import ColumnNames
+from xentstream._errors import ColumnNames, shorten
 
 __all__ = ["Batch", "ColumnSpec", "Feeder", "open_source"]
 
@@ -40,6 +40,9 @@ _SCANNERS = {
 _TARGET_BATCH_BYTES = 1 << 26
 _MIN_BATCH_ROWS = 1024
 _MAX_BATCH_ROWS = 1 << 20
+#: Largest ``batch_rows=`` taken: polars and the kernels index a batch's rows with
+#: 32-bit integers in places.
+MAX_BATCH_ROWS = (1 << 31) - 1
 
 
 def default_batch_rows(row_width: int, itemsize: int = 8) -> int:
@@ -180,13 +183,31 @@ def open_source(
     ValueError, TypeError, FileNotFoundError
         For unknown formats, missing files or columns, and invalid specs.
     """
+    if batch_rows is not None and (
+        isinstance(batch_rows, bool)
+        or not isinstance(batch_rows, int)
+        or not 1 <= batch_rows <= MAX_BATCH_ROWS
+    ):
+        shown = batch_rows if isinstance(batch_rows, int) and batch_rows < 1 << 64 else "huge"
+        raise ValueError(
+            f"batch_rows: must be a positive integer of at most {MAX_BATCH_ROWS}, got {shown!r}"
+        )
     paths = _expand_paths(source)
     if paths is not None and paths[0].suffix.lower() == ".npy":
         return _npy_feeder(paths, spec, batch_rows, skip_rows)
     if paths is not None:
-        frame = scan_files(paths)
         fingerprint = {"kind": "files", "files": _file_fingerprint(paths)}
-        return _frame_feeder(frame, spec, batch_rows, skip_rows, fingerprint, count_rows=True)
+        try:
+            feeder = _frame_feeder(
+                scan_files(paths), spec, batch_rows, skip_rows, fingerprint, count_rows=True
+            )
+        except (pl.exceptions.PolarsError, OSError) as error:
+            raise _read_error(paths, error) from None
+        return Feeder(
+            _naming_files(iter(feeder), paths),
+            total_rows=feeder.total_rows,
+            fingerprint=fingerprint,
+        )
     if isinstance(source, pl.DataFrame):
         fingerprint = {"kind": "dataframe"}
         return _frame_feeder(source, spec, batch_rows, skip_rows, fingerprint, False)
@@ -205,6 +226,36 @@ def open_source(
 
 
 # -- polars frames and files ---------------------------------------------------------------
+
+
+def _naming_files(batches: Iterator[Batch], paths: Sequence[Path]) -> Iterator[Batch]:
+    """``batches``, with polars' read errors turned into ``ValueError``s naming the file."""
+    try:
+        yield from batches
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise _read_error(paths, error) from None
+
+
+def _read_error(paths: Sequence[Path], error: Exception) -> ValueError:
+    """A ``ValueError`` naming the first of ``paths`` that polars cannot read.
+
+    polars' own messages rarely name the file of a scan of many; each file is read
+    again on its own (schema, row count, then every value, streamed: bounded
+    memory), only now that something failed.
+    """
+    detail = shorten(" ".join(str(error).split()) or type(error).__name__, 200)
+    for path in paths:
+        scan = scan_files([path])
+        try:
+            scan.collect_schema()
+            scan.select(pl.len()).collect()
+            scan.select(pl.all().null_count()).collect(engine="streaming")
+        except (pl.exceptions.PolarsError, OSError) as own:
+            own_detail = shorten(" ".join(str(own).split()) or type(own).__name__, 200)
+            return ValueError(f"source: {path}: cannot be read ({own_detail})")
+    if len(paths) == 1:
+        return ValueError(f"source: {paths[0]}: cannot be read ({detail})")
+    return ValueError(f"source: the {len(paths)} files cannot be read together ({detail})")
 
 
 def _resolve_columns(schema: pl.Schema, spec: ColumnSpec) -> tuple[list[str], list[str]]:
@@ -264,8 +315,6 @@ def _frame_feeder(
     classes = _classes(schema, spec, pred_columns, target_columns)
     if batch_rows is None:
         batch_rows = default_batch_rows(_prediction_width(schema, pred_columns))
-    if not isinstance(batch_rows, int) or batch_rows < 1:
-        raise ValueError(f"batch_rows: must be a positive integer, got {batch_rows!r}")
     columns = list(dict.fromkeys([*pred_columns, *target_columns, *spec.by]))
     if spec.sample_weight:
         columns.append(spec.sample_weight)
@@ -417,7 +466,13 @@ def _frame_batch(
 
 def _load_npy(value: Any, name: str) -> np.ndarray:
     if isinstance(value, str | os.PathLike):
-        return np.load(value, mmap_mode="r", allow_pickle=False)
+        try:
+            return np.load(value, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{name}: file {os.fspath(value)!r} does not exist") from None
+        except (ValueError, OSError) as error:  # not a .npy file, object arrays, no access
+            detail = shorten(" ".join(str(error).split()), 200)
+            raise ValueError(f"{name}: {os.fspath(value)}: cannot be read ({detail})") from None
     return np.asarray(value)
 
 
@@ -433,6 +488,9 @@ def _npy_feeder(
     preds = _load_npy(paths[0], "preds")
     target = _load_npy(spec.target, "target")
     weights = None if spec.sample_weight is None else _load_npy(spec.sample_weight, "sample_weight")
+    for name, array in (("preds", preds), ("target", target), ("sample_weight", weights)):
+        if array is not None and array.ndim == 0:
+            raise ValueError(f"{name}: a 0-d array (a single value); expected one entry per row")
     if target.shape[0] != preds.shape[0]:
         raise ValueError(
             f"target: {target.shape[0]} rows but the predictions {paths[0].name} have "

@@ -27,12 +27,12 @@ from xentstream._batch import (
     multiclass_batch,
     multilabel_batch,
 )
-from xentstream._errors import DEFAULT_NAMES, ColumnNames
+from xentstream._errors import DEFAULT_NAMES, ColumnNames, show
 from xentstream._inputs import as_array
 from xentstream._kernels import layout, load_cuda
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
 from xentstream.report import Report, build_report
-from xentstream.state import FORMAT, VERSION, read_json, show, write_json_atomic
+from xentstream.state import FORMAT, VERSION, read_json, write_json_atomic
 
 __all__ = ["BinaryCrossEntropy", "CrossEntropy", "Metric", "MultiLabelCrossEntropy", "load"]
 

@@ -12,7 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMAT", "VERSION", "read_json", "shorten", "show", "write_json_atomic"]
+from xentstream._errors import shorten
+
+__all__ = ["FORMAT", "VERSION", "read_json", "write_json_atomic"]
 
 FORMAT = "xentstream.metric"
 VERSION = 1
@@ -86,23 +88,3 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a valid xentstream state file (not a JSON object)")
     return data
-
-
-def shorten(text: str, limit: int = 80) -> str:
-    """``text`` cut to about ``limit`` characters, so that messages stay one short line."""
-    if len(text) <= limit:
-        return text
-    return f"{text[: limit - 20]}... ({len(text)} characters)"
-
-
-def show(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` for a message, cut to ``limit``; huge integers by their size only
-    (their decimal form alone would cost seconds and megabytes)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-        return f"<an integer of {value.bit_length()} bits>"
-    if isinstance(value, list | dict | tuple) and len(value) > 20:
-        return f"<a {type(value).__name__} of {len(value)} entries>"
-    try:
-        return shorten(repr(value), limit)
-    except ValueError:  # the interpreter's int digit limit, inside a container
-        return f"<a {type(value).__name__}>"
