@@ -18,6 +18,13 @@ from xentstream._kernels.layout import INPUT_KINDS
 __all__ = ["BinaryConfig", "LossConfig", "MulticlassConfig", "MultilabelConfig"]
 
 
+def machine_eps(dtype: Any) -> float:
+    """``np.finfo(dtype).eps``; also for ``"bfloat16"``, which numpy does not know."""
+    if str(dtype) == "bfloat16":
+        return 2.0**-7  # 8 significand bits
+    return float(np.finfo(dtype).eps)
+
+
 def _check_input(value: str) -> str:
     if value not in INPUT_KINDS:
         raise ValueError(f"input: must be one of {sorted(INPUT_KINDS)}, got {value!r}")
@@ -100,13 +107,13 @@ class LossConfig:
         if self.input != "probs":
             return 0.0
         if self.eps == "auto":
-            return float(np.finfo(dtype).eps)
+            return machine_eps(dtype)
         return float(self.eps)
 
     def resolve_sum_tol(self, dtype: np.dtype) -> float:
         """Tolerance of the sum-to-one checks (default sqrt(eps) of ``dtype``)."""
         if self.sum_tol is None:
-            return math.sqrt(float(np.finfo(dtype).eps))
+            return math.sqrt(machine_eps(dtype))
         return self.sum_tol
 
     def to_dict(self) -> dict[str, Any]:

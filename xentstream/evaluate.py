@@ -21,6 +21,7 @@ import queue
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -516,6 +517,8 @@ def _run(
         for batch in _prefetch(iter(feeder)):
             codes = None if groups is None else groups.codes(batch.keys)
             n_groups = 1 if groups is None else len(groups.keys)
+            if rows == 0:
+                _warn_if_probabilities(batch.preds, metric)
             result = metric.update_batch(
                 batch.preds,
                 batch.target,
@@ -523,6 +526,9 @@ def _run(
                 names=names,
                 groups=codes,
                 n_groups=n_groups,
+                # Rows of this source, as the feeders' own errors (nulls) count them,
+                # whatever the metric held before.
+                row_offset=metric.rows_seen - base,
             )
             if groups is not None and result.group_sums is not None:
                 groups.absorb(result.group_sums, result.group_counts)
@@ -544,6 +550,28 @@ def _run(
             _write_checkpoint(path, fingerprint, rows, (base, per_row), metric, groups)
     finally:
         bar.close()
+
+
+def _warn_if_probabilities(preds: Any, metric: Metric) -> None:
+    """Warn when ``input="logits"`` rows look like probabilities (a plausible, wrong loss).
+
+    Looked at on the first batch only: every value in [0, 1] and every row summing
+    to 1 is what probabilities look like and logits almost never do.
+    """
+    if getattr(metric.config, "input", None) != "logits" or metric.config.kind != "multiclass":
+        return
+    if not isinstance(preds, np.ndarray) or preds.ndim < 2 or preds.shape[-1] < 2:
+        return
+    if preds.size == 0 or preds.dtype.kind != "f":
+        return
+    rows = preds.reshape(-1, preds.shape[-1])
+    if (rows.min() >= 0.0 and rows.max() <= 1.0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-6):
+        warnings.warn(
+            'input="logits", but every prediction row of the first batch lies in [0, 1] '
+            'and sums to 1: these look like probabilities (use input="probs")',
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _report(metric: Metric, groups: _GroupState | None) -> Report | GroupedReport:
@@ -614,7 +642,14 @@ def evaluate(
     ------
     ValueError, TypeError, FileNotFoundError
         Bad sources, columns, data (the message names the column and the row offset in
-        the whole source), or a checkpoint written for another run.
+        the whole source), or a checkpoint written for another run. Each batch is
+        atomic, the run is not: after a bad batch the metric holds the batches before
+        it (as does the checkpoint, so that a fixed rerun resumes there).
+
+    Warns
+    -----
+    UserWarning
+        With ``input="logits"``, when the first batch's rows look like probabilities.
 
     Examples
     --------

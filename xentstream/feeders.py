@@ -279,6 +279,15 @@ def _resolve_columns(schema: pl.Schema, spec: ColumnSpec) -> tuple[list[str], li
         raise ValueError(
             f"{missing[0]}: no such column; the source has {list(schema.names())[:20]}"
         )
+    both = sorted(set(pred_columns) & set(target_columns))
+    if both:
+        raise ValueError(f"{both[0]}: named as both a prediction and a target column")
+    for name in spec.by:
+        if schema[name].is_nested() or schema[name] == pl.Object:
+            raise ValueError(
+                f"by: column {name!r} holds {schema[name]} values; group keys must be "
+                "scalars (numbers, strings, dates, ...)"
+            )
     return pred_columns, target_columns
 
 
@@ -313,6 +322,14 @@ def _frame_feeder(
     schema = frame.schema if eager else frame.collect_schema()
     pred_columns, target_columns = _resolve_columns(schema, spec)
     classes = _classes(schema, spec, pred_columns, target_columns)
+    width = _prediction_width(schema, pred_columns)
+    if classes is not None and len(set(map(str, classes))) != len(classes):
+        raise ValueError("classes: names repeat; each class needs its own name")
+    if classes is not None and width > 1 and len(classes) != width:
+        raise ValueError(
+            f"classes: {len(classes)} names for {width} prediction columns "
+            "(one name per class, in the order of the predictions)"
+        )
     if batch_rows is None:
         batch_rows = default_batch_rows(_prediction_width(schema, pred_columns))
     columns = list(dict.fromkeys([*pred_columns, *target_columns, *spec.by]))

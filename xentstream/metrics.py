@@ -285,7 +285,13 @@ class Metric:
     # -- update --------------------------------------------------------------------------
 
     def _run_batch(
-        self, preds: Any, target: Any, sample_weight: Any, names: ColumnNames, **grouping: Any
+        self,
+        preds: Any,
+        target: Any,
+        sample_weight: Any,
+        names: ColumnNames,
+        row_offset: int,
+        **grouping: Any,
     ) -> tuple[BatchSums, np.ndarray | None]:
         raise NotImplementedError
 
@@ -315,16 +321,25 @@ class Metric:
         names: ColumnNames = DEFAULT_NAMES,
         groups: np.ndarray | None = None,
         n_groups: int = 1,
+        row_offset: int | None = None,
     ) -> BatchSums:
         """:meth:`update`, returning the batch's exact sums (per group with ``groups``).
 
         Feeders use it for grouped evaluation: one kernel pass updates this metric
         and yields ``group_sums`` for the per-group metrics
-        (:meth:`absorb_group_sums`).
+        (:meth:`absorb_group_sums`). ``row_offset``: the stream offset of the batch's
+        first row in error messages (default :attr:`rows_seen`).
         """
         with self._lock:
+            offset = self.rows_seen if row_offset is None else row_offset
             batch, row_denominators = self._run_batch(
-                preds, target, sample_weight, names, groups=groups, n_groups=n_groups
+                preds,
+                target,
+                sample_weight,
+                names,
+                groups=groups,
+                n_groups=n_groups,
+                row_offset=offset,
             )
             if batch.n_rows:  # an empty batch is a no-op: no zeroed per-class state
                 self._absorb(batch, row_denominators, sample_weight)
@@ -716,7 +731,7 @@ class CrossEntropy(_ClassCountMixin, Metric):
     def _unit_denominators(self) -> bool:
         return self.config.class_weight is None
 
-    def _run_batch(self, preds, target, sample_weight, names, **grouping):
+    def _run_batch(self, preds, target, sample_weight, names, row_offset, **grouping):
         batch = multiclass_batch(
             self.config,
             preds,
@@ -724,7 +739,7 @@ class CrossEntropy(_ClassCountMixin, Metric):
             sample_weight,
             keep_rows=self._window is not None,
             with_entropy=True,
-            row_offset=self.rows_seen,
+            row_offset=row_offset,
             names=names,
             engine=self.engine,
             **grouping,
@@ -794,7 +809,7 @@ class BinaryCrossEntropy(Metric):
     def _unweighted(self) -> bool:
         return self.config.pos_weight is None
 
-    def _run_batch(self, preds, target, sample_weight, names, **grouping):
+    def _run_batch(self, preds, target, sample_weight, names, row_offset, **grouping):
         batch = binary_batch(
             self.config,
             preds,
@@ -802,7 +817,7 @@ class BinaryCrossEntropy(Metric):
             sample_weight,
             keep_rows=self._window is not None,
             with_entropy=True,
-            row_offset=self.rows_seen,
+            row_offset=row_offset,
             names=names,
             engine=self.engine,
             **grouping,
@@ -868,7 +883,7 @@ class MultiLabelCrossEntropy(_ClassCountMixin, Metric):
     def _unweighted(self) -> bool:
         return self.config.pos_weight is None
 
-    def _run_batch(self, preds, target, sample_weight, names, **grouping):
+    def _run_batch(self, preds, target, sample_weight, names, row_offset, **grouping):
         batch = multilabel_batch(
             self.config,
             preds,
@@ -876,7 +891,7 @@ class MultiLabelCrossEntropy(_ClassCountMixin, Metric):
             sample_weight,
             keep_rows=self._window is not None,
             with_entropy=True,
-            row_offset=self.rows_seen,
+            row_offset=row_offset,
             names=names,
             engine=self.engine,
             **grouping,
