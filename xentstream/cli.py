@@ -502,6 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:
         with warnings.catch_warnings():
+            # Warnings are messages to the user here: shown (once), one line each.
+            warnings.simplefilter("default")
             warnings.showwarning = _warning_line
             args = _parser().parse_args(argv)
             return _evaluate(args) if args.command == "evaluate" else _merge(args)
