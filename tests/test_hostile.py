@@ -28,7 +28,6 @@ from stream_support import child_env, report_bits
 
 import xentstream as xs
 import xentstream.state
-from xentstream import accumulator
 from xentstream.cli import main
 
 evaluate_module = importlib.import_module("xentstream.evaluate")  # xs.evaluate is the function
@@ -117,9 +116,12 @@ def _interrupted(tmp_path: Path, frame: Any, **options: Any) -> Path:
     return path
 
 
-def _edited(path: Path, edit: Any) -> None:
+def _edited(path: Path, edit: Any, *, rehash: bool = True) -> None:
+    """Edit a checkpoint; ``rehash``: as someone who also recomputes its checksum."""
     data = json.loads(path.read_text())
     edit(data)
+    if rehash and isinstance(data, dict):
+        data["sha256"] = evaluate_module._digest(data)
     path.write_text(json.dumps(data))
 
 
@@ -160,6 +162,19 @@ def test_an_edited_checkpoint_is_refused(tmp_path: Path, edit: Any, pattern: str
     path = _interrupted(tmp_path, frame)
     _edited(path, edit)
     _refused(path, frame, pattern)
+
+
+def test_an_edited_checkpoint_fails_its_checksum(tmp_path: Path) -> None:
+    frame = _frame(1000, 3)
+    path = _interrupted(tmp_path, frame)
+    state_sum = ("metric", "sums", "loss")
+
+    def nudge(data: dict[str, Any]) -> None:  # one unit of 2**-1075 more loss: consistent
+        entry = data[state_sum[0]][state_sum[1]][state_sum[2]]
+        entry[0] = str(int(entry[0]) + 1)
+
+    _edited(path, nudge, rehash=False)
+    _refused(path, frame, r"does not match its sha256")
 
 
 def test_checkpoint_groups_must_match_the_run(tmp_path: Path) -> None:
@@ -281,7 +296,7 @@ def _negate(name: str) -> Any:
         (lambda s: s.update(version="1"), r"version '1' is not supported"),
         (_set_sum("loss", " 1_000 "), r"not a decimal integer string"),
         (_set_sum("loss", "+5"), r"not a decimal integer string"),
-        (_set_sum("loss", str(accumulator.MAX_MAGNITUDE)), r"value out of range"),
+        (_set_sum("loss", str(2 ** (63 + 1024 + 1075))), r"value out of range"),
         (lambda s: s["counts"].update(rows=2**63), r"more than 2\*\*63 - 1 rows"),
         (lambda s: s["counts"].update(rows=2**62, ignored=2**62), r"more than 2\*\*63"),
         (lambda s: s["counts"].update(rows=True), r"non-negative integers"),
@@ -314,7 +329,7 @@ def test_sums_near_the_maximum_never_wrap() -> None:
     # the largest sum a file may hold, merged with itself again and again: an error,
     # never the opposite sign (int64 wrap) or an OverflowError
     state = _state()
-    state["sums"]["loss"][0] = str(accumulator.MAX_MAGNITUDE - 1)
+    state["sums"]["loss"][0] = str(2 ** (63 + 1024 + 1075) - 1)
     state["sums"]["loss_squared"] = ["0", 1, 0, 0]  # its squares overflowed to +inf
     metric = xs.Metric.from_state_dict(state)
     assert metric.value == math.inf and metric.compute().loss_sum == math.inf

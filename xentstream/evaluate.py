@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import glob
+import hashlib
 import json
 import math
 import os
@@ -329,6 +330,11 @@ def _read_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] 
     missing = sorted(set(_CHECKPOINT_KEYS) - set(data))
     if missing:
         raise ValueError(f"checkpoint {path}: malformed (no {', '.join(missing)})")
+    if data["sha256"] != _digest(data):
+        raise ValueError(
+            f"checkpoint {path}: its content does not match its sha256 (edited or "
+            "corrupted); delete it to start over"
+        )
     saved = data["fingerprint"]
     if not isinstance(saved, dict):
         raise ValueError(f"checkpoint {path}: malformed (fingerprint is not a JSON object)")
@@ -356,6 +362,7 @@ _CHECKPOINT_KEYS = (
     "metric_rows_per_row",
     "metric",
     "groups",
+    "sha256",
 )
 
 
@@ -429,19 +436,30 @@ def _write_checkpoint(
     groups: _GroupState | None,
 ) -> None:
     base, per_row = counters
-    write_json_atomic(
-        path,
-        {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "fingerprint": fingerprint,
-            "rows_consumed": rows,
-            "base_rows": base,
-            "metric_rows_per_row": per_row,
-            "metric": metric.state_dict(),
-            "groups": None if groups is None else groups.to_json(),
-        },
+    data = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "fingerprint": fingerprint,
+        "rows_consumed": rows,
+        "base_rows": base,
+        "metric_rows_per_row": per_row,
+        "metric": metric.state_dict(),
+        "groups": None if groups is None else groups.to_json(),
+    }
+    write_json_atomic(path, {**data, "sha256": _digest(data)})
+
+
+def _digest(data: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's content (canonical JSON, without the digest itself).
+
+    Any change to a checkpoint (a corrupted byte, an edited count or sum) is refused;
+    it is a checksum, not a signature: whoever recomputes it meets the consistency
+    checks of :func:`_load_checkpoint` next.
+    """
+    canonical = json.dumps(
+        {k: v for k, v in data.items() if k != "sha256"}, sort_keys=True, allow_nan=True
     )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _remove_stale_temp_files(path: Path) -> None:

@@ -206,7 +206,7 @@ def open_source(
         return Feeder(
             _naming_files(iter(feeder), paths),
             total_rows=feeder.total_rows,
-            fingerprint=fingerprint,
+            fingerprint=feeder.fingerprint,  # with the columns _frame_feeder resolved
         )
     if isinstance(source, pl.DataFrame):
         fingerprint = {"kind": "dataframe"}
