@@ -125,6 +125,8 @@ class LossConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LossConfig:
         """Inverse of :meth:`to_dict`; unknown or missing keys are a ``ValueError``."""
+        if data.get("kind") != cls.kind:
+            raise ValueError(f"config: kind {show(data.get('kind'))} is not {cls.kind!r}")
         names = {f.name for f in fields(cls)}
         given = set(data) - {"kind"}
         if given != names:

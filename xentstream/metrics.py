@@ -74,6 +74,20 @@ def _check_window(window: int | None) -> int | None:
     return window
 
 
+#: Every key a state file holds (state_dict writes all of them).
+_STATE_KEYS = (
+    "format",
+    "version",
+    "metric",
+    "config",
+    "n_classes",
+    "window",
+    "counts",
+    "sums",
+    "class_sums",
+    "class_counts",
+    "window_rows",
+)
 #: Counters are int64 in the kernels; a file's counts (and their total) must fit.
 _MAX_COUNT = (1 << 63) - 1
 #: Classes a state file may claim: int32 indices in the kernels.
@@ -529,6 +543,10 @@ class Metric:
         """
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError("state: not an xentstream metric state (missing 'format')")
+        unknown = sorted(set(state) - set(_STATE_KEYS))
+        if unknown:  # read exactly as written, or not at all
+            shown = ", ".join(show(k, 30) for k in unknown[:3])
+            raise ValueError(f"state: unknown keys {shown}{', ...' if len(unknown) > 3 else ''}")
         version = state.get("version")
         if not _is_int(version) or version != VERSION:
             raise ValueError(
@@ -536,7 +554,7 @@ class Metric:
             )
         name = state.get("metric")
         if cls is Metric:
-            if name not in Metric._registry:
+            if not isinstance(name, str) or name not in Metric._registry:
                 raise ValueError(f"state: unknown metric {show(name)}")
             cls = Metric._registry[name]
         elif name != cls.__name__:
@@ -547,8 +565,11 @@ class Metric:
             config = cls.config_class.from_dict(state["config"])
             metric = cls._from_config(config, engine=engine, window=state.get("window"))
             n_classes = _class_count_from_json(state["n_classes"])
-            if n_classes is not None:
-                metric._adopt_class_count(n_classes)
+            if n_classes != metric.n_classes:
+                # state_dict writes the config's count: a file where they differ was edited
+                raise ValueError(
+                    f"n_classes is {show(n_classes)} but the config says {metric.n_classes}"
+                )
             counts = state["counts"]
             if not isinstance(counts, dict) or set(counts) != set(_COUNT_NAMES):
                 raise ValueError(f"counts must be an object with the keys {list(_COUNT_NAMES)}")
