@@ -337,6 +337,17 @@ def test_sums_near_the_maximum_never_wrap() -> None:
         with pytest.raises(ValueError, match=r"sum out of range"):
             metric.merge(xs.Metric.from_state_dict(state))
     assert metric.value == math.inf and metric.rows_seen == 100  # unchanged
+    # squares beyond float64: the report says inf, it does not raise OverflowError
+    state = _state()
+    for name in ("loss_squared", "denominator_squared"):
+        state["sums"][name][0] = str(2 ** (63 + 1024 + 1075) - 1)
+    report = xs.Metric.from_state_dict(state).compute()
+    assert report.loss == _expected_loss(state) and report.stderr in (None, math.inf)
+
+
+def _expected_loss(state: dict[str, Any]) -> float:
+    """The loss a state holds: its exact sums' quotient (units 2**-1075 cancel)."""
+    return int(state["sums"]["loss"][0]) / int(state["sums"]["denominator"][0])
 
 
 # -- 6. sizes bounded by what the file holds; 7. messages bounded -------------------------
