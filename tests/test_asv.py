@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import itertools
+import json
 import math
 import os
 import pkgutil
@@ -29,6 +30,7 @@ if str(ASV_BENCH) not in sys.path:
     sys.path.insert(0, str(ASV_BENCH))
 
 import benchmarks  # noqa: E402
+import compare  # noqa: E402
 from benchmarks import common  # noqa: E402
 
 #: Method prefixes asv collects (mem_ is asv's object-size benchmark).
@@ -147,9 +149,26 @@ def test_tiny_sizes_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert tiny < common.elements()
 
 
-def test_compare_prints_the_table() -> None:
+def test_compare_times_each_side_in_its_own_process(tmp_path: Path) -> None:
+    """A tiny run of three cases (a kernel, the 32-row update, a Parquet file): the table,
+    the JSON and the README table made from it. Every case's data and peers are run by
+    the asv benchmarks above; this checks compare.py's processes, rounds and output."""
+    import readme_table
+
+    out = tmp_path / "run.json"
     done = subprocess.run(
-        [sys.executable, str(ASV_BENCH / "compare.py"), "--tiny"],
+        [
+            sys.executable,
+            str(ASV_BENCH / "compare.py"),
+            "--tiny",
+            "--rounds=2",
+            "--cases",
+            "logits-hard-C10",
+            "update-32rows",
+            "parquet-logits",
+            f"--json={out}",
+            f"--markdown={tmp_path / 'run.md'}",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -157,12 +176,48 @@ def test_compare_prints_the_table() -> None:
         env={**os.environ, "PYTHONWARNINGS": "error"},
     )
     assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run.md").read_text() == done.stdout
     lines = done.stdout.splitlines()
     assert any(line.startswith("machine: ") for line in lines), done.stdout
+    assert any("load average" in line for line in lines), done.stdout
     header = next(i for i, line in enumerate(lines) if line.startswith("| case |"))
     assert "peer / ours" in lines[header] and "read-BW fraction" in lines[header]
-    rows = [line for line in lines[header + 2 :] if line.startswith("| ")]
-    expected = sum(len(case.peers) for case in common.CASES.values())
-    assert len(rows) == expected, done.stdout
-    for case in common.CASES.values():
-        assert any(row.startswith(f"| {case.title} |") for row in rows), case.title
+
+    result = json.loads(out.read_text())
+    rows = {(row["case"], row["peer"]): row for row in result["rows"]}
+    expected = {
+        (key, peer)
+        for key in ("logits-hard-C10", "update-32rows-C10", "parquet-logits-C10")
+        for peer in common.CASES[key].peers
+        if peer in compare.DEFAULT_PEERS
+    }
+    assert set(rows) == expected
+    for (_, peer), row in rows.items():
+        if not common.PEERS[peer].available():
+            assert row["status"] == "not installed"
+            assert any(peer in note for note in result["notes"])
+            continue
+        assert row["status"] == "ok", row  # the peer agreed with xentstream
+        assert math.isclose(row["peer_value"], row["ours_value"], rel_tol=1e-4)
+        assert row["ratio"] == pytest.approx(row["peer_s"] / row["ours_s"])
+        assert row["ratio"] > 0 and row["read_fraction"] > 0
+    assert rows[("update-32rows-C10", "torch-mean")]["calls"] == common.TINY_SMALL_BATCH_CALLS
+
+    generated = readme_table.table([result, result])
+    assert "| logits, hard labels, C=10 | torch |" in generated
+    assert "(per call)" in generated
+
+
+def test_readme_table_is_generated_from_the_committed_runs() -> None:
+    """No hand-typed figures: README's table is what readme_table.py makes of the runs
+    committed in docs/benchmarks/."""
+    import readme_table
+
+    assert readme_table.main(["--check"]) == 0
+
+
+def test_compare_refuses_a_peer_that_disagrees() -> None:
+    import compare
+
+    assert compare.agrees(1.0, 1.0 + 1e-6, rtol=1e-4)
+    assert not compare.agrees(1.0, 1.01, rtol=1e-4)

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 import reference as ref
 import torch
+from scipy.special import logsumexp
 
 import xentstream as xs
 
@@ -575,3 +576,35 @@ def test_torch_cpu_tensors(rng: np.random.Generator, dtype: torch.dtype) -> None
         xs.binary_cross_entropy(p, t, reduction="none"),
         xs.binary_cross_entropy(p.numpy(), t.numpy(), reduction="none"),
     )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("input", ["logits", "probs"])
+@pytest.mark.parametrize("n_classes", [3, 10, 63, 64])
+def test_a_rows_loss_does_not_depend_on_its_neighbours(
+    rng: np.random.Generator, dtype: Any, input: str, n_classes: int
+) -> None:
+    """Narrow rows are computed in chunks across rows; a chunk holding an ignored row,
+    a row with a -inf logit or a zero probability takes the row-by-row path, and every
+    other row must get the same bits either way (split invariance rests on it)."""
+    n = 700  # several chunks of narrow rows, the last one partial
+    logits = rng.normal(scale=4.0, size=(n, n_classes))
+    preds = logits if input == "logits" else np.exp(logits - logsumexp(logits, axis=1)[:, None])
+    preds = preds.astype(dtype)
+    labels = rng.integers(0, n_classes, n)
+    alone = xs.cross_entropy(preds, labels, input=input, ignore_index=-100, reduction="none")
+    odd_labels = labels.copy()
+    odd_labels[[5, 300]] = -100
+    odd_preds = preds.copy()
+    odd_preds[600, (labels[600] + 1) % n_classes] = -np.inf if input == "logits" else 0.0
+    odd_preds[600] /= 1.0 if input == "logits" else odd_preds[600].sum()
+    mixed = xs.cross_entropy(
+        odd_preds, odd_labels, input=input, ignore_index=-100, reduction="none"
+    )
+    untouched = np.setdiff1d(np.arange(n), [5, 300, 600])
+    np.testing.assert_array_equal(mixed[untouched], alone[untouched])
+    assert mixed[5] == mixed[300] == 0.0
+    expected_600 = ref.multiclass_rows(
+        odd_preds[600:601].astype(np.float64), odd_labels[600:601], input=input
+    ).losses[0]
+    assert mixed[600] == pytest.approx(expected_600, rel=TOLERANCE[np.dtype(dtype)])

@@ -19,6 +19,7 @@ into its state only after the whole batch passed validation (which is what makes
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,30 @@ _threading_layer_is_safe = False
 _NO_WEIGHTS = np.empty(0, dtype=np.float64)
 _NO_GROUPS = np.empty(0, dtype=np.int64)
 _NO_GROUPS.flags.writeable = False  # the same numba type as real group codes
+
+
+def _start_threads_waiting_passively() -> None:
+    """Start numba's thread pool with OpenMP's passive wait policy, unless the user set one.
+
+    libgomp's default is to spin for a while after each parallel region; numba's pool
+    then fights torch's own OpenMP pool on the same cores, so a training loop that
+    logs its loss with us slowed down (measured: a 4k-row update inside a torch loop
+    789 ms under the default policy, 32 ms passive). libgomp reads the variable once,
+    when the pool starts, so it is set only around that start and removed again:
+    torch, imported later, keeps its own default. An ``OMP_WAIT_POLICY`` or
+    ``GOMP_SPINCOUNT`` the user set is left alone.
+    """
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        numba.get_num_threads()
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        numba.get_num_threads()  # public; starts the threading layer on first use
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
+_start_threads_waiting_passively()
 
 
 @dataclass
@@ -235,7 +260,7 @@ def _launch_cpu(
     keep_rows: bool,
 ) -> tuple[np.ndarray, ...]:
     """Run ``cpu.<name>`` over blocks of rows; the per-block outputs (see ``cpu.py``)."""
-    kernel = getattr(cpu, name)
+    kernel = cpu.kernel(name, opts.input_kind, opts.with_entropy)
     n_rows = preds.shape[0]
     n_classes = preds.shape[1] if preds.ndim == 2 else 1
     n_blocks = _block_count(n_rows, n_classes, class_width > 0, n_groups)
@@ -256,10 +281,19 @@ def _launch_cpu(
         error_values,
     )
     arguments = (preds, target, weights, sample_weight, group_codes, opts, *outputs)
-    if _threading_layer_is_safe:
-        kernel(*arguments)
-    else:
-        _call_serialized(kernel, arguments)
+    threads = numba.get_num_threads()
+    if n_blocks == 1 and threads > 1:
+        # One block has work for one thread: a team of one wakes no other thread
+        # (numba's thread count is per calling thread, so this is thread-safe).
+        numba.set_num_threads(1)
+    try:
+        if _threading_layer_is_safe:
+            kernel(*arguments)
+        else:
+            _call_serialized(kernel, arguments)
+    finally:
+        if n_blocks == 1 and threads > 1:
+            numba.set_num_threads(threads)
     return (*outputs[1:], row_losses)
 
 
@@ -369,6 +403,20 @@ def _sample_weight(
     return weights.reshape(-1)
 
 
+def _hard_labels(array: Any) -> Any:
+    """Host hard labels narrower than 64 bits as int64 (exact), device labels as they are.
+
+    One label dtype per prediction dtype means one compiled kernel variant instead of
+    one per integer width (each is seconds of compile); the copy is 8 bytes a row
+    beside the row's C predictions.
+    """
+    if is_device_array(array):
+        return _as_kernel_labels(array)
+    if array.dtype.itemsize < 8 or array.dtype == np.bool_:
+        return np.asarray(array, dtype=np.int64)
+    return array
+
+
 def _as_kernel_labels(array: Any) -> Any:
     # numba reads bool arrays poorly as numbers; a uint8 view is free.
     return array.view(np.uint8) if array.dtype == np.bool_ else array
@@ -438,7 +486,7 @@ def multiclass_batch(
         )
     if target.shape == leading_shape and target.dtype.kind in "iub":
         kernel = "multiclass_hard"
-        target = _as_kernel_labels(target).reshape(-1)
+        target = _hard_labels(target).reshape(-1)
     elif target.shape == preds.shape and target.dtype.kind in "fiub":
         if target.dtype.kind != "f":
             # Integer one-hot rows are soft targets, as in Keras; the kernel checks

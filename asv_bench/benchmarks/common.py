@@ -238,6 +238,12 @@ PEERS = {
         Peer("one-shot", None, "xs.cross_entropy on all the rows at once"),
         Peer("polars", "polars", "polars-native lazy expressions on the same file"),
         Peer("duckdb", "duckdb", "DuckDB SQL on the same file"),
+        Peer("jax", "jax", "jax.nn.log_softmax / log_sigmoid under jax.jit (CPU)"),
+        Peer(
+            "torch-mean",
+            "torch",
+            "torcheval-style Mean: torch cross_entropy of each batch added to torch tensors",
+        ),
     )
 }
 
@@ -354,6 +360,69 @@ def torch_binary_cross_entropy(
     return lambda: float(fn(x, t))
 
 
+def _jax() -> Any:
+    import jax
+
+    return jax
+
+
+def jax_cross_entropy(
+    preds: np.ndarray, target: np.ndarray, *, input: str, label_smoothing: float = 0.0
+) -> Callable[[], float]:
+    """``jax.nn.log_softmax`` (logits) or a clipped log (probs), jitted; hard or soft targets.
+
+    The arrays are put on the device (the CPU) once, outside the timing, as torch's
+    ``from_numpy`` shares them: only the loss itself is timed.
+    """
+    jax = _jax()
+    jnp = jax.numpy
+    eps = _eps(preds.dtype)
+    soft = target.ndim == 2
+    n_classes = preds.shape[1]
+
+    @jax.jit
+    def loss(x: Any, t: Any) -> Any:
+        logp = (
+            jax.nn.log_softmax(x, axis=-1)
+            if input == "logits"
+            else jnp.log(jnp.clip(x, eps, 1 - eps))
+        )
+        if soft:
+            return -jnp.mean(jnp.sum(t * logp, axis=-1))
+        picked = jnp.take_along_axis(logp, t[:, None], axis=-1)[:, 0]
+        if label_smoothing:
+            smooth = jnp.sum(logp, axis=-1) / n_classes
+            return -jnp.mean((1 - label_smoothing) * picked + label_smoothing * smooth)
+        return -jnp.mean(picked)
+
+    # int32 labels: JAX runs without x64 by default and would narrow them anyway.
+    x = jax.device_put(preds)
+    t = jax.device_put(target if soft else target.astype(np.int32))
+    return lambda: float(loss(x, t))
+
+
+def jax_binary_cross_entropy(
+    preds: np.ndarray, target: np.ndarray, *, input: str
+) -> Callable[[], float]:
+    """Binary (1-D) or multi-label (2-D, summed over labels per row) BCE, jitted."""
+    jax = _jax()
+    jnp = jax.numpy
+    eps = _eps(preds.dtype)
+    rows = preds.shape[0]
+
+    @jax.jit
+    def loss(x: Any, t: Any) -> Any:
+        if input == "logits":
+            terms = -(t * jax.nn.log_sigmoid(x) + (1 - t) * jax.nn.log_sigmoid(-x))
+        else:
+            p = jnp.clip(x, eps, 1 - eps)
+            terms = -(t * jnp.log(p) + (1 - t) * jnp.log1p(-p))
+        return jnp.sum(terms) / rows
+
+    x, t = jax.device_put(preds), jax.device_put(target)
+    return lambda: float(loss(x, t))
+
+
 def sklearn_log_loss(
     preds: np.ndarray, target: np.ndarray, n_classes: int | None = None
 ) -> Callable[[], float]:
@@ -413,6 +482,9 @@ class Prepared:
     peers: dict[str, Callable[[], Any]]
     buffers: list[np.ndarray]
     resources: _Resources = field(default_factory=_Resources)
+    #: Calls of the measured operation that one call of each side makes (the 32-row
+    #: update case makes many, so that a timing is not all timer resolution).
+    calls: int = 1
 
     @property
     def nbytes(self) -> int:
@@ -466,6 +538,8 @@ def _multiclass(
             impl["torch"] = torch_cross_entropy(preds, target, **options, resources=resources)
         if "scikit-learn" in peers:
             impl["scikit-learn"] = sklearn_log_loss(preds, target, n_classes)
+        if "jax" in peers:
+            impl["jax"] = jax_cross_entropy(preds, target, **options)
         return Prepared(
             lambda: xs.cross_entropy(preds, target, **options), impl, [preds, target], resources
         )
@@ -495,6 +569,8 @@ def _binary(input: str, n_labels: int | None = None) -> Builder:
             )
         if "scikit-learn" in peers:
             impl["scikit-learn"] = sklearn_log_loss(preds, target)
+        if "jax" in peers:
+            impl["jax"] = jax_binary_cross_entropy(preds, target, input=input)
         return Prepared(ours, impl, [preds, target], resources)
 
     return build
@@ -515,6 +591,54 @@ def _streaming_update(n_classes: int) -> Builder:
         if "one-shot" in peers:
             impl["one-shot"] = lambda: xs.cross_entropy(preds, labels, input="logits")
         return Prepared(ours, impl, [preds, labels], resources)
+
+    return build
+
+
+#: ``update`` calls of the small-batch latency case (one timed call makes them all).
+SMALL_BATCH_CALLS = 2000
+TINY_SMALL_BATCH_CALLS = 20
+
+
+def _small_updates(n_classes: int, batch: int) -> Builder:
+    """Latency of ``update`` on a small batch, as a training loop logging its loss pays it.
+
+    The peer is what torcheval's ``Mean`` does with a loss: torch's per-row cross-entropy
+    of the batch, its sum and row count added to running torch tensors. Both sides
+    update one fresh metric over the same pre-sliced batches; the data size is fixed.
+    """
+
+    def build(_: int, __: Path, peers: frozenset[str], resources: _Resources) -> Prepared:
+        calls = TINY_SMALL_BATCH_CALLS if tiny() else SMALL_BATCH_CALLS
+        preds, labels = logits_and_labels(calls * batch, n_classes, "float32", "small")
+        batches = [
+            (preds[start : start + batch], labels[start : start + batch])
+            for start in range(0, len(labels), batch)
+        ]
+
+        def ours() -> float:
+            metric = xs.CrossEntropy(num_classes=n_classes, input="logits")
+            for x, t in batches:
+                metric.update(x, t)
+            return metric.value
+
+        impl: dict[str, Callable[[], Any]] = {}
+        if "torch-mean" in peers:
+            torch = _torch(resources)
+            functional = torch.nn.functional
+            tensors = [(torch.from_numpy(x), torch.from_numpy(t)) for x, t in batches]
+
+            def torch_mean() -> float:
+                weighted_sum = torch.zeros((), dtype=torch.float64)
+                weights = torch.zeros((), dtype=torch.float64)
+                for x, t in tensors:
+                    losses = functional.cross_entropy(x, t, reduction="none")
+                    weighted_sum += losses.sum()
+                    weights += losses.numel()
+                return float(weighted_sum / weights)
+
+            impl["torch-mean"] = torch_mean
+        return Prepared(ours, impl, [preds, labels], resources, calls=len(batches))
 
     return build
 
@@ -550,39 +674,45 @@ CASES: dict[str, Case] = {
         Case(
             "logits-hard-C10",
             "logits, hard labels, C=10",
-            ("numpy", "torch"),
+            ("numpy", "torch", "jax"),
             _multiclass("logits", 10),
+        ),
+        Case(
+            "logits-hard-C1000",
+            "logits, hard labels, C=1000",
+            ("numpy", "torch", "jax"),
+            _multiclass("logits", 1000),
         ),
         Case(
             "logits-hard-C32000",
             "logits, hard labels, C=32000",
-            ("numpy", "torch"),
+            ("numpy", "torch", "jax"),
             _multiclass("logits", 32000),
         ),
         Case(
             "logits-smoothing-C1000",
             f"logits, label smoothing {LABEL_SMOOTHING}, C=1000",
-            ("numpy", "torch"),
+            ("numpy", "torch", "jax"),
             _multiclass("logits", 1000, label_smoothing=LABEL_SMOOTHING),
         ),
         Case(
             "logits-soft-C1000",
             "logits, soft targets, C=1000",
-            ("numpy", "torch"),
+            ("numpy", "torch", "jax"),
             _multiclass("logits", 1000, soft=True),
         ),
         Case(
             "probs-hard-C10",
             "probs, hard labels, C=10",
-            ("numpy", "torch", "scikit-learn"),
+            ("numpy", "torch", "jax", "scikit-learn"),
             _multiclass("probs", 10),
         ),
-        Case("binary-logits", "binary, logits", ("numpy", "torch"), _binary("logits")),
+        Case("binary-logits", "binary, logits", ("numpy", "torch", "jax"), _binary("logits")),
         Case("binary-probs", "binary, probs", ("numpy", "torch", "scikit-learn"), _binary("probs")),
         Case(
             "multilabel-logits-C100",
             "multi-label, logits, C=100",
-            ("numpy", "torch"),
+            ("numpy", "torch", "jax"),
             _binary("logits", 100),
         ),
         Case(
@@ -590,6 +720,12 @@ CASES: dict[str, Case] = {
             "CrossEntropy.update, 64k-row batches, logits C=10",
             ("one-shot",),
             _streaming_update(10),
+        ),
+        Case(
+            "update-32rows-C10",
+            "CrossEntropy.update of one 32-row batch, logits C=10",
+            ("torch-mean",),
+            _small_updates(10, 32),
         ),
         Case(
             "parquet-logits-C10",
@@ -623,12 +759,17 @@ CASES: dict[str, Case] = {
 }
 IN_MEMORY_CASES = tuple(key for key, case in CASES.items() if not case.on_disk)
 FILE_CASES = tuple(key for key, case in CASES.items() if case.on_disk)
-IN_MEMORY_PEERS = ("numpy", "torch", "scikit-learn", "one-shot")
+IN_MEMORY_PEERS = ("numpy", "torch", "scikit-learn", "jax", "one-shot", "torch-mean")
 FILE_PEERS = ("polars", "duckdb", "numpy")
 
 
 def applicable(case: str, peer: str) -> bool:
     return peer in CASES[case].peers
+
+
+def cases_with(peer: str) -> tuple[str, ...]:
+    """The keys of the cases that ``peer`` has a counterpart of, in registry order."""
+    return tuple(key for key, case in CASES.items() if peer in case.peers)
 
 
 def prepare(

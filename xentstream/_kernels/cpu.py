@@ -26,13 +26,14 @@ switched off by passing arrays of length 0: ``groups`` (one group, code 0),
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 from numba import njit, prange
 
 from xentstream._kernels.exact import add_term, add_terms
-from xentstream._kernels.fastmath import add_reassoc, log64, log_sigmoid_pair
+from xentstream._kernels.fastmath import add_reassoc, log64
 from xentstream._kernels.layout import (
     CLASS_LOSS,
     CLASS_MASS,
@@ -42,8 +43,10 @@ from xentstream._kernels.layout import (
     DENOMINATOR_SQUARED,
     ENTROPY,
     IGNORED,
+    INPUT_KINDS,
     LABEL_OUT_OF_RANGE,
     LOGITS,
+    LOGPROBS,
     LOSS,
     LOSS_SQUARED,
     N_CLASS_SUMS,
@@ -54,23 +57,26 @@ from xentstream._kernels.layout import (
     SAMPLE_WEIGHT_INVALID,
     TARGET_ENTROPY,
     WEIGHT,
+    KernelOptions,
 )
 from xentstream._kernels.rows import (
+    NARROW_CHUNK_ROWS,
     NARROW_CLASSES,
     NARROW_GROUP_ELEMENTS,
     bernoulli_entropies_fast,
+    binary_chunk_terms,
     binary_log_probabilities_fast,
     binary_loss_fast,
     binary_losses_fast,
     binary_pair_is_ok,
     binary_predicts_positive,
     check_binary_pair,
-    exp_rows,
-    log_probability,
+    hard_label_losses,
     log_probability_fast,
+    logit_label_losses,
+    narrow_rows_chunk,
     neg_xlogy,
     neg_xlogy_fast,
-    scan_narrow_logits_row,
     scan_prediction_row,
     scan_prediction_row_fast,
     scan_soft_target_row_fast,
@@ -89,6 +95,30 @@ _STAGED_ROWS = 2048
 #: Bytes of staging columns per block (all groups): within a core's L2.
 _STAGING_BYTES = 1 << 18
 _KERNEL_FLAGS = {"parallel": True, "nogil": True, "cache": True, "error_model": "numpy"}
+
+
+@njit(nogil=True, error_model="numpy")
+def _static_fields(opts, kind, with_entropy):
+    """The fields of ``opts`` with the input kind and entropy flag of a kernel variant.
+
+    ``kind`` and ``with_entropy`` are constants of the variant (closure variables of
+    its factory), so once LLVM inlines this and the row helpers every test of them
+    folds away: a variant's loops hold only its own path. A kernel rebuilds its options
+    as ``KernelOptions(*_static_fields(...))``: numba's parfor lowering can rebuild a
+    namedtuple inside a ``prange`` body only when the kernel calls its class itself.
+    ``np.int64`` / ``np.bool_`` drop the literal types (LLVM still sees constants).
+    """
+    return (
+        np.int64(kind),
+        opts.eps,
+        opts.sum_tol,
+        opts.validate,
+        opts.label_smoothing,
+        opts.ignore_index,
+        opts.has_ignore_index,
+        opts.pos_weight,
+        np.bool_(with_entropy),
+    )
 
 
 @njit(nogil=True, error_model="numpy")
@@ -250,515 +280,679 @@ def _unit_weights(sample_weight, weights):
     return True
 
 
-@njit(**_KERNEL_FLAGS)
-def multiclass_hard(
-    preds,
-    target,
-    class_weight,
-    sample_weight,
-    groups,
-    opts,
-    row_losses,
-    sums,
-    counts,
-    class_sums,
-    class_counts,
-    errors,
-    error_values,
-):
-    """Cross-entropy of (N, C) predictions against N integer labels."""
-    n_rows, n_classes = preds.shape
-    n_blocks = sums.shape[0]
-    smoothing = opts.label_smoothing
-    keep_rows = row_losses.shape[0] > 0
-    per_class = class_sums.shape[1] > 0
-    # H of the smoothed one-hot target is the same for every row.
-    target_entropy = 0.0
-    if opts.with_entropy and smoothing > 0.0:
-        off = smoothing / n_classes
-        on = 1.0 - smoothing + off
-        target_entropy = neg_xlogy(on, math.log(on)) + (n_classes - 1) * neg_xlogy(
-            off, math.log(off)
-        )
-    unit = _unit_weights(sample_weight, class_weight)
-    with_entropy = opts.with_entropy
-    staged_slots = _staged_slots(unit, with_entropy, False)
-    share = smoothing / n_classes
-    narrow = opts.input_kind == LOGITS and n_classes < NARROW_CLASSES
-    group_rows = max(1, NARROW_GROUP_ELEMENTS // n_classes)
-    for block in prange(n_blocks):
-        start, stop = _block_bounds(block, n_blocks, n_rows)
-        correct = np.zeros(sums.shape[1], dtype=np.int64)
-        staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
-        exps = np.empty(group_rows * n_classes if narrow else 0)
-        group_start = start
-        for i in range(start, stop):
-            if narrow:
-                if i == group_start + group_rows or i == start:
-                    group_start = i
-                    exp_rows(preds, i, min(i + group_rows, stop), exps)
-                code, column, bad, argmax, normalizer, entropy = scan_narrow_logits_row(
-                    preds, i, exps, (i - group_start) * n_classes, opts
-                )
-            elif n_classes < NARROW_CLASSES:  # narrow probs: the scalar scan
-                code, column, bad, argmax, normalizer, entropy = scan_prediction_row(preds, i, opts)
-            else:
-                code, column, bad, argmax, normalizer, entropy = scan_prediction_row_fast(
-                    preds, i, opts
-                )
-            if code != OK:
-                _record_error(errors, error_values, block, i, code, column, bad)
-                break
-            s, ok = _sample_weight(sample_weight, i, opts.validate)
-            if not ok:
-                _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
-                break
-            group = _group(groups, i)
-            label = np.int64(target[i])
-            if opts.has_ignore_index and label == opts.ignore_index:
-                counts[block, group, IGNORED] += 1
-                if keep_rows:
-                    row_losses[i] = 0.0
-                continue
-            if label < 0 or label >= n_classes:
-                _record_error(errors, error_values, block, i, _LABEL_ERROR, label, 0.0)
-                break
-            w = class_weight[label]
-            # One log per row: libm's scalar log is faster here than fastmath's.
-            loss = neg_xlogy(
-                (1.0 - smoothing) * w, log_probability(preds, i, label, normalizer, opts)
+def _make_multiclass_hard(kind, with_entropy):
+    """``multiclass_hard`` compiled for one input kind and entropy flag."""
+
+    @njit(**_KERNEL_FLAGS)
+    def multiclass_hard(
+        preds,
+        target,
+        class_weight,
+        sample_weight,
+        groups,
+        opts,
+        row_losses,
+        sums,
+        counts,
+        class_sums,
+        class_counts,
+        errors,
+        error_values,
+    ):
+        """Cross-entropy of (N, C) predictions against N integer labels."""
+        opts = KernelOptions(*_static_fields(opts, kind, with_entropy))
+        keep_rows = row_losses.shape[0] > 0
+        n_rows, n_classes = preds.shape
+        n_blocks = sums.shape[0]
+        smoothing = opts.label_smoothing
+        per_class = class_sums.shape[1] > 0
+        # H of the smoothed one-hot target is the same for every row.
+        target_entropy = 0.0
+        if with_entropy and smoothing > 0.0:
+            off = smoothing / n_classes
+            on = 1.0 - smoothing + off
+            target_entropy = neg_xlogy(on, math.log(on)) + (n_classes - 1) * neg_xlogy(
+                off, math.log(off)
             )
-            if smoothing > 0.0:
-                smoothed = 0.0
-                if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
+        unit = _unit_weights(sample_weight, class_weight)
+        staged_slots = _staged_slots(unit, with_entropy, False)
+        share = smoothing / n_classes
+        narrow = kind != LOGPROBS and n_classes < NARROW_CLASSES
+        chunk_rows = NARROW_CHUNK_ROWS if narrow else 1
+        # Whole chunks of narrow rows skip the row-by-row path when nothing about their
+        # rows needs it (the row values are the same either way, see hard_label_losses).
+        whole_chunks = narrow and unit and groups.shape[0] == 0 and not per_class
+        whole_chunks = whole_chunks and smoothing == 0.0
+        for block in prange(n_blocks):
+            start, stop = _block_bounds(block, n_blocks, n_rows)
+            correct = np.zeros(sums.shape[1], dtype=np.int64)
+            staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
+            scratch32 = np.empty(preds.shape[1], dtype=np.float32)  # float32 exps
+            width = chunk_rows if narrow else 0
+            columns = np.empty((n_classes if narrow else 0, width))
+            row_best = np.empty(width)
+            row_argmax = np.empty(width, dtype=np.int64)
+            row_log_sum = np.empty(width)
+            row_entropy = np.empty(width)
+            unusual = np.empty(width, dtype=np.uint8)
+            losses = np.empty(width)
+            squares = np.empty(width)
+            chunk_start = start
+            chunk_stop = start
+            i = start - 1
+            while i + 1 < stop:
+                i += 1
+                if narrow and i == chunk_stop:
+                    chunk_start = i
+                    chunk_stop = min(i + chunk_rows, stop)
+                    n_unusual = narrow_rows_chunk(
+                        preds,
+                        chunk_start,
+                        chunk_stop,
+                        opts,
+                        with_entropy,
+                        columns,
+                        row_best,
+                        row_argmax,
+                        row_log_sum,
+                        row_entropy,
+                        unusual,
+                    )
+                    if whole_chunks and n_unusual == 0:
+                        special = hard_label_losses(
+                            target,
+                            chunk_start,
+                            chunk_stop,
+                            opts,
+                            columns,
+                            row_best,
+                            row_log_sum,
+                            losses,
+                            squares,
+                        )
+                        if special == 0:
+                            n = chunk_stop - chunk_start
+                            if keep_rows:
+                                row_losses[chunk_start:chunk_stop] = losses[:n]
+                            for r in range(n):
+                                correct[0] += np.int64(
+                                    row_argmax[r] == np.int64(target[chunk_start + r])
+                                )
+                            block_sums = sums[block, 0]
+                            add_terms(block_sums[LOSS], losses, n)
+                            add_terms(block_sums[LOSS_SQUARED], squares, n)
+                            if with_entropy:
+                                add_terms(block_sums[ENTROPY], row_entropy, n)
+                            counts[block, 0, ROWS] += n
+                            i = chunk_stop - 1
+                            continue
+                if narrow:
+                    r = i - chunk_start
+                    if unusual[r]:
+                        code, column, bad, argmax, normalizer, entropy = scan_prediction_row(
+                            preds, i, opts
+                        )
+                    else:
+                        code, column, bad = OK, -1, 0.0
+                        argmax = row_argmax[r]
+                        normalizer = (row_best[r], row_log_sum[r])
+                        entropy = row_entropy[r]
+                elif n_classes < NARROW_CLASSES:  # narrow log-probabilities: the scalar scan
+                    code, column, bad, argmax, normalizer, entropy = scan_prediction_row(
+                        preds, i, opts
+                    )
+                else:
+                    code, column, bad, argmax, normalizer, entropy = scan_prediction_row_fast(
+                        preds, i, opts, scratch32
+                    )
+                if code != OK:
+                    _record_error(errors, error_values, block, i, code, column, bad)
+                    break
+                s, ok = _sample_weight(sample_weight, i, opts.validate)
+                if not ok:
+                    _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
+                    break
+                group = _group(groups, i)
+                label = np.int64(target[i])
+                if opts.has_ignore_index and label == opts.ignore_index:
+                    counts[block, group, IGNORED] += 1
+                    if keep_rows:
+                        row_losses[i] = 0.0
+                    continue
+                if label < 0 or label >= n_classes:
+                    _record_error(errors, error_values, block, i, _LABEL_ERROR, label, 0.0)
+                    break
+                w = class_weight[label]
+                # log64, not libm: a narrow row whose chunk takes the whole-chunk path
+                # gets its loss from hard_label_losses, which must give the same bits.
+                loss = neg_xlogy(
+                    (1.0 - smoothing) * w, log_probability_fast(preds, i, label, normalizer, opts)
+                )
+                if smoothing > 0.0:
+                    smoothed = 0.0
+                    if kind == LOGITS:  # the kind tested once, outside the SIMD loop
+                        shift, log_sum = normalizer
+                        for c in range(n_classes):
+                            log_p = (np.float64(preds[i, c]) - shift) - log_sum
+                            smoothed = add_reassoc(
+                                smoothed, neg_xlogy_fast(share * class_weight[c], log_p)
+                            )
+                    else:
+                        for c in range(n_classes):
+                            smoothed = add_reassoc(
+                                smoothed,
+                                neg_xlogy_fast(
+                                    share * class_weight[c],
+                                    log_probability_fast(preds, i, c, normalizer, opts),
+                                ),
+                            )
+                    loss += smoothed
+                if keep_rows:
+                    row_losses[i] = loss
+                counts[block, group, ROWS] += 1
+                k = _stage_row(
+                    staged[group],
+                    n_staged[group],
+                    unit,
+                    with_entropy,
+                    s,
+                    loss,
+                    w,
+                    entropy,
+                    target_entropy,
+                    argmax == label,
+                )
+                if k == staged.shape[2]:
+                    k = _add_staged(sums[block, group], staged[group], k, staged_slots)
+                n_staged[group] = k
+                if unit:
+                    correct[group] += np.int64(argmax == label)
+                if per_class:
+                    class_acc = class_sums[block, label]
+                    add_term(class_acc[CLASS_LOSS], s * loss)
+                    if not unit:
+                        add_term(class_acc[CLASS_WEIGHT], s * w)
+                        add_term(class_acc[CLASS_MASS], s)
+                    class_counts[block, label] += 1
+            _add_all_staged(sums[block], staged, n_staged, staged_slots)
+            if unit:
+                _add_unit_counts(sums[block], counts[block], correct)
+                if per_class:
+                    for c in range(n_classes):
+                        rows = np.float64(class_counts[block, c])
+                        add_term(class_sums[block, c, CLASS_WEIGHT], rows)
+                        add_term(class_sums[block, c, CLASS_MASS], rows)
+
+    return multiclass_hard
+
+
+def _make_multiclass_soft(kind, with_entropy):
+    """``multiclass_soft`` compiled for one input kind and entropy flag."""
+
+    @njit(**_KERNEL_FLAGS)
+    def multiclass_soft(
+        preds,
+        target,
+        class_weight,
+        sample_weight,
+        groups,
+        opts,
+        row_losses,
+        sums,
+        counts,
+        class_sums,
+        class_counts,
+        errors,
+        error_values,
+    ):
+        """Cross-entropy of (N, C) predictions against (N, C) target distributions."""
+        opts = KernelOptions(*_static_fields(opts, kind, with_entropy))
+        keep_rows = row_losses.shape[0] > 0
+        n_rows, n_classes = preds.shape
+        n_blocks = sums.shape[0]
+        smoothing = opts.label_smoothing
+        share = smoothing / n_classes
+        per_class = class_sums.shape[1] > 0
+        unit = sample_weight.shape[0] == 0
+        staged_slots = _staged_slots(unit, with_entropy, False)
+        for block in prange(n_blocks):
+            start, stop = _block_bounds(block, n_blocks, n_rows)
+            correct = np.zeros(sums.shape[1], dtype=np.int64)
+            staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
+            scratch32 = np.empty(preds.shape[1], dtype=np.float32)  # float32 exps
+            for i in range(start, stop):
+                code, column, bad, argmax, normalizer, entropy = scan_prediction_row_fast(
+                    preds, i, opts, scratch32
+                )
+                if code != OK:
+                    _record_error(errors, error_values, block, i, code, column, bad)
+                    break
+                code, column, bad, target_argmax = scan_soft_target_row_fast(target, i, opts)
+                if code != OK:
+                    _record_error(errors, error_values, block, i, code, column, bad)
+                    break
+                s, ok = _sample_weight(sample_weight, i, opts.validate)
+                if not ok:
+                    _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
+                    break
+                group = _group(groups, i)
+                loss = 0.0
+                target_entropy = 0.0
+                # The row's loss and entropy come from the same SIMD loops whatever the
+                # outputs, so a metric (per-class sums, entropy) and the function agree bitwise.
+                if per_class:
+                    for c in range(n_classes):
+                        q = (1.0 - smoothing) * np.float64(target[i, c]) + share
+                        if q == 0.0:
+                            continue
+                        term = neg_xlogy(
+                            class_weight[c] * q, log_probability_fast(preds, i, c, normalizer, opts)
+                        )
+                        class_acc = class_sums[block, c]
+                        add_term(class_acc[CLASS_LOSS], s * term)
+                        add_term(class_acc[CLASS_WEIGHT], s * q)
+                        add_term(class_acc[CLASS_MASS], s * q)
+                    class_counts[block, target_argmax] += 1
+                if kind == LOGITS:  # the kind tested once, outside the SIMD loop
                     shift, log_sum = normalizer
                     for c in range(n_classes):
+                        q = (1.0 - smoothing) * np.float64(target[i, c]) + share
                         log_p = (np.float64(preds[i, c]) - shift) - log_sum
-                        smoothed = add_reassoc(
-                            smoothed, neg_xlogy_fast(share * class_weight[c], log_p)
-                        )
+                        loss = add_reassoc(loss, neg_xlogy_fast(class_weight[c] * q, log_p))
                 else:
                     for c in range(n_classes):
-                        smoothed = add_reassoc(
-                            smoothed,
+                        q = (1.0 - smoothing) * np.float64(target[i, c]) + share
+                        loss = add_reassoc(
+                            loss,
                             neg_xlogy_fast(
-                                share * class_weight[c],
+                                class_weight[c] * q,
                                 log_probability_fast(preds, i, c, normalizer, opts),
                             ),
                         )
-                loss += smoothed
-            if keep_rows:
-                row_losses[i] = loss
-            counts[block, group, ROWS] += 1
-            k = _stage_row(
-                staged[group],
-                n_staged[group],
-                unit,
-                with_entropy,
-                s,
-                loss,
-                w,
-                entropy,
-                target_entropy,
-                argmax == label,
-            )
-            if k == staged.shape[2]:
-                k = _add_staged(sums[block, group], staged[group], k, staged_slots)
-            n_staged[group] = k
-            if unit:
-                correct[group] += np.int64(argmax == label)
-            if per_class:
-                class_acc = class_sums[block, label]
-                add_term(class_acc[CLASS_LOSS], s * loss)
-                if not unit:
-                    add_term(class_acc[CLASS_WEIGHT], s * w)
-                    add_term(class_acc[CLASS_MASS], s)
-                class_counts[block, label] += 1
-        _add_all_staged(sums[block], staged, n_staged, staged_slots)
-        if unit:
-            _add_unit_counts(sums[block], counts[block], correct)
-            if per_class:
-                for c in range(n_classes):
-                    rows = np.float64(class_counts[block, c])
-                    add_term(class_sums[block, c, CLASS_WEIGHT], rows)
-                    add_term(class_sums[block, c, CLASS_MASS], rows)
-
-
-@njit(**_KERNEL_FLAGS)
-def multiclass_soft(
-    preds,
-    target,
-    class_weight,
-    sample_weight,
-    groups,
-    opts,
-    row_losses,
-    sums,
-    counts,
-    class_sums,
-    class_counts,
-    errors,
-    error_values,
-):
-    """Cross-entropy of (N, C) predictions against (N, C) target distributions."""
-    n_rows, n_classes = preds.shape
-    n_blocks = sums.shape[0]
-    smoothing = opts.label_smoothing
-    share = smoothing / n_classes
-    keep_rows = row_losses.shape[0] > 0
-    per_class = class_sums.shape[1] > 0
-    unit = sample_weight.shape[0] == 0
-    with_entropy = opts.with_entropy
-    staged_slots = _staged_slots(unit, with_entropy, False)
-    for block in prange(n_blocks):
-        start, stop = _block_bounds(block, n_blocks, n_rows)
-        correct = np.zeros(sums.shape[1], dtype=np.int64)
-        staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
-        for i in range(start, stop):
-            code, column, bad, argmax, normalizer, entropy = scan_prediction_row_fast(
-                preds, i, opts
-            )
-            if code != OK:
-                _record_error(errors, error_values, block, i, code, column, bad)
-                break
-            code, column, bad, target_argmax = scan_soft_target_row_fast(target, i, opts)
-            if code != OK:
-                _record_error(errors, error_values, block, i, code, column, bad)
-                break
-            s, ok = _sample_weight(sample_weight, i, opts.validate)
-            if not ok:
-                _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
-                break
-            group = _group(groups, i)
-            loss = 0.0
-            target_entropy = 0.0
-            # The row's loss and entropy come from the same SIMD loops whatever the
-            # outputs, so a metric (per-class sums, entropy) and the function agree bitwise.
-            if per_class:
-                for c in range(n_classes):
-                    q = (1.0 - smoothing) * np.float64(target[i, c]) + share
-                    if q == 0.0:
-                        continue
-                    term = neg_xlogy(
-                        class_weight[c] * q, log_probability_fast(preds, i, c, normalizer, opts)
-                    )
-                    class_acc = class_sums[block, c]
-                    add_term(class_acc[CLASS_LOSS], s * term)
-                    add_term(class_acc[CLASS_WEIGHT], s * q)
-                    add_term(class_acc[CLASS_MASS], s * q)
-                class_counts[block, target_argmax] += 1
-            if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
-                shift, log_sum = normalizer
-                for c in range(n_classes):
-                    q = (1.0 - smoothing) * np.float64(target[i, c]) + share
-                    log_p = (np.float64(preds[i, c]) - shift) - log_sum
-                    loss = add_reassoc(loss, neg_xlogy_fast(class_weight[c] * q, log_p))
-            else:
-                for c in range(n_classes):
-                    q = (1.0 - smoothing) * np.float64(target[i, c]) + share
-                    loss = add_reassoc(
-                        loss,
-                        neg_xlogy_fast(
-                            class_weight[c] * q,
-                            log_probability_fast(preds, i, c, normalizer, opts),
-                        ),
-                    )
-            if with_entropy:
-                for c in range(n_classes):
-                    q = (1.0 - smoothing) * np.float64(target[i, c]) + share
-                    target_entropy = add_reassoc(target_entropy, neg_xlogy_fast(q, log64(q)))
-            if keep_rows:
-                row_losses[i] = loss
-            counts[block, group, ROWS] += 1
-            k = _stage_row(
-                staged[group],
-                n_staged[group],
-                unit,
-                with_entropy,
-                s,
-                loss,
-                1.0,
-                entropy,
-                target_entropy,
-                argmax == target_argmax,
-            )
-            if k == staged.shape[2]:
-                k = _add_staged(sums[block, group], staged[group], k, staged_slots)
-            n_staged[group] = k
-            if unit:
-                correct[group] += np.int64(argmax == target_argmax)
-        _add_all_staged(sums[block], staged, n_staged, staged_slots)
-        if unit:
-            _add_unit_counts(sums[block], counts[block], correct)
-
-
-@njit(**_KERNEL_FLAGS)
-def binary(
-    preds,
-    target,
-    unused_weight,
-    sample_weight,
-    groups,
-    opts,
-    row_losses,
-    sums,
-    counts,
-    class_sums,
-    class_counts,
-    errors,
-    error_values,
-):
-    """Binary cross-entropy of N predictions of the positive class against N targets."""
-    n_rows = preds.shape[0]
-    n_blocks = sums.shape[0]
-    keep_rows = row_losses.shape[0] > 0
-    unit = sample_weight.shape[0] == 0
-    with_entropy = opts.with_entropy
-    staged_slots = _staged_slots(unit, with_entropy, True)
-    for block in prange(n_blocks):
-        start, stop = _block_bounds(block, n_blocks, n_rows)
-        correct_rows = np.zeros(sums.shape[1], dtype=np.int64)
-        staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
-        # Losses of a chunk of rows come from one SIMD pass (the same whatever the
-        # outputs, so a metric and the function agree bitwise); the checks, weights and
-        # exact adds follow row by row.
-        losses = np.empty(NARROW_GROUP_ELEMENTS)
-        h_p = np.empty(NARROW_GROUP_ELEMENTS if with_entropy else 0)
-        h_t = np.empty(NARROW_GROUP_ELEMENTS if with_entropy else 0)
-        chunk_start = start
-        for i in range(start, stop):
-            if i == chunk_start + NARROW_GROUP_ELEMENTS or i == start:
-                chunk_start = i
-                chunk_stop = min(i + NARROW_GROUP_ELEMENTS, stop)
-                binary_losses_fast(preds, target, i, chunk_stop, opts.pos_weight, opts, losses)
                 if with_entropy:
-                    bernoulli_entropies_fast(preds, target, i, chunk_stop, opts, h_p, h_t)
-            x = np.float64(preds[i])
-            t = np.float64(target[i])
-            if opts.validate and not binary_pair_is_ok(x, t, opts):
-                code, which, bad = check_binary_pair(x, t, opts)
-                _record_error(errors, error_values, block, i, code, which, bad)
-                break
-            s, ok = _sample_weight(sample_weight, i, opts.validate)
-            if not ok:
-                _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
-                break
-            group = _group(groups, i)
-            loss = losses[i - chunk_start]
-            entropy = 0.0
-            target_entropy = 0.0
-            if with_entropy:
-                entropy = h_p[i - chunk_start]
-                target_entropy = h_t[i - chunk_start]
-            if keep_rows:
-                row_losses[i] = loss
-            counts[block, group, ROWS] += 1
-            correct = binary_predicts_positive(x, opts) == (t >= 0.5)
-            k = n_staged[group]
-            staged[group, POSITIVE, k] = s * t
-            k = _stage_row(
-                staged[group],
-                k,
-                unit,
-                with_entropy,
-                s,
-                loss,
-                1.0,
-                entropy,
-                target_entropy,
-                correct,
-            )
-            if k == staged.shape[2]:
-                k = _add_staged(sums[block, group], staged[group], k, staged_slots)
-            n_staged[group] = k
-            if unit:
-                correct_rows[group] += np.int64(correct)
-        _add_all_staged(sums[block], staged, n_staged, staged_slots)
-        if unit:
-            _add_unit_counts(sums[block], counts[block], correct_rows)
-
-
-@njit(**_KERNEL_FLAGS)
-def multilabel(
-    preds,
-    target,
-    pos_weight,
-    sample_weight,
-    groups,
-    opts,
-    row_losses,
-    sums,
-    counts,
-    class_sums,
-    class_counts,
-    errors,
-    error_values,
-):
-    """Multi-label cross-entropy: per row, the sum over labels of the binary loss."""
-    n_rows, n_labels = preds.shape
-    n_blocks = sums.shape[0]
-    keep_rows = row_losses.shape[0] > 0
-    per_label = class_sums.shape[1] > 0
-    unit = sample_weight.shape[0] == 0
-    with_entropy = opts.with_entropy
-    staged_slots = _staged_slots(unit, with_entropy, False)
-    for block in prange(n_blocks):
-        start, stop = _block_bounds(block, n_blocks, n_rows)
-        no_correct = np.zeros(sums.shape[1], dtype=np.int64)
-        label_staged = _label_staging_buffer(class_sums.shape[1], stop - start)
-        label_terms = np.empty(class_sums.shape[1])
-        label_k = 0
-        staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
-        h_p = np.empty(n_labels if with_entropy else 0)
-        h_t = np.empty(n_labels if with_entropy else 0)
-        for i in range(start, stop):
-            failed = False
-            bad_pairs = 0
-            if opts.validate and opts.input_kind == LOGITS:  # kind tested outside the loop
-                for c in range(n_labels):
-                    x = np.float64(preds[i, c])
-                    t = np.float64(target[i, c])
-                    bad_pairs += np.int64(not x < _INF) + np.int64(not t >= 0.0)
-                    bad_pairs += np.int64(not t <= 1.0)
-            elif opts.validate:
-                for c in range(n_labels):
-                    ok = binary_pair_is_ok(np.float64(preds[i, c]), np.float64(target[i, c]), opts)
-                    bad_pairs += np.int64(not ok)
-            for c in range(n_labels if bad_pairs > 0 else 0):
-                code, which, bad = check_binary_pair(
-                    np.float64(preds[i, c]), np.float64(target[i, c]), opts
+                    for c in range(n_classes):
+                        q = (1.0 - smoothing) * np.float64(target[i, c]) + share
+                        target_entropy = add_reassoc(target_entropy, neg_xlogy_fast(q, log64(q)))
+                if keep_rows:
+                    row_losses[i] = loss
+                counts[block, group, ROWS] += 1
+                k = _stage_row(
+                    staged[group],
+                    n_staged[group],
+                    unit,
+                    with_entropy,
+                    s,
+                    loss,
+                    1.0,
+                    entropy,
+                    target_entropy,
+                    argmax == target_argmax,
                 )
-                if code != OK:
-                    # column encodes the label and which array: label for preds,
-                    # n_labels + label for target.
-                    _record_error(errors, error_values, block, i, code, c + which * n_labels, bad)
-                    failed = True
+                if k == staged.shape[2]:
+                    k = _add_staged(sums[block, group], staged[group], k, staged_slots)
+                n_staged[group] = k
+                if unit:
+                    correct[group] += np.int64(argmax == target_argmax)
+            _add_all_staged(sums[block], staged, n_staged, staged_slots)
+            if unit:
+                _add_unit_counts(sums[block], counts[block], correct)
+
+    return multiclass_soft
+
+
+def _make_binary(kind, with_entropy):
+    """``binary`` compiled for one input kind and entropy flag."""
+
+    @njit(**_KERNEL_FLAGS)
+    def binary(
+        preds,
+        target,
+        unused_weight,
+        sample_weight,
+        groups,
+        opts,
+        row_losses,
+        sums,
+        counts,
+        class_sums,
+        class_counts,
+        errors,
+        error_values,
+    ):
+        """Binary cross-entropy of N predictions of the positive class against N targets."""
+        opts = KernelOptions(*_static_fields(opts, kind, with_entropy))
+        keep_rows = row_losses.shape[0] > 0
+        n_rows = preds.shape[0]
+        n_blocks = sums.shape[0]
+        unit = sample_weight.shape[0] == 0
+        grouped = groups.shape[0] > 0
+        staged_slots = _staged_slots(unit, with_entropy, True)
+        for block in prange(n_blocks):
+            start, stop = _block_bounds(block, n_blocks, n_rows)
+            correct_rows = np.zeros(sums.shape[1], dtype=np.int64)
+            staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
+            # Losses of a chunk of rows come from one SIMD pass (the same whatever the
+            # outputs, so a metric and the function agree bitwise). Unweighted,
+            # ungrouped chunks run every other step across rows too; others check,
+            # weigh and stage row by row.
+            losses = np.empty(NARROW_GROUP_ELEMENTS)
+            h_p = np.empty(NARROW_GROUP_ELEMENTS if with_entropy else 0)
+            h_t = np.empty(NARROW_GROUP_ELEMENTS if with_entropy else 0)
+            scratch32 = np.empty(NARROW_GROUP_ELEMENTS, dtype=np.float32)
+            squares = np.empty(NARROW_GROUP_ELEMENTS)
+            positives = np.empty(NARROW_GROUP_ELEMENTS)
+            for chunk_start in range(start, stop, NARROW_GROUP_ELEMENTS):
+                chunk_stop = min(chunk_start + NARROW_GROUP_ELEMENTS, stop)
+                n = chunk_stop - chunk_start
+                binary_losses_fast(
+                    preds, target, chunk_start, chunk_stop, opts.pos_weight, opts, losses, scratch32
+                )
+                if with_entropy:
+                    bernoulli_entropies_fast(
+                        preds, target, chunk_start, chunk_stop, opts, h_p, h_t, scratch32
+                    )
+                if unit and not grouped:
+                    # Every per-row step across the chunk's rows, in SIMD loops: the
+                    # checks as a count, the terms as whole columns for add_terms.
+                    bad, correct = binary_chunk_terms(
+                        preds, target, chunk_start, chunk_stop, opts, losses, squares, positives
+                    )
+                    if bad > 0:
+                        for i in range(chunk_start, chunk_stop):
+                            code, which, value = check_binary_pair(
+                                np.float64(preds[i]), np.float64(target[i]), opts
+                            )
+                            if code != OK:
+                                _record_error(errors, error_values, block, i, code, which, value)
+                                break
+                        break
+                    if keep_rows:
+                        row_losses[chunk_start:chunk_stop] = losses[:n]
+                    block_sums = sums[block, 0]
+                    add_terms(block_sums[LOSS], losses, n)
+                    add_terms(block_sums[LOSS_SQUARED], squares, n)
+                    add_terms(block_sums[POSITIVE], positives, n)
+                    if with_entropy:
+                        add_terms(block_sums[ENTROPY], h_p, n)
+                        add_terms(block_sums[TARGET_ENTROPY], h_t, n)
+                    counts[block, 0, ROWS] += n
+                    correct_rows[0] += correct
+                    continue
+                failed = False
+                for i in range(chunk_start, chunk_stop):
+                    x = np.float64(preds[i])
+                    t = np.float64(target[i])
+                    if opts.validate and not binary_pair_is_ok(x, t, opts):
+                        code, which, bad_value = check_binary_pair(x, t, opts)
+                        _record_error(errors, error_values, block, i, code, which, bad_value)
+                        failed = True
+                        break
+                    s, ok = _sample_weight(sample_weight, i, opts.validate)
+                    if not ok:
+                        _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
+                        failed = True
+                        break
+                    group = _group(groups, i)
+                    loss = losses[i - chunk_start]
+                    entropy = 0.0
+                    target_entropy = 0.0
+                    if with_entropy:
+                        entropy = h_p[i - chunk_start]
+                        target_entropy = h_t[i - chunk_start]
+                    if keep_rows:
+                        row_losses[i] = loss
+                    counts[block, group, ROWS] += 1
+                    correct = binary_predicts_positive(x, opts) == (t >= 0.5)
+                    k = n_staged[group]
+                    staged[group, POSITIVE, k] = s * t
+                    k = _stage_row(
+                        staged[group],
+                        k,
+                        unit,
+                        with_entropy,
+                        s,
+                        loss,
+                        1.0,
+                        entropy,
+                        target_entropy,
+                        correct,
+                    )
+                    if k == staged.shape[2]:
+                        k = _add_staged(sums[block, group], staged[group], k, staged_slots)
+                    n_staged[group] = k
+                    if unit:
+                        correct_rows[group] += np.int64(correct)
+                if failed:
                     break
-            if failed:
-                break
-            s, ok = _sample_weight(sample_weight, i, opts.validate)
-            if not ok:
-                _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
-                break
-            group = _group(groups, i)
-            loss = 0.0
-            entropy = 0.0
-            target_entropy = 0.0
-            # The row's loss comes from the same SIMD loops whatever the outputs, so a
-            # metric (per-label sums, entropy) and the function agree bitwise.
-            if with_entropy:
-                bernoulli_entropies_fast(preds[i], target[i], 0, n_labels, opts, h_p, h_t)
-                for c in range(n_labels):
-                    entropy = add_reassoc(entropy, h_p[c])
-                    target_entropy = add_reassoc(target_entropy, h_t[c])
-            if per_label:
-                # Terms in SIMD loops (the kind tested outside them), then staged like
-                # the row sums: with add_term calls in it the loop stayed scalar (13x).
-                if opts.input_kind == LOGITS:
-                    for c in range(n_labels):
-                        log_p, log_1mp = log_sigmoid_pair(np.float64(preds[i, c]))
-                        t = np.float64(target[i, c])
-                        label_terms[c] = binary_loss_fast(t, log_p, log_1mp, pos_weight[c])
-                else:
+            _add_all_staged(sums[block], staged, n_staged, staged_slots)
+            if unit:
+                _add_unit_counts(sums[block], counts[block], correct_rows)
+
+    return binary
+
+
+def _make_multilabel(kind, with_entropy):
+    """``multilabel`` compiled for one input kind and entropy flag."""
+
+    @njit(**_KERNEL_FLAGS)
+    def multilabel(
+        preds,
+        target,
+        pos_weight,
+        sample_weight,
+        groups,
+        opts,
+        row_losses,
+        sums,
+        counts,
+        class_sums,
+        class_counts,
+        errors,
+        error_values,
+    ):
+        """Multi-label cross-entropy: per row, the sum over labels of the binary loss."""
+        opts = KernelOptions(*_static_fields(opts, kind, with_entropy))
+        keep_rows = row_losses.shape[0] > 0
+        n_rows, n_labels = preds.shape
+        n_blocks = sums.shape[0]
+        per_label = class_sums.shape[1] > 0
+        unit = sample_weight.shape[0] == 0
+        staged_slots = _staged_slots(unit, with_entropy, False)
+        for block in prange(n_blocks):
+            start, stop = _block_bounds(block, n_blocks, n_rows)
+            no_correct = np.zeros(sums.shape[1], dtype=np.int64)
+            label_staged = _label_staging_buffer(class_sums.shape[1], stop - start)
+            label_terms = np.empty(n_labels)
+            scratch32 = np.empty(n_labels, dtype=np.float32)
+            scratch64 = np.empty(n_labels)
+            label_k = 0
+            staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
+            h_p = np.empty(n_labels if with_entropy else 0)
+            h_t = np.empty(n_labels if with_entropy else 0)
+            for i in range(start, stop):
+                failed = False
+                bad_pairs = 0
+                if opts.validate and kind == LOGITS:  # kind tested outside the loop
                     for c in range(n_labels):
                         x = np.float64(preds[i, c])
-                        log_p, log_1mp = binary_log_probabilities_fast(x, opts)
                         t = np.float64(target[i, c])
-                        label_terms[c] = binary_loss_fast(t, log_p, log_1mp, pos_weight[c])
-                for c in range(n_labels):
-                    t = np.float64(target[i, c])
-                    label_staged[c, CLASS_LOSS, label_k] = s * label_terms[c]
-                    label_staged[c, CLASS_WEIGHT, label_k] = s
-                    label_staged[c, CLASS_MASS, label_k] = s * t
-                    class_counts[block, c] += np.int64(t >= 0.5)
-                label_k += 1
-                if label_k == label_staged.shape[2]:
-                    label_k = _add_label_staged(class_sums[block], label_staged, label_k)
-            if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
-                for c in range(n_labels):
-                    t = np.float64(target[i, c])
-                    log_p, log_1mp = log_sigmoid_pair(np.float64(preds[i, c]))
-                    loss = add_reassoc(loss, binary_loss_fast(t, log_p, log_1mp, pos_weight[c]))
-            else:
-                for c in range(n_labels):
-                    x = np.float64(preds[i, c])
-                    t = np.float64(target[i, c])
-                    log_p, log_1mp = binary_log_probabilities_fast(x, opts)
-                    loss = add_reassoc(loss, binary_loss_fast(t, log_p, log_1mp, pos_weight[c]))
-            if keep_rows:
-                row_losses[i] = loss
-            counts[block, group, ROWS] += 1
-            k = _stage_row(
-                staged[group],
-                n_staged[group],
-                unit,
-                with_entropy,
-                s,
-                loss,
-                1.0,
-                entropy,
-                target_entropy,
-                False,
-            )
-            if k == staged.shape[2]:
-                k = _add_staged(sums[block, group], staged[group], k, staged_slots)
-            n_staged[group] = k
-        _add_all_staged(sums[block], staged, n_staged, staged_slots)
-        _add_label_staged(class_sums[block], label_staged, label_k)
-        if unit:
-            _add_unit_counts(sums[block], counts[block], no_correct)
+                        bad_pairs += np.int64(not x < _INF) + np.int64(not t >= 0.0)
+                        bad_pairs += np.int64(not t <= 1.0)
+                elif opts.validate:
+                    for c in range(n_labels):
+                        ok = binary_pair_is_ok(
+                            np.float64(preds[i, c]), np.float64(target[i, c]), opts
+                        )
+                        bad_pairs += np.int64(not ok)
+                for c in range(n_labels if bad_pairs > 0 else 0):
+                    code, which, bad = check_binary_pair(
+                        np.float64(preds[i, c]), np.float64(target[i, c]), opts
+                    )
+                    if code != OK:
+                        # column encodes the label and which array: label for preds,
+                        # n_labels + label for target.
+                        _record_error(
+                            errors, error_values, block, i, code, c + which * n_labels, bad
+                        )
+                        failed = True
+                        break
+                if failed:
+                    break
+                s, ok = _sample_weight(sample_weight, i, opts.validate)
+                if not ok:
+                    _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
+                    break
+                group = _group(groups, i)
+                loss = 0.0
+                entropy = 0.0
+                target_entropy = 0.0
+                # The row's loss comes from the same SIMD loops whatever the outputs, so a
+                # metric (per-label sums, entropy) and the function agree bitwise.
+                if with_entropy:
+                    bernoulli_entropies_fast(
+                        preds[i], target[i], 0, n_labels, opts, h_p, h_t, scratch32
+                    )
+                    for c in range(n_labels):
+                        entropy = add_reassoc(entropy, h_p[c])
+                        target_entropy = add_reassoc(target_entropy, h_t[c])
+                if kind == LOGITS:  # the kind tested once, outside the SIMD loops
+                    loss = logit_label_losses(
+                        preds[i], target[i], pos_weight, scratch32, scratch64, label_terms
+                    )
+                if per_label:
+                    # Terms in SIMD loops (the kind tested outside them), then staged like
+                    # the row sums: with add_term calls in it the loop stayed scalar (13x).
+                    if kind != LOGITS:
+                        for c in range(n_labels):
+                            x = np.float64(preds[i, c])
+                            log_p, log_1mp = binary_log_probabilities_fast(x, opts)
+                            t = np.float64(target[i, c])
+                            label_terms[c] = binary_loss_fast(t, log_p, log_1mp, pos_weight[c])
+                    for c in range(n_labels):
+                        t = np.float64(target[i, c])
+                        label_staged[c, CLASS_LOSS, label_k] = s * label_terms[c]
+                        label_staged[c, CLASS_WEIGHT, label_k] = s
+                        label_staged[c, CLASS_MASS, label_k] = s * t
+                        class_counts[block, c] += np.int64(t >= 0.5)
+                    label_k += 1
+                    if label_k == label_staged.shape[2]:
+                        label_k = _add_label_staged(class_sums[block], label_staged, label_k)
+                if kind != LOGITS:
+                    for c in range(n_labels):
+                        x = np.float64(preds[i, c])
+                        t = np.float64(target[i, c])
+                        log_p, log_1mp = binary_log_probabilities_fast(x, opts)
+                        loss = add_reassoc(loss, binary_loss_fast(t, log_p, log_1mp, pos_weight[c]))
+                if keep_rows:
+                    row_losses[i] = loss
+                counts[block, group, ROWS] += 1
+                k = _stage_row(
+                    staged[group],
+                    n_staged[group],
+                    unit,
+                    with_entropy,
+                    s,
+                    loss,
+                    1.0,
+                    entropy,
+                    target_entropy,
+                    False,
+                )
+                if k == staged.shape[2]:
+                    k = _add_staged(sums[block, group], staged[group], k, staged_slots)
+                n_staged[group] = k
+            _add_all_staged(sums[block], staged, n_staged, staged_slots)
+            _add_label_staged(class_sums[block], label_staged, label_k)
+            if unit:
+                _add_unit_counts(sums[block], counts[block], no_correct)
+
+    return multilabel
 
 
-@njit(**_KERNEL_FLAGS)
-def prediction_entropy(
-    preds,
-    unused_target,
-    unused_weight,
-    sample_weight,
-    groups,
-    opts,
-    row_losses,
-    sums,
-    counts,
-    class_sums,
-    class_counts,
-    errors,
-    error_values,
-):
-    """Entropy of each predicted distribution (rows of an (N, C) array)."""
-    n_rows = preds.shape[0]
-    n_blocks = sums.shape[0]
-    keep_rows = row_losses.shape[0] > 0
-    staged_slots = _staged_slots(False, True, False)
-    for block in prange(n_blocks):
-        start, stop = _block_bounds(block, n_blocks, n_rows)
-        staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
-        for i in range(start, stop):
-            code, column, bad, _, _, entropy = scan_prediction_row_fast(preds, i, opts)
-            if code != OK:
-                _record_error(errors, error_values, block, i, code, column, bad)
-                break
-            s, ok = _sample_weight(sample_weight, i, opts.validate)
-            if not ok:
-                _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
-                break
-            group = _group(groups, i)
-            if keep_rows:
-                row_losses[i] = entropy
-            counts[block, group, ROWS] += 1
-            k = _stage_row(
-                staged[group],
-                n_staged[group],
-                False,
-                True,
-                s,
-                entropy,
-                1.0,
-                entropy,
-                0.0,
-                False,
-            )
-            if k == staged.shape[2]:
-                k = _add_staged(sums[block, group], staged[group], k, staged_slots)
-            n_staged[group] = k
-        _add_all_staged(sums[block], staged, n_staged, staged_slots)
+def _make_prediction_entropy(kind, with_entropy):
+    """``prediction_entropy`` compiled for one input kind and entropy flag."""
+
+    @njit(**_KERNEL_FLAGS)
+    def prediction_entropy(
+        preds,
+        unused_target,
+        unused_weight,
+        sample_weight,
+        groups,
+        opts,
+        row_losses,
+        sums,
+        counts,
+        class_sums,
+        class_counts,
+        errors,
+        error_values,
+    ):
+        """Entropy of each predicted distribution (rows of an (N, C) array)."""
+        opts = KernelOptions(*_static_fields(opts, kind, with_entropy))
+        keep_rows = row_losses.shape[0] > 0
+        n_rows = preds.shape[0]
+        n_blocks = sums.shape[0]
+        staged_slots = _staged_slots(False, True, False)
+        for block in prange(n_blocks):
+            start, stop = _block_bounds(block, n_blocks, n_rows)
+            staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
+            scratch32 = np.empty(preds.shape[1], dtype=np.float32)  # float32 exps
+            for i in range(start, stop):
+                code, column, bad, _, _, entropy = scan_prediction_row_fast(
+                    preds, i, opts, scratch32
+                )
+                if code != OK:
+                    _record_error(errors, error_values, block, i, code, column, bad)
+                    break
+                s, ok = _sample_weight(sample_weight, i, opts.validate)
+                if not ok:
+                    _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
+                    break
+                group = _group(groups, i)
+                if keep_rows:
+                    row_losses[i] = entropy
+                counts[block, group, ROWS] += 1
+                k = _stage_row(
+                    staged[group],
+                    n_staged[group],
+                    False,
+                    True,
+                    s,
+                    entropy,
+                    1.0,
+                    entropy,
+                    0.0,
+                    False,
+                )
+                if k == staged.shape[2]:
+                    k = _add_staged(sums[block, group], staged[group], k, staged_slots)
+                n_staged[group] = k
+            _add_all_staged(sums[block], staged, n_staged, staged_slots)
+
+    return prediction_entropy
+
+
+_FACTORIES = {
+    "multiclass_hard": _make_multiclass_hard,
+    "multiclass_soft": _make_multiclass_soft,
+    "binary": _make_binary,
+    "multilabel": _make_multilabel,
+    "prediction_entropy": _make_prediction_entropy,
+}
+#: Kernel names, the same for the CPU kernels and their CUDA twins.
+KERNEL_NAMES = tuple(_FACTORIES)
+
+
+@functools.cache
+def kernel(name, input_kind, with_entropy):
+    """The CPU kernel ``name`` specialized for one input kind and entropy flag.
+
+    Each variant is compiled on its first call only and holds only its own path
+    (``docs/performance.md``: measured speed and cold compile). The variants are
+    closures over plain constants, which numba's on-disk cache keys by value, so each
+    is compiled once per machine, not once per process.
+    """
+    if input_kind not in INPUT_KINDS.values():
+        raise ValueError(f"unknown input kind {input_kind!r}")
+    return _FACTORIES[name](int(input_kind), bool(with_entropy))

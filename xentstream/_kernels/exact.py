@@ -66,6 +66,12 @@ float64_bits = _reinterpret(
 bits_float64 = _reinterpret(
     types.int64, types.float64, "bits_float64", "The float64 with the same bits as an int64."
 )
+float32_bits = _reinterpret(
+    types.float32, types.int32, "float32_bits", "The int32 with the same bits as a float32."
+)
+bits_float32 = _reinterpret(
+    types.int32, types.float32, "bits_float32", "The float32 with the same bits as an int32."
+)
 
 
 @njit(nogil=True, error_model="numpy")

@@ -19,7 +19,10 @@ from numba import njit
 
 from xentstream._kernels.fastmath import (
     add_reassoc,
+    exp32,
     exp64,
+    is_float32,
+    log1p32,
     log1p64,
     log64,
     log_sigmoid_pair,
@@ -316,8 +319,26 @@ def _row_max_argmax(preds, i):
 
 
 @njit(**_CALLED)
-def scan_prediction_row_fast(preds, i, opts):
-    """:func:`scan_prediction_row`, vectorized for the usual row (same return values)."""
+def _float32_exps(row, best, out):
+    """``out[c] = exp(row[c] - best)`` in float32 math, for a float32 logits row.
+
+    float32 exp has twice the lanes of float64 and a shorter polynomial; in SPEC
+    section 3's float32 budget (the shift's rounding moves a term by at most
+    |x - max| * 6e-8 relative, i.e. the row's log-normalizer by < 3e-8). A loop of its
+    own: one that also widened to float64 stayed scalar.
+    """
+    best32 = np.float32(best)  # exact: the maximum is one of the row's float32 values
+    for c in range(row.shape[0]):
+        out[c] = exp32(np.float32(row[c]) - best32)
+
+
+@njit(**_CALLED)
+def scan_prediction_row_fast(preds, i, opts, scratch32):
+    """:func:`scan_prediction_row`, vectorized for the usual row (same return values).
+
+    float32 logits take their exps from :func:`_float32_exps` (``scratch32``: float32
+    scratch of the row's length), summed in float64.
+    """
     kind = opts.input_kind
     n_classes = preds.shape[1]
     if kind == LOGPROBS or n_classes < NARROW_CLASSES:
@@ -325,6 +346,23 @@ def scan_prediction_row_fast(preds, i, opts):
     best, argmax, probe = _row_max_argmax(preds, i)
     if probe != 0.0:  # NaN, +inf or -inf somewhere: the scalar scan sorts it out
         return _scan_prediction_row_scalar(preds, i, opts)
+    if kind == LOGITS and is_float32(preds):
+        _float32_exps(preds[i], best, scratch32)
+        scaled_sum = 0.0
+        entropy = 0.0
+        if opts.with_entropy:
+            weighted_shift = 0.0
+            for c in range(n_classes):
+                e = np.float64(scratch32[c])
+                scaled_sum = add_reassoc(scaled_sum, e)
+                weighted_shift = add_reassoc(weighted_shift, e * (np.float64(preds[i, c]) - best))
+            log_scaled_sum = math.log(scaled_sum)
+            entropy = log_scaled_sum - weighted_shift / scaled_sum
+        else:
+            for c in range(n_classes):
+                scaled_sum = add_reassoc(scaled_sum, np.float64(scratch32[c]))
+            log_scaled_sum = math.log(scaled_sum)
+        return OK, -1, 0.0, argmax, (best, log_scaled_sum), entropy
     if kind == LOGITS:
         scaled_sum = 0.0
         entropy = 0.0
@@ -431,61 +469,308 @@ def binary_pair_is_ok(x, t, opts):
 
 
 @njit(**_CALLED)
-def bernoulli_entropies_fast(preds, target, start, stop, opts, entropies, target_entropies):
+def bernoulli_entropies_fast(preds, target, start, stop, opts, entropies, target_entropies, out32):
     """``entropies[:k]`` = H(p), ``target_entropies[:k]`` = H(t) of 1-d ``start:stop``.
 
     In SIMD loops: with libm's scalar exp and log1p per value the entropies that
-    metrics report cost 15x a multi-label row's loss.
+    metrics report cost 15x a multi-label row's loss. Logits take their log
+    probabilities as :func:`binary_losses_fast` does (``out32``: float32 scratch).
     """
+    # Sliced first: an index ``start + r`` of unknown sign gets numba's wraparound
+    # select, which halves the SIMD loop's speed; ``r`` from a range is known >= 0.
+    chunk = preds[start:stop]
+    chunk_target = target[start:stop]
     if opts.input_kind == LOGITS:  # the kind tested once, outside the SIMD loop
+        _softplus_corrections(preds, start, stop, out32, entropies)
         for r in range(stop - start):
-            log_p, log_1mp = log_sigmoid_pair(np.float64(preds[start + r]))
+            m = np.float64(out32[r]) if is_float32(preds) else entropies[r]
+            x = np.float64(chunk[r])
+            positive_part = max(x, 0.0)
+            log_p = -((positive_part - x) + m)
+            log_1mp = -(positive_part + m)
             h = neg_xlogy_fast(exp64(log_p), log_p) + neg_xlogy_fast(exp64(log_1mp), log_1mp)
             entropies[r] = h
     else:
         for r in range(stop - start):
-            log_p, log_1mp = binary_log_probabilities_fast(np.float64(preds[start + r]), opts)
+            log_p, log_1mp = binary_log_probabilities_fast(np.float64(chunk[r]), opts)
             entropies[r] = binary_entropy(log_p, log_1mp)
     for r in range(stop - start):
-        t = np.float64(target[start + r])
+        t = np.float64(chunk_target[r])
         h = -(t * log64(t) + (1.0 - t) * log1p64(-t))
-        target_entropies[r] = h if t > 0.0 and t < 1.0 else 0.0
+        target_entropies[r] = h if (t > 0.0) & (t < 1.0) else 0.0  # & keeps it branch-free
 
 
 @njit(**_CALLED)
-def binary_losses_fast(preds, target, start, stop, pos_weight, opts, out):
-    """``out[:k]``: the binary loss of rows ``start:stop`` in one SIMD pass.
+def _softplus_corrections(preds, start, stop, out32, out64):
+    """``log1p(exp(-|x|))`` of the logits ``start:stop``: the inexact part of a softplus.
 
-    One value per row leaves no inner loop to vectorize, so the loop runs across rows
-    instead: exp / log1p from :mod:`fastmath` instead of one libm call pair per row
-    (2x faster for 4 Mi rows). Invalid rows give NaN or garbage here; the kernel checks
-    every row before it uses its loss. Log-probabilities keep the scalar ``expm1``.
+    float32 logits get float32 math into ``out32``, float64 logits float64 math into
+    ``out64``. A loop of its own: a loop that also widens float32 to float64 or returns
+    a pair stays scalar (measured 30 vs 14 ms for 4 Mi float32 values).
     """
+    chunk = preds[start:stop]  # see bernoulli_entropies_fast
+    if is_float32(preds):
+        for r in range(stop - start):
+            # np.float32: a no-op here, and it lets the float64 variant type this branch
+            out32[r] = log1p32(exp32(np.float32(-abs(chunk[r]))))
+    else:
+        for r in range(stop - start):
+            out64[r] = log1p64(exp64(-abs(np.float64(chunk[r]))))
+
+
+@njit(**_CALLED)
+def binary_losses_fast(preds, target, start, stop, pos_weight, opts, out, out32):
+    """``out[:k]``: the binary loss of rows ``start:stop`` in SIMD passes across rows.
+
+    One value per row leaves no inner loop to vectorize, so the loops run across rows
+    instead. Logits: ``log sigmoid(+-x) = -(max(-+x, 0) + log1p(exp(-|x|)))``, the
+    correction from :func:`_softplus_corrections` (float32 math for float32 input,
+    SPEC section 3's budget), the rest exact in float64. Probabilities: ``log64`` /
+    ``log1p64``. Invalid rows give NaN or garbage here; the kernel checks every row
+    before it uses its loss. Log-probabilities keep the scalar ``expm1``. ``out32`` is
+    float32 scratch of ``out``'s length.
+    """
+    chunk = preds[start:stop]  # see bernoulli_entropies_fast
+    chunk_target = target[start:stop]
     kind = opts.input_kind  # tested once, outside each SIMD loop
     eps = opts.eps
     if kind == LOGITS:
+        _softplus_corrections(preds, start, stop, out32, out)
         for r in range(stop - start):
-            log_p, log_1mp = log_sigmoid_pair(np.float64(preds[start + r]))
-            out[r] = binary_loss_fast(np.float64(target[start + r]), log_p, log_1mp, pos_weight)
+            m = np.float64(out32[r]) if is_float32(preds) else out[r]
+            x = np.float64(chunk[r])
+            positive_part = max(x, 0.0)
+            log_p = -((positive_part - x) + m)
+            log_1mp = -(positive_part + m)
+            out[r] = binary_loss_fast(np.float64(chunk_target[r]), log_p, log_1mp, pos_weight)
     elif kind == PROBS:
         for r in range(stop - start):
-            x = clip_probability(np.float64(preds[start + r]), eps)
-            t = np.float64(target[start + r])
+            x = clip_probability(np.float64(chunk[r]), eps)
+            t = np.float64(chunk_target[r])
             out[r] = binary_loss_fast(t, log64(x), log1p64(-x), pos_weight)
     else:
         for r in range(stop - start):
-            x = np.float64(preds[start + r])
+            x = np.float64(chunk[r])
             log_p, log_1mp = binary_log_probabilities(x, opts)
-            out[r] = binary_loss_fast(np.float64(target[start + r]), log_p, log_1mp, pos_weight)
+            out[r] = binary_loss_fast(np.float64(chunk_target[r]), log_p, log_1mp, pos_weight)
+
+
+@njit(**_CALLED)
+def logit_label_losses(row, target_row, pos_weight, out32, out64, terms):
+    """``terms[c]``: the binary loss of each logit of a multi-label row; returns their sum.
+
+    The same arithmetic as :func:`binary_losses_fast` (the softplus correction in a
+    pass of its own, float32 math for float32 logits), along the row's labels; the sum
+    is one ``add_reassoc`` reduction, so a row's loss depends on the row only.
+    """
+    n = row.shape[0]
+    _softplus_corrections(row, 0, n, out32, out64)
+    loss = 0.0
+    for c in range(n):
+        m = np.float64(out32[c]) if is_float32(row) else out64[c]
+        x = np.float64(row[c])
+        positive_part = max(x, 0.0)
+        log_p = -((positive_part - x) + m)
+        log_1mp = -(positive_part + m)
+        term = binary_loss_fast(np.float64(target_row[c]), log_p, log_1mp, pos_weight[c])
+        terms[c] = term
+        loss = add_reassoc(loss, term)
+    return loss
+
+
+@njit(**_CALLED)
+def binary_chunk_terms(preds, target, start, stop, opts, losses, squares, positives):
+    """The per-row steps of unweighted binary rows ``start:stop``, across rows.
+
+    Given ``losses[:k]`` (:func:`binary_losses_fast`), writes ``squares[:k]`` (the
+    loss squared) and ``positives[:k]`` (the target), and returns ``(bad, correct)``:
+    the rows that fail the checks of :func:`check_binary_pair` and the rows whose
+    top-1 decision matches the target. Branch-free (``&`` on booleans, counts as sums)
+    so that each loop compiles to SIMD code; a caller that sees ``bad > 0`` looks for
+    the first bad row with :func:`check_binary_pair`.
+    """
+    chunk = preds[start:stop]  # see bernoulli_entropies_fast
+    chunk_target = target[start:stop]
+    kind = opts.input_kind
+    bad = 0
+    correct = 0
+    threshold = 0.0 if kind == LOGITS else (-math.log(2.0) if kind == LOGPROBS else 0.5)
+    for r in range(stop - start):
+        x = np.float64(chunk[r])
+        t = np.float64(chunk_target[r])
+        ok = (x == x) & (t >= 0.0) & (t <= 1.0)
+        if kind == PROBS:
+            ok = ok & (x >= 0.0) & (x <= 1.0)
+        elif kind == LOGITS:
+            ok = ok & (x != _INF)
+        else:
+            ok = ok & (x <= 0.0)
+        bad += np.int64(not ok)
+        correct += np.int64((x >= threshold) == (t >= 0.5))
+        squares[r] = losses[r] * losses[r]
+        positives[r] = t
+    if not opts.validate:
+        bad = 0
+    return bad, correct
+
+
+#: Rows of one chunk of narrow logits rows processed across SIMD lanes.
+NARROW_CHUNK_ROWS = 256
+
+
+@njit(**_CALLED)
+def narrow_rows_chunk(
+    preds, start, stop, opts, with_entropy, columns, best, argmax, log_sum, entropy, unusual
+):
+    """The row scans of narrow rows ``start:stop``, across rows instead of along them.
+
+    A row of ten logits leaves a loop too short to vectorize, so the chunk is
+    transposed into ``columns[c, r]`` (in L1) and every pass runs over the chunk's rows
+    in SIMD lanes: the first maximum and its class, ``log sum exp(x - max)``, and with
+    ``with_entropy`` the entropy ``log Z - sum p (x - max)``. Each row's values come
+    from its own lane with the classes in a fixed order, so they depend on the row
+    only, never on the chunk. ``unusual[r]`` is 1 for rows holding NaN or +-inf
+    (their values here are garbage; the kernel re-scans them with
+    :func:`scan_prediction_row`); returns the number of such rows. Probabilities:
+    :func:`_narrow_probs_scan`.
+    """
+    chunk = preds[start:stop]  # see bernoulli_entropies_fast
+    n, n_classes = chunk.shape
+    for r in range(n):
+        for c in range(n_classes):
+            columns[c, r] = np.float64(chunk[r, c])
+    if opts.input_kind == PROBS:
+        return _narrow_probs_scan(opts, n, columns, best, argmax, log_sum, entropy, unusual)
+    probe = log_sum  # scratch until the exp pass
+    for r in range(n):
+        best[r] = columns[0, r]
+        argmax[r] = 0
+        probe[r] = columns[0, r] * 0.0
+    for c in range(1, n_classes):
+        for r in range(n):
+            x = columns[c, r]
+            larger = x > best[r]  # strict: the first maximum wins, as in the scalar scan
+            best[r] = x if larger else best[r]
+            argmax[r] = c if larger else argmax[r]
+            probe[r] = probe[r] + x * 0.0  # NaN iff the row holds NaN or +-inf
+    n_unusual = 0
+    for r in range(n):
+        odd = probe[r] != 0.0
+        unusual[r] = np.uint8(odd)
+        n_unusual += np.int64(odd)
+    total = entropy  # scratch: the row sums of exp(x - max)
+    for r in range(n):
+        total[r] = 0.0
+    if with_entropy:
+        weighted = log_sum  # scratch: sum exp(x - max) * (x - max)
+        for r in range(n):
+            weighted[r] = 0.0
+        for c in range(n_classes):
+            for r in range(n):
+                shifted = columns[c, r] - best[r]
+                e = exp64(shifted)
+                total[r] = total[r] + e
+                weighted[r] = weighted[r] + e * shifted
+        for r in range(n):
+            log_total = log64(total[r])
+            entropy[r] = log_total - weighted[r] / total[r]
+            log_sum[r] = log_total
+    else:
+        for c in range(n_classes):
+            for r in range(n):
+                total[r] = total[r] + exp64(columns[c, r] - best[r])
+        for r in range(n):
+            log_sum[r] = log64(total[r])
+            entropy[r] = 0.0
+    return n_unusual
+
+
+@njit(**_CALLED)
+def _narrow_probs_scan(opts, n, columns, best, argmax, log_sum, entropy, unusual):
+    """:func:`narrow_rows_chunk` for probabilities (``columns`` already transposed).
+
+    Unusual rows: NaN, a value outside [0, 1] or (validating) a sum off 1 by more than
+    the tolerance. The normalizer is ``(0, 0)``; the entropy ``-sum p log p`` uses
+    ``log64`` in the lanes.
+    """
+    n_classes = columns.shape[0]
+    total = log_sum  # scratch: the row sums
+    odd = best  # scratch: values out of range (the maxima come after)
+    for r in range(n):
+        total[r] = 0.0
+        odd[r] = 0.0
+        entropy[r] = 0.0
+    for c in range(n_classes):
+        for r in range(n):
+            x = columns[c, r]
+            total[r] = total[r] + x
+            odd[r] = odd[r] + np.float64(not ((x >= 0.0) & (x <= 1.0)))  # NaN is odd too
+    n_unusual = 0
+    for r in range(n):
+        bad = odd[r] > 0.0
+        if opts.validate:
+            bad = bad | (abs(total[r] - 1.0) > opts.sum_tol)
+        unusual[r] = np.uint8(bad)
+        n_unusual += np.int64(bad)
+    if opts.with_entropy:
+        for c in range(n_classes):
+            for r in range(n):
+                x = columns[c, r]
+                term = x * log64(x)
+                entropy[r] = entropy[r] + (-term if x > 0.0 else 0.0)
+    for r in range(n):
+        best[r] = columns[0, r]
+        argmax[r] = 0
+    for c in range(1, n_classes):
+        for r in range(n):
+            x = columns[c, r]
+            larger = x > best[r]  # strict: the first maximum wins, as in the scalar scan
+            best[r] = x if larger else best[r]
+            argmax[r] = c if larger else argmax[r]
+    for r in range(n):
+        best[r] = 0.0  # the normalizer of probabilities is (0, 0)
+        log_sum[r] = 0.0
+    return n_unusual
+
+
+@njit(**_CALLED)
+def hard_label_losses(target, start, stop, opts, columns, best, log_sum, losses, squares):
+    """Losses ``-log p_y`` of ordinary narrow rows ``start:stop``, across rows.
+
+    ``losses[r] = -((x_y - max) - log_sum)`` (probabilities: ``-log64(clip(p_y))``),
+    the same operations as :func:`log_probability_fast` and the kernel's ``neg_xlogy``
+    for a unit weight, so a row gets the same bits here as in the kernel's row-by-row
+    path. Also writes
+    ``squares[r]``; returns the number of rows whose label is out of range or ignored
+    (their losses are garbage and the caller takes the row-by-row path).
+    """
+    labels = target[start:stop]  # see bernoulli_entropies_fast
+    n_classes = columns.shape[0]
+    special = 0
+    for r in range(stop - start):
+        label = np.int64(labels[r])
+        outside = (label < 0) | (label >= n_classes)
+        if opts.has_ignore_index:
+            outside = outside | (label == opts.ignore_index)
+        special += np.int64(outside)
+        column = min(max(label, 0), n_classes - 1)
+        if opts.input_kind == PROBS:
+            loss = -log64(clip_probability(columns[column, r], opts.eps))
+        else:
+            loss = -((columns[column, r] - best[r]) - log_sum[r])
+        losses[r] = loss
+        squares[r] = loss * loss
+    return special
 
 
 @njit(**_CALLED)
 def exp_rows(preds, start, stop, out):
     """``out[:k] = exp(preds[start:stop].ravel())``: one flat SIMD pass over narrow rows."""
+    chunk = preds[start:stop]  # see bernoulli_entropies_fast
     n_classes = preds.shape[1]
     for r in range(stop - start):
         for c in range(n_classes):
-            out[r * n_classes + c] = exp64(np.float64(preds[start + r, c]))
+            out[r * n_classes + c] = exp64(np.float64(chunk[r, c]))
 
 
 @njit(**_CALLED)
