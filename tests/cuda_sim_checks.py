@@ -456,7 +456,9 @@ def test_half_precision_device_inputs_are_widened_like_host_inputs() -> None:
         reduction="none",
         sum_tol=1e-2,
     )
-    host_rows = xs.cross_entropy(preds, soft, reduction="none", engine="cpu", sum_tol=1e-2)
+    host_rows = xs.cross_entropy(
+        preds, soft, sample_weight=weights, reduction="none", engine="cpu", sum_tol=1e-2
+    )
     np.testing.assert_allclose(rows, host_rows, rtol=1e-6, atol=1e-6)
     metrics = []
     for engine, to_device in (("auto", cuda.to_device), ("cpu", np.asarray)):
@@ -496,8 +498,14 @@ def test_half_precision_torch_tensors_are_widened_with_float() -> None:
     weights = _CudaTensor(DATA["weights"].astype(np.float16), "torch.bfloat16")
     loss = xs.cross_entropy(preds, soft, sample_weight=weights, sum_tol=1e-2)
     assert preds.widened and soft.widened and weights.widened
+    # eps="auto" follows the dtype given, bfloat16 (8 significand bits), not the values'
     expected = xs.cross_entropy(
-        preds.values, soft.values, sample_weight=weights.values, sum_tol=1e-2, engine="cpu"
+        preds.values,
+        soft.values,
+        sample_weight=weights.values,
+        sum_tol=1e-2,
+        eps=2.0**-7,
+        engine="cpu",
     )
     assert math.isclose(loss, expected, rel_tol=1e-12)
 

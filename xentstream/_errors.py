@@ -7,12 +7,13 @@ stream) and the rule broken.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from xentstream._kernels import layout
 
-__all__ = ["DEFAULT_NAMES", "ColumnNames", "kernel_error"]
+__all__ = ["DEFAULT_NAMES", "ColumnNames", "kernel_error", "shorten", "show"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +106,23 @@ def kernel_error(
             "sample weights must be finite and >= 0"
         )
     return ValueError(f"{names.preds}: {where}: invalid input (kernel error code {code})")
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut to about ``limit`` characters, so that messages stay one short line."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 20]}... ({len(text)} characters)"
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for a message, cut to ``limit``; huge integers by their size only
+    (their decimal form alone would cost seconds and megabytes)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"<an integer of {value.bit_length()} bits>"
+    if isinstance(value, list | dict | tuple) and len(value) > 20:
+        return f"<a {type(value).__name__} of {len(value)} entries>"
+    try:
+        return shorten(repr(value), limit)
+    except ValueError:  # the interpreter's int digit limit, inside a container
+        return f"<a {type(value).__name__}>"

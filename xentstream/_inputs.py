@@ -41,6 +41,24 @@ def _first_null_error(name: str, mask: np.ndarray, row_offset: int) -> ValueErro
     return ValueError(f"{name}: row {row}: value is null; nulls are not allowed")
 
 
+def half_precision(value: Any) -> str | None:
+    """``"float16"`` or ``"bfloat16"`` when ``value`` holds half-precision floats.
+
+    :func:`as_array` (and the device path) widen them to float32 for the kernels,
+    but the clipping eps and sum tolerance follow the dtype the user gave
+    (scikit-learn's rule, SPEC section 2), so the batch layer asks here first.
+    """
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        dtype = getattr(value, "type", None)  # pyarrow arrays
+    name = str(dtype).lower().removeprefix("torch.")
+    if name in ("float16", "halffloat", "half"):
+        return "float16"
+    if name == "bfloat16":
+        return "bfloat16"
+    return None
+
+
 def as_array(value: Any, name: str, *, floating: bool = False, row_offset: int = 0) -> np.ndarray:
     """Return ``value`` as a numpy array, without copying when possible.
 

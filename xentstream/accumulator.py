@@ -8,6 +8,7 @@ into correctly rounded floats and into plain JSON integers, and back.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,13 @@ __all__ = [
 ]
 
 _DENOMINATOR = 1 << -UNIT_EXPONENT
+#: Bound on |value| of any accumulator in units of 2**-1075: 2**63 terms of at most
+#: 2**1024 each (the top chunk then holds < 2**51). Loaded states must stay below it,
+#: and so must a merge, which keeps int64 chunks from wrapping however often states
+#: near the bound are merged.
+MAX_MAGNITUDE = 1 << (63 + 1024 - UNIT_EXPONENT)
+_TOP_CHUNK_BOUND = MAX_MAGNITUDE >> (CHUNK_BITS * (N_CHUNKS - 1))
+_DECIMAL = re.compile(r"-?(0|[1-9][0-9]{0,700})")
 
 
 def empty(*shape: int) -> np.ndarray:
@@ -106,12 +114,28 @@ def _is_special(row: np.ndarray) -> bool:
 def to_floats(acc: np.ndarray) -> np.ndarray:
     """Correctly rounded values of every row of ``acc`` (shape ``(..., N_SLOTS)``)."""
     flat = acc.reshape(-1, N_SLOTS)
-    values = np.array([to_float(row) for row in flat], dtype=np.float64)
+    values = np.zeros(flat.shape[0], dtype=np.float64)
+    # Most per-class rows of a large state are zero; only the others need Python ints.
+    for index in np.flatnonzero(flat.any(axis=1)):
+        values[index] = to_float(flat[index])
     return values.reshape(acc.shape[:-1])
 
 
 def merge_into(target: np.ndarray, source: np.ndarray) -> None:
-    """Add accumulator ``source`` into ``target`` in place (exact), then normalize."""
+    """Add accumulator ``source`` into ``target`` in place (exact), then normalize.
+
+    Raises
+    ------
+    ValueError
+        If the sum would leave the range of :data:`MAX_MAGNITUDE` (only crafted
+        states get there); ``target`` is then unchanged.
+    """
+    top = N_CHUNKS - 1
+    # Both operands are normalized, so the top chunks carry the magnitude; bounding
+    # their sum (+1 for a carry) keeps int64 from wrapping to the opposite sign.
+    reach = np.abs(target[..., top].astype(np.float64) + source[..., top]) + 1
+    if reach.size and reach.max() >= _TOP_CHUNK_BOUND:
+        raise ValueError("accumulator: sum out of range (more than 2**63 largest float64 terms)")
     target += source
     normalize(target.reshape(-1, N_SLOTS))
 
@@ -155,18 +179,27 @@ def _fill_from_json(acc: np.ndarray, data: Any) -> None:
     if not isinstance(data, list) or len(data) != 4:
         raise ValueError("accumulator: expected [value, pos_inf, neg_inf, nan]")
     value, pos_inf, neg_inf, nan = data
-    try:
-        total = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"accumulator: value {value!r} is not an integer") from None
+    # Exactly what to_json writes: int() would also take " 1_000 " or "+1".
+    if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
+        raise ValueError(f"accumulator: value {_show(value)} is not a decimal integer string")
+    total = int(value)
+    if abs(total) >= MAX_MAGNITUDE:
+        raise ValueError(
+            "accumulator: value out of range (more than 2**63 terms of the largest "
+            "float64 could add up to)"
+        )
     counts = (pos_inf, neg_inf, nan)
-    if not all(isinstance(c, int) and c >= 0 for c in counts):
-        raise ValueError("accumulator: non-finite counts must be non-negative integers")
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 62 for c in counts):
+        raise ValueError("accumulator: non-finite counts must be integers in [0, 2**62)")
     mask = (1 << CHUNK_BITS) - 1
     for k in range(N_CHUNKS - 1):
         acc[k] = total & mask
         total >>= CHUNK_BITS
-    if not -(1 << 62) <= total < (1 << 62):
-        raise ValueError("accumulator: value out of range")
     acc[N_CHUNKS - 1] = total
     acc[POS_INF], acc[NEG_INF], acc[NAN] = counts
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str) and len(value) > 60:
+        return f"{value[:40]!r}... ({len(value)} characters)"
+    return repr(value)[:80]

@@ -23,6 +23,7 @@ import re
 import shlex
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -57,6 +58,8 @@ _TABLE_FIELDS = _SCALARS  # the table shows what Report's str shows, in that ord
 
 #: Seconds to wait for ``--dask ADDRESS``'s scheduler before giving up.
 _CONNECT_TIMEOUT_S = 30
+#: Seconds a ``--dask`` run waits with no worker alive before it fails.
+_NO_WORKERS_TIMEOUT_S = 60
 
 
 class _UsageError(Exception):
@@ -324,10 +327,10 @@ def _is_npy(source: list[str]) -> bool:
 
 
 def _schema(source: list[str]) -> pl.Schema:
-    from xentstream.feeders import _SCANNERS, _expand_paths
+    from xentstream.feeders import _expand_paths, scan_files
 
     paths = _expand_paths(source)
-    return _SCANNERS[paths[0].suffix.lower()](str(paths[0])).collect_schema()
+    return scan_files(paths[:1]).collect_schema()
 
 
 def _expand_columns(patterns: list[str], names: list[str], flag: str) -> list[str]:
@@ -550,14 +553,13 @@ _PLOT_BARS = 40
 def _plot_batch_rows(source: Any, args: argparse.Namespace) -> int | None:
     """Rows per batch for ``--plot``: about ``_PLOT_POINTS`` points whatever the size
     (None, the default, once batches of that size would be large anyway)."""
-    from xentstream.feeders import _SCANNERS, _expand_paths
+    from xentstream.feeders import _expand_paths, scan_files
 
     paths = _expand_paths(source)
     if paths[0].suffix.lower() == ".npy":
         total = np.load(paths[0], mmap_mode="r", allow_pickle=False).shape[0]
     else:
-        scan = _SCANNERS[paths[0].suffix.lower()]
-        total = scan([str(p) for p in paths]).select(pl.len()).collect().item()
+        total = scan_files(paths).select(pl.len()).collect().item()
     rows = max(1, math.ceil(total / _PLOT_POINTS))
     return rows if rows < 1 << 16 else None
 
@@ -776,6 +778,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             write_json_atomic(args.save_state, grouped_state_dict(result))
         else:
             metric.save(args.save_state)
+    overall = result.overall if isinstance(result, GroupedReport) else result
+    if overall.count + overall.ignored == 0:
+        warnings.warn("the source holds no rows: nothing was evaluated", stacklevel=1)
     _write(_render(result, args.format), args.output)
     return 0
 
@@ -839,14 +844,28 @@ def _evaluate_on_dask(
     from xentstream import dask as xentstream_dask
 
     xentstream_dask._require_dask(distributed=True)
+    import dask
     from distributed.comm.core import CommClosedError
-    from distributed.scheduler import KilledWorker
+    from distributed.scheduler import KilledWorker, NoValidWorkerError, NoWorkerError
 
+    # Workers that die and never come back would leave the run waiting forever: after
+    # this long without a worker the scheduler fails the tasks (unless the user's
+    # Dask config sets its own limit).
+    timeout_key = "distributed.scheduler.no-workers-timeout"
+    limit = dask.config.get(timeout_key, None) or f"{_NO_WORKERS_TIMEOUT_S}s"
     try:
-        return _run_on_dask(address, source, metric, options)
+        with dask.config.set({timeout_key: limit}):
+            return _run_on_dask(address, source, metric, options)
     except FileNotFoundError:
         raise  # a missing file: main reports it like any other run's
-    except (CommClosedError, KilledWorker, OSError, TimeoutError) as error:
+    except (
+        CommClosedError,
+        KilledWorker,
+        NoValidWorkerError,
+        NoWorkerError,
+        OSError,
+        TimeoutError,
+    ) as error:
         # Mostly the cluster failing, not the data: a lost scheduler, workers that keep
         # dying (KilledWorker), a connection timing out. One line, no traceback.
         text = " ".join(str(error).split()) or "no details"
@@ -883,16 +902,17 @@ def _run_on_dask(
     # new value after its threads started, which broke runs starting several clusters.
     # Processes sidestep the GIL in the polars-to-numpy glue. Silent logs: bad data
     # is reported once, as the one-line error, not also logged by the worker.
-    with (
-        LocalCluster(
+    try:
+        cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
             dashboard_address=":0",
             silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+        )
+    except RuntimeError as error:  # "Nanny failed to start": workers dying at start
+        raise _UsageError(f"--dask: the local cluster did not start ({error})") from None
+    with cluster, Client(cluster) as client:
         return xentstream_dask.evaluate(
             source,
             metric,
@@ -945,6 +965,40 @@ def _interrupted(error: KeyboardInterrupt, argv: Sequence[str] | None) -> str:
     )
 
 
+#: Every failure the command line reports as one line with exit status 2, each class
+#: mapped here once: bad arguments and data (ValueError, TypeError; OverflowError for
+#: numbers out of range), files that cannot be opened, read or written (OSError:
+#: missing, a directory, no permission), polars' read errors, a missing optional
+#: dependency (ImportError), and the cluster of --dask (raised as _UsageError).
+_FAILURES = (
+    _UsageError,
+    ValueError,
+    TypeError,
+    OverflowError,
+    OSError,
+    ImportError,
+    pl.exceptions.PolarsError,
+)
+#: An error line longer than this is cut: a message must stay one readable line
+#: whatever the input echoed in it.
+_MAX_MESSAGE = 500
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f"{error.filename}: {error.strerror}"  # without the "[Errno 13]" noise
+    else:
+        text = " ".join(str(error).split()) or type(error).__name__
+    if len(text) > _MAX_MESSAGE:
+        text = f"{text[: _MAX_MESSAGE - 30]}... ({len(text)} characters)"
+    return text
+
+
+def _warning_line(message: Any, category: Any, *_: Any, **__: Any) -> None:
+    """Warnings as one ``xentstream: warning:`` line, without the source line."""
+    print(f"xentstream: warning: {_one_line(Exception(str(message)))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
@@ -954,24 +1008,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     2
     """
     try:
-        parser = _parser()
-        args = parser.parse_args(argv)
-        if args.command is None:  # bare ``xentstream``: what it does and how to start
-            parser.print_help()
-            return 0
-        return _evaluate(args) if args.command == "evaluate" else _merge(args)
-    except _UsageError as error:
-        print(f"xentstream: error: {error}", file=sys.stderr)
-        return 2
-    except (
-        ValueError,
-        TypeError,
-        FileNotFoundError,
-        ImportError,
-        pl.exceptions.PolarsError,
-    ) as error:
-        message = _with_flags(" ".join(str(error).split()))
-        print(f"xentstream: error: {message}", file=sys.stderr)
+        with warnings.catch_warnings():
+            # Warnings are messages to the user here: shown (once), one line each.
+            warnings.simplefilter("default")
+            warnings.showwarning = _warning_line
+            parser = _parser()
+            args = parser.parse_args(argv)
+            if args.command is None:  # bare ``xentstream``: what it does and how to start
+                parser.print_help()
+                return 0
+            return _evaluate(args) if args.command == "evaluate" else _merge(args)
+    except _FAILURES as error:
+        print(f"xentstream: error: {_with_flags(_one_line(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as error:
         print(f"xentstream: {_interrupted(error, argv)}", file=sys.stderr)

@@ -12,9 +12,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from xentstream._errors import show
 from xentstream._kernels.layout import INPUT_KINDS
 
 __all__ = ["BinaryConfig", "LossConfig", "MulticlassConfig", "MultilabelConfig"]
+
+
+def machine_eps(dtype: Any) -> float:
+    """``np.finfo(dtype).eps``; also for ``"bfloat16"``, which numpy does not know."""
+    if str(dtype) == "bfloat16":
+        return 2.0**-7  # 8 significand bits
+    return float(np.finfo(dtype).eps)
 
 
 def _check_input(value: str) -> str:
@@ -39,6 +47,24 @@ def _check_sum_tol(value: float | None) -> float | None:
     if not (isinstance(value, int | float) and value >= 0.0 and math.isfinite(value)):
         raise ValueError(f"sum_tol: must be a finite number >= 0 or None, got {value!r}")
     return float(value)
+
+
+def _check_flag(name: str, value: Any) -> bool:
+    # bool("no") is True: a string or a number here is a mistake, not a yes.
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name}: must be True or False, got {show(value)}")
+    return bool(value)
+
+
+def _check_count(name: str, value: Any) -> int | None:
+    """A positive class / label count (numpy integers too), below 2**31."""
+    if value is None:
+        return None
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name}: must be a positive integer or None, got {show(value)}")
+    if not 1 <= value < 1 << 31:
+        raise ValueError(f"{name}: must be a positive integer below 2**31, got {show(value)}")
+    return int(value)
 
 
 def _weight_tuple(name: str, values: Any, *, allow_zero: bool) -> tuple[float, ...] | None:
@@ -70,7 +96,7 @@ class LossConfig:
         _check_input(self.input)
         object.__setattr__(self, "eps", _check_eps(self.eps))
         object.__setattr__(self, "sum_tol", _check_sum_tol(self.sum_tol))
-        object.__setattr__(self, "validate", bool(self.validate))
+        object.__setattr__(self, "validate", _check_flag("validate", self.validate))
 
     def resolve_eps(self, dtype: np.dtype) -> float:
         """The clipping eps for inputs of ``dtype`` ("auto": machine eps, as scikit-learn).
@@ -81,13 +107,13 @@ class LossConfig:
         if self.input != "probs":
             return 0.0
         if self.eps == "auto":
-            return float(np.finfo(dtype).eps)
+            return machine_eps(dtype)
         return float(self.eps)
 
     def resolve_sum_tol(self, dtype: np.dtype) -> float:
         """Tolerance of the sum-to-one checks (default sqrt(eps) of ``dtype``)."""
         if self.sum_tol is None:
-            return math.sqrt(float(np.finfo(dtype).eps))
+            return math.sqrt(machine_eps(dtype))
         return self.sum_tol
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,11 +125,15 @@ class LossConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LossConfig:
         """Inverse of :meth:`to_dict`; unknown or missing keys are a ``ValueError``."""
+        if data.get("kind") != cls.kind:
+            raise ValueError(f"config: kind {show(data.get('kind'))} is not {cls.kind!r}")
         names = {f.name for f in fields(cls)}
         given = set(data) - {"kind"}
         if given != names:
+            wrong = sorted(map(str, given ^ names))
+            shown = ", ".join(show(k) for k in wrong[:5]) + (", ..." if len(wrong) > 5 else "")
             raise ValueError(
-                f"config: fields {sorted(given ^ names)} do not match a {cls.kind} config"
+                f"config: {len(wrong)} fields ({shown}) do not match a {cls.kind} config"
             )
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "kind"}
         return cls(**values)
@@ -122,12 +152,7 @@ class MulticlassConfig(LossConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_classes is not None and (
-            isinstance(self.num_classes, bool)
-            or not isinstance(self.num_classes, int)
-            or self.num_classes < 1
-        ):
-            raise ValueError(f"num_classes: must be a positive integer, got {self.num_classes!r}")
+        object.__setattr__(self, "num_classes", _check_count("num_classes", self.num_classes))
         weights = _weight_tuple("class_weight", self.class_weight, allow_zero=True)
         object.__setattr__(self, "class_weight", weights)
         if (
@@ -144,13 +169,17 @@ class MulticlassConfig(LossConfig):
         ):
             raise TypeError(f"ignore_index: must be an integer or None, got {self.ignore_index!r}")
         if self.ignore_index is not None:
+            if not -(1 << 63) <= self.ignore_index < 1 << 63:  # an int64 in the kernels
+                raise ValueError(f"ignore_index: must fit in int64, got {show(self.ignore_index)}")
             object.__setattr__(self, "ignore_index", int(self.ignore_index))
         if not (
-            isinstance(self.label_smoothing, int | float) and 0.0 <= self.label_smoothing <= 1.0
+            isinstance(self.label_smoothing, int | float)
+            and not isinstance(self.label_smoothing, bool)
+            and 0.0 <= self.label_smoothing <= 1.0
         ):
             raise ValueError(f"label_smoothing: must lie in [0, 1], got {self.label_smoothing!r}")
         object.__setattr__(self, "label_smoothing", float(self.label_smoothing))
-        object.__setattr__(self, "per_class", bool(self.per_class))
+        object.__setattr__(self, "per_class", _check_flag("per_class", self.per_class))
 
     def resolve_eps(self, dtype: np.dtype) -> float:
         if self.input != "probs":
@@ -185,12 +214,7 @@ class MultilabelConfig(LossConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_labels is not None and (
-            isinstance(self.num_labels, bool)
-            or not isinstance(self.num_labels, int)
-            or self.num_labels < 1
-        ):
-            raise ValueError(f"num_labels: must be a positive integer, got {self.num_labels!r}")
+        object.__setattr__(self, "num_labels", _check_count("num_labels", self.num_labels))
         value = self.pos_weight
         if value is not None and np.ndim(value) == 0:
             value = float(value)
@@ -203,4 +227,4 @@ class MultilabelConfig(LossConfig):
                     f"pos_weight: has {len(value)} entries but num_labels is {self.num_labels}"
                 )
         object.__setattr__(self, "pos_weight", value)
-        object.__setattr__(self, "per_label", bool(self.per_label))
+        object.__setattr__(self, "per_label", _check_flag("per_label", self.per_label))

@@ -26,6 +26,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import polars as pl
@@ -38,7 +39,7 @@ from xentstream.evaluate import (
     _run,
     _spec_class_names,
 )
-from xentstream.feeders import _SCANNERS, ColumnSpec, _expand_paths, open_source
+from xentstream.feeders import ColumnSpec, _expand_paths, open_source, scan_files
 from xentstream.metrics import Metric, _check_engine
 from xentstream.report import Report
 
@@ -84,7 +85,7 @@ class _FilePart:
     stamp: tuple[int, int]  # the file's size and mtime: a rewritten file gets new task keys
 
     def frame(self) -> pl.LazyFrame:
-        scan = _SCANNERS[os.path.splitext(self.path)[1].lower()](self.path)
+        scan = scan_files([Path(self.path)])
         return scan.slice(self.start, self.rows)
 
     def where(self) -> str:
@@ -112,7 +113,7 @@ def _file_partitions(paths: list[Any], partition_rows: int) -> list[_FilePart]:
     for path in paths:
         name = os.path.abspath(path)  # workers may run elsewhere: shared storage, absolute path
         stat = os.stat(name)
-        rows = _SCANNERS[path.suffix.lower()](name).select(pl.len()).collect().item()
+        rows = scan_files([Path(name)]).select(pl.len()).collect().item()
         spans += [
             (
                 name,
@@ -308,8 +309,7 @@ def _leaves(
         or partition_rows < 1
     ):
         raise ValueError(f"partition_rows: must be a positive integer, got {partition_rows!r}")
-    suffix = paths[0].suffix.lower()
-    open_source(_SCANNERS[suffix](str(paths[0])).head(0), spec, batch_rows=batch_rows)
+    open_source(scan_files(paths[:1]).head(0), spec, batch_rows=batch_rows)
     return [
         task(part, None, *task_args, spec, batch_rows)
         for part in _file_partitions(paths, partition_rows)

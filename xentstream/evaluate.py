@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import glob
+import hashlib
 import json
 import math
 import os
@@ -21,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +32,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from xentstream._errors import shorten, show
 from xentstream.feeders import Batch, ColumnSpec, open_source
 from xentstream.metrics import Metric
 from xentstream.report import Report
@@ -37,7 +41,8 @@ from xentstream.state import read_json, write_json_atomic
 __all__ = ["GroupedReport", "Interrupted", "evaluate", "stream"]
 
 CHECKPOINT_FORMAT = "xentstream.checkpoint"
-CHECKPOINT_VERSION = 1
+#: 2: with base_rows and metric_rows_per_row, which make a checkpoint self-checking.
+CHECKPOINT_VERSION = 2
 #: Seconds between checkpoint writes: often enough to lose little on a kill, rarely
 #: enough that writing the JSON never shows in the throughput.
 CHECKPOINT_INTERVAL_S = 5.0
@@ -199,13 +204,30 @@ class _GroupState:
             for key, metric in zip(self.keys, self.metrics, strict=True)
         ]
 
-    def load_json(self, entries: list[dict[str, Any]]) -> None:
+    def load_json(self, entries: list[dict[str, Any]], *, strict: bool = False) -> None:
         """Add saved groups (:meth:`to_json`): a known key's state is merged into its
         metric, a new key is appended. Loading the groups of consecutive parts of a
-        stream in order thus keeps the keys in order of first appearance."""
+        stream in order thus keeps the keys in order of first appearance.
+
+        ``strict`` (one saved stream, a checkpoint): every entry must be a group of
+        this grouping, of this metric's kind and config, and keys must not repeat.
+        """
+        seen: set[tuple[Any, ...]] = set()
         for entry in entries:
+            if strict and not (
+                isinstance(entry, dict)
+                and set(entry) == {"key", "state"}
+                and isinstance(entry["key"], list)
+                and len(entry["key"]) == len(self.by)
+            ):
+                raise ValueError(f"a group must be {{key: [{len(self.by)} values], state: ...}}")
             key = _canonical_key(tuple(_key_from_json(v) for v in entry["key"]))
             metric = Metric.from_state_dict(entry["state"])
+            if strict:
+                if key in seen:
+                    raise ValueError(f"group key {show(list(key))} appears twice")
+                seen.add(key)
+                self._new_metric()._load_state_of(metric)  # same kind and config, or raises
             code = self._codes.get(key)
             if code is None:
                 self._codes[key] = len(self.keys)
@@ -414,39 +436,160 @@ def _fingerprint(feeder_fingerprint: dict[str, Any], metric: Metric) -> dict[str
 
 
 def _read_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved checkpoint at ``path`` (None if there is none), checked for this run."""
     if not path.exists():
         return None
     data = read_json(path)
-    if data.get("format") != CHECKPOINT_FORMAT or data.get("version") != CHECKPOINT_VERSION:
+    version = data.get("version")
+    if (
+        data.get("format") != CHECKPOINT_FORMAT
+        or not isinstance(version, int)
+        or isinstance(version, bool)
+        or version != CHECKPOINT_VERSION
+    ):
         raise ValueError(
             f"checkpoint {path}: not an xentstream checkpoint of version {CHECKPOINT_VERSION}"
         )
-    saved = data.get("fingerprint", {})
+    missing = sorted(set(_CHECKPOINT_KEYS) - set(data))
+    if missing:
+        raise ValueError(f"checkpoint {path}: malformed (no {', '.join(missing)})")
+    if data["sha256"] != _digest(data):
+        raise ValueError(
+            f"checkpoint {path}: its content does not match its sha256 (edited or "
+            "corrupted); delete it to start over"
+        )
+    saved = data["fingerprint"]
+    if not isinstance(saved, dict):
+        raise ValueError(f"checkpoint {path}: malformed (fingerprint is not a JSON object)")
     expected = json.loads(json.dumps(fingerprint))
     if saved != expected:
         differing = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
-        what = "the source files changed" if "source" in differing else "the arguments differ"
+        files = expected.get("source", {}).get("kind") in ("files", "npy")
+        what = f"the source {'files ' if files else ''}changed"
+        what = what if "source" in differing else "the arguments differ"
+        shown = ", ".join(shorten(str(k), 40) for k in differing[:5])
         raise ValueError(
-            f"checkpoint {path}: written for another run ({what}: {', '.join(differing)}); "
-            "delete it to start over"
+            f"checkpoint {path}: written for another run ({what}: {shown}); delete it to start over"
         )
     return data
 
 
-def _write_checkpoint(
-    path: Path, fingerprint: dict[str, Any], rows: int, metric: Metric, groups: _GroupState | None
-) -> None:
-    write_json_atomic(
-        path,
-        {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "fingerprint": fingerprint,
-            "rows_consumed": rows,
-            "metric": metric.state_dict(),
-            "groups": None if groups is None else groups.to_json(),
-        },
+#: Every key a checkpoint holds; ``metric_rows_per_row`` relates the saved metric's
+#: rows to the rows consumed (1, or the positions per row of (N, T, C) batches).
+_CHECKPOINT_KEYS = (
+    "format",
+    "version",
+    "fingerprint",
+    "rows_consumed",
+    "base_rows",
+    "metric_rows_per_row",
+    "metric",
+    "groups",
+    "sha256",
+)
+
+
+def _load_checkpoint(
+    path: Path, saved: dict[str, Any], metric: Metric, groups: _GroupState | None
+) -> int:
+    """Load a checkpoint's state into ``metric`` (and ``groups``); return the rows consumed.
+
+    A checkpoint must be self-consistent: the saved metric holds exactly the rows
+    consumed (times ``metric_rows_per_row``, after ``base_rows`` it held before the
+    run), and groups are there exactly with ``by=``, with distinct keys, adding up to
+    the same rows. Nothing is changed if it is not.
+    """
+
+    def bad(rule: str) -> ValueError:
+        return ValueError(f"checkpoint {path}: inconsistent ({rule}); delete it to start over")
+
+    consumed, base, per_row = (
+        saved["rows_consumed"],
+        saved["base_rows"],
+        saved["metric_rows_per_row"],
     )
+    for name, value in (("rows_consumed", consumed), ("base_rows", base)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+            raise bad(f"{name} must be an integer in [0, 2**63), got {show(value)}")
+    if per_row is not None and (
+        not isinstance(per_row, int) or isinstance(per_row, bool) or not 0 <= per_row < 1 << 63
+    ):
+        raise bad(
+            f"metric_rows_per_row must be null or a non-negative integer, got {show(per_row)}"
+        )
+    try:
+        state = Metric.from_state_dict(saved["metric"])
+    except ValueError as error:
+        raise ValueError(f"checkpoint {path}: {error}") from None
+    held = state.rows_seen - base
+    if held < 0 or (per_row is not None and held != consumed * per_row):
+        raise bad(
+            f"rows_consumed is {consumed} but the saved metric holds {state.rows_seen} rows"
+            + ("" if per_row in (None, 1) else f" ({per_row} per row)")
+            + (f" after {base} it held before" if base else "")
+        )
+    entries = saved["groups"]
+    loaded = None
+    if groups is None:
+        if entries is not None:
+            raise bad("it holds groups, but this run has no by=")
+    else:
+        if not isinstance(entries, list):
+            raise bad("this run groups by= but the checkpoint holds no list of groups")
+        loaded = _GroupState(groups.by, groups.template)
+        try:
+            loaded.load_json(entries, strict=True)
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
+            raise bad(f"groups: {show(str(error), 200)}") from None
+        in_groups = sum(m.rows_seen for m in loaded.metrics)
+        if in_groups != held:
+            raise bad(f"the groups hold {in_groups} rows, the metric {held} from this source")
+    metric._load_state_of(state)
+    if loaded is not None:
+        groups.load_json(entries)
+    return consumed
+
+
+def _write_checkpoint(
+    path: Path,
+    fingerprint: dict[str, Any],
+    rows: int,
+    counters: tuple[int, int | None],
+    metric: Metric,
+    groups: _GroupState | None,
+) -> None:
+    base, per_row = counters
+    data = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "fingerprint": fingerprint,
+        "rows_consumed": rows,
+        "base_rows": base,
+        "metric_rows_per_row": per_row,
+        "metric": metric.state_dict(),
+        "groups": None if groups is None else groups.to_json(),
+    }
+    write_json_atomic(path, {**data, "sha256": _digest(data)})
+
+
+def _digest(data: dict[str, Any]) -> str:
+    """SHA-256 of a checkpoint's content (canonical JSON, without the digest itself).
+
+    Any change to a checkpoint (a corrupted byte, an edited count or sum) is refused;
+    it is a checksum, not a signature: whoever recomputes it meets the consistency
+    checks of :func:`_load_checkpoint` next.
+    """
+    canonical = json.dumps(
+        {k: v for k, v in data.items() if k != "sha256"}, sort_keys=True, allow_nan=True
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Temporary files of ``path`` left by a writer killed before its rename."""
+    pattern = f".{glob.escape(path.name)}.*.tmp"  # write_json_atomic's temp names
+    for stale in path.parent.glob(pattern):
+        stale.unlink(missing_ok=True)
 
 
 def _prepare(
@@ -481,25 +624,38 @@ def _run(
     progress: bool | None,
     checkpoint: str | os.PathLike[str] | None,
     info: dict[str, Any] | None = None,
+    checkpoint_key: str | None = None,
 ) -> Iterator[None]:
     """Feed every batch of ``source`` to ``metric`` (and ``groups``); yield after each.
 
     ``info`` receives ``class_names`` (for the per-class tables) once the source is open.
     """
     path = None if checkpoint is None else Path(checkpoint)
+    if checkpoint_key is not None and not isinstance(checkpoint_key, str):
+        raise TypeError(f"checkpoint_key: must be a string, got {type(checkpoint_key).__name__}")
     skip = 0
     # Open once without skipping to learn the fingerprint, then resume if it matches.
     feeder = open_source(source, spec, batch_rows=batch_rows)
     fingerprint = _fingerprint(feeder.fingerprint, metric)
     if info is not None:
         info["class_names"] = _class_names(feeder.fingerprint)
+    base, per_row = metric.rows_seen, 1
     if path is not None:
+        source_print = dict(feeder.fingerprint)
+        if source_print["kind"] == "iterable" and checkpoint_key is None:
+            raise ValueError(
+                "checkpoint: an iterable of batches cannot be fingerprinted, so a rerun "
+                "could resume on other data; pass checkpoint_key= (a name for this "
+                "stream, changed whenever its data change) to checkpoint it"
+            )
+        if checkpoint_key is not None:
+            source_print["key"] = checkpoint_key
+        fingerprint = _fingerprint(source_print, metric)
+        _remove_stale_temp_files(path)
         saved = _read_checkpoint(path, fingerprint)
         if saved is not None:
-            metric._load_state_of(Metric.from_state_dict(saved["metric"]))
-            if groups is not None:
-                groups.load_json(saved["groups"] or [])
-            skip = int(saved["rows_consumed"])
+            skip = _load_checkpoint(path, saved, metric, groups)
+            base, per_row = saved["base_rows"], saved["metric_rows_per_row"]
             feeder = open_source(source, spec, batch_rows=batch_rows, skip_rows=skip)
     names = spec.names()
     bar = _Progress(progress, feeder.total_rows, skip)
@@ -514,6 +670,8 @@ def _run(
             stops.begin_batch()
             codes = None if groups is None else groups.codes(batch.keys)
             n_groups = 1 if groups is None else len(groups.keys)
+            if rows == 0:
+                _warn_if_probabilities(batch.preds, metric)
             result = metric._update_batch(
                 batch.preds,
                 batch.target,
@@ -521,16 +679,27 @@ def _run(
                 names=names,
                 groups=codes,
                 n_groups=n_groups,
+                # Rows of this source, as the feeders' own errors (nulls) count them,
+                # whatever the metric held before.
+                row_offset=metric.rows_seen - base,
             )
             if groups is not None and result.group_sums is not None:
                 labels = metric._group_label_counts(
                     batch.target, batch.sample_weight, codes, len(groups.keys)
                 )
                 groups.absorb(result.group_sums, result.group_counts, labels)
+            if batch.n_rows:
+                # Metric rows per source row: 1, or T for (N, T, C) batches; None once
+                # it varies (then only the saved metric's own counts are checked).
+                ratio, exact = divmod(result.n_rows, batch.n_rows)
+                if per_row is not None and (exact or (rows > 0 and ratio != per_row)):
+                    per_row = None
+                elif per_row is not None:
+                    per_row = ratio
             rows += batch.n_rows
             bar.update(batch.n_rows, metric)
             if path is not None and time.monotonic() - last_save > CHECKPOINT_INTERVAL_S:
-                _write_checkpoint(path, fingerprint, rows, metric, groups)
+                _write_checkpoint(path, fingerprint, rows, (base, per_row), metric, groups)
                 last_save, saved_rows = time.monotonic(), rows
             stops.end_batch()
             if path is not None:
@@ -539,13 +708,13 @@ def _run(
             if path is not None:
                 stops.install()
         if path is not None:
-            _write_checkpoint(path, fingerprint, rows, metric, groups)
+            _write_checkpoint(path, fingerprint, rows, (base, per_row), metric, groups)
     except KeyboardInterrupt:
         if path is None or stops.signum is None:
             raise  # no checkpoint, or not our handler's doing: a plain interrupt
         stops.restore()
         if not stops.forced:
-            _write_checkpoint(path, fingerprint, rows, metric, groups)
+            _write_checkpoint(path, fingerprint, rows, (base, per_row), metric, groups)
             saved_rows = rows
         raise Interrupted(stops.signum, saved_rows, feeder.total_rows, path) from None
     finally:
@@ -584,6 +753,28 @@ def _key_order(key: tuple[Any, ...]) -> tuple[Any, ...]:
         (2, 0) if v is None else (1, 0) if isinstance(v, float) and math.isnan(v) else (0, v)
         for v in key
     )
+
+
+def _warn_if_probabilities(preds: Any, metric: Metric) -> None:
+    """Warn when ``input="logits"`` rows look like probabilities (a plausible, wrong loss).
+
+    Looked at on the first batch only: every value in [0, 1] and every row summing
+    to 1 is what probabilities look like and logits almost never do.
+    """
+    if getattr(metric.config, "input", None) != "logits" or metric.config.kind != "multiclass":
+        return
+    if not isinstance(preds, np.ndarray) or preds.ndim < 2 or preds.shape[-1] < 2:
+        return
+    if preds.size == 0 or preds.dtype.kind != "f":
+        return
+    rows = preds.reshape(-1, preds.shape[-1])
+    if (rows.min() >= 0.0 and rows.max() <= 1.0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-6):
+        warnings.warn(
+            'input="logits", but every prediction row of the first batch lies in [0, 1] '
+            'and sums to 1: these look like probabilities (use input="probs")',
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _report(
@@ -657,6 +848,7 @@ def evaluate(
     batch_rows: int | None = None,
     progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_key: str | None = None,
 ) -> Report | GroupedReport:
     """Run ``metric`` over every row of ``source`` in bounded batches; return its report.
 
@@ -688,7 +880,16 @@ def evaluate(
         Save the state and rows consumed here every few seconds, at the end, and on
         Ctrl-C / SIGTERM in the main thread (then :class:`Interrupted` is raised); a
         rerun with the same arguments resumes and ends bitwise equal to an
-        uninterrupted run.
+        uninterrupted run. A checkpoint is used only for the source it was written
+        for: files by path, size and modification time; a DataFrame by a hash of its
+        contents; a LazyFrame by its serialized plan (holding its in-memory data, not
+        the contents of the files it scans). An iterable of batches cannot be
+        fingerprinted: it needs ``checkpoint_key``. A checkpoint that is not
+        self-consistent is refused.
+    checkpoint_key : str, optional
+        A name for the source, stored in the checkpoint and compared on resume:
+        required to checkpoint an iterable of batches (change it whenever the data
+        change), an extra guard for other sources.
 
     Returns
     -------
@@ -698,9 +899,16 @@ def evaluate(
     ------
     ValueError, TypeError, FileNotFoundError
         Bad sources, columns, data (the message names the column and the row offset in
-        the whole source), or a checkpoint written for another run.
+        the whole source), or a checkpoint written for another run. Each batch is
+        atomic, the run is not: after a bad batch the metric holds the batches before
+        it (as does the checkpoint, so that a fixed rerun resumes there).
     Interrupted
         A checkpointed run stopped by SIGINT or SIGTERM, after saving the checkpoint.
+
+    Warns
+    -----
+    UserWarning
+        With ``input="logits"``, when the first batch's rows look like probabilities.
 
     Examples
     --------
@@ -723,6 +931,7 @@ def evaluate(
         progress=progress,
         checkpoint=checkpoint,
         info=info,
+        checkpoint_key=checkpoint_key,
     ):
         pass
     return _report(metric, groups, info.get("class_names"))
@@ -740,6 +949,7 @@ def stream(
     batch_rows: int | None = None,
     progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_key: str | None = None,
 ) -> Iterator[Report | GroupedReport]:
     """Like :func:`evaluate`, but yield the running report after each batch.
 
@@ -763,5 +973,6 @@ def stream(
         progress=progress,
         checkpoint=checkpoint,
         info=info,
+        checkpoint_key=checkpoint_key,
     ):
         yield _report(metric, groups, info.get("class_names"))

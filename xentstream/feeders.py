@@ -10,8 +10,9 @@ file size); ``.npy`` files are memory-mapped; iterables are taken as they come.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import polars as pl
 import polars.selectors as cs
 
-from xentstream._errors import ColumnNames
+from xentstream._errors import ColumnNames, shorten
 
 __all__ = ["Batch", "ColumnSpec", "Feeder", "open_source"]
 
@@ -39,6 +40,9 @@ _SCANNERS = {
 _TARGET_BATCH_BYTES = 1 << 26
 _MIN_BATCH_ROWS = 1024
 _MAX_BATCH_ROWS = 1 << 20
+#: Largest ``batch_rows=`` taken: polars and the kernels index a batch's rows with
+#: 32-bit integers in places.
+MAX_BATCH_ROWS = (1 << 31) - 1
 
 
 def default_batch_rows(row_width: int, itemsize: int = 8) -> int:
@@ -82,12 +86,29 @@ class Batch:
 
 
 class Feeder:
-    """Iterate a source in batches; knows its fingerprint and (if cheap) its row count."""
+    """Iterate a source in batches; knows its fingerprint and (if cheap) its row count.
 
-    def __init__(self, batches: Iterator[Batch], *, total_rows: int | None, fingerprint: dict):
+    ``fingerprint`` may be a callable: hashing an in-memory frame costs a pass over
+    it, paid only when a checkpoint asks (:attr:`fingerprint`).
+    """
+
+    def __init__(
+        self,
+        batches: Iterator[Batch],
+        *,
+        total_rows: int | None,
+        fingerprint: dict | Callable[[], dict],
+    ):
         self._batches = batches
         self.total_rows = total_rows
-        self.fingerprint = fingerprint
+        self._fingerprint = fingerprint
+
+    @property
+    def fingerprint(self) -> dict:
+        """What identifies the source (``{"kind": "iterable"}``: nothing does)."""
+        if callable(self._fingerprint):
+            self._fingerprint = self._fingerprint()
+        return self._fingerprint
 
     def __iter__(self) -> Iterator[Batch]:
         return self._batches
@@ -107,13 +128,18 @@ def _expand_paths(source: Any) -> list[Path] | None:
     paths: list[Path] = []
     for item in items:
         text = os.fspath(item)
-        matches = sorted(glob.glob(text)) if glob.has_magic(text) else [text]
-        if not matches:
-            raise FileNotFoundError(f"source: no file matches {text!r}")
-        for match in matches:
-            if not os.path.exists(match):
-                raise FileNotFoundError(f"source: file {match!r} does not exist")
-            paths.append(Path(match))
+        # An existing path always means itself, even with glob characters in its name
+        # (``data[1].parquet``); only a path that does not exist is a pattern, and
+        # ``glob.escape`` (``data[[]1].parquet``) matches such a name literally.
+        if os.path.exists(text):
+            matches = [text]
+        elif glob.has_magic(text):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise FileNotFoundError(f"source: no file matches {text!r}")
+        else:
+            raise FileNotFoundError(f"source: file {text!r} does not exist")
+        paths.extend(Path(match) for match in matches)
     suffixes = {path.suffix.lower() for path in paths}
     if len(suffixes) > 1:
         raise ValueError(f"source: files of different formats {sorted(suffixes)}")
@@ -123,6 +149,14 @@ def _expand_paths(source: Any) -> list[Path] | None:
             f"source: unknown file type {suffix!r}; expected one of {sorted([*_SCANNERS, '.npy'])}"
         )
     return paths
+
+
+def scan_files(paths: Sequence[Path]) -> pl.LazyFrame:
+    """A lazy scan of exactly ``paths`` (already expanded: polars must not glob again)."""
+    scan = _SCANNERS[paths[0].suffix.lower()]
+    if scan is pl.scan_ndjson:  # no ``glob=`` option: escape the names instead
+        return scan([glob.escape(str(p)) for p in paths])
+    return scan([str(p) for p in paths], glob=False)
 
 
 def _file_fingerprint(paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -149,17 +183,34 @@ def open_source(
     ValueError, TypeError, FileNotFoundError
         For unknown formats, missing files or columns, and invalid specs.
     """
+    if batch_rows is not None and (
+        isinstance(batch_rows, bool)
+        or not isinstance(batch_rows, int)
+        or not 1 <= batch_rows <= MAX_BATCH_ROWS
+    ):
+        shown = batch_rows if isinstance(batch_rows, int) and batch_rows < 1 << 64 else "huge"
+        raise ValueError(
+            f"batch_rows: must be a positive integer of at most {MAX_BATCH_ROWS}, got {shown!r}"
+        )
     source = _as_polars_source(source, spec, batch_rows)
     paths = _expand_paths(source)
     if paths is not None and paths[0].suffix.lower() == ".npy":
         return _npy_feeder(paths, spec, batch_rows, skip_rows)
     if paths is not None:
-        scan = _SCANNERS[paths[0].suffix.lower()]
-        frame = scan([str(p) for p in paths])
         fingerprint = {"kind": "files", "files": _file_fingerprint(paths)}
-        return _frame_feeder(frame, spec, batch_rows, skip_rows, fingerprint, count_rows=True)
+        try:
+            feeder = _frame_feeder(
+                scan_files(paths), spec, batch_rows, skip_rows, fingerprint, count_rows=True
+            )
+        except (pl.exceptions.PolarsError, OSError) as error:
+            raise _read_error(paths, error) from None
+        return Feeder(
+            _naming_files(iter(feeder), paths),
+            total_rows=feeder.total_rows,
+            fingerprint=feeder.fingerprint,  # with the columns _frame_feeder resolved
+        )
     if isinstance(source, pl.DataFrame):
-        fingerprint = {"kind": "dataframe", "rows": source.height}
+        fingerprint = {"kind": "dataframe"}
         return _frame_feeder(source, spec, batch_rows, skip_rows, fingerprint, False)
     if isinstance(source, pl.LazyFrame):
         return _frame_feeder(source, spec, batch_rows, skip_rows, {"kind": "lazyframe"}, False)
@@ -239,6 +290,36 @@ def _as_polars_source(source: Any, spec: ColumnSpec, batch_rows: int | None) -> 
 # -- polars frames and files ---------------------------------------------------------------
 
 
+def _naming_files(batches: Iterator[Batch], paths: Sequence[Path]) -> Iterator[Batch]:
+    """``batches``, with polars' read errors turned into ``ValueError``s naming the file."""
+    try:
+        yield from batches
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise _read_error(paths, error) from None
+
+
+def _read_error(paths: Sequence[Path], error: Exception) -> ValueError:
+    """A ``ValueError`` naming the first of ``paths`` that polars cannot read.
+
+    polars' own messages rarely name the file of a scan of many; each file is read
+    again on its own (schema, row count, then every value, streamed: bounded
+    memory), only now that something failed.
+    """
+    detail = shorten(" ".join(str(error).split()) or type(error).__name__, 200)
+    for path in paths:
+        scan = scan_files([path])
+        try:
+            scan.collect_schema()
+            scan.select(pl.len()).collect()
+            scan.select(pl.all().null_count()).collect(engine="streaming")
+        except (pl.exceptions.PolarsError, OSError) as own:
+            own_detail = shorten(" ".join(str(own).split()) or type(own).__name__, 200)
+            return ValueError(f"source: {path}: cannot be read ({own_detail})")
+    if len(paths) == 1:
+        return ValueError(f"source: {paths[0]}: cannot be read ({detail})")
+    return ValueError(f"source: the {len(paths)} files cannot be read together ({detail})")
+
+
 def _resolve_columns(schema: pl.Schema, spec: ColumnSpec) -> tuple[list[str], list[str]]:
     """(prediction columns, target columns) named by the spec, checked against the schema."""
     if spec.preds is None or spec.target is None:
@@ -260,6 +341,15 @@ def _resolve_columns(schema: pl.Schema, spec: ColumnSpec) -> tuple[list[str], li
         raise ValueError(
             f"{missing[0]}: no such column; the source has {list(schema.names())[:20]}"
         )
+    both = sorted(set(pred_columns) & set(target_columns))
+    if both:
+        raise ValueError(f"{both[0]}: named as both a prediction and a target column")
+    for name in spec.by:
+        if schema[name].is_nested() or schema[name] == pl.Object:
+            raise ValueError(
+                f"by: column {name!r} holds {schema[name]} values; group keys must be "
+                "scalars (numbers, strings, dates, ...)"
+            )
     return pred_columns, target_columns
 
 
@@ -294,16 +384,23 @@ def _frame_feeder(
     schema = frame.schema if eager else frame.collect_schema()
     pred_columns, target_columns = _resolve_columns(schema, spec)
     classes = _classes(schema, spec, pred_columns, target_columns)
+    width = _prediction_width(schema, pred_columns)
+    if classes is not None and len(set(map(str, classes))) != len(classes):
+        raise ValueError("classes: names repeat; each class needs its own name")
+    if classes is not None and width > 1 and len(classes) != width:
+        raise ValueError(
+            f"classes: {len(classes)} names for {width} prediction columns "
+            "(one name per class, in the order of the predictions)"
+        )
     if batch_rows is None:
         batch_rows = default_batch_rows(_prediction_width(schema, pred_columns))
-    if not isinstance(batch_rows, int) or batch_rows < 1:
-        raise ValueError(f"batch_rows: must be a positive integer, got {batch_rows!r}")
     columns = list(dict.fromkeys([*pred_columns, *target_columns, *spec.by]))
     if spec.sample_weight:
         columns.append(spec.sample_weight)
     total = frame.height if eager else None
     if total is None and count_rows:
         total = frame.select(pl.len()).collect().item()
+    kind = fingerprint["kind"]
     fingerprint = {
         **fingerprint,
         "columns": {
@@ -315,6 +412,9 @@ def _frame_feeder(
         },
     }
     selected = frame.select(columns)
+    if kind in ("dataframe", "lazyframe"):
+        described = fingerprint
+        fingerprint = lambda: {**described, **_frame_fingerprint(selected)}  # noqa: E731
     if skip_rows:
         selected = selected.slice(skip_rows)
 
@@ -335,6 +435,38 @@ def _frame_feeder(
                 offset += part.height
 
     return Feeder(batches(), total_rows=total, fingerprint=fingerprint)
+
+
+def _frame_fingerprint(frame: pl.LazyFrame | pl.DataFrame) -> dict[str, Any]:
+    """What identifies an in-memory frame (its contents) or a lazy one (its plan).
+
+    A DataFrame: a SHA-256 of its row hashes (one pass over the columns read). A
+    LazyFrame: a SHA-256 of its serialized plan, which holds any in-memory data but
+    not the contents of the files it scans. polars' row hashes and plan format may
+    change between its versions, so its version is part of the fingerprint.
+    """
+    digest = hashlib.sha256()
+    schema = frame.schema if isinstance(frame, pl.DataFrame) else frame.collect_schema()
+    if isinstance(frame, pl.DataFrame):
+        for part in frame.iter_slices(1 << 20):
+            digest.update(part.hash_rows(seed=0x5EED).to_numpy().tobytes())
+        rows = frame.height
+    else:
+        try:
+            digest.update(frame.serialize(format="binary"))
+        except Exception as error:  # polars raises several kinds for unserializable plans
+            raise ValueError(
+                "checkpoint: this LazyFrame's plan cannot be serialized, so a checkpoint "
+                "cannot tell whether a rerun reads the same data "
+                f"({type(error).__name__}); pass checkpoint_key= to name the source"
+            ) from None
+        rows = None
+    return {
+        "schema": {name: str(dtype) for name, dtype in schema.items()},
+        "rows": rows,
+        "sha256": digest.hexdigest(),
+        "polars": pl.__version__,
+    }
 
 
 def _check_nulls(frame: pl.DataFrame, columns: Sequence[str], offset: int) -> None:
@@ -413,7 +545,13 @@ def _frame_batch(
 
 def _load_npy(value: Any, name: str) -> np.ndarray:
     if isinstance(value, str | os.PathLike):
-        return np.load(value, mmap_mode="r", allow_pickle=False)
+        try:
+            return np.load(value, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{name}: file {os.fspath(value)!r} does not exist") from None
+        except (ValueError, OSError) as error:  # not a .npy file, object arrays, no access
+            detail = shorten(" ".join(str(error).split()), 200)
+            raise ValueError(f"{name}: {os.fspath(value)}: cannot be read ({detail})") from None
     return np.asarray(value)
 
 
@@ -429,6 +567,9 @@ def _npy_feeder(
     preds = _load_npy(paths[0], "preds")
     target = _load_npy(spec.target, "target")
     weights = None if spec.sample_weight is None else _load_npy(spec.sample_weight, "sample_weight")
+    for name, array in (("preds", preds), ("target", target), ("sample_weight", weights)):
+        if array is not None and array.ndim == 0:
+            raise ValueError(f"{name}: a 0-d array (a single value); expected one entry per row")
     if target.shape[0] != preds.shape[0]:
         raise ValueError(
             f"target: {target.shape[0]} rows but the predictions {paths[0].name} have "

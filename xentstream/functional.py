@@ -33,9 +33,15 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction: must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def _reduce(batch: BatchSums, reduction: str) -> float | np.ndarray:
+def _reduce(batch: BatchSums, reduction: str, sample_weight: Any = None) -> float | np.ndarray:
     if reduction == "none":
-        return batch.row_losses
+        if sample_weight is None or batch.row_losses.size == 0:
+            return batch.row_losses
+        # s_i * L_i in float64: the very product the kernel adds to the sum, so that
+        # reduction="sum" == math.fsum(reduction="none") (SPEC section 4), as Keras
+        # applies sample weights to per-sample losses. The weights passed validation.
+        weights = as_array(sample_weight, "sample_weight")
+        return batch.row_losses * weights.astype(np.float64).reshape(batch.row_losses.shape)
     if reduction == "sum":
         return accumulator.to_float(batch.sums[layout.LOSS])
     return accumulator.ratio(batch.sums[layout.LOSS], batch.sums[layout.DENOMINATOR])
@@ -141,8 +147,9 @@ def cross_entropy(
         rule); ``0.0`` disables clipping.
     reduction : {"mean", "sum", "none"}
         ``"mean"``: sum of s_i L_i over sum of s_i d_i; ``"sum"``: sum of s_i L_i,
-        both exact and correctly rounded; ``"none"``: per-row losses (float64, the
-        leading shape of ``preds``, sample weights not applied).
+        both exact and correctly rounded; ``"none"``: per-row terms s_i L_i (float64,
+        the leading shape of ``preds``; class and sample weights applied, so that
+        ``"sum"`` equals ``math.fsum`` of them).
     sum_tol : float, optional
         Tolerance of the sum-to-one checks (default: sqrt of the dtype's eps).
     validate : bool
@@ -201,7 +208,7 @@ def cross_entropy(
         )
     except (TypeError, ValueError) as error:
         raise _swapped_hint(error, preds, target, labels) from None
-    return _reduce(batch, reduction)
+    return _reduce(batch, reduction, sample_weight)
 
 
 def binary_cross_entropy(
@@ -280,7 +287,7 @@ def binary_cross_entropy(
         )
     except (TypeError, ValueError) as error:
         raise _swapped_hint(error, preds, target, labels) from None
-    return _reduce(batch, reduction)
+    return _reduce(batch, reduction, sample_weight)
 
 
 def multilabel_cross_entropy(
@@ -336,7 +343,7 @@ def multilabel_cross_entropy(
     batch = multilabel_batch(
         config, preds, target, sample_weight, keep_rows=reduction == "none", engine=engine
     )
-    return _reduce(batch, reduction)
+    return _reduce(batch, reduction, sample_weight)
 
 
 def entropy(

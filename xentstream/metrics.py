@@ -27,7 +27,7 @@ from xentstream._batch import (
     multiclass_batch,
     multilabel_batch,
 )
-from xentstream._errors import DEFAULT_NAMES, ColumnNames
+from xentstream._errors import DEFAULT_NAMES, ColumnNames, show
 from xentstream._inputs import as_array
 from xentstream._kernels import layout, load_cuda
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
@@ -49,6 +49,9 @@ _SUM_NAMES = (
     "positive",
 )
 _COUNT_NAMES = ("rows", "ignored")
+#: Classes a state without per-class sums may claim for a per-class metric (files
+#: written since per-class metrics save zero sums before their first row hold them).
+_MAX_UNBACKED_CLASSES = 1 << 16
 
 
 def _check_engine(engine: str) -> str:
@@ -64,17 +67,45 @@ def _check_engine(engine: str) -> str:
 def _check_window(window: int | None) -> int | None:
     if window is None:
         return None
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window: must be a positive integer or None, got {window!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window < 1 << 62:
+        raise ValueError(
+            f"window: must be a positive integer (below 2**62) or None, got {show(window)}"
+        )
     return window
 
 
-def _counts_from_json(values: Any) -> np.ndarray:
-    """Row counters of a state file: a list of non-negative integers."""
-    if not isinstance(values, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
-    ):
-        raise ValueError(f"counts must be lists of non-negative integers, got {values!r}")
+#: Every key a state file holds (state_dict writes all of them).
+_STATE_KEYS = (
+    "format",
+    "version",
+    "metric",
+    "config",
+    "n_classes",
+    "window",
+    "counts",
+    "sums",
+    "class_sums",
+    "class_counts",
+    "window_rows",
+    "label_counts",
+)
+#: Counters are int64 in the kernels; a file's counts (and their total) must fit.
+_MAX_COUNT = (1 << 63) - 1
+#: Classes a state file may claim: int32 indices in the kernels.
+_MAX_CLASSES = (1 << 31) - 1
+
+
+def _is_int(value: Any) -> bool:
+    """A JSON integer (``true`` / ``1.0`` / ``"1"`` are not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _counts_from_json(values: Any, what: str) -> np.ndarray:
+    """Row counters of a state file: a list of integers in [0, 2**63)."""
+    if not isinstance(values, list) or not all(_is_int(v) and v >= 0 for v in values):
+        raise ValueError(f"{what} must be a list of non-negative integers, got {show(values)}")
+    if any(v > _MAX_COUNT for v in values) or sum(values) > _MAX_COUNT:
+        raise ValueError(f"{what}: counts add up to more than 2**63 - 1 rows")
     return np.array(values, dtype=np.int64)
 
 
@@ -87,6 +118,102 @@ def _add_counts(mine: np.ndarray | None, theirs: np.ndarray | None) -> np.ndarra
     total[: len(mine)] += mine
     total[: len(theirs)] += theirs
     return total
+
+
+def _class_count_from_json(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not _is_int(value) or not 1 <= value <= _MAX_CLASSES:
+        raise ValueError(f"n_classes must be null or an integer in [1, 2**31), got {show(value)}")
+    return value
+
+
+def _window_rows_from_json(rows: Any, window: int | None) -> list[tuple[float, float]]:
+    if rows is None:
+        return []
+    if window is None:
+        raise ValueError("window_rows: given, but the metric has no window")
+    if not isinstance(rows, list) or len(rows) > window:
+        raise ValueError(f"window_rows: must be a list of at most window={window} pairs")
+    pairs = []
+    for pair in rows:
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
+        ):
+            raise ValueError(f"window_rows: entries must be [number, number], got {show(pair)}")
+        pairs.append((float(pair[0]), float(pair[1])))
+    return pairs
+
+
+#: Sums that cannot be negative when every row passed validation (weights >= 0,
+#: losses and entropies >= 0, indicators in [0, 1]).
+_NON_NEGATIVE = tuple(range(layout.N_SUMS))
+#: Relative slack of the Cauchy-Schwarz check: the kernels add rounded products.
+_CS_SLACK_BITS = 40
+
+
+def _check_consistent(metric: Metric) -> None:
+    """Refuse a state whose numbers cannot come from any stream of rows.
+
+    Only what holds for every stream is checked, so that no real state is refused;
+    a file whose counts were raised together with consistent sums cannot be told
+    from a real one (state files are plain JSON, not signed).
+    """
+    sums, counts = metric._sums, metric._counts
+    rows = int(counts[layout.ROWS])
+    values = [accumulator.exact_integer(row) for row in sums]
+    specials = sums[:, [accumulator.POS_INF, accumulator.NEG_INF, accumulator.NAN]]
+    class_sums = metric._class_sums
+    if rows == 0:
+        if any(values) or specials.any():
+            raise ValueError("sums: not zero although no row was counted (counts.rows is 0)")
+        if class_sums is not None and (class_sums.any() or metric._class_counts.any()):
+            raise ValueError("class_sums: not zero although no row was counted")
+        return
+    if metric.config.validate:
+        for slot in _NON_NEGATIVE:
+            if values[slot] < 0 or specials[slot, 1]:
+                raise ValueError(
+                    f"sums.{_SUM_NAMES[slot]}: negative, but every term of it is >= 0 "
+                    "for validated rows"
+                )
+        if not specials[layout.WEIGHT].any() and values[layout.CORRECT] > values[layout.WEIGHT]:
+            raise ValueError("sums.correct: larger than sums.weight (a share of the rows)")
+    loss, square, denominator = (
+        values[layout.LOSS],
+        values[layout.LOSS_SQUARED],
+        values[layout.DENOMINATOR],
+    )
+    if (
+        metric._unit_denominators()
+        and not specials[[layout.LOSS, layout.LOSS_SQUARED, layout.DENOMINATOR]].any()
+        and loss * loss << _CS_SLACK_BITS > square * denominator * ((1 << _CS_SLACK_BITS) + 1)
+    ):
+        # (sum s L)^2 <= (sum s L^2)(sum s) for any weights s >= 0 (Cauchy-Schwarz).
+        raise ValueError(
+            "sums: loss, loss_squared and denominator are inconsistent "
+            "(loss**2 > loss_squared * denominator, impossible for any rows)"
+        )
+    den_square = values[layout.DENOMINATOR_SQUARED]
+    if (
+        denominator > 0
+        and not specials[[layout.DENOMINATOR, layout.DENOMINATOR_SQUARED]].any()
+        and denominator * denominator << _CS_SLACK_BITS
+        > rows * den_square * ((1 << _CS_SLACK_BITS) + 1) << -accumulator.UNIT_EXPONENT
+    ):
+        # (sum x)^2 <= n sum x^2 over the n counted rows: the sums need at least this many.
+        raise ValueError(
+            f"counts.rows: {rows} rows cannot hold these sums "
+            "(denominator**2 > rows * denominator_squared)"
+        )
+    if metric._class_counts is not None:
+        total = int(metric._class_counts.sum())
+        if metric.config.kind == "multiclass" and total != rows:
+            raise ValueError(f"class_counts: add up to {total} rows, but counts.rows is {rows}")
+        if metric.config.kind == "multilabel" and int(metric._class_counts.max()) > rows:
+            raise ValueError(f"class_counts: a label has more positives than the {rows} rows")
 
 
 def _exact_sum(values: tuple[float, ...]) -> int:
@@ -191,7 +318,13 @@ class Metric:
     # -- update --------------------------------------------------------------------------
 
     def _run_batch(
-        self, preds: Any, target: Any, sample_weight: Any, names: ColumnNames, **grouping: Any
+        self,
+        preds: Any,
+        target: Any,
+        sample_weight: Any,
+        names: ColumnNames,
+        row_offset: int,
+        **grouping: Any,
     ) -> tuple[BatchSums, np.ndarray | None]:
         raise NotImplementedError
 
@@ -252,16 +385,25 @@ class Metric:
         names: ColumnNames = DEFAULT_NAMES,
         groups: np.ndarray | None = None,
         n_groups: int = 1,
+        row_offset: int | None = None,
     ) -> BatchSums:
         """:meth:`update`, returning the batch's exact sums (per group with ``groups``).
 
         Feeders use it for grouped evaluation: one kernel pass updates this metric
         and yields ``group_sums`` for the per-group metrics
-        (:meth:`_absorb_group_sums`).
+        (:meth:`_absorb_group_sums`). ``row_offset``: the stream offset of the batch's
+        first row in error messages (default :attr:`rows_seen`).
         """
         with self._lock:
+            offset = self.rows_seen if row_offset is None else row_offset
             batch, row_denominators = self._run_batch(
-                preds, target, sample_weight, names, groups=groups, n_groups=n_groups
+                preds,
+                target,
+                sample_weight,
+                names,
+                groups=groups,
+                n_groups=n_groups,
+                row_offset=offset,
             )
             if batch.n_rows:  # an empty batch is a no-op: no zeroed per-class state
                 self._absorb(batch, row_denominators, sample_weight)
@@ -331,6 +473,10 @@ class Metric:
             return accumulator.ratio(self._sums[layout.LOSS], self._sums[layout.DENOMINATOR])
 
     def _unweighted(self) -> bool:
+        return True
+
+    def _unit_denominators(self) -> bool:
+        """Whether every row's denominator d_i is 1 (no class weights)."""
         return True
 
     def compute(self) -> Report:
@@ -430,6 +576,12 @@ class Metric:
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON-able, versioned dict of the config and the exact state."""
         with self._lock:
+            class_sums, class_counts = self._class_sums, self._class_counts
+            if class_sums is None and self._per_class_enabled() and self.n_classes:
+                # Zeros rather than null: a loader sizes per-class state by what a file
+                # holds, never by the class count it claims.
+                class_sums = accumulator.empty(self.n_classes, layout.N_CLASS_SUMS)
+                class_counts = np.zeros(self.n_classes, dtype=np.int64)
             return {
                 "format": FORMAT,
                 "version": VERSION,
@@ -439,12 +591,8 @@ class Metric:
                 "window": self.window,
                 "counts": dict(zip(_COUNT_NAMES, (int(c) for c in self._counts), strict=True)),
                 "sums": dict(zip(_SUM_NAMES, accumulator.to_json(self._sums), strict=True)),
-                "class_sums": (
-                    None if self._class_sums is None else accumulator.to_json(self._class_sums)
-                ),
-                "class_counts": (
-                    None if self._class_counts is None else [int(c) for c in self._class_counts]
-                ),
+                "class_sums": None if class_sums is None else accumulator.to_json(class_sums),
+                "class_counts": None if class_counts is None else [int(c) for c in class_counts],
                 "window_rows": (
                     None if self._window is None else [list(pair) for pair in self._window.rows]
                 ),
@@ -464,47 +612,78 @@ class Metric:
         """
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError("state: not an xentstream metric state (missing 'format')")
-        if state.get("version") != VERSION:
+        unknown = sorted(set(state) - set(_STATE_KEYS))
+        if unknown:  # read exactly as written, or not at all
+            shown = ", ".join(show(k, 30) for k in unknown[:3])
+            raise ValueError(f"state: unknown keys {shown}{', ...' if len(unknown) > 3 else ''}")
+        version = state.get("version")
+        if not _is_int(version) or version != VERSION:
             raise ValueError(
-                f"state: version {state.get('version')!r} is not supported (expected {VERSION})"
+                f"state: version {show(version)} is not supported (expected {VERSION})"
             )
         name = state.get("metric")
         if cls is Metric:
-            if name not in Metric._registry:
-                raise ValueError(f"state: unknown metric {name!r}")
+            if not isinstance(name, str) or name not in Metric._registry:
+                raise ValueError(f"state: unknown metric {show(name)}")
             cls = Metric._registry[name]
         elif name != cls.__name__:
-            raise ValueError(f"state: holds a {name!r}, not a {cls.__name__}")
+            raise ValueError(f"state: holds a {show(name)}, not a {cls.__name__}")
         try:
+            if not isinstance(state["config"], dict):
+                raise ValueError("config must be a JSON object")
             config = cls.config_class.from_dict(state["config"])
             metric = cls._from_config(config, engine=engine, window=state.get("window"))
-            n_classes = state["n_classes"]
-            if n_classes is not None:
-                metric._adopt_class_count(int(n_classes))
-            metric._counts = _counts_from_json([state["counts"][k] for k in _COUNT_NAMES])
-            sums = state["sums"]
-            if set(sums) != set(_SUM_NAMES):
-                raise ValueError(f"sums must have the keys {list(_SUM_NAMES)}")
-            metric._sums = accumulator.from_json([sums[k] for k in _SUM_NAMES], (layout.N_SUMS,))
-            if state["class_sums"] is not None:
-                width = len(state["class_sums"])
-                if n_classes is not None and width != n_classes:
-                    raise ValueError(f"class_sums has {width} rows for {n_classes} classes")
-                metric._class_sums = accumulator.from_json(
-                    state["class_sums"], (width, layout.N_CLASS_SUMS)
+            n_classes = _class_count_from_json(state["n_classes"])
+            if n_classes != metric.n_classes:
+                # state_dict writes the config's count: a file where they differ was edited
+                raise ValueError(
+                    f"n_classes is {show(n_classes)} but the config says {metric.n_classes}"
                 )
-                metric._class_counts = _counts_from_json(state["class_counts"])
+            counts = state["counts"]
+            if not isinstance(counts, dict) or set(counts) != set(_COUNT_NAMES):
+                raise ValueError(f"counts must be an object with the keys {list(_COUNT_NAMES)}")
+            metric._counts = _counts_from_json([counts[k] for k in _COUNT_NAMES], "counts")
+            sums = state["sums"]
+            if not isinstance(sums, dict) or set(sums) != set(_SUM_NAMES):
+                raise ValueError(f"sums must be an object with the keys {list(_SUM_NAMES)}")
+            metric._sums = accumulator.from_json([sums[k] for k in _SUM_NAMES], (layout.N_SUMS,))
+            class_sums = state["class_sums"]
+            if class_sums is not None:
+                if not isinstance(class_sums, list) or not metric._per_class_enabled():
+                    raise ValueError("class_sums: a list, and only with per_class / per_label")
+                width = len(class_sums)
+                if width != (n_classes or width):
+                    raise ValueError(f"class_sums has {width} rows for {n_classes} classes")
+                metric._class_sums = accumulator.from_json(class_sums, (width, layout.N_CLASS_SUMS))
+                metric._class_counts = _counts_from_json(state["class_counts"], "class_counts")
                 if metric._class_counts.shape != (width,):
                     raise ValueError("class_counts does not match class_sums")
+            elif state["class_counts"] is not None:
+                raise ValueError("class_counts given without class_sums")
+            elif metric._per_class_enabled() and (
+                metric._counts.any() or (n_classes or 0) > _MAX_UNBACKED_CLASSES
+            ):
+                # The per-class state is sized by what the file holds, never by what it
+                # claims: n_classes alone must not allocate (or report) millions of rows.
+                raise ValueError(
+                    "class_sums: missing, although per-class sums are kept "
+                    f"(for {n_classes} classes)"
+                )
             # States written before label counts existed have none: unknown, not zero.
             labels = state.get("label_counts")
             metric._label_counts = (
-                _counts_from_json(labels) if labels is not None and cls._counts_labels else None
+                _counts_from_json(labels, "label_counts")
+                if labels is not None and cls._counts_labels
+                else None
             )
-            if metric._window is not None and state.get("window_rows"):
-                metric._window.rows.extend((float(a), float(b)) for a, b in state["window_rows"])
-        except (KeyError, TypeError, IndexError) as error:
-            raise ValueError(f"state: malformed ({type(error).__name__}: {error})") from None
+            rows = _window_rows_from_json(state.get("window_rows"), metric.window)
+            if metric._window is not None:
+                metric._window.rows.extend(rows)
+            _check_consistent(metric)
+        except (KeyError, TypeError, IndexError, OverflowError) as error:
+            raise ValueError(
+                f"state: malformed ({type(error).__name__}: {show(str(error))})"
+            ) from None
         except ValueError as error:
             message = str(error)
             raise ValueError(
@@ -647,7 +826,10 @@ class CrossEntropy(_ClassCountMixin, Metric):
     def _unweighted(self) -> bool:
         return self.config.class_weight is None
 
-    def _run_batch(self, preds, target, sample_weight, names, **grouping):
+    def _unit_denominators(self) -> bool:
+        return self.config.class_weight is None
+
+    def _run_batch(self, preds, target, sample_weight, names, row_offset, **grouping):
         batch = multiclass_batch(
             self.config,
             preds,
@@ -655,7 +837,7 @@ class CrossEntropy(_ClassCountMixin, Metric):
             sample_weight,
             keep_rows=self._window is not None,
             with_entropy=True,
-            row_offset=self.rows_seen,
+            row_offset=row_offset,
             names=names,
             engine=self.engine,
             **grouping,
@@ -761,7 +943,7 @@ class BinaryCrossEntropy(Metric):
     def _unweighted(self) -> bool:
         return self.config.pos_weight is None
 
-    def _run_batch(self, preds, target, sample_weight, names, **grouping):
+    def _run_batch(self, preds, target, sample_weight, names, row_offset, **grouping):
         batch = binary_batch(
             self.config,
             preds,
@@ -769,7 +951,7 @@ class BinaryCrossEntropy(Metric):
             sample_weight,
             keep_rows=self._window is not None,
             with_entropy=True,
-            row_offset=self.rows_seen,
+            row_offset=row_offset,
             names=names,
             engine=self.engine,
             **grouping,
@@ -835,7 +1017,7 @@ class MultiLabelCrossEntropy(_ClassCountMixin, Metric):
     def _unweighted(self) -> bool:
         return self.config.pos_weight is None
 
-    def _run_batch(self, preds, target, sample_weight, names, **grouping):
+    def _run_batch(self, preds, target, sample_weight, names, row_offset, **grouping):
         batch = multilabel_batch(
             self.config,
             preds,
@@ -843,7 +1025,7 @@ class MultiLabelCrossEntropy(_ClassCountMixin, Metric):
             sample_weight,
             keep_rows=self._window is not None,
             with_entropy=True,
-            row_offset=self.rows_seen,
+            row_offset=row_offset,
             names=names,
             engine=self.engine,
             **grouping,

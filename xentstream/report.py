@@ -216,7 +216,10 @@ def _exact_variance(sums: np.ndarray) -> float | None:
     loss, squares, denominator = (accumulator.exact_integer(row) for row in rows)
     if denominator <= 0:
         return None
-    variance = (squares * denominator - loss * loss) / (denominator * denominator)
+    try:
+        variance = (squares * denominator - loss * loss) / (denominator * denominator)
+    except OverflowError:  # beyond float64 (sums of huge squares): the variance is inf
+        return math.inf
     return max(variance, 0.0)
 
 
