@@ -274,7 +274,7 @@ def _bits(result: Any) -> Any:
 #: Content (exact sums, group keys) is guarded by the checksum alone: an editor who
 #: recomputes it can write any consistent state, as with any unsigned file, so
 #: re-hashed mutations leave it and aim at the structure and the counts.
-_CONTENT_KEYS = ("sums", "class_sums", "window_rows", "key", "sha256")
+_CONTENT_KEYS = ("sums", "class_sums", "label_counts", "window_rows", "key", "sha256")
 
 
 @settings(FUZZ, max_examples=60)

@@ -636,9 +636,8 @@ def _run(
     skip = 0
     # Open once without skipping to learn the fingerprint, then resume if it matches.
     feeder = open_source(source, spec, batch_rows=batch_rows)
-    fingerprint = _fingerprint(feeder.fingerprint, metric)
-    if info is not None:
-        info["class_names"] = _class_names(feeder.fingerprint)
+    if info is not None:  # from the resolved columns: no fingerprint (a pass over a frame)
+        info["class_names"] = _class_names({"columns": feeder.columns or {}})
     base, per_row = metric.rows_seen, 1
     if path is not None:
         source_print = dict(feeder.fingerprint)

@@ -89,7 +89,9 @@ class Feeder:
     """Iterate a source in batches; knows its fingerprint and (if cheap) its row count.
 
     ``fingerprint`` may be a callable: hashing an in-memory frame costs a pass over
-    it, paid only when a checkpoint asks (:attr:`fingerprint`).
+    it, paid only when a checkpoint asks (:attr:`fingerprint`). ``columns`` describes
+    the columns a frame source resolved (preds, target, classes, ...) without that
+    cost; None for other sources.
     """
 
     def __init__(
@@ -98,10 +100,12 @@ class Feeder:
         *,
         total_rows: int | None,
         fingerprint: dict | Callable[[], dict],
+        columns: dict[str, Any] | None = None,
     ):
         self._batches = batches
         self.total_rows = total_rows
         self._fingerprint = fingerprint
+        self.columns = columns
 
     @property
     def fingerprint(self) -> dict:
@@ -208,6 +212,7 @@ def open_source(
             _naming_files(iter(feeder), paths),
             total_rows=feeder.total_rows,
             fingerprint=feeder.fingerprint,  # with the columns _frame_feeder resolved
+            columns=feeder.columns,
         )
     if isinstance(source, pl.DataFrame):
         fingerprint = {"kind": "dataframe"}
@@ -411,6 +416,7 @@ def _frame_feeder(
             "classes": None if classes is None else [str(c) for c in classes],
         },
     }
+    described_columns = fingerprint["columns"]
     selected = frame.select(columns)
     if kind in ("dataframe", "lazyframe"):
         described = fingerprint
@@ -434,7 +440,7 @@ def _frame_feeder(
                 yield _frame_batch(part, pred_columns, target_columns, spec, classes, offset)
                 offset += part.height
 
-    return Feeder(batches(), total_rows=total, fingerprint=fingerprint)
+    return Feeder(batches(), total_rows=total, fingerprint=fingerprint, columns=described_columns)
 
 
 def _frame_fingerprint(frame: pl.LazyFrame | pl.DataFrame) -> dict[str, Any]:
