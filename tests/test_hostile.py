@@ -149,7 +149,7 @@ def _double_counts(data: dict[str, Any]) -> None:
     [
         (lambda d: _set_rows(d, 200), r"rows_consumed is 500 but the saved metric holds 300"),
         (lambda d: _set_rows(d, -100), r"rows_consumed is 200 but the saved metric holds 300"),
-        (_double_counts, r"inconsistent|cannot hold"),
+        (_double_counts, r"inconsistent|cannot hold|add up to"),
         (lambda d: d.pop("base_rows"), r"malformed \(no base_rows\)"),
         (lambda d: d.update(fingerprint=[1, 2]), r"fingerprint is not a JSON object"),
         (lambda d: d.update(rows_consumed="300"), r"rows_consumed must be an integer"),
@@ -619,3 +619,16 @@ def test_checkpoint_version_is_strict(tmp_path: Path) -> None:
     path = _interrupted(tmp_path, frame)
     _edited(path, lambda d: d.update(version=float(evaluate_module.CHECKPOINT_VERSION)))
     _refused(path, frame, r"not an xentstream checkpoint of version 2")
+
+
+def test_label_counts_are_checked_like_the_other_counts() -> None:
+    """Found by the fuzz suite: label counts a state cannot hold were dropped silently."""
+    multilabel = xs.MultiLabelCrossEntropy().update([[0.2, 0.9]], [[0, 1]]).state_dict()
+    multilabel["label_counts"] = []
+    with pytest.raises(ValueError, match="MultiLabelCrossEntropy state holds none"):
+        xs.Metric.from_state_dict(multilabel)
+    state = xs.CrossEntropy().update([[0.5, 0.5], [0.1, 0.9]], [0, 1]).state_dict()
+    assert xs.Metric.from_state_dict(state).state_dict() == state
+    state["label_counts"][0] += 1
+    with pytest.raises(ValueError, match=r"label_counts: add up to 3 rows, but counts\.rows is 2"):
+        xs.Metric.from_state_dict(state)

@@ -154,6 +154,22 @@ _NON_NEGATIVE = tuple(range(layout.N_SUMS))
 _CS_SLACK_BITS = 40
 
 
+def _check_label_counts(metric: Metric) -> None:
+    """Known label counts count every counted row once, in one of the metric's classes."""
+    counts = metric._label_counts
+    if counts is None:
+        return
+    rows = int(metric._counts[layout.ROWS])
+    if int(counts.sum()) != rows:
+        raise ValueError(
+            f"label_counts: add up to {int(counts.sum())} rows, but counts.rows is {rows}"
+        )
+    if metric.n_classes is not None and len(counts) > metric.n_classes:
+        raise ValueError(
+            f"label_counts: {len(counts)} classes, but the metric has {metric.n_classes}"
+        )
+
+
 def _check_consistent(metric: Metric) -> None:
     """Refuse a state whose numbers cannot come from any stream of rows.
 
@@ -671,15 +687,16 @@ class Metric:
                 )
             # States written before label counts existed have none: unknown, not zero.
             labels = state.get("label_counts")
+            if labels is not None and not cls._counts_labels:
+                raise ValueError(f"label_counts: a {cls.__name__} state holds none")
             metric._label_counts = (
-                _counts_from_json(labels, "label_counts")
-                if labels is not None and cls._counts_labels
-                else None
+                None if labels is None else _counts_from_json(labels, "label_counts")
             )
             rows = _window_rows_from_json(state.get("window_rows"), metric.window)
             if metric._window is not None:
                 metric._window.rows.extend(rows)
             _check_consistent(metric)
+            _check_label_counts(metric)
         except (KeyError, TypeError, IndexError, OverflowError) as error:
             raise ValueError(
                 f"state: malformed ({type(error).__name__}: {show(str(error))})"
