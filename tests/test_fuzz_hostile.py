@@ -20,6 +20,7 @@ import copy
 import importlib
 import json
 import math
+import os
 import time
 import tracemalloc
 from pathlib import Path
@@ -42,9 +43,13 @@ OUTCOMES: collections.Counter[str] = collections.Counter()
 MAX_SECONDS = 5.0
 MAX_BYTES = 64 << 20
 MAX_MESSAGE = 600
+#: The same examples on every run (CI must not pass or fail by luck; a random run in a
+#: fresh clone found the label-counts hole that ``test_hostile`` now pins down), unless
+#: ``XENTSTREAM_FUZZ_RANDOM`` is set: then each run explores new inputs.
 FUZZ = settings(
     max_examples=120,
     deadline=None,
+    derandomize="XENTSTREAM_FUZZ_RANDOM" not in os.environ,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
