@@ -124,6 +124,17 @@ def _static_fields(opts, with_entropy):
 
 
 @njit(nogil=True, error_model="numpy")
+def _row_scratch(n):
+    """Scratch of one block for a row's terms: float64, float32 and float64 arrays of n.
+
+    Allocated in a called function on purpose: numba hoists an ``np.empty`` written
+    directly in a ``prange`` body out of the loop when it cannot see the writes (they
+    happen in called helpers), so blocks would share it; a call is never hoisted.
+    """
+    return np.empty(n), np.empty(n, dtype=np.float32), np.empty(n)
+
+
+@njit(nogil=True, error_model="numpy")
 def _block_bounds(block, n_blocks, n_rows):
     return block * n_rows // n_blocks, (block + 1) * n_rows // n_blocks
 
@@ -767,9 +778,7 @@ def _make_multilabel(with_entropy):
             start, stop = _block_bounds(block, n_blocks, n_rows)
             no_correct = np.zeros(sums.shape[1], dtype=np.int64)
             label_staged = _label_staging_buffer(class_sums.shape[1], stop - start)
-            label_terms = np.empty(n_labels)
-            scratch32 = np.empty(n_labels, dtype=np.float32)
-            scratch64 = np.empty(n_labels)
+            label_terms, scratch32, scratch64 = _row_scratch(n_labels)
             label_k = 0
             staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
             h_p = np.empty(n_labels if with_entropy else 0)
