@@ -19,6 +19,7 @@ into its state only after the whole batch passed validation (which is what makes
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -118,6 +119,12 @@ class BatchSums:
         Per-group sums when group codes were given (``sums`` is their exact total).
     group_counts : ndarray or None, shape (G, N_COUNTS)
         Per-group counters when group codes were given.
+    row_terms : ndarray or None, shape (N, N_ROW_TERMS)
+        With group codes on the CPU: every row's exact terms (``layout.ROW_IGNORED``
+        marks ignored rows), for a per-group reduction at any number of groups
+        (:class:`xentstream.grouping.GroupTable`); ``group_sums`` is then None.
+    group_codes : ndarray or None, shape (N,)
+        The group code of every row, with ``row_terms``.
     """
 
     sums: np.ndarray
@@ -128,6 +135,8 @@ class BatchSums:
     n_classes: int
     group_sums: np.ndarray | None = None
     group_counts: np.ndarray | None = None
+    row_terms: np.ndarray | None = None
+    group_codes: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -182,7 +191,18 @@ def _run(
     )
     n_groups = 1 if groups is None else n_groups
     class_width = n_classes if per_class else 0
-    launch = _launch_cpu if device is None else device.launch
+    # On the CPU a grouped call sums every row into the batch's totals and hands back
+    # each row's terms, reduced per group by the caller: kernel cost and memory then
+    # do not grow with the number of groups (a block held G full accumulators before).
+    # The CUDA twin still reduces per group on the device.
+    row_terms = device is None and groups is not None
+    if row_terms:
+        kernel_codes, n_groups = _NO_GROUPS, 1
+    else:
+        kernel_codes = group_codes
+    launch = (
+        functools.partial(_launch_cpu, keep_terms=row_terms) if device is None else device.launch
+    )
     (
         block_sums,
         block_counts,
@@ -191,13 +211,14 @@ def _run(
         errors,
         error_values,
         row_losses,
+        *terms,
     ) = launch(
         kernel,
         preds,
         target,
         weights,
         sample_weight,
-        group_codes,
+        kernel_codes,
         opts,
         n_groups=n_groups,
         class_width=class_width,
@@ -226,7 +247,7 @@ def _run(
         group_sums.reshape(n_groups * layout.N_SUMS, N_SLOTS),
     )
     group_counts = block_counts.sum(axis=0)
-    if groups is None:
+    if groups is None or row_terms:
         sums, counts = group_sums[0], group_counts[0]
     else:
         sums = group_sums.sum(axis=0)
@@ -247,8 +268,10 @@ def _run(
         class_counts=class_counts,
         row_losses=row_losses.reshape(leading_shape) if keep_rows else None,
         n_classes=n_classes,
-        group_sums=None if groups is None else group_sums,
-        group_counts=None if groups is None else group_counts,
+        group_sums=None if groups is None or row_terms else group_sums,
+        group_counts=None if groups is None or row_terms else group_counts,
+        row_terms=terms[0] if row_terms else None,
+        group_codes=group_codes if row_terms else None,
     )
 
 
@@ -264,13 +287,16 @@ def _launch_cpu(
     n_groups: int,
     class_width: int,
     keep_rows: bool,
+    keep_terms: bool = False,
 ) -> tuple[np.ndarray, ...]:
-    """Run ``cpu.<name>`` over blocks of rows; the per-block outputs (see ``cpu.py``)."""
+    """Run ``cpu.<name>`` over blocks of rows; the per-block outputs (see ``cpu.py``),
+    then the per-row terms when ``keep_terms``."""
     kernel = cpu.kernel(name, opts.with_entropy)
     n_rows = preds.shape[0]
     n_classes = preds.shape[1] if preds.ndim == 2 else 1
     n_blocks = _block_count(n_rows, n_classes, class_width > 0, n_groups)
     row_losses = np.empty(n_rows, dtype=np.float64) if keep_rows else _NO_ROWS
+    row_terms = np.empty((n_rows if keep_terms else 0, layout.N_ROW_TERMS), dtype=np.float64)
     block_sums = np.zeros((n_blocks, n_groups, layout.N_SUMS, N_SLOTS), dtype=np.int64)
     block_counts = np.zeros((n_blocks, n_groups, layout.N_COUNTS), dtype=np.int64)
     block_class_sums = np.zeros((n_blocks, class_width, layout.N_CLASS_SUMS, N_SLOTS), np.int64)
@@ -279,6 +305,7 @@ def _launch_cpu(
     error_values = np.zeros(n_blocks, dtype=np.float64)
     outputs = (
         row_losses,
+        row_terms,
         block_sums,
         block_counts,
         block_class_sums,
@@ -300,7 +327,7 @@ def _launch_cpu(
     finally:
         if n_blocks == 1 and threads > 1:
             numba.set_num_threads(threads)
-    return (*outputs[1:], row_losses)
+    return (*outputs[2:], row_losses, *((row_terms,) if keep_terms else ()))
 
 
 def _read_only(array: Any) -> Any:
@@ -338,8 +365,8 @@ def _empty_batch(
 ) -> BatchSums:
     grouped = n_groups is not None
     return BatchSums(
-        group_sums=accumulator.empty(n_groups, layout.N_SUMS) if grouped else None,
-        group_counts=np.zeros((n_groups, layout.N_COUNTS), dtype=np.int64) if grouped else None,
+        row_terms=np.zeros((0, layout.N_ROW_TERMS)) if grouped else None,
+        group_codes=np.zeros(0, dtype=np.int64) if grouped else None,
         sums=accumulator.empty(layout.N_SUMS),
         counts=np.zeros(layout.N_COUNTS, dtype=np.int64),
         class_sums=accumulator.empty(n_classes, layout.N_CLASS_SUMS) if per_class else None,

@@ -16,7 +16,6 @@ import decimal
 import glob
 import hashlib
 import json
-import math
 import os
 import queue
 import signal
@@ -24,7 +23,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,9 @@ import numpy as np
 import polars as pl
 
 from xentstream._errors import shorten, show
+from xentstream.accumulator import ExactState
 from xentstream.feeders import Batch, ColumnSpec, open_source
+from xentstream.grouping import GroupKeys, GroupReports, GroupTable, canonical_key
 from xentstream.metrics import Metric
 from xentstream.report import FLAT_SCALAR_FIELDS, Report
 from xentstream.state import read_json, write_json_atomic
@@ -59,29 +60,51 @@ class GroupedReport:
         Every row, as without ``by``.
     by : tuple of str
         The group columns.
-    groups : dict
+    groups : Mapping
         Group key (a tuple of the ``by`` values) -> :class:`Report`, sorted by key
-        (nulls last).
+        (nulls last) unless :meth:`sorted` or :meth:`top` ordered them otherwise. Each
+        report is built when read, so that millions of groups cost nothing unread.
+
+    Examples
+    --------
+    >>> import polars as pl, xentstream as xs
+    >>> frame = pl.DataFrame(
+    ...     {"p": [[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]], "y": [0, 0, 1], "g": ["a", "b", "b"]}
+    ... )
+    >>> result = xs.evaluate(frame, xs.CrossEntropy(), preds="p", target="y", by="g")
+    >>> [key for key in result.groups]
+    [('a',), ('b',)]
+    >>> [key for key in result.top(1).groups], result.filter(min_count=2).groups[("b",)].count
+    ([('b',)], 2)
     """
 
     overall: Report
     by: tuple[str, ...]
-    groups: dict[tuple[Any, ...], Report] = field(default_factory=dict)
+    groups: Mapping[tuple[Any, ...], Report] = field(default_factory=dict)
     # The exact states behind the reports (for grouped state files), not a result.
     _states: Any = field(default=None, compare=False, repr=False)
 
     def to_polars(self) -> pl.DataFrame:
         """One row per group: key columns, then the scalar report fields as
         :meth:`Report.scalars` names them (``ci95`` as ``ci95_low`` / ``ci95_high``)."""
-        rows = []
-        for key, report in self.groups.items():
-            row = dict(zip(self.by, key, strict=True))
+        if isinstance(self.groups, GroupReports):
+            keys = self.groups.keys.frame[self.groups.codes]
+        else:
+            keys = pl.DataFrame(
+                [list(column) for column in zip(*self.groups, strict=True)] or None,
+                schema=list(self.by),
+                orient="col",
+            )
+        columns: dict[str, list[Any]] = {name: [] for name in FLAT_SCALAR_FIELDS}
+        for report in self.groups.values():
             scalars = report.scalars()
-            row.update({name: scalars.get(name) for name in FLAT_SCALAR_FIELDS})
-            rows.append(row)
-        if not rows:  # no row read: still the key and report columns
+            for name, values in columns.items():
+                values.append(scalars.get(name))
+        if not keys.height:  # no row read: still the key and report columns
             return pl.DataFrame(schema=[*self.by, *FLAT_SCALAR_FIELDS])
-        return pl.DataFrame(rows, infer_schema_length=None)
+        return keys.hstack(
+            [pl.Series(name, values, strict=False) for name, values in columns.items()]
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict: ``overall`` and a list of ``groups`` with their keys."""
@@ -94,8 +117,44 @@ class GroupedReport:
             ],
         }
 
+    def sorted(self, by: str = "key") -> GroupedReport:
+        """The groups ordered by key (``"key"``) or by mean loss, highest first
+        (``"loss"``; groups without a counted row last)."""
+        if by not in ("key", "loss"):
+            raise ValueError(f"sort: must be 'key' or 'loss', got {by!r}")
+        reports = self._reports()
+        if reports is None or by == "key":
+            return (
+                self
+                if reports is None
+                else replace(
+                    self, groups=reports.subset(_key_sorted(self._states[1], reports.codes))
+                )
+            )
+        return replace(self, groups=reports.subset(reports.by_loss()))
 
-_NAN = float("nan")
+    def top(self, k: int) -> GroupedReport:
+        """The ``k`` groups of highest mean loss (the worst), highest first."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"top: must be a non-negative integer, got {k!r}")
+        reports = self._reports()
+        if reports is None:
+            return self
+        return replace(self, groups=reports.subset(reports.by_loss()[:k]))
+
+    def filter(self, *, min_count: int = 0) -> GroupedReport:
+        """Only the groups with at least ``min_count`` counted rows (order kept)."""
+        if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 0:
+            raise ValueError(f"min_count: must be a non-negative integer, got {min_count!r}")
+        reports = self._reports()
+        if reports is None:
+            return self
+        return replace(self, groups=reports.subset(reports.codes[reports.counts() >= min_count]))
+
+    def _reports(self) -> GroupReports | None:
+        return self.groups if isinstance(self.groups, GroupReports) else None
+
+
 _KEY_TYPES = {
     "datetime": (datetime.datetime, datetime.datetime.isoformat, datetime.datetime.fromisoformat),
     "date": (datetime.date, datetime.date.isoformat, datetime.date.fromisoformat),
@@ -107,11 +166,6 @@ _KEY_TYPES = {
     ),
     "decimal": (decimal.Decimal, str, decimal.Decimal),
 }
-
-
-def _canonical_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``row`` with every NaN replaced by one NaN object, so that NaN keys compare equal."""
-    return tuple(_NAN if isinstance(v, float) and math.isnan(v) else v for v in row)
 
 
 def _key_to_json(value: Any) -> Any:
@@ -139,14 +193,18 @@ def _key_from_json(value: Any) -> Any:
 
 
 class _GroupState:
-    """Group keys -> codes (first appearance order) and one metric per group."""
+    """Group keys -> codes (first appearance order) and every group's exact state, in
+    arrays (:mod:`xentstream.grouping`): memory a few hundred bytes a group, a batch's
+    cost its rows plus its groups, whatever the number of groups."""
 
     def __init__(self, by: tuple[str, ...], template: Metric) -> None:
         self.by = by
         self.template = template
-        self.keys: list[tuple[Any, ...]] = []
-        self.metrics: list[Metric] = []
-        self._codes: dict[tuple[Any, ...], int] = {}
+        self._keys = GroupKeys(by)
+        self.table = GroupTable(counts_labels=template.kind.counts_labels)
+        self.group_metric = self._new_metric()  # config of every group (no per-class)
+        self._scratch = self._new_metric()
+        self._runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _new_metric(self) -> Metric:
         config = self.template.config
@@ -155,49 +213,71 @@ class _GroupState:
             config = replace(config, **{flag: False})
         return type(self.template).from_config(config, engine=self.template.engine, window=None)
 
+    @property
+    def keys(self) -> list[tuple[Any, ...]]:
+        """Every group's key, in code order (first appearance)."""
+        return self._keys.tuples()
+
+    @property
+    def n_groups(self) -> int:
+        return len(self._keys)
+
+    @property
+    def rows_seen(self) -> int:
+        return self.table.rows_seen
+
     def codes(self, keys: pl.DataFrame) -> np.ndarray:
         """Group code of every row of ``keys`` (new keys get new codes)."""
-        unique = keys.unique(maintain_order=True)
-        for row in map(_canonical_key, unique.iter_rows()):
-            if row not in self._codes:
-                self._codes[row] = len(self.keys)
-                self.keys.append(row)
-                self.metrics.append(self._new_metric())
-        mapping = pl.DataFrame(
-            [list(column) for column in zip(*self.keys, strict=True)],
-            schema=keys.schema,
-            orient="col",
-        ).with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("__code"))
-        joined = keys.join(
-            mapping, on=list(self.by), how="left", nulls_equal=True, maintain_order="left"
-        )
-        return joined["__code"].to_numpy()
+        codes, order, run_starts, run_codes = self._keys.codes(keys)
+        self.table.resize(len(self._keys))
+        self._runs = (order, run_starts, run_codes)
+        return codes
 
-    def absorb(
-        self,
-        group_sums: np.ndarray,
-        group_counts: np.ndarray,
-        label_counts: np.ndarray | None = None,
-    ) -> None:
-        for code in np.flatnonzero(group_counts.sum(axis=1)):
-            labels = None if label_counts is None else label_counts[code]
-            self.metrics[code].state.add(group_sums[code], group_counts[code], label_counts=labels)
+    def absorb(self, metric: Metric, result: Any, target: Any, sample_weight: Any) -> None:
+        """Add the groups' shares of a batch that :meth:`codes` numbered (``result``:
+        what ``metric.accumulate`` returned for it)."""
+        order, run_starts, run_codes = self._runs
+        if result.row_terms is not None:  # the CPU engine: every row's terms
+            self.table.add_rows(order, run_starts, run_codes, result.row_terms)
+            present = run_codes
+            local = np.empty(order.shape[0], dtype=np.int64)
+            local[order] = np.repeat(np.arange(run_codes.shape[0]), np.diff(run_starts))
+            labels = metric.group_label_counts(target, sample_weight, local, run_codes.shape[0])
+        else:  # the CUDA engine: per-group sums of every group
+            present = np.flatnonzero(result.group_counts.sum(axis=1))
+            self.table.add_sums(present, result.group_sums[present], result.group_counts[present])
+            codes = np.empty(order.shape[0], dtype=np.int64)
+            codes[order] = np.repeat(run_codes, np.diff(run_starts))
+            labels = metric.group_label_counts(target, sample_weight, codes, self.n_groups)
+            labels = None if labels is None else labels[present]
+        if present.size:
+            self.table.add_label_counts(present, labels)
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [
-            {"key": [_key_to_json(v) for v in key], "state": metric.state_dict()}
-            for key, metric in zip(self.keys, self.metrics, strict=True)
-        ]
+        template = self.group_metric.state_dict()
+        zero_classes = template["n_classes"] if template["class_sums"] is not None else None
+        keys = self.keys
+        entries = []
+        for start in range(0, len(keys), _JSON_GROUPS):
+            codes = np.arange(start, min(start + _JSON_GROUPS, len(keys)))
+            sums = self.table.sums(codes)
+            for code, group_sums in zip(codes.tolist(), sums, strict=True):
+                state = self.table.state(code, group_sums).to_json(zero_classes)
+                entries.append(
+                    {"key": [_key_to_json(v) for v in keys[code]], "state": {**template, **state}}
+                )
+        return entries
 
     def load_json(self, entries: list[dict[str, Any]], *, strict: bool = False) -> None:
         """Add saved groups (:meth:`to_json`): a known key's state is merged into its
-        metric, a new key is appended. Loading the groups of consecutive parts of a
+        group, a new key is appended. Loading the groups of consecutive parts of a
         stream in order thus keeps the keys in order of first appearance.
 
         ``strict`` (one saved stream, a checkpoint): every entry must be a group of
         this grouping, of this metric's kind and config, and keys must not repeat.
+        Nothing changes when an entry is refused.
         """
-        seen: set[tuple[Any, ...]] = set()
+        states: dict[tuple[Any, ...], ExactState] = {}
         for entry in entries:
             if strict and not (
                 isinstance(entry, dict)
@@ -206,23 +286,55 @@ class _GroupState:
                 and len(entry["key"]) == len(self.by)
             ):
                 raise ValueError(f"a group must be {{key: [{len(self.by)} values], state: ...}}")
-            key = _canonical_key(tuple(_key_from_json(v) for v in entry["key"]))
+            key = canonical_key(tuple(_key_from_json(v) for v in entry["key"]))
             metric = Metric.from_state_dict(entry["state"])
             if strict:
-                if key in seen:
+                if key in states:
                     raise ValueError(f"group key {show(list(key))} appears twice")
-                seen.add(key)
-                self._new_metric().load_state_of(metric)  # same kind and config, or raises
-            code = self._codes.get(key)
-            if code is None:
-                self._codes[key] = len(self.keys)
-                self.keys.append(key)
-                self.metrics.append(metric)
+                self._scratch.load_state_of(metric)  # same kind and config, or raises
+            if key in states:
+                states[key].merge(metric.state)
             else:
-                self.metrics[code].merge(metric)
+                states[key] = metric.state
+        if not states:
+            return
+        codes = self._keys.assign_tuples(list(states))
+        self.table.resize(len(self._keys))
+        loaded = list(states.values())
+        self.table.add_sums(
+            codes,
+            np.stack([state.sums for state in loaded]),
+            np.stack([state.counts for state in loaded]),
+        )
+        if self.table.counts_labels:
+            known = np.array([state.label_counts is not None for state in loaded])
+            self.table.add_label_counts(codes[~known], None)
+            counted = [state.label_counts for state in loaded if state.label_counts is not None]
+            if counted:
+                labels = np.zeros((len(counted), max(map(len, counted))), dtype=np.int64)
+                for row, label_counts in enumerate(counted):
+                    labels[row, : len(label_counts)] = label_counts
+                self.table.add_label_counts(codes[known], labels)
 
-    def reports(self) -> dict[tuple[Any, ...], Report]:
-        return {key: m.compute() for key, m in zip(self.keys, self.metrics, strict=True)}
+    def sorted_codes(self) -> np.ndarray:
+        """Codes in key order: values ascending, then NaN, then null (as polars sorts)."""
+        frame = self._keys.frame.with_row_index(_CODE_COLUMN)
+        try:
+            ordered = frame.sort(list(self.by), nulls_last=True, maintain_order=True)
+        except pl.exceptions.PolarsError:  # keys that do not compare: first appearance
+            return np.arange(self.n_groups, dtype=np.int64)
+        return ordered[_CODE_COLUMN].to_numpy().astype(np.int64)
+
+    def reports(self, codes: np.ndarray | None = None) -> GroupReports:
+        """Reports of groups ``codes`` (default: all, in first appearance), built on access."""
+        if codes is None:
+            codes = np.arange(self.n_groups, dtype=np.int64)
+        return GroupReports(self.table, self._keys, self.group_metric.report_of, codes)
+
+
+#: Groups whose accumulators one step of :meth:`_GroupState.to_json` widens at once.
+_JSON_GROUPS = 4096
+_CODE_COLUMN = "__xentstream_code"
 
 
 def _prefetch(batches: Iterator[Batch]) -> Iterator[Batch]:
@@ -526,7 +638,7 @@ def _load_checkpoint(
             loaded.load_json(entries, strict=True)
         except (KeyError, TypeError, ValueError, OverflowError) as error:
             raise bad(f"groups: {show(str(error), 200)}") from None
-        in_groups = sum(m.rows_seen for m in loaded.metrics)
+        in_groups = loaded.rows_seen
         if in_groups != held:
             raise bad(f"the groups hold {in_groups} rows, the metric {held} from this source")
     metric.load_state_of(state)
@@ -653,7 +765,7 @@ def _run(
         for batch in _prefetch(iter(feeder)):
             stops.begin_batch()
             codes = None if groups is None else groups.codes(batch.keys)
-            n_groups = 1 if groups is None else len(groups.keys)
+            n_groups = 1 if groups is None else groups.n_groups
             if rows == 0:
                 _warn_if_probabilities(batch.preds, metric)
             result = metric.accumulate(
@@ -667,11 +779,8 @@ def _run(
                 # whatever the metric held before.
                 row_offset=metric.rows_seen - base,
             )
-            if groups is not None and result.group_sums is not None:
-                labels = metric.group_label_counts(
-                    batch.target, batch.sample_weight, codes, len(groups.keys)
-                )
-                groups.absorb(result.group_sums, result.group_counts, labels)
+            if groups is not None:
+                groups.absorb(metric, result, batch.target, batch.sample_weight)
             if batch.n_rows:
                 # Metric rows per source row: 1, or T for (N, T, C) batches; None once
                 # it varies (then only the saved metric's own counts are checked).
@@ -731,14 +840,6 @@ def _named(report: Report, names: list[str] | None) -> Report:
     return replace(report, per_class=table.with_columns(pl.Series(column, names, pl.String)))
 
 
-def _key_order(key: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Sort key of a group key: values ascending, then NaN, then null."""
-    return tuple(
-        (2, 0) if v is None else (1, 0) if isinstance(v, float) and math.isnan(v) else (0, v)
-        for v in key
-    )
-
-
 def _warn_if_probabilities(preds: Any, metric: Metric) -> None:
     """Warn when ``input="logits"`` rows look like probabilities (a plausible, wrong loss).
 
@@ -767,12 +868,15 @@ def _report(
     overall = _named(metric.compute(), class_names)
     if groups is None:
         return overall
-    reports = groups.reports()
-    try:
-        ordered = dict(sorted(reports.items(), key=lambda item: _key_order(item[0])))
-    except TypeError:  # keys that do not compare (mixed types): first appearance
-        ordered = reports
-    return GroupedReport(overall=overall, by=groups.by, groups=ordered, _states=(metric, groups))
+    reports = groups.reports(groups.sorted_codes())
+    return GroupedReport(overall=overall, by=groups.by, groups=reports, _states=(metric, groups))
+
+
+def _key_sorted(groups: _GroupState, codes: np.ndarray) -> np.ndarray:
+    """``codes`` in key order."""
+    rank = np.empty(groups.n_groups, dtype=np.int64)
+    rank[groups.sorted_codes()] = np.arange(groups.n_groups)
+    return codes[np.argsort(rank[codes], kind="stable")]
 
 
 GROUPED_FORMAT = "xentstream.grouped"

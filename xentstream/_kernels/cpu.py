@@ -3,7 +3,7 @@
 Every kernel has the same shape of signature::
 
     kernel(preds, target, <per-class or per-label weights>, sample_weight, groups, opts,
-           row_losses, sums, counts, class_sums, class_counts, errors, error_values)
+           row_losses, row_terms, sums, counts, class_sums, class_counts, errors, error_values)
 
 and splits the rows into ``sums.shape[0]`` contiguous blocks, one ``prange``
 iteration each. A block writes only its own slice of the output arrays (no false
@@ -21,7 +21,13 @@ group code in ``[0, sums.shape[1])`` for every row (``by=`` in the feeders), so 
 grouped evaluation costs the same single pass. Optional inputs and outputs are
 switched off by passing arrays of length 0: ``groups`` (one group, code 0),
 ``row_losses`` (per-row losses for ``reduction="none"``), ``sample_weight``
-(all ones), ``class_sums`` / ``class_counts`` (per-class statistics).
+(all ones), ``class_sums`` / ``class_counts`` (per-class statistics), ``row_terms``.
+
+``row_terms`` (shape ``(N, N_ROW_TERMS)`` or ``(0, N_ROW_TERMS)``) receives every row's
+exact terms, the values :func:`_stage_row` adds to each sum (``layout.ROW_IGNORED``
+marks ignored rows): grouped evaluation at any number of groups passes no ``groups``
+and reduces these terms per group afterwards (:mod:`xentstream._kernels.groups`), so
+that the kernel's cost and memory do not grow with the group count.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from xentstream._kernels.layout import (
     N_SUMS,
     OK,
     POSITIVE,
+    ROW_IGNORED,
     ROWS,
     SAMPLE_WEIGHT_INVALID,
     TARGET_ENTROPY,
@@ -191,6 +198,35 @@ def _stage_row(staged, k, unit, with_entropy, s, loss, d, entropy, h_target, cor
 
 
 @njit(nogil=True, error_model="numpy")
+def _write_row_terms(row_terms, i, s, loss, d, entropy, h_target, correct, positive):
+    """Row ``i``'s exact term of every sum, as :func:`_stage_row` stages them unweighted.
+
+    The weighted formulas for every row: with unit weights (s = d = 1) they give the
+    same floats as the unit ones (``1 * x`` and ``x / 1`` are exact), and the count
+    sums the kernel adds once per block are these rows' 1.0 terms added up.
+    """
+    terms = row_terms[i]
+    terms[LOSS] = s * loss
+    terms[DENOMINATOR] = s * d
+    terms[LOSS_SQUARED] = s * (loss * loss / d) if d > 0.0 else 0.0
+    terms[WEIGHT] = s
+    terms[DENOMINATOR_SQUARED] = (s * d) * (s * d)
+    terms[ENTROPY] = s * entropy
+    terms[TARGET_ENTROPY] = s * h_target
+    terms[CORRECT] = s if correct else 0.0
+    terms[POSITIVE] = positive
+    terms[ROW_IGNORED] = 0.0
+
+
+@njit(nogil=True, error_model="numpy")
+def _write_ignored_row(row_terms, i):
+    terms = row_terms[i]
+    for slot in range(N_SUMS):
+        terms[slot] = 0.0
+    terms[ROW_IGNORED] = 1.0
+
+
+@njit(nogil=True, error_model="numpy")
 def _staged_slots(unit, with_entropy, positive):
     """The sums :func:`_stage_row` writes (plus POSITIVE, which binary stages itself).
 
@@ -305,6 +341,7 @@ def _make_multiclass_hard(with_entropy):
         groups,
         opts,
         row_losses,
+        row_terms,
         sums,
         counts,
         class_sums,
@@ -316,6 +353,7 @@ def _make_multiclass_hard(with_entropy):
         opts = KernelOptions(*_static_fields(opts, with_entropy))
         kind = opts.input_kind
         keep_rows = row_losses.shape[0] > 0
+        keep_terms = row_terms.shape[0] > 0
         n_rows, n_classes = preds.shape
         n_blocks = sums.shape[0]
         smoothing = opts.label_smoothing
@@ -392,6 +430,19 @@ def _make_multiclass_hard(with_entropy):
                                 correct[0] += np.int64(
                                     row_argmax[r] == np.int64(target[chunk_start + r])
                                 )
+                            # Before add_terms, which takes its terms as scratch.
+                            for r in range(n if keep_terms else 0):
+                                _write_row_terms(
+                                    row_terms,
+                                    chunk_start + r,
+                                    1.0,
+                                    losses[r],
+                                    1.0,
+                                    row_entropy[r] if with_entropy else 0.0,
+                                    0.0,
+                                    row_argmax[r] == np.int64(target[chunk_start + r]),
+                                    0.0,
+                                )
                             block_sums = sums[block, 0]
                             add_terms(block_sums[LOSS], losses, n)
                             add_terms(block_sums[LOSS_SQUARED], squares, n)
@@ -432,6 +483,8 @@ def _make_multiclass_hard(with_entropy):
                     counts[block, group, IGNORED] += 1
                     if keep_rows:
                         row_losses[i] = 0.0
+                    if keep_terms:
+                        _write_ignored_row(row_terms, i)
                     continue
                 if label < 0 or label >= n_classes:
                     _record_error(errors, error_values, block, i, _LABEL_ERROR, label, 0.0)
@@ -463,6 +516,18 @@ def _make_multiclass_hard(with_entropy):
                     loss += smoothed
                 if keep_rows:
                     row_losses[i] = loss
+                if keep_terms:
+                    _write_row_terms(
+                        row_terms,
+                        i,
+                        s,
+                        loss,
+                        w,
+                        entropy if with_entropy or not unit else 0.0,
+                        target_entropy if with_entropy or not unit else 0.0,
+                        argmax == label,
+                        0.0,
+                    )
                 counts[block, group, ROWS] += 1
                 k = _stage_row(
                     staged[group],
@@ -512,6 +577,7 @@ def _make_multiclass_soft(with_entropy):
         groups,
         opts,
         row_losses,
+        row_terms,
         sums,
         counts,
         class_sums,
@@ -523,6 +589,7 @@ def _make_multiclass_soft(with_entropy):
         opts = KernelOptions(*_static_fields(opts, with_entropy))
         kind = opts.input_kind
         keep_rows = row_losses.shape[0] > 0
+        keep_terms = row_terms.shape[0] > 0
         n_rows, n_classes = preds.shape
         n_blocks = sums.shape[0]
         smoothing = opts.label_smoothing
@@ -590,6 +657,18 @@ def _make_multiclass_soft(with_entropy):
                         target_entropy = add_reassoc(target_entropy, neg_xlogy_fast(q, log64(q)))
                 if keep_rows:
                     row_losses[i] = loss
+                if keep_terms:
+                    _write_row_terms(
+                        row_terms,
+                        i,
+                        s,
+                        loss,
+                        1.0,
+                        entropy if with_entropy or not unit else 0.0,
+                        target_entropy if with_entropy or not unit else 0.0,
+                        argmax == target_argmax,
+                        0.0,
+                    )
                 counts[block, group, ROWS] += 1
                 k = _stage_row(
                     staged[group],
@@ -627,6 +706,7 @@ def _make_binary(with_entropy):
         groups,
         opts,
         row_losses,
+        row_terms,
         sums,
         counts,
         class_sums,
@@ -637,10 +717,12 @@ def _make_binary(with_entropy):
         """Binary cross-entropy of N predictions of the positive class against N targets."""
         opts = KernelOptions(*_static_fields(opts, with_entropy))
         keep_rows = row_losses.shape[0] > 0
+        keep_terms = row_terms.shape[0] > 0
         n_rows = preds.shape[0]
         n_blocks = sums.shape[0]
         unit = sample_weight.shape[0] == 0
-        grouped = groups.shape[0] > 0
+        # Per-row terms come from the row-by-row path, as grouped rows do.
+        grouped = groups.shape[0] > 0 or row_terms.shape[0] > 0
         staged_slots = _staged_slots(unit, with_entropy, True)
         for block in prange(n_blocks):
             start, stop = _block_bounds(block, n_blocks, n_rows)
@@ -718,6 +800,18 @@ def _make_binary(with_entropy):
                         row_losses[i] = loss
                     counts[block, group, ROWS] += 1
                     correct = binary_predicts_positive(x, opts) == (t >= 0.5)
+                    if keep_terms:
+                        _write_row_terms(
+                            row_terms,
+                            i,
+                            s,
+                            loss,
+                            1.0,
+                            entropy if with_entropy or not unit else 0.0,
+                            target_entropy if with_entropy or not unit else 0.0,
+                            correct,
+                            s * t,
+                        )
                     k = n_staged[group]
                     staged[group, POSITIVE, k] = s * t
                     k = _stage_row(
@@ -758,6 +852,7 @@ def _make_multilabel(with_entropy):
         groups,
         opts,
         row_losses,
+        row_terms,
         sums,
         counts,
         class_sums,
@@ -769,6 +864,7 @@ def _make_multilabel(with_entropy):
         opts = KernelOptions(*_static_fields(opts, with_entropy))
         kind = opts.input_kind
         keep_rows = row_losses.shape[0] > 0
+        keep_terms = row_terms.shape[0] > 0
         n_rows, n_labels = preds.shape
         n_blocks = sums.shape[0]
         per_label = class_sums.shape[1] > 0
@@ -859,6 +955,18 @@ def _make_multilabel(with_entropy):
                         loss = add_reassoc(loss, binary_loss_fast(t, log_p, log_1mp, pos_weight[c]))
                 if keep_rows:
                     row_losses[i] = loss
+                if keep_terms:
+                    _write_row_terms(
+                        row_terms,
+                        i,
+                        s,
+                        loss,
+                        1.0,
+                        entropy if with_entropy or not unit else 0.0,
+                        target_entropy if with_entropy or not unit else 0.0,
+                        False,
+                        0.0,
+                    )
                 counts[block, group, ROWS] += 1
                 k = _stage_row(
                     staged[group],
@@ -895,6 +1003,7 @@ def _make_prediction_entropy(with_entropy):
         groups,
         opts,
         row_losses,
+        row_terms,
         sums,
         counts,
         class_sums,
@@ -905,6 +1014,7 @@ def _make_prediction_entropy(with_entropy):
         """Entropy of each predicted distribution (rows of an (N, C) array)."""
         opts = KernelOptions(*_static_fields(opts, with_entropy))
         keep_rows = row_losses.shape[0] > 0
+        keep_terms = row_terms.shape[0] > 0
         n_rows = preds.shape[0]
         n_blocks = sums.shape[0]
         staged_slots = _staged_slots(False, True, False)
@@ -926,6 +1036,8 @@ def _make_prediction_entropy(with_entropy):
                 group = _group(groups, i)
                 if keep_rows:
                     row_losses[i] = entropy
+                if keep_terms:
+                    _write_row_terms(row_terms, i, s, entropy, 1.0, entropy, 0.0, False, 0.0)
                 counts[block, group, ROWS] += 1
                 k = _stage_row(
                     staged[group],

@@ -40,6 +40,12 @@ SUM_NAMES = (
 ) = range(len(SUM_NAMES))
 N_SUMS = len(SUM_NAMES)
 
+#: Columns of the per-row terms a kernel writes for grouped reduction (``row_terms[i]``):
+#: the row's exact term of each sum of :data:`SUM_NAMES` (what it adds to that sum), then
+#: 1.0 for a row dropped by ``ignore_index`` (all its terms 0), 0.0 for a counted row.
+ROW_IGNORED = N_SUMS
+N_ROW_TERMS = N_SUMS + 1
+
 # Integer counters (``counts[...]``).
 COUNT_NAMES = (
     "rows",  # rows counted (not ignored)
