@@ -290,6 +290,7 @@ def _parser() -> argparse.ArgumentParser:
         help="output format (default: table)",
     )
     output.add_argument("--output", metavar="FILE", help="write the report here (default: stdout)")
+    _add_group_flags(output)
     output.add_argument(
         "--save-state",
         metavar="FILE",
@@ -319,6 +320,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     merge.add_argument("--output", metavar="FILE", help="write the report here (default: stdout)")
     merge.add_argument("--save-state", metavar="FILE", help="write the merged state here")
+    _add_group_flags(merge)
     return parser
 
 
@@ -465,6 +467,52 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
 
 
 _format_value = format_value
+
+
+def _add_group_flags(output: Any) -> None:
+    """--sort, --top and --min-count: which groups a grouped report shows, in what order."""
+    output.add_argument(
+        "--sort",
+        choices=("key", "loss"),
+        default="key",
+        help="order of the groups: by key (default) or by mean loss, highest first",
+    )
+    output.add_argument(
+        "--top",
+        type=_non_negative,
+        metavar="K",
+        help="show only the K groups of highest mean loss (the worst), highest first",
+    )
+    output.add_argument(
+        "--min-count",
+        type=_non_negative,
+        default=0,
+        metavar="N",
+        help="show only groups with at least N counted rows (before --top)",
+    )
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _shown_groups(result: Report | GroupedReport, args: argparse.Namespace) -> Any:
+    """The groups --min-count, --sort and --top select (states are saved whole, before)."""
+    if not isinstance(result, GroupedReport):
+        if args.top is not None or args.min_count or args.sort != "key":
+            raise _UsageError("--sort, --top and --min-count apply to grouped runs (--by)")
+        return result
+    if args.min_count:
+        result = result.filter(min_count=args.min_count)
+    if args.top is not None:
+        return result.top(args.top)
+    return result.sorted(args.sort)
 
 
 def _table(result: Report | GroupedReport) -> str:
@@ -781,7 +829,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     overall = result.overall if isinstance(result, GroupedReport) else result
     if overall.count + overall.ignored == 0:
         warnings.warn("the source holds no rows: nothing was evaluated", stacklevel=1)
-    _write(_render(result, args.format), args.output)
+    _write(_render(_shown_groups(result, args), args.format), args.output)
     return 0
 
 
@@ -938,7 +986,7 @@ def _merge(args: argparse.Namespace) -> int:
             raise ValueError(f"merge: {error}") from None
         if args.save_state:
             write_json_atomic(args.save_state, grouped_state_dict(result))
-        _write(_render(result, args.format), args.output)
+        _write(_render(_shown_groups(result, args), args.format), args.output)
         return 0
     metrics = [load(path) for path in args.states]
     merged = metrics[0]
@@ -946,7 +994,7 @@ def _merge(args: argparse.Namespace) -> int:
         merged.merge(other)
     if args.save_state:
         merged.save(args.save_state)
-    _write(_render(merged.compute(), args.format), args.output)
+    _write(_render(_shown_groups(merged.compute(), args), args.format), args.output)
     return 0
 
 
