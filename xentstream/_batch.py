@@ -56,6 +56,10 @@ _MIN_BLOCK_ELEMENTS = 1 << 15
 #: Blocks per thread: a few, so that uneven rows (early validation exits, ignored
 #: rows) still balance.
 _BLOCKS_PER_THREAD = 4
+#: At most this many groups in one call are summed per group inside the CPU kernel
+#: (64 x 11 x 70 x 8 B = 394 KB a block; its staging keeps 56 columns a group); more
+#: come back as per-row terms (``BatchSums.row_terms``).
+_KERNEL_GROUPS = 64
 #: Memory cap for the per-block (per-class, per-group) accumulators of one call.
 _BLOCK_STATE_BUDGET_BYTES = 1 << 28
 
@@ -191,11 +195,12 @@ def _run(
     )
     n_groups = 1 if groups is None else n_groups
     class_width = n_classes if per_class else 0
-    # On the CPU a grouped call sums every row into the batch's totals and hands back
-    # each row's terms, reduced per group by the caller: kernel cost and memory then
-    # do not grow with the number of groups (a block held G full accumulators before).
-    # The CUDA twin still reduces per group on the device.
-    row_terms = device is None and groups is not None
+    # With many groups a CPU call sums every row into the batch's totals and hands back
+    # each row's terms, reduced per group by the caller: kernel cost and memory then do
+    # not grow with the number of groups (each block would hold G full accumulators,
+    # and its staging columns shrink to one a group). A few groups are summed in the
+    # kernel as before, at its full speed; the CUDA twin always does that.
+    row_terms = device is None and groups is not None and n_groups > _KERNEL_GROUPS
     if row_terms:
         kernel_codes, n_groups = _NO_GROUPS, 1
     else:

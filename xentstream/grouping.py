@@ -51,9 +51,9 @@ class GroupKeys:
     --------
     >>> import polars as pl
     >>> keys = GroupKeys(("g",))
-    >>> keys.codes(pl.DataFrame({"g": ["b", "a", "b"]}))[0].tolist()
-    [0, 1, 0]
-    >>> keys.codes(pl.DataFrame({"g": ["c", "a"]}))[0].tolist()
+    >>> keys.codes(pl.DataFrame({"g": ["b", "a", "b"]}))[-1].tolist()
+    [0, 1]
+    >>> keys.codes(pl.DataFrame({"g": ["c", "a", "c"]}))[-1].tolist()
     [2, 1]
     >>> keys.tuples()
     [('b',), ('a',), ('c',)]
@@ -83,9 +83,10 @@ class GroupKeys:
     def codes(self, keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Codes of one batch's keys; new keys get new codes.
 
-        Returns ``(codes, order, run_starts, run_codes)``: the code of every row, and
-        the rows grouped (run ``r`` is ``order[run_starts[r]:run_starts[r + 1]]``, all
-        of group ``run_codes[r]``), the runs in order of first appearance.
+        Returns ``(runs, order, run_starts, run_codes)``: the run of every row, and
+        the rows grouped by run (run ``r`` is ``order[run_starts[r]:run_starts[r + 1]]``,
+        all of group ``run_codes[r]``), the runs in order of first appearance: the
+        batch's own dense numbering of its groups, whatever the groups seen before.
         """
         keys = keys.select(self.by)
         if keys.height == 0:
@@ -98,9 +99,9 @@ class GroupKeys:
         order = rows.explode().to_numpy().astype(np.int64)
         run_starts = np.zeros(sizes.size + 1, dtype=np.int64)
         np.cumsum(sizes, out=run_starts[1:])
-        codes = np.empty(keys.height, dtype=np.int64)
-        codes[order] = np.repeat(run_codes, sizes)
-        return codes, order, run_starts, run_codes
+        runs = np.empty(keys.height, dtype=np.int64)
+        runs[order] = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
+        return runs, order, run_starts, run_codes
 
     def assign(self, distinct: pl.DataFrame) -> np.ndarray:
         """Codes of ``distinct`` keys (no key twice), new ones appended in their order."""
@@ -223,13 +224,15 @@ class GroupTable:
         self, order: np.ndarray, run_starts: np.ndarray, run_codes: np.ndarray, terms: np.ndarray
     ) -> None:
         """Add per-row terms (``(N, N_ROW_TERMS)``), grouped as :meth:`GroupKeys.codes` gives."""
+        # One gather into group order: then every run's terms lie together (the rows
+        # of a group are scattered over the batch; reading them in place cost 3x).
+        grouped = kernels.sorted_terms(order, np.ascontiguousarray(terms, dtype=np.float64))
         first = 0
         while first < run_codes.shape[0]:
             first = kernels.add_runs(
-                order,
+                grouped,
                 run_starts,
                 run_codes,
-                terms,
                 first,
                 self.base,
                 self.window,

@@ -39,11 +39,14 @@ import numpy as np
 from numba import njit
 
 from xentstream._kernels.exact import (
+    MAX_STAGED_TERMS,
     N_CHUNKS,
+    N_SLOTS,
     NAN,
     NEG_INF,
     POS_INF,
     add_term,
+    add_terms,
     float64_bits,
     normalize,
 )
@@ -173,11 +176,69 @@ def _widen(base, window, wide, side, n_wide, g):
 
 
 @njit(**_FLAGS)
+def _add_full_group(g, sums, base, window, wide, pending, side, n_wide):
+    """Add the normalized accumulators ``sums`` (N_SUMS, N_SLOTS) into group ``g``.
+
+    False, changing nothing, when the group must widen and ``side`` is full.
+    """
+    if wide[g] < 0:
+        fits = pending[g] + WINDOW < MAX_PENDING
+        if not fits:
+            fits = _normalize_group(base, window, wide, side, g)
+            pending[g] = 0
+        for s in range(N_SUMS if fits else 0):
+            acc = sums[s]
+            if acc[POS_INF] or acc[NEG_INF] or acc[NAN] or acc[N_CHUNKS - 1] < 0:
+                fits = False
+                break
+            lo = N_CHUNKS
+            hi = -1
+            for k in range(N_CHUNKS):
+                if acc[k] != 0:
+                    lo = min(lo, k)
+                    hi = k
+            if hi >= 0 and not _fit(base, window, g, s, lo, hi):
+                fits = False
+                break
+        if fits:
+            for s in range(N_SUMS):
+                b = base[g, s]
+                if b >= 0:
+                    for k in range(WINDOW):
+                        window[g, s, k] += sums[s, b + k]
+            pending[g] += WINDOW
+            return True
+        if n_wide[0] == side.shape[0]:
+            return False
+        _widen(base, window, wide, side, n_wide, g)
+        pending[g] = 0
+    full = side[wide[g]]
+    full += sums
+    normalize(full)
+    return True
+
+
+@njit(**_FLAGS)
+def sorted_terms(order, row_terms):
+    """``row_terms`` rows in ``order``, one contiguous array per column: (N_ROW_TERMS, N)."""
+    out = np.empty((row_terms.shape[1], order.shape[0]))
+    for j in range(order.shape[0]):
+        terms = row_terms[order[j]]
+        for s in range(row_terms.shape[1]):
+            out[s, j] = terms[s]
+    return out
+
+
+#: Runs of at least this many rows are summed with add_terms into a full accumulator
+#: first (a few cycles a term), then added to their group as one accumulator.
+LONG_RUN = 64
+
+
+@njit(**_FLAGS)
 def add_runs(
-    order,
+    terms,
     run_starts,
     run_codes,
-    row_terms,
     first_run,
     base,
     window,
@@ -189,68 +250,83 @@ def add_runs(
 ):
     """Add the rows of runs ``first_run ..`` (one group each) into the table, exactly.
 
-    Returns the first run not added: ``len(run_codes)`` when done, less when a group
-    must widen and ``side`` is full (the caller grows it and calls again from there;
-    every run is added whole or not at all).
+    ``terms``: :func:`sorted_terms` (scratch: long runs overwrite theirs). Returns the
+    first run not added: ``len(run_codes)`` when done, less when a group must widen
+    and ``side`` is full (the caller grows it and calls again from there; every run
+    is added whole or not at all). A short run is added term by term into its
+    group's windows after one pass for the chunks its terms reach.
     """
     n_runs = run_codes.shape[0]
+    lo = np.empty(N_SUMS, dtype=np.int64)
+    hi = np.empty(N_SUMS, dtype=np.int64)
+    scratch = np.zeros((N_SUMS, N_SLOTS), dtype=np.int64)
     for r in range(first_run, n_runs):
         g = run_codes[r]
         start = run_starts[r]
         stop = run_starts[r + 1]
         n = stop - start
-        if wide[g] < 0:
-            fits = pending[g] + n < MAX_PENDING or _normalize_group(base, window, wide, side, g)
-            if fits:
-                pending[g] = 0 if pending[g] + n >= MAX_PENDING else pending[g]
-            for s in range(N_SUMS if fits else 0):
-                lo = N_CHUNKS
-                hi = -1
-                for j in range(start, stop):
-                    t = row_terms[order[j], s]
-                    if t != 0.0:
-                        if t - t != 0.0:  # inf or NaN: only a full accumulator counts them
-                            hi = N_CHUNKS
-                            break
-                        chunk = _term_chunk(t)
-                        lo = min(lo, chunk)
-                        hi = max(hi, chunk + 2)
-                if hi < 0:
-                    continue
-                if hi >= N_CHUNKS or not _fit(base, window, g, s, lo, hi):
-                    fits = False
-                    break
-            if fits and n < MAX_PENDING:
+        if n >= LONG_RUN:
+            scratch[:, :] = 0
+            for s in range(N_SUMS):
+                for chunk_start in range(start, stop, MAX_STAGED_TERMS):
+                    chunk_stop = min(chunk_start + MAX_STAGED_TERMS, stop)
+                    size = chunk_stop - chunk_start
+                    add_terms(scratch[s], terms[s, chunk_start:chunk_stop], size)
+            normalize(scratch)
+            if not _add_full_group(g, scratch, base, window, wide, pending, side, n_wide):
+                return r
+        else:
+            if wide[g] < 0:
+                fits = True
+                if pending[g] + n >= MAX_PENDING:
+                    fits = _normalize_group(base, window, wide, side, g)
+                    pending[g] = 0
+                finite = True
                 for s in range(N_SUMS):
-                    b = base[g, s]
-                    if b < 0:
-                        continue
-                    row = window[g, s]
+                    low = N_CHUNKS
+                    high = -1
                     for j in range(start, stop):
-                        t = row_terms[order[j], s]
+                        t = terms[s, j]
                         if t != 0.0:
-                            _add_term_window(row, b, t)
-            else:
-                if n_wide[0] == side.shape[0]:
-                    return r
-                _widen(base, window, wide, side, n_wide, g)
-                pending[g] = 0
-        if wide[g] >= 0:
-            full = side[wide[g]]
-            for j in range(start, stop):
-                if pending[g] >= MAX_PENDING:
+                            finite = finite and t - t == 0.0
+                            chunk = _term_chunk(t)
+                            low = min(low, chunk)
+                            high = max(high, chunk + 2)
+                    lo[s] = low
+                    hi[s] = high
+                fits = fits and finite  # inf and NaN: only a full accumulator counts them
+                for s in range(N_SUMS if fits else 0):
+                    if hi[s] >= 0 and not _fit(base, window, g, s, lo[s], hi[s]):
+                        fits = False
+                        break
+                if fits:
+                    for s in range(N_SUMS):
+                        row = window[g, s]
+                        b = base[g, s]
+                        for j in range(start, stop):
+                            t = terms[s, j]
+                            if t != 0.0:
+                                _add_term_window(row, b, t)
+                    pending[g] += n
+                else:
+                    if n_wide[0] == side.shape[0]:
+                        return r
+                    _widen(base, window, wide, side, n_wide, g)
+                    pending[g] = 0
+            if wide[g] >= 0:
+                full = side[wide[g]]
+                if pending[g] + n >= MAX_PENDING:
                     normalize(full)
                     pending[g] = 0
-                i = order[j]
                 for s in range(N_SUMS):
-                    add_term(full[s], row_terms[i, s])
-                pending[g] += 1
-        else:
-            pending[g] += n
+                    for j in range(start, stop):
+                        add_term(full[s], terms[s, j])
+                pending[g] += n
+        ignored = 0
         for j in range(start, stop):
-            ignored = row_terms[order[j], ROW_IGNORED] != 0.0
-            counts[g, IGNORED] += np.int64(ignored)
-            counts[g, ROWS] += np.int64(not ignored)
+            ignored += np.int64(terms[ROW_IGNORED, j] != 0.0)
+        counts[g, IGNORED] += ignored
+        counts[g, ROWS] += n - ignored
     return n_runs
 
 
@@ -261,48 +337,11 @@ def add_full(codes, sums, group_counts, first, base, window, wide, pending, side
     For states loaded from files, merged tables and the CUDA engine's per-group sums.
     Returns the first entry not added (as :func:`add_runs`).
     """
-    n = codes.shape[0]
-    for i in range(first, n):
-        g = codes[i]
-        if wide[g] < 0:
-            fits = pending[g] + WINDOW < MAX_PENDING or _normalize_group(
-                base, window, wide, side, g
-            )
-            if fits and pending[g] + WINDOW >= MAX_PENDING:
-                pending[g] = 0
-            for s in range(N_SUMS if fits else 0):
-                acc = sums[i, s]
-                if acc[POS_INF] or acc[NEG_INF] or acc[NAN] or acc[N_CHUNKS - 1] < 0:
-                    fits = False
-                    break
-                lo = N_CHUNKS
-                hi = -1
-                for k in range(N_CHUNKS):
-                    if acc[k] != 0:
-                        lo = min(lo, k)
-                        hi = k
-                if hi >= 0 and not _fit(base, window, g, s, lo, hi):
-                    fits = False
-                    break
-            if fits:
-                for s in range(N_SUMS):
-                    b = base[g, s]
-                    if b < 0:
-                        continue
-                    for k in range(WINDOW):
-                        window[g, s, k] += sums[i, s, b + k]
-                pending[g] += WINDOW
-            else:
-                if n_wide[0] == side.shape[0]:
-                    return i
-                _widen(base, window, wide, side, n_wide, g)
-                pending[g] = 0
-        if wide[g] >= 0:
-            full = side[wide[g]]
-            full += sums[i]
-            normalize(full)
-        counts[g] += group_counts[i]
-    return n
+    for i in range(first, codes.shape[0]):
+        if not _add_full_group(codes[i], sums[i], base, window, wide, pending, side, n_wide):
+            return i
+        counts[codes[i]] += group_counts[i]
+    return codes.shape[0]
 
 
 @njit(**_FLAGS)
