@@ -74,10 +74,14 @@ def _check_against_fractions(
                 int(np.sum(np.isnan(rows[:, slot]))),
             ]
             if np.all(np.isfinite(rows[:, slot])):
-                try:
+                exact = sum(map(Fraction, rows[:, slot].tolist()), Fraction(0))
+                try:  # fsum where it can, else the Fraction rounded once (int / int)
                     rounded = math.fsum(rows[:, slot].tolist())
-                except OverflowError:  # beyond float64: the accumulator rounds to inf
-                    rounded = math.inf if _exact_value(row) > 0 else -math.inf
+                except OverflowError:  # an intermediate sum beyond float64
+                    try:
+                        rounded = exact.numerator / exact.denominator
+                    except OverflowError:
+                        rounded = math.inf if exact > 0 else -math.inf
                 assert accumulator.to_float(row) == rounded
         ignored = int(rows[:, layout.ROW_IGNORED].sum())
         assert table.counts[code].tolist() == [len(rows) - ignored, ignored]

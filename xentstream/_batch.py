@@ -39,6 +39,7 @@ from xentstream._inputs import (
 )
 from xentstream._kernels import cpu, layout, load_cuda
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
+from xentstream._kernels.groups import group_runs
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
 
 __all__ = [
@@ -124,8 +125,9 @@ class BatchSums:
     group_counts : ndarray or None, shape (G, N_COUNTS)
         Per-group counters when group codes were given.
     row_terms : ndarray or None, shape (N, N_ROW_TERMS)
-        With group codes on the CPU: every row's exact terms (``layout.ROW_IGNORED``
-        marks ignored rows), for a per-group reduction at any number of groups
+        With many group codes on the CPU: every row's exact terms
+        (``layout.ROW_IGNORED`` marks ignored rows), the rows in order of their code
+        (stable), for a per-group reduction at any number of groups
         (:class:`xentstream.grouping.GroupTable`); ``group_sums`` is then None.
     group_codes : ndarray or None, shape (N,)
         The group code of every row, with ``row_terms``.
@@ -193,6 +195,7 @@ def _run(
     group_codes = _read_only(
         _NO_GROUPS if groups is None else _check_groups(groups, n_rows, n_groups)
     )
+    n_groups_given = n_groups
     n_groups = 1 if groups is None else n_groups
     class_width = n_classes if per_class else 0
     # With many groups a CPU call sums every row into the batch's totals and hands back
@@ -201,12 +204,21 @@ def _run(
     # and its staging columns shrink to one a group). A few groups are summed in the
     # kernel as before, at its full speed; the CUDA twin always does that.
     row_terms = device is None and groups is not None and n_groups > _KERNEL_GROUPS
+    term_rows = _NO_GROUPS
     if row_terms:
         kernel_codes, n_groups = _NO_GROUPS, 1
+        # Each row's terms are written where its group's rows lie together (a stable
+        # counting sort by code): gathering them afterwards cost more than the kernel.
+        order, _ = group_runs(group_codes, n_groups_given)
+        positions = np.empty(n_rows, dtype=np.int64)
+        positions[order] = np.arange(n_rows, dtype=np.int64)
+        term_rows = _read_only(positions)
     else:
         kernel_codes = group_codes
     launch = (
-        functools.partial(_launch_cpu, keep_terms=row_terms) if device is None else device.launch
+        functools.partial(_launch_cpu, term_rows=term_rows if row_terms else None)
+        if device is None
+        else device.launch
     )
     (
         block_sums,
@@ -292,10 +304,11 @@ def _launch_cpu(
     n_groups: int,
     class_width: int,
     keep_rows: bool,
-    keep_terms: bool = False,
+    term_rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
     """Run ``cpu.<name>`` over blocks of rows; the per-block outputs (see ``cpu.py``),
-    then the per-row terms when ``keep_terms``."""
+    then the per-row terms, at rows ``term_rows``, when given."""
+    keep_terms = term_rows is not None
     kernel = cpu.kernel(name, opts.with_entropy)
     n_rows = preds.shape[0]
     n_classes = preds.shape[1] if preds.ndim == 2 else 1
@@ -318,7 +331,9 @@ def _launch_cpu(
         errors,
         error_values,
     )
-    arguments = (preds, target, weights, sample_weight, group_codes, opts, *outputs)
+    positions = _NO_GROUPS if term_rows is None else term_rows
+    arguments = (preds, target, weights, sample_weight, group_codes, opts, *outputs[:2])
+    arguments = (*arguments, positions, *outputs[2:])
     threads = numba.get_num_threads()
     if n_blocks == 1 and threads > 1:
         # One block has work for one thread: a team of one wakes no other thread

@@ -226,32 +226,32 @@ class _GroupState:
     def rows_seen(self) -> int:
         return self.table.rows_seen
 
+    @property
+    def batch_groups(self) -> int:
+        """Groups of the batch :meth:`codes` numbered last."""
+        return 0 if self._runs is None else int(self._runs[2].shape[0])
+
     def codes(self, keys: pl.DataFrame) -> np.ndarray:
-        """Group code of every row of ``keys`` (new keys get new codes)."""
-        codes, order, run_starts, run_codes = self._keys.codes(keys)
+        """Codes of the rows of ``keys`` for the kernels: the batch's own numbering of
+        its groups, ``[0, batch_groups)`` (new keys get new groups)."""
+        runs, order, run_starts, run_codes = self._keys.codes(keys)
         self.table.resize(len(self._keys))
         self._runs = (order, run_starts, run_codes)
-        return codes
+        return runs
 
     def absorb(self, metric: Metric, result: Any, target: Any, sample_weight: Any) -> None:
         """Add the groups' shares of a batch that :meth:`codes` numbered (``result``:
         what ``metric.accumulate`` returned for it)."""
         order, run_starts, run_codes = self._runs
-        if result.row_terms is not None:  # the CPU engine: every row's terms
-            self.table.add_rows(order, run_starts, run_codes, result.row_terms)
-            present = run_codes
-            local = np.empty(order.shape[0], dtype=np.int64)
-            local[order] = np.repeat(np.arange(run_codes.shape[0]), np.diff(run_starts))
-            labels = metric.group_label_counts(target, sample_weight, local, run_codes.shape[0])
-        else:  # the CUDA engine: per-group sums of every group
-            present = np.flatnonzero(result.group_counts.sum(axis=1))
-            self.table.add_sums(present, result.group_sums[present], result.group_counts[present])
-            codes = np.empty(order.shape[0], dtype=np.int64)
-            codes[order] = np.repeat(run_codes, np.diff(run_starts))
-            labels = metric.group_label_counts(target, sample_weight, codes, self.n_groups)
-            labels = None if labels is None else labels[present]
-        if present.size:
-            self.table.add_label_counts(present, labels)
+        if result.row_terms is not None:  # many groups on the CPU: every row's terms
+            self.table.add_grouped_rows(run_starts, run_codes, result.row_terms)
+        else:  # few groups, or the CUDA engine: the kernel's sums of each of them
+            self.table.add_sums(run_codes, result.group_sums, result.group_counts)
+        if run_codes.size:
+            runs = np.empty(order.shape[0], dtype=np.int64)
+            runs[order] = np.repeat(np.arange(run_codes.shape[0]), np.diff(run_starts))
+            labels = metric.group_label_counts(target, sample_weight, runs, run_codes.shape[0])
+            self.table.add_label_counts(run_codes, labels)
 
     def to_json(self) -> list[dict[str, Any]]:
         template = self.group_metric.state_dict()
@@ -765,7 +765,7 @@ def _run(
         for batch in _prefetch(iter(feeder)):
             stops.begin_batch()
             codes = None if groups is None else groups.codes(batch.keys)
-            n_groups = 1 if groups is None else groups.n_groups
+            n_groups = 1 if groups is None else groups.batch_groups
             if rows == 0:
                 _warn_if_probabilities(batch.preds, metric)
             result = metric.accumulate(

@@ -224,13 +224,18 @@ class GroupTable:
         self, order: np.ndarray, run_starts: np.ndarray, run_codes: np.ndarray, terms: np.ndarray
     ) -> None:
         """Add per-row terms (``(N, N_ROW_TERMS)``), grouped as :meth:`GroupKeys.codes` gives."""
-        # One gather into group order: then every run's terms lie together (the rows
-        # of a group are scattered over the batch; reading them in place cost 3x).
-        grouped = kernels.sorted_terms(order, np.ascontiguousarray(terms, dtype=np.float64))
+        self.add_grouped_rows(run_starts, run_codes, np.take(terms, order, axis=0))
+
+    def add_grouped_rows(
+        self, run_starts: np.ndarray, run_codes: np.ndarray, terms: np.ndarray
+    ) -> None:
+        """Add per-row terms whose runs lie together: run ``r`` is rows
+        ``run_starts[r]:run_starts[r + 1]`` of ``terms``, all of group ``run_codes[r]``."""
+        terms = np.ascontiguousarray(terms, dtype=np.float64)
         first = 0
         while first < run_codes.shape[0]:
             first = kernels.add_runs(
-                grouped,
+                terms,
                 run_starts,
                 run_codes,
                 first,

@@ -3,7 +3,8 @@
 Every kernel has the same shape of signature::
 
     kernel(preds, target, <per-class or per-label weights>, sample_weight, groups, opts,
-           row_losses, row_terms, sums, counts, class_sums, class_counts, errors, error_values)
+           row_losses, row_terms, term_rows, sums, counts, class_sums, class_counts,
+           errors, error_values)
 
 and splits the rows into ``sums.shape[0]`` contiguous blocks, one ``prange``
 iteration each. A block writes only its own slice of the output arrays (no false
@@ -25,9 +26,10 @@ switched off by passing arrays of length 0: ``groups`` (one group, code 0),
 
 ``row_terms`` (shape ``(N, N_ROW_TERMS)`` or ``(0, N_ROW_TERMS)``) receives every row's
 exact terms, the values :func:`_stage_row` adds to each sum (``layout.ROW_IGNORED``
-marks ignored rows): grouped evaluation at any number of groups passes no ``groups``
-and reduces these terms per group afterwards (:mod:`xentstream._kernels.groups`), so
-that the kernel's cost and memory do not grow with the group count.
+marks ignored rows), row ``i``'s at row ``term_rows[i]`` (when given, else ``i``):
+grouped evaluation at any number of groups passes no ``groups`` and reduces these
+terms per group afterwards (:mod:`xentstream._kernels.groups`), so that the kernel's
+cost and memory do not grow with the group count.
 """
 
 from __future__ import annotations
@@ -219,6 +221,15 @@ def _write_row_terms(row_terms, i, s, loss, d, entropy, h_target, correct, posit
 
 
 @njit(nogil=True, error_model="numpy")
+def _term_row(term_rows, i):
+    """Where row ``i``'s terms go: ``term_rows[i]`` (the rows in group order, so that
+    each group's terms lie together for the reduction), or ``i`` without it."""
+    if term_rows.shape[0] == 0:
+        return i
+    return term_rows[i]
+
+
+@njit(nogil=True, error_model="numpy")
 def _write_ignored_row(row_terms, i):
     terms = row_terms[i]
     for slot in range(N_SUMS):
@@ -342,6 +353,7 @@ def _make_multiclass_hard(with_entropy):
         opts,
         row_losses,
         row_terms,
+        term_rows,
         sums,
         counts,
         class_sums,
@@ -434,7 +446,7 @@ def _make_multiclass_hard(with_entropy):
                             for r in range(n if keep_terms else 0):
                                 _write_row_terms(
                                     row_terms,
-                                    chunk_start + r,
+                                    _term_row(term_rows, chunk_start + r),
                                     1.0,
                                     losses[r],
                                     1.0,
@@ -484,7 +496,7 @@ def _make_multiclass_hard(with_entropy):
                     if keep_rows:
                         row_losses[i] = 0.0
                     if keep_terms:
-                        _write_ignored_row(row_terms, i)
+                        _write_ignored_row(row_terms, _term_row(term_rows, i))
                     continue
                 if label < 0 or label >= n_classes:
                     _record_error(errors, error_values, block, i, _LABEL_ERROR, label, 0.0)
@@ -519,7 +531,7 @@ def _make_multiclass_hard(with_entropy):
                 if keep_terms:
                     _write_row_terms(
                         row_terms,
-                        i,
+                        _term_row(term_rows, i),
                         s,
                         loss,
                         w,
@@ -578,6 +590,7 @@ def _make_multiclass_soft(with_entropy):
         opts,
         row_losses,
         row_terms,
+        term_rows,
         sums,
         counts,
         class_sums,
@@ -660,7 +673,7 @@ def _make_multiclass_soft(with_entropy):
                 if keep_terms:
                     _write_row_terms(
                         row_terms,
-                        i,
+                        _term_row(term_rows, i),
                         s,
                         loss,
                         1.0,
@@ -707,6 +720,7 @@ def _make_binary(with_entropy):
         opts,
         row_losses,
         row_terms,
+        term_rows,
         sums,
         counts,
         class_sums,
@@ -803,7 +817,7 @@ def _make_binary(with_entropy):
                     if keep_terms:
                         _write_row_terms(
                             row_terms,
-                            i,
+                            _term_row(term_rows, i),
                             s,
                             loss,
                             1.0,
@@ -853,6 +867,7 @@ def _make_multilabel(with_entropy):
         opts,
         row_losses,
         row_terms,
+        term_rows,
         sums,
         counts,
         class_sums,
@@ -958,7 +973,7 @@ def _make_multilabel(with_entropy):
                 if keep_terms:
                     _write_row_terms(
                         row_terms,
-                        i,
+                        _term_row(term_rows, i),
                         s,
                         loss,
                         1.0,
@@ -1004,6 +1019,7 @@ def _make_prediction_entropy(with_entropy):
         opts,
         row_losses,
         row_terms,
+        term_rows,
         sums,
         counts,
         class_sums,
@@ -1037,7 +1053,17 @@ def _make_prediction_entropy(with_entropy):
                 if keep_rows:
                     row_losses[i] = entropy
                 if keep_terms:
-                    _write_row_terms(row_terms, i, s, entropy, 1.0, entropy, 0.0, False, 0.0)
+                    _write_row_terms(
+                        row_terms,
+                        _term_row(term_rows, i),
+                        s,
+                        entropy,
+                        1.0,
+                        entropy,
+                        0.0,
+                        False,
+                        0.0,
+                    )
                 counts[block, group, ROWS] += 1
                 k = _stage_row(
                     staged[group],

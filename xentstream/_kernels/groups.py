@@ -218,17 +218,6 @@ def _add_full_group(g, sums, base, window, wide, pending, side, n_wide):
     return True
 
 
-@njit(**_FLAGS)
-def sorted_terms(order, row_terms):
-    """``row_terms`` rows in ``order``, one contiguous array per column: (N_ROW_TERMS, N)."""
-    out = np.empty((row_terms.shape[1], order.shape[0]))
-    for j in range(order.shape[0]):
-        terms = row_terms[order[j]]
-        for s in range(row_terms.shape[1]):
-            out[s, j] = terms[s]
-    return out
-
-
 #: Runs of at least this many rows are summed with add_terms into a full accumulator
 #: first (a few cycles a term), then added to their group as one accumulator.
 LONG_RUN = 64
@@ -250,7 +239,7 @@ def add_runs(
 ):
     """Add the rows of runs ``first_run ..`` (one group each) into the table, exactly.
 
-    ``terms``: :func:`sorted_terms` (scratch: long runs overwrite theirs). Returns the
+    ``terms``: (N, N_ROW_TERMS), the rows of each run together. Returns the
     first run not added: ``len(run_codes)`` when done, less when a group must widen
     and ``side`` is full (the caller grows it and calls again from there; every run
     is added whole or not at all). A short run is added term by term into its
@@ -260,6 +249,7 @@ def add_runs(
     lo = np.empty(N_SUMS, dtype=np.int64)
     hi = np.empty(N_SUMS, dtype=np.int64)
     scratch = np.zeros((N_SUMS, N_SLOTS), dtype=np.int64)
+    column = np.empty(MAX_STAGED_TERMS)
     for r in range(first_run, n_runs):
         g = run_codes[r]
         start = run_starts[r]
@@ -269,9 +259,10 @@ def add_runs(
             scratch[:, :] = 0
             for s in range(N_SUMS):
                 for chunk_start in range(start, stop, MAX_STAGED_TERMS):
-                    chunk_stop = min(chunk_start + MAX_STAGED_TERMS, stop)
-                    size = chunk_stop - chunk_start
-                    add_terms(scratch[s], terms[s, chunk_start:chunk_stop], size)
+                    size = min(MAX_STAGED_TERMS, stop - chunk_start)
+                    for j in range(size):
+                        column[j] = terms[chunk_start + j, s]
+                    add_terms(scratch[s], column, size)
             normalize(scratch)
             if not _add_full_group(g, scratch, base, window, wide, pending, side, n_wide):
                 return r
@@ -286,7 +277,7 @@ def add_runs(
                     low = N_CHUNKS
                     high = -1
                     for j in range(start, stop):
-                        t = terms[s, j]
+                        t = terms[j, s]
                         if t != 0.0:
                             finite = finite and t - t == 0.0
                             chunk = _term_chunk(t)
@@ -304,7 +295,7 @@ def add_runs(
                         row = window[g, s]
                         b = base[g, s]
                         for j in range(start, stop):
-                            t = terms[s, j]
+                            t = terms[j, s]
                             if t != 0.0:
                                 _add_term_window(row, b, t)
                     pending[g] += n
@@ -320,11 +311,11 @@ def add_runs(
                     pending[g] = 0
                 for s in range(N_SUMS):
                     for j in range(start, stop):
-                        add_term(full[s], terms[s, j])
+                        add_term(full[s], terms[j, s])
                 pending[g] += n
         ignored = 0
         for j in range(start, stop):
-            ignored += np.int64(terms[ROW_IGNORED, j] != 0.0)
+            ignored += np.int64(terms[j, ROW_IGNORED] != 0.0)
         counts[g, IGNORED] += ignored
         counts[g, ROWS] += n - ignored
     return n_runs
