@@ -506,6 +506,11 @@ def _multiclass(title: str, input: str, n_classes: int, **kwargs: Any) -> Compar
     return Comparison(title, _multiclass_data(input, n_classes, **kwargs), _xs_cross_entropy, peers)
 
 
+def _on_disk(title: str, fmt: str, input: str, **peers: Setup) -> Comparison:
+    """``xs.evaluate`` and ``peers`` on a C=10 dump in format ``fmt``."""
+    return Comparison(title, _file_data(fmt, input, 10), _xs_evaluate, peers, on_disk=True)
+
+
 COMPARISONS: dict[str, Comparison] = {
     "logits-hard-C10": _multiclass("logits, hard labels, C=10", "logits", 10),
     "logits-hard-C1000": _multiclass("logits, hard labels, C=1000", "logits", 1000),
@@ -548,32 +553,22 @@ COMPARISONS: dict[str, Comparison] = {
         _xs_updates,
         {"torch-mean": _torch_mean},
     ),
-    "parquet-logits-C10": Comparison(
+    "parquet-logits-C10": _on_disk(
         "Parquet end to end, logits C=10",
-        _file_data("parquet", "logits", 10),
-        _xs_evaluate,
-        {"polars": _polars_file, "duckdb": _duckdb_file},
-        on_disk=True,
+        "parquet",
+        "logits",
+        polars=_polars_file,
+        duckdb=_duckdb_file,
     ),
-    "parquet-probs-C10": Comparison(
+    "parquet-probs-C10": _on_disk(
         "Parquet end to end, probs C=10",
-        _file_data("parquet", "probs", 10),
-        _xs_evaluate,
-        {"polars": _polars_file, "duckdb": _duckdb_file},
-        on_disk=True,
+        "parquet",
+        "probs",
+        polars=_polars_file,
+        duckdb=_duckdb_file,
     ),
-    "ipc-logits-C10": Comparison(
-        "Arrow IPC end to end, logits C=10",
-        _file_data("ipc", "logits", 10),
-        _xs_evaluate,
-        {"polars": _polars_file},
-        on_disk=True,
+    "ipc-logits-C10": _on_disk(
+        "Arrow IPC end to end, logits C=10", "ipc", "logits", polars=_polars_file
     ),
-    "npy-logits-C10": Comparison(
-        ".npy end to end, logits C=10",
-        _file_data("npy", "logits", 10),
-        _xs_evaluate,
-        {"numpy": _numpy_npy},
-        on_disk=True,
-    ),
+    "npy-logits-C10": _on_disk(".npy end to end, logits C=10", "npy", "logits", numpy=_numpy_npy),
 }
