@@ -459,38 +459,28 @@ def _class_predictions(
     return array, shape[:-1], n_classes
 
 
-def _options(
-    config: LossConfig,
-    dtype: Any,
-    *,
-    label_smoothing: float = 0.0,
-    ignore_index: int | None = None,
-    pos_weight: float = 1.0,
-    with_entropy: bool = False,
-) -> layout.KernelOptions:
+def _options(config: LossConfig, dtype: Any, *, with_entropy: bool) -> layout.KernelOptions:
+    """The kernel options of ``config`` for inputs of ``dtype``."""
     # Resolving eps and the tolerance (np.finfo) and building the tuple cost ~6 us,
     # a tenth of a small batch's update: configs are frozen, so remember the result.
-    return _cached_options(config, dtype, label_smoothing, ignore_index, pos_weight, with_entropy)
+    return _cached_options(config, dtype, with_entropy)
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_options(
-    config: LossConfig,
-    dtype: Any,
-    label_smoothing: float,
-    ignore_index: int | None,
-    pos_weight: float,
-    with_entropy: bool,
-) -> layout.KernelOptions:
+def _cached_options(config: LossConfig, dtype: Any, with_entropy: bool) -> layout.KernelOptions:
+    from_config = {}
+    for name in layout.CONFIG_OPTIONS:
+        value = getattr(config, name, None)
+        # A per-label pos_weight is an array argument of its kernel, not an option.
+        if value is not None and not isinstance(value, tuple):
+            from_config[name] = value
     return layout.kernel_options(
         input_kind=layout.INPUT_KINDS[config.input],
         eps=config.resolve_eps(dtype),
         sum_tol=config.resolve_sum_tol(dtype),
         validate=config.validate,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-        pos_weight=pos_weight,
         with_entropy=with_entropy,
+        **from_config,
     )
 
 
@@ -559,13 +549,7 @@ def multiclass_batch(
     class_weight = (
         np.ones(n_classes) if config.class_weight is None else np.asarray(config.class_weight)
     )
-    opts = _options(
-        config,
-        eps_dtype or preds.dtype,
-        label_smoothing=config.label_smoothing,
-        ignore_index=config.ignore_index,
-        with_entropy=with_entropy,
-    )
+    opts = _options(config, eps_dtype or preds.dtype, with_entropy=with_entropy)
     return _run(
         kernel,
         preds.reshape(-1, n_classes),
@@ -631,10 +615,7 @@ def binary_batch(
     weights = _sample_weight(sample_weight, leading_shape, names.sample_weight, row_offset, device)
     if preds.size == 0:
         return _empty_batch(1, False, keep_rows, leading_shape, _grouped(groups, n_groups))
-    pos_weight = 1.0 if config.pos_weight is None else config.pos_weight
-    opts = _options(
-        config, eps_dtype or preds.dtype, pos_weight=pos_weight, with_entropy=with_entropy
-    )
+    opts = _options(config, eps_dtype or preds.dtype, with_entropy=with_entropy)
     return _run(
         "binary",
         preds.reshape(-1),
