@@ -287,15 +287,17 @@ class _GroupState:
             ):
                 raise ValueError(f"a group must be {{key: [{len(self.by)} values], state: ...}}")
             key = canonical_key(tuple(_key_from_json(v) for v in entry["key"]))
-            metric = Metric.from_state_dict(entry["state"])
             if strict:
                 if key in states:
                     raise ValueError(f"group key {show(list(key))} appears twice")
-                self._scratch.load_state_of(metric)  # same kind and config, or raises
-            if key in states:
-                states[key].merge(metric.state)
+                # Of this grouping's kind and config, or it raises.
+                state = self._scratch.load_state_dict(entry["state"]).state.copy()
             else:
-                states[key] = metric.state
+                state = Metric.from_state_dict(entry["state"]).state
+            if key in states:
+                states[key].merge(state)
+            else:
+                states[key] = state
         if not states:
             return
         codes = self._keys.assign_tuples(list(states))
@@ -641,7 +643,7 @@ def _load_checkpoint(
         in_groups = loaded.rows_seen
         if in_groups != held:
             raise bad(f"the groups hold {in_groups} rows, the metric {held} from this source")
-    metric.load_state_of(state)
+    metric.load_state_dict(saved["metric"])
     if loaded is not None:
         groups.load_json(entries)
     return consumed
