@@ -204,6 +204,7 @@ class _GroupState:
         self.table = GroupTable(counts_labels=template.kind.counts_labels)
         self.group_metric = self._new_metric()  # config of every group (no per-class)
         self._scratch = self._new_metric()
+        # The last batch's groups: each row's run, where runs start, each run's code.
         self._runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _new_metric(self) -> Metric:
@@ -234,22 +235,20 @@ class _GroupState:
     def codes(self, keys: pl.DataFrame) -> np.ndarray:
         """Codes of the rows of ``keys`` for the kernels: the batch's own numbering of
         its groups, ``[0, batch_groups)`` (new keys get new groups)."""
-        runs, order, run_starts, run_codes = self._keys.codes(keys)
+        runs, _, run_starts, run_codes = self._keys.codes(keys)
         self.table.resize(len(self._keys))
-        self._runs = (order, run_starts, run_codes)
+        self._runs = (runs, run_starts, run_codes)
         return runs
 
     def absorb(self, metric: Metric, result: Any, target: Any, sample_weight: Any) -> None:
         """Add the groups' shares of a batch that :meth:`codes` numbered (``result``:
         what ``metric.accumulate`` returned for it)."""
-        order, run_starts, run_codes = self._runs
+        runs, run_starts, run_codes = self._runs
         if result.row_terms is not None:  # many groups on the CPU: every row's terms
             self.table.add_grouped_rows(run_starts, run_codes, result.row_terms)
         else:  # few groups, or the CUDA engine: the kernel's sums of each of them
             self.table.add_sums(run_codes, result.group_sums, result.group_counts)
         if run_codes.size:
-            runs = np.empty(order.shape[0], dtype=np.int64)
-            runs[order] = np.repeat(np.arange(run_codes.shape[0]), np.diff(run_starts))
             labels = metric.group_label_counts(target, sample_weight, runs, run_codes.shape[0])
             self.table.add_label_counts(run_codes, labels)
 

@@ -205,7 +205,7 @@ class GroupTable:
     def resize(self, n_groups: int) -> None:
         """Make room for groups ``0 .. n_groups - 1`` (new groups are empty)."""
         if n_groups > self._capacity:
-            capacity = max(n_groups, 2 * self._capacity, 16)
+            capacity = max(n_groups, self._capacity + self._capacity // 2, 16)
             self.base = _grown(self.base, capacity, -1)
             self.window = _grown(self.window, capacity, 0)
             self.wide = _grown(self.wide, capacity, -1)
@@ -287,7 +287,7 @@ class GroupTable:
             wider = np.zeros((self.labels.shape[0], width), dtype=np.int64)
             wider[:, : self.labels.shape[1]] = self.labels
             self.labels = wider
-        self.labels[codes, :width] += label_counts
+        kernels.add_at_rows(self.labels, codes, np.ascontiguousarray(label_counts, np.int64))
 
     def sums(self, codes: np.ndarray) -> np.ndarray:
         """Normalized full accumulators of groups ``codes``: ``(len(codes), N_SUMS, N_SLOTS)``."""
@@ -428,6 +428,12 @@ class _Values(ValuesView):
 
 
 def _grown(array: np.ndarray, rows: int, fill: Any) -> np.ndarray:
-    grown = np.full((rows, *array.shape[1:]), fill, dtype=array.dtype)
+    """``array`` with ``rows`` rows, the new ones ``fill``. Zeros come from calloc: pages
+    of groups not yet seen are not touched (nor resident) until a group lands there."""
+    if fill == 0:
+        grown = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
+    else:
+        grown = np.empty((rows, *array.shape[1:]), dtype=array.dtype)
+        grown[array.shape[0] :] = fill
     grown[: array.shape[0]] = array
     return grown

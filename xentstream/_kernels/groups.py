@@ -400,3 +400,12 @@ def approximate(codes, slot, base, window, wide, side, out, uncertain):
                         doubt = doubt or chunk < 0
         out[i] = total
         uncertain[i] = doubt
+
+
+@njit(**_FLAGS)
+def add_at_rows(target, rows, values):
+    """``target[rows[i], :values.shape[1]] += values[i]`` (rows distinct), in one pass."""
+    for i in range(rows.shape[0]):
+        row = target[rows[i]]
+        for k in range(values.shape[1]):
+            row[k] += values[i, k]
