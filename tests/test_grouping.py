@@ -8,6 +8,7 @@ grouped evaluation (the documented per-group reference: the same rows, one updat
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
 import json
@@ -282,6 +283,11 @@ def test_sorted_top_and_min_count_follow_the_reference_losses(rng: np.random.Gen
         report = result.groups[key]
         assert (row["ci95_low"], row["ci95_high"]) == (report.ci95 or (None, None))
         assert row["loss"] == report.loss and row["count"] == report.count
+    # a GroupedReport over a plain dict of reports orders and filters the same way
+    plain = dataclasses.replace(result, groups=dict(result.groups.items()))
+    assert list(plain.sorted("loss").groups) == expected
+    assert list(plain.top(7).groups) == expected[:7]
+    assert list(plain.filter(min_count=8).groups) == list(kept.groups)
     with pytest.raises(ValueError, match="top: must be a non-negative integer"):
         result.top(-1)
     with pytest.raises(ValueError, match="sort: must be 'key' or 'loss'"):

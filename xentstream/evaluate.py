@@ -123,14 +123,12 @@ class GroupedReport:
         if by not in ("key", "loss"):
             raise ValueError(f"sort: must be 'key' or 'loss', got {by!r}")
         reports = self._reports()
-        if reports is None or by == "key":
-            return (
-                self
-                if reports is None
-                else replace(
-                    self, groups=reports.subset(_key_sorted(self._states[1], reports.codes))
-                )
-            )
+        if reports is None:  # a mapping built elsewhere: its reports are at hand
+            if by == "key":
+                return self
+            return replace(self, groups=dict(sorted(self.groups.items(), key=_worst_first)))
+        if by == "key":
+            return replace(self, groups=reports.subset(_key_sorted(self._states[1], reports.codes)))
         return replace(self, groups=reports.subset(reports.by_loss()))
 
     def top(self, k: int) -> GroupedReport:
@@ -139,7 +137,7 @@ class GroupedReport:
             raise ValueError(f"top: must be a non-negative integer, got {k!r}")
         reports = self._reports()
         if reports is None:
-            return self
+            return replace(self, groups=dict(list(self.sorted("loss").groups.items())[:k]))
         return replace(self, groups=reports.subset(reports.by_loss()[:k]))
 
     def filter(self, *, min_count: int = 0) -> GroupedReport:
@@ -148,7 +146,8 @@ class GroupedReport:
             raise ValueError(f"min_count: must be a non-negative integer, got {min_count!r}")
         reports = self._reports()
         if reports is None:
-            return self
+            kept = {key: r for key, r in self.groups.items() if r.count >= min_count}
+            return replace(self, groups=kept)
         return replace(self, groups=reports.subset(reports.codes[reports.counts() >= min_count]))
 
     def _reports(self) -> GroupReports | None:
@@ -871,6 +870,11 @@ def _report(
         return overall
     reports = groups.reports(groups.sorted_codes())
     return GroupedReport(overall=overall, by=groups.by, groups=reports, _states=(metric, groups))
+
+
+def _worst_first(item: tuple[tuple[Any, ...], Report]) -> tuple[bool, float]:
+    loss = item[1].loss
+    return (loss != loss, 0.0 if loss != loss else -loss)  # NaN (no counted row) last
 
 
 def _key_sorted(groups: _GroupState, codes: np.ndarray) -> np.ndarray:
