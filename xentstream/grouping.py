@@ -411,20 +411,32 @@ class GroupReports(Mapping):
         )
         return values, doubtful
 
+    def iter_reports(self) -> Iterator[tuple[int, Any]]:
+        """``(code, report)`` of every group in order, their sums exported in chunks."""
+        for start in range(0, len(self), _REPORT_CHUNK):
+            codes = self.codes[start : start + _REPORT_CHUNK]
+            sums = self.table.sums(codes)
+            for code, group_sums in zip(codes.tolist(), sums, strict=True):
+                yield code, self.report_of(self.table.state(code, group_sums))
+
+
+#: Groups whose sums one step of iterating over reports exports at once.
+_REPORT_CHUNK = 1024
+
 
 class _Items(ItemsView):
     def __iter__(self) -> Iterator[tuple[tuple[Any, ...], Any]]:
         reports: GroupReports = self._mapping
         tuples = reports.keys.tuples()
-        for code in reports.codes.tolist():
-            yield tuples[code], reports.report(code)
+        for code, report in reports.iter_reports():
+            yield tuples[code], report
 
 
 class _Values(ValuesView):
     def __iter__(self) -> Iterator[Any]:
         reports: GroupReports = self._mapping
-        for code in reports.codes.tolist():
-            yield reports.report(code)
+        for _, report in reports.iter_reports():
+            yield report
 
 
 def _grown(array: np.ndarray, rows: int, fill: Any) -> np.ndarray:
