@@ -290,6 +290,9 @@ class Metric:
     #: Keeps exact integer counts of hard labels (the normalized entropy's baseline
     #: without per-class sums); None in ``_label_counts`` once they are unknown.
     _counts_labels: ClassVar[bool] = False
+    #: State-file keys a subclass adds to :data:`_STATE_KEYS` (its extra state, written
+    #: by :meth:`_extra_state`, read by :meth:`_load_extra_state`).
+    _extra_state_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -540,6 +543,7 @@ class Metric:
             state = other._snapshot()
         with self._lock:
             self._check_compatible(state["config"], state["n_classes"], "merge")
+            self._check_extra_mergeable(state["extra"])
             if state["n_classes"] is not None:
                 self._adopt_class_count(state["n_classes"])
             accumulator.merge_into(self._sums, state["sums"])
@@ -551,7 +555,28 @@ class Metric:
             if self._window is not None and state["window"] is not None:
                 self._window.rows.extend(state["window"].rows)
             self._label_counts = _add_counts(self._label_counts, state["label_counts"])
+            self._merge_extra(state["extra"])
         return self
+
+    # Hooks of subclasses with state beyond the common sums (the token metric's
+    # documents and units); the defaults hold nothing.
+
+    def _extra_snapshot(self) -> Any:
+        """A copy of the extra state, for :meth:`merge` (taken under ``other``'s lock)."""
+        return None
+
+    def _check_extra_mergeable(self, extra: Any) -> None:
+        """Raise ``ValueError`` before anything is merged if ``extra`` cannot be."""
+
+    def _merge_extra(self, extra: Any) -> None:
+        """Add a snapshot of another metric's extra state (checked) into this one."""
+
+    def _extra_state(self) -> dict[str, Any]:
+        """The extra state as JSON-able entries of the state file."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """Read the :attr:`_extra_state_keys` entries of a state file (``ValueError``)."""
 
     def _snapshot(self) -> dict[str, Any]:
         return {
@@ -563,6 +588,7 @@ class Metric:
             "class_counts": None if self._class_counts is None else self._class_counts.copy(),
             "window": None if self._window is None else self._window.copy(),
             "label_counts": None if self._label_counts is None else self._label_counts.copy(),
+            "extra": self._extra_snapshot(),
         }
 
     def _check_compatible(self, config: dict[str, Any], n_classes: int | None, what: str) -> None:
@@ -615,6 +641,7 @@ class Metric:
                 "label_counts": (
                     None if self._label_counts is None else self._label_counts.tolist()
                 ),
+                **self._extra_state(),
             }
 
     @classmethod
@@ -628,7 +655,11 @@ class Metric:
         """
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError("state: not an xentstream metric state (missing 'format')")
-        unknown = sorted(set(state) - set(_STATE_KEYS))
+        claimed = state.get("metric")
+        by_name = cls is Metric and isinstance(claimed, str)
+        named = Metric._registry.get(claimed, cls) if by_name else cls
+        extra_keys = getattr(named, "_extra_state_keys", ())
+        unknown = sorted(set(state) - set(_STATE_KEYS) - set(extra_keys))
         if unknown:  # read exactly as written, or not at all
             shown = ", ".join(show(k, 30) for k in unknown[:3])
             raise ValueError(f"state: unknown keys {shown}{', ...' if len(unknown) > 3 else ''}")
@@ -695,6 +726,7 @@ class Metric:
             rows = _window_rows_from_json(state.get("window_rows"), metric.window)
             if metric._window is not None:
                 metric._window.rows.extend(rows)
+            metric._load_extra_state({key: state.get(key) for key in cls._extra_state_keys})
             _check_consistent(metric)
             _check_label_counts(metric)
         except (KeyError, TypeError, IndexError, OverflowError) as error:

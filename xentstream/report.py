@@ -77,6 +77,13 @@ class Report:
         Mean loss over the last ``window`` counted rows, when the metric has a window.
     per_class : polars.DataFrame or None
         Per-class (per-label) statistics when requested.
+    documents, document_perplexity, clustered_stderr, units, bits_per_unit, \
+bits_per_unit_stderr, per_document
+        Language-model fields of :class:`~xentstream.TokenCrossEntropy` (None for the
+        other metrics): the number of documents, the mean of the per-document
+        perplexities, the standard error of ``loss`` clustered by document, the units'
+        total, the bits per unit and its standard error, the per-document table
+        (:mod:`xentstream.tokens` gives the formulas).
     """
 
     loss: float
@@ -94,6 +101,13 @@ class Report:
     normalized_entropy: float | None
     window_loss: float | None
     per_class: pl.DataFrame | None = field(default=None, compare=False)
+    documents: int | None = None
+    document_perplexity: float | None = None
+    clustered_stderr: float | None = None
+    units: float | None = None
+    bits_per_unit: float | None = None
+    bits_per_unit_stderr: float | None = None
+    per_document: pl.DataFrame | None = field(default=None, compare=False)
 
     def scalars(self, prefix: str = "") -> dict[str, float | int]:
         """The defined scalar fields as one flat dict, for loggers (TensorBoard, W&B,
@@ -120,11 +134,12 @@ class Report:
         """One aligned ``name  value`` line per defined field, then the per-class table."""
         lines = [f"{name:<{_WIDTH}}  {_format(value)}" for name, value in self._shown()]
         text = "\n".join(lines)
-        if self.per_class is not None:
-            import polars as pl
+        for table in (self.per_class, self.per_document):
+            if table is not None:
+                import polars as pl
 
-            with pl.Config(tbl_rows=50, tbl_cols=20, tbl_hide_dataframe_shape=True):
-                text += f"\n\n{self.per_class}"
+                with pl.Config(tbl_rows=50, tbl_cols=20, tbl_hide_dataframe_shape=True):
+                    text += f"\n\n{table}"
         return text
 
     def _repr_html_(self) -> str:
@@ -154,10 +169,10 @@ class Report:
         ['accuracy', 'bits', 'ci95', 'count']
         """
         data = {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
-        if self.per_class is not None:
-            data["per_class"] = [
-                {k: _json_value(v) for k, v in row.items()} for row in self.per_class.to_dicts()
-            ]
+        for name in ("per_class", "per_document"):
+            table = getattr(self, name)
+            if table is not None:
+                data[name] = [{k: _json_value(v) for k, v in row.items()} for row in table.to_dicts()]
         return data
 
 
@@ -177,6 +192,12 @@ _SCALARS = (
     "kl",
     "normalized_entropy",
     "window_loss",
+    "documents",
+    "clustered_stderr",
+    "document_perplexity",
+    "units",
+    "bits_per_unit",
+    "bits_per_unit_stderr",
 )
 _WIDTH = max(map(len, _SCALARS))
 
