@@ -169,10 +169,16 @@ bits_per_unit_stderr, per_document
         ['accuracy', 'bits', 'ci95', 'count']
         """
         data = {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
+        if all(getattr(self, name) is None for name in _LANGUAGE_MODEL_FIELDS):
+            # Not a token report with documents or units: the other kinds' JSON as it was.
+            for name in _LANGUAGE_MODEL_FIELDS:
+                del data[name]
         for name in ("per_class", "per_document"):
             table = getattr(self, name)
             if table is not None:
-                data[name] = [{k: _json_value(v) for k, v in row.items()} for row in table.to_dicts()]
+                data[name] = [
+                    {k: _json_value(v) for k, v in row.items()} for row in table.to_dicts()
+                ]
         return data
 
 
@@ -200,6 +206,16 @@ _SCALARS = (
     "bits_per_unit_stderr",
 )
 _WIDTH = max(map(len, _SCALARS))
+#: The token kind's fields (documents and units), left out of other reports' JSON.
+_LANGUAGE_MODEL_FIELDS = (
+    "documents",
+    "document_perplexity",
+    "clustered_stderr",
+    "units",
+    "bits_per_unit",
+    "bits_per_unit_stderr",
+    "per_document",
+)
 
 
 def _format(value: Any) -> str:

@@ -56,7 +56,7 @@ Examples
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -170,7 +170,7 @@ def _row_column(
         if bad.any():
             row = int(np.argmax(bad))
             raise ValueError(
-                f"{name}: row {row_offset + row}: mask value {flat[row]!r} is not 0 or 1 "
+                f"{name}: row {row_offset + row}: mask value {flat[row].item()!r} is not 0 or 1 "
                 "(1 counts the token, 0 drops it as padding)"
             )
         return flat.astype(np.uint8)
@@ -184,7 +184,9 @@ def _document_ids(document: Any, n_rows: int, name: str, row_offset: int) -> np.
     if type(document).__module__.split(".", 1)[0] == "polars":
         if document.null_count():
             row = int(document.is_null().arg_max())
-            raise ValueError(f"{name}: row {row_offset + row}: value is null; nulls are not allowed")
+            raise ValueError(
+                f"{name}: row {row_offset + row}: value is null; nulls are not allowed"
+            )
         ids = document.to_numpy()
     elif isinstance(document, list | tuple):
         ids = np.asarray(document, dtype=object)
@@ -252,6 +254,8 @@ def token_batch(
     Raises the first bad row's ``ValueError`` (its stream offset, the column, the rule).
     """
     values, shape = _values(preds, names.preds, row_offset)
+    if names.target == DEFAULT_NAMES.target:  # the mask takes the target's place
+        names = replace(names, target="mask")
     n_rows = values.shape[0]
     mask_array = (
         _EMPTY_MASK
@@ -633,7 +637,9 @@ class _Documents:
         return [
             {
                 "key": key,
-                "sums": dict(zip(("loss", "weight", "units"), accumulator.to_json(sums), strict=True)),
+                "sums": dict(
+                    zip(("loss", "weight", "units"), accumulator.to_json(sums), strict=True)
+                ),
                 "counts": [int(c) for c in counts],
             }
             for key, sums, counts in zip(self.keys, self.sums[:n], self.counts[:n], strict=True)
@@ -663,7 +669,9 @@ class _Documents:
             if not (
                 isinstance(row, list)
                 and len(row) == layout.N_COUNTS
-                and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 63 for c in row)
+                and all(
+                    isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 63 for c in row
+                )
             ):
                 raise ValueError("documents: counts must be [rows, ignored], integers >= 0")
             counts.append(row)
@@ -711,7 +719,7 @@ class TokenCrossEntropy(Metric):
     >>> m = xs.TokenCrossEntropy(input="nll", unit="byte")
     >>> r = m.update([0.5, 1.0, 2.0], document=["a", "a", "b"], units=[1, 1, 2]).compute()
     >>> round(r.loss, 6), r.documents, round(r.bits_per_unit, 6)
-    (1.166667, 2, 1.262238)
+    (1.166667, 2, 1.262358)
     """
 
     config_class = TokenConfig
@@ -750,7 +758,9 @@ class TokenCrossEntropy(Metric):
         names: ColumnNames = DEFAULT_NAMES,
     ) -> TokenCrossEntropy:
         """Add one batch of token values (``target`` is the optional mask). Atomic."""
-        self._update_batch(preds, target, sample_weight, names=names, document=document, units=units)
+        self._update_batch(
+            preds, target, sample_weight, names=names, document=document, units=units
+        )
         return self
 
     def forward(
@@ -854,8 +864,6 @@ class TokenCrossEntropy(Metric):
                 documents,
                 per_document=self.config.per_document,
             )
-        from dataclasses import replace
-
         return replace(report, accuracy=None, entropy=None, **extra)
 
     # -- extra state: unit sums and documents ---------------------------------------------

@@ -249,7 +249,7 @@ def code_sums(terms, order, starts, out):
     for code in prange(n_codes):
         first = starts[code]
         last = starts[code + 1]
-        staged, unused = _scratch(min(_CHUNK, max(last - first, 1)))
+        staged, _unused = _scratch(min(_CHUNK, max(last - first, 1)))
         width = staged.shape[1]
         for k in range(n_columns):
             j = first
