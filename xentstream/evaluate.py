@@ -600,16 +600,29 @@ def _prepare(
     sample_weight: Any,
     by: Any,
     classes: Any,
+    document: str | None = None,
+    units: str | None = None,
 ) -> tuple[ColumnSpec, _GroupState | None]:
     if not isinstance(metric, Metric):
         raise TypeError(f"metric: expected an xentstream metric, got {type(metric).__name__}")
     by_columns = (by,) if isinstance(by, str) else tuple(by or ())
+    # Side columns (the token kind's documents and units) go to metrics that take them.
+    takes = getattr(metric, "side_arguments", ())
+    for name, column in (("document", document), ("units", units)):
+        if column is not None and (name not in takes or not isinstance(column, str)):
+            raise ValueError(
+                f"{name}: a column name, for a metric that takes it (TokenCrossEntropy); "
+                f"got {show(column)} for a {type(metric).__name__}"
+            )
     spec = ColumnSpec(
         preds=preds,
         target=target,
         sample_weight=sample_weight,
         by=by_columns,
         classes=None if classes is None else tuple(classes),
+        document=document,
+        units=units,
+        target_optional=bool(getattr(metric, "target_optional", False)),
     )
     return spec, (_GroupState(by_columns, metric) if by_columns else None)
 
@@ -671,6 +684,10 @@ def _run(
             n_groups = 1 if groups is None else len(groups.keys)
             if rows == 0:
                 _warn_if_probabilities(batch.preds, metric)
+            side = {}
+            if batch.extras:  # with their column names, for the metric's messages
+                names_of = {f"{key}_name": column for key, column in spec.side_columns().items()}
+                side = {**batch.extras, **names_of}
             result = metric._update_batch(
                 batch.preds,
                 batch.target,
@@ -681,6 +698,7 @@ def _run(
                 # Rows of this source, as the feeders' own errors (nulls) count them,
                 # whatever the metric held before.
                 row_offset=metric.rows_seen - base,
+                **side,
             )
             if groups is not None and result.group_sums is not None:
                 labels = metric._group_label_counts(
@@ -848,6 +866,8 @@ def evaluate(
     progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_key: str | None = None,
+    document: str | None = None,
+    units: str | None = None,
 ) -> Report | GroupedReport:
     """Run ``metric`` over every row of ``source`` in bounded batches; return its report.
 
@@ -889,6 +909,10 @@ def evaluate(
         A name for the source, stored in the checkpoint and compared on resume:
         required to checkpoint an iterable of batches (change it whenever the data
         change), an extra guard for other sources.
+    document, units : str, optional
+        For :class:`~xentstream.TokenCrossEntropy`: the column of document ids (any
+        order of rows) and of per-row unit counts (bytes, characters, words). Its
+        ``target`` is the optional mask column.
 
     Returns
     -------
@@ -918,7 +942,14 @@ def evaluate(
     2
     """
     spec, groups = _prepare(
-        metric, preds=preds, target=target, sample_weight=sample_weight, by=by, classes=classes
+        metric,
+        preds=preds,
+        target=target,
+        sample_weight=sample_weight,
+        by=by,
+        classes=classes,
+        document=document,
+        units=units,
     )
     info: dict[str, Any] = {}
     for _ in _run(
@@ -949,6 +980,8 @@ def stream(
     progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_key: str | None = None,
+    document: str | None = None,
+    units: str | None = None,
 ) -> Iterator[Report | GroupedReport]:
     """Like :func:`evaluate`, but yield the running report after each batch.
 
@@ -960,7 +993,14 @@ def stream(
     [1, 2]
     """
     spec, groups = _prepare(
-        metric, preds=preds, target=target, sample_weight=sample_weight, by=by, classes=classes
+        metric,
+        preds=preds,
+        target=target,
+        sample_weight=sample_weight,
+        by=by,
+        classes=classes,
+        document=document,
+        units=units,
     )
     info: dict[str, Any] = {}
     for _ in _run(

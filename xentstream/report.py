@@ -83,7 +83,8 @@ bits_per_unit_stderr, per_document
         other metrics): the number of documents, the mean of the per-document
         perplexities, the standard error of ``loss`` clustered by document, the units'
         total, the bits per unit and its standard error, the per-document table
-        (:mod:`xentstream.tokens` gives the formulas).
+        (:mod:`xentstream.tokens` gives the formulas); ``unit`` names what the units
+        count (``"byte"``: the tables say ``bits_per_byte``).
     """
 
     loss: float
@@ -108,6 +109,7 @@ bits_per_unit_stderr, per_document
     bits_per_unit: float | None = None
     bits_per_unit_stderr: float | None = None
     per_document: pl.DataFrame | None = field(default=None, compare=False)
+    unit: str | None = None
 
     def scalars(self, prefix: str = "") -> dict[str, float | int]:
         """The defined scalar fields as one flat dict, for loggers (TensorBoard, W&B,
@@ -132,7 +134,7 @@ bits_per_unit_stderr, per_document
 
     def __str__(self) -> str:
         """One aligned ``name  value`` line per defined field, then the per-class table."""
-        lines = [f"{name:<{_WIDTH}}  {_format(value)}" for name, value in self._shown()]
+        lines = [f"{self.label(name):<{_WIDTH}}  {_format(value)}" for name, value in self._shown()]
         text = "\n".join(lines)
         for table in (self.per_class, self.per_document):
             if table is not None:
@@ -152,6 +154,13 @@ bits_per_unit_stderr, per_document
         if self.per_class is not None:
             html += self.per_class._repr_html_()
         return html
+
+    def label(self, name: str) -> str:
+        """How tables name field ``name``: ``bits_per_unit`` as ``bits_per_byte`` when
+        the units count bytes (:attr:`unit`)."""
+        if self.unit and name.startswith("bits_per_unit"):
+            return name.replace("unit", self.unit, 1)
+        return name
 
     def _shown(self) -> list[tuple[str, Any]]:
         return [(name, getattr(self, name)) for name in _SCALARS if getattr(self, name) is not None]
@@ -215,6 +224,7 @@ _LANGUAGE_MODEL_FIELDS = (
     "bits_per_unit",
     "bits_per_unit_stderr",
     "per_document",
+    "unit",
 )
 
 

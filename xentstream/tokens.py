@@ -391,14 +391,14 @@ def token_error(
     elif code == layout.PRED_POSITIVE_LOGPROB:
         rule = (
             f"log-probability {value!r} is positive; log-probabilities must be <= 0 "
-            "(pass input='nll' for negative log-likelihoods)"
+            "(pass input='nll' for token negative log-likelihoods)"
         )
     elif code == layout.PRED_NEG_INF:
         rule = "log-probability is -inf (the token had probability 0); it must be finite"
     elif code == layout.PRED_NEGATIVE_NLL:
         rule = (
             f"negative log-likelihood {value!r} is negative; it must be >= 0 "
-            "(pass input='logprobs' for log-probabilities)"
+            "(pass input='logprobs' for token log-probabilities)"
         )
     elif code == layout.SAMPLE_WEIGHT_INVALID:
         return ValueError(
@@ -723,6 +723,9 @@ class TokenCrossEntropy(Metric):
     """
 
     config_class = TokenConfig
+    #: ``evaluate``'s side columns this metric takes, and its target (the mask) is optional.
+    side_arguments: ClassVar[tuple[str, ...]] = ("document", "units")
+    target_optional: ClassVar[bool] = True
     _extra_state_keys: ClassVar[tuple[str, ...]] = ("unit_sums", "documents")
 
     def __init__(
@@ -864,7 +867,7 @@ class TokenCrossEntropy(Metric):
                 documents,
                 per_document=self.config.per_document,
             )
-        return replace(report, accuracy=None, entropy=None, **extra)
+        return replace(report, accuracy=None, entropy=None, unit=self.config.unit, **extra)
 
     # -- extra state: unit sums and documents ---------------------------------------------
 
