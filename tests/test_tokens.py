@@ -13,6 +13,7 @@ from fractions import Fraction
 from statistics import NormalDist
 
 import numpy as np
+import polars as pl
 import pytest
 from reference import exact_mean, exact_sum
 
@@ -372,3 +373,133 @@ def test_masked_rows_only_and_empty_batches() -> None:
     report = metric.update([-1.0, -2.0], [False, False], document=[3, 3]).compute()
     assert report.count == 0 and report.ignored == 2
     assert math.isnan(report.loss) and report.documents == 0
+
+
+# -- evaluate, stream, checkpoints, Dask, the command line --------------------------------
+
+
+@pytest.fixture
+def token_file(tmp_path, rng):
+    n = 4000
+    frame = pl.DataFrame(
+        {
+            "lp": -rng.exponential(2.0, size=n),
+            "doc_id": [f"d{k}" for k in rng.integers(0, 40, size=n)],
+            "bytes": rng.integers(1, 4, size=n),
+            "pad": rng.random(n) > 0.05,
+            "split": rng.integers(0, 3, size=n),
+        }
+    )
+    path = tmp_path / "tokens.parquet"
+    frame.write_parquet(path)
+    return path, frame
+
+
+def _direct(frame, **options):
+    metric = xs.TokenCrossEntropy(per_document=True, **options)
+    return metric.update(
+        frame["lp"].to_numpy(),
+        frame["pad"].to_numpy(),
+        document=frame["doc_id"].to_list(),
+        units=frame["bytes"].to_numpy(),
+    )
+
+
+def _columns():
+    return {"preds": "lp", "target": "pad", "document": "doc_id", "units": "bytes"}
+
+
+def test_evaluate_and_stream_equal_one_update(token_file) -> None:
+    path, frame = token_file
+    expected = _direct(frame).compute()
+    report = xs.evaluate(
+        path, xs.TokenCrossEntropy(per_document=True), batch_rows=333, **_columns()
+    )
+    _same(report, expected)
+    reports = list(
+        xs.stream(path, xs.TokenCrossEntropy(per_document=True), batch_rows=1000, **_columns())
+    )
+    assert [r.count + r.ignored for r in reports] == [1000, 2000, 3000, 4000]
+    _same(reports[-1], expected)
+    grouped = xs.evaluate(path, xs.TokenCrossEntropy(), by="split", batch_rows=500, **_columns())
+    assert grouped.overall.clustered_stderr == expected.clustered_stderr
+    for (split,), group in grouped.groups.items():
+        rows = frame.filter(pl.col("split") == split)
+        alone = xs.TokenCrossEntropy().update(
+            rows["lp"].to_numpy(), rows["pad"].to_numpy(), units=rows["bytes"].to_numpy()
+        )
+        assert group == alone.compute()
+
+
+def test_evaluate_checks_side_columns(token_file) -> None:
+    path, _ = token_file
+    with pytest.raises(ValueError, match="document: a column name, for a metric that takes"):
+        xs.evaluate(path, xs.CrossEntropy(), preds="lp", target="pad", document="doc_id")
+    with pytest.raises(ValueError, match="nope: no such column"):
+        xs.evaluate(path, xs.TokenCrossEntropy(), preds="lp", document="nope")
+    bad = pl.read_parquet(path).with_columns(
+        pl.when(pl.int_range(pl.len()) == 2500).then(-1).otherwise(pl.col("bytes")).alias("bytes")
+    )
+    with pytest.raises(ValueError, match=r"^bytes: row 2500: units -1\.0"):
+        xs.evaluate(bad, xs.TokenCrossEntropy(), batch_rows=1000, **_columns())
+    nulls = pl.read_parquet(path).with_columns(
+        pl.when(pl.int_range(pl.len()) == 1234).then(None).otherwise("doc_id").alias("doc_id")
+    )
+    with pytest.raises(ValueError, match=r"^doc_id: row 1234: value is null"):
+        xs.evaluate(nulls, xs.TokenCrossEntropy(), batch_rows=1000, **_columns())
+
+
+def test_checkpoint_resumes_bitwise(token_file, tmp_path) -> None:
+    path, frame = token_file
+    checkpoint = tmp_path / "run.ckpt"
+    options = {"batch_rows": 700, "checkpoint": checkpoint, **_columns()}
+    for seen, _ in enumerate(xs.stream(path, xs.TokenCrossEntropy(per_document=True), **options)):
+        if seen == 2:
+            break  # stopped after three batches; the checkpoint holds them (or nothing yet)
+    resumed = xs.evaluate(path, xs.TokenCrossEntropy(per_document=True), **options)
+    _same(resumed, _direct(frame).compute())
+    assert json.loads(checkpoint.read_text())["rows_consumed"] == 4000
+
+
+def test_dask_equals_one_process(token_file) -> None:
+    pytest.importorskip("dask")
+    from xentstream import dask as xd
+
+    path, frame = token_file
+    report = xd.evaluate(
+        path,
+        xs.TokenCrossEntropy(per_document=True),
+        partition_rows=900,
+        scheduler="sync",
+        **_columns(),
+    )
+    _same(report, _direct(frame).compute())
+
+
+def test_command_line(token_file, tmp_path, capsys) -> None:
+    from xentstream.cli import main
+
+    path, frame = token_file
+    argv = ["evaluate", str(path), "--input", "target-logprob", "--preds", "lp"]
+    argv += ["--target", "pad", "--document", "doc_id", "--units", "bytes", "--no-progress"]
+    assert main([*argv, "--format", "json", "--save-state", str(tmp_path / "s.json")]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    expected = _direct(frame, unit="byte").compute()
+    for name in ("loss", "perplexity", "stderr", "clustered_stderr", "bits_per_unit"):
+        assert shown[name] == getattr(expected, name), name
+    assert shown["bits_per_unit_stderr"] == expected.bits_per_unit_stderr
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    for label in ("perplexity", "stderr", "clustered_stderr", "bits_per_byte ", "documents"):
+        assert label in table
+    assert main(["merge", str(tmp_path / "s.json"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == expected.loss
+    assert main(["evaluate", str(path), "--preds", "lp", "--no-progress"]) == 2
+    assert "--target is required" in capsys.readouterr().err
+    nll = tmp_path / "nll.parquet"
+    pl.read_parquet(path).with_columns(pl.col("lp") * -1).write_parquet(nll)
+    assert main(["evaluate", str(nll), "--input", "target-nll", *argv[4:]]) == 0
+    assert capsys.readouterr().out == table
+    assert main(["evaluate", str(nll), *argv[2:]]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "--input target-nll for token" in error[0], error

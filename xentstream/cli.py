@@ -445,8 +445,6 @@ def _infer_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     for flag in ("document", "units"):
         if getattr(args, flag) is not None:
             raise _UsageError(f"--{flag}: applies to --input target-logprob / target-nll")
-    if not args.target:
-        raise _UsageError("--target is required (except for --input target-logprob)")
     if args.task != "auto":
         return args.task
     if schema is None:  # .npy: the arrays' shapes, read from their headers
@@ -793,6 +791,8 @@ def _plot(path: str, history: list[dict[str, Any]], result: Report | GroupedRepo
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if not args.target and args.input not in _TOKEN_INPUTS:
+        raise _UsageError("--target is required (except for --input target-logprob / target-nll)")
     if args.dask is not None:
         _check_dask_args(args)
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the long run
