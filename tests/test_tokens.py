@@ -303,7 +303,7 @@ def test_documents_must_be_given_always_or_never(rng) -> None:
     plain = xs.TokenCrossEntropy().update(lp)
     with pytest.raises(ValueError, match="document ids"):
         plain.update(lp, document=np.zeros(10, int))
-    with pytest.raises(ValueError, match="one state has document ids"):
+    with pytest.raises(ValueError, match="rows with document ids and rows without"):
         plain.merge(metric)
 
 
@@ -349,7 +349,7 @@ def test_bad_side_columns() -> None:
         metric.update(lp, None, [1, 1, -1, 1, 1, 1])
     with pytest.raises(ValueError, match=r"^units: row 3: units nan"):
         metric.update(lp, units=[1, 1, 1, np.nan, 1, 1])
-    with pytest.raises(ValueError, match=r"^mask: row 1: mask value 2 is not 0 or 1"):
+    with pytest.raises(ValueError, match=r"^target: row 1: mask value 2 is not 0 or 1"):
         metric.update(lp, [1, 2, 1, 1, 1, 1])
     with pytest.raises(TypeError, match="mask must be bool"):
         metric.update(lp, [0.5] * 6)

@@ -48,13 +48,13 @@ from xentstream.metrics import (
     MultiLabelCrossEntropy,
     load,
 )
-from xentstream.report import _SCALARS, Report, _format
+from xentstream.report import SCALAR_FIELDS, Report, format_value
 from xentstream.state import read_json, write_json_atomic
 from xentstream.tokens import TokenCrossEntropy
 
 __all__ = ["main"]
 
-_TABLE_FIELDS = _SCALARS  # the table shows what Report's str shows, in that order
+_TABLE_FIELDS = SCALAR_FIELDS  # the table shows what Report's str shows, in that order
 #: ``--input`` values of the tokens task -> the token kind's ``input=``.
 _TOKEN_INPUTS = {"target-logprob": "logprobs", "target-nll": "nll"}
 
@@ -518,7 +518,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
     )
 
 
-_format_value = _format
+_format_value = format_value
 
 
 def _table(result: Report | GroupedReport) -> str:
