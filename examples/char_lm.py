@@ -156,6 +156,7 @@ def main() -> None:
         f"mean of per-document perplexities {tokens.document_perplexity:.4f}"
     )
     table = tokens.per_document.select("document", "tokens", "perplexity", "bits_per_unit")
+    table = table.rename({"bits_per_unit": "bits_per_byte"})
     with pl.Config(
         tbl_hide_dataframe_shape=True, float_precision=4, tbl_hide_column_data_types=True
     ):

@@ -361,6 +361,8 @@ def test_bad_side_columns() -> None:
         metric.update(lp, document=["a", "b", "c", "d", None, "f"])
     with pytest.raises(TypeError, match="neither an integer nor a string"):
         metric.update(lp, document=["a", "b", "c", "d", 1.5, "f"])
+    with pytest.raises(TypeError, match="mix integers and strings"):
+        metric.update(lp, document=["a", 1, "c", "d", "e", "f"])
     with pytest.raises(ValueError, match="input: must be one of"):
         xs.TokenCrossEntropy(input="logits")
     assert metric.rows_seen == 0
@@ -503,3 +505,28 @@ def test_command_line(token_file, tmp_path, capsys) -> None:
     assert main(["evaluate", str(nll), *argv[2:]]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "--input target-nll for token" in error[0], error
+
+
+def test_per_position_curve(tmp_path, rng, capsys) -> None:
+    """Loss by token position: ``by=`` on a position column, drawn as a curve by --plot."""
+    from xentstream.cli import main
+
+    pytest.importorskip("matplotlib")
+    docs, length = 30, 40
+    position = np.tile(np.arange(length), docs)
+    # later positions are easier (more context): the curve must show it
+    nll = rng.exponential(1.0, size=docs * length) * (3.0 - 2.0 * position / length)
+    frame = pl.DataFrame({"nll": nll, "pos": position, "doc": np.repeat(np.arange(docs), length)})
+    path = tmp_path / "positions.parquet"
+    frame.write_parquet(path)
+    grouped = xs.evaluate(
+        path, xs.TokenCrossEntropy(input="nll"), preds="nll", document="doc", by="pos"
+    )
+    assert [key for (key,) in grouped.groups] == list(range(length))
+    for (key,), report in grouped.groups.items():
+        assert report.loss == exact_mean(nll[position == key], [1.0] * docs)
+    plot = tmp_path / "curve.png"
+    argv = ["evaluate", str(path), "--input", "target-nll", "--preds", "nll", "--by", "pos"]
+    assert main([*argv, "--document", "doc", "--plot", str(plot), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -39,6 +39,7 @@ _DOC_TERMS = np.array([kernels.TERM_LOSS, kernels.TERM_WEIGHT, kernels.TERM_UNIT
 _GROUP_TERMS = np.arange(kernels.N_TERMS, dtype=np.int64)
 _WINDOW_TERMS = np.array([kernels.TERM_LOSS, kernels.TERM_WEIGHT], np.int64)
 _NO_TERMS = np.empty(0, dtype=np.int64)
+_IN_ORDER = np.empty(0, dtype=np.int64)
 _EMPTY = np.empty(0, dtype=np.float64)
 _EMPTY_MASK = np.empty(0, dtype=np.uint8)
 _UNIT_SUM_NAMES = ("units", "unit_loss_squared", "unit_cross", "unit_squared")
@@ -139,15 +140,33 @@ def _document_ids(document: Any, n_rows: int, name: str, row_offset: int) -> np.
     raise TypeError(f"{name}: document ids must be integers or strings, got {ids.dtype}")
 
 
-def _code_sums(terms: np.ndarray, codes: np.ndarray, n_codes: int) -> np.ndarray:
-    """Exact sums of the ``terms`` columns per code (rows of a code anywhere)."""
-    order = np.argsort(codes, kind="stable").astype(np.int64)
-    starts = np.zeros(n_codes + 1, dtype=np.int64)
-    np.cumsum(np.bincount(codes, minlength=n_codes), out=starts[1:])
-    out = np.zeros((n_codes, terms.shape[1], N_SLOTS), dtype=np.int64)
+def _segments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, starts, keys): ``values[order]`` sorted, key ``k`` on the rows
+    ``order[starts[k]:starts[k + 1]]``. Sorted integer ids (contiguous documents, the
+    usual dump) skip the sort: ``order`` is then empty (the rows in order)."""
+    n = values.shape[0]
+    if values.dtype.kind in "iu" and (n < 2 or bool(np.all(values[1:] >= values[:-1]))):
+        order, ordered = _IN_ORDER, values
+    else:
+        order = np.argsort(values, kind="stable").astype(np.int64, copy=False)
+        ordered = values[order]
+    change = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+    starts = np.concatenate(([0], change, [n])).astype(np.int64)
+    return order, starts, ordered[starts[:-1]]
+
+
+def _segment_sums(
+    terms: np.ndarray, counted: np.ndarray, order: np.ndarray, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact sums of the ``terms`` columns and the (counted, ignored) rows per segment."""
+    out = np.zeros((starts.shape[0] - 1, terms.shape[1], N_SLOTS), dtype=np.int64)
     kernels.code_sums(terms, order, starts, out)
     normalize(out.reshape(-1, N_SLOTS))
-    return out
+    counts = np.zeros((starts.shape[0] - 1, layout.N_COUNTS), dtype=np.int64)
+    in_order = counted if order.size == 0 else counted[order]
+    counts[:, layout.ROWS] = np.add.reduceat(in_order.astype(np.int64), starts[:-1])
+    counts[:, layout.IGNORED] = np.diff(starts) - counts[:, layout.ROWS]
+    return out, counts
 
 
 def _block_count(n_rows: int) -> int:
@@ -265,16 +284,24 @@ def token_batch(
     )
     counted = np.ones(n_rows, dtype=bool) if mask is None else mask_array.astype(bool)
     if codes is not None:
-        group_terms = _code_sums(terms, codes, n_groups)  # all terms: common + unit sums
-        batch.group_sums = _group_layout(group_terms)
-        batch.group_counts = _per_code_counts(codes, counted, n_groups)
+        batch.group_sums = accumulator.empty(n_groups, layout.N_SUMS + kernels.N_UNIT_SUMS)
+        batch.group_counts = np.zeros((n_groups, layout.N_COUNTS), dtype=np.int64)
+        if n_rows:  # all the terms: the common sums and the unit sums, per group
+            order, starts, present = _segments(codes)
+            group_terms, group_counts = _segment_sums(terms, counted, order, starts)
+            batch.group_sums[present] = _group_layout(group_terms)
+            batch.group_counts[present] = group_counts
     if ids is not None and n_rows:
-        keys, inverse = np.unique(ids, return_inverse=True)
+        try:
+            order, starts, keys = _segments(ids)
+        except TypeError:  # ids that do not compare: integers and strings together
+            raise TypeError(
+                f"{document_name}: document ids mix integers and strings; use one type"
+            ) from None
         # Every layout of the terms has a document's three columns in order, from 0.
         doc_terms = terms if codes is None else np.ascontiguousarray(terms[:, _DOC_TERMS])
         batch.doc_keys = [k if isinstance(k, str) else int(k) for k in keys.tolist()]
-        batch.doc_sums = _code_sums(doc_terms, inverse.reshape(-1), len(keys))
-        batch.doc_counts = _per_code_counts(inverse.reshape(-1), counted, len(keys))
+        batch.doc_sums, batch.doc_counts = _segment_sums(doc_terms, counted, order, starts)
     if keep_window and n_rows:
         # s L and s are the first two columns of every layout of the terms.
         batch.window = (terms[counted, 0], terms[counted, 1])
@@ -294,13 +321,6 @@ def _group_layout(group_terms: np.ndarray) -> np.ndarray:
     out[:, base + kernels.UNIT_LOSS_SQUARED] = group_terms[:, kernels.TERM_UNIT_LOSS_SQUARED]
     out[:, base + kernels.UNIT_CROSS] = group_terms[:, kernels.TERM_UNIT_CROSS]
     out[:, base + kernels.UNIT_SQUARED] = group_terms[:, kernels.TERM_UNIT_SQUARED]
-    return out
-
-
-def _per_code_counts(codes: np.ndarray, counted: np.ndarray, n_codes: int) -> np.ndarray:
-    out = np.zeros((n_codes, layout.N_COUNTS), dtype=np.int64)
-    out[:, layout.ROWS] = np.bincount(codes[counted], minlength=n_codes)
-    out[:, layout.IGNORED] = np.bincount(codes[~counted], minlength=n_codes)
     return out
 
 

@@ -683,7 +683,8 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
             label="95% interval",
             zorder=2,
         )
-    if grouped and history and history[-1]["groups"]:
+    curve = grouped and _is_curve(result)
+    if grouped and not curve and history and history[-1]["groups"]:
         for index, key in enumerate(history[-1]["groups"]):
             points = [(h["rows"], h["groups"][key]) for h in history if key in h["groups"]]
             line_axes.plot(
@@ -701,7 +702,9 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
     if overall.ci95 is not None:
         title += f" ± {(overall.ci95[1] - overall.ci95[0]) / 2:.2g} (95%)"
     line_axes.set_title(f"{title} over {overall.count:,} rows")
-    if grouped:
+    if curve:
+        _curve(axes.pop(0), result)
+    elif grouped:
         _bars(
             axes.pop(0),
             [
@@ -729,6 +732,40 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
         )
     figure.tight_layout()
     return figure
+
+
+#: Groups of one numeric key from which ``--plot`` draws a curve instead of bars.
+_CURVE_GROUPS = 12
+
+
+def _is_curve(result: GroupedReport) -> bool:
+    """Many groups of one numeric key (a token's position in its context, a step, a
+    length): a curve of the loss against the key says more than a bar per group."""
+    keys = [key[0] for key in result.groups]
+    numeric = all(isinstance(k, int | float) and not isinstance(k, bool) for k in keys)
+    return len(result.by) == 1 and numeric and len(keys) > _CURVE_GROUPS
+
+
+def _curve(axes: Any, result: GroupedReport) -> None:
+    """Loss against the (numeric) group key with its 95% band: a per-position curve."""
+    points = sorted((key[0], report) for key, report in result.groups.items())
+    xs = [x for x, _ in points]
+    axes.plot(xs, [r.loss for _, r in points], color="C1", label="loss")
+    banded = [(x, r.ci95) for x, r in points if r.ci95 is not None]
+    if banded:
+        axes.fill_between(
+            [b[0] for b in banded],
+            [max(b[1][0], 0.0) for b in banded],
+            [b[1][1] for b in banded],
+            alpha=0.25,
+            color="C1",
+            label="95% interval",
+        )
+    axes.axhline(result.overall.loss, color="0.5", linewidth=1, linestyle="--", label="overall")
+    axes.set_xlabel(result.by[0])
+    axes.set_ylabel("loss (nats)")
+    axes.set_title(f"loss by {result.by[0]} ({len(points):,} groups)")
+    axes.legend(fontsize="small")
 
 
 def _settled_ylim(axes: Any, history: list[dict[str, Any]], batch_means: list[float]) -> None:

@@ -12,14 +12,14 @@ padding rows (``mask == 0``; their values are not looked at, they count as
 
 Statistics (``R`` is the corpus loss, ``sum s L / sum s``)
 ----------------------------------------------------------
-- ``perplexity = exp(R)``: the corpus perplexity, every token weighing the same
-  (what lm-evaluation-harness calls ``word_perplexity``/``token_perplexity``).
+- ``perplexity = exp(R)``: the corpus perplexity, every token weighing the same (the
+  ``exp`` of a training loop's mean token loss).
 - ``document_perplexity``: the unweighted mean over documents of ``exp(R_d)``,
   ``R_d = A_d / B_d`` with ``A_d = sum_{i in d} s_i L_i`` and ``B_d = sum_{i in d} s_i``:
-  what Hugging Face ``evaluate``'s perplexity reports as ``mean_perplexity``. Short
-  documents weigh as much as long ones; it is never below... nothing: it is just another
-  average, and the two differ (Jensen: the mean of the ``exp`` is at least ``exp`` of
-  the document-mean loss).
+  what Hugging Face ``evaluate``'s perplexity reports as ``mean_perplexity``. A short
+  document weighs as much as a long one, and by Jensen's inequality it is at least the
+  ``exp`` of the documents' mean loss: the two perplexities differ whenever the
+  documents do.
 - ``stderr``: the per-token standard error (:mod:`xentstream.report`), which treats
   tokens as independent; tokens of one document are correlated, so it is too small.
 - ``clustered_stderr``: the cluster-robust (sandwich) standard error of the ratio
@@ -39,7 +39,8 @@ need not be contiguous, nor in one batch, shard or state file (a per-document ex
 state keyed by the document id). The clustered sums are taken at ``compute()`` from the
 per-document sums, each correctly rounded (``A_d``, ``B_d``, ``U_d``), through the
 deterministic residuals ``A_d - R B_d`` whose squares are summed with ``math.fsum``:
-the same bits for any split, merge order or thread count.
+the same bits for any split, merge order or thread count. The per-document state costs
+three accumulators (1.7 KB) and the id per document, in memory and in state files.
 
 Examples
 --------

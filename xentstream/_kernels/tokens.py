@@ -242,10 +242,12 @@ def token_sums(
 def code_sums(terms, order, starts, out):
     """Exact per-code sums of ``terms`` columns: ``out[code, k] += sum of terms[i, k]``
     over the rows ``i = order[starts[code]:starts[code + 1]]`` (the rows of a code, in
-    any order: the sums are exact). One ``prange`` iteration per code; ``out`` is
-    (n_codes, K, N_SLOTS), zeroed, and normalized by the caller."""
+    any order: the sums are exact; an empty ``order``: the rows in order, codes sorted).
+    One ``prange`` iteration per code; ``out`` is (n_codes, K, N_SLOTS), zeroed, and
+    normalized by the caller."""
     n_codes = starts.shape[0] - 1
     n_columns = terms.shape[1]
+    ordered = order.shape[0] > 0
     for code in prange(n_codes):
         first = starts[code]
         last = starts[code + 1]
@@ -256,6 +258,6 @@ def code_sums(terms, order, starts, out):
             while j < last:
                 n = min(width, last - j)
                 for t in range(n):
-                    staged[0, t] = terms[order[j + t], k]
+                    staged[0, t] = terms[order[j + t] if ordered else j + t, k]
                 add_terms(out[code, k], staged[0], n)
                 j += n
