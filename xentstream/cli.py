@@ -524,7 +524,7 @@ _format_value = format_value
 def _table(result: Report | GroupedReport) -> str:
     out = io.StringIO()
     overall = result.overall if isinstance(result, GroupedReport) else result
-    width = max(len(name) for name in _TABLE_FIELDS)
+    width = overall.label_width()
     for name in _TABLE_FIELDS:
         value = getattr(overall, name)
         if value is not None:

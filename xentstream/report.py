@@ -138,7 +138,8 @@ bits_per_unit_stderr, per_document, unit
     def __str__(self) -> str:
         """One aligned ``name  value`` line per defined field, then the per-class table."""
         lines = [
-            f"{self.label(name):<{_WIDTH}}  {format_value(value)}" for name, value in self._shown()
+            f"{self.label(name):<{self.label_width()}}  {format_value(value)}"
+            for name, value in self._shown()
         ]
         text = "\n".join(lines)
         for table in (self.per_class, self.per_document):
@@ -161,6 +162,11 @@ bits_per_unit_stderr, per_document, unit
             if table is not None:
                 html += table._repr_html_()
         return html
+
+    def label_width(self) -> int:
+        """Width of the name column of tables: the longest name shown, and at least the
+        common fields' longest (so that their tables keep one layout)."""
+        return max(_WIDTH, *(len(self.label(name)) for name, _ in self._shown()))
 
     def label(self, name: str) -> str:
         """How tables name field ``name``: ``bits_per_unit`` as ``bits_per_byte`` when
@@ -227,7 +233,8 @@ FLAT_SCALAR_FIELDS = tuple(
     for name in SCALAR_FIELDS
     for part in (("ci95_low", "ci95_high") if name == "ci95" else (name,))
 )
-_WIDTH = max(map(len, SCALAR_FIELDS))
+#: The name column's least width: the longest name of the fields every kind shares.
+_WIDTH = len("normalized_entropy")
 
 
 def format_value(value: Any) -> str:
