@@ -428,9 +428,13 @@ def test_evaluate_and_stream_equal_one_update(token_file) -> None:
     for (split,), group in grouped.groups.items():
         rows = frame.filter(pl.col("split") == split)
         alone = xs.TokenCrossEntropy().update(
-            rows["lp"].to_numpy(), rows["pad"].to_numpy(), units=rows["bytes"].to_numpy()
+            rows["lp"].to_numpy(),
+            rows["pad"].to_numpy(),
+            document=rows["doc_id"].to_list(),
+            units=rows["bytes"].to_numpy(),
         )
-        assert group == alone.compute()
+        assert group == alone.compute()  # per group: its documents, clustered errors
+        assert group.clustered_stderr is not None and group.documents > 1
 
 
 def test_evaluate_checks_side_columns(token_file) -> None:
@@ -476,6 +480,11 @@ def test_dask_equals_one_process(token_file) -> None:
         **_columns(),
     )
     _same(report, _direct(frame).compute())
+    options = {"by": "split", "batch_rows": 600, **_columns()}
+    grouped = xd.evaluate(
+        path, xs.TokenCrossEntropy(), partition_rows=700, scheduler="sync", **options
+    )
+    assert grouped.groups == xs.evaluate(path, xs.TokenCrossEntropy(), **options).groups
 
 
 def test_command_line(token_file, tmp_path, capsys) -> None:

@@ -59,7 +59,8 @@ class TokenBatch(BatchSums):
     ``unit_sums`` (N_UNIT_SUMS, N_SLOTS); per document (when documents were given):
     ``doc_keys`` (the batch's distinct ids), ``doc_sums`` (D, N_DOC_SUMS, N_SLOTS),
     ``doc_counts`` (D, N_COUNTS); ``window`` (s L, s) of the counted rows in order;
-    ``group_sums`` holds the unit sums after the common ones (N_SUMS + N_UNIT_SUMS).
+    ``group_sums`` holds the unit sums after the common ones (N_SUMS + N_UNIT_SUMS);
+    ``group_documents`` each group's per-document sums (groups and documents given).
     """
 
     unit_sums: np.ndarray | None = None
@@ -67,6 +68,8 @@ class TokenBatch(BatchSums):
     doc_sums: np.ndarray | None = None
     doc_counts: np.ndarray | None = None
     window: tuple[np.ndarray, np.ndarray] | None = None
+    #: With groups and documents: group code -> (keys, sums, counts) of its documents.
+    group_documents: dict[int, tuple[list[Any], np.ndarray, np.ndarray]] | None = None
 
 
 def _values(preds: Any, name: str, row_offset: int) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -302,10 +305,43 @@ def token_batch(
         doc_terms = terms if codes is None else np.ascontiguousarray(terms[:, _DOC_TERMS])
         batch.doc_keys = [k if isinstance(k, str) else int(k) for k in keys.tolist()]
         batch.doc_sums, batch.doc_counts = _segment_sums(doc_terms, counted, order, starts)
+        if codes is not None:
+            batch.group_documents = _group_documents(
+                doc_terms, counted, codes, order, starts, batch.doc_keys
+            )
     if keep_window and n_rows:
         # s L and s are the first two columns of every layout of the terms.
         batch.window = (terms[counted, 0], terms[counted, 1])
     return batch
+
+
+def _group_documents(
+    terms: np.ndarray,
+    counted: np.ndarray,
+    codes: np.ndarray,
+    order: np.ndarray,
+    starts: np.ndarray,
+    keys: list[Any],
+) -> dict[int, tuple[list[Any], np.ndarray, np.ndarray]]:
+    """Each group's per-document sums: the segments of (group code, document) pairs."""
+    n_docs = len(keys)
+    document = np.repeat(np.arange(n_docs, dtype=np.int64), np.diff(starts))
+    if order.size:  # the rows were sorted by document: back to row order
+        in_rows = np.empty_like(document)
+        in_rows[order] = document
+        document = in_rows
+    pair_order, pair_starts, pairs = _segments(codes * n_docs + document)
+    sums, counts = _segment_sums(terms, counted, pair_order, pair_starts)
+    group_of, document_of = np.divmod(pairs, n_docs)
+    out = {}
+    bounds = np.flatnonzero(np.diff(group_of)) + 1
+    for part in np.split(np.arange(len(pairs)), bounds):
+        out[int(group_of[part[0]])] = (
+            [keys[d] for d in document_of[part].tolist()],
+            sums[part],
+            counts[part],
+        )
+    return out
 
 
 def _group_layout(group_terms: np.ndarray) -> np.ndarray:

@@ -178,10 +178,16 @@ class _GroupState:
         group_sums: np.ndarray,
         group_counts: np.ndarray,
         label_counts: np.ndarray | None = None,
+        documents: dict[int, Any] | None = None,
     ) -> None:
+        """Add a batch's per-group sums; ``documents``: per group code, the group's
+        per-document sums (the token kind's ``TokenBatch.group_documents``)."""
         for code in np.flatnonzero(group_counts.sum(axis=1)):
             labels = None if label_counts is None else label_counts[code]
-            self.metrics[code].state.add(group_sums[code], group_counts[code], label_counts=labels)
+            extra = {} if documents is None else {"documents": documents[int(code)]}
+            self.metrics[code].state.add(
+                group_sums[code], group_counts[code], label_counts=labels, **extra
+            )
 
     def to_json(self) -> list[dict[str, Any]]:
         return [
@@ -689,7 +695,9 @@ def _run(
                 labels = metric.group_label_counts(
                     batch.target, batch.sample_weight, codes, len(groups.keys)
                 )
-                groups.absorb(result.group_sums, result.group_counts, labels)
+                # Per-document sums per group: only token batches with documents have them.
+                documents = getattr(result, "group_documents", None)
+                groups.absorb(result.group_sums, result.group_counts, labels, documents)
             if batch.n_rows:
                 # Metric rows per source row: 1, or T for (N, T, C) batches; None once
                 # it varies (then only the saved metric's own counts are checked).
