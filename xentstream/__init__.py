@@ -8,6 +8,7 @@ Examples
 """
 
 from xentstream._errors import ColumnNames
+from xentstream.comparison import Comparison, ComparisonReport, load
 from xentstream.config import BinaryConfig, MulticlassConfig, MultilabelConfig
 from xentstream.evaluate import GroupedReport, Interrupted, evaluate, stream
 from xentstream.functional import (
@@ -21,7 +22,6 @@ from xentstream.metrics import (
     CrossEntropy,
     Metric,
     MultiLabelCrossEntropy,
-    load,
 )
 from xentstream.report import Report
 
@@ -31,6 +31,8 @@ __all__ = [
     "BinaryConfig",
     "BinaryCrossEntropy",
     "ColumnNames",
+    "Comparison",
+    "ComparisonReport",
     "CrossEntropy",
     "GroupedReport",
     "Interrupted",

@@ -340,8 +340,12 @@ class Metric:
         sample_weight: Any,
         names: ColumnNames,
         row_offset: int,
+        keep_rows: bool = False,
         **grouping: Any,
     ) -> tuple[BatchSums, np.ndarray | None]:
+        """One kernel pass over a batch, nothing absorbed yet: the batch's sums and, with
+        ``keep_rows`` (or a window), its per-row losses and per-row denominators d_i
+        (-1 for ignored rows)."""
         raise NotImplementedError
 
     def update(
@@ -846,13 +850,15 @@ class CrossEntropy(_ClassCountMixin, Metric):
     def _unit_denominators(self) -> bool:
         return self.config.class_weight is None
 
-    def _run_batch(self, preds, target, sample_weight, names, row_offset, **grouping):
+    def _run_batch(
+        self, preds, target, sample_weight, names, row_offset, keep_rows=False, **grouping
+    ):
         batch = multiclass_batch(
             self.config,
             preds,
             target,
             sample_weight,
-            keep_rows=self._window is not None,
+            keep_rows=keep_rows or self._window is not None,
             with_entropy=True,
             row_offset=row_offset,
             names=names,
@@ -862,7 +868,7 @@ class CrossEntropy(_ClassCountMixin, Metric):
         if batch.n_rows:  # an empty batch does not fix the class count
             self._adopt_class_count(batch.n_classes)
         denominators = None
-        if self._window is not None:
+        if batch.row_losses is not None:
             denominators = self._row_denominators(target, batch)
         if self._label_counts is not None and batch.n_rows:
             self._batch_label_counts = self._count_labels(target, sample_weight, batch)
@@ -960,13 +966,15 @@ class BinaryCrossEntropy(Metric):
     def _unweighted(self) -> bool:
         return self.config.pos_weight is None
 
-    def _run_batch(self, preds, target, sample_weight, names, row_offset, **grouping):
+    def _run_batch(
+        self, preds, target, sample_weight, names, row_offset, keep_rows=False, **grouping
+    ):
         batch = binary_batch(
             self.config,
             preds,
             target,
             sample_weight,
-            keep_rows=self._window is not None,
+            keep_rows=keep_rows or self._window is not None,
             with_entropy=True,
             row_offset=row_offset,
             names=names,
@@ -1034,13 +1042,15 @@ class MultiLabelCrossEntropy(_ClassCountMixin, Metric):
     def _unweighted(self) -> bool:
         return self.config.pos_weight is None
 
-    def _run_batch(self, preds, target, sample_weight, names, row_offset, **grouping):
+    def _run_batch(
+        self, preds, target, sample_weight, names, row_offset, keep_rows=False, **grouping
+    ):
         batch = multilabel_batch(
             self.config,
             preds,
             target,
             sample_weight,
-            keep_rows=self._window is not None,
+            keep_rows=keep_rows or self._window is not None,
             with_entropy=True,
             row_offset=row_offset,
             names=names,
