@@ -6,11 +6,13 @@ import json
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 from scipy import special, stats
 from sklearn.metrics import log_loss
 
 import xentstream as xs
+from xentstream import cli
 
 
 def _two_models(rng: np.random.Generator, n: int, classes: int = 4, gap: float = 0.03):
@@ -299,3 +301,131 @@ def test_scalars_and_text(rng):
     assert "cmp/ci95_low" in scalars
     text = str(report)
     assert "difference" in text and "baseline" in text and "p_value" in text
+
+
+# -- compare(): sources, lockstep, command line ---------------------------------------------
+
+
+def _frame(rng, n=3000):
+    model, base, labels = _two_models(rng, n)
+    return (
+        pl.DataFrame({"id": np.arange(n), "new": model, "old": base, "y": labels}),
+        model,
+        base,
+        labels,
+    )
+
+
+def test_compare_a_frame_equals_updates(rng):
+    frame, model, base, labels = _frame(rng)
+    report = xs.compare(
+        frame, xs.CrossEntropy(), preds="new", baseline_preds="old", target="y", batch_rows=700
+    )
+    direct = xs.Comparison(xs.CrossEntropy()).update(model, base, labels).compute()
+    assert report.to_dict() == direct.to_dict()
+
+
+def test_compare_two_sources_in_lockstep(rng, tmp_path):
+    frame, model, base, labels = _frame(rng)
+    frame.select("id", "new", "y").write_parquet(tmp_path / "new.parquet")
+    # The baseline in two files of other sizes: batches are cut at other rows.
+    frame.select("id", "old", "y")[:1100].write_parquet(tmp_path / "old-0.parquet")
+    frame.select("id", "old", "y")[1100:].write_parquet(tmp_path / "old-1.parquet")
+    comparison = xs.Comparison(xs.CrossEntropy())
+    report = xs.compare(
+        tmp_path / "new.parquet",
+        comparison,
+        preds="new",
+        baseline_preds="old",
+        target="y",
+        baseline_source=str(tmp_path / "old-*.parquet"),
+        row_id="id",
+        batch_rows=700,
+    )
+    direct = xs.Comparison(xs.CrossEntropy()).update(model, base, labels)
+    assert comparison.state_dict() == direct.state_dict()
+    assert report.count == len(labels)
+
+
+def test_compare_refuses_sources_of_other_rows(rng, tmp_path):
+    frame, *_ = _frame(rng, 1000)
+    frame.write_parquet(tmp_path / "new.parquet")
+    shuffled = frame.with_columns(pl.col("id").shift(-1, fill_value=0))
+    shuffled.write_parquet(tmp_path / "ids.parquet")
+    relabel = pl.when(pl.col("id") == 600).then((pl.col("y") + 1) % 4).otherwise(pl.col("y"))
+    frame.with_columns(relabel.alias("y")).write_parquet(tmp_path / "labels.parquet")
+    frame[:999].write_parquet(tmp_path / "short.parquet")
+    options = {"preds": "new", "baseline_preds": "old", "target": "y", "batch_rows": 256}
+    with pytest.raises(ValueError, match=r"id: row 0"):
+        xs.compare(
+            tmp_path / "new.parquet",
+            xs.CrossEntropy(),
+            baseline_source=tmp_path / "ids.parquet",
+            row_id="id",
+            **options,
+        )
+    with pytest.raises(ValueError, match=r"y: row 600: the targets"):
+        xs.compare(
+            tmp_path / "new.parquet",
+            xs.CrossEntropy(),
+            baseline_source=tmp_path / "labels.parquet",
+            **options,
+        )
+    with pytest.raises(ValueError, match="fewer rows"):
+        xs.compare(
+            tmp_path / "new.parquet",
+            xs.CrossEntropy(),
+            baseline_source=tmp_path / "short.parquet",
+            **options,
+        )
+    with pytest.raises(ValueError, match="row_id"):
+        xs.compare(tmp_path / "new.parquet", xs.CrossEntropy(), row_id="id", **options)
+
+
+def test_compare_names_the_bad_column_and_row(rng):
+    frame, *_ = _frame(rng, 1000)
+    old = frame["old"].to_numpy().copy()
+    old[777, 2] = -0.5
+    frame = frame.with_columns(pl.Series("old", old))
+    with pytest.raises(ValueError, match=r"old.*row 777"):
+        xs.compare(
+            frame, xs.CrossEntropy(), preds="new", baseline_preds="old", target="y", batch_rows=300
+        )
+
+
+def test_compare_iterable_of_tuples(rng):
+    model, base, labels = _two_models(rng, 400)
+    batches = [(model[:150], base[:150], labels[:150]), (model[150:], base[150:], labels[150:])]
+    report = xs.compare(batches, xs.CrossEntropy())
+    direct = xs.Comparison(xs.CrossEntropy()).update(model, base, labels).compute()
+    assert report.to_dict() == direct.to_dict()
+
+
+def test_command_line_compare(rng, tmp_path, capsys):
+    frame, model, base, labels = _frame(rng, 2000)
+    path = tmp_path / "preds.parquet"
+    frame.write_parquet(path)
+    state = tmp_path / "state.json"
+    argv = ["compare", str(path), "--preds", "new", "--baseline-preds", "old", "--target", "y"]
+    assert cli.main([*argv, "--format", "json", "--save-state", str(state)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    direct = xs.Comparison(xs.CrossEntropy()).update(model, base, labels)
+    assert shown == json.loads(json.dumps(direct.compute().to_dict()))
+    assert xs.load(state).state_dict() == direct.state_dict()
+    assert cli.main(argv) == 0
+    assert "p_value" in capsys.readouterr().out
+    # merge of two shards' comparison states
+    assert cli.main(["merge", str(state), str(state), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 2 * len(labels)
+    for bad, needle in [
+        (["--baseline-preds", "nope"], "nope"),
+        (["--row-id", "id"], "--row-id"),
+        (["--input", "logits", "--task", "binary"], ""),
+    ]:
+        argv_bad = [*argv[:4], *argv[6:], *(bad if bad[0] == "--baseline-preds" else [])]
+        if bad[0] != "--baseline-preds":
+            argv_bad = [*argv, *bad]
+        assert cli.main(argv_bad) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("xentstream: error:")
+        assert needle in err

@@ -8,6 +8,7 @@ Examples
 """
 
 from xentstream._errors import ColumnNames
+from xentstream.comparing import compare
 from xentstream.comparison import Comparison, ComparisonReport, load
 from xentstream.config import BinaryConfig, MulticlassConfig, MultilabelConfig
 from xentstream.evaluate import GroupedReport, Interrupted, evaluate, stream
@@ -42,6 +43,7 @@ __all__ = [
     "MultilabelConfig",
     "Report",
     "binary_cross_entropy",
+    "compare",
     "cross_entropy",
     "entropy",
     "evaluate",

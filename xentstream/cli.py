@@ -1,6 +1,7 @@
 """The ``xentstream`` command line (SPEC section 6).
 
-``evaluate`` runs a metric over prediction dumps; ``merge`` combines saved states.
+``evaluate`` runs a metric over prediction dumps; ``compare`` compares two models'
+predictions for the same rows (paired); ``merge`` combines saved states.
 Bad arguments and bad data exit with status 2 and one line on stderr, no traceback.
 
 argparse (standard library) rather than typer: no extra dependency, and its
@@ -32,6 +33,9 @@ import numpy as np
 import polars as pl
 
 from xentstream import __version__
+from xentstream.comparing import compare
+from xentstream.comparison import Comparison, ComparisonReport
+from xentstream.comparison import load as load_state
 from xentstream.evaluate import (
     GROUPED_FORMAT,
     GroupedReport,
@@ -46,7 +50,6 @@ from xentstream.metrics import (
     CrossEntropy,
     Metric,
     MultiLabelCrossEntropy,
-    load,
 )
 from xentstream.report import _SCALARS, Report, _format
 from xentstream.state import read_json, write_json_atomic
@@ -302,6 +305,8 @@ def _parser() -> argparse.ArgumentParser:
         help="draw the running loss with its 95%% band (per group with --by, per-class bars "
         "with --per-class); needs matplotlib",
     )
+
+    _add_compare_parser(commands)
 
     merge = commands.add_parser(
         "merge",
@@ -940,13 +945,109 @@ def _merge(args: argparse.Namespace) -> int:
             write_json_atomic(args.save_state, grouped_state_dict(result))
         _write(_render(result, args.format), args.output)
         return 0
-    metrics = [load(path) for path in args.states]
+    metrics = [load_state(path) for path in args.states]
     merged = metrics[0]
     for other in metrics[1:]:
         merged.merge(other)
     if args.save_state:
         merged.save(args.save_state)
+    if isinstance(merged, Comparison):
+        _write(_render_comparison(merged.compute(), args.format), args.output)
+        return 0
     _write(_render(merged.compute(), args.format), args.output)
+    return 0
+
+
+def _add_compare_parser(commands: Any) -> None:
+    """``xentstream compare``: the loss options of ``evaluate``, two prediction columns."""
+    run = commands.add_parser(
+        "compare",
+        help="compare two models' predictions for the same rows (paired)",
+        description="Paired comparison of two models on the same rows: the mean per-row loss "
+        "difference (model - baseline), its standard error, 95%% interval and p-value, the "
+        "share of rows where each model is better, and each model's own report.",
+        formatter_class=_Formatter,
+    )
+    run.add_argument("source", nargs="+", metavar="SOURCE", help="files or globs (one format)")
+    columns = run.add_argument_group("columns")
+    columns.add_argument("--preds", nargs="+", required=True, metavar="COL", help="model columns")
+    columns.add_argument(
+        "--baseline-preds", nargs="+", required=True, metavar="COL", help="baseline columns"
+    )
+    columns.add_argument("--target", nargs="+", required=True, metavar="COL")
+    columns.add_argument("--sample-weight", metavar="COL", help="column of row weights")
+    columns.add_argument("--classes", type=_name_list, metavar="A,B,...")
+    columns.add_argument(
+        "--baseline-source",
+        nargs="+",
+        metavar="FILE",
+        help="files holding --baseline-preds and --target for the same rows, in the same "
+        "order (default: SOURCE)",
+    )
+    columns.add_argument(
+        "--row-id", metavar="COL", help="with --baseline-source: a column checked to match"
+    )
+    loss = run.add_argument_group("loss")
+    loss.add_argument(
+        "--task", choices=("auto", "multiclass", "binary", "multilabel"), default="auto"
+    )
+    loss.add_argument("--input", choices=("probs", "logprobs", "logits"), default="probs")
+    loss.add_argument("--class-weight", type=_float_list, metavar="W,...")
+    loss.add_argument("--pos-weight", type=_float_list, metavar="W[,...]")
+    loss.add_argument("--ignore-index", type=int, metavar="K")
+    loss.add_argument("--label-smoothing", type=float, default=0.0, metavar="E")
+    loss.add_argument("--sum-tol", type=float, metavar="TOL")
+    running = run.add_argument_group("running")
+    running.add_argument("--batch-rows", type=int, metavar="N")
+    running.add_argument("--engine", choices=("auto", "cpu", "cuda"), default="auto")
+    output = run.add_argument_group("output")
+    output.add_argument("--format", choices=("table", "json"), default="table")
+    output.add_argument("--output", metavar="FILE", help="write the report here (default: stdout)")
+    output.add_argument(
+        "--save-state", metavar="FILE", help="write the exact comparison state (for merge)"
+    )
+
+
+def _render_comparison(report: ComparisonReport, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(report.to_dict(), indent=2) + "\n"
+    return f"{report}\n"
+
+
+def _compare(args: argparse.Namespace) -> int:
+    if _is_npy(args.source):
+        raise _UsageError("compare: reads Parquet / IPC / CSV / NDJSON sources, not .npy")
+    args.by, args.per_class = None, False
+    schema = _resolve_columns(args)
+    baseline = args.baseline_source
+    baseline_schema = schema if baseline is None else _schema(baseline)
+    args.baseline_preds = _expand_columns(
+        args.baseline_preds, list(baseline_schema.names()), "--baseline-preds"
+    )
+    if args.row_id is not None and baseline is None:
+        raise _UsageError("--row-id: only with --baseline-source")
+    comparison = Comparison(_metric(args, _infer_task(args, schema)))
+
+    def one(columns: list[str]) -> Any:
+        return columns[0] if len(columns) == 1 else columns
+
+    report = compare(
+        args.source if len(args.source) > 1 else args.source[0],
+        comparison,
+        preds=one(args.preds),
+        baseline_preds=one(args.baseline_preds),
+        target=one(args.target),
+        sample_weight=args.sample_weight,
+        classes=args.classes,
+        baseline_source=None if baseline is None else one(baseline),
+        row_id=args.row_id,
+        batch_rows=args.batch_rows,
+    )
+    if args.save_state:
+        comparison.save(args.save_state)
+    if report.count + report.model.ignored == 0:
+        warnings.warn("the source holds no rows: nothing was compared", stacklevel=1)
+    _write(_render_comparison(report, args.format), args.output)
     return 0
 
 
@@ -1017,7 +1118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command is None:  # bare ``xentstream``: what it does and how to start
                 parser.print_help()
                 return 0
-            return _evaluate(args) if args.command == "evaluate" else _merge(args)
+            commands = {"evaluate": _evaluate, "compare": _compare, "merge": _merge}
+            return commands[args.command](args)
     except _FAILURES as error:
         print(f"xentstream: error: {_with_flags(_one_line(error))}", file=sys.stderr)
         return 2
