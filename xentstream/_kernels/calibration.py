@@ -1,0 +1,161 @@
+"""Reliability bins: exact per-bin sums of forecast confidence and outcome.
+
+A forecast is a probability ``f`` that an outcome ``o`` in [0, 1] happens: the top
+label's probability and whether the top label is right (multiclass; with soft targets
+``o`` is the target's mass on the top label), or the positive class's probability and
+the target (binary, and each label of a multi-label row). Bin ``k`` of ``n`` equal-width
+bins holds ``f`` in ``[k/n, (k+1)/n)`` (the last bin includes 1), as torchmetrics'
+``CalibrationError`` and scikit-learn's ``calibration_curve`` bin.
+
+``sums[block, bin, slot]`` (exact accumulators), slots :data:`N_BIN_SUMS`:
+``BIN_WEIGHT`` sum s, ``BIN_CONFIDENCE`` sum s f, ``BIN_OUTCOME`` sum s o,
+``BIN_CONFIDENCE_SQUARED`` sum s f^2, ``BIN_PRODUCT`` sum s f o, ``BIN_OUTCOME_SQUARED``
+sum s o^2; ``counts[block, bin]`` the forecasts in each bin. Terms are staged per bin
+and added with :func:`~xentstream._kernels.exact.add_terms` (exact, so the bits do not
+depend on the blocks or threads). Inputs were validated by the loss kernels first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from xentstream._kernels.exact import N_SLOTS, add_terms, normalize
+from xentstream._kernels.layout import LOGITS, LOGPROBS
+
+BIN_WEIGHT = 0
+BIN_CONFIDENCE = 1
+BIN_OUTCOME = 2
+BIN_CONFIDENCE_SQUARED = 3
+BIN_PRODUCT = 4
+BIN_OUTCOME_SQUARED = 5
+N_BIN_SUMS = 6
+
+#: Staged terms per bin and slot before they are added (a block's scratch stays small).
+_STAGE = 256
+
+
+@njit(nogil=True, cache=True)
+def _top_label(row, input_kind):
+    """(index, probability) of the row's most probable class (the first of ties)."""
+    best = 0
+    top = row[0]
+    for c in range(1, row.shape[0]):
+        if row[c] > top:
+            top = row[c]
+            best = c
+    if input_kind == LOGITS:
+        total = 0.0
+        for c in range(row.shape[0]):
+            total += math.exp(np.float64(row[c]) - np.float64(top))
+        return best, 1.0 / total
+    if input_kind == LOGPROBS:
+        return best, math.exp(np.float64(top))
+    return best, np.float64(top)
+
+
+@njit(nogil=True, cache=True)
+def _positive_probability(value, input_kind):
+    x = np.float64(value)
+    if input_kind == LOGITS:
+        if x >= 0.0:
+            return 1.0 / (1.0 + math.exp(-x))
+        e = math.exp(x)
+        return e / (1.0 + e)
+    if input_kind == LOGPROBS:
+        return math.exp(x)
+    return x
+
+
+@njit(nogil=True, cache=True)
+def _bin_of(f, n_bins):
+    k = np.int64(f * n_bins)
+    if k >= n_bins:
+        return n_bins - 1
+    if k < 0:
+        return 0
+    return k
+
+
+@njit(nogil=True, cache=True)
+def _stage(staged, filled, sums, k, weight, f, o):
+    n = filled[k]
+    staged[k, BIN_WEIGHT, n] = weight
+    staged[k, BIN_CONFIDENCE, n] = weight * f
+    staged[k, BIN_OUTCOME, n] = weight * o
+    staged[k, BIN_CONFIDENCE_SQUARED, n] = weight * f * f
+    staged[k, BIN_PRODUCT, n] = weight * f * o
+    staged[k, BIN_OUTCOME_SQUARED, n] = weight * o * o
+    filled[k] = n + 1
+    if n + 1 == _STAGE:
+        _flush(staged, filled, sums, k)
+
+
+@njit(nogil=True, cache=True)
+def _flush(staged, filled, sums, k):
+    for slot in range(N_BIN_SUMS):
+        add_terms(sums[k, slot], staged[k, slot], filled[k])
+    filled[k] = 0
+
+
+@njit(nogil=True, cache=True)
+def _finish(staged, filled, sums):
+    for k in range(sums.shape[0]):
+        _flush(staged, filled, sums, k)
+    normalize(sums.reshape(-1, N_SLOTS))
+
+
+@njit(parallel=True, cache=True)
+def top_label_bins(
+    preds, labels, soft, sample_weight, input_kind, ignore, has_ignore, sums, counts
+):
+    """Bins of the top-label forecasts of ``preds`` (N, C).
+
+    ``labels`` (N,) hard labels, or ``soft`` (N, C) target distributions when
+    ``labels`` is empty.
+    """
+    n_rows = preds.shape[0]
+    n_blocks, n_bins = sums.shape[0], sums.shape[1]
+    hard = labels.shape[0] > 0
+    weighted = sample_weight.shape[0] > 0
+    for block in prange(n_blocks):
+        start = block * n_rows // n_blocks
+        stop = (block + 1) * n_rows // n_blocks
+        staged = np.empty((n_bins, N_BIN_SUMS, _STAGE), dtype=np.float64)
+        filled = np.zeros(n_bins, dtype=np.int64)
+        block_sums = sums[block]
+        for i in range(start, stop):
+            if hard and has_ignore and labels[i] == ignore:
+                continue
+            best, f = _top_label(preds[i], input_kind)
+            o = (1.0 if labels[i] == best else 0.0) if hard else np.float64(soft[i, best])
+            k = _bin_of(f, n_bins)
+            counts[block, k] += 1
+            weight = np.float64(sample_weight[i]) if weighted else 1.0
+            _stage(staged, filled, block_sums, k, weight, f, o)
+        _finish(staged, filled, block_sums)
+
+
+@njit(parallel=True, cache=True)
+def positive_class_bins(preds, target, sample_weight, row_width, input_kind, sums, counts):
+    """Bins of positive-class forecasts: ``preds`` and ``target`` flat, ``row_width``
+    forecasts per row of ``sample_weight`` (1 for binary, the labels for multi-label)."""
+    n = preds.shape[0]
+    n_blocks, n_bins = sums.shape[0], sums.shape[1]
+    weighted = sample_weight.shape[0] > 0
+    for block in prange(n_blocks):
+        start = block * n // n_blocks
+        stop = (block + 1) * n // n_blocks
+        staged = np.empty((n_bins, N_BIN_SUMS, _STAGE), dtype=np.float64)
+        filled = np.zeros(n_bins, dtype=np.int64)
+        block_sums = sums[block]
+        for i in range(start, stop):
+            f = _positive_probability(preds[i], input_kind)
+            o = np.float64(target[i])
+            k = _bin_of(f, n_bins)
+            counts[block, k] += 1
+            weight = np.float64(sample_weight[i // row_width]) if weighted else 1.0
+            _stage(staged, filled, block_sums, k, weight, f, o)
+        _finish(staged, filled, block_sums)
