@@ -51,12 +51,12 @@ from xentstream.metrics import (
     Metric,
     MultiLabelCrossEntropy,
 )
-from xentstream.report import _SCALARS, Report, _format
+from xentstream.report import SCALAR_FIELDS, Report, format_value
 from xentstream.state import read_json, write_json_atomic
 
 __all__ = ["main"]
 
-_TABLE_FIELDS = _SCALARS  # the table shows what Report's str shows, in that order
+_TABLE_FIELDS = SCALAR_FIELDS  # the table shows what Report's str shows, in that order
 
 
 #: Seconds to wait for ``--dask ADDRESS``'s scheduler before giving up.
@@ -469,7 +469,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
     )
 
 
-_format_value = _format
+_format_value = format_value
 
 
 def _table(result: Report | GroupedReport) -> str:

@@ -396,39 +396,37 @@ class Comparison:
         with self._lock:
             offset = self.rows_seen if row_offset is None else row_offset
             model, baseline = self.model, self.baseline
-            configs = (model.config, baseline.config)
-            try:
-                grouping = {"groups": groups, "n_groups": n_groups}
-                batch, denominators = model._run_batch(
-                    preds, target, sample_weight, names, offset, True, **grouping
+            options = {"groups": groups, "n_groups": n_groups, "row_offset": offset}
+            batch = model.run_batch(
+                preds, target, sample_weight, names=names, keep_rows=True, **options
+            )
+            baseline_batch = baseline.run_batch(
+                baseline_preds,
+                target,
+                sample_weight,
+                names=baseline_names,
+                keep_rows=True,
+                **options,
+            )
+            if batch.n_rows and batch.n_classes != baseline_batch.n_classes:
+                raise ValueError(
+                    f"{baseline_name}: has {baseline_batch.n_classes} classes (last "
+                    f"dimension) but {names.preds} has {batch.n_classes}; both models "
+                    "must predict the same classes"
                 )
-                baseline_batch, _ = baseline._run_batch(
-                    baseline_preds, target, sample_weight, baseline_names, offset, True, **grouping
-                )
-                if batch.n_classes != baseline_batch.n_classes:
-                    raise ValueError(
-                        f"{baseline_name}: has {baseline_batch.n_classes} classes (last "
-                        f"dimension) but {names.preds} has {batch.n_classes}; both models "
-                        "must predict the same classes"
-                    )
-                sums, counts = _paired_batch(
-                    batch.row_losses,
-                    baseline_batch.row_losses,
-                    denominators,
-                    sample_weight,
-                    groups,
-                    n_groups,
-                )
-            except BaseException:
-                # The kernels inferred a class count from this batch: it was rejected.
-                model.config, baseline.config = configs
-                model._batch_label_counts = baseline._batch_label_counts = None
-                raise
+            denominators = model.row_denominators(target, batch)
+            sums, counts = _paired_batch(
+                batch.row_losses,
+                baseline_batch.row_losses,
+                denominators,
+                sample_weight,
+                groups,
+                n_groups,
+            )
             if batch.n_rows:  # an empty batch is a no-op
-                model._absorb(batch, denominators, sample_weight)
-                baseline._absorb(baseline_batch, denominators, sample_weight)
-                total = sums.sum(axis=0)
-                accumulator.merge_into(self._sums, total)
+                model.absorb(batch, target, sample_weight)
+                baseline.absorb(baseline_batch, target, sample_weight)
+                accumulator.merge_into(self._sums, sums.sum(axis=0))
                 self._counts += counts.sum(axis=0)
         return PairedBatch(batch, baseline_batch, sums, counts)
 
@@ -521,7 +519,7 @@ class Comparison:
         try:
             model = _load_metric(state["model"], "model", engine)
             baseline = _load_metric(state["baseline"], "baseline", engine)
-            if type(model) is not type(baseline) or model._merge_key() != baseline._merge_key():
+            if type(model) is not type(baseline) or model.merge_key() != baseline.merge_key():
                 raise ValueError("baseline: not the same metric and configuration as model")
             sums = state["sums"]
             if not isinstance(sums, dict) or set(sums) != set(_SUM_NAMES):

@@ -2,7 +2,7 @@
 
 Each partition of the source (a slice of a Parquet / Arrow IPC file, or a partition
 of a ``dask.dataframe.DataFrame``) is read on a worker and fed through the same path
-as :func:`xentstream.evaluate` (``feeders`` -> ``Metric._update_batch`` -> the
+as :func:`xentstream.evaluate` (``feeders`` -> ``Metric.accumulate`` -> the
 kernels, grouped rows through ``evaluate._GroupState``). The worker returns only the
 partition's exact state (``Metric.state_dict()``: about 3 KB of JSON-able integers,
 plus one such state per group); predictions never leave the worker that
@@ -40,7 +40,7 @@ from xentstream.evaluate import (
     _spec_class_names,
 )
 from xentstream.feeders import ColumnSpec, _expand_paths, open_source, scan_files
-from xentstream.metrics import Metric, _check_engine
+from xentstream.metrics import Metric, check_engine
 from xentstream.report import Report
 
 __all__ = ["DEFAULT_PARTITION_ROWS", "evaluate"]
@@ -174,7 +174,7 @@ def _partition_state(
     result depends only on its rows, no row is ever counted twice.
     """
     try:
-        _check_engine(engine)
+        check_engine(engine)
     except (ImportError, RuntimeError) as error:  # engine="cuda": no numba-cuda, no GPU
         # The worker's machine is at fault, not the data: stop the run at once.
         raise type(error)(f"dask worker on host {socket.gethostname()}: {error}") from None
