@@ -6,12 +6,16 @@ import json
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 from scipy import special
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, log_loss
 
-from xentstream.calibration import CalibrationState, batch_bins
+import xentstream as xs
+from xentstream import cli
+from xentstream.accumulator import CalibrationState
+from xentstream.calibration import batch_bins, build_calibration_report
 
 
 def _binary(rng, n=20_000):
@@ -46,7 +50,7 @@ def _reference(confidence, outcome, n_bins, weights=None):
 
 def test_binary_against_scikit_learn(rng):
     p, y = _binary(rng)
-    report = batch_bins("binary", p, y, None, n_bins=10, input="probs").report()
+    report = build_calibration_report(batch_bins("binary", p, y, None, n_bins=10, input="probs"))
     prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="uniform")
     table = report.table.filter(report.table["count"] > 0)
     np.testing.assert_allclose(table["accuracy"].to_numpy(), prob_true, rtol=1e-12)
@@ -63,7 +67,7 @@ def test_binary_against_scikit_learn(rng):
 def test_binary_sample_weights_against_scikit_learn(rng):
     p, y = _binary(rng, 5000)
     weights = rng.uniform(0.0, 3.0, len(p))
-    report = batch_bins("binary", p, y, weights, n_bins=15, input="probs").report()
+    report = build_calibration_report(batch_bins("binary", p, y, weights, n_bins=15, input="probs"))
     assert math.isclose(report.brier, brier_score_loss(y, p, sample_weight=weights), rel_tol=1e-12)
     expected = _reference(p, y, 15, weights)
     for name in ("ece", "mce", "reliability", "resolution", "uncertainty"):
@@ -77,7 +81,9 @@ def test_multiclass_top_label_against_numpy(rng, input):
     probs = special.softmax(logits, axis=1)
     labels = np.array([rng.choice(classes, p=row) for row in special.softmax(logits * 0.7, 1)])
     preds = {"probs": probs, "logprobs": special.log_softmax(logits, 1), "logits": logits}[input]
-    report = batch_bins("multiclass", preds, labels, None, n_bins=15, input=input).report()
+    report = build_calibration_report(
+        batch_bins("multiclass", preds, labels, None, n_bins=15, input=input)
+    )
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
     expected = _reference(confidence, correct, 15)
@@ -92,7 +98,9 @@ def test_soft_targets_use_the_mass_on_the_top_label(rng):
     n, classes = 2000, 3
     probs = rng.dirichlet(np.ones(classes), n)
     target = rng.dirichlet(np.ones(classes) * 2, n)
-    report = batch_bins("multiclass", probs, target, None, n_bins=10, input="probs").report()
+    report = build_calibration_report(
+        batch_bins("multiclass", probs, target, None, n_bins=10, input="probs")
+    )
     outcome = target[np.arange(n), probs.argmax(axis=1)]
     expected = _reference(probs.max(axis=1), outcome, 10)
     assert math.isclose(report.ece, expected["ece"], rel_tol=1e-10)
@@ -103,9 +111,9 @@ def test_ignored_rows_are_not_binned(rng):
     probs = rng.dirichlet(np.ones(4), 500)
     labels = rng.integers(0, 4, 500)
     labels[::5] = -100
-    report = batch_bins(
-        "multiclass", probs, labels, None, n_bins=10, input="probs", ignore_index=-100
-    ).report()
+    report = build_calibration_report(
+        batch_bins("multiclass", probs, labels, None, n_bins=10, input="probs", ignore_index=-100)
+    )
     kept = labels != -100
     expected = _reference(
         probs[kept].max(1), (probs[kept].argmax(1) == labels[kept]).astype(float), 10
@@ -118,7 +126,9 @@ def test_multilabel_pools_every_label(rng):
     p = rng.uniform(size=(1000, 3))
     y = (rng.uniform(size=(1000, 3)) < p).astype(np.int64)
     weights = rng.uniform(0.5, 1.5, 1000)
-    report = batch_bins("multilabel", p, y, weights, n_bins=10, input="probs").report()
+    report = build_calibration_report(
+        batch_bins("multilabel", p, y, weights, n_bins=10, input="probs")
+    )
     expected = _reference(p.reshape(-1), y.reshape(-1), 10, np.repeat(weights, 3))
     assert report.count == 3000
     assert math.isclose(report.ece, expected["ece"], rel_tol=1e-10)
@@ -128,11 +138,15 @@ def test_multilabel_pools_every_label(rng):
 def test_binary_predict_proba_and_logits(rng):
     p, y = _binary(rng, 3000)
     proba = np.column_stack([1 - p, p])
-    direct = batch_bins("binary", p, y, None, n_bins=10, input="probs").report()
-    from_proba = batch_bins("binary", proba, y, None, n_bins=10, input="probs").report()
+    direct = build_calibration_report(batch_bins("binary", p, y, None, n_bins=10, input="probs"))
+    from_proba = build_calibration_report(
+        batch_bins("binary", proba, y, None, n_bins=10, input="probs")
+    )
     assert from_proba.to_dict() == direct.to_dict()
     logits = special.logit(p)
-    from_logits = batch_bins("binary", logits, y, None, n_bins=10, input="logits").report()
+    from_logits = build_calibration_report(
+        batch_bins("binary", logits, y, None, n_bins=10, input="logits")
+    )
     assert math.isclose(from_logits.brier, direct.brier, rel_tol=1e-9)
 
 
@@ -142,7 +156,9 @@ def test_decomposition_is_exact_when_bins_hold_one_forecast(rng):
     n_bins = 10
     p = (rng.integers(0, n_bins, 5000) + 0.5) / n_bins
     y = (rng.uniform(size=5000) < p**0.8).astype(np.int64)
-    report = batch_bins("binary", p, y, None, n_bins=n_bins, input="probs").report()
+    report = build_calibration_report(
+        batch_bins("binary", p, y, None, n_bins=n_bins, input="probs")
+    )
     assert abs(report.within_bin) < 1e-15
     assert math.isclose(report.brier, brier_score_loss(y, p), rel_tol=1e-12)
     total = report.log_loss_calibration + report.log_loss_refinement
@@ -162,7 +178,7 @@ def test_bins_are_bitwise_identical_for_any_split(rng):
     for index in rng.permutation(len(parts)):
         merged.merge(parts[index])
     assert merged.to_json() == whole.to_json()
-    assert merged.report().to_dict() == whole.report().to_dict()
+    assert build_calibration_report(merged).to_dict() == build_calibration_report(whole).to_dict()
 
 
 def test_state_round_trip_and_malformed(rng):
@@ -189,7 +205,7 @@ def test_state_round_trip_and_malformed(rng):
 
 
 def test_empty_bins_report_nothing():
-    report = CalibrationState(5).report()
+    report = build_calibration_report(CalibrationState(5))
     assert report.count == 0 and report.ece is None and report.brier is None
     assert report.table.height == 5
     json.dumps(report.to_dict(), allow_nan=False)
@@ -206,6 +222,121 @@ def test_against_torchmetrics(rng):
         num_classes=classes, n_bins=15, norm="l1"
     )
     expected = float(metric(torch.tensor(probs), torch.tensor(labels)))
-    report = batch_bins("multiclass", probs, labels, None, n_bins=15, input="probs").report()
+    report = build_calibration_report(
+        batch_bins("multiclass", probs, labels, None, n_bins=15, input="probs")
+    )
     # torchmetrics works in float32.
     assert math.isclose(report.ece, expected, rel_tol=1e-5, abs_tol=1e-6)
+
+
+# -- calibration_bins on the metrics: one pass gives loss + calibration --------------------
+
+
+def test_metric_option_matches_the_reference(rng):
+    n, classes = 6000, 4
+    logits = rng.normal(scale=2.0, size=(n, classes))
+    labels = rng.integers(0, classes, n)
+    metric = xs.CrossEntropy(input="logits", calibration_bins=12)
+    for start in range(0, n, 1700):
+        metric.update(logits[start : start + 1700], labels[start : start + 1700])
+    report = metric.compute()
+    probs = special.softmax(logits, axis=1)
+    expected = _reference(probs.max(1), (probs.argmax(1) == labels).astype(float), 12)
+    assert math.isclose(report.ece, expected["ece"], rel_tol=1e-9)
+    assert math.isclose(report.mce, expected["mce"], rel_tol=1e-9)
+    assert math.isclose(report.brier, expected["brier"], rel_tol=1e-9)
+    assert report.calibration.table["count"].to_list() == expected["counts"].tolist()
+    assert math.isclose(report.loss, log_loss(labels, probs), rel_tol=1e-9)
+    assert "ece" in str(report) and "ece" in report.scalars()
+    json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_metric_bins_merge_bitwise_and_round_trip(rng, tmp_path):
+    p, y = _binary(rng, 9000)
+    whole = xs.BinaryCrossEntropy(calibration_bins=15).update(p, y)
+    parts = [
+        xs.BinaryCrossEntropy(calibration_bins=15).update(p[a:b], y[a:b])
+        for a, b in ((0, 10), (10, 4000), (4000, 9000))
+    ]
+    merged = parts[2].merge(parts[0]).merge(parts[1])
+    assert merged.state_dict() == whole.state_dict()
+    whole.save(tmp_path / "state.json")
+    loaded = xs.load(tmp_path / "state.json")
+    assert loaded.state_dict() == whole.state_dict()
+    assert math.isclose(loaded.compute().brier, brier_score_loss(y, p), rel_tol=1e-12)
+    with pytest.raises(ValueError, match="calibration_bins"):
+        whole.merge(xs.BinaryCrossEntropy(calibration_bins=10))
+    with pytest.raises(ValueError, match="calibration_bins"):
+        whole.merge(xs.BinaryCrossEntropy())
+
+
+def test_metric_state_files_with_and_without_bins(rng, tmp_path):
+    p, y = _binary(rng, 500)
+    state = xs.BinaryCrossEntropy(calibration_bins=5).update(p, y).state_dict()
+    missing = dict(state)
+    del missing["calibration"]
+    with pytest.raises(ValueError, match="calibration"):
+        xs.Metric.from_state_dict(missing)
+    plain = xs.BinaryCrossEntropy().update(p, y).state_dict()
+    assert "calibration" not in plain and "calibration_bins" not in plain["config"]
+    extra = {**plain, "calibration": state["calibration"]}
+    with pytest.raises(ValueError, match="calibration"):
+        xs.Metric.from_state_dict(extra)
+    bad = json.loads(json.dumps(state))
+    bad["calibration"]["counts"][0] = "x"
+    with pytest.raises(ValueError, match=r"calibration\.counts"):
+        xs.Metric.from_state_dict(bad)
+    with pytest.raises(ValueError, match="calibration_bins"):
+        xs.CrossEntropy(calibration_bins=0)
+    with pytest.raises(TypeError, match="calibration_bins"):
+        xs.CrossEntropy(calibration_bins=2.5)
+
+
+def test_bad_batch_leaves_the_bins_unchanged(rng):
+    probs = rng.dirichlet(np.ones(3), 100)
+    labels = rng.integers(0, 3, 100)
+    metric = xs.CrossEntropy(calibration_bins=10).update(probs, labels)
+    before = json.dumps(metric.state_dict())
+    bad = probs.copy()
+    bad[40, 0] = np.nan
+    with pytest.raises(ValueError, match="row 140"):
+        metric.update(bad, labels)
+    assert json.dumps(metric.state_dict()) == before
+
+
+def test_evaluate_and_groups(rng):
+    probs = rng.dirichlet(np.ones(3), 3000)
+    labels = rng.integers(0, 3, 3000)
+    frame = pl.DataFrame({"p": probs, "y": labels, "g": labels % 2})
+    metric = xs.CrossEntropy(calibration_bins=10)
+    result = xs.evaluate(frame, metric, preds="p", target="y", by="g", batch_rows=700)
+    direct = xs.CrossEntropy(calibration_bins=10).update(probs, labels).compute()
+    assert result.overall.ece == direct.ece and result.overall.brier == direct.brier
+    # Groups keep no bins (documented): their reports say so with None.
+    assert all(report.ece is None for report in result.groups.values())
+    assert "ece" in result.to_polars().columns
+
+
+def test_comparison_reports_both_models_calibration(rng):
+    p, y = _binary(rng, 2000)
+    q = np.clip(p + rng.normal(scale=0.05, size=p.size), 0.0, 1.0)
+    report = xs.Comparison(xs.BinaryCrossEntropy(calibration_bins=10)).update(p, q, y).compute()
+    assert math.isclose(report.model.brier, brier_score_loss(y, p), rel_tol=1e-12)
+    assert math.isclose(report.baseline.brier, brier_score_loss(y, q), rel_tol=1e-12)
+
+
+def test_command_line_calibration(rng, tmp_path, capsys):
+    probs = rng.dirichlet(np.ones(3), 1000)
+    labels = rng.integers(0, 3, 1000)
+    path = tmp_path / "preds.parquet"
+    pl.DataFrame({"p": probs, "y": labels}).write_parquet(path)
+    argv = ["evaluate", str(path), "--preds", "p", "--target", "y", "--calibration-bins", "10"]
+    assert cli.main([*argv, "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    expected = _reference(probs.max(1), (probs.argmax(1) == labels).astype(float), 10)
+    assert math.isclose(shown["ece"], expected["ece"], rel_tol=1e-9)
+    assert len(shown["calibration"]["table"]) == 10
+    assert cli.main(argv) == 0
+    assert "brier" in capsys.readouterr().out
+    assert cli.main([*argv[:-1], "0"]) == 2
+    assert "calibration" in capsys.readouterr().err

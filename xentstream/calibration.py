@@ -41,101 +41,14 @@ from xentstream._inputs import as_array, binary_columns
 from xentstream._kernels import calibration as kernels
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS
 from xentstream._kernels.layout import INPUT_KINDS
+from xentstream.accumulator import CalibrationState
 
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["MAX_BINS", "CalibrationReport", "CalibrationState", "check_bins"]
+__all__ = ["CalibrationReport", "batch_bins", "build_calibration_report"]
 
-#: Most bins a state may have (a bin is about 1.7 kB of state).
-MAX_BINS = 1 << 12
-_SUM_NAMES = (
-    "weight",
-    "confidence",
-    "outcome",
-    "confidence_squared",
-    "product",
-    "outcome_squared",
-)
 _MIN_BLOCK_ROWS = 1 << 14
-
-
-def check_bins(value: Any) -> int | None:
-    """Validate ``calibration_bins=``: None (off) or an integer in [1, MAX_BINS]."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"calibration_bins: must be a positive integer or None, got {value!r}")
-    if not 1 <= value <= MAX_BINS:
-        raise ValueError(f"calibration_bins: must lie in [1, {MAX_BINS}], got {value!r}")
-    return int(value)
-
-
-class CalibrationState:
-    """Exact reliability bins: ``sums`` (n_bins, N_BIN_SUMS, N_SLOTS), ``counts`` (n_bins,)."""
-
-    def __init__(self, n_bins: int) -> None:
-        self.n_bins = n_bins
-        self.sums = accumulator.empty(n_bins, kernels.N_BIN_SUMS)
-        self.counts = np.zeros(n_bins, dtype=np.int64)
-
-    def merge(self, other: CalibrationState) -> CalibrationState:
-        """Add ``other``'s bins (exact); returns ``self``."""
-        if other.n_bins != self.n_bins:
-            raise ValueError(f"calibration_bins: {self.n_bins} here, {other.n_bins} there")
-        accumulator.merge_into(self.sums, other.sums)
-        self.counts += other.counts
-        return self
-
-    def copy(self) -> CalibrationState:
-        twin = CalibrationState(self.n_bins)
-        twin.sums, twin.counts = self.sums.copy(), self.counts.copy()
-        return twin
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "bins": self.n_bins,
-            "counts": [int(c) for c in self.counts],
-            "sums": {
-                name: accumulator.to_json(self.sums[:, slot])
-                for slot, name in enumerate(_SUM_NAMES)
-            },
-        }
-
-    @classmethod
-    def from_json(cls, data: Any, n_bins: int) -> CalibrationState:
-        """Inverse of :meth:`to_json`; a ``ValueError`` naming the key otherwise."""
-        if not isinstance(data, dict) or set(data) != {"bins", "counts", "sums"}:
-            raise ValueError("calibration: must be an object with the keys bins, counts, sums")
-        if data["bins"] != n_bins or isinstance(data["bins"], bool):
-            raise ValueError(f"calibration.bins: {data['bins']!r}, but the config says {n_bins}")
-        counts = data["counts"]
-        if (
-            not isinstance(counts, list)
-            or len(counts) != n_bins
-            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
-            or sum(counts) >= 1 << 63
-        ):
-            raise ValueError(f"calibration.counts: must be {n_bins} non-negative integers")
-        sums = data["sums"]
-        if not isinstance(sums, dict) or set(sums) != set(_SUM_NAMES):
-            raise ValueError(f"calibration.sums: must be an object with the keys {_SUM_NAMES}")
-        state = cls(n_bins)
-        for slot, name in enumerate(_SUM_NAMES):
-            try:
-                state.sums[:, slot] = accumulator.from_json(sums[name], (n_bins,))
-            except ValueError as error:
-                raise ValueError(f"calibration.sums.{name}: {error}") from None
-        state.counts = np.array(counts, dtype=np.int64)
-        weights = state.sums[:, kernels.BIN_WEIGHT]
-        for k in range(n_bins):
-            if state.counts[k] == 0 and weights[k].any():
-                raise ValueError(f"calibration.sums.weight: bin {k} has weight but no rows")
-        return state
-
-    def report(self) -> CalibrationReport:
-        """The :class:`CalibrationReport` of these bins."""
-        return build_calibration_report(self)
 
 
 def _blocks(n: int) -> int:

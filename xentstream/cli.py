@@ -255,6 +255,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also report per-class (per-label) loss, counts and normalized entropy",
     )
+    _add_calibration_flag(loss)
     running = run.add_argument_group("running")
     running.add_argument(
         "--batch-rows",
@@ -444,6 +445,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
             per_class=args.per_class,
             sum_tol=args.sum_tol,
             engine=args.engine,
+            calibration_bins=args.calibration_bins,
         )
     for flag in ("class_weight", "ignore_index"):
         if getattr(args, flag) is not None:
@@ -458,6 +460,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
             pos_weight=None if pos_weight is None else pos_weight[0],
             sum_tol=args.sum_tol,
             engine=args.engine,
+            calibration_bins=args.calibration_bins,
         )
     weight = pos_weight[0] if pos_weight is not None and len(pos_weight) == 1 else pos_weight
     return MultiLabelCrossEntropy(
@@ -466,6 +469,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
         per_label=args.per_class,
         sum_tol=args.sum_tol,
         engine=args.engine,
+        calibration_bins=args.calibration_bins,
     )
 
 
@@ -997,6 +1001,7 @@ def _add_compare_parser(commands: Any) -> None:
     loss.add_argument("--ignore-index", type=int, metavar="K")
     loss.add_argument("--label-smoothing", type=float, default=0.0, metavar="E")
     loss.add_argument("--sum-tol", type=float, metavar="TOL")
+    _add_calibration_flag(loss)
     running = run.add_argument_group("running")
     running.add_argument("--batch-rows", type=int, metavar="N")
     running.add_argument("--engine", choices=("auto", "cpu", "cuda"), default="auto")
@@ -1005,6 +1010,16 @@ def _add_compare_parser(commands: Any) -> None:
     output.add_argument("--output", metavar="FILE", help="write the report here (default: stdout)")
     output.add_argument(
         "--save-state", metavar="FILE", help="write the exact comparison state (for merge)"
+    )
+
+
+def _add_calibration_flag(group: Any) -> None:
+    group.add_argument(
+        "--calibration-bins",
+        type=int,
+        metavar="N",
+        help="also report calibration from N equal-width reliability bins (ECE, MCE, Brier "
+        "score; the top label for multiclass, the positive class otherwise), in the same pass",
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from xentstream import accumulator
+from xentstream import accumulator, calibration
 from xentstream._batch import ENGINES, BatchSums
 from xentstream._errors import DEFAULT_NAMES, ColumnNames, show
 from xentstream._inputs import as_array
@@ -287,7 +287,10 @@ class Metric:
     def reset(self) -> Metric:
         """Forget every row seen; the config (and inferred class count) is kept."""
         with self._lock:
-            self.state = ExactState(counts_labels=self.kind.counts_labels)
+            self.state = ExactState(
+                counts_labels=self.kind.counts_labels,
+                calibration_bins=self.config.calibration_bins,
+            )
             self._window = _Window(self.window) if self.window else None
         return self
 
@@ -416,7 +419,7 @@ class Metric:
         (``batch.row_losses``, see :meth:`row_denominators`), as a paired comparison
         of two metrics needs before it absorbs either batch."""
         offset = self.rows_seen if row_offset is None else row_offset
-        return self.kind.batch(
+        batch = self.kind.batch(
             self.config,
             preds,
             target,
@@ -429,6 +432,20 @@ class Metric:
             groups=groups,
             n_groups=n_groups,
         )
+        bins = self.config.calibration_bins
+        if bins is not None and batch.n_rows:
+            # The loss kernels validated every value above: the bins' pass needs no checks.
+            batch.calibration = calibration.batch_bins(
+                self.kind.name,
+                preds,
+                target,
+                sample_weight,
+                n_bins=bins,
+                input=self.config.input,
+                ignore_index=getattr(self.config, "ignore_index", None),
+                sum_tol=self.config.resolve_sum_tol(np.dtype(np.float64)),
+            )
+        return batch
 
     def absorb(self, batch: BatchSums, target: Any, sample_weight: Any) -> None:
         """The second half of :meth:`accumulate`: add a :meth:`run_batch` result of these
@@ -462,7 +479,14 @@ class Metric:
             label_counts = self.kind.label_counts(
                 self.config, target, sample_weight, batch.n_classes
             )
-        self.state.add(batch.sums, batch.counts, batch.class_sums, batch.class_counts, label_counts)
+        self.state.add(
+            batch.sums,
+            batch.counts,
+            batch.class_sums,
+            batch.class_counts,
+            label_counts,
+            batch.calibration,
+        )
         if self._window is not None and batch.row_losses is not None:
             losses = batch.row_losses.reshape(-1)
             denominators = self.row_denominators(target, batch)
@@ -635,7 +659,10 @@ class Metric:
             if state.get("label_counts") is not None and not cls.kind.counts_labels:
                 raise ValueError(f"label_counts: a {cls.__name__} state holds none")
             exact = ExactState.from_json(
-                state, per_class=per_class, counts_labels=cls.kind.counts_labels
+                state,
+                per_class=per_class,
+                counts_labels=cls.kind.counts_labels,
+                calibration_bins=config.calibration_bins,
             )
             if exact.class_sums is not None:
                 width = exact.class_sums.shape[0]
@@ -724,6 +751,10 @@ class CrossEntropy(Metric):
         Where the kernels run.
     window : int, optional
         Also report the loss over the last ``window`` counted rows.
+    calibration_bins : int, optional
+        Also keep that many equal-width reliability bins of the top label's
+        probability (``Report.ece`` / ``mce`` / ``brier``, ``Report.calibration``;
+        :mod:`xentstream.calibration`), in the same pass over the batch.
 
     Examples
     --------
@@ -749,8 +780,10 @@ class CrossEntropy(Metric):
         validate: bool = True,
         engine: str = "auto",
         window: int | None = None,
+        calibration_bins: int | None = None,
     ) -> None:
         config = MulticlassConfig(
+            calibration_bins=calibration_bins,
             num_classes=num_classes,
             input=input,
             class_weight=class_weight,
@@ -775,6 +808,8 @@ class BinaryCrossEntropy(Metric):
         As in :func:`xentstream.binary_cross_entropy`.
     engine, window
         As in :class:`CrossEntropy`.
+    calibration_bins : int, optional
+        Reliability bins of the positive class's probability, as in :class:`CrossEntropy`.
 
     Examples
     --------
@@ -796,9 +831,15 @@ class BinaryCrossEntropy(Metric):
         validate: bool = True,
         engine: str = "auto",
         window: int | None = None,
+        calibration_bins: int | None = None,
     ) -> None:
         config = BinaryConfig(
-            input=input, pos_weight=pos_weight, eps=eps, sum_tol=sum_tol, validate=validate
+            input=input,
+            pos_weight=pos_weight,
+            eps=eps,
+            sum_tol=sum_tol,
+            validate=validate,
+            calibration_bins=calibration_bins,
         )
         super().__init__(config, engine=engine, window=window)
 
@@ -816,6 +857,9 @@ class MultiLabelCrossEntropy(Metric):
         Also keep exact per-label sums (``Report.per_class``, normalized entropy).
     engine, window
         As in :class:`CrossEntropy`.
+    calibration_bins : int, optional
+        Reliability bins of every label's probability (pooled), as in
+        :class:`CrossEntropy`.
 
     Examples
     --------
@@ -839,8 +883,10 @@ class MultiLabelCrossEntropy(Metric):
         validate: bool = True,
         engine: str = "auto",
         window: int | None = None,
+        calibration_bins: int | None = None,
     ) -> None:
         config = MultilabelConfig(
+            calibration_bins=calibration_bins,
             num_labels=num_labels,
             input=input,
             pos_weight=pos_weight,

@@ -26,11 +26,13 @@ import numpy as np
 
 from xentstream import accumulator
 from xentstream._kernels import layout
+from xentstream.calibration import build_calibration_report
 
 if TYPE_CHECKING:
     import polars as pl
 
     from xentstream.accumulator import ExactState
+    from xentstream.calibration import CalibrationReport
     from xentstream.kinds import Kind
 
 __all__ = ["FLAT_SCALAR_FIELDS", "SCALAR_FIELDS", "Report", "build_report"]
@@ -80,6 +82,13 @@ class Report:
         Mean loss over the last ``window`` counted rows, when the metric has a window.
     per_class : polars.DataFrame or None
         Per-class (per-label) statistics when requested.
+    ece, mce, brier : float or None
+        Expected and maximum calibration error and Brier score of the top label
+        (multiclass) or positive class (binary, each label), for metrics with
+        ``calibration_bins`` (:mod:`xentstream.calibration`).
+    calibration : CalibrationReport or None
+        The full calibration summary: the Brier score's decomposition, the binned
+        log-loss split and the reliability table (``calibration.plot()`` draws it).
     """
 
     loss: float
@@ -97,6 +106,10 @@ class Report:
     normalized_entropy: float | None
     window_loss: float | None
     per_class: pl.DataFrame | None = field(default=None, compare=False)
+    ece: float | None = None
+    mce: float | None = None
+    brier: float | None = None
+    calibration: CalibrationReport | None = field(default=None, compare=False)
 
     def scalars(self, prefix: str = "") -> dict[str, float | int]:
         """The defined scalar fields as one flat dict, for loggers (TensorBoard, W&B,
@@ -159,6 +172,8 @@ class Report:
         ['accuracy', 'bits', 'ci95', 'count']
         """
         data = {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
+        if self.calibration is not None:
+            data["calibration"] = self.calibration.to_dict()
         if self.per_class is not None:
             data["per_class"] = [
                 {k: _json_value(v) for k, v in row.items()} for row in self.per_class.to_dicts()
@@ -183,6 +198,9 @@ SCALAR_FIELDS = (
     "entropy",
     "kl",
     "normalized_entropy",
+    "ece",
+    "mce",
+    "brier",
     "window_loss",
 )
 #: :data:`SCALAR_FIELDS` as flat columns (``ci95`` as two), as ``scalars()`` names them.
@@ -293,6 +311,7 @@ def build_report(
     per_class = None
     if class_sums is not None and class_counts is not None:
         per_class = kind.per_class_frame(class_sums, class_counts, weight)
+    bins = None if state.calibration is None else build_calibration_report(state.calibration)
     return Report(
         loss=loss,
         loss_sum=accumulator.to_float(sums[layout.LOSS]),
@@ -309,6 +328,10 @@ def build_report(
         normalized_entropy=normalized,
         window_loss=window_loss,
         per_class=per_class,
+        ece=None if bins is None else bins.ece,
+        mce=None if bins is None else bins.mce,
+        brier=None if bins is None else bins.brier,
+        calibration=bins,
     )
 
 

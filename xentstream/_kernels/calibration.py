@@ -32,6 +32,15 @@ BIN_CONFIDENCE_SQUARED = 3
 BIN_PRODUCT = 4
 BIN_OUTCOME_SQUARED = 5
 N_BIN_SUMS = 6
+#: State-file names of the slots, in slot order.
+BIN_SUM_NAMES = (
+    "weight",
+    "confidence",
+    "outcome",
+    "confidence_squared",
+    "product",
+    "outcome_squared",
+)
 
 #: Staged terms per bin and slot before they are added (a block's scratch stays small).
 _STAGE = 256
