@@ -58,3 +58,14 @@ def test_dask_cluster_equals_one_process() -> None:
     pytest.importorskip("dask.dataframe")
     output = _run("dask_cluster.py")
     assert "cluster == one process (bitwise): True" in output
+
+
+def test_compare_models_prints_what_the_readme_shows() -> None:
+    pytest.importorskip("sklearn")
+    output = _run("compare_models.py")
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("\n## Is the new model better, and is it calibrated?\n")
+    section = readme[start : readme.index("\n## ", start + 1)]
+    shown = re.findall(r"^```\n(.*?)^```$", section, flags=re.DOTALL | re.MULTILINE)
+    assert shown and shown[0].strip() == output.strip()
+    assert "logistic is better" in output

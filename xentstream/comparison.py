@@ -170,17 +170,20 @@ class ComparisonReport:
                 data[name] = value
         return data
 
-    def verdict(self) -> str:
-        """One sentence: which model is better, by how much, with what confidence."""
+    def verdict(self, model: str = "model", baseline: str = "baseline") -> str:
+        """One sentence: which model is better, by how much, with what confidence.
+
+        ``model`` / ``baseline``: the names to use for A and B.
+        """
         if self.stderr is None or self.p_value is None or math.isnan(self.difference):
             return "not enough rows to compare"
-        better = "model" if self.difference < 0 else "baseline"
+        better = model if self.difference < 0 else baseline
         low, high = self.ci95  # type: ignore[misc]
         strength = "significant" if self.p_value < 0.05 else "not significant"
         return (
             f"{better} is better by {abs(self.difference):.4g} nats per row "
-            f"(95% CI of A - B [{low:.4g}, {high:.4g}], p = {self.p_value:.3g}, {strength} "
-            "at 5%)"
+            f"(95% CI of {model} - {baseline}: [{low:.4g}, {high:.4g}], "
+            f"p = {self.p_value:.2g}, {strength} at the 5% level)"
         )
 
     def __str__(self) -> str:
