@@ -66,6 +66,7 @@ def test_compare_models_prints_what_the_readme_shows() -> None:
     readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
     start = readme.index("\n## Is the new model better, and is it calibrated?\n")
     section = readme[start : readme.index("\n## ", start + 1)]
-    shown = re.findall(r"^```\n(.*?)^```$", section, flags=re.DOTALL | re.MULTILINE)
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```$", section, flags=re.DOTALL | re.MULTILINE)
+    shown = [body for language, body in blocks if language == ""]
     assert shown and shown[0].strip() == output.strip()
     assert "logistic is better" in output
