@@ -340,3 +340,15 @@ def test_command_line_calibration(rng, tmp_path, capsys):
     assert "brier" in capsys.readouterr().out
     assert cli.main([*argv[:-1], "0"]) == 2
     assert "calibration" in capsys.readouterr().err
+
+
+def test_command_line_plot_draws_the_reliability_diagram(rng, tmp_path):
+    pytest.importorskip("matplotlib")
+    probs = rng.dirichlet(np.ones(3), 500)
+    labels = rng.integers(0, 3, 500)
+    path = tmp_path / "preds.parquet"
+    pl.DataFrame({"p": probs, "y": labels}).write_parquet(path)
+    plot = tmp_path / "plot.png"
+    argv = ["evaluate", str(path), "--preds", "p", "--target", "y", "--calibration-bins", "10"]
+    assert cli.main([*argv, "--plot", str(plot), "--no-progress"]) == 0
+    assert plot.stat().st_size > 0

@@ -595,7 +595,8 @@ def _key_label(by: tuple[str, ...], key: tuple[Any, ...]) -> str:
 
 def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> Any:
     """The ``--plot`` figure: running loss (+ per-batch points, per-group lines), the
-    groups' losses and the per-class losses, each with its 95% interval."""
+    groups' losses and the per-class losses, each with its 95% interval, and the
+    reliability diagram with ``--calibration-bins``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -603,7 +604,7 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
 
     overall = result.overall if isinstance(result, GroupedReport) else result
     grouped = isinstance(result, GroupedReport) and bool(result.groups)
-    panels = 1 + grouped + (overall.per_class is not None)
+    panels = 1 + grouped + (overall.per_class is not None) + (overall.calibration is not None)
     figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
     axes = list(axes[0])
     line_axes = axes.pop(0)
@@ -679,6 +680,8 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
             None,
             f"mean loss per {column}",
         )
+    if overall.calibration is not None:  # --calibration-bins: the reliability diagram
+        overall.calibration.plot(ax=axes.pop(0))
     figure.tight_layout()
     return figure
 
