@@ -352,3 +352,19 @@ def test_command_line_plot_draws_the_reliability_diagram(rng, tmp_path):
     argv = ["evaluate", str(path), "--preds", "p", "--target", "y", "--calibration-bins", "10"]
     assert cli.main([*argv, "--plot", str(plot), "--no-progress"]) == 0
     assert plot.stat().st_size > 0
+
+
+def test_state_files_whose_bins_do_not_match_the_rows(rng):
+    p = rng.uniform(size=(300, 3))
+    y = (rng.uniform(size=(300, 3)) < p).astype(np.int64)
+    weights = rng.uniform(0.5, 2.0, 300)
+    state = xs.MultiLabelCrossEntropy(calibration_bins=6).update(p, y, weights).state_dict()
+    assert xs.Metric.from_state_dict(state).compute().count == 300
+    fewer = json.loads(json.dumps(state))
+    fewer["calibration"]["counts"][0] -= 1
+    with pytest.raises(ValueError, match=r"calibration\.counts"):
+        xs.Metric.from_state_dict(fewer)
+    lighter = json.loads(json.dumps(state))
+    lighter["calibration"]["sums"]["weight"][2][0] = "0"
+    with pytest.raises(ValueError, match=r"calibration\.sums\.weight"):
+        xs.Metric.from_state_dict(lighter)

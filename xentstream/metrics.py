@@ -28,6 +28,7 @@ from xentstream._batch import ENGINES, BatchSums
 from xentstream._errors import DEFAULT_NAMES, ColumnNames, show
 from xentstream._inputs import as_array
 from xentstream._kernels import layout, load_cuda
+from xentstream._kernels.calibration import BIN_WEIGHT
 from xentstream.accumulator import ExactState
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
 from xentstream.kinds import KINDS, Kind
@@ -127,6 +128,30 @@ def _check_label_counts(metric: Metric) -> None:
     if metric.n_classes is not None and len(counts) > metric.n_classes:
         raise ValueError(
             f"label_counts: {len(counts)} classes, but the metric has {metric.n_classes}"
+        )
+
+
+def _check_calibration(metric: Metric) -> None:
+    """Reliability bins hold every counted row's forecasts (one per label for kinds with
+    a label axis) with the rows' exact weight."""
+    bins = metric.state.calibration
+    if bins is None:
+        return
+    per_row = (metric.n_classes or 0) if metric.kind.class_axis == "label" else 1
+    rows = int(metric.state.counts[layout.ROWS])
+    if int(bins.counts.sum()) != rows * per_row:
+        raise ValueError(
+            f"calibration.counts: {int(bins.counts.sum())} forecasts, but {rows} rows give "
+            f"{rows * per_row}"
+        )
+    weight = metric.state.sums[layout.WEIGHT]
+    binned = bins.sums[:, BIN_WEIGHT]
+    if accumulator.is_special(weight) or any(accumulator.is_special(row) for row in binned):
+        return
+    total = sum(accumulator.exact_integer(row) for row in binned)
+    if total != accumulator.exact_integer(weight) * per_row:
+        raise ValueError(
+            "calibration.sums.weight: does not add up to the rows' weight (sums.weight)"
         )
 
 
@@ -681,6 +706,7 @@ class Metric:
                 metric._window.rows.extend(rows)
             _check_consistent(metric)
             _check_label_counts(metric)
+            _check_calibration(metric)
         except (KeyError, TypeError, IndexError, OverflowError) as error:
             raise ValueError(
                 f"state: malformed ({type(error).__name__}: {show(str(error))})"
