@@ -193,7 +193,7 @@ def compare(
     for left, right in _lockstep(iter(first), iter(second)):
         if baseline_source is not None:
             _check_same_rows(left, right, row_id, names.target, rows)
-        comparison._update_batch(
+        comparison.accumulate(
             left.preds,
             right.preds,
             left.target,

@@ -49,7 +49,7 @@ from xentstream._inputs import as_array
 from xentstream._kernels import paired
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
 from xentstream.metrics import Metric
-from xentstream.report import Report
+from xentstream.report import Report, format_value
 from xentstream.state import read_json, write_json_atomic
 
 __all__ = ["Comparison", "ComparisonReport", "load"]
@@ -188,13 +188,13 @@ class ComparisonReport:
 
     def __str__(self) -> str:
         width = max(map(len, _SCALARS))
-        lines = [f"{name:<{width}}  {_format(value)}" for name, value in self._shown()]
+        lines = [f"{name:<{width}}  {format_value(value)}" for name, value in self._shown()]
         lines.append("")
         lines.append(f"{'':<{width}}  {'model':>12}  {'baseline':>12}")
         for name in ("loss", "stderr", "accuracy", "perplexity"):
             a, b = getattr(self.model, name), getattr(self.baseline, name)
             if a is not None or b is not None:
-                lines.append(f"{name:<{width}}  {_format(a):>12}  {_format(b):>12}")
+                lines.append(f"{name:<{width}}  {format_value(a):>12}  {format_value(b):>12}")
         lines.append("")
         lines.append(self.verdict())
         return "\n".join(lines)
@@ -212,14 +212,6 @@ _SCALARS = (
     "model_better_rows",
     "baseline_better_rows",
 )
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, tuple):
-        return "[" + ", ".join(_format(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:.6g}" if math.isfinite(value) else str(value)
-    return str(value)
 
 
 def paired_statistics(
@@ -373,12 +365,12 @@ class Comparison:
             As the metric's ``update``; also when the two models' predictions have a
             different number of classes.
         """
-        self._update_batch(
+        self.accumulate(
             preds, baseline_preds, target, sample_weight, names=names, baseline_name=baseline_name
         )
         return self
 
-    def _update_batch(
+    def accumulate(
         self,
         preds: Any,
         baseline_preds: Any,
@@ -392,7 +384,9 @@ class Comparison:
         row_offset: int | None = None,
     ) -> PairedBatch:
         """:meth:`update`, returning both models' batch sums and the paired sums and
-        counters per group (for grouped evaluation)."""
+        counters per group (``groups``: an int64 code in ``[0, n_groups)`` per row), as
+        :meth:`Metric.accumulate` does for one model; feeders use it. ``row_offset``:
+        the stream offset of the batch's first row in messages."""
         baseline_names = ColumnNames(
             preds=baseline_name, target=names.target, sample_weight=names.sample_weight
         )
