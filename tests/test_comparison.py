@@ -429,3 +429,47 @@ def test_command_line_compare(rng, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("xentstream: error:")
         assert needle in err
+
+
+def test_compare_by_groups_equals_each_group_alone(rng):
+    frame, model, base, labels = _frame(rng, 3000)
+    groups = np.array(["a", "b", "c"])[rng.integers(0, 3, len(labels))].astype(object)
+    groups[::11] = None
+    frame = frame.with_columns(pl.Series("g", groups.tolist(), dtype=pl.String))
+    result = xs.compare(
+        frame,
+        xs.CrossEntropy(calibration_bins=5),
+        preds="new",
+        baseline_preds="old",
+        target="y",
+        by="g",
+        batch_rows=400,
+    )
+    assert isinstance(result, xs.GroupedComparison)
+    assert list(result.groups) == [("a",), ("b",), ("c",), (None,)]  # sorted, null last
+    overall = xs.Comparison(xs.CrossEntropy(calibration_bins=5)).update(model, base, labels)
+    assert result.overall.to_dict() == overall.compute().to_dict()
+    for (key,), report in result.groups.items():
+        rows = np.array([g == key for g in groups])
+        alone = xs.Comparison(xs.CrossEntropy()).update(model[rows], base[rows], labels[rows])
+        assert report.to_dict() == alone.compute().to_dict()
+    table = result.to_polars()
+    assert table.height == 4 and table["count"].sum() == len(labels)
+    json.dumps(result.to_dict(), allow_nan=False)
+    with pytest.raises(ValueError, match="by"):
+        xs.compare([(model, base, labels)], xs.CrossEntropy(), by="g")
+
+
+def test_command_line_compare_by(rng, tmp_path, capsys):
+    frame, *_ = _frame(rng, 1000)
+    frame = frame.with_columns((pl.col("id") % 3).alias("g"))
+    path = tmp_path / "preds.parquet"
+    frame.write_parquet(path)
+    argv = ["compare", str(path), "--preds", "new", "--baseline-preds", "old", "--target", "y"]
+    assert cli.main([*argv, "--by", "g", "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [g["key"] for g in shown["groups"]] == [[0], [1], [2]]
+    assert cli.main([*argv, "--by", "g"]) == 0
+    assert "p_value" in capsys.readouterr().out
+    assert cli.main([*argv, "--by", "g", "--save-state", str(tmp_path / "s.json")]) == 2
+    assert "--save-state" in capsys.readouterr().err

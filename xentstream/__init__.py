@@ -8,7 +8,7 @@ Examples
 """
 
 from xentstream._errors import ColumnNames
-from xentstream.comparing import compare
+from xentstream.comparing import GroupedComparison, compare
 from xentstream.comparison import Comparison, ComparisonReport, load
 from xentstream.config import BinaryConfig, MulticlassConfig, MultilabelConfig
 from xentstream.evaluate import GroupedReport, Interrupted, evaluate, stream
@@ -35,6 +35,7 @@ __all__ = [
     "Comparison",
     "ComparisonReport",
     "CrossEntropy",
+    "GroupedComparison",
     "GroupedReport",
     "Interrupted",
     "Metric",

@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from xentstream import __version__
-from xentstream.comparing import compare
+from xentstream.comparing import GroupedComparison, compare
 from xentstream.comparison import Comparison, ComparisonReport
 from xentstream.comparison import load as load_state
 from xentstream.evaluate import (
@@ -975,41 +975,92 @@ def _add_compare_parser(commands: Any) -> None:
         "share of rows where each model is better, and each model's own report.",
         formatter_class=_Formatter,
     )
-    run.add_argument("source", nargs="+", metavar="SOURCE", help="files or globs (one format)")
-    columns = run.add_argument_group("columns")
-    columns.add_argument("--preds", nargs="+", required=True, metavar="COL", help="model columns")
-    columns.add_argument(
-        "--baseline-preds", nargs="+", required=True, metavar="COL", help="baseline columns"
+    run.add_argument(
+        "source",
+        nargs="+",
+        metavar="SOURCE",
+        help="Parquet, Arrow IPC / Feather, CSV or NDJSON files or globs (one format)",
     )
-    columns.add_argument("--target", nargs="+", required=True, metavar="COL")
+    columns = run.add_argument_group("columns")
+    columns.add_argument(
+        "--preds",
+        nargs="+",
+        required=True,
+        metavar="COL",
+        help="the model's prediction column(s), as evaluate's --preds (patterns too)",
+    )
+    columns.add_argument(
+        "--baseline-preds",
+        nargs="+",
+        required=True,
+        metavar="COL",
+        help="the baseline model's prediction column(s), for the same rows",
+    )
+    columns.add_argument(
+        "--target", nargs="+", required=True, metavar="COL", help="target column(s), shared"
+    )
     columns.add_argument("--sample-weight", metavar="COL", help="column of row weights")
-    columns.add_argument("--classes", type=_name_list, metavar="A,B,...")
+    columns.add_argument(
+        "--classes", type=_name_list, metavar="A,B,...", help="class names of string labels"
+    )
     columns.add_argument(
         "--baseline-source",
         nargs="+",
         metavar="FILE",
         help="files holding --baseline-preds and --target for the same rows, in the same "
-        "order (default: SOURCE)",
+        "order (default: SOURCE); their targets must match SOURCE's row by row",
     )
     columns.add_argument(
         "--row-id", metavar="COL", help="with --baseline-source: a column checked to match"
     )
+    columns.add_argument(
+        "--by", nargs="+", metavar="COL", help="group columns: a comparison per group as well"
+    )
     loss = run.add_argument_group("loss")
     loss.add_argument(
-        "--task", choices=("auto", "multiclass", "binary", "multilabel"), default="auto"
+        "--task",
+        choices=("auto", "multiclass", "binary", "multilabel"),
+        default="auto",
+        help="default: auto, from the columns, as for evaluate",
     )
-    loss.add_argument("--input", choices=("probs", "logprobs", "logits"), default="probs")
-    loss.add_argument("--class-weight", type=_float_list, metavar="W,...")
-    loss.add_argument("--pos-weight", type=_float_list, metavar="W[,...]")
-    loss.add_argument("--ignore-index", type=int, metavar="K")
-    loss.add_argument("--label-smoothing", type=float, default=0.0, metavar="E")
-    loss.add_argument("--sum-tol", type=float, metavar="TOL")
+    loss.add_argument(
+        "--input",
+        choices=("probs", "logprobs", "logits"),
+        default="probs",
+        help="what both models' predictions hold (default: probs)",
+    )
+    loss.add_argument(
+        "--class-weight", type=_float_list, metavar="W,...", help="multiclass: class weights"
+    )
+    loss.add_argument(
+        "--pos-weight", type=_float_list, metavar="W[,...]", help="weight of the positive term"
+    )
+    loss.add_argument(
+        "--ignore-index", type=int, metavar="K", help="multiclass: drop rows whose label is K"
+    )
+    loss.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        metavar="E",
+        help="multiclass: mix the target with the uniform distribution (default: 0)",
+    )
+    loss.add_argument(
+        "--sum-tol", type=float, metavar="TOL", help="tolerance of the sum-to-one checks"
+    )
     _add_calibration_flag(loss)
     running = run.add_argument_group("running")
-    running.add_argument("--batch-rows", type=int, metavar="N")
-    running.add_argument("--engine", choices=("auto", "cpu", "cuda"), default="auto")
+    running.add_argument("--batch-rows", type=int, metavar="N", help="rows per batch")
+    running.add_argument(
+        "--engine",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the kernels run (default: auto, the CPU for files)",
+    )
     output = run.add_argument_group("output")
-    output.add_argument("--format", choices=("table", "json"), default="table")
+    output.add_argument(
+        "--format", choices=("table", "json"), default="table", help="output format"
+    )
     output.add_argument("--output", metavar="FILE", help="write the report here (default: stdout)")
     output.add_argument(
         "--save-state", metavar="FILE", help="write the exact comparison state (for merge)"
@@ -1026,7 +1077,7 @@ def _add_calibration_flag(group: Any) -> None:
     )
 
 
-def _render_comparison(report: ComparisonReport, fmt: str) -> str:
+def _render_comparison(report: ComparisonReport | GroupedComparison, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(report.to_dict(), indent=2) + "\n"
     return f"{report}\n"
@@ -1035,7 +1086,9 @@ def _render_comparison(report: ComparisonReport, fmt: str) -> str:
 def _compare(args: argparse.Namespace) -> int:
     if _is_npy(args.source):
         raise _UsageError("compare: reads Parquet / IPC / CSV / NDJSON sources, not .npy")
-    args.by, args.per_class = None, False
+    args.per_class = False
+    if args.by and args.save_state:
+        raise _UsageError("--save-state: not with --by (a comparison's groups are not saved)")
     schema = _resolve_columns(args)
     baseline = args.baseline_source
     baseline_schema = schema if baseline is None else _schema(baseline)
@@ -1059,11 +1112,13 @@ def _compare(args: argparse.Namespace) -> int:
         classes=args.classes,
         baseline_source=None if baseline is None else one(baseline),
         row_id=args.row_id,
+        by=args.by,
         batch_rows=args.batch_rows,
     )
     if args.save_state:
         comparison.save(args.save_state)
-    if report.count + report.model.ignored == 0:
+    overall = report.overall if isinstance(report, GroupedComparison) else report
+    if overall.count + overall.model.ignored == 0:
         warnings.warn("the source holds no rows: nothing was compared", stacklevel=1)
     _write(_render_comparison(report, args.format), args.output)
     return 0

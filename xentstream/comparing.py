@@ -8,7 +8,9 @@ targets must be equal row by row, and so must an optional row-id column.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,111 @@ from xentstream.comparison import Comparison, ComparisonReport
 from xentstream.feeders import Batch, ColumnSpec, open_source
 from xentstream.metrics import Metric
 
-__all__ = ["compare"]
+__all__ = ["GroupedComparison", "compare"]
+
+_CODE = "__xentstream_group_code"
+
+
+@dataclass(frozen=True)
+class GroupedComparison:
+    """A paired comparison overall and per group (``compare(..., by=...)``).
+
+    Attributes
+    ----------
+    overall : ComparisonReport
+        Every row, as without ``by``.
+    by : tuple of str
+        The group columns.
+    groups : dict
+        Group key (a tuple of the ``by`` values) -> :class:`ComparisonReport`, sorted
+        by key (nulls last); without calibration (groups keep no bins).
+    """
+
+    overall: ComparisonReport
+    by: tuple[str, ...]
+    groups: dict[tuple[Any, ...], ComparisonReport] = field(default_factory=dict)
+
+    def to_polars(self) -> pl.DataFrame:
+        """One row per group: the key columns, the comparison's scalars, both losses."""
+        rows = []
+        for key, report in self.groups.items():
+            row: dict[str, Any] = dict(zip(self.by, key, strict=True))
+            scalars = report.scalars()
+            row.update({name: scalars.get(name) for name in _GROUP_COLUMNS})
+            rows.append(row)
+        if not rows:
+            return pl.DataFrame(schema=[*self.by, *_GROUP_COLUMNS])
+        return pl.DataFrame(rows, infer_schema_length=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict: ``overall`` and a list of ``groups`` with their keys."""
+        return {
+            "overall": self.overall.to_dict(),
+            "by": list(self.by),
+            "groups": [
+                {"key": [_json_key(v) for v in key], **report.to_dict()}
+                for key, report in self.groups.items()
+            ],
+        }
+
+    def __str__(self) -> str:
+        with pl.Config(tbl_rows=200, tbl_cols=20, tbl_hide_dataframe_shape=True):
+            return f"{self.overall}\n\n{self.to_polars()}"
+
+
+_GROUP_COLUMNS = (
+    "count",
+    "difference",
+    "stderr",
+    "ci95_low",
+    "ci95_high",
+    "p_value",
+    "model_better",
+    "model/loss",
+    "baseline/loss",
+)
+
+
+def _json_key(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value if isinstance(value, str | int | float | bool | None) else str(value)
+
+
+class _Groups:
+    """Group keys -> codes (first appearance order) and one :class:`Comparison` each."""
+
+    def __init__(self, by: tuple[str, ...], template: Comparison) -> None:
+        self.by = by
+        self.keys: list[tuple[Any, ...]] = []
+        self.comparisons: list[Comparison] = []
+        self._known: pl.DataFrame | None = None
+        metric = template.model
+        config = metric.config
+        flag = metric.kind.per_class_field
+        if flag is not None and getattr(config, flag):
+            config = replace(config, **{flag: False})
+        # Groups keep no per-class sums and no reliability bins (as evaluate's groups).
+        config = replace(config, calibration_bins=None)
+        self._template = type(metric).from_config(config, engine=metric.engine)
+
+    def codes(self, keys: pl.DataFrame) -> np.ndarray:
+        """Group code of every row of ``keys`` (new keys get new codes)."""
+        on = list(self.by)
+        new = keys.unique(subset=on, maintain_order=True)
+        if self._known is not None:
+            new = new.join(self._known, on=on, how="anti", nulls_equal=True)
+        if new.height:
+            first = len(self.keys)
+            numbered = new.with_columns(
+                pl.int_range(first, first + new.height, dtype=pl.Int64).alias(_CODE)
+            )
+            self._known = numbered if self._known is None else pl.concat([self._known, numbered])
+            for row in new.iter_rows():
+                self.keys.append(row)
+                self.comparisons.append(Comparison(self._template))
+        joined = keys.join(self._known, on=on, how="left", nulls_equal=True, maintain_order="left")
+        return joined[_CODE].to_numpy()
 
 
 def _is_batch_iterable(source: Any) -> bool:
@@ -106,8 +212,9 @@ def compare(
     classes: Any = None,
     baseline_source: Any = None,
     row_id: str | None = None,
+    by: Any = None,
     batch_rows: int | None = None,
-) -> ComparisonReport:
+) -> ComparisonReport | GroupedComparison:
     """Compare two models over every row of ``source`` in bounded batches (paired).
 
     Parameters
@@ -131,12 +238,15 @@ def compare(
     row_id : str, optional
         With ``baseline_source``: a column both sources hold, checked to be equal row
         by row.
+    by : str or list of str, optional
+        Group columns (of ``source``): returns a :class:`GroupedComparison`, computed
+        in the same pass.
     batch_rows : int, optional
         Rows per batch.
 
     Returns
     -------
-    ComparisonReport
+    ComparisonReport or GroupedComparison
 
     Raises
     ------
@@ -155,7 +265,10 @@ def compare(
     (2, 2)
     """
     comparison = metric if isinstance(metric, Comparison) else Comparison(metric)
+    by_columns = (by,) if isinstance(by, str) else tuple(by or ())
     if _is_batch_iterable(source) and baseline_source is None:
+        if by_columns:
+            raise ValueError("by: needs a frame or file source (columns to group by)")
         for item in source:
             if not isinstance(item, tuple) or len(item) not in (3, 4):
                 raise TypeError(
@@ -171,8 +284,13 @@ def compare(
     keys = () if row_id is None else (row_id,)
     classes = None if classes is None else tuple(classes)
     spec = ColumnSpec(
-        preds=preds, target=target, sample_weight=sample_weight, by=keys, classes=classes
+        preds=preds,
+        target=target,
+        sample_weight=sample_weight,
+        by=tuple(dict.fromkeys((*by_columns, *keys))),
+        classes=classes,
     )
+    groups = _Groups(by_columns, comparison) if by_columns else None
     baseline_spec = ColumnSpec(
         preds=baseline_preds,
         target=target,
@@ -193,14 +311,41 @@ def compare(
     for left, right in _lockstep(iter(first), iter(second)):
         if baseline_source is not None:
             _check_same_rows(left, right, row_id, names.target, rows)
-        comparison.accumulate(
+        codes = None if groups is None else groups.codes(left.keys.select(by_columns))
+        n_groups = 1 if groups is None else len(groups.keys)
+        batch = comparison.accumulate(
             left.preds,
             right.preds,
             left.target,
             left.sample_weight,
             names=ColumnNames(names.preds, names.target, names.sample_weight),
             baseline_name=baseline_name,
+            groups=codes,
+            n_groups=n_groups,
             row_offset=comparison.rows_seen - start,
         )
+        if groups is not None and batch.model.group_counts is not None:
+            labels = comparison.model.group_label_counts(
+                left.target, left.sample_weight, codes, n_groups
+            )
+            for code in np.flatnonzero(batch.model.group_counts.sum(axis=1)):
+                groups.comparisons[code].absorb_group(batch, int(code), labels)
         rows += left.n_rows
-    return comparison.compute()
+    overall = comparison.compute()
+    if groups is None:
+        return overall
+    reports = {
+        key: group.compute() for key, group in zip(groups.keys, groups.comparisons, strict=True)
+    }
+    try:  # as evaluate's groups: by key, NaN then null last
+        reports = dict(sorted(reports.items(), key=lambda item: _key_order(item[0])))
+    except TypeError:  # keys that do not compare (mixed types): first appearance
+        pass
+    return GroupedComparison(overall=overall, by=by_columns, groups=reports)
+
+
+def _key_order(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(
+        (2, 0) if v is None else (1, 0) if isinstance(v, float) and math.isnan(v) else (0, v)
+        for v in key
+    )

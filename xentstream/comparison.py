@@ -427,6 +427,20 @@ class Comparison:
                 self._counts += counts.sum(axis=0)
         return PairedBatch(batch, baseline_batch, sums, counts)
 
+    def absorb_group(self, batch: PairedBatch, code: int, label_counts: Any = None) -> None:
+        """Add group ``code``'s share of a grouped :meth:`accumulate` batch to this
+        (per-group) comparison: the models' and the paired sums, no per-class sums and
+        no reliability bins. ``label_counts``: :meth:`Metric.group_label_counts` of the
+        batch (shared: both models score the same targets), or None."""
+        labels = None if label_counts is None else label_counts[code]
+        with self._lock:
+            for metric, sums in ((self.model, batch.model), (self.baseline, batch.baseline)):
+                metric.state.add(
+                    sums.group_sums[code], sums.group_counts[code], label_counts=labels
+                )
+            accumulator.merge_into(self._sums, batch.sums[code])
+            self._counts += batch.counts[code]
+
     # -- results -------------------------------------------------------------------------
 
     def compute(self) -> ComparisonReport:
