@@ -50,7 +50,9 @@ def _reference(confidence, outcome, n_bins, weights=None):
 
 def test_binary_against_scikit_learn(rng):
     p, y = _binary(rng)
-    report = build_calibration_report(batch_bins("binary", p, y, None, n_bins=10, input="probs"))
+    report = build_calibration_report(
+        batch_bins("positive_class", p, y, None, n_bins=10, input="probs")
+    )
     prob_true, prob_pred = calibration_curve(y, p, n_bins=10, strategy="uniform")
     table = report.table.filter(report.table["count"] > 0)
     np.testing.assert_allclose(table["accuracy"].to_numpy(), prob_true, rtol=1e-12)
@@ -67,7 +69,9 @@ def test_binary_against_scikit_learn(rng):
 def test_binary_sample_weights_against_scikit_learn(rng):
     p, y = _binary(rng, 5000)
     weights = rng.uniform(0.0, 3.0, len(p))
-    report = build_calibration_report(batch_bins("binary", p, y, weights, n_bins=15, input="probs"))
+    report = build_calibration_report(
+        batch_bins("positive_class", p, y, weights, n_bins=15, input="probs")
+    )
     assert math.isclose(report.brier, brier_score_loss(y, p, sample_weight=weights), rel_tol=1e-12)
     expected = _reference(p, y, 15, weights)
     for name in ("ece", "mce", "reliability", "resolution", "uncertainty"):
@@ -82,7 +86,7 @@ def test_multiclass_top_label_against_numpy(rng, input):
     labels = np.array([rng.choice(classes, p=row) for row in special.softmax(logits * 0.7, 1)])
     preds = {"probs": probs, "logprobs": special.log_softmax(logits, 1), "logits": logits}[input]
     report = build_calibration_report(
-        batch_bins("multiclass", preds, labels, None, n_bins=15, input=input)
+        batch_bins("top_label", preds, labels, None, n_bins=15, input=input)
     )
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
@@ -99,7 +103,7 @@ def test_soft_targets_use_the_mass_on_the_top_label(rng):
     probs = rng.dirichlet(np.ones(classes), n)
     target = rng.dirichlet(np.ones(classes) * 2, n)
     report = build_calibration_report(
-        batch_bins("multiclass", probs, target, None, n_bins=10, input="probs")
+        batch_bins("top_label", probs, target, None, n_bins=10, input="probs")
     )
     outcome = target[np.arange(n), probs.argmax(axis=1)]
     expected = _reference(probs.max(axis=1), outcome, 10)
@@ -112,7 +116,7 @@ def test_ignored_rows_are_not_binned(rng):
     labels = rng.integers(0, 4, 500)
     labels[::5] = -100
     report = build_calibration_report(
-        batch_bins("multiclass", probs, labels, None, n_bins=10, input="probs", ignore_index=-100)
+        batch_bins("top_label", probs, labels, None, n_bins=10, input="probs", ignore_index=-100)
     )
     kept = labels != -100
     expected = _reference(
@@ -127,7 +131,7 @@ def test_multilabel_pools_every_label(rng):
     y = (rng.uniform(size=(1000, 3)) < p).astype(np.int64)
     weights = rng.uniform(0.5, 1.5, 1000)
     report = build_calibration_report(
-        batch_bins("multilabel", p, y, weights, n_bins=10, input="probs")
+        batch_bins("each_label", p, y, weights, n_bins=10, input="probs")
     )
     expected = _reference(p.reshape(-1), y.reshape(-1), 10, np.repeat(weights, 3))
     assert report.count == 3000
@@ -138,14 +142,16 @@ def test_multilabel_pools_every_label(rng):
 def test_binary_predict_proba_and_logits(rng):
     p, y = _binary(rng, 3000)
     proba = np.column_stack([1 - p, p])
-    direct = build_calibration_report(batch_bins("binary", p, y, None, n_bins=10, input="probs"))
+    direct = build_calibration_report(
+        batch_bins("positive_class", p, y, None, n_bins=10, input="probs")
+    )
     from_proba = build_calibration_report(
-        batch_bins("binary", proba, y, None, n_bins=10, input="probs")
+        batch_bins("positive_class", proba, y, None, n_bins=10, input="probs")
     )
     assert from_proba.to_dict() == direct.to_dict()
     logits = special.logit(p)
     from_logits = build_calibration_report(
-        batch_bins("binary", logits, y, None, n_bins=10, input="logits")
+        batch_bins("positive_class", logits, y, None, n_bins=10, input="logits")
     )
     assert math.isclose(from_logits.brier, direct.brier, rel_tol=1e-9)
 
@@ -157,7 +163,7 @@ def test_decomposition_is_exact_when_bins_hold_one_forecast(rng):
     p = (rng.integers(0, n_bins, 5000) + 0.5) / n_bins
     y = (rng.uniform(size=5000) < p**0.8).astype(np.int64)
     report = build_calibration_report(
-        batch_bins("binary", p, y, None, n_bins=n_bins, input="probs")
+        batch_bins("positive_class", p, y, None, n_bins=n_bins, input="probs")
     )
     assert abs(report.within_bin) < 1e-15
     assert math.isclose(report.brier, brier_score_loss(y, p), rel_tol=1e-12)
@@ -168,10 +174,10 @@ def test_decomposition_is_exact_when_bins_hold_one_forecast(rng):
 def test_bins_are_bitwise_identical_for_any_split(rng):
     p, y = _binary(rng, 50_000)
     weights = rng.uniform(0.0, 2.0, len(p))
-    whole = batch_bins("binary", p, y, weights, n_bins=15, input="probs")
+    whole = batch_bins("positive_class", p, y, weights, n_bins=15, input="probs")
     cuts = np.sort(rng.choice(np.arange(1, len(p)), size=9, replace=False))
     parts = [
-        batch_bins("binary", p[a:b], y[a:b], weights[a:b], n_bins=15, input="probs")
+        batch_bins("positive_class", p[a:b], y[a:b], weights[a:b], n_bins=15, input="probs")
         for a, b in zip([0, *cuts], [*cuts, len(p)], strict=True)
     ]
     merged = CalibrationState(15)
@@ -183,7 +189,7 @@ def test_bins_are_bitwise_identical_for_any_split(rng):
 
 def test_state_round_trip_and_malformed(rng):
     p, y = _binary(rng, 1000)
-    state = batch_bins("binary", p, y, None, n_bins=8, input="probs")
+    state = batch_bins("positive_class", p, y, None, n_bins=8, input="probs")
     data = json.loads(json.dumps(state.to_json()))
     assert CalibrationState.from_json(data, 8).to_json() == state.to_json()
     with pytest.raises(ValueError, match=r"calibration\.bins"):
@@ -223,7 +229,7 @@ def test_against_torchmetrics(rng):
     )
     expected = float(metric(torch.tensor(probs), torch.tensor(labels)))
     report = build_calibration_report(
-        batch_bins("multiclass", probs, labels, None, n_bins=15, input="probs")
+        batch_bins("top_label", probs, labels, None, n_bins=15, input="probs")
     )
     # torchmetrics works in float32.
     assert math.isclose(report.ece, expected, rel_tol=1e-5, abs_tol=1e-6)

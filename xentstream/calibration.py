@@ -46,7 +46,7 @@ from xentstream.accumulator import CalibrationState
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["CalibrationReport", "batch_bins", "build_calibration_report"]
+__all__ = ["FORECASTS", "CalibrationReport", "batch_bins", "build_calibration_report"]
 
 _MIN_BLOCK_ROWS = 1 << 14
 
@@ -63,8 +63,13 @@ def _weights(sample_weight: Any, rows: int) -> np.ndarray:
     return np.ascontiguousarray(weights).reshape(-1)[:rows] if weights.size else weights
 
 
+#: The forecast a kind's rows make, by its class axis (``Kind.class_axis``): the top
+#: class of a distribution, the positive class of a binary row, each label of a row.
+FORECASTS = {"class": "top_label", None: "positive_class", "label": "each_label"}
+
+
 def batch_bins(
-    kind: str,
+    forecast: str,
     preds: Any,
     target: Any,
     sample_weight: Any,
@@ -76,14 +81,18 @@ def batch_bins(
 ) -> CalibrationState:
     """The reliability bins of one batch the loss kernels already validated.
 
-    ``kind``: ``"multiclass"`` (top label), ``"binary"`` or ``"multilabel"`` (positive
-    class of each forecast).
+    ``forecast``: ``"top_label"`` (multiclass rows: the most probable class and whether
+    it is right), ``"positive_class"`` (binary rows, predict_proba layouts included) or
+    ``"each_label"`` (multi-label rows: every label's positive class); see
+    :data:`FORECASTS`.
     """
     input_kind = INPUT_KINDS[input]
     state = CalibrationState(n_bins)
     preds = as_array(preds, "preds", floating=True)
     target = as_array(target, "target")
-    if kind == "multiclass":
+    if forecast not in FORECASTS.values():
+        raise ValueError(f"forecast: must be one of {sorted(FORECASTS.values())}, got {forecast!r}")
+    if forecast == "top_label":
         n_classes = preds.shape[-1]
         rows = np.ascontiguousarray(preds).reshape(-1, n_classes)
         n = rows.shape[0]
@@ -109,7 +118,7 @@ def batch_bins(
                 counts,
             )
     else:
-        if kind == "binary":
+        if forecast == "positive_class":
             preds, target = binary_columns(
                 preds, target, input=input, sum_tol=sum_tol, validate=False, name="preds"
             )

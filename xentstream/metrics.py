@@ -461,7 +461,7 @@ class Metric:
         if bins is not None and batch.n_rows:
             # The loss kernels validated every value above: the bins' pass needs no checks.
             batch.calibration = calibration.batch_bins(
-                self.kind.name,
+                calibration.FORECASTS[self.kind.class_axis],
                 preds,
                 target,
                 sample_weight,

@@ -168,8 +168,8 @@ class Report:
         --------
         >>> import xentstream as xs
         >>> m = xs.CrossEntropy().update([[0.7, 0.3]], [0])
-        >>> sorted(m.compute().to_dict())[:4]
-        ['accuracy', 'bits', 'ci95', 'count']
+        >>> sorted(m.compute().to_dict())[:3]
+        ['accuracy', 'bits', 'brier']
         """
         data = {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
         if self.calibration is not None:
