@@ -374,3 +374,17 @@ def test_state_files_whose_bins_do_not_match_the_rows(rng):
     lighter["calibration"]["sums"]["weight"][2][0] = "0"
     with pytest.raises(ValueError, match=r"calibration\.sums\.weight"):
         xs.Metric.from_state_dict(lighter)
+
+
+def test_float32_logits(rng):
+    logits = rng.normal(scale=2.0, size=(5000, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 5000)
+    report = build_calibration_report(
+        batch_bins("top_label", logits, labels, None, n_bins=15, input="logits")
+    )
+    probs = special.softmax(logits.astype(np.float64), axis=1)
+    expected = _reference(probs.max(1), (probs.argmax(1) == labels).astype(float), 15)
+    assert report.table["count"].to_list() == expected["counts"].tolist()
+    # float32 exponentials (as the loss kernels use for float32 logits): 1e-6 relative.
+    for name in ("ece", "brier", "reliability"):
+        assert math.isclose(getattr(report, name), expected[name], rel_tol=1e-5), name

@@ -22,8 +22,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from xentstream._kernels.exact import N_SLOTS, add_terms, normalize
-from xentstream._kernels.fastmath import add_reassoc, exp64, max_num
+from xentstream._kernels.exact import N_SLOTS, add_term, add_terms, normalize
+from xentstream._kernels.fastmath import add_reassoc, exp32, exp64, is_float32, max_num
 from xentstream._kernels.layout import LOGITS, LOGPROBS
 
 BIN_WEIGHT = 0
@@ -65,8 +65,13 @@ def _top_label(row, input_kind):
             break
     if input_kind == LOGITS:
         total = 0.0
-        for c in range(row.shape[0]):
-            total = add_reassoc(total, exp64(np.float64(row[c]) - top))
+        if is_float32(row):  # float32 exps of float32 logits, as the loss kernels
+            shift = np.float32(top)
+            for c in range(row.shape[0]):
+                total = add_reassoc(total, np.float64(exp32(row[c] - shift)))
+        else:
+            for c in range(row.shape[0]):
+                total = add_reassoc(total, exp64(np.float64(row[c]) - top))
         return best, 1.0 / total
     if input_kind == LOGPROBS:
         return best, math.exp(top)
@@ -97,7 +102,7 @@ def _bin_of(f, n_bins):
 
 
 @njit(nogil=True, cache=True)
-def _stage(staged, filled, sums, k, weight, f, o):
+def _stage(staged, filled, sums, k, weight, f, o, derived):
     n = filled[k]
     staged[k, BIN_WEIGHT, n] = weight
     staged[k, BIN_CONFIDENCE, n] = weight * f
@@ -107,21 +112,39 @@ def _stage(staged, filled, sums, k, weight, f, o):
     staged[k, BIN_OUTCOME_SQUARED, n] = weight * o * o
     filled[k] = n + 1
     if n + 1 == _STAGE:
-        _flush(staged, filled, sums, k)
+        _flush(staged, filled, sums, k, derived)
 
 
 @njit(nogil=True, cache=True)
-def _flush(staged, filled, sums, k):
+def _flush(staged, filled, sums, k, derived):
     for slot in range(N_BIN_SUMS):
-        add_terms(sums[k, slot], staged[k, slot], filled[k])
+        if not derived[slot]:
+            add_terms(sums[k, slot], staged[k, slot], filled[k])
     filled[k] = 0
 
 
 @njit(nogil=True, cache=True)
-def _finish(staged, filled, sums):
+def _finish(staged, filled, sums, counts, derived):
+    """Add what is staged, then the slots derived rather than added (``derived``):
+    the weight of unweighted rows is their count; for 0/1 outcomes ``s o^2 = s o``
+    term by term, so the two sums have the same bits. A third fewer terms to add."""
     for k in range(sums.shape[0]):
-        _flush(staged, filled, sums, k)
+        _flush(staged, filled, sums, k, derived)
     normalize(sums.reshape(-1, N_SLOTS))
+    for k in range(sums.shape[0]):
+        if derived[BIN_WEIGHT]:
+            add_term(sums[k, BIN_WEIGHT], np.float64(counts[k]))  # < 2**53: exact
+        if derived[BIN_OUTCOME_SQUARED]:
+            sums[k, BIN_OUTCOME_SQUARED, :] = sums[k, BIN_OUTCOME, :]
+    normalize(sums.reshape(-1, N_SLOTS))
+
+
+@njit(nogil=True, cache=True)
+def _derived(weighted, binary_outcomes):
+    derived = np.zeros(N_BIN_SUMS, dtype=np.bool_)
+    derived[BIN_WEIGHT] = not weighted
+    derived[BIN_OUTCOME_SQUARED] = binary_outcomes
+    return derived
 
 
 @njit(parallel=True, cache=True)
@@ -143,6 +166,7 @@ def top_label_bins(
         staged = np.empty((n_bins, N_BIN_SUMS, _STAGE), dtype=np.float64)
         filled = np.zeros(n_bins, dtype=np.int64)
         block_sums = sums[block]
+        derived = _derived(weighted, hard)
         for i in range(start, stop):
             if hard and has_ignore and labels[i] == ignore:
                 continue
@@ -151,8 +175,8 @@ def top_label_bins(
             k = _bin_of(f, n_bins)
             counts[block, k] += 1
             weight = np.float64(sample_weight[i]) if weighted else 1.0
-            _stage(staged, filled, block_sums, k, weight, f, o)
-        _finish(staged, filled, block_sums)
+            _stage(staged, filled, block_sums, k, weight, f, o, derived)
+        _finish(staged, filled, block_sums, counts[block], derived)
 
 
 @njit(parallel=True, cache=True)
@@ -168,11 +192,12 @@ def positive_class_bins(preds, target, sample_weight, row_width, input_kind, sum
         staged = np.empty((n_bins, N_BIN_SUMS, _STAGE), dtype=np.float64)
         filled = np.zeros(n_bins, dtype=np.int64)
         block_sums = sums[block]
+        derived = _derived(weighted, False)  # binary targets may be probabilities
         for i in range(start, stop):
             f = _positive_probability(preds[i], input_kind)
             o = np.float64(target[i])
             k = _bin_of(f, n_bins)
             counts[block, k] += 1
             weight = np.float64(sample_weight[i // row_width]) if weighted else 1.0
-            _stage(staged, filled, block_sums, k, weight, f, o)
-        _finish(staged, filled, block_sums)
+            _stage(staged, filled, block_sums, k, weight, f, o, derived)
+        _finish(staged, filled, block_sums, counts[block], derived)
