@@ -29,6 +29,8 @@ def is_device_array(value: Any) -> bool:
     arrays, which are numpy-backed and lack the interface. A torch tensor is asked
     for its device instead: one that requires grad raises on the interface.
     """
+    if type(value) is np.ndarray:  # the common case, asked several times a batch
+        return False
     if _module(value) == "torch":
         return getattr(getattr(value, "device", None), "type", "cpu") == "cuda"
     if hasattr(value, "__cuda_array_interface__"):
@@ -48,6 +50,8 @@ def half_precision(value: Any) -> str | None:
     but the clipping eps and sum tolerance follow the dtype the user gave
     (scikit-learn's rule, SPEC section 2), so the batch layer asks here first.
     """
+    if type(value) is np.ndarray and value.dtype in _FLOAT_DTYPES:
+        return None  # str(dtype) below costs microseconds on every small batch
     dtype = getattr(value, "dtype", None)
     if dtype is None:
         dtype = getattr(value, "type", None)  # pyarrow arrays

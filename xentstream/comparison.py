@@ -47,7 +47,7 @@ from xentstream._batch import BatchSums
 from xentstream._errors import DEFAULT_NAMES, ColumnNames, show
 from xentstream._inputs import as_array
 from xentstream._kernels import paired
-from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
+from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks, normalize
 from xentstream.metrics import Metric
 from xentstream.report import Report, format_value
 from xentstream.state import read_json, write_json_atomic
@@ -423,7 +423,9 @@ class Comparison:
             if batch.n_rows:  # an empty batch is a no-op
                 model.absorb(batch, target, sample_weight)
                 baseline.absorb(baseline_batch, target, sample_weight)
-                accumulator.merge_into(self._sums, sums.sum(axis=0))
+                total = sums.sum(axis=0)  # the groups' exact total (carries below)
+                normalize(total)
+                accumulator.merge_into(self._sums, total)
                 self._counts += counts.sum(axis=0)
         return PairedBatch(batch, baseline_batch, sums, counts)
 

@@ -90,6 +90,13 @@ KernelOptions = namedtuple(
 )
 
 
+#: Kernel options read straight from the config field of the same name, where a
+#: config has one holding a scalar (None: the default below). A new per-row option
+#: is a config field, a field here and its use in the kernels: the batch layer
+#: passes it on without naming it.
+CONFIG_OPTIONS = ("label_smoothing", "ignore_index", "pos_weight")
+
+
 def kernel_options(
     *,
     input_kind: int,
