@@ -203,53 +203,7 @@ def _parser() -> argparse.ArgumentParser:
         "(default: the wide prediction column names)",
     )
     loss = run.add_argument_group("loss")
-    loss.add_argument(
-        "--task",
-        choices=("auto", "multiclass", "binary", "multilabel"),
-        default="auto",
-        help="default: auto, from the columns' types and shapes: one score per row is "
-        "binary; labels with the predictions' shape minus the class axis are multiclass "
-        "(also (T, V) token logits with T labels); targets of the predictions' shape are "
-        "multi-label (soft multiclass targets need --task multiclass)",
-    )
-    loss.add_argument(
-        "--input",
-        choices=("probs", "logprobs", "logits"),
-        default="probs",
-        help="what the predictions hold (default: probs)",
-    )
-    loss.add_argument(
-        "--class-weight",
-        type=_float_list,
-        metavar="W,...",
-        help="multiclass: one weight per class (default: all 1)",
-    )
-    loss.add_argument(
-        "--pos-weight",
-        type=_float_list,
-        metavar="W[,...]",
-        help="binary and multi-label: weight of the positive term, one or one per label",
-    )
-    loss.add_argument(
-        "--ignore-index",
-        type=int,
-        metavar="K",
-        help="multiclass: drop rows (tokens) whose label is K, e.g. -100 for padding",
-    )
-    loss.add_argument(
-        "--label-smoothing",
-        type=float,
-        default=0.0,
-        metavar="E",
-        help="multiclass: mix the target with the uniform distribution (default: 0)",
-    )
-    loss.add_argument(
-        "--sum-tol",
-        type=float,
-        metavar="TOL",
-        help="tolerance of the sum-to-one checks of probability rows (default: sqrt of "
-        "the dtype's machine epsilon)",
-    )
+    _add_loss_options(loss)
     loss.add_argument(
         "--per-class",
         action="store_true",
@@ -1017,37 +971,7 @@ def _add_compare_parser(commands: Any) -> None:
         "--by", nargs="+", metavar="COL", help="group columns: a comparison per group as well"
     )
     loss = run.add_argument_group("loss")
-    loss.add_argument(
-        "--task",
-        choices=("auto", "multiclass", "binary", "multilabel"),
-        default="auto",
-        help="default: auto, from the columns, as for evaluate",
-    )
-    loss.add_argument(
-        "--input",
-        choices=("probs", "logprobs", "logits"),
-        default="probs",
-        help="what both models' predictions hold (default: probs)",
-    )
-    loss.add_argument(
-        "--class-weight", type=_float_list, metavar="W,...", help="multiclass: class weights"
-    )
-    loss.add_argument(
-        "--pos-weight", type=_float_list, metavar="W[,...]", help="weight of the positive term"
-    )
-    loss.add_argument(
-        "--ignore-index", type=int, metavar="K", help="multiclass: drop rows whose label is K"
-    )
-    loss.add_argument(
-        "--label-smoothing",
-        type=float,
-        default=0.0,
-        metavar="E",
-        help="multiclass: mix the target with the uniform distribution (default: 0)",
-    )
-    loss.add_argument(
-        "--sum-tol", type=float, metavar="TOL", help="tolerance of the sum-to-one checks"
-    )
+    _add_loss_options(loss)
     _add_calibration_flag(loss)
     running = run.add_argument_group("running")
     running.add_argument("--batch-rows", type=int, metavar="N", help="rows per batch")
@@ -1064,6 +988,57 @@ def _add_compare_parser(commands: Any) -> None:
     output.add_argument("--output", metavar="FILE", help="write the report here (default: stdout)")
     output.add_argument(
         "--save-state", metavar="FILE", help="write the exact comparison state (for merge)"
+    )
+
+
+def _add_loss_options(loss: Any) -> None:
+    """The options that make a metric (``_metric``), shared by evaluate and compare."""
+    loss.add_argument(
+        "--task",
+        choices=("auto", "multiclass", "binary", "multilabel"),
+        default="auto",
+        help="default: auto, from the columns' types and shapes: one score per row is "
+        "binary; labels with the predictions' shape minus the class axis are multiclass "
+        "(also (T, V) token logits with T labels); targets of the predictions' shape are "
+        "multi-label (soft multiclass targets need --task multiclass)",
+    )
+    loss.add_argument(
+        "--input",
+        choices=("probs", "logprobs", "logits"),
+        default="probs",
+        help="what the predictions hold (default: probs)",
+    )
+    loss.add_argument(
+        "--class-weight",
+        type=_float_list,
+        metavar="W,...",
+        help="multiclass: one weight per class (default: all 1)",
+    )
+    loss.add_argument(
+        "--pos-weight",
+        type=_float_list,
+        metavar="W[,...]",
+        help="binary and multi-label: weight of the positive term, one or one per label",
+    )
+    loss.add_argument(
+        "--ignore-index",
+        type=int,
+        metavar="K",
+        help="multiclass: drop rows (tokens) whose label is K, e.g. -100 for padding",
+    )
+    loss.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        metavar="E",
+        help="multiclass: mix the target with the uniform distribution (default: 0)",
+    )
+    loss.add_argument(
+        "--sum-tol",
+        type=float,
+        metavar="TOL",
+        help="tolerance of the sum-to-one checks of probability rows (default: sqrt of "
+        "the dtype's machine epsilon)",
     )
 
 
