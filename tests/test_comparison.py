@@ -274,6 +274,8 @@ def _edited(state, path, value):
         (("sums", "difference"), ["1.5", 0, 0, 0], "sums"),
         (("sums", "weight"), KeyError, "sums"),
         (("counts", "rows"), 299, "counts"),
+        (("sums", "weight"), ["5", 0, 0, 0], "sums.weight"),
+        (("sums", "weight_squared"), ["5", 0, 0, 0], "sums.weight_squared"),
         (("counts", "rows"), -1, "counts.rows"),
         (("counts", "model_better"), 10**6, "counts"),
         (("counts", "baseline_better"), "3", "counts.baseline_better"),

@@ -46,7 +46,7 @@ from xentstream import accumulator
 from xentstream._batch import BatchSums
 from xentstream._errors import DEFAULT_NAMES, ColumnNames, show
 from xentstream._inputs import as_array
-from xentstream._kernels import paired
+from xentstream._kernels import layout, paired
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks, normalize
 from xentstream.metrics import Metric
 from xentstream.report import Report, format_value
@@ -558,11 +558,22 @@ class Comparison:
             if model_better + baseline_better > rows:
                 raise ValueError("counts: more rows where a model is better than rows compared")
             for name, metric in (("model", model), ("baseline", baseline)):
-                if metric.compute().count != rows:
+                counted = int(metric.state.counts[layout.ROWS])
+                if counted != rows:
                     raise ValueError(
-                        f"counts.rows: {rows} rows compared, but {name} counted "
-                        f"{metric.compute().count}"
+                        f"counts.rows: {rows} rows compared, but {name} counted {counted}"
                     )
+                # The paired pass adds the very s*d terms (and squares) the loss kernels
+                # add: a real state has the same bits in both.
+                for slot, theirs in (
+                    (paired.WEIGHT, layout.DENOMINATOR),
+                    (paired.WEIGHT_SQUARED, layout.DENOMINATOR_SQUARED),
+                ):
+                    if not np.array_equal(values[slot], metric.state.sums[theirs]):
+                        raise ValueError(
+                            f"sums.{_SUM_NAMES[slot]}: differs from {name}'s "
+                            f"sums.{layout.SUM_NAMES[theirs]} (the same rows' weights)"
+                        )
         except (KeyError, TypeError) as error:
             raise ValueError(
                 f"comparison state: malformed ({type(error).__name__}: {show(str(error))})"
