@@ -388,3 +388,16 @@ def test_float32_logits(rng):
     # float32 exponentials (as the loss kernels use for float32 logits): 1e-6 relative.
     for name in ("ece", "brier", "reliability"):
         assert math.isclose(getattr(report, name), expected[name], rel_tol=1e-5), name
+
+
+def test_binary_against_torchmetrics(rng):
+    torch = pytest.importorskip("torch")
+    torchmetrics = pytest.importorskip("torchmetrics")
+    p, y = _binary(rng, 4000)
+    for norm, field in (("l1", "ece"), ("max", "mce")):
+        metric = torchmetrics.classification.BinaryCalibrationError(n_bins=10, norm=norm)
+        expected = float(metric(torch.tensor(p), torch.tensor(y)))
+        report = build_calibration_report(
+            batch_bins("positive_class", p, y, None, n_bins=10, input="probs")
+        )
+        assert math.isclose(getattr(report, field), expected, rel_tol=1e-5, abs_tol=1e-6)
