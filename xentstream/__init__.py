@@ -8,6 +8,8 @@ Examples
 """
 
 from xentstream._errors import ColumnNames
+from xentstream.comparing import GroupedComparison, compare
+from xentstream.comparison import Comparison, ComparisonReport, load
 from xentstream.config import BinaryConfig, MulticlassConfig, MultilabelConfig
 from xentstream.evaluate import GroupedReport, Interrupted, evaluate, stream
 from xentstream.functional import (
@@ -21,7 +23,6 @@ from xentstream.metrics import (
     CrossEntropy,
     Metric,
     MultiLabelCrossEntropy,
-    load,
 )
 from xentstream.report import Report
 from xentstream.tokens import TokenConfig, TokenCrossEntropy, token_cross_entropy
@@ -32,7 +33,10 @@ __all__ = [
     "BinaryConfig",
     "BinaryCrossEntropy",
     "ColumnNames",
+    "Comparison",
+    "ComparisonReport",
     "CrossEntropy",
+    "GroupedComparison",
     "GroupedReport",
     "Interrupted",
     "Metric",
@@ -43,6 +47,7 @@ __all__ = [
     "TokenConfig",
     "TokenCrossEntropy",
     "binary_cross_entropy",
+    "compare",
     "cross_entropy",
     "entropy",
     "evaluate",
