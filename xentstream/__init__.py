@@ -8,6 +8,8 @@ Examples
 """
 
 from xentstream._errors import ColumnNames
+from xentstream.comparing import GroupedComparison, compare
+from xentstream.comparison import Comparison, ComparisonReport, load
 from xentstream.config import BinaryConfig, MulticlassConfig, MultilabelConfig
 from xentstream.evaluate import GroupedReport, Interrupted, evaluate, stream
 from xentstream.functional import (
@@ -21,9 +23,9 @@ from xentstream.metrics import (
     CrossEntropy,
     Metric,
     MultiLabelCrossEntropy,
-    load,
 )
 from xentstream.report import Report
+from xentstream.tokens import TokenConfig, TokenCrossEntropy, token_cross_entropy
 
 __version__ = "0.1.0"
 
@@ -31,7 +33,10 @@ __all__ = [
     "BinaryConfig",
     "BinaryCrossEntropy",
     "ColumnNames",
+    "Comparison",
+    "ComparisonReport",
     "CrossEntropy",
+    "GroupedComparison",
     "GroupedReport",
     "Interrupted",
     "Metric",
@@ -39,11 +44,15 @@ __all__ = [
     "MulticlassConfig",
     "MultilabelConfig",
     "Report",
+    "TokenConfig",
+    "TokenCrossEntropy",
     "binary_cross_entropy",
+    "compare",
     "cross_entropy",
     "entropy",
     "evaluate",
     "load",
     "multilabel_cross_entropy",
     "stream",
+    "token_cross_entropy",
 ]

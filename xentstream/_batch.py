@@ -131,6 +131,8 @@ class BatchSums:
         (:class:`xentstream.grouping.GroupTable`); ``group_sums`` is then None.
     group_codes : ndarray or None, shape (N,)
         The group code of every row, with ``row_terms``.
+    calibration : CalibrationState or None
+        The batch's reliability bins, set by a metric with ``calibration_bins``.
     """
 
     sums: np.ndarray
@@ -143,6 +145,7 @@ class BatchSums:
     group_counts: np.ndarray | None = None
     row_terms: np.ndarray | None = None
     group_codes: np.ndarray | None = None
+    calibration: Any = None
 
     @property
     def n_rows(self) -> int:

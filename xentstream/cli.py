@@ -1,6 +1,7 @@
 """The ``xentstream`` command line (SPEC section 6).
 
-``evaluate`` runs a metric over prediction dumps; ``merge`` combines saved states.
+``evaluate`` runs a metric over prediction dumps; ``compare`` compares two models'
+predictions for the same rows (paired); ``merge`` combines saved states.
 Bad arguments and bad data exit with status 2 and one line on stderr, no traceback.
 
 argparse (standard library) rather than typer: no extra dependency, and its
@@ -32,6 +33,9 @@ import numpy as np
 import polars as pl
 
 from xentstream import __version__
+from xentstream.comparing import GroupedComparison, compare
+from xentstream.comparison import Comparison, ComparisonReport
+from xentstream.comparison import load as load_state
 from xentstream.evaluate import (
     GROUPED_FORMAT,
     GroupedReport,
@@ -46,14 +50,16 @@ from xentstream.metrics import (
     CrossEntropy,
     Metric,
     MultiLabelCrossEntropy,
-    load,
 )
 from xentstream.report import SCALAR_FIELDS, Report, format_value
 from xentstream.state import read_json, write_json_atomic
+from xentstream.tokens import TokenCrossEntropy
 
 __all__ = ["main"]
 
 _TABLE_FIELDS = SCALAR_FIELDS  # the table shows what Report's str shows, in that order
+#: ``--input`` values of the tokens task -> the token kind's ``input=``.
+_TOKEN_INPUTS = {"target-logprob": "logprobs", "target-nll": "nll"}
 
 
 #: Seconds to wait for ``--dask ADDRESS``'s scheduler before giving up.
@@ -97,6 +103,9 @@ _FLAGS = {
 
 def _with_flags(message: str) -> str:
     """An API error message in command-line terms: flags instead of Python arguments."""
+    # The token kind's inputs have their own flag values.
+    message = re.sub(r"\binput='nll' for token", "--input target-nll for token", message)
+    message = re.sub(r"\binput='logprobs' for token", "--input target-logprob for token", message)
     message = re.sub(r"\b(input|engine)='(\w+)'", r"--\1 \2", message)
     message = re.sub(r"\bsum_tol=", "--sum-tol ", message)
     message = re.sub(
@@ -138,6 +147,9 @@ examples:
   # language-model tokens: Array[(T, V)] logits, Array[T] token ids, padding -100
   xentstream evaluate lm.parquet --preds logits --target tokens --input logits \\
       --ignore-index -100
+  # token log-probability dumps: perplexity, bits per byte, stderrs clustered by document
+  xentstream evaluate tokens.parquet --input target-logprob --preds lp --document doc_id \
+      --units bytes
   # numpy dumps: the predictions file is the source, the labels file the target
   xentstream evaluate probs.npy --target labels.npy
   # combine the states saved by shards
@@ -180,12 +192,24 @@ def _parser() -> argparse.ArgumentParser:
     columns.add_argument(
         "--target",
         nargs="+",
-        required=True,
         metavar="COL",
         help="target column(s) (patterns as for --preds): integer or string class labels, "
-        "0/1 or probabilities; for a .npy source, the .npy file of targets",
+        "0/1 or probabilities; for a .npy source, the .npy file of targets. Required "
+        "except for the tokens task, where it is an optional 0/1 mask (0: padding)",
     )
     columns.add_argument("--sample-weight", metavar="COL", help="column of row weights")
+    columns.add_argument(
+        "--document",
+        metavar="COL",
+        help="tokens task: column of document ids (rows in any order): per-document "
+        "perplexity and standard errors clustered by document",
+    )
+    columns.add_argument(
+        "--units",
+        metavar="COL",
+        help="tokens task: column of the bytes (characters, words) each row covers: "
+        "bits per unit with its delta-method standard error",
+    )
     columns.add_argument(
         "--by",
         nargs="+",
@@ -200,58 +224,14 @@ def _parser() -> argparse.ArgumentParser:
         "(default: the wide prediction column names)",
     )
     loss = run.add_argument_group("loss")
-    loss.add_argument(
-        "--task",
-        choices=("auto", "multiclass", "binary", "multilabel"),
-        default="auto",
-        help="default: auto, from the columns' types and shapes: one score per row is "
-        "binary; labels with the predictions' shape minus the class axis are multiclass "
-        "(also (T, V) token logits with T labels); targets of the predictions' shape are "
-        "multi-label (soft multiclass targets need --task multiclass)",
-    )
-    loss.add_argument(
-        "--input",
-        choices=("probs", "logprobs", "logits"),
-        default="probs",
-        help="what the predictions hold (default: probs)",
-    )
-    loss.add_argument(
-        "--class-weight",
-        type=_float_list,
-        metavar="W,...",
-        help="multiclass: one weight per class (default: all 1)",
-    )
-    loss.add_argument(
-        "--pos-weight",
-        type=_float_list,
-        metavar="W[,...]",
-        help="binary and multi-label: weight of the positive term, one or one per label",
-    )
-    loss.add_argument(
-        "--ignore-index",
-        type=int,
-        metavar="K",
-        help="multiclass: drop rows (tokens) whose label is K, e.g. -100 for padding",
-    )
-    loss.add_argument(
-        "--label-smoothing",
-        type=float,
-        default=0.0,
-        metavar="E",
-        help="multiclass: mix the target with the uniform distribution (default: 0)",
-    )
-    loss.add_argument(
-        "--sum-tol",
-        type=float,
-        metavar="TOL",
-        help="tolerance of the sum-to-one checks of probability rows (default: sqrt of "
-        "the dtype's machine epsilon)",
-    )
+    _add_loss_options(loss)
     loss.add_argument(
         "--per-class",
         action="store_true",
-        help="also report per-class (per-label) loss, counts and normalized entropy",
+        help="also report per-class (per-label) loss, counts and normalized entropy; "
+        "tokens task: the per-document table",
     )
+    _add_calibration_flag(loss)
     running = run.add_argument_group("running")
     running.add_argument(
         "--batch-rows",
@@ -303,6 +283,8 @@ def _parser() -> argparse.ArgumentParser:
         help="draw the running loss with its 95%% band (per group with --by, per-class bars "
         "with --per-class); needs matplotlib",
     )
+
+    _add_compare_parser(commands)
 
     merge = commands.add_parser(
         "merge",
@@ -413,6 +395,16 @@ def _show(shape: tuple[int | None, ...]) -> str:
 
 def _infer_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     """``--task auto``: from the columns' types and shapes (or the .npy arrays')."""
+    tokens = args.input in _TOKEN_INPUTS
+    if args.task == "tokens" and not tokens:
+        raise _UsageError("--task tokens: needs --input target-logprob or target-nll")
+    if tokens and args.task not in ("auto", "tokens"):
+        raise _UsageError(f"--input {args.input}: is the tokens task, not {args.task}")
+    if tokens:
+        return "tokens"
+    for flag in ("document", "units"):
+        if getattr(args, flag) is not None:
+            raise _UsageError(f"--{flag}: applies to --input target-logprob / target-nll")
     if args.task != "auto":
         return args.task
     if schema is None:  # .npy: the arrays' shapes, read from their headers
@@ -428,8 +420,28 @@ def _infer_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     return _task_from_shapes(columns(args.preds), columns(args.target), "the columns")
 
 
+def _unit_name(column: str | None) -> str | None:
+    """What a units column counts, from its name ("bytes" -> "byte"), for the labels."""
+    if column is None:
+        return None
+    singular = column.lower().removesuffix("s").removeprefix("n_").removeprefix("num_")
+    return singular if singular in ("byte", "char", "character", "word") else None
+
+
 def _metric(args: argparse.Namespace, task: str) -> Metric:
     pos_weight = args.pos_weight
+    if task == "tokens":
+        for flag in ("class_weight", "ignore_index", "pos_weight", "sum_tol"):
+            if getattr(args, flag) is not None:
+                raise _UsageError(f"--{flag.replace('_', '-')}: does not apply to token values")
+        if args.label_smoothing:
+            raise _UsageError("--label-smoothing: does not apply to token values")
+        return TokenCrossEntropy(
+            input=_TOKEN_INPUTS[args.input],
+            unit=_unit_name(args.units),
+            per_document=args.per_class,
+            engine=args.engine,
+        )
     if task == "multiclass":
         if pos_weight is not None:
             raise _UsageError("--pos-weight applies to binary and multi-label tasks")
@@ -441,6 +453,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
             per_class=args.per_class,
             sum_tol=args.sum_tol,
             engine=args.engine,
+            calibration_bins=args.calibration_bins,
         )
     for flag in ("class_weight", "ignore_index"):
         if getattr(args, flag) is not None:
@@ -455,6 +468,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
             pos_weight=None if pos_weight is None else pos_weight[0],
             sum_tol=args.sum_tol,
             engine=args.engine,
+            calibration_bins=args.calibration_bins,
         )
     weight = pos_weight[0] if pos_weight is not None and len(pos_weight) == 1 else pos_weight
     return MultiLabelCrossEntropy(
@@ -463,6 +477,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
         per_label=args.per_class,
         sum_tol=args.sum_tol,
         engine=args.engine,
+        calibration_bins=args.calibration_bins,
     )
 
 
@@ -518,14 +533,16 @@ def _shown_groups(result: Report | GroupedReport, args: argparse.Namespace) -> A
 def _table(result: Report | GroupedReport) -> str:
     out = io.StringIO()
     overall = result.overall if isinstance(result, GroupedReport) else result
-    width = max(len(name) for name in _TABLE_FIELDS)
+    width = overall.label_width()
     for name in _TABLE_FIELDS:
         value = getattr(overall, name)
         if value is not None:
-            out.write(f"{name:<{width}}  {_format_value(value)}\n")
+            out.write(f"{overall.label(name):<{width}}  {_format_value(value)}\n")
     with pl.Config(tbl_rows=200, tbl_cols=20, tbl_hide_dataframe_shape=True):
         if overall.per_class is not None:
             out.write(f"\n{overall.per_class}\n")
+        if overall.per_document is not None:
+            out.write(f"\n{overall.per_document}\n")
         if isinstance(result, GroupedReport):
             columns = [*result.by, "count", "loss", "stderr", "perplexity", "accuracy"]
             out.write(f"\n{result.to_polars().select(columns)}\n")
@@ -569,6 +586,7 @@ def _csv(result: Report | GroupedReport) -> str:
 def _flat(report: Report) -> dict[str, Any]:
     data = report.to_dict()
     data.pop("per_class")
+    data.pop("per_document", None)  # a table of its own (--format json has it)
     ci = data.pop("ci95")
     data["ci95_low"], data["ci95_high"] = (None, None) if ci is None else ci
     return data
@@ -634,7 +652,8 @@ def _key_label(by: tuple[str, ...], key: tuple[Any, ...]) -> str:
 
 def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> Any:
     """The ``--plot`` figure: running loss (+ per-batch points, per-group lines), the
-    groups' losses and the per-class losses, each with its 95% interval."""
+    groups' losses and the per-class losses, each with its 95% interval, and the
+    reliability diagram with ``--calibration-bins``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -642,7 +661,7 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
 
     overall = result.overall if isinstance(result, GroupedReport) else result
     grouped = isinstance(result, GroupedReport) and bool(result.groups)
-    panels = 1 + grouped + (overall.per_class is not None)
+    panels = 1 + grouped + (overall.per_class is not None) + (overall.calibration is not None)
     figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
     axes = list(axes[0])
     line_axes = axes.pop(0)
@@ -674,7 +693,8 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
             label="95% interval",
             zorder=2,
         )
-    if grouped and history and history[-1]["groups"]:
+    curve = grouped and _is_curve(result)
+    if grouped and not curve and history and history[-1]["groups"]:
         for index, key in enumerate(history[-1]["groups"]):
             points = [(h["rows"], h["groups"][key]) for h in history if key in h["groups"]]
             line_axes.plot(
@@ -692,7 +712,9 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
     if overall.ci95 is not None:
         title += f" ± {(overall.ci95[1] - overall.ci95[0]) / 2:.2g} (95%)"
     line_axes.set_title(f"{title} over {overall.count:,} rows")
-    if grouped:
+    if curve:
+        _curve(axes.pop(0), result)
+    elif grouped:
         _bars(
             axes.pop(0),
             [
@@ -718,8 +740,44 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
             None,
             f"mean loss per {column}",
         )
+    if overall.calibration is not None:  # --calibration-bins: the reliability diagram
+        overall.calibration.plot(ax=axes.pop(0))
     figure.tight_layout()
     return figure
+
+
+#: Groups of one numeric key from which ``--plot`` draws a curve instead of bars.
+_CURVE_GROUPS = 12
+
+
+def _is_curve(result: GroupedReport) -> bool:
+    """Many groups of one numeric key (a token's position in its context, a step, a
+    length): a curve of the loss against the key says more than a bar per group."""
+    keys = [key[0] for key in result.groups]
+    numeric = all(isinstance(k, int | float) and not isinstance(k, bool) for k in keys)
+    return len(result.by) == 1 and numeric and len(keys) > _CURVE_GROUPS
+
+
+def _curve(axes: Any, result: GroupedReport) -> None:
+    """Loss against the (numeric) group key with its 95% band: a per-position curve."""
+    points = sorted((key[0], report) for key, report in result.groups.items())
+    xs = [x for x, _ in points]
+    axes.plot(xs, [r.loss for _, r in points], color="C1", label="loss")
+    banded = [(x, r.ci95) for x, r in points if r.ci95 is not None]
+    if banded:
+        axes.fill_between(
+            [b[0] for b in banded],
+            [max(b[1][0], 0.0) for b in banded],
+            [b[1][1] for b in banded],
+            alpha=0.25,
+            color="C1",
+            label="95% interval",
+        )
+    axes.axhline(result.overall.loss, color="0.5", linewidth=1, linestyle="--", label="overall")
+    axes.set_xlabel(result.by[0])
+    axes.set_ylabel("loss (nats)")
+    axes.set_title(f"loss by {result.by[0]} ({len(points):,} groups)")
+    axes.legend(fontsize="small")
 
 
 def _settled_ylim(axes: Any, history: list[dict[str, Any]], batch_means: list[float]) -> None:
@@ -782,6 +840,8 @@ def _plot(path: str, history: list[dict[str, Any]], result: Report | GroupedRepo
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if not args.target and args.input not in _TOKEN_INPUTS:
+        raise _UsageError("--target is required (except for --input target-logprob / target-nll)")
     if args.dask is not None:
         _check_dask_args(args)
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the long run
@@ -794,10 +854,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         preds, target = None, args.target[0]
     else:
         preds = args.preds[0] if len(args.preds) == 1 else args.preds
-        target = args.target[0] if len(args.target) == 1 else args.target
+        target = args.target and (args.target[0] if len(args.target) == 1 else args.target)
     options = {
         "preds": preds,
         "target": target,
+        **({"document": args.document} if args.document else {}),
+        **({"units": args.units} if args.units else {}),
         "sample_weight": args.sample_weight,
         "by": args.by,
         "classes": args.classes,
@@ -842,7 +904,7 @@ def _resolve_columns(args: argparse.Namespace) -> pl.Schema | None:
             raise _UsageError(
                 "--preds: a .npy source is the predictions array itself; leave --preds out"
             )
-        if len(args.target) != 1:
+        if not args.target or len(args.target) != 1:
             raise _UsageError("--target: a .npy source takes one .npy file of targets")
         return None
     if args.preds is None:
@@ -853,7 +915,8 @@ def _resolve_columns(args: argparse.Namespace) -> pl.Schema | None:
     schema = _schema(args.source)
     names = list(schema.names())
     args.preds = _expand_columns(args.preds, names, "--preds")
-    args.target = _expand_columns(args.target, names, "--target")
+    if args.target:
+        args.target = _expand_columns(args.target, names, "--target")
     if args.by:
         args.by = _expand_columns(args.by, names, "--by")
     return schema
@@ -988,13 +1051,198 @@ def _merge(args: argparse.Namespace) -> int:
             write_json_atomic(args.save_state, grouped_state_dict(result))
         _write(_render(_shown_groups(result, args), args.format), args.output)
         return 0
-    metrics = [load(path) for path in args.states]
+    metrics = [load_state(path) for path in args.states]
     merged = metrics[0]
     for other in metrics[1:]:
         merged.merge(other)
     if args.save_state:
         merged.save(args.save_state)
+    if isinstance(merged, Comparison):
+        _write(_render_comparison(merged.compute(), args.format), args.output)
+        return 0
     _write(_render(_shown_groups(merged.compute(), args), args.format), args.output)
+    return 0
+
+
+def _add_compare_parser(commands: Any) -> None:
+    """``xentstream compare``: the loss options of ``evaluate``, two prediction columns."""
+    run = commands.add_parser(
+        "compare",
+        help="compare two models' predictions for the same rows (paired)",
+        description="Paired comparison of two models on the same rows: the mean per-row loss "
+        "difference (model - baseline), its standard error, 95%% interval and p-value, the "
+        "share of rows where each model is better, and each model's own report.",
+        formatter_class=_Formatter,
+    )
+    run.add_argument(
+        "source",
+        nargs="+",
+        metavar="SOURCE",
+        help="Parquet, Arrow IPC / Feather, CSV or NDJSON files or globs (one format)",
+    )
+    columns = run.add_argument_group("columns")
+    columns.add_argument(
+        "--preds",
+        nargs="+",
+        required=True,
+        metavar="COL",
+        help="the model's prediction column(s), as evaluate's --preds (patterns too)",
+    )
+    columns.add_argument(
+        "--baseline-preds",
+        nargs="+",
+        required=True,
+        metavar="COL",
+        help="the baseline model's prediction column(s), for the same rows",
+    )
+    columns.add_argument(
+        "--target", nargs="+", required=True, metavar="COL", help="target column(s), shared"
+    )
+    columns.add_argument("--sample-weight", metavar="COL", help="column of row weights")
+    columns.add_argument(
+        "--classes", type=_name_list, metavar="A,B,...", help="class names of string labels"
+    )
+    columns.add_argument(
+        "--baseline-source",
+        nargs="+",
+        metavar="FILE",
+        help="files holding --baseline-preds and --target for the same rows, in the same "
+        "order (default: SOURCE); their targets must match SOURCE's row by row",
+    )
+    columns.add_argument(
+        "--row-id", metavar="COL", help="with --baseline-source: a column checked to match"
+    )
+    columns.add_argument(
+        "--by", nargs="+", metavar="COL", help="group columns: a comparison per group as well"
+    )
+    loss = run.add_argument_group("loss")
+    _add_loss_options(loss)
+    _add_calibration_flag(loss)
+    running = run.add_argument_group("running")
+    running.add_argument("--batch-rows", type=int, metavar="N", help="rows per batch")
+    running.add_argument(
+        "--engine",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the kernels run (default: auto, the CPU for files)",
+    )
+    output = run.add_argument_group("output")
+    output.add_argument(
+        "--format", choices=("table", "json"), default="table", help="output format"
+    )
+    output.add_argument("--output", metavar="FILE", help="write the report here (default: stdout)")
+    output.add_argument(
+        "--save-state", metavar="FILE", help="write the exact comparison state (for merge)"
+    )
+
+
+def _add_loss_options(loss: Any) -> None:
+    """The options that make a metric (``_metric``), shared by evaluate and compare."""
+    loss.add_argument(
+        "--task",
+        choices=("auto", "multiclass", "binary", "multilabel", "tokens"),
+        default="auto",
+        help="default: auto, from the columns' types and shapes: one score per row is "
+        "binary; labels with the predictions' shape minus the class axis are multiclass "
+        "(also (T, V) token logits with T labels); targets of the predictions' shape are "
+        "multi-label (soft multiclass targets need --task multiclass); --input "
+        "target-logprob / target-nll is the tokens task",
+    )
+    loss.add_argument(
+        "--input",
+        choices=("probs", "logprobs", "logits", *_TOKEN_INPUTS),
+        default="probs",
+        help="what the predictions hold (default: probs); target-logprob / target-nll: "
+        "one value a row, the log-probability (NLL) of the token that came",
+    )
+    loss.add_argument(
+        "--class-weight",
+        type=_float_list,
+        metavar="W,...",
+        help="multiclass: one weight per class (default: all 1)",
+    )
+    loss.add_argument(
+        "--pos-weight",
+        type=_float_list,
+        metavar="W[,...]",
+        help="binary and multi-label: weight of the positive term, one or one per label",
+    )
+    loss.add_argument(
+        "--ignore-index",
+        type=int,
+        metavar="K",
+        help="multiclass: drop rows (tokens) whose label is K, e.g. -100 for padding",
+    )
+    loss.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        metavar="E",
+        help="multiclass: mix the target with the uniform distribution (default: 0)",
+    )
+    loss.add_argument(
+        "--sum-tol",
+        type=float,
+        metavar="TOL",
+        help="tolerance of the sum-to-one checks of probability rows (default: sqrt of "
+        "the dtype's machine epsilon)",
+    )
+
+
+def _add_calibration_flag(group: Any) -> None:
+    group.add_argument(
+        "--calibration-bins",
+        type=int,
+        metavar="N",
+        help="also report calibration from N equal-width reliability bins (ECE, MCE, Brier "
+        "score; the top label for multiclass, the positive class otherwise), in the same pass",
+    )
+
+
+def _render_comparison(report: ComparisonReport | GroupedComparison, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(report.to_dict(), indent=2) + "\n"
+    return f"{report}\n"
+
+
+def _compare(args: argparse.Namespace) -> int:
+    if _is_npy(args.source):
+        raise _UsageError("compare: reads Parquet / IPC / CSV / NDJSON sources, not .npy")
+    args.per_class = False
+    if args.by and args.save_state:
+        raise _UsageError("--save-state: not with --by (a comparison's groups are not saved)")
+    schema = _resolve_columns(args)
+    baseline = args.baseline_source
+    baseline_schema = schema if baseline is None else _schema(baseline)
+    args.baseline_preds = _expand_columns(
+        args.baseline_preds, list(baseline_schema.names()), "--baseline-preds"
+    )
+    if args.row_id is not None and baseline is None:
+        raise _UsageError("--row-id: only with --baseline-source")
+    comparison = Comparison(_metric(args, _infer_task(args, schema)))
+
+    def one(columns: list[str]) -> Any:
+        return columns[0] if len(columns) == 1 else columns
+
+    report = compare(
+        args.source if len(args.source) > 1 else args.source[0],
+        comparison,
+        preds=one(args.preds),
+        baseline_preds=one(args.baseline_preds),
+        target=one(args.target),
+        sample_weight=args.sample_weight,
+        classes=args.classes,
+        baseline_source=None if baseline is None else one(baseline),
+        row_id=args.row_id,
+        by=args.by,
+        batch_rows=args.batch_rows,
+    )
+    if args.save_state:
+        comparison.save(args.save_state)
+    overall = report.overall if isinstance(report, GroupedComparison) else report
+    if overall.count + overall.model.ignored == 0:
+        warnings.warn("the source holds no rows: nothing was compared", stacklevel=1)
+    _write(_render_comparison(report, args.format), args.output)
     return 0
 
 
@@ -1065,7 +1313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command is None:  # bare ``xentstream``: what it does and how to start
                 parser.print_help()
                 return 0
-            return _evaluate(args) if args.command == "evaluate" else _merge(args)
+            commands = {"evaluate": _evaluate, "compare": _compare, "merge": _merge}
+            return commands[args.command](args)
     except _FAILURES as error:
         print(f"xentstream: error: {_with_flags(_one_line(error))}", file=sys.stderr)
         return 2

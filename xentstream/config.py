@@ -15,7 +15,19 @@ import numpy as np
 from xentstream._errors import show
 from xentstream._kernels.layout import INPUT_KINDS
 
-__all__ = ["BinaryConfig", "LossConfig", "MulticlassConfig", "MultilabelConfig"]
+__all__ = [
+    "MAX_CALIBRATION_BINS",
+    "TOKEN_INPUTS",
+    "BinaryConfig",
+    "LossConfig",
+    "MulticlassConfig",
+    "MultilabelConfig",
+    "TokenConfig",
+    "check_calibration_bins",
+]
+
+#: Values of ``input=`` of the token kind: target log-probabilities, or their negatives.
+TOKEN_INPUTS = ("logprobs", "nll")
 
 
 def machine_eps(dtype: Any) -> float:
@@ -82,21 +94,48 @@ def _weight_tuple(name: str, values: Any, *, allow_zero: bool) -> tuple[float, .
     return tuple(float(v) for v in array)
 
 
+#: Most reliability bins a metric may keep (each is about 1.7 kB of exact state).
+MAX_CALIBRATION_BINS = 1 << 12
+#: Fields written only when set: files written before they existed stay readable (and
+#: equal to what this version writes for the same metric).
+_OPTIONAL_FIELDS = ("calibration_bins",)
+
+
+def check_calibration_bins(value: Any) -> int | None:
+    """``calibration_bins=``: None (no calibration) or a bin count in [1, 4096]."""
+    if value is None:
+        return None
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"calibration_bins: must be a positive integer or None, got {show(value)}")
+    if not 1 <= value <= MAX_CALIBRATION_BINS:
+        raise ValueError(
+            f"calibration_bins: must lie in [1, {MAX_CALIBRATION_BINS}], got {show(value)}"
+        )
+    return int(value)
+
+
 @dataclass(frozen=True)
 class LossConfig:
-    """Base of the loss configurations: options common to every loss."""
+    """Base of the loss configurations: options common to every loss.
+
+    ``calibration_bins``: also keep that many equal-width reliability bins
+    (:mod:`xentstream.calibration`); None keeps none.
+    """
 
     kind: ClassVar[str] = ""
     input: str = "probs"
     eps: float | str = "auto"
     sum_tol: float | None = None
     validate: bool = True
+    calibration_bins: int | None = None
 
     def __post_init__(self) -> None:
         _check_input(self.input)
         object.__setattr__(self, "eps", _check_eps(self.eps))
         object.__setattr__(self, "sum_tol", _check_sum_tol(self.sum_tol))
         object.__setattr__(self, "validate", _check_flag("validate", self.validate))
+        bins = check_calibration_bins(self.calibration_bins)
+        object.__setattr__(self, "calibration_bins", bins)
 
     def resolve_eps(self, dtype: np.dtype) -> float:
         """The clipping eps for inputs of ``dtype`` ("auto": machine eps, as scikit-learn).
@@ -117,9 +156,12 @@ class LossConfig:
         return self.sum_tol
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of every field, with the loss kind."""
+        """Plain JSON-able dict of every field (optional ones when set), with the loss kind."""
         data = asdict(self)
         data["kind"] = self.kind
+        for name in _OPTIONAL_FIELDS:
+            if data[name] is None:
+                del data[name]
         return data
 
     @classmethod
@@ -127,8 +169,8 @@ class LossConfig:
         """Inverse of :meth:`to_dict`; unknown or missing keys are a ``ValueError``."""
         if data.get("kind") != cls.kind:
             raise ValueError(f"config: kind {show(data.get('kind'))} is not {cls.kind!r}")
-        names = {f.name for f in fields(cls)}
         given = set(data) - {"kind"}
+        names = {f.name for f in fields(cls)} - (set(_OPTIONAL_FIELDS) - given)
         if given != names:
             wrong = sorted(map(str, given ^ names))
             shown = ", ".join(show(k) for k in wrong[:5]) + (", ..." if len(wrong) > 5 else "")
@@ -228,3 +270,37 @@ class MultilabelConfig(LossConfig):
                 )
         object.__setattr__(self, "pos_weight", value)
         object.__setattr__(self, "per_label", _check_flag("per_label", self.per_label))
+
+
+@dataclass(frozen=True)
+class TokenConfig(LossConfig):
+    """Configuration of the token kind (:mod:`xentstream.tokens`): one value a row.
+
+    ``input``: ``"logprobs"`` (target log-probabilities) or ``"nll"``; ``unit``: what
+    the units count (``"byte"``, ``"character"``, ``"word"``; a label for reports);
+    ``per_document``: keep the per-document table in the report.
+    """
+
+    kind: ClassVar[str] = "tokens"
+    input: str = "logprobs"
+    unit: str | None = None
+    per_document: bool = False
+
+    def __post_init__(self) -> None:
+        if self.input not in TOKEN_INPUTS:
+            raise ValueError(f"input: must be one of {list(TOKEN_INPUTS)}, got {self.input!r}")
+        if self.eps != "auto" or self.sum_tol is not None:
+            raise ValueError("eps, sum_tol: token values are not probabilities; leave them unset")
+        if self.calibration_bins is not None:
+            # One log-probability a row: no forecast distribution to bin.
+            raise ValueError(
+                "calibration_bins: the tokens kind has no forecasts to calibrate (one "
+                "log-probability per row, not a distribution); leave it unset"
+            )
+        object.__setattr__(self, "validate", _check_flag("validate", self.validate))
+        if self.unit is not None and (not isinstance(self.unit, str) or not self.unit.strip()):
+            raise ValueError(f"unit: must be a non-empty string or None, got {show(self.unit)}")
+        object.__setattr__(self, "per_document", _check_flag("per_document", self.per_document))
+
+    def resolve_eps(self, dtype: np.dtype) -> float:
+        return 0.0

@@ -196,6 +196,13 @@ class _GroupState:
     arrays (:mod:`xentstream.grouping`): memory a few hundred bytes a group, a batch's
     cost its rows plus its groups, whatever the number of groups."""
 
+    def __new__(cls, by: tuple[str, ...], template: Metric) -> _GroupState:
+        # A kind whose state is more than an ExactState (the token kind's documents)
+        # keeps one metric per group (_MetricGroups).
+        if cls is _GroupState and type(template.state) is not ExactState:
+            cls = _MetricGroups
+        return super().__new__(cls)
+
     def __init__(self, by: tuple[str, ...], template: Metric) -> None:
         self.by = by
         self.template = template
@@ -211,6 +218,8 @@ class _GroupState:
         flag = self.template.kind.per_class_field
         if flag is not None and getattr(config, flag):
             config = replace(config, **{flag: False})
+        if config.calibration_bins is not None:  # groups keep no reliability bins
+            config = replace(config, calibration_bins=None)
         return type(self.template).from_config(config, engine=self.template.engine, window=None)
 
     @property
@@ -330,6 +339,94 @@ class _GroupState:
         if codes is None:
             codes = np.arange(self.n_groups, dtype=np.int64)
         return GroupReports(self.table, self._keys, self.group_metric.report_of, codes)
+
+
+class _MetricGroups(_GroupState):
+    """Groups as one metric each, for kinds whose state is more than an
+    :class:`ExactState` (the token kind's per-document sums): what every kind used
+    before :class:`~xentstream.grouping.GroupTable`, memory and time per group."""
+
+    def __init__(self, by: tuple[str, ...], template: Metric) -> None:
+        self.by = by
+        self.template = template
+        self.group_metric = self._new_metric()
+        self._scratch = self._new_metric()
+        self._keys = GroupKeys(by)
+        self.metrics: list[Metric] = []
+        self._runs = None
+
+    @property
+    def rows_seen(self) -> int:
+        return sum(m.rows_seen for m in self.metrics)
+
+    def _grow(self) -> None:
+        while len(self.metrics) < len(self._keys):
+            self.metrics.append(self._new_metric())
+
+    @property
+    def batch_groups(self) -> int:
+        return self.n_groups
+
+    def codes(self, keys: pl.DataFrame) -> np.ndarray:
+        """Group code of every row of ``keys`` (new keys get new codes)."""
+        runs, _, run_starts, run_codes = self._keys.codes(keys)
+        self._grow()
+        self._runs = (run_codes[runs], run_starts, run_codes)
+        return self._runs[0]
+
+    def absorb(self, metric: Metric, result: Any, target: Any, sample_weight: Any) -> None:
+        codes = self._runs[0]
+        labels = metric.group_label_counts(target, sample_weight, codes, self.n_groups)
+        # Per-document sums per group: only token batches with documents have them.
+        documents = getattr(result, "group_documents", None)
+        for code in np.flatnonzero(result.group_counts.sum(axis=1)):
+            group_labels = None if labels is None else labels[code]
+            extra = {} if documents is None else {"documents": documents[int(code)]}
+            self.metrics[code].state.add(
+                result.group_sums[code],
+                result.group_counts[code],
+                label_counts=group_labels,
+                **extra,
+            )
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [
+            {"key": [_key_to_json(v) for v in key], "state": m.state_dict()}
+            for key, m in zip(self.keys, self.metrics, strict=True)
+        ]
+
+    def load_json(self, entries: list[dict[str, Any]], *, strict: bool = False) -> None:
+        loaded: dict[tuple[Any, ...], Metric] = {}
+        for entry in entries:
+            if strict and not (
+                isinstance(entry, dict)
+                and set(entry) == {"key", "state"}
+                and isinstance(entry["key"], list)
+                and len(entry["key"]) == len(self.by)
+            ):
+                raise ValueError(f"a group must be {{key: [{len(self.by)} values], state: ...}}")
+            key = canonical_key(tuple(_key_from_json(v) for v in entry["key"]))
+            metric = Metric.from_state_dict(entry["state"])
+            if strict:
+                if key in loaded:
+                    raise ValueError(f"group key {show(list(key))} appears twice")
+                self._scratch.load_state_dict(entry["state"])  # same kind and config
+            if key in loaded:
+                loaded[key].merge(metric)
+            else:
+                loaded[key] = metric
+        if not loaded:
+            return
+        codes = self._keys.assign_tuples(list(loaded))
+        self._grow()
+        for code, metric in zip(codes.tolist(), loaded.values(), strict=True):
+            self.metrics[code].merge(metric)
+
+    def reports(self, codes: np.ndarray | None = None) -> dict[tuple[Any, ...], Report]:
+        if codes is None:
+            codes = np.arange(self.n_groups, dtype=np.int64)
+        keys = self.keys
+        return {keys[c]: self.metrics[c].compute() for c in codes.tolist()}
 
 
 #: Groups whose accumulators one step of :meth:`_GroupState.to_json` widens at once.
@@ -697,16 +794,29 @@ def _prepare(
     sample_weight: Any,
     by: Any,
     classes: Any,
+    document: str | None = None,
+    units: str | None = None,
 ) -> tuple[ColumnSpec, _GroupState | None]:
     if not isinstance(metric, Metric):
         raise TypeError(f"metric: expected an xentstream metric, got {type(metric).__name__}")
     by_columns = (by,) if isinstance(by, str) else tuple(by or ())
+    # Side columns (the token kind's documents and units) go to metrics that take them.
+    takes = metric.kind.side_columns
+    for name, column in (("document", document), ("units", units)):
+        if column is not None and (name not in takes or not isinstance(column, str)):
+            raise ValueError(
+                f"{name}: a column name, for a metric that takes it (TokenCrossEntropy); "
+                f"got {show(column)} for a {type(metric).__name__}"
+            )
     spec = ColumnSpec(
         preds=preds,
         target=target,
         sample_weight=sample_weight,
         by=by_columns,
         classes=None if classes is None else tuple(classes),
+        document=document,
+        units=units,
+        target_optional=metric.kind.target_optional,
     )
     return spec, (_GroupState(by_columns, metric) if by_columns else None)
 
@@ -768,6 +878,10 @@ def _run(
             n_groups = 1 if groups is None else groups.batch_groups
             if rows == 0:
                 _warn_if_probabilities(batch.preds, metric)
+            side = {}
+            if batch.extras:  # with their column names, for the metric's messages
+                names_of = {f"{key}_name": column for key, column in spec.side_columns().items()}
+                side = {**batch.extras, **names_of}
             result = metric.accumulate(
                 batch.preds,
                 batch.target,
@@ -778,6 +892,7 @@ def _run(
                 # Rows of this source, as the feeders' own errors (nulls) count them,
                 # whatever the metric held before.
                 row_offset=metric.rows_seen - base,
+                **side,
             )
             if groups is not None:
                 groups.absorb(metric, result, batch.target, batch.sample_weight)
@@ -942,6 +1057,8 @@ def evaluate(
     progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_key: str | None = None,
+    document: str | None = None,
+    units: str | None = None,
 ) -> Report | GroupedReport:
     """Run ``metric`` over every row of ``source`` in bounded batches; return its report.
 
@@ -983,6 +1100,10 @@ def evaluate(
         A name for the source, stored in the checkpoint and compared on resume:
         required to checkpoint an iterable of batches (change it whenever the data
         change), an extra guard for other sources.
+    document, units : str, optional
+        For :class:`~xentstream.TokenCrossEntropy`: the column of document ids (any
+        order of rows) and of per-row unit counts (bytes, characters, words). Its
+        ``target`` is the optional mask column.
 
     Returns
     -------
@@ -1012,7 +1133,14 @@ def evaluate(
     2
     """
     spec, groups = _prepare(
-        metric, preds=preds, target=target, sample_weight=sample_weight, by=by, classes=classes
+        metric,
+        preds=preds,
+        target=target,
+        sample_weight=sample_weight,
+        by=by,
+        classes=classes,
+        document=document,
+        units=units,
     )
     info: dict[str, Any] = {}
     for _ in _run(
@@ -1043,6 +1171,8 @@ def stream(
     progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_key: str | None = None,
+    document: str | None = None,
+    units: str | None = None,
 ) -> Iterator[Report | GroupedReport]:
     """Like :func:`evaluate`, but yield the running report after each batch.
 
@@ -1054,7 +1184,14 @@ def stream(
     [1, 2]
     """
     spec, groups = _prepare(
-        metric, preds=preds, target=target, sample_weight=sample_weight, by=by, classes=classes
+        metric,
+        preds=preds,
+        target=target,
+        sample_weight=sample_weight,
+        by=by,
+        classes=classes,
+        document=document,
+        units=units,
     )
     info: dict[str, Any] = {}
     for _ in _run(

@@ -26,11 +26,13 @@ import numpy as np
 
 from xentstream import accumulator
 from xentstream._kernels import layout
+from xentstream.calibration import build_calibration_report
 
 if TYPE_CHECKING:
     import polars as pl
 
     from xentstream.accumulator import ExactState
+    from xentstream.calibration import CalibrationReport
     from xentstream.kinds import Kind
 
 __all__ = ["FLAT_SCALAR_FIELDS", "SCALAR_FIELDS", "Report", "build_report"]
@@ -80,6 +82,21 @@ class Report:
         Mean loss over the last ``window`` counted rows, when the metric has a window.
     per_class : polars.DataFrame or None
         Per-class (per-label) statistics when requested.
+    documents, document_perplexity, clustered_stderr, units, bits_per_unit, \
+bits_per_unit_stderr, per_document, unit
+        Language-model fields of :class:`~xentstream.TokenCrossEntropy` (None for the
+        other metrics): the number of documents, the mean of the per-document
+        perplexities, the standard error of ``loss`` clustered by document, the units'
+        total, the bits per unit and its standard error, the per-document table
+        (:mod:`xentstream.tokens` gives the formulas); ``unit`` names what the units
+        count (``"byte"``: tables say ``bits_per_byte``).
+    ece, mce, brier : float or None
+        Expected and maximum calibration error and Brier score of the top label
+        (multiclass) or positive class (binary, each label), for metrics with
+        ``calibration_bins`` (:mod:`xentstream.calibration`).
+    calibration : CalibrationReport or None
+        The full calibration summary: the Brier score's decomposition, the binned
+        log-loss split and the reliability table (``calibration.plot()`` draws it).
     """
 
     loss: float
@@ -97,6 +114,18 @@ class Report:
     normalized_entropy: float | None
     window_loss: float | None
     per_class: pl.DataFrame | None = field(default=None, compare=False)
+    ece: float | None = None
+    mce: float | None = None
+    brier: float | None = None
+    calibration: CalibrationReport | None = field(default=None, compare=False)
+    documents: int | None = None
+    document_perplexity: float | None = None
+    clustered_stderr: float | None = None
+    units: float | None = None
+    bits_per_unit: float | None = None
+    bits_per_unit_stderr: float | None = None
+    per_document: pl.DataFrame | None = field(default=None, compare=False)
+    unit: str | None = None
 
     def scalars(self, prefix: str = "") -> dict[str, float | int]:
         """The defined scalar fields as one flat dict, for loggers (TensorBoard, W&B,
@@ -121,25 +150,43 @@ class Report:
 
     def __str__(self) -> str:
         """One aligned ``name  value`` line per defined field, then the per-class table."""
-        lines = [f"{name:<{_WIDTH}}  {format_value(value)}" for name, value in self._shown()]
+        lines = [
+            f"{self.label(name):<{self.label_width()}}  {format_value(value)}"
+            for name, value in self._shown()
+        ]
         text = "\n".join(lines)
-        if self.per_class is not None:
-            import polars as pl
+        for table in (self.per_class, self.per_document):
+            if table is not None:
+                import polars as pl
 
-            with pl.Config(tbl_rows=50, tbl_cols=20, tbl_hide_dataframe_shape=True):
-                text += f"\n\n{self.per_class}"
+                with pl.Config(tbl_rows=50, tbl_cols=20, tbl_hide_dataframe_shape=True):
+                    text += f"\n\n{table}"
         return text
 
     def _repr_html_(self) -> str:
         """A two-column table in notebooks (and the per-class table below it)."""
         rows = "".join(
-            f"<tr><th style='text-align:left'>{name}</th><td>{format_value(value)}</td></tr>"
+            f"<tr><th style='text-align:left'>{self.label(name)}</th>"
+            f"<td>{format_value(value)}</td></tr>"
             for name, value in self._shown()
         )
         html = f"<table><caption>xentstream Report</caption>{rows}</table>"
-        if self.per_class is not None:
-            html += self.per_class._repr_html_()
+        for table in (self.per_class, self.per_document):
+            if table is not None:
+                html += table._repr_html_()
         return html
+
+    def label_width(self) -> int:
+        """Width of the name column of tables: the longest name shown, and at least the
+        common fields' longest (so that their tables keep one layout)."""
+        return max(_WIDTH, *(len(self.label(name)) for name, _ in self._shown()))
+
+    def label(self, name: str) -> str:
+        """How tables name field ``name``: ``bits_per_unit`` as ``bits_per_byte`` when
+        the units count bytes (:attr:`unit`)."""
+        if self.unit and name.startswith("bits_per_unit"):
+            return name.replace("unit", self.unit, 1)
+        return name
 
     def _shown(self) -> list[tuple[str, Any]]:
         return [
@@ -155,14 +202,18 @@ class Report:
         --------
         >>> import xentstream as xs
         >>> m = xs.CrossEntropy().update([[0.7, 0.3]], [0])
-        >>> sorted(m.compute().to_dict())[:4]
-        ['accuracy', 'bits', 'ci95', 'count']
+        >>> sorted(m.compute().to_dict())[:3]
+        ['accuracy', 'bits', 'brier']
         """
         data = {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
-        if self.per_class is not None:
-            data["per_class"] = [
-                {k: _json_value(v) for k, v in row.items()} for row in self.per_class.to_dicts()
-            ]
+        if self.calibration is not None:
+            data["calibration"] = self.calibration.to_dict()
+        for name in ("per_class", "per_document"):
+            table = getattr(self, name)
+            if table is not None:
+                data[name] = [
+                    {k: _json_value(v) for k, v in row.items()} for row in table.to_dicts()
+                ]
         return data
 
 
@@ -183,7 +234,16 @@ SCALAR_FIELDS = (
     "entropy",
     "kl",
     "normalized_entropy",
+    "ece",
+    "mce",
+    "brier",
     "window_loss",
+    "documents",
+    "clustered_stderr",
+    "document_perplexity",
+    "units",
+    "bits_per_unit",
+    "bits_per_unit_stderr",
 )
 #: :data:`SCALAR_FIELDS` as flat columns (``ci95`` as two), as ``scalars()`` names them.
 FLAT_SCALAR_FIELDS = tuple(
@@ -191,7 +251,8 @@ FLAT_SCALAR_FIELDS = tuple(
     for name in SCALAR_FIELDS
     for part in (("ci95_low", "ci95_high") if name == "ci95" else (name,))
 )
-_WIDTH = max(map(len, SCALAR_FIELDS))
+#: The name column's least width: the longest name of the fields every kind shares.
+_WIDTH = len("normalized_entropy")
 
 
 def format_value(value: Any) -> str:
@@ -293,6 +354,7 @@ def build_report(
     per_class = None
     if class_sums is not None and class_counts is not None:
         per_class = kind.per_class_frame(class_sums, class_counts, weight)
+    bins = None if state.calibration is None else build_calibration_report(state.calibration)
     return Report(
         loss=loss,
         loss_sum=accumulator.to_float(sums[layout.LOSS]),
@@ -309,6 +371,10 @@ def build_report(
         normalized_entropy=normalized,
         window_loss=window_loss,
         per_class=per_class,
+        ece=None if bins is None else bins.ece,
+        mce=None if bins is None else bins.mce,
+        brier=None if bins is None else bins.brier,
+        calibration=bins,
     )
 
 

@@ -1,10 +1,11 @@
 """Numba kernels: arrays in, exact accumulator arrays out (no Python objects).
 
 numba's on-disk cache keys a compiled kernel by the source file that defines it
-(``cpu.py``) only, so an edit to a helper module whose code it contains (``rows.py``,
-``exact.py``, ``layout.py``) would silently reuse stale machine code. To prevent
-that, the first import compares a hash of all kernel sources with the one recorded
-beside the cache and, when they differ, touches ``cpu.py`` so numba recompiles.
+(``cpu.py``, ``tokens.py``, ``paired.py``, ``calibration.py``) only, so an edit to a
+helper module whose code it contains (``rows.py``, ``exact.py``, ``layout.py``) would
+silently reuse stale machine code. To prevent that, the first import compares a hash of
+all kernel sources with the one recorded beside the cache and, when they differ,
+touches the cached modules so numba recompiles.
 """
 
 from __future__ import annotations
@@ -14,7 +15,18 @@ import os
 from pathlib import Path
 
 _HERE = Path(__file__).parent
-_SOURCES = ("cpu.py", "rows.py", "exact.py", "layout.py", "fastmath.py")
+_SOURCES = (
+    "cpu.py",
+    "rows.py",
+    "exact.py",
+    "layout.py",
+    "fastmath.py",
+    "tokens.py",
+    "paired.py",
+    "calibration.py",
+)
+#: Modules with cached kernels that contain code of the other sources.
+_CACHED = ("cpu.py", "tokens.py", "paired.py", "calibration.py")
 _STAMP = _HERE / "__pycache__" / "kernel_sources.sha256"
 
 
@@ -26,7 +38,8 @@ def _invalidate_stale_cache() -> None:
         current = digest.hexdigest()
         if _STAMP.exists() and _STAMP.read_text() == current:
             return
-        os.utime(_HERE / "cpu.py")
+        for name in _CACHED:
+            os.utime(_HERE / name)
         _STAMP.parent.mkdir(exist_ok=True)
         _STAMP.write_text(current)
     except OSError:  # a read-only install cannot hold a stale cache of edited sources
