@@ -191,6 +191,19 @@ def _key_from_json(value: Any) -> Any:
     return value
 
 
+def _entry_key(entry: Any, width: int, strict: bool) -> tuple[Any, ...]:
+    """The key of a saved group (``{key: [...], state: ...}``), its shape checked when
+    ``strict``."""
+    if strict and not (
+        isinstance(entry, dict)
+        and set(entry) == {"key", "state"}
+        and isinstance(entry["key"], list)
+        and len(entry["key"]) == width
+    ):
+        raise ValueError(f"a group must be {{key: [{width} values], state: ...}}")
+    return canonical_key(tuple(_key_from_json(v) for v in entry["key"]))
+
+
 class _GroupState:
     """Group keys -> codes (first appearance order) and every group's exact state, in
     arrays (:mod:`xentstream.grouping`): memory a few hundred bytes a group, a batch's
@@ -286,14 +299,7 @@ class _GroupState:
         """
         states: dict[tuple[Any, ...], ExactState] = {}
         for entry in entries:
-            if strict and not (
-                isinstance(entry, dict)
-                and set(entry) == {"key", "state"}
-                and isinstance(entry["key"], list)
-                and len(entry["key"]) == len(self.by)
-            ):
-                raise ValueError(f"a group must be {{key: [{len(self.by)} values], state: ...}}")
-            key = canonical_key(tuple(_key_from_json(v) for v in entry["key"]))
+            key = _entry_key(entry, len(self.by), strict)
             if strict:
                 if key in states:
                     raise ValueError(f"group key {show(list(key))} appears twice")
@@ -398,14 +404,7 @@ class _MetricGroups(_GroupState):
     def load_json(self, entries: list[dict[str, Any]], *, strict: bool = False) -> None:
         loaded: dict[tuple[Any, ...], Metric] = {}
         for entry in entries:
-            if strict and not (
-                isinstance(entry, dict)
-                and set(entry) == {"key", "state"}
-                and isinstance(entry["key"], list)
-                and len(entry["key"]) == len(self.by)
-            ):
-                raise ValueError(f"a group must be {{key: [{len(self.by)} values], state: ...}}")
-            key = canonical_key(tuple(_key_from_json(v) for v in entry["key"]))
+            key = _entry_key(entry, len(self.by), strict)
             metric = Metric.from_state_dict(entry["state"])
             if strict:
                 if key in loaded:
