@@ -322,3 +322,18 @@ def test_save_into_a_missing_directory_fails_cleanly(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         _metric().save(tmp_path / "missing" / "state.json")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("weight", [1e-280, 1e-300, 5e-324])
+def test_a_real_state_of_tiny_weights_loads(weight: float) -> None:
+    """Squares of tiny weights underflow to 0 in the kernels' terms: the loader's
+    consistency checks must allow for it, or it refuses a state real rows produced."""
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet(np.ones(3), size=50)
+    for metric in (
+        xs.CrossEntropy().update(probs, rng.integers(0, 3, 50), np.full(50, weight)),
+        xs.BinaryCrossEntropy().update(probs[:, 0], rng.integers(0, 2, 50), np.full(50, weight)),
+    ):
+        loaded = xs.Metric.from_state_dict(metric.state_dict())
+        assert loaded.state_dict() == metric.state_dict()
+        assert report_bits(loaded.compute()) == report_bits(metric.compute())

@@ -113,6 +113,9 @@ def _window_rows_from_json(rows: Any, window: int | None) -> list[tuple[float, f
 _NON_NEGATIVE = tuple(range(layout.N_SUMS))
 #: Relative slack of the Cauchy-Schwarz check: the kernels add rounded products.
 _CS_SLACK_BITS = 40
+#: Absolute slack a term of a square's sum (units of 2**-1075): a square of a tiny
+#: weight or loss underflows (1e-280 squared is 0.0), losing up to one unit a term.
+_UNDERFLOW_UNITS = 2
 
 
 def _check_label_counts(metric: Metric) -> None:
@@ -190,7 +193,8 @@ def _check_consistent(metric: Metric) -> None:
     if (
         metric.kind.unit_denominators(metric.config)
         and not specials[[layout.LOSS, layout.LOSS_SQUARED, layout.DENOMINATOR]].any()
-        and loss * loss << _CS_SLACK_BITS > square * denominator * ((1 << _CS_SLACK_BITS) + 1)
+        and loss * loss << _CS_SLACK_BITS
+        > (square + _UNDERFLOW_UNITS * rows) * denominator * ((1 << _CS_SLACK_BITS) + 1)
     ):
         # (sum s L)^2 <= (sum s L^2)(sum s) for any weights s >= 0 (Cauchy-Schwarz).
         raise ValueError(
@@ -202,7 +206,8 @@ def _check_consistent(metric: Metric) -> None:
         denominator > 0
         and not specials[[layout.DENOMINATOR, layout.DENOMINATOR_SQUARED]].any()
         and denominator * denominator << _CS_SLACK_BITS
-        > rows * den_square * ((1 << _CS_SLACK_BITS) + 1) << -accumulator.UNIT_EXPONENT
+        > rows * (den_square + _UNDERFLOW_UNITS * rows) * ((1 << _CS_SLACK_BITS) + 1)
+        << -accumulator.UNIT_EXPONENT
     ):
         # (sum x)^2 <= n sum x^2 over the n counted rows: the sums need at least this many.
         raise ValueError(
