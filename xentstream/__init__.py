@@ -7,9 +7,9 @@ Examples
 0.356675
 """
 
-from xentstream._errors import ColumnNames
+from xentstream._errors import ColumnNames, DataError
 from xentstream.config import BinaryConfig, MulticlassConfig, MultilabelConfig
-from xentstream.evaluate import GroupedReport, Interrupted, evaluate, stream
+from xentstream.evaluation import GroupedReport, Interrupted, evaluate, stream
 from xentstream.functional import (
     binary_cross_entropy,
     cross_entropy,
@@ -32,6 +32,7 @@ __all__ = [
     "BinaryCrossEntropy",
     "ColumnNames",
     "CrossEntropy",
+    "DataError",
     "GroupedReport",
     "Interrupted",
     "Metric",

@@ -25,6 +25,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from xentstream import __version__
-from xentstream.evaluate import (
+from xentstream.evaluation import (
     GROUPED_FORMAT,
     GroupedReport,
     Interrupted,
@@ -48,12 +49,10 @@ from xentstream.metrics import (
     MultiLabelCrossEntropy,
     load,
 )
-from xentstream.report import _SCALARS, Report, _format
+from xentstream.report import Report
 from xentstream.state import read_json, write_json_atomic
 
 __all__ = ["main"]
-
-_TABLE_FIELDS = _SCALARS  # the table shows what Report's str shows, in that order
 
 
 #: Seconds to wait for ``--dask ADDRESS``'s scheduler before giving up.
@@ -326,11 +325,10 @@ def _is_npy(source: list[str]) -> bool:
     return str(source[0]).lower().endswith(".npy")
 
 
-def _schema(source: list[str]) -> pl.Schema:
-    from xentstream.feeders import _expand_paths, scan_files
+def _schema(source: list[str]) -> pl.Schema | None:
+    from xentstream.feeders import expand_paths, file_schema
 
-    paths = _expand_paths(source)
-    return scan_files(paths[:1]).collect_schema()
+    return file_schema(expand_paths(source))
 
 
 def _expand_columns(patterns: list[str], names: list[str], flag: str) -> list[str]:
@@ -414,9 +412,11 @@ def _infer_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     if args.task != "auto":
         return args.task
     if schema is None:  # .npy: the arrays' shapes, read from their headers
-        preds = np.load(args.source[0], mmap_mode="r", allow_pickle=False)
-        target = np.load(args.target[0], mmap_mode="r", allow_pickle=False)
-        return _task_from_shapes(preds.shape[1:], target.shape[1:], "the .npy files")
+        from xentstream.feeders import npy_shape
+
+        preds = npy_shape(args.source[0], "source")
+        target = npy_shape(args.target[0], "--target")
+        return _task_from_shapes(preds[1:], target[1:], "the .npy files")
 
     def columns(names: list[str]) -> tuple[int | None, ...]:
         if len(names) > 1:  # wide: one scalar column per class (label)
@@ -464,17 +464,11 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
     )
 
 
-_format_value = _format
-
-
 def _table(result: Report | GroupedReport) -> str:
     out = io.StringIO()
     overall = result.overall if isinstance(result, GroupedReport) else result
-    width = max(len(name) for name in _TABLE_FIELDS)
-    for name in _TABLE_FIELDS:
-        value = getattr(overall, name)
-        if value is not None:
-            out.write(f"{name:<{width}}  {_format_value(value)}\n")
+    # The scalar lines of Report's own str, in its order; the tables follow, longer.
+    out.write(f"{replace(overall, per_class=None)}\n")
     with pl.Config(tbl_rows=200, tbl_cols=20, tbl_hide_dataframe_shape=True):
         if overall.per_class is not None:
             out.write(f"\n{overall.per_class}\n")
@@ -553,13 +547,9 @@ _PLOT_BARS = 40
 def _plot_batch_rows(source: Any, args: argparse.Namespace) -> int | None:
     """Rows per batch for ``--plot``: about ``_PLOT_POINTS`` points whatever the size
     (None, the default, once batches of that size would be large anyway)."""
-    from xentstream.feeders import _expand_paths, scan_files
+    from xentstream.feeders import count_rows, expand_paths
 
-    paths = _expand_paths(source)
-    if paths[0].suffix.lower() == ".npy":
-        total = np.load(paths[0], mmap_mode="r", allow_pickle=False).shape[0]
-    else:
-        total = scan_files(paths).select(pl.len()).collect().item()
+    total = count_rows(expand_paths(source))
     rows = max(1, math.ceil(total / _PLOT_POINTS))
     return rows if rows < 1 << 16 else None
 
@@ -819,8 +809,10 @@ def _check_dask_args(args: argparse.Namespace) -> None:
         )
     if args.plot:
         raise _UsageError("--plot draws the running loss of one process; it cannot use --dask")
+    from xentstream.feeders import SPLITTABLE_SUFFIXES
+
     suffixes = {Path(path).suffix.lower() for path in args.source}
-    if not suffixes <= {".parquet", ".pq", ".arrow", ".ipc", ".feather"}:
+    if not suffixes <= set(SPLITTABLE_SUFFIXES):
         raise _UsageError("--dask reads Parquet or Arrow IPC files only")
     _dask_workers(args.dask)
 
@@ -843,7 +835,7 @@ def _evaluate_on_dask(
 ) -> Report | GroupedReport:
     from xentstream import dask as xentstream_dask
 
-    xentstream_dask._require_dask(distributed=True)
+    xentstream_dask.require_dask(distributed=True)
     import dask
     from distributed.comm.core import CommClosedError
     from distributed.scheduler import KilledWorker, NoValidWorkerError, NoWorkerError

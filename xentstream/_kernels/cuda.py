@@ -63,8 +63,8 @@ import numba
 import numpy as np
 from numba import cuda
 
-from xentstream._inputs import is_device_array
 from xentstream._kernels import rows
+from xentstream._kernels.devices import is_device_array
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, NAN, NEG_INF, POS_INF
 from xentstream._kernels.exact import combine_blocks as _combine_blocks
 from xentstream._kernels.layout import (
