@@ -70,7 +70,7 @@ class Case:
 
     @property
     def kind(self) -> str:
-        return self.cls.config_class.kind
+        return self.cls.kind.name
 
     @property
     def input(self) -> str:

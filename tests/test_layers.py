@@ -4,7 +4,8 @@ The layer table of docs/architecture.md (section "Layers") is read as data: each
 lists its modules, lowest layer first. Every ``from xentstream...`` / ``import
 xentstream...`` statement of the package, module level or inside a function (lazy
 imports of optional backends count: they are the same dependency, only later), is an
-edge of the import graph, parsed with ``ast`` without importing anything. The tests
+edge of the import graph, parsed with ``ast`` without importing anything (imports
+under ``if TYPE_CHECKING:`` serve annotations only and are not edges). The tests
 hold the code and the page to each other: every module is in exactly one row, imports
 point to the same row or one above it in the table (a lower layer), the graph has no
 cycle, and no module reaches for another module's ``_private`` names.
@@ -66,10 +67,30 @@ LAYERS = _layers()
 LAYER_OF = {name: index for index, (_, names) in enumerate(LAYERS) for name in names}
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
+
+
+def _nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` (names for
+    annotations only, never imported at run time)."""
+    found, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        children = node.orelse if _is_type_checking(node) else ast.iter_child_nodes(node)
+        stack.extend(children)
+    return found
+
+
 def _imports(module: str) -> list[tuple[int, str, list[str]]]:
     """(line, imported module, names taken from it) for every xentstream import."""
     found = []
-    for node in ast.walk(ast.parse(MODULES[module].read_text(encoding="utf-8"))):
+    for node in _nodes(ast.parse(MODULES[module].read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.level:
             raise AssertionError(f"{module}:{node.lineno}: relative import")
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "xentstream":
@@ -142,7 +163,7 @@ def test_no_import_cycle() -> None:
 def _module_aliases(tree: ast.AST) -> set[str]:
     """Names bound to xentstream modules (``from xentstream import dask as xd``)."""
     aliases = set()
-    for node in ast.walk(tree):
+    for node in _nodes(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "xentstream":
             aliases |= {
                 alias.asname or alias.name

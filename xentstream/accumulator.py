@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from xentstream._errors import show
+from xentstream._kernels import layout
 from xentstream._kernels.exact import (
     CHUNK_BITS,
     N_CHUNKS,
@@ -26,9 +28,12 @@ from xentstream._kernels.exact import (
 
 __all__ = [
     "N_SLOTS",
+    "ExactState",
+    "check_addable",
     "empty",
     "exact_integer",
     "from_json",
+    "is_special",
     "merge_into",
     "ratio",
     "to_float",
@@ -95,7 +100,7 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> float:
     is the exact quotient of the sums; Python rounds it once. A zero denominator
     gives NaN (as torch does when every row is ignored).
     """
-    if _is_special(numerator) or _is_special(denominator):
+    if is_special(numerator) or is_special(denominator):
         return to_float(numerator) / to_float(denominator) if to_float(denominator) else math.nan
     top = exact_integer(numerator)
     bottom = exact_integer(denominator)
@@ -107,7 +112,8 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> float:
         return math.inf if (top > 0) == (bottom > 0) else -math.inf
 
 
-def _is_special(row: np.ndarray) -> bool:
+def is_special(row: np.ndarray) -> bool:
+    """Whether an accumulator row holds an infinite or NaN term (then no exact value)."""
     return bool(row[POS_INF] or row[NEG_INF] or row[NAN])
 
 
@@ -121,6 +127,16 @@ def to_floats(acc: np.ndarray) -> np.ndarray:
     return values.reshape(acc.shape[:-1])
 
 
+def check_addable(target: np.ndarray, source: np.ndarray) -> None:
+    """Raise the ``ValueError`` :func:`merge_into` would raise, changing nothing."""
+    top = N_CHUNKS - 1
+    # Both operands are normalized, so the top chunks carry the magnitude; bounding
+    # their sum (+1 for a carry) keeps int64 from wrapping to the opposite sign.
+    reach = np.abs(target[..., top].astype(np.float64) + source[..., top]) + 1
+    if reach.size and reach.max() >= _TOP_CHUNK_BOUND:
+        raise ValueError("accumulator: sum out of range (more than 2**63 largest float64 terms)")
+
+
 def merge_into(target: np.ndarray, source: np.ndarray) -> None:
     """Add accumulator ``source`` into ``target`` in place (exact), then normalize.
 
@@ -130,12 +146,7 @@ def merge_into(target: np.ndarray, source: np.ndarray) -> None:
         If the sum would leave the range of :data:`MAX_MAGNITUDE` (only crafted
         states get there); ``target`` is then unchanged.
     """
-    top = N_CHUNKS - 1
-    # Both operands are normalized, so the top chunks carry the magnitude; bounding
-    # their sum (+1 for a carry) keeps int64 from wrapping to the opposite sign.
-    reach = np.abs(target[..., top].astype(np.float64) + source[..., top]) + 1
-    if reach.size and reach.max() >= _TOP_CHUNK_BOUND:
-        raise ValueError("accumulator: sum out of range (more than 2**63 largest float64 terms)")
+    check_addable(target, source)
     target += source
     normalize(target.reshape(-1, N_SLOTS))
 
@@ -203,3 +214,185 @@ def _show(value: Any) -> str:
     if isinstance(value, str) and len(value) > 60:
         return f"{value[:40]!r}... ({len(value)} characters)"
     return repr(value)[:80]
+
+
+#: Counters are int64 in the kernels; a file's counts (and their total) must fit.
+MAX_COUNT = (1 << 63) - 1
+
+
+def counts_from_json(values: Any, what: str) -> np.ndarray:
+    """Row counters of a state file: a list of integers in [0, 2**63) adding up below it."""
+    if not isinstance(values, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
+    ):
+        raise ValueError(f"{what} must be a list of non-negative integers, got {show(values)}")
+    if any(v > MAX_COUNT for v in values) or sum(values) > MAX_COUNT:
+        raise ValueError(f"{what}: counts add up to more than 2**63 - 1 rows")
+    return np.array(values, dtype=np.int64)
+
+
+def _add_label_counts(mine: np.ndarray | None, theirs: np.ndarray | None) -> np.ndarray | None:
+    """Label counts of two states together (None, unknown, wins)."""
+    if mine is None or theirs is None:
+        return None
+    width = max(len(mine), len(theirs))
+    total = np.zeros(width, dtype=np.int64)
+    total[: len(mine)] += mine
+    total[: len(theirs)] += theirs
+    return total
+
+
+class ExactState:
+    """The exact state of one metric (or one group): every sum and counter it keeps.
+
+    Attributes
+    ----------
+    sums : ndarray, shape (N_SUMS, N_SLOTS)
+        One accumulator per quantity of ``layout.SUM_NAMES``.
+    counts : ndarray, shape (N_COUNTS,)
+        ``layout.COUNT_NAMES``: rows counted, rows ignored.
+    class_sums : ndarray or None, shape (C, N_CLASS_SUMS, N_SLOTS)
+        Per-class (per-label) sums once a batch brought them; None otherwise.
+    class_counts : ndarray or None, shape (C,)
+        Per-class rows (multi-label: positives), with ``class_sums``.
+    label_counts : ndarray or None
+        Exact counts of hard labels, for kinds that keep them; None when unknown
+        (soft targets or sample weights were seen) or not kept.
+
+    Every method that adds is all-or-nothing: a sum that would leave the
+    accumulators' range raises before any part changed.
+
+    Examples
+    --------
+    >>> a, b = ExactState(), ExactState()
+    >>> a.counts[0] = 2
+    >>> b.merge(a).merge(a).counts.tolist()
+    [4, 0]
+    """
+
+    SECTIONS: ClassVar[tuple[str, ...]] = (
+        "counts",
+        "sums",
+        "class_sums",
+        "class_counts",
+        "label_counts",
+    )
+
+    def __init__(self, *, counts_labels: bool = False) -> None:
+        self.sums = empty(layout.N_SUMS)
+        self.counts = np.zeros(layout.N_COUNTS, dtype=np.int64)
+        self.class_sums: np.ndarray | None = None
+        self.class_counts: np.ndarray | None = None
+        self.label_counts: np.ndarray | None = (
+            np.zeros(0, dtype=np.int64) if counts_labels else None
+        )
+
+    @property
+    def rows_seen(self) -> int:
+        """Rows consumed, ignored rows included."""
+        return int(self.counts.sum())
+
+    def ensure_classes(self, n_classes: int) -> None:
+        """Zero per-class state for ``n_classes`` classes, unless there already is some."""
+        if self.class_sums is None:
+            self.class_sums = empty(n_classes, layout.N_CLASS_SUMS)
+            self.class_counts = np.zeros(n_classes, dtype=np.int64)
+
+    def add(
+        self,
+        sums: np.ndarray,
+        counts: np.ndarray,
+        class_sums: np.ndarray | None = None,
+        class_counts: np.ndarray | None = None,
+        label_counts: np.ndarray | None = None,
+    ) -> ExactState:
+        """Add exact partial sums (a batch's, a group's share, another state's).
+
+        ``label_counts`` None means the added rows' labels are unknown, which makes
+        this state's unknown too. Returns ``self``.
+        """
+        check_addable(self.sums, sums)
+        if class_sums is not None and self.class_sums is not None:
+            check_addable(self.class_sums, class_sums)
+        self.sums += sums
+        normalize(self.sums)
+        self.counts += counts
+        if class_sums is not None:
+            self.ensure_classes(class_sums.shape[0])
+            merge_into(self.class_sums, class_sums)
+            self.class_counts += class_counts
+        self.label_counts = _add_label_counts(self.label_counts, label_counts)
+        return self
+
+    def merge(self, other: ExactState) -> ExactState:
+        """Add ``other`` into this state (``other`` is unchanged). Returns ``self``."""
+        return self.add(
+            other.sums, other.counts, other.class_sums, other.class_counts, other.label_counts
+        )
+
+    def copy(self) -> ExactState:
+        """An independent copy."""
+        twin = ExactState.__new__(ExactState)
+        for name in self.SECTIONS:
+            value = getattr(self, name)
+            setattr(twin, name, None if value is None else value.copy())
+        return twin
+
+    def to_json(self, n_classes: int | None = None) -> dict[str, Any]:
+        """Plain-JSON sections of a state file (``SECTIONS``).
+
+        ``n_classes``: write zero per-class sums for that many classes when none were
+        added yet (a loader sizes per-class state by what a file holds, never by the
+        class count it claims).
+        """
+        class_sums, class_counts = self.class_sums, self.class_counts
+        if class_sums is None and n_classes:
+            class_sums = empty(n_classes, layout.N_CLASS_SUMS)
+            class_counts = np.zeros(n_classes, dtype=np.int64)
+        return {
+            "counts": dict(zip(layout.COUNT_NAMES, (int(c) for c in self.counts), strict=True)),
+            "sums": dict(zip(layout.SUM_NAMES, to_json(self.sums), strict=True)),
+            "class_sums": None if class_sums is None else to_json(class_sums),
+            "class_counts": None if class_counts is None else [int(c) for c in class_counts],
+            "label_counts": None if self.label_counts is None else self.label_counts.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, per_class: bool, counts_labels: bool) -> ExactState:
+        """Inverse of :meth:`to_json`: structure and ranges checked, nothing else.
+
+        ``per_class``: whether per-class sums may be present; ``counts_labels``:
+        whether label counts may be. Whether the numbers could come from real rows
+        is the metric's check.
+
+        Raises
+        ------
+        ValueError
+            On any structural mismatch, naming the section.
+        """
+        state = cls()
+        counts = data["counts"]
+        if not isinstance(counts, dict) or set(counts) != set(layout.COUNT_NAMES):
+            raise ValueError(f"counts must be an object with the keys {list(layout.COUNT_NAMES)}")
+        state.counts = counts_from_json([counts[k] for k in layout.COUNT_NAMES], "counts")
+        sums = data["sums"]
+        if not isinstance(sums, dict) or set(sums) != set(layout.SUM_NAMES):
+            raise ValueError(f"sums must be an object with the keys {list(layout.SUM_NAMES)}")
+        state.sums = from_json([sums[k] for k in layout.SUM_NAMES], (layout.N_SUMS,))
+        class_sums = data["class_sums"]
+        if class_sums is not None:
+            if not isinstance(class_sums, list) or not per_class:
+                raise ValueError("class_sums: a list, and only with per_class / per_label")
+            width = len(class_sums)
+            state.class_sums = from_json(class_sums, (width, layout.N_CLASS_SUMS))
+            state.class_counts = counts_from_json(data["class_counts"], "class_counts")
+            if state.class_counts.shape != (width,):
+                raise ValueError("class_counts does not match class_sums")
+        elif data["class_counts"] is not None:
+            raise ValueError("class_counts given without class_sums")
+        labels = data.get("label_counts")
+        if labels is not None and not counts_labels:
+            raise ValueError("label_counts: this kind of state holds none")
+        # States written before label counts existed have none: unknown, not zero.
+        state.label_counts = None if labels is None else counts_from_json(labels, "label_counts")
+        return state

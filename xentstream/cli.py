@@ -25,7 +25,6 @@ import signal
 import sys
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -49,10 +48,12 @@ from xentstream.metrics import (
     MultiLabelCrossEntropy,
     load,
 )
-from xentstream.report import Report
+from xentstream.report import SCALAR_FIELDS, Report, format_value
 from xentstream.state import read_json, write_json_atomic
 
 __all__ = ["main"]
+
+_TABLE_FIELDS = SCALAR_FIELDS  # the table shows what Report's str shows, in that order
 
 
 #: Seconds to wait for ``--dask ADDRESS``'s scheduler before giving up.
@@ -464,11 +465,17 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
     )
 
 
+_format_value = format_value
+
+
 def _table(result: Report | GroupedReport) -> str:
     out = io.StringIO()
     overall = result.overall if isinstance(result, GroupedReport) else result
-    # The scalar lines of Report's own str, in its order; the tables follow, longer.
-    out.write(f"{replace(overall, per_class=None)}\n")
+    width = max(len(name) for name in _TABLE_FIELDS)
+    for name in _TABLE_FIELDS:
+        value = getattr(overall, name)
+        if value is not None:
+            out.write(f"{name:<{width}}  {_format_value(value)}\n")
     with pl.Config(tbl_rows=200, tbl_cols=20, tbl_hide_dataframe_shape=True):
         if overall.per_class is not None:
             out.write(f"\n{overall.per_class}\n")

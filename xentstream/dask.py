@@ -44,7 +44,7 @@ from xentstream.feeders import (
     open_source,
     scan_files,
 )
-from xentstream.metrics import Metric
+from xentstream.metrics import Metric, check_engine
 from xentstream.report import Report
 
 __all__ = ["DEFAULT_PARTITION_ROWS", "evaluate", "require_dask"]
@@ -177,16 +177,14 @@ def _partition_state(
     A task lost with its worker is simply run again (Dask retries it); since its
     result depends only on its rows, no row is ever counted twice.
     """
-    metric = Metric.from_state_dict(template)
     try:
-        # The engine is not part of a state: without it here, every task would run on
-        # whatever "auto" picks on its worker.
-        if engine != "auto":
-            metric.to(engine)
+        check_engine(engine)
     except (ImportError, RuntimeError) as error:  # engine="cuda": no numba-cuda, no GPU
         # The worker's machine is at fault, not the data: stop the run at once.
         raise type(error)(f"dask worker on host {socket.gethostname()}: {error}") from None
-    run = Evaluation(metric, spec)
+    # The engine is not part of a state: without it here, every task would run on
+    # whatever "auto" picks on its worker.
+    run = Evaluation(Metric.from_state_dict(template, engine=engine), spec)
     if threads is None:
         return _feed(part, data, run, batch_rows)
     import numba

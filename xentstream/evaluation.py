@@ -37,7 +37,7 @@ import polars as pl
 from xentstream._errors import shorten, show
 from xentstream.feeders import Batch, ColumnSpec, open_source
 from xentstream.metrics import Metric
-from xentstream.report import Report
+from xentstream.report import FLAT_SCALAR_FIELDS, Report
 from xentstream.state import read_json, write_json_atomic
 
 __all__ = [
@@ -58,20 +58,6 @@ CHECKPOINT_VERSION = 2
 #: enough that writing the JSON never shows in the throughput.
 CHECKPOINT_INTERVAL_S = 5.0
 _PREFETCH_BATCHES = 2
-_SCALAR_FIELDS = (
-    "loss",
-    "loss_sum",
-    "weight_sum",
-    "count",
-    "ignored",
-    "stderr",
-    "perplexity",
-    "bits",
-    "accuracy",
-    "entropy",
-    "kl",
-    "normalized_entropy",
-)
 
 
 @dataclass(frozen=True)
@@ -96,17 +82,16 @@ class GroupedReport:
     _states: Any = field(default=None, compare=False, repr=False)
 
     def to_polars(self) -> pl.DataFrame:
-        """One row per group: key columns, the scalar report fields, ``ci95_low`` and
-        ``ci95_high``."""
+        """One row per group: key columns, then the scalar report fields as
+        :meth:`Report.scalars` names them (``ci95`` as ``ci95_low`` / ``ci95_high``)."""
         rows = []
         for key, report in self.groups.items():
             row = dict(zip(self.by, key, strict=True))
-            row.update({name: getattr(report, name) for name in _SCALAR_FIELDS})
-            low, high = report.ci95 if report.ci95 is not None else (None, None)
-            row.update(ci95_low=low, ci95_high=high)
+            scalars = report.scalars()
+            row.update({name: scalars.get(name) for name in FLAT_SCALAR_FIELDS})
             rows.append(row)
         if not rows:  # no row read: still the key and report columns
-            return pl.DataFrame(schema=[*self.by, *_SCALAR_FIELDS, "ci95_low", "ci95_high"])
+            return pl.DataFrame(schema=[*self.by, *FLAT_SCALAR_FIELDS])
         return pl.DataFrame(rows, infer_schema_length=None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,10 +176,10 @@ class GroupState:
 
     def _new_metric(self) -> Metric:
         config = self.template.config
-        for flag in ("per_class", "per_label"):
-            if getattr(config, flag, False):
-                config = replace(config, **{flag: False})
-        return type(self.template)._from_config(config, engine=self.template.engine, window=None)
+        flag = self.template.kind.per_class_field
+        if flag is not None and getattr(config, flag):
+            config = replace(config, **{flag: False})
+        return type(self.template).from_config(config, engine=self.template.engine, window=None)
 
     def codes(self, keys: pl.DataFrame) -> np.ndarray:
         """Group code of every row of ``keys`` (new keys get new codes)."""
@@ -224,7 +209,7 @@ class GroupState:
         hard-label counts if kept) to its metric; groups without rows are skipped."""
         for code in np.flatnonzero(group_counts.sum(axis=1)):
             labels = None if label_counts is None else label_counts[code]
-            self.metrics[code]._absorb_group_sums(group_sums[code], group_counts[code], labels)
+            self.metrics[code].state.add(group_sums[code], group_counts[code], label_counts=labels)
 
     def to_json(self) -> list[dict[str, Any]]:
         """``[{"key": [...], "state": metric state}, ...]`` in code order; temporal and
@@ -257,7 +242,7 @@ class GroupState:
                 if key in seen:
                     raise ValueError(f"group key {show(list(key))} appears twice")
                 seen.add(key)
-                self._new_metric()._load_state_of(metric)  # same kind and config, or raises
+                self._new_metric().load_state_of(metric)  # same kind and config, or raises
             code = self._codes.get(key)
             if code is None:
                 self._codes[key] = len(self.keys)
@@ -462,7 +447,7 @@ def _fingerprint(feeder_fingerprint: dict[str, Any], metric: Metric) -> dict[str
         "source": source,
         "columns": columns,
         "metric": type(metric).__name__,
-        "config": metric._merge_key(),
+        "config": metric.merge_key(),
     }
 
 
@@ -575,7 +560,7 @@ def _load_checkpoint(
         in_groups = sum(m.rows_seen for m in loaded.metrics)
         if in_groups != held:
             raise bad(f"the groups hold {in_groups} rows, the metric {held} from this source")
-    metric._load_state_of(state)
+    metric.load_state_of(state)
     if loaded is not None:
         groups.load_json(entries)
     return consumed
@@ -810,7 +795,7 @@ def _run(
             n_groups = 1 if groups is None else len(groups.keys)
             if rows == 0:
                 _warn_if_probabilities(batch.preds, metric)
-            result = metric._update_batch(
+            result = metric.accumulate(
                 batch.preds,
                 batch.target,
                 batch.sample_weight,
@@ -822,7 +807,7 @@ def _run(
                 row_offset=metric.rows_seen - base,
             )
             if groups is not None and result.group_sums is not None:
-                labels = metric._group_label_counts(
+                labels = metric.group_label_counts(
                     batch.target, batch.sample_weight, codes, len(groups.keys)
                 )
                 groups.absorb(result.group_sums, result.group_counts, labels)

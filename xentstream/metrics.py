@@ -1,6 +1,10 @@
 """Streaming metric objects (SPEC section 4): exact state that outlives any batch.
 
-A metric owns a config (what is computed) and an exact state (the sums so far).
+A metric is a config (what is computed, :mod:`xentstream.config`), an exact state
+(the sums so far, :class:`~xentstream.accumulator.ExactState`), an optional window
+and a lock. What differs between the loss kinds is read from their declaration in
+:mod:`xentstream.kinds`; this module holds no per-kind branch.
+
 ``update`` sends a batch through the same path as the functional API
 (:mod:`xentstream._batch`) and merges the batch's sums only after the batch
 passed validation, so a rejected batch leaves the state untouched. Because the
@@ -20,44 +24,34 @@ from typing import Any, ClassVar
 import numpy as np
 
 from xentstream import accumulator
-from xentstream._batch import (
-    ENGINES,
-    BatchSums,
-    binary_batch,
-    multiclass_batch,
-    multilabel_batch,
-)
+from xentstream._batch import ENGINES, BatchSums
 from xentstream._errors import DEFAULT_NAMES, ColumnNames, show
 from xentstream._inputs import as_array
 from xentstream._kernels import layout, load_cuda
+from xentstream.accumulator import ExactState
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
+from xentstream.kinds import KINDS, Kind
 from xentstream.report import Report, build_report
 from xentstream.state import FORMAT, VERSION, read_json, write_json_atomic
 
-__all__ = ["BinaryCrossEntropy", "CrossEntropy", "Metric", "MultiLabelCrossEntropy", "load"]
+__all__ = [
+    "BinaryCrossEntropy",
+    "CrossEntropy",
+    "Metric",
+    "MultiLabelCrossEntropy",
+    "check_engine",
+    "load",
+]
 
-_ENGINES = ENGINES
-_SUM_NAMES = (
-    "loss",
-    "denominator",
-    "loss_squared",
-    "weight",
-    "denominator_squared",
-    "entropy",
-    "target_entropy",
-    "correct",
-    "positive",
-)
-_COUNT_NAMES = ("rows", "ignored")
 #: Classes a state without per-class sums may claim for a per-class metric (files
 #: written since per-class metrics save zero sums before their first row hold them).
 _MAX_UNBACKED_CLASSES = 1 << 16
 
 
-def _check_engine(engine: str) -> str:
+def check_engine(engine: str) -> str:
     """Validate ``engine=``; ``"cuda"`` fails here, at construction, without a GPU."""
-    if engine not in _ENGINES:
-        raise ValueError(f"engine: must be one of {_ENGINES}, got {engine!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine: must be one of {ENGINES}, got {engine!r}")
     if engine == "cuda":
         # ImportError naming the extra without numba-cuda; RuntimeError without a GPU.
         load_cuda().ensure_available()
@@ -75,22 +69,8 @@ def _check_window(window: int | None) -> int | None:
 
 
 #: Every key a state file holds (state_dict writes all of them).
-_STATE_KEYS = (
-    "format",
-    "version",
-    "metric",
-    "config",
-    "n_classes",
-    "window",
-    "counts",
-    "sums",
-    "class_sums",
-    "class_counts",
-    "window_rows",
-    "label_counts",
-)
-#: Counters are int64 in the kernels; a file's counts (and their total) must fit.
-_MAX_COUNT = (1 << 63) - 1
+_STATE_KEYS = ("format", "version", "metric", "config", "n_classes", "window", "window_rows")
+_STATE_KEYS += ExactState.SECTIONS
 #: Classes a state file may claim: int32 indices in the kernels.
 _MAX_CLASSES = (1 << 31) - 1
 
@@ -98,26 +78,6 @@ _MAX_CLASSES = (1 << 31) - 1
 def _is_int(value: Any) -> bool:
     """A JSON integer (``true`` / ``1.0`` / ``"1"`` are not)."""
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _counts_from_json(values: Any, what: str) -> np.ndarray:
-    """Row counters of a state file: a list of integers in [0, 2**63)."""
-    if not isinstance(values, list) or not all(_is_int(v) and v >= 0 for v in values):
-        raise ValueError(f"{what} must be a list of non-negative integers, got {show(values)}")
-    if any(v > _MAX_COUNT for v in values) or sum(values) > _MAX_COUNT:
-        raise ValueError(f"{what}: counts add up to more than 2**63 - 1 rows")
-    return np.array(values, dtype=np.int64)
-
-
-def _add_counts(mine: np.ndarray | None, theirs: np.ndarray | None) -> np.ndarray | None:
-    """Label counts of two states together (None, unknown, wins)."""
-    if mine is None or theirs is None:
-        return None
-    width = max(len(mine), len(theirs))
-    total = np.zeros(width, dtype=np.int64)
-    total[: len(mine)] += mine
-    total[: len(theirs)] += theirs
-    return total
 
 
 def _class_count_from_json(value: Any) -> int | None:
@@ -156,10 +116,10 @@ _CS_SLACK_BITS = 40
 
 def _check_label_counts(metric: Metric) -> None:
     """Known label counts count every counted row once, in one of the metric's classes."""
-    counts = metric._label_counts
+    counts = metric.state.label_counts
     if counts is None:
         return
-    rows = int(metric._counts[layout.ROWS])
+    rows = int(metric.state.counts[layout.ROWS])
     if int(counts.sum()) != rows:
         raise ValueError(
             f"label_counts: add up to {int(counts.sum())} rows, but counts.rows is {rows}"
@@ -177,22 +137,22 @@ def _check_consistent(metric: Metric) -> None:
     a file whose counts were raised together with consistent sums cannot be told
     from a real one (state files are plain JSON, not signed).
     """
-    sums, counts = metric._sums, metric._counts
+    state = metric.state
+    sums, counts = state.sums, state.counts
     rows = int(counts[layout.ROWS])
     values = [accumulator.exact_integer(row) for row in sums]
     specials = sums[:, [accumulator.POS_INF, accumulator.NEG_INF, accumulator.NAN]]
-    class_sums = metric._class_sums
     if rows == 0:
         if any(values) or specials.any():
             raise ValueError("sums: not zero although no row was counted (counts.rows is 0)")
-        if class_sums is not None and (class_sums.any() or metric._class_counts.any()):
+        if state.class_sums is not None and (state.class_sums.any() or state.class_counts.any()):
             raise ValueError("class_sums: not zero although no row was counted")
         return
     if metric.config.validate:
         for slot in _NON_NEGATIVE:
             if values[slot] < 0 or specials[slot, 1]:
                 raise ValueError(
-                    f"sums.{_SUM_NAMES[slot]}: negative, but every term of it is >= 0 "
+                    f"sums.{layout.SUM_NAMES[slot]}: negative, but every term of it is >= 0 "
                     "for validated rows"
                 )
         if not specials[layout.WEIGHT].any() and values[layout.CORRECT] > values[layout.WEIGHT]:
@@ -203,7 +163,7 @@ def _check_consistent(metric: Metric) -> None:
         values[layout.DENOMINATOR],
     )
     if (
-        metric._unit_denominators()
+        metric.kind.unit_denominators(metric.config)
         and not specials[[layout.LOSS, layout.LOSS_SQUARED, layout.DENOMINATOR]].any()
         and loss * loss << _CS_SLACK_BITS > square * denominator * ((1 << _CS_SLACK_BITS) + 1)
     ):
@@ -224,11 +184,11 @@ def _check_consistent(metric: Metric) -> None:
             f"counts.rows: {rows} rows cannot hold these sums "
             "(denominator**2 > rows * denominator_squared)"
         )
-    if metric._class_counts is not None:
-        total = int(metric._class_counts.sum())
-        if metric.config.kind == "multiclass" and total != rows:
+    if state.class_counts is not None:
+        total = int(state.class_counts.sum())
+        if metric.kind.one_class_per_row and total != rows:
             raise ValueError(f"class_counts: add up to {total} rows, but counts.rows is {rows}")
-        if metric.config.kind == "multilabel" and int(metric._class_counts.max()) > rows:
+        if not metric.kind.one_class_per_row and int(state.class_counts.max()) > rows:
             raise ValueError(f"class_counts: a label has more positives than the {rows} rows")
 
 
@@ -279,17 +239,26 @@ class _Window:
 
 
 class Metric:
-    """Base of the streaming metrics: registered exact state, update / merge / compute.
+    """Base of the streaming metrics: a config, its exact state, update / merge / compute.
 
-    Subclasses set ``config_class`` and implement ``_run_batch``; everything else
-    (reset, merge, state_dict, save, thread safety) is generic over the state.
+    Subclasses set ``kind`` (their :class:`~xentstream.kinds.Kind`) and a constructor
+    that builds the config; everything else is generic over the kind.
+
+    Attributes
+    ----------
+    config : LossConfig
+        What is computed.
+    state : ExactState
+        The exact sums so far. Read it freely; change it only through the methods
+        (they hold the metric's lock).
+    engine : str
+        Where the kernels run.
+    window : int or None
+        Rows of the windowed loss.
     """
 
-    config_class: ClassVar[type[LossConfig]]
+    kind: ClassVar[Kind]
     _registry: ClassVar[dict[str, type[Metric]]] = {}
-    #: Keeps exact integer counts of hard labels (the normalized entropy's baseline
-    #: without per-class sums); None in ``_label_counts`` once they are unknown.
-    _counts_labels: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -297,52 +266,58 @@ class Metric:
 
     def __init__(self, config: LossConfig, *, engine: str = "auto", window: int | None = None):
         self.config = config
-        self.engine = _check_engine(engine)
+        self.engine = check_engine(engine)
         self.window = _check_window(window)
         self._lock = threading.RLock()
         self.reset()
+
+    @classmethod
+    def from_config(
+        cls, config: LossConfig, *, engine: str = "auto", window: int | None = None
+    ) -> Metric:
+        """A fresh metric of this class for a complete ``config`` (its kind's config)."""
+        if not isinstance(config, cls.kind.config):
+            raise TypeError(f"config: a {cls.__name__} takes a {cls.kind.config.__name__}")
+        metric = cls.__new__(cls)
+        Metric.__init__(metric, config, engine=engine, window=window)
+        return metric
 
     # -- state ---------------------------------------------------------------------------
 
     def reset(self) -> Metric:
         """Forget every row seen; the config (and inferred class count) is kept."""
         with self._lock:
-            self._sums = accumulator.empty(layout.N_SUMS)
-            self._counts = np.zeros(layout.N_COUNTS, dtype=np.int64)
-            self._class_sums: np.ndarray | None = None
-            self._class_counts: np.ndarray | None = None
+            self.state = ExactState(counts_labels=self.kind.counts_labels)
             self._window = _Window(self.window) if self.window else None
-            self._label_counts: np.ndarray | None = (
-                np.zeros(0, dtype=np.int64) if self._counts_labels else None
-            )
-            self._batch_label_counts: np.ndarray | None = None  # _run_batch -> _absorb
         return self
 
     @property
     def rows_seen(self) -> int:
         """Rows consumed so far, ignored rows included (the offset of the next batch)."""
-        return int(self._counts.sum())
+        return self.state.rows_seen
 
     @property
     def n_classes(self) -> int | None:
-        """Classes (labels) of the inputs: from the config, else inferred from the first batch."""
-        return None
+        """Classes (labels) of the inputs: from the config, else inferred from the first
+        batch; None for kinds without a class dimension."""
+        return self.kind.class_count(self.config)
 
-    def _per_class_enabled(self) -> bool:
-        return False
+    def _adopt_class_count(self, n_classes: int) -> None:
+        """Fix the class count (inferred from a batch, or the other side of a merge)."""
+        field = self.kind.count_field
+        if field is None:
+            return
+        current = getattr(self.config, field)
+        if current is None:
+            self.config = replace(self.config, **{field: n_classes})
+        elif current != n_classes:
+            raise ValueError(f"{field}: {current} here, {n_classes} in the other state")
+
+    def _zero_class_count(self) -> int | None:
+        """Classes to show zero per-class sums for before any row (per-class metrics)."""
+        return self.n_classes if self.kind.per_class(self.config) else None
 
     # -- update --------------------------------------------------------------------------
-
-    def _run_batch(
-        self,
-        preds: Any,
-        target: Any,
-        sample_weight: Any,
-        names: ColumnNames,
-        row_offset: int,
-        **grouping: Any,
-    ) -> tuple[BatchSums, np.ndarray | None]:
-        raise NotImplementedError
 
     def update(
         self,
@@ -358,7 +333,7 @@ class Metric:
         plus the row in this batch). ``names`` lets feeders report column names.
         Returns ``self``.
         """
-        self._update_batch(preds, target, sample_weight, names=names)
+        self.accumulate(preds, target, sample_weight, names=names)
         return self
 
     def forward(self, preds: Any, target: Any, sample_weight: Any = None) -> float:
@@ -377,7 +352,7 @@ class Metric:
         >>> round(m.value, 6)
         0.399254
         """
-        batch = self._update_batch(preds, target, sample_weight)
+        batch = self.accumulate(preds, target, sample_weight)
         return accumulator.ratio(batch.sums[layout.LOSS], batch.sums[layout.DENOMINATOR])
 
     __call__ = forward
@@ -389,10 +364,10 @@ class Metric:
         kind = str(getattr(device, "type", device)).split(":", 1)[0]
         if kind not in ("cpu", "cuda"):
             raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
-        self.engine = _check_engine(kind)
+        self.engine = check_engine(kind)
         return self
 
-    def _update_batch(
+    def accumulate(
         self,
         preds: Any,
         target: Any,
@@ -406,65 +381,58 @@ class Metric:
         """:meth:`update`, returning the batch's exact sums (per group with ``groups``).
 
         Feeders use it for grouped evaluation: one kernel pass updates this metric
-        and yields ``group_sums`` for the per-group metrics
-        (:meth:`_absorb_group_sums`). ``row_offset``: the stream offset of the batch's
-        first row in error messages (default :attr:`rows_seen`).
+        and yields ``group_sums`` / ``group_counts`` for per-group states
+        (:meth:`group_label_counts` gives their label counts). ``groups``: an int64
+        code in ``[0, n_groups)`` per row. ``row_offset``: the stream offset of the
+        batch's first row in error messages (default :attr:`rows_seen`).
         """
         with self._lock:
             offset = self.rows_seen if row_offset is None else row_offset
-            batch, row_denominators = self._run_batch(
+            batch = self.kind.batch(
+                self.config,
                 preds,
                 target,
                 sample_weight,
-                names,
+                keep_rows=self._window is not None,
+                with_entropy=True,
+                row_offset=offset,
+                names=names,
+                engine=self.engine,
                 groups=groups,
                 n_groups=n_groups,
-                row_offset=offset,
             )
             if batch.n_rows:  # an empty batch is a no-op: no zeroed per-class state
-                self._absorb(batch, row_denominators, sample_weight)
+                self._adopt_class_count(batch.n_classes)
+                self._absorb(batch, target, sample_weight)
         return batch
 
-    def _absorb_group_sums(
-        self, sums: np.ndarray, counts: np.ndarray, label_counts: np.ndarray | None = None
-    ) -> None:
-        """Add one group's share of a :class:`BatchSums` (no per-class sums, no window),
-        and of :meth:`_group_label_counts` (None: the group's labels are unknown)."""
-        with self._lock:
-            accumulator.merge_into(self._sums, sums)
-            self._counts += counts
-            self._label_counts = _add_counts(self._label_counts, label_counts)
-
-    def _group_label_counts(
+    def group_label_counts(
         self, target: Any, sample_weight: Any, codes: np.ndarray, n_groups: int
     ) -> np.ndarray | None:
-        """Exact label counts per group of a batch, shape (n_groups, C), if kept."""
-        return None
+        """Exact label counts per group of a batch, shape (n_groups, C); None where this
+        kind keeps none or the batch's labels are unknown (soft, weighted)."""
+        hook = self.kind.label_counts
+        if hook is None or self.n_classes is None:
+            return None
+        return hook(
+            self.config, target, sample_weight, self.n_classes, codes=codes, n_groups=n_groups
+        )
 
-    def _load_state_of(self, other: Metric) -> None:
-        """Replace this metric's state by a copy of ``other``'s (same kind and config)."""
-        if type(other) is not type(self):
-            raise TypeError(f"cannot load a {type(other).__name__} into a {type(self).__name__}")
-        self._check_compatible(other._merge_key(), other.n_classes, "checkpoint")
-        with self._lock:
-            self.reset()
-            self.merge(other)
-
-    def _absorb(
-        self, batch: BatchSums, row_denominators: np.ndarray | None, sample_weight: Any
-    ) -> None:
-        accumulator.merge_into(self._sums, batch.sums)
-        self._counts += batch.counts
-        if self._label_counts is not None:
-            self._label_counts = _add_counts(self._label_counts, self._batch_label_counts)
-            self._batch_label_counts = None
-        if batch.class_sums is not None:
-            self._ensure_class_state(batch.n_classes)
-            accumulator.merge_into(self._class_sums, batch.class_sums)
-            self._class_counts += batch.class_counts
+    def _absorb(self, batch: BatchSums, target: Any, sample_weight: Any) -> None:
+        label_counts = None
+        if self.kind.label_counts is not None:
+            label_counts = self.kind.label_counts(
+                self.config, target, sample_weight, batch.n_classes
+            )
+        self.state.add(batch.sums, batch.counts, batch.class_sums, batch.class_counts, label_counts)
         if self._window is not None and batch.row_losses is not None:
             losses = batch.row_losses.reshape(-1)
-            denominators = row_denominators.reshape(-1)
+            hook = self.kind.row_denominators
+            denominators = (
+                np.ones(losses.size)
+                if hook is None
+                else hook(self.config, target, losses.size, batch.n_classes)
+            )
             weights = (
                 np.ones_like(losses)
                 if sample_weight is None
@@ -475,49 +443,45 @@ class Metric:
                 (weights * losses)[counted], (weights * np.maximum(denominators, 0))[counted]
             )
 
-    def _ensure_class_state(self, n_classes: int) -> None:
-        if self._class_sums is None:
-            self._class_sums = accumulator.empty(n_classes, layout.N_CLASS_SUMS)
-            self._class_counts = np.zeros(n_classes, dtype=np.int64)
-
     # -- results -------------------------------------------------------------------------
 
     @property
     def value(self) -> float:
         """Running mean loss (NaN before any counted row)."""
         with self._lock:
-            return accumulator.ratio(self._sums[layout.LOSS], self._sums[layout.DENOMINATOR])
-
-    def _unweighted(self) -> bool:
-        return True
-
-    def _unit_denominators(self) -> bool:
-        """Whether every row's denominator d_i is 1 (no class weights)."""
-        return True
+            sums = self.state.sums
+            return accumulator.ratio(sums[layout.LOSS], sums[layout.DENOMINATOR])
 
     def compute(self) -> Report:
         """Summarize the state as a :class:`~xentstream.Report` (idempotent)."""
         with self._lock:
-            class_sums, class_counts = self._class_sums, self._class_counts
-            if class_sums is None and self._per_class_enabled() and self.n_classes:
-                class_sums = accumulator.empty(self.n_classes, layout.N_CLASS_SUMS)
-                class_counts = np.zeros(self.n_classes, dtype=np.int64)
-            return build_report(
-                kind=self.config.kind,
-                sums=self._sums,
-                counts=self._counts,
-                class_sums=class_sums,
-                class_counts=class_counts,
-                unweighted=self._unweighted(),
-                window_loss=self._window.loss() if self._window is not None else None,
-                label_counts=self._label_counts,
-            )
+            return self.report_of(self.state, window_loss=self._window_loss())
+
+    def report_of(self, state: ExactState, *, window_loss: float | None = None) -> Report:
+        """The :class:`~xentstream.Report` of ``state`` under this metric's config (the
+        report of a group's state in grouped evaluation)."""
+        class_sums = class_counts = None
+        zero_classes = self._zero_class_count()
+        if state.class_sums is None and zero_classes:
+            class_sums = accumulator.empty(zero_classes, layout.N_CLASS_SUMS)
+            class_counts = np.zeros(zero_classes, dtype=np.int64)
+        return build_report(
+            kind=self.kind,
+            state=state,
+            unweighted=not self.kind.loss_weighted(self.config),
+            window_loss=window_loss,
+            class_sums=class_sums,
+            class_counts=class_counts,
+        )
+
+    def _window_loss(self) -> float | None:
+        return self._window.loss() if self._window is not None else None
 
     # -- merge ---------------------------------------------------------------------------
 
-    def _merge_key(self) -> dict[str, Any]:
-        # The window is part of what must match: merging a state without (or with a
-        # shorter) window would silently drop rows from the windowed loss.
+    def merge_key(self) -> dict[str, Any]:
+        """What two metrics must share to merge: the config and the window (a state
+        without, or with a shorter, window would silently drop rows from it)."""
         return {**self.config.to_dict(), "window": self.window}
 
     def merge(self, other: Metric) -> Metric:
@@ -537,37 +501,32 @@ class Metric:
         if other is self:
             raise ValueError("merge: cannot merge a metric into itself")
         with other._lock:
-            state = other._snapshot()
+            key, n_classes = other.merge_key(), other.n_classes
+            state = other.state.copy()
+            window = None if other._window is None else other._window.copy()
         with self._lock:
-            self._check_compatible(state["config"], state["n_classes"], "merge")
-            if state["n_classes"] is not None:
-                self._adopt_class_count(state["n_classes"])
-            accumulator.merge_into(self._sums, state["sums"])
-            self._counts += state["counts"]
-            if state["class_sums"] is not None:
-                self._ensure_class_state(state["class_sums"].shape[0])
-                accumulator.merge_into(self._class_sums, state["class_sums"])
-                self._class_counts += state["class_counts"]
-            if self._window is not None and state["window"] is not None:
-                self._window.rows.extend(state["window"].rows)
-            self._label_counts = _add_counts(self._label_counts, state["label_counts"])
+            self._check_compatible(key, n_classes, "merge")
+            if n_classes is not None:
+                self._adopt_class_count(n_classes)
+            self.state.merge(state)
+            if self._window is not None and window is not None:
+                self._window.rows.extend(window.rows)
         return self
 
-    def _snapshot(self) -> dict[str, Any]:
-        return {
-            "config": self._merge_key(),
-            "n_classes": self.n_classes,
-            "sums": self._sums.copy(),
-            "counts": self._counts.copy(),
-            "class_sums": None if self._class_sums is None else self._class_sums.copy(),
-            "class_counts": None if self._class_counts is None else self._class_counts.copy(),
-            "window": None if self._window is None else self._window.copy(),
-            "label_counts": None if self._label_counts is None else self._label_counts.copy(),
-        }
+    def load_state_of(self, other: Metric) -> Metric:
+        """Replace this metric's state by a copy of ``other``'s (same kind and config,
+        as a checkpoint or a saved group holds it). Returns ``self``."""
+        if type(other) is not type(self):
+            raise TypeError(f"cannot load a {type(other).__name__} into a {type(self).__name__}")
+        self._check_compatible(other.merge_key(), other.n_classes, "checkpoint")
+        with self._lock:
+            self.reset()
+            self.merge(other)
+        return self
 
     def _check_compatible(self, config: dict[str, Any], n_classes: int | None, what: str) -> None:
-        mine = self._merge_key()
-        count_key = self._count_field()
+        mine = self.merge_key()
+        count_key = self.kind.count_field
         theirs = dict(config)
         # A class count inferred from data on one side only is not a conflict.
         if count_key is not None:
@@ -581,23 +540,11 @@ class Metric:
             details = ", ".join(f"{k}={mine.get(k)!r} vs {theirs.get(k)!r}" for k in differing)
             raise ValueError(f"{what}: configurations differ: {details}")
 
-    def _count_field(self) -> str | None:
-        return None
-
-    def _adopt_class_count(self, n_classes: int) -> None:
-        """Fix the class count (inferred on the other side of a merge or a load)."""
-
     # -- serialization -------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON-able, versioned dict of the config and the exact state."""
         with self._lock:
-            class_sums, class_counts = self._class_sums, self._class_counts
-            if class_sums is None and self._per_class_enabled() and self.n_classes:
-                # Zeros rather than null: a loader sizes per-class state by what a file
-                # holds, never by the class count it claims.
-                class_sums = accumulator.empty(self.n_classes, layout.N_CLASS_SUMS)
-                class_counts = np.zeros(self.n_classes, dtype=np.int64)
             return {
                 "format": FORMAT,
                 "version": VERSION,
@@ -605,15 +552,9 @@ class Metric:
                 "config": self.config.to_dict(),
                 "n_classes": self.n_classes,
                 "window": self.window,
-                "counts": dict(zip(_COUNT_NAMES, (int(c) for c in self._counts), strict=True)),
-                "sums": dict(zip(_SUM_NAMES, accumulator.to_json(self._sums), strict=True)),
-                "class_sums": None if class_sums is None else accumulator.to_json(class_sums),
-                "class_counts": None if class_counts is None else [int(c) for c in class_counts],
+                **self.state.to_json(self._zero_class_count()),
                 "window_rows": (
                     None if self._window is None else [list(pair) for pair in self._window.rows]
-                ),
-                "label_counts": (
-                    None if self._label_counts is None else self._label_counts.tolist()
                 ),
             }
 
@@ -647,51 +588,34 @@ class Metric:
         try:
             if not isinstance(state["config"], dict):
                 raise ValueError("config must be a JSON object")
-            config = cls.config_class.from_dict(state["config"])
-            metric = cls._from_config(config, engine=engine, window=state.get("window"))
+            config = cls.kind.config.from_dict(state["config"])
+            metric = cls.from_config(config, engine=engine, window=state.get("window"))
             n_classes = _class_count_from_json(state["n_classes"])
             if n_classes != metric.n_classes:
                 # state_dict writes the config's count: a file where they differ was edited
                 raise ValueError(
                     f"n_classes is {show(n_classes)} but the config says {metric.n_classes}"
                 )
-            counts = state["counts"]
-            if not isinstance(counts, dict) or set(counts) != set(_COUNT_NAMES):
-                raise ValueError(f"counts must be an object with the keys {list(_COUNT_NAMES)}")
-            metric._counts = _counts_from_json([counts[k] for k in _COUNT_NAMES], "counts")
-            sums = state["sums"]
-            if not isinstance(sums, dict) or set(sums) != set(_SUM_NAMES):
-                raise ValueError(f"sums must be an object with the keys {list(_SUM_NAMES)}")
-            metric._sums = accumulator.from_json([sums[k] for k in _SUM_NAMES], (layout.N_SUMS,))
-            class_sums = state["class_sums"]
-            if class_sums is not None:
-                if not isinstance(class_sums, list) or not metric._per_class_enabled():
-                    raise ValueError("class_sums: a list, and only with per_class / per_label")
-                width = len(class_sums)
+            per_class = metric.kind.per_class(config)
+            if state["class_sums"] is not None and not per_class:
+                raise ValueError("class_sums: a list, and only with per_class / per_label")
+            if state.get("label_counts") is not None and not cls.kind.counts_labels:
+                raise ValueError(f"label_counts: a {cls.__name__} state holds none")
+            exact = ExactState.from_json(
+                state, per_class=per_class, counts_labels=cls.kind.counts_labels
+            )
+            if exact.class_sums is not None:
+                width = exact.class_sums.shape[0]
                 if width != (n_classes or width):
                     raise ValueError(f"class_sums has {width} rows for {n_classes} classes")
-                metric._class_sums = accumulator.from_json(class_sums, (width, layout.N_CLASS_SUMS))
-                metric._class_counts = _counts_from_json(state["class_counts"], "class_counts")
-                if metric._class_counts.shape != (width,):
-                    raise ValueError("class_counts does not match class_sums")
-            elif state["class_counts"] is not None:
-                raise ValueError("class_counts given without class_sums")
-            elif metric._per_class_enabled() and (
-                metric._counts.any() or (n_classes or 0) > _MAX_UNBACKED_CLASSES
-            ):
+            elif per_class and (exact.counts.any() or (n_classes or 0) > _MAX_UNBACKED_CLASSES):
                 # The per-class state is sized by what the file holds, never by what it
                 # claims: n_classes alone must not allocate (or report) millions of rows.
                 raise ValueError(
                     "class_sums: missing, although per-class sums are kept "
                     f"(for {n_classes} classes)"
                 )
-            # States written before label counts existed have none: unknown, not zero.
-            labels = state.get("label_counts")
-            if labels is not None and not cls._counts_labels:
-                raise ValueError(f"label_counts: a {cls.__name__} state holds none")
-            metric._label_counts = (
-                None if labels is None else _counts_from_json(labels, "label_counts")
-            )
+            metric.state = exact
             rows = _window_rows_from_json(state.get("window_rows"), metric.window)
             if metric._window is not None:
                 metric._window.rows.extend(rows)
@@ -706,13 +630,6 @@ class Metric:
             raise ValueError(
                 message if message.startswith("state") else f"state: {message}"
             ) from None
-        return metric
-
-    @classmethod
-    def _from_config(cls, config: LossConfig, *, engine: str, window: int | None) -> Metric:
-        # Bypass the subclass constructor: the config is already complete.
-        metric = cls.__new__(cls)
-        Metric.__init__(metric, config, engine=engine, window=window)
         return metric
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -759,27 +676,7 @@ def load(path: str | os.PathLike[str], *, engine: str = "auto") -> Metric:
         raise ValueError(f"{path}: {error}") from None
 
 
-class _ClassCountMixin:
-    """Metrics with a class (label) dimension that may be inferred from the first batch."""
-
-    _count_name: ClassVar[str]
-
-    def _count_field(self) -> str:
-        return self._count_name
-
-    @property
-    def n_classes(self) -> int | None:
-        return getattr(self.config, self._count_name)
-
-    def _adopt_class_count(self, n_classes: int) -> None:
-        current = self.n_classes
-        if current is None:
-            self.config = replace(self.config, **{self._count_name: n_classes})
-        elif current != n_classes:
-            raise ValueError(f"{self._count_name}: {current} here, {n_classes} in the other state")
-
-
-class CrossEntropy(_ClassCountMixin, Metric):
+class CrossEntropy(Metric):
     """Streaming multiclass cross-entropy (hard labels or soft targets).
 
     Parameters
@@ -803,9 +700,7 @@ class CrossEntropy(_ClassCountMixin, Metric):
     2
     """
 
-    config_class = MulticlassConfig
-    _count_name = "num_classes"
-    _counts_labels = True
+    kind = KINDS["multiclass"]
 
     def __init__(
         self,
@@ -837,89 +732,6 @@ class CrossEntropy(_ClassCountMixin, Metric):
             config = replace(config, num_classes=len(config.class_weight))
         super().__init__(config, engine=engine, window=window)
 
-    def _per_class_enabled(self) -> bool:
-        return self.config.per_class
-
-    def _unweighted(self) -> bool:
-        return self.config.class_weight is None
-
-    def _unit_denominators(self) -> bool:
-        return self.config.class_weight is None
-
-    def _run_batch(self, preds, target, sample_weight, names, row_offset, **grouping):
-        batch = multiclass_batch(
-            self.config,
-            preds,
-            target,
-            sample_weight,
-            keep_rows=self._window is not None,
-            with_entropy=True,
-            row_offset=row_offset,
-            names=names,
-            engine=self.engine,
-            **grouping,
-        )
-        if batch.n_rows:  # an empty batch does not fix the class count
-            self._adopt_class_count(batch.n_classes)
-        denominators = None
-        if self._window is not None:
-            denominators = self._row_denominators(target, batch)
-        if self._label_counts is not None and batch.n_rows:
-            self._batch_label_counts = self._count_labels(target, sample_weight, batch)
-        return batch, denominators
-
-    def _group_label_counts(
-        self, target: Any, sample_weight: Any, codes: np.ndarray, n_groups: int
-    ) -> np.ndarray | None:
-        n_classes = self.n_classes
-        labels = self._hard_labels(target, sample_weight)
-        if labels is None or n_classes is None:
-            return None
-        codes = np.asarray(codes).reshape(-1)
-        if labels.size != codes.size:  # token labels: one group per row, T labels per row
-            codes = np.repeat(codes, labels.size // max(codes.size, 1))
-        if self.config.ignore_index is not None:
-            kept = labels != self.config.ignore_index
-            labels, codes = labels[kept], codes[kept]
-        flat = codes.astype(np.int64) * n_classes + labels.astype(np.int64, copy=False)
-        counts = np.bincount(flat, minlength=n_groups * n_classes)
-        return counts.reshape(n_groups, n_classes)
-
-    def _hard_labels(self, target: Any, sample_weight: Any) -> np.ndarray | None:
-        """The batch's hard labels, flat; None for soft targets or weighted rows."""
-        if sample_weight is not None:
-            return None
-        labels = as_array(target, "target")
-        return labels.reshape(-1) if labels.dtype.kind in "iub" else None
-
-    def _count_labels(self, target: Any, sample_weight: Any, batch: BatchSums) -> np.ndarray | None:
-        """Exact counts of this batch's hard labels (None: soft targets or sample
-        weights, whose label mass needs ``per_class``'s exact sums)."""
-        labels = self._hard_labels(target, sample_weight)
-        if labels is None:
-            return None
-        if self.config.ignore_index is not None:
-            labels = labels[labels != self.config.ignore_index]
-        return np.bincount(labels.astype(np.int64, copy=False), minlength=batch.n_classes)
-
-    def _row_denominators(self, target: Any, batch: BatchSums) -> np.ndarray:
-        """d_i per row (-1 for ignored rows) for the windowed loss."""
-        labels = as_array(target, "target")
-        if labels.ndim == batch.row_losses.ndim + 1:  # soft targets
-            return np.ones(batch.row_losses.size)
-        labels = labels.reshape(-1).astype(np.int64)
-        ignored = (
-            labels == self.config.ignore_index
-            if self.config.ignore_index is not None
-            else np.zeros(labels.shape, bool)
-        )
-        weights = (
-            np.ones(batch.n_classes)
-            if self.config.class_weight is None
-            else np.asarray(self.config.class_weight)
-        )
-        return np.where(ignored, -1.0, weights[np.where(ignored, 0, labels)])
-
 
 class BinaryCrossEntropy(Metric):
     """Streaming binary cross-entropy (SPEC section 2, "Binary").
@@ -939,7 +751,7 @@ class BinaryCrossEntropy(Metric):
     True
     """
 
-    config_class = BinaryConfig
+    kind = KINDS["binary"]
 
     def __init__(
         self,
@@ -957,27 +769,8 @@ class BinaryCrossEntropy(Metric):
         )
         super().__init__(config, engine=engine, window=window)
 
-    def _unweighted(self) -> bool:
-        return self.config.pos_weight is None
 
-    def _run_batch(self, preds, target, sample_weight, names, row_offset, **grouping):
-        batch = binary_batch(
-            self.config,
-            preds,
-            target,
-            sample_weight,
-            keep_rows=self._window is not None,
-            with_entropy=True,
-            row_offset=row_offset,
-            names=names,
-            engine=self.engine,
-            **grouping,
-        )
-        denominators = None if batch.row_losses is None else np.ones(batch.row_losses.size)
-        return batch, denominators
-
-
-class MultiLabelCrossEntropy(_ClassCountMixin, Metric):
+class MultiLabelCrossEntropy(Metric):
     """Streaming multi-label cross-entropy: per row, the sum over labels of the binary loss.
 
     Parameters
@@ -999,8 +792,7 @@ class MultiLabelCrossEntropy(_ClassCountMixin, Metric):
     ['label', 'positives', 'positive_rate', 'loss']
     """
 
-    config_class = MultilabelConfig
-    _count_name = "num_labels"
+    kind = KINDS["multilabel"]
 
     def __init__(
         self,
@@ -1027,27 +819,3 @@ class MultiLabelCrossEntropy(_ClassCountMixin, Metric):
         if num_labels is None and isinstance(config.pos_weight, tuple):
             config = replace(config, num_labels=len(config.pos_weight))
         super().__init__(config, engine=engine, window=window)
-
-    def _per_class_enabled(self) -> bool:
-        return self.config.per_label
-
-    def _unweighted(self) -> bool:
-        return self.config.pos_weight is None
-
-    def _run_batch(self, preds, target, sample_weight, names, row_offset, **grouping):
-        batch = multilabel_batch(
-            self.config,
-            preds,
-            target,
-            sample_weight,
-            keep_rows=self._window is not None,
-            with_entropy=True,
-            row_offset=row_offset,
-            names=names,
-            engine=self.engine,
-            **grouping,
-        )
-        if batch.n_rows:  # an empty batch does not fix the class count
-            self._adopt_class_count(batch.n_classes)
-        denominators = None if batch.row_losses is None else np.ones(batch.row_losses.size)
-        return batch, denominators

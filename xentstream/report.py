@@ -30,7 +30,10 @@ from xentstream._kernels import layout
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["Report"]
+    from xentstream.accumulator import ExactState
+    from xentstream.kinds import Kind
+
+__all__ = ["FLAT_SCALAR_FIELDS", "SCALAR_FIELDS", "Report", "build_report"]
 
 _Z95 = NormalDist().inv_cdf(0.975)
 
@@ -107,7 +110,7 @@ class Report:
         ['val/accuracy', 'val/bits', 'val/ci95_high']
         """
         out: dict[str, float | int] = {}
-        for name in _SCALARS:
+        for name in SCALAR_FIELDS:
             value = getattr(self, name)
             if name == "ci95":
                 if value is not None:
@@ -118,7 +121,7 @@ class Report:
 
     def __str__(self) -> str:
         """One aligned ``name  value`` line per defined field, then the per-class table."""
-        lines = [f"{name:<{_WIDTH}}  {_format(value)}" for name, value in self._shown()]
+        lines = [f"{name:<{_WIDTH}}  {format_value(value)}" for name, value in self._shown()]
         text = "\n".join(lines)
         if self.per_class is not None:
             import polars as pl
@@ -130,7 +133,7 @@ class Report:
     def _repr_html_(self) -> str:
         """A two-column table in notebooks (and the per-class table below it)."""
         rows = "".join(
-            f"<tr><th style='text-align:left'>{name}</th><td>{_format(value)}</td></tr>"
+            f"<tr><th style='text-align:left'>{name}</th><td>{format_value(value)}</td></tr>"
             for name, value in self._shown()
         )
         html = f"<table><caption>xentstream Report</caption>{rows}</table>"
@@ -139,7 +142,9 @@ class Report:
         return html
 
     def _shown(self) -> list[tuple[str, Any]]:
-        return [(name, getattr(self, name)) for name in _SCALARS if getattr(self, name) is not None]
+        return [
+            (name, getattr(self, name)) for name in SCALAR_FIELDS if getattr(self, name) is not None
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """Strict-JSON-able dict of every field (``per_class`` as a list of row dicts).
@@ -162,7 +167,9 @@ class Report:
 
 
 #: Scalar fields in the order people read them: the loss and its uncertainty first.
-_SCALARS = (
+#: The report's ``str``, ``scalars()``, tables of groups and the command line's
+#: table all follow it.
+SCALAR_FIELDS = (
     "loss",
     "stderr",
     "ci95",
@@ -178,12 +185,19 @@ _SCALARS = (
     "normalized_entropy",
     "window_loss",
 )
-_WIDTH = max(map(len, _SCALARS))
+#: :data:`SCALAR_FIELDS` as flat columns (``ci95`` as two), as ``scalars()`` names them.
+FLAT_SCALAR_FIELDS = tuple(
+    part
+    for name in SCALAR_FIELDS
+    for part in (("ci95_low", "ci95_high") if name == "ci95" else (name,))
+)
+_WIDTH = max(map(len, SCALAR_FIELDS))
 
 
-def _format(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A report value as the report's ``str`` shows it (6 significant digits)."""
     if isinstance(value, tuple):
-        return "[" + ", ".join(_format(v) for v in value) + "]"
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
     if isinstance(value, float):
         return f"{value:.6g}" if math.isfinite(value) else str(value)
     return str(value)
@@ -211,7 +225,7 @@ def _bernoulli_entropy(p: float) -> float:
 def _exact_variance(sums: np.ndarray) -> float | None:
     """Weighted variance of the per-unit loss, from exact integers, rounded once."""
     rows = (sums[layout.LOSS], sums[layout.LOSS_SQUARED], sums[layout.DENOMINATOR])
-    if any(row[layout_special] for row in rows for layout_special in _SPECIAL_SLOTS):
+    if any(accumulator.is_special(row) for row in rows):
         return None
     loss, squares, denominator = (accumulator.exact_integer(row) for row in rows)
     if denominator <= 0:
@@ -221,9 +235,6 @@ def _exact_variance(sums: np.ndarray) -> float | None:
     except OverflowError:  # beyond float64 (sums of huge squares): the variance is inf
         return math.inf
     return max(variance, 0.0)
-
-
-_SPECIAL_SLOTS = tuple(range(accumulator.N_SLOTS - 3, accumulator.N_SLOTS))
 
 
 def _standard_error(sums: np.ndarray) -> float | None:
@@ -242,31 +253,31 @@ def _standard_error(sums: np.ndarray) -> float | None:
 
 def build_report(
     *,
-    kind: str,
-    sums: np.ndarray,
-    counts: np.ndarray,
-    class_sums: np.ndarray | None,
-    class_counts: np.ndarray | None,
+    kind: Kind,
+    state: ExactState,
     unweighted: bool,
     window_loss: float | None,
-    label_counts: np.ndarray | None = None,
+    class_sums: np.ndarray | None = None,
+    class_counts: np.ndarray | None = None,
 ) -> Report:
     """Derive every :class:`Report` field from a metric's exact state.
 
-    ``unweighted`` says that no class or positive weights scale the loss terms,
-    which is when the KL divergence and the normalized entropy are defined.
-    ``label_counts``: exact counts of the hard labels (multiclass without per-class
-    sums), the normalized entropy's baseline.
+    ``kind``: the :class:`~xentstream.kinds.Kind` (which fields it defines, its
+    per-class table). ``unweighted`` says that no class or positive weights scale
+    the loss terms, which is when the KL divergence and the normalized entropy are
+    defined. ``class_sums`` / ``class_counts`` override the state's (zeros for a
+    per-class metric before its first row).
     """
+    sums, counts = state.sums, state.counts
+    if class_sums is None:
+        class_sums, class_counts = state.class_sums, state.class_counts
     loss = accumulator.ratio(sums[layout.LOSS], sums[layout.DENOMINATOR])
     count = int(counts[layout.ROWS])
     stderr = _standard_error(sums) if count > 1 else None
     ci95 = None if stderr is None else (loss - _Z95 * stderr, loss + _Z95 * stderr)
     has_rows = count > 0
     weight = sums[layout.WEIGHT]
-    accuracy = _safe_ratio(sums[layout.CORRECT], weight) if has_rows else None
-    if kind == "multilabel":
-        accuracy = None
+    accuracy = _safe_ratio(sums[layout.CORRECT], weight) if has_rows and kind.has_accuracy else None
     entropy = _safe_ratio(sums[layout.ENTROPY], weight) if has_rows else None
     kl = None
     # With one-hot targets H(q) = 0 and the KL divergence is the loss again: not reported.
@@ -275,12 +286,13 @@ def build_report(
         cross_entropy = accumulator.ratio(sums[layout.LOSS], weight)
         target_entropy = accumulator.ratio(sums[layout.TARGET_ENTROPY], weight)
         kl = cross_entropy - target_entropy
-    normalized = (
-        _normalized_entropy(kind, sums, class_sums, loss, label_counts) if has_rows else None
-    )
-    if not unweighted:
-        normalized = None
-    per_class = _per_class_frame(kind, class_sums, class_counts, weight)
+    normalized = None
+    if has_rows and unweighted:
+        baseline = kind.label_entropy(sums, class_sums, state.label_counts)
+        normalized = loss / baseline if baseline is not None and baseline > 0.0 else None
+    per_class = None
+    if class_sums is not None and class_counts is not None:
+        per_class = kind.per_class_frame(class_sums, class_counts, weight)
     return Report(
         loss=loss,
         loss_sum=accumulator.to_float(sums[layout.LOSS]),
@@ -289,9 +301,7 @@ def build_report(
         ignored=int(counts[layout.IGNORED]),
         stderr=stderr,
         ci95=ci95,
-        # exp(loss) is a perplexity over the classes of one distribution per row; a sum of
-        # binary losses over labels (or one Bernoulli) has no such reading.
-        perplexity=_perplexity(loss) if kind == "multiclass" else None,
+        perplexity=_perplexity(loss) if kind.has_perplexity else None,
         bits=loss / math.log(2.0),
         accuracy=accuracy,
         entropy=entropy,
@@ -308,66 +318,95 @@ def _perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 709.0 else math.inf
 
 
-def _normalized_entropy(
-    kind: str,
-    sums: np.ndarray,
-    class_sums: np.ndarray | None,
-    loss: float,
-    label_counts: np.ndarray | None = None,
+# -- the kinds' own quantities (referenced by xentstream.kinds) ---------------------------
+
+
+def _categorical_entropy(mass: np.ndarray) -> float:
+    mass = mass[mass > 0.0]
+    return float(-np.sum(mass * np.log(mass)))
+
+
+def categorical_label_entropy(
+    sums: np.ndarray, class_sums: np.ndarray | None, label_counts: np.ndarray | None
 ) -> float | None:
+    """Entropy of the weighted empirical class distribution (multiclass): from
+    per-class target mass when kept, else from exact hard-label counts."""
     total = accumulator.to_float(sums[layout.WEIGHT])
     if total <= 0.0:
         return None
-    if kind == "binary":
-        baseline = _bernoulli_entropy(accumulator.to_float(sums[layout.POSITIVE]) / total)
-    elif kind == "multiclass" and class_sums is None and label_counts is not None:
-        counts = label_counts[label_counts > 0].astype(np.float64)
-        mass = counts / counts.sum() if counts.size else counts
-        baseline = float(-np.sum(mass * np.log(mass)))
-    elif class_sums is None:
+    if class_sums is not None:
+        return _categorical_entropy(accumulator.to_floats(class_sums[:, layout.CLASS_MASS]) / total)
+    if label_counts is None:
         return None
-    elif kind == "multiclass":
-        mass = accumulator.to_floats(class_sums[:, layout.CLASS_MASS]) / total
-        mass = mass[mass > 0.0]
-        baseline = float(-np.sum(mass * np.log(mass)))
-    else:
-        rates = accumulator.to_floats(class_sums[:, layout.CLASS_MASS]) / total
-        baseline = math.fsum(_bernoulli_entropy(float(p)) for p in rates)
-    if baseline <= 0.0:
-        return None
-    return loss / baseline
+    counts = label_counts.astype(np.float64)
+    return _categorical_entropy(counts / counts.sum()) if counts.sum() else 0.0
 
 
-def _per_class_frame(
-    kind: str,
-    class_sums: np.ndarray | None,
-    class_counts: np.ndarray | None,
-    weight: np.ndarray,
-) -> pl.DataFrame | None:
-    if class_sums is None or class_counts is None:
+def bernoulli_label_entropy(
+    sums: np.ndarray, class_sums: np.ndarray | None, label_counts: np.ndarray | None
+) -> float | None:
+    """Entropy of the weighted positive rate (binary)."""
+    total = accumulator.to_float(sums[layout.WEIGHT])
+    if total <= 0.0:
         return None
-    import polars as pl
+    return _bernoulli_entropy(accumulator.to_float(sums[layout.POSITIVE]) / total)
 
+
+def per_label_entropy(
+    sums: np.ndarray, class_sums: np.ndarray | None, label_counts: np.ndarray | None
+) -> float | None:
+    """Sum over labels of each label's Bernoulli entropy (multi-label, per-label sums)."""
+    total = accumulator.to_float(sums[layout.WEIGHT])
+    if total <= 0.0 or class_sums is None:
+        return None
+    rates = accumulator.to_floats(class_sums[:, layout.CLASS_MASS]) / total
+    return math.fsum(_bernoulli_entropy(float(p)) for p in rates)
+
+
+def _mean_class_loss(class_sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     loss_sums = accumulator.to_floats(class_sums[:, layout.CLASS_LOSS])
     weights = accumulator.to_floats(class_sums[:, layout.CLASS_WEIGHT])
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_loss = np.where(weights > 0.0, loss_sums / np.where(weights > 0, weights, 1), np.nan)
-    if kind == "multilabel":
-        total = accumulator.to_float(weight)
-        rate = accumulator.to_floats(class_sums[:, layout.CLASS_MASS]) / total if total else None
-        return pl.DataFrame(
-            {
-                "label": np.arange(len(class_counts), dtype=np.int64),
-                "positives": class_counts.astype(np.int64),
-                "positive_rate": rate if rate is not None else np.full(len(class_counts), np.nan),
-                "loss": mean_loss,
-            }
-        )
+    return mean_loss, weights
+
+
+def class_frame(
+    class_sums: np.ndarray, class_counts: np.ndarray, weight: np.ndarray
+) -> pl.DataFrame:
+    """Per-class table (multiclass): rows, weight and mean loss of each class."""
+    import polars as pl
+
+    mean_loss, weights = _mean_class_loss(class_sums)
     return pl.DataFrame(
         {
             "class": np.arange(len(class_counts), dtype=np.int64),
             "count": class_counts.astype(np.int64),
             "weight": weights,
+            "loss": mean_loss,
+        }
+    )
+
+
+def label_frame(
+    class_sums: np.ndarray, class_counts: np.ndarray, weight: np.ndarray
+) -> pl.DataFrame:
+    """Per-label table (multi-label): positives, weighted positive rate, mean loss."""
+    import polars as pl
+
+    mean_loss, _ = _mean_class_loss(class_sums)
+    total = accumulator.to_float(weight)
+    n_labels = len(class_counts)
+    rate = (
+        accumulator.to_floats(class_sums[:, layout.CLASS_MASS]) / total
+        if total
+        else np.full(n_labels, np.nan)
+    )
+    return pl.DataFrame(
+        {
+            "label": np.arange(n_labels, dtype=np.int64),
+            "positives": class_counts.astype(np.int64),
+            "positive_rate": rate,
             "loss": mean_loss,
         }
     )

@@ -14,28 +14,48 @@ LOGPROBS = 1
 LOGITS = 2
 INPUT_KINDS = {"probs": PROBS, "logprobs": LOGPROBS, "logits": LOGITS}
 
-# Exact sums every kernel accumulates, one accumulator row each (``sums[slot]``).
-LOSS = 0  # sum s_i L_i
-DENOMINATOR = 1  # sum s_i d_i   (d_i = class weight of the label; 1 for soft targets)
-LOSS_SQUARED = 2  # sum s_i L_i**2 / d_i   (second moment of the per-unit loss L/d)
-WEIGHT = 3  # sum s_i
-DENOMINATOR_SQUARED = 4  # sum (s_i d_i)**2   (effective sample size)
-ENTROPY = 5  # sum s_i H(p_i)   (predicted distribution)
-TARGET_ENTROPY = 6  # sum s_i H(q_i)   (target distribution, after smoothing)
-CORRECT = 7  # sum s_i [top-1 prediction == target]
-POSITIVE = 8  # sum s_i t_i   (binary: weighted positive mass)
-N_SUMS = 9
+# Exact sums every kernel accumulates, one accumulator row each (``sums[slot]``). The
+# names are the state files' keys; the slot numbers follow from their order.
+SUM_NAMES = (
+    "loss",  # sum s_i L_i
+    "denominator",  # sum s_i d_i   (d_i = class weight of the label; 1 for soft targets)
+    "loss_squared",  # sum s_i L_i**2 / d_i   (second moment of the per-unit loss L/d)
+    "weight",  # sum s_i
+    "denominator_squared",  # sum (s_i d_i)**2   (effective sample size)
+    "entropy",  # sum s_i H(p_i)   (predicted distribution)
+    "target_entropy",  # sum s_i H(q_i)   (target distribution, after smoothing)
+    "correct",  # sum s_i [top-1 prediction == target]
+    "positive",  # sum s_i t_i   (binary: weighted positive mass)
+)
+(
+    LOSS,
+    DENOMINATOR,
+    LOSS_SQUARED,
+    WEIGHT,
+    DENOMINATOR_SQUARED,
+    ENTROPY,
+    TARGET_ENTROPY,
+    CORRECT,
+    POSITIVE,
+) = range(len(SUM_NAMES))
+N_SUMS = len(SUM_NAMES)
 
 # Integer counters (``counts[...]``).
-ROWS = 0  # rows counted (not ignored)
-IGNORED = 1  # rows dropped by ignore_index
-N_COUNTS = 2
+COUNT_NAMES = (
+    "rows",  # rows counted (not ignored)
+    "ignored",  # rows dropped by ignore_index
+)
+ROWS, IGNORED = range(len(COUNT_NAMES))
+N_COUNTS = len(COUNT_NAMES)
 
 # Per-class (multiclass) / per-label (multi-label) exact sums: ``class_sums[c, slot]``.
-CLASS_LOSS = 0  # hard: sum s L over rows of label c; soft / labels: sum of c's share of L
-CLASS_WEIGHT = 1  # hard: sum s d; soft: sum s q_c; multi-label: sum s
-CLASS_MASS = 2  # weighted target mass of c: hard sum s [y = c]; soft / labels sum s q_c
-N_CLASS_SUMS = 3
+CLASS_SUM_NAMES = (
+    "loss",  # hard: sum s L over rows of label c; soft / labels: sum of c's share of L
+    "weight",  # hard: sum s d; soft: sum s q_c; multi-label: sum s
+    "mass",  # weighted target mass of c: hard sum s [y = c]; soft / labels sum s q_c
+)
+CLASS_LOSS, CLASS_WEIGHT, CLASS_MASS = range(len(CLASS_SUM_NAMES))
+N_CLASS_SUMS = len(CLASS_SUM_NAMES)
 
 # Error codes written by the fused validation (``errors[block] = row, code, column``).
 OK = 0
