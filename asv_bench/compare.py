@@ -6,10 +6,11 @@
     python asv_bench/compare.py --cases logits parquet --peers torch jax
     python asv_bench/compare.py --list                # the cases and peers
 
-The method (issue 14): for each case (``benchmarks/common.py: CASES``, the registry the
-asv benchmarks use too) xentstream, each peer and the read-bandwidth reference
-(``numpy.sum`` over the same bytes) run in processes of their own, each building the
-same seeded data, so that no side's threads or allocator state is the other's.
+The method (issue 14): for each case (``tests/comparisons.py: COMPARISONS``, the
+registry the asv benchmarks use and ``tests/test_peers.py`` checks) xentstream, each
+peer and the read-bandwidth reference (``numpy.sum`` over the same bytes) run in
+processes of their own, each building the same seeded data, so that no side's threads
+or allocator state is the other's.
 Each is called once to warm up (JIT, imports), and its result is checked against
 xentstream's (relative tolerance ``--rtol``): a peer that disagrees is not timed and
 the run exits 1, as it does when a peer fails. Then rounds interleave the sides, one

@@ -10,7 +10,14 @@ dtype), widens them to float64 and applies the SPEC's formula literally:
 - ``logits``: x - logsumexp(x) with the row maximum shifted out.
 
 Per-row functions return float64 arrays over the leading dimensions; the
-reductions follow torch's weighted mean, sum_i s_i L_i / sum_i s_i d_i.
+reductions follow torch's weighted mean, sum_i s_i L_i / sum_i s_i d_i. The
+``*_terms`` functions keep each row's loss split by class (label), for per-class
+sums; the ``*_rows`` functions add those shares up.
+
+This is the one reference of the test suite and of the benchmarks: the "numpy" peer
+of ``tests/comparisons.py`` (the cases the asv suite and ``asv_bench/compare.py`` time)
+is these functions, and ``tests/test_report.py`` derives its expected report fields
+from them.
 
 Examples
 --------
@@ -30,15 +37,20 @@ import numpy as np
 
 __all__ = [
     "Rows",
+    "Terms",
     "binary_rows",
+    "binary_terms",
     "entropy_rows",
     "exact_mean",
     "exact_sum",
     "log_probabilities",
     "mean",
     "multiclass_rows",
+    "multiclass_terms",
     "multilabel_rows",
     "resolve_eps",
+    "sigmoid",
+    "softmax",
     "total",
 ]
 
@@ -87,7 +99,30 @@ def log_probabilities(preds: Any, input: str, eps: float | str = "auto") -> np.n
     raise ValueError(f"unknown input kind {input!r}")
 
 
-def multiclass_rows(
+def softmax(logits: Any) -> np.ndarray:
+    """Row-wise softmax in float64: the probabilities that ``input="logits"`` stands for."""
+    return np.exp(log_probabilities(logits, "logits"))
+
+
+def sigmoid(logits: Any) -> np.ndarray:
+    """The logistic function in float64 (its tanh form never overflows)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
+
+
+class Terms(NamedTuple):
+    """Each row's multiclass loss split by class, and the target it was computed from."""
+
+    terms: np.ndarray  # (..., C): -w_c q_ic l_ic, 0 on ignored rows
+    denominators: np.ndarray  # d_i, 0 on ignored rows
+    target: np.ndarray  # q after label smoothing, (..., C)
+    ignored: np.ndarray  # bool, (...)
+
+    @property
+    def rows(self) -> Rows:
+        return Rows(np.sum(self.terms, axis=-1), self.denominators)
+
+
+def multiclass_terms(
     preds: Any,
     target: Any,
     *,
@@ -96,13 +131,8 @@ def multiclass_rows(
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     eps: float | str = "auto",
-) -> Rows:
-    """Multiclass cross-entropy per row: L_i = -sum_c w_c q_ic l_ic.
-
-    ``target`` holds integer labels (hard, shape (...)) or distributions (soft,
-    the predictions' shape). Hard rows have d_i = w_{y_i} (0 when ignored), soft
-    rows d_i = 1, as ``torch.nn.functional.cross_entropy``.
-    """
+) -> Terms:
+    """Multiclass cross-entropy per row and class: -w_c q_ic l_ic (see :func:`multiclass_rows`)."""
     log_p = log_probabilities(preds, input, eps)
     n_classes = log_p.shape[-1]
     weights = np.ones(n_classes) if class_weight is None else np.asarray(class_weight, float)
@@ -122,8 +152,35 @@ def multiclass_rows(
         q = target.astype(np.float64)
         denominators = np.ones(log_p.shape[:-1])
     q = (1.0 - label_smoothing) * q + label_smoothing / n_classes
-    losses = np.sum(_xlogy_negated(weights * q, log_p), axis=-1)
-    return Rows(np.where(ignored, 0.0, losses), denominators)
+    terms = np.where(ignored[..., None], 0.0, _xlogy_negated(weights * q, log_p))
+    return Terms(terms, denominators, q, ignored)
+
+
+def multiclass_rows(
+    preds: Any,
+    target: Any,
+    *,
+    input: str = "probs",
+    class_weight: Any = None,
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    eps: float | str = "auto",
+) -> Rows:
+    """Multiclass cross-entropy per row: L_i = -sum_c w_c q_ic l_ic.
+
+    ``target`` holds integer labels (hard, shape (...)) or distributions (soft,
+    the predictions' shape). Hard rows have d_i = w_{y_i} (0 when ignored), soft
+    rows d_i = 1, as ``torch.nn.functional.cross_entropy``.
+    """
+    return multiclass_terms(
+        preds,
+        target,
+        input=input,
+        class_weight=class_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        eps=eps,
+    ).rows
 
 
 def _binary_log_probabilities(
@@ -142,9 +199,15 @@ def _binary_log_probabilities(
     raise ValueError(f"unknown input kind {input!r}")
 
 
-def _binary_elementwise(
-    preds: Any, target: Any, input: str, pos_weight: Any, eps: float | str
+def binary_terms(
+    preds: Any,
+    target: Any,
+    *,
+    input: str = "probs",
+    pos_weight: Any = None,
+    eps: float | str = "auto",
 ) -> np.ndarray:
+    """Binary cross-entropy of every value: -(pw t log p + (1 - t) log(1 - p)), float64."""
     dtype = _float_dtype(preds)
     x = np.asarray(preds, dtype=np.float64)
     t = np.asarray(target, dtype=np.float64)
@@ -162,7 +225,7 @@ def binary_rows(
     eps: float | str = "auto",
 ) -> Rows:
     """Binary cross-entropy per row: L_i = -(pw t log p + (1 - t) log(1 - p))."""
-    losses = _binary_elementwise(preds, target, input, pos_weight, eps)
+    losses = binary_terms(preds, target, input=input, pos_weight=pos_weight, eps=eps)
     return Rows(losses, np.ones(losses.shape))
 
 
@@ -175,7 +238,8 @@ def multilabel_rows(
     eps: float | str = "auto",
 ) -> Rows:
     """Multi-label cross-entropy per row: the SUM over labels of the binary loss."""
-    losses = _binary_elementwise(preds, target, input, pos_weight, eps).sum(axis=-1)
+    terms = binary_terms(preds, target, input=input, pos_weight=pos_weight, eps=eps)
+    losses = terms.sum(axis=-1)
     return Rows(losses, np.ones(losses.shape))
 
 

@@ -4,7 +4,7 @@ Each benchmark class is run over the full product of its ``params`` (not a zip o
 them, which would leave most combinations untried), with ``setup`` / ``teardown``
 around every method as asv does. A ``NotImplementedError`` from ``setup`` is asv's
 "this combination does not apply": the combination is passed over, as asv does.
-Sizes shrink through ``XENTSTREAM_ASV_TINY`` (read by ``benchmarks/common.py``).
+Sizes shrink through ``XENTSTREAM_ASV_TINY`` (read by ``benchmarks/common/sizes.py``).
 Nothing here checks a timing: benchmarks measure, tests only check that they run.
 """
 

@@ -1,6 +1,6 @@
 """Report fields against independent float64 references (numpy, scipy, scikit-learn, torch).
 
-Per-row losses come from plain numpy (checked against torch first); every derived
+Per-row losses come from ``tests/reference.py`` (checked against torch first); every derived
 field (standard error, interval, perplexity, bits, accuracy, entropy, KL, normalized
 entropy, per-class frame, windowed loss) is then recomputed here from those rows
 with numpy / scipy / scikit-learn, never read back from xentstream.
@@ -14,11 +14,12 @@ from dataclasses import FrozenInstanceError, dataclass, fields
 
 import numpy as np
 import pytest
+import reference as ref
 import scipy.stats
 import torch
 import torch.nn.functional as F
 from metric_cases import CASE_IDS, CASES, Batch, Case, bits, concat, float_bits
-from scipy.special import expit, log_softmax, softmax
+from scipy.special import expit
 from sklearn.metrics import accuracy_score, log_loss
 
 import xentstream as xs
@@ -47,8 +48,8 @@ class Rows:
 
 
 def _eps(case: Case) -> float:
-    eps = case.kwargs.get("eps", "auto")
-    return float(np.finfo(np.float64).eps) if eps == "auto" else float(eps)
+    # metric_cases' predictions are float64, so "auto" is float64's machine epsilon
+    return ref.resolve_eps(case.kwargs.get("eps", "auto"), np.float64)
 
 
 def reference_rows(case: Case, batch: Batch) -> Rows:
@@ -62,32 +63,33 @@ def reference_rows(case: Case, batch: Batch) -> Rows:
 def _multiclass_rows(case: Case, batch: Batch, weight: np.ndarray) -> Rows:
     n_classes = case.n_classes
     x = batch.preds.reshape(-1, n_classes)
-    if case.input == "probs":
-        probs = x
-        log_p = np.log(np.clip(x, _eps(case), 1.0 - _eps(case)))
-    elif case.input == "logprobs":
-        probs, log_p = np.exp(x), x
+    hard = case.target == "hard"
+    target = batch.target.reshape(-1) if hard else batch.target.reshape(-1, n_classes)
+    split = ref.multiclass_terms(
+        x,
+        target,
+        input=case.input,
+        class_weight=case.kwargs.get("class_weight"),
+        ignore_index=case.ignore_index,
+        label_smoothing=case.kwargs.get("label_smoothing", 0.0),
+        eps=case.kwargs.get("eps", "auto"),
+    )
+    # the predicted distribution as given (probabilities unclipped)
+    probs = x if case.input == "probs" else np.exp(ref.log_probabilities(x, case.input))
+    if hard:
+        correct = np.argmax(x, axis=1) == target
     else:
-        probs, log_p = softmax(x, axis=1), log_softmax(x, axis=1)
-    class_weight = np.asarray(case.kwargs.get("class_weight") or np.ones(n_classes))
-    smoothing = case.kwargs.get("label_smoothing", 0.0)
-    if case.target == "hard":
-        labels = batch.target.reshape(-1)
-        counted = labels != case.ignore_index
-        safe = np.where(counted, labels, 0)
-        target = np.eye(n_classes)[safe]
-        denominator = class_weight[safe]
-        correct = np.argmax(x, axis=1) == labels
-    else:
-        target = batch.target.reshape(-1, n_classes)
-        counted = np.ones(len(target), dtype=bool)
-        denominator = np.ones(len(target))
         correct = np.argmax(x, axis=1) == np.argmax(target, axis=1)
-    target = (1.0 - smoothing) * target + smoothing / n_classes
-    with np.errstate(invalid="ignore"):
-        terms = np.where(target > 0.0, -class_weight * target * log_p, 0.0)
-    terms[~counted] = 0.0
-    return Rows(terms.sum(axis=1), denominator, weight, counted, terms, probs, target, correct)
+    return Rows(
+        split.rows.losses,
+        split.denominators,
+        weight,
+        ~split.ignored,
+        split.terms,
+        probs,
+        split.target,
+        correct,
+    )
 
 
 def _binary_rows(case: Case, batch: Batch, weight: np.ndarray) -> Rows:
@@ -95,21 +97,18 @@ def _binary_rows(case: Case, batch: Batch, weight: np.ndarray) -> Rows:
     x = batch.preds.reshape(-1, width)
     t = batch.target.reshape(-1, width)
     pos_weight = np.broadcast_to(np.asarray(case.kwargs.get("pos_weight") or 1.0), (width,))
+    terms = ref.binary_terms(
+        x, t, input=case.input, pos_weight=pos_weight, eps=case.kwargs.get("eps", "auto")
+    )
     if case.input == "logits":
         probs = expit(x)
-        log_p, log_1mp = -np.logaddexp(0.0, -x), -np.logaddexp(0.0, x)
         positive = x >= 0.0
     elif case.input == "logprobs":  # used as given, never clipped (SPEC section 2)
         probs = np.exp(x)
-        log_p, log_1mp = x, np.log(-np.expm1(x))
         positive = probs >= 0.5
     else:
         probs = np.clip(x, _eps(case), 1.0 - _eps(case))
-        log_p, log_1mp = np.log(probs), np.log1p(-probs)
         positive = x >= 0.5
-    pos_term = np.where(t > 0.0, -pos_weight * t * log_p, 0.0)
-    neg_term = np.where(t < 1.0, -(1.0 - t) * log_1mp, 0.0)
-    terms = pos_term + neg_term
     n_rows = len(x)
     correct = (positive == (t >= 0.5))[:, 0] if case.kind == "binary" else None
     return Rows(

@@ -73,8 +73,8 @@ def as_array(value: Any, name: str, *, floating: bool = False, row_offset: int =
     ------
     TypeError
         For an unsupported object or dtype.
-    ValueError
-        For null values.
+    DataError
+        For null values (a ``ValueError`` naming the row).
 
     Examples
     --------
@@ -196,8 +196,9 @@ def binary_columns(
 
     Raises
     ------
-    ValueError
-        For (N, 2) probabilities whose rows do not sum to 1 (``validate`` on).
+    DataError
+        For (N, 2) probabilities whose rows do not sum to 1 (``validate`` on; a
+        ``ValueError`` naming the row).
 
     Examples
     --------

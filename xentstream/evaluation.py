@@ -242,7 +242,7 @@ class GroupState:
                 if key in seen:
                     raise ValueError(f"group key {show(list(key))} appears twice")
                 seen.add(key)
-                self._new_metric().load_state_of(metric)  # same kind and config, or raises
+                self._new_metric().load_state_dict(entry["state"])  # same kind and config
             code = self._codes.get(key)
             if code is None:
                 self._codes[key] = len(self.keys)
@@ -560,7 +560,7 @@ def _load_checkpoint(
         in_groups = sum(m.rows_seen for m in loaded.metrics)
         if in_groups != held:
             raise bad(f"the groups hold {in_groups} rows, the metric {held} from this source")
-    metric.load_state_of(state)
+    metric.load_state_dict(saved["metric"])
     if loaded is not None:
         groups.load_json(entries)
     return consumed

@@ -247,7 +247,9 @@ def open_source(
     Raises
     ------
     ValueError, TypeError, FileNotFoundError
-        For unknown formats, missing files or columns, and invalid specs.
+        For unknown formats, missing files or columns, and invalid specs; while
+        iterating, a :class:`~xentstream.DataError` (a ``ValueError``) for a null, a
+        label outside ``classes`` or a ragged list row, naming the row.
     """
     if batch_rows is not None and (
         isinstance(batch_rows, bool)

@@ -513,12 +513,20 @@ class Metric:
                 self._window.rows.extend(window.rows)
         return self
 
-    def load_state_of(self, other: Metric) -> Metric:
-        """Replace this metric's state by a copy of ``other``'s (same kind and config,
-        as a checkpoint or a saved group holds it). Returns ``self``."""
-        if type(other) is not type(self):
-            raise TypeError(f"cannot load a {type(other).__name__} into a {type(self).__name__}")
-        self._check_compatible(other.merge_key(), other.n_classes, "checkpoint")
+    def load_state_dict(self, state: dict[str, Any]) -> Metric:
+        """Replace this metric's state by one saved with :meth:`state_dict` (a metric of
+        the same class and configuration), as torch's ``load_state_dict``. Returns
+        ``self``; on any error the state is unchanged.
+
+        Examples
+        --------
+        >>> import xentstream as xs
+        >>> saved = xs.CrossEntropy().update([[0.7, 0.3]], [0]).state_dict()
+        >>> xs.CrossEntropy().load_state_dict(saved).compute().count
+        1
+        """
+        other = type(self).from_state_dict(state, engine=self.engine)
+        self._check_compatible(other.merge_key(), other.n_classes, "load_state_dict")
         with self._lock:
             self.reset()
             self.merge(other)

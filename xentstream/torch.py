@@ -156,7 +156,7 @@ class TorchMetric:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Replace the state by one saved with :meth:`state_dict` (same configuration)."""
-        self.metric.load_state_of(Metric.from_state_dict(state, engine=self.metric.engine))
+        self.metric.load_state_dict(state)
 
     def __repr__(self) -> str:
         return f"TorchMetric({self.metric!r})"

@@ -11,8 +11,10 @@ asv flags every rise of a benchmark as a regression and knows no "higher is bett
 on its Regressions page a drop of a speedup is listed as an improvement. Read the
 ``time_`` benchmarks there, and the speedups on the graphs.
 
-The cases, their data and the peers' code come from ``common.CASES``, the registry
-that ``asv_bench/compare.py`` times too. A peer that is not installed is skipped
+The cases, their data and the peers' code come from ``tests/comparisons.py:
+COMPARISONS`` (``common.CASES``), the registry that ``asv_bench/compare.py`` times too
+and ``tests/test_peers.py`` checks: every peer agrees with xentstream on every case it
+is timed on. A peer that is not installed is skipped
 (NotImplementedError in ``setup``); JAX is timed by ``compare.py`` only, so that the
 asv environments and the test suite do not need its 600 MB.
 
@@ -80,14 +82,15 @@ class VsNumpy(_Speedup):
     def track_speedup_vs_numpy(self, case: str) -> float:
         """numpy's time / xentstream's: higher is better, > 1 means xentstream is faster.
 
-        numpy is the plain float64 vectorized formula (or np.load + it, for .npy).
+        numpy is tests/reference.py, the test suite's float64 reference (one-hot targets,
+        math.fsum; written to be read, not to be fast), or np.load + it for .npy.
         """
         return self._speedup()
 
     track_speedup_vs_numpy.unit = SPEEDUP_UNIT
 
     def time_numpy(self, case: str) -> None:
-        """Seconds the numpy formula takes on the case."""
+        """Seconds the float64 reference (tests/reference.py) takes on the case."""
         self._time_peer()
 
 
