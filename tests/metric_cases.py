@@ -26,12 +26,22 @@ import xentstream as xs
 N_CLASSES = 4
 
 #: Metric-only constructor arguments that the one-shot functions do not take.
-_METRIC_ONLY = {"num_classes", "num_labels", "per_class", "per_label", "window", "engine"}
+_METRIC_ONLY = {
+    "num_classes",
+    "num_labels",
+    "per_class",
+    "per_label",
+    "window",
+    "engine",
+    "per_document",
+    "unit",
+}
 
 FUNCTIONAL = {
     xs.CrossEntropy: xs.cross_entropy,
     xs.BinaryCrossEntropy: xs.binary_cross_entropy,
     xs.MultiLabelCrossEntropy: xs.multilabel_cross_entropy,
+    xs.TokenCrossEntropy: xs.token_cross_entropy,
 }
 
 
@@ -84,9 +94,13 @@ class Case:
     def ignore_index(self) -> int | None:
         return self.kwargs.get("ignore_index")
 
+    def other_config(self) -> dict[str, Any]:
+        """Constructor overrides that make another config of the same metric class."""
+        return {"unit": "word"} if self.kind == "tokens" else {"sum_tol": 1e-3}
+
     def rows(self, batch: Batch) -> int:
         """Rows of ``batch`` as the metric counts them (leading dimensions flattened)."""
-        if self.kind == "binary":
+        if self.kind in ("binary", "tokens"):
             return int(batch.preds.size)
         return int(np.prod(batch.preds.shape[:-1]))
 
@@ -125,6 +139,13 @@ class Case:
         elif self.kind == "binary":
             preds = _binary_predictions(rng, shape, self.input)
             target = _binary_targets(rng, shape, self.target)
+        elif self.kind == "tokens":
+            # Target log-probabilities (or NLLs) and a 0/1 mask in the target's place.
+            logprobs = log_softmax(rng.normal(scale=2.5, size=(*shape, 50)), axis=-1)[..., 0]
+            preds = -logprobs if self.input == "nll" else logprobs
+            target = (rng.random(shape) > 0.15).astype(np.int64)
+            # The rejection rules corrupt early rows, and a masked row is never checked.
+            target.reshape(-1)[:8] = 1
         else:
             shape = (*shape, self.n_classes)
             preds = _binary_predictions(rng, shape, self.input)
@@ -187,6 +208,7 @@ def _binary_targets(rng: np.random.Generator, shape: tuple[int, ...], kind: str)
 
 
 CE, BCE, MLCE = xs.CrossEntropy, xs.BinaryCrossEntropy, xs.MultiLabelCrossEntropy
+TCE = xs.TokenCrossEntropy
 
 CASES: list[Case] = [
     Case(CE, "probs"),
@@ -225,6 +247,8 @@ CASES: list[Case] = [
     ),
     Case(MLCE, "soft-logprobs", {"input": "logprobs", "pos_weight": 1.5}, target="soft"),
     Case(MLCE, "soft-logits", {"input": "logits"}, target="soft"),
+    Case(TCE, "logprobs", {"input": "logprobs"}),
+    Case(TCE, "nll-window", {"input": "nll", "window": 5, "unit": "byte"}, leading=(3,)),
 ]
 
 CASE_IDS = [case.id for case in CASES]

@@ -195,7 +195,7 @@ def test_merge_leaves_its_argument_unchanged(case: Case) -> None:
 def test_merge_refuses_another_config(case: Case) -> None:
     rng = _seed(case)
     metric = _fed(case, case.batches(rng, [6]))
-    other = _fed(case, case.batches(rng, [5]), sum_tol=1e-3)
+    other = _fed(case, case.batches(rng, [5]), **case.other_config())
     _assert_refused(metric, other, ValueError, "configurations differ")
 
 
@@ -210,7 +210,8 @@ def test_merge_refuses_another_window(case: Case) -> None:
         _assert_refused(metric, other, ValueError, "window")
 
 
-_COUNTED = [c for c in CASES if c.kind != "binary" and "class_weight" not in c.kwargs]
+_COUNTED = [c for c in CASES if c.kind in ("multiclass", "multilabel")]
+_COUNTED = [c for c in _COUNTED if "class_weight" not in c.kwargs]
 _COUNTED = [c for c in _COUNTED if not isinstance(c.kwargs.get("pos_weight"), list)]
 
 
@@ -541,6 +542,29 @@ RULES = [
         _edit(preds=_set(1, 0.5)),
         "preds",
         "log-probability 0.5 is positive",
+    ),
+    # token values (one a row) and their mask
+    Rule(
+        "-inf target log-probability",
+        _is("tokens", input="logprobs"),
+        _edit(preds=_set(0, -np.inf)),
+        "preds",
+        "log-probability is -inf",
+    ),
+    Rule(
+        "negative NLL",
+        _is("tokens", input="nll"),
+        _edit(preds=_set(0, -0.5)),
+        "preds",
+        "negative log-likelihood -0.5 is negative",
+    ),
+    Rule("+inf NLL", _is("tokens", input="nll"), _edit(preds=_set(0, np.inf)), "preds", r"\+inf"),
+    Rule(
+        "mask value not 0 or 1",
+        _is("tokens"),
+        _edit(target=_fill(2)),
+        "target",
+        "mask value 2 is not 0 or 1",
     ),
     # targets
     Rule(

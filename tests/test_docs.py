@@ -90,3 +90,29 @@ def test_api_reference_builds_without_warnings(tmp_path: Path) -> None:
     assert {"update", "merge", "compute", "state_dict"} <= documented
     assert not documented & {"update_batch", "absorb_group_sums", "load_state_of"}
     assert (tmp_path / "xentstream" / "dask.html").exists()
+
+
+def test_language_models_section_shows_the_example_output() -> None:
+    """The README shows what examples/char_lm.py prints (numbers masked: training
+    arithmetic and the standard library's docstrings vary across versions)."""
+    import pytest
+
+    pytest.importorskip("torch")
+    shown = _blocks(_section("Language models"), "")[0]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "char_lm.py")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=child_env(),
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+    def masked(text: str) -> list[str]:
+        text = re.sub(r"\d+(\.\d+)?(e-?\d+)?", "#", text)
+        text = re.sub(r"[─═]+", "-", text)  # table widths follow the numbers
+        return [" ".join(line.split()) for line in text.splitlines()]
+
+    assert masked(done.stdout.strip()) == masked(shown.strip())

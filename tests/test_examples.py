@@ -58,3 +58,29 @@ def test_dask_cluster_equals_one_process() -> None:
     pytest.importorskip("dask.dataframe")
     output = _run("dask_cluster.py")
     assert "cluster == one process (bitwise): True" in output
+
+
+def test_char_lm_both_dumps_agree() -> None:
+    pytest.importorskip("torch")
+    from stream_support import child_env
+
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "char_lm.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=child_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "", done.stderr
+    output = done.stdout
+    assert "same within SPEC section 3 (relative 1e-12): True" in output
+    assert "per-document losses agree too (relative 1e-12): True" in output
+    full = re.search(r"perplexity from full logits:\s+([0-9.]+)", output)
+    tokens = re.search(r"perplexity from token log-probs:\s+([0-9.]+)", output)
+    assert full and tokens and full[1] == tokens[1], output
+    errors = re.search(r"\+/- ([0-9.]+) per token, \+/- ([0-9.]+) clustered", output)
+    assert errors and float(errors[2]) > float(errors[1]) > 0.0, output  # correlated tokens
+    # a trained model: well below the uniform perplexity over its ~90 characters
+    assert float(tokens[1]) < 30.0, output

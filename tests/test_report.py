@@ -57,7 +57,19 @@ def reference_rows(case: Case, batch: Batch) -> Rows:
     weight = np.ones(n_rows) if batch.sample_weight is None else batch.sample_weight.reshape(-1)
     if case.kind == "multiclass":
         return _multiclass_rows(case, batch, weight)
+    if case.kind == "tokens":
+        return _token_rows(case, batch, weight)
     return _binary_rows(case, batch, weight)
+
+
+def _token_rows(case: Case, batch: Batch, weight: np.ndarray) -> Rows:
+    """One value a row: L = -log p (or the NLL itself); the target is a 0/1 mask."""
+    x = batch.preds.reshape(-1)
+    counted = batch.target.reshape(-1) == 1
+    loss = np.where(counted, x if case.input == "nll" else -x, 0.0)
+    n_rows = len(x)
+    probs = np.exp(-loss)[:, None]  # the probability of the token that came
+    return Rows(loss, np.ones(n_rows), weight, counted, loss[:, None], probs, None, None)
 
 
 def _multiclass_rows(case: Case, batch: Batch, weight: np.ndarray) -> Rows:
@@ -161,6 +173,15 @@ def test_reference_rows_agree_with_torch(case: Case) -> None:
             label_smoothing=case.kwargs.get("label_smoothing", 0.0),
             reduction="none",
         ).numpy()
+    elif case.kind == "tokens":  # torch's NLL of a one-column log-probability matrix
+        log_p = data.preds.reshape(-1, 1)
+        log_p = -log_p if case.input == "nll" else log_p
+        expected = F.nll_loss(
+            torch.from_numpy(np.ascontiguousarray(log_p)),
+            torch.zeros(len(log_p), dtype=torch.long),
+            reduction="none",
+        ).numpy()
+        expected = np.where(rows.counted, expected, 0.0)
     else:
         width = 1 if case.kind == "binary" else case.n_classes
         probs = torch.from_numpy(rows.probs)
@@ -205,7 +226,7 @@ def test_perplexity_and_bits(case: Case) -> None:
     expected = np.sum(s * rows.loss[c]) / np.sum(s * rows.denominator[c])
     _close(report.bits, np.log2(np.exp(expected)))
     assert report.bits == report.loss / math.log(2.0)
-    if case.kind != "multiclass":  # a sum of Bernoulli losses is no perplexity
+    if case.kind not in ("multiclass", "tokens"):  # a sum of Bernoulli losses is no perplexity
         assert report.perplexity is None
         return
     _close(report.perplexity, np.exp(expected))
@@ -268,7 +289,7 @@ def test_stderr_needs_two_rows(case: Case) -> None:
 def test_accuracy_against_sklearn(case: Case) -> None:
     metric, _, rows = _data(case)
     report = metric.compute()
-    if case.kind == "multilabel":
+    if case.kind in ("multilabel", "tokens"):
         assert report.accuracy is None
         return
     c = rows.counted
@@ -301,6 +322,9 @@ def test_binary_accuracy_from_labels_against_sklearn() -> None:
 def test_entropy_against_scipy(case: Case) -> None:
     metric, _, rows = _data(case)
     c = rows.counted
+    if case.kind == "tokens":  # one probability a row: no predicted distribution
+        assert metric.compute().entropy is None
+        return
     if case.kind == "multiclass":
         per_row = scipy.stats.entropy(rows.probs[c], axis=1)
     else:  # Bernoulli entropy of every label, summed over labels
@@ -454,6 +478,8 @@ def test_window_loss_is_the_one_shot_loss_on_the_last_rows(case: Case) -> None:
 def _flatten(case: Case, batch: Batch) -> Batch:
     if not case.leading:
         return batch
+    if case.kind == "tokens":
+        return Batch(*(part.reshape(-1) for part in batch))
     n_classes = batch.preds.shape[-1]
     target = batch.target.reshape(-1) if case.target == "hard" else batch.target
     return Batch(batch.preds.reshape(-1, n_classes), target, batch.sample_weight.reshape(-1))

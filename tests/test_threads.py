@@ -111,7 +111,7 @@ def test_functions_called_concurrently() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_bits_do_not_depend_on_the_number_of_threads(case: Case) -> None:
-    width = 1 if case.kind == "binary" else case.n_classes
+    width = 1 if case.kind in ("binary", "tokens") else case.n_classes
     n = 300_000 // (width * int(np.prod(case.leading, dtype=np.int64)))
     batch = case.batch(np.random.default_rng([CASES.index(case), 400]), n)
     rows = case.rows(batch)

@@ -24,6 +24,7 @@ from xentstream.metrics import (
     load,
 )
 from xentstream.report import Report
+from xentstream.tokens import TokenConfig, TokenCrossEntropy, token_cross_entropy
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,8 @@ __all__ = [
     "MulticlassConfig",
     "MultilabelConfig",
     "Report",
+    "TokenConfig",
+    "TokenCrossEntropy",
     "binary_cross_entropy",
     "cross_entropy",
     "entropy",
@@ -47,4 +50,5 @@ __all__ = [
     "load",
     "multilabel_cross_entropy",
     "stream",
+    "token_cross_entropy",
 ]

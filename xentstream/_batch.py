@@ -19,6 +19,7 @@ into its state only after the whole batch passed validation (which is what makes
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -132,12 +133,14 @@ class BatchSums:
     @property
     def n_rows(self) -> int:
         """Rows in the batch, ignored rows included."""
-        return int(self.counts[layout.ROWS] + self.counts[layout.IGNORED])
+        return int(self.counts[layout.ROWS]) + int(self.counts[layout.IGNORED])
 
 
-def _block_count(n_rows: int, n_classes: int, per_class: bool, n_groups: int) -> int:
+def _block_count(
+    n_rows: int, n_classes: int, per_class: bool, n_groups: int, threads: int | None = None
+) -> int:
     """Number of row blocks for one call (any choice gives the same bits)."""
-    threads = numba.get_num_threads()
+    threads = numba.get_num_threads() if threads is None else threads
     by_size = n_rows * max(n_classes, 1) // _MIN_BLOCK_ELEMENTS
     blocks = max(1, min(by_size, threads * _BLOCKS_PER_THREAD))
     per_block = n_groups * (layout.N_SUMS + layout.N_COUNTS) * N_SLOTS * 8
@@ -203,8 +206,8 @@ def _run(
         class_width=class_width,
         keep_rows=keep_rows,
     )
-    failed = np.flatnonzero(errors[:, 0] >= 0)
-    if failed.size:
+    if errors[:, 0].max() >= 0:
+        failed = np.flatnonzero(errors[:, 0] >= 0)
         first = failed[np.argmin(errors[failed, 0])]
         row, code, column = (int(v) for v in errors[first])
         raise kernel_error(
@@ -225,7 +228,7 @@ def _run(
         block_sums.reshape(n_blocks, n_groups * layout.N_SUMS, N_SLOTS),
         group_sums.reshape(n_groups * layout.N_SUMS, N_SLOTS),
     )
-    group_counts = block_counts.sum(axis=0)
+    group_counts = block_counts[0] if n_blocks == 1 else block_counts.sum(axis=0)
     if groups is None:
         sums, counts = group_sums[0], group_counts[0]
     else:
@@ -269,7 +272,8 @@ def _launch_cpu(
     kernel = cpu.kernel(name, opts.with_entropy)
     n_rows = preds.shape[0]
     n_classes = preds.shape[1] if preds.ndim == 2 else 1
-    n_blocks = _block_count(n_rows, n_classes, class_width > 0, n_groups)
+    threads = numba.get_num_threads()
+    n_blocks = _block_count(n_rows, n_classes, class_width > 0, n_groups, threads)
     row_losses = np.empty(n_rows, dtype=np.float64) if keep_rows else _NO_ROWS
     block_sums = np.zeros((n_blocks, n_groups, layout.N_SUMS, N_SLOTS), dtype=np.int64)
     block_counts = np.zeros((n_blocks, n_groups, layout.N_COUNTS), dtype=np.int64)
@@ -287,7 +291,6 @@ def _launch_cpu(
         error_values,
     )
     arguments = (preds, target, weights, sample_weight, group_codes, opts, *outputs)
-    threads = numba.get_num_threads()
     if n_blocks == 1 and threads > 1:
         # One block has work for one thread: a team of one wakes no other thread
         # (numba's thread count is per calling thread, so this is thread-safe).
@@ -310,6 +313,8 @@ def _read_only(array: Any) -> Any:
     pyarrow are read-only, numpy's usually not. Handing every kernel read-only views
     keeps one compiled specialization per dtype instead of one per combination.
     """
+    if type(array) is np.ndarray and not array.flags.writeable and array.flags.c_contiguous:
+        return array
     if is_device_array(array):
         return array
     view = np.ascontiguousarray(array).view()
@@ -454,13 +459,28 @@ def _class_predictions(
     return array, shape[:-1], n_classes
 
 
-def _options(config: LossConfig, dtype: np.dtype, **extra: Any) -> layout.KernelOptions:
+def _options(config: LossConfig, dtype: Any, *, with_entropy: bool) -> layout.KernelOptions:
+    """The kernel options of ``config`` for inputs of ``dtype``."""
+    # Resolving eps and the tolerance (np.finfo) and building the tuple cost ~6 us,
+    # a tenth of a small batch's update: configs are frozen, so remember the result.
+    return _cached_options(config, dtype, with_entropy)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_options(config: LossConfig, dtype: Any, with_entropy: bool) -> layout.KernelOptions:
+    from_config = {}
+    for name in layout.CONFIG_OPTIONS:
+        value = getattr(config, name, None)
+        # A per-label pos_weight is an array argument of its kernel, not an option.
+        if value is not None and not isinstance(value, tuple):
+            from_config[name] = value
     return layout.kernel_options(
         input_kind=layout.INPUT_KINDS[config.input],
         eps=config.resolve_eps(dtype),
         sum_tol=config.resolve_sum_tol(dtype),
         validate=config.validate,
-        **extra,
+        with_entropy=with_entropy,
+        **from_config,
     )
 
 
@@ -529,13 +549,7 @@ def multiclass_batch(
     class_weight = (
         np.ones(n_classes) if config.class_weight is None else np.asarray(config.class_weight)
     )
-    opts = _options(
-        config,
-        eps_dtype or preds.dtype,
-        label_smoothing=config.label_smoothing,
-        ignore_index=config.ignore_index,
-        with_entropy=with_entropy,
-    )
+    opts = _options(config, eps_dtype or preds.dtype, with_entropy=with_entropy)
     return _run(
         kernel,
         preds.reshape(-1, n_classes),
@@ -601,10 +615,7 @@ def binary_batch(
     weights = _sample_weight(sample_weight, leading_shape, names.sample_weight, row_offset, device)
     if preds.size == 0:
         return _empty_batch(1, False, keep_rows, leading_shape, _grouped(groups, n_groups))
-    pos_weight = 1.0 if config.pos_weight is None else config.pos_weight
-    opts = _options(
-        config, eps_dtype or preds.dtype, pos_weight=pos_weight, with_entropy=with_entropy
-    )
+    opts = _options(config, eps_dtype or preds.dtype, with_entropy=with_entropy)
     return _run(
         "binary",
         preds.reshape(-1),

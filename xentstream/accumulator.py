@@ -23,7 +23,7 @@ from xentstream._kernels.exact import (
     NEG_INF,
     POS_INF,
     UNIT_EXPONENT,
-    normalize,
+    add_normalized,
 )
 
 __all__ = [
@@ -134,7 +134,11 @@ def check_addable(target: np.ndarray, source: np.ndarray) -> None:
     # their sum (+1 for a carry) keeps int64 from wrapping to the opposite sign.
     reach = np.abs(target[..., top].astype(np.float64) + source[..., top]) + 1
     if reach.size and reach.max() >= _TOP_CHUNK_BOUND:
-        raise ValueError("accumulator: sum out of range (more than 2**63 largest float64 terms)")
+        raise _out_of_range()
+
+
+def _out_of_range() -> ValueError:
+    return ValueError("accumulator: sum out of range (more than 2**63 largest float64 terms)")
 
 
 def merge_into(target: np.ndarray, source: np.ndarray) -> None:
@@ -146,9 +150,14 @@ def merge_into(target: np.ndarray, source: np.ndarray) -> None:
         If the sum would leave the range of :data:`MAX_MAGNITUDE` (only crafted
         states get there); ``target`` is then unchanged.
     """
-    check_addable(target, source)
-    target += source
-    normalize(target.reshape(-1, N_SLOTS))
+    if target.shape != source.shape:
+        raise ValueError(f"accumulator: shapes {target.shape} and {source.shape} differ")
+    if not target.flags.c_contiguous:  # reshape would add into a copy
+        raise ValueError("accumulator: the target of a merge must be C-contiguous")
+    if not add_normalized(
+        target.reshape(-1, N_SLOTS), source.reshape(-1, N_SLOTS), float(_TOP_CHUNK_BOUND)
+    ):
+        raise _out_of_range()
 
 
 def to_json(acc: np.ndarray) -> list[Any]:
@@ -235,6 +244,8 @@ def _add_label_counts(mine: np.ndarray | None, theirs: np.ndarray | None) -> np.
     """Label counts of two states together (None, unknown, wins)."""
     if mine is None or theirs is None:
         return None
+    if len(mine) == len(theirs):
+        return mine + theirs
     width = max(len(mine), len(theirs))
     total = np.zeros(width, dtype=np.int64)
     total[: len(mine)] += mine
@@ -290,7 +301,7 @@ class ExactState:
     @property
     def rows_seen(self) -> int:
         """Rows consumed, ignored rows included."""
-        return int(self.counts.sum())
+        return int(self.counts[layout.ROWS]) + int(self.counts[layout.IGNORED])
 
     def ensure_classes(self, n_classes: int) -> None:
         """Zero per-class state for ``n_classes`` classes, unless there already is some."""
@@ -311,11 +322,9 @@ class ExactState:
         ``label_counts`` None means the added rows' labels are unknown, which makes
         this state's unknown too. Returns ``self``.
         """
-        check_addable(self.sums, sums)
         if class_sums is not None and self.class_sums is not None:
             check_addable(self.class_sums, class_sums)
-        self.sums += sums
-        normalize(self.sums)
+        merge_into(self.sums, sums)  # checked first: the last part that can fail
         self.counts += counts
         if class_sums is not None:
             self.ensure_classes(class_sums.shape[0])

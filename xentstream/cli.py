@@ -50,10 +50,13 @@ from xentstream.metrics import (
 )
 from xentstream.report import SCALAR_FIELDS, Report, format_value
 from xentstream.state import read_json, write_json_atomic
+from xentstream.tokens import TokenCrossEntropy
 
 __all__ = ["main"]
 
 _TABLE_FIELDS = SCALAR_FIELDS  # the table shows what Report's str shows, in that order
+#: ``--input`` values of the tokens task -> the token kind's ``input=``.
+_TOKEN_INPUTS = {"target-logprob": "logprobs", "target-nll": "nll"}
 
 
 #: Seconds to wait for ``--dask ADDRESS``'s scheduler before giving up.
@@ -97,6 +100,9 @@ _FLAGS = {
 
 def _with_flags(message: str) -> str:
     """An API error message in command-line terms: flags instead of Python arguments."""
+    # The token kind's inputs have their own flag values.
+    message = re.sub(r"\binput='nll' for token", "--input target-nll for token", message)
+    message = re.sub(r"\binput='logprobs' for token", "--input target-logprob for token", message)
     message = re.sub(r"\b(input|engine)='(\w+)'", r"--\1 \2", message)
     message = re.sub(r"\bsum_tol=", "--sum-tol ", message)
     message = re.sub(
@@ -138,6 +144,9 @@ examples:
   # language-model tokens: Array[(T, V)] logits, Array[T] token ids, padding -100
   xentstream evaluate lm.parquet --preds logits --target tokens --input logits \\
       --ignore-index -100
+  # token log-probability dumps: perplexity, bits per byte, stderrs clustered by document
+  xentstream evaluate tokens.parquet --input target-logprob --preds lp --document doc_id \
+      --units bytes
   # numpy dumps: the predictions file is the source, the labels file the target
   xentstream evaluate probs.npy --target labels.npy
   # combine the states saved by shards
@@ -180,12 +189,24 @@ def _parser() -> argparse.ArgumentParser:
     columns.add_argument(
         "--target",
         nargs="+",
-        required=True,
         metavar="COL",
         help="target column(s) (patterns as for --preds): integer or string class labels, "
-        "0/1 or probabilities; for a .npy source, the .npy file of targets",
+        "0/1 or probabilities; for a .npy source, the .npy file of targets. Required "
+        "except for the tokens task, where it is an optional 0/1 mask (0: padding)",
     )
     columns.add_argument("--sample-weight", metavar="COL", help="column of row weights")
+    columns.add_argument(
+        "--document",
+        metavar="COL",
+        help="tokens task: column of document ids (rows in any order): per-document "
+        "perplexity and standard errors clustered by document",
+    )
+    columns.add_argument(
+        "--units",
+        metavar="COL",
+        help="tokens task: column of the bytes (characters, words) each row covers: "
+        "bits per unit with its delta-method standard error",
+    )
     columns.add_argument(
         "--by",
         nargs="+",
@@ -202,18 +223,20 @@ def _parser() -> argparse.ArgumentParser:
     loss = run.add_argument_group("loss")
     loss.add_argument(
         "--task",
-        choices=("auto", "multiclass", "binary", "multilabel"),
+        choices=("auto", "multiclass", "binary", "multilabel", "tokens"),
         default="auto",
         help="default: auto, from the columns' types and shapes: one score per row is "
         "binary; labels with the predictions' shape minus the class axis are multiclass "
         "(also (T, V) token logits with T labels); targets of the predictions' shape are "
-        "multi-label (soft multiclass targets need --task multiclass)",
+        "multi-label (soft multiclass targets need --task multiclass); --input "
+        "target-logprob / target-nll is the tokens task",
     )
     loss.add_argument(
         "--input",
-        choices=("probs", "logprobs", "logits"),
+        choices=("probs", "logprobs", "logits", *_TOKEN_INPUTS),
         default="probs",
-        help="what the predictions hold (default: probs)",
+        help="what the predictions hold (default: probs); target-logprob / target-nll: "
+        "one value a row, the log-probability (NLL) of the token that came",
     )
     loss.add_argument(
         "--class-weight",
@@ -250,7 +273,8 @@ def _parser() -> argparse.ArgumentParser:
     loss.add_argument(
         "--per-class",
         action="store_true",
-        help="also report per-class (per-label) loss, counts and normalized entropy",
+        help="also report per-class (per-label) loss, counts and normalized entropy; "
+        "tokens task: the per-document table",
     )
     running = run.add_argument_group("running")
     running.add_argument(
@@ -410,6 +434,16 @@ def _show(shape: tuple[int | None, ...]) -> str:
 
 def _infer_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     """``--task auto``: from the columns' types and shapes (or the .npy arrays')."""
+    tokens = args.input in _TOKEN_INPUTS
+    if args.task == "tokens" and not tokens:
+        raise _UsageError("--task tokens: needs --input target-logprob or target-nll")
+    if tokens and args.task not in ("auto", "tokens"):
+        raise _UsageError(f"--input {args.input}: is the tokens task, not {args.task}")
+    if tokens:
+        return "tokens"
+    for flag in ("document", "units"):
+        if getattr(args, flag) is not None:
+            raise _UsageError(f"--{flag}: applies to --input target-logprob / target-nll")
     if args.task != "auto":
         return args.task
     if schema is None:  # .npy: the arrays' shapes, read from their headers
@@ -427,8 +461,28 @@ def _infer_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     return _task_from_shapes(columns(args.preds), columns(args.target), "the columns")
 
 
+def _unit_name(column: str | None) -> str | None:
+    """What a units column counts, from its name ("bytes" -> "byte"), for the labels."""
+    if column is None:
+        return None
+    singular = column.lower().removesuffix("s").removeprefix("n_").removeprefix("num_")
+    return singular if singular in ("byte", "char", "character", "word") else None
+
+
 def _metric(args: argparse.Namespace, task: str) -> Metric:
     pos_weight = args.pos_weight
+    if task == "tokens":
+        for flag in ("class_weight", "ignore_index", "pos_weight", "sum_tol"):
+            if getattr(args, flag) is not None:
+                raise _UsageError(f"--{flag.replace('_', '-')}: does not apply to token values")
+        if args.label_smoothing:
+            raise _UsageError("--label-smoothing: does not apply to token values")
+        return TokenCrossEntropy(
+            input=_TOKEN_INPUTS[args.input],
+            unit=_unit_name(args.units),
+            per_document=args.per_class,
+            engine=args.engine,
+        )
     if task == "multiclass":
         if pos_weight is not None:
             raise _UsageError("--pos-weight applies to binary and multi-label tasks")
@@ -471,14 +525,16 @@ _format_value = format_value
 def _table(result: Report | GroupedReport) -> str:
     out = io.StringIO()
     overall = result.overall if isinstance(result, GroupedReport) else result
-    width = max(len(name) for name in _TABLE_FIELDS)
+    width = overall.label_width()
     for name in _TABLE_FIELDS:
         value = getattr(overall, name)
         if value is not None:
-            out.write(f"{name:<{width}}  {_format_value(value)}\n")
+            out.write(f"{overall.label(name):<{width}}  {_format_value(value)}\n")
     with pl.Config(tbl_rows=200, tbl_cols=20, tbl_hide_dataframe_shape=True):
         if overall.per_class is not None:
             out.write(f"\n{overall.per_class}\n")
+        if overall.per_document is not None:
+            out.write(f"\n{overall.per_document}\n")
         if isinstance(result, GroupedReport):
             columns = [*result.by, "count", "loss", "stderr", "perplexity", "accuracy"]
             out.write(f"\n{result.to_polars().select(columns)}\n")
@@ -522,6 +578,7 @@ def _csv(result: Report | GroupedReport) -> str:
 def _flat(report: Report) -> dict[str, Any]:
     data = report.to_dict()
     data.pop("per_class")
+    data.pop("per_document", None)  # a table of its own (--format json has it)
     ci = data.pop("ci95")
     data["ci95_low"], data["ci95_high"] = (None, None) if ci is None else ci
     return data
@@ -623,7 +680,8 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
             label="95% interval",
             zorder=2,
         )
-    if grouped and history and history[-1]["groups"]:
+    curve = grouped and _is_curve(result)
+    if grouped and not curve and history and history[-1]["groups"]:
         for index, key in enumerate(history[-1]["groups"]):
             points = [(h["rows"], h["groups"][key]) for h in history if key in h["groups"]]
             line_axes.plot(
@@ -641,7 +699,9 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
     if overall.ci95 is not None:
         title += f" ± {(overall.ci95[1] - overall.ci95[0]) / 2:.2g} (95%)"
     line_axes.set_title(f"{title} over {overall.count:,} rows")
-    if grouped:
+    if curve:
+        _curve(axes.pop(0), result)
+    elif grouped:
         _bars(
             axes.pop(0),
             [
@@ -669,6 +729,40 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
         )
     figure.tight_layout()
     return figure
+
+
+#: Groups of one numeric key from which ``--plot`` draws a curve instead of bars.
+_CURVE_GROUPS = 12
+
+
+def _is_curve(result: GroupedReport) -> bool:
+    """Many groups of one numeric key (a token's position in its context, a step, a
+    length): a curve of the loss against the key says more than a bar per group."""
+    keys = [key[0] for key in result.groups]
+    numeric = all(isinstance(k, int | float) and not isinstance(k, bool) for k in keys)
+    return len(result.by) == 1 and numeric and len(keys) > _CURVE_GROUPS
+
+
+def _curve(axes: Any, result: GroupedReport) -> None:
+    """Loss against the (numeric) group key with its 95% band: a per-position curve."""
+    points = sorted((key[0], report) for key, report in result.groups.items())
+    xs = [x for x, _ in points]
+    axes.plot(xs, [r.loss for _, r in points], color="C1", label="loss")
+    banded = [(x, r.ci95) for x, r in points if r.ci95 is not None]
+    if banded:
+        axes.fill_between(
+            [b[0] for b in banded],
+            [max(b[1][0], 0.0) for b in banded],
+            [b[1][1] for b in banded],
+            alpha=0.25,
+            color="C1",
+            label="95% interval",
+        )
+    axes.axhline(result.overall.loss, color="0.5", linewidth=1, linestyle="--", label="overall")
+    axes.set_xlabel(result.by[0])
+    axes.set_ylabel("loss (nats)")
+    axes.set_title(f"loss by {result.by[0]} ({len(points):,} groups)")
+    axes.legend(fontsize="small")
 
 
 def _settled_ylim(axes: Any, history: list[dict[str, Any]], batch_means: list[float]) -> None:
@@ -731,6 +825,8 @@ def _plot(path: str, history: list[dict[str, Any]], result: Report | GroupedRepo
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if not args.target and args.input not in _TOKEN_INPUTS:
+        raise _UsageError("--target is required (except for --input target-logprob / target-nll)")
     if args.dask is not None:
         _check_dask_args(args)
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the long run
@@ -743,10 +839,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         preds, target = None, args.target[0]
     else:
         preds = args.preds[0] if len(args.preds) == 1 else args.preds
-        target = args.target[0] if len(args.target) == 1 else args.target
+        target = args.target and (args.target[0] if len(args.target) == 1 else args.target)
     options = {
         "preds": preds,
         "target": target,
+        **({"document": args.document} if args.document else {}),
+        **({"units": args.units} if args.units else {}),
         "sample_weight": args.sample_weight,
         "by": args.by,
         "classes": args.classes,
@@ -791,7 +889,7 @@ def _resolve_columns(args: argparse.Namespace) -> pl.Schema | None:
             raise _UsageError(
                 "--preds: a .npy source is the predictions array itself; leave --preds out"
             )
-        if len(args.target) != 1:
+        if not args.target or len(args.target) != 1:
             raise _UsageError("--target: a .npy source takes one .npy file of targets")
         return None
     if args.preds is None:
@@ -802,7 +900,8 @@ def _resolve_columns(args: argparse.Namespace) -> pl.Schema | None:
     schema = _schema(args.source)
     names = list(schema.names())
     args.preds = _expand_columns(args.preds, names, "--preds")
-    args.target = _expand_columns(args.target, names, "--target")
+    if args.target:
+        args.target = _expand_columns(args.target, names, "--target")
     if args.by:
         args.by = _expand_columns(args.by, names, "--by")
     return schema

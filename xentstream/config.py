@@ -15,7 +15,17 @@ import numpy as np
 from xentstream._errors import show
 from xentstream._kernels.layout import INPUT_KINDS
 
-__all__ = ["BinaryConfig", "LossConfig", "MulticlassConfig", "MultilabelConfig"]
+__all__ = [
+    "TOKEN_INPUTS",
+    "BinaryConfig",
+    "LossConfig",
+    "MulticlassConfig",
+    "MultilabelConfig",
+    "TokenConfig",
+]
+
+#: Values of ``input=`` of the token kind: target log-probabilities, or their negatives.
+TOKEN_INPUTS = ("logprobs", "nll")
 
 
 def machine_eps(dtype: Any) -> float:
@@ -228,3 +238,31 @@ class MultilabelConfig(LossConfig):
                 )
         object.__setattr__(self, "pos_weight", value)
         object.__setattr__(self, "per_label", _check_flag("per_label", self.per_label))
+
+
+@dataclass(frozen=True)
+class TokenConfig(LossConfig):
+    """Configuration of the token kind (:mod:`xentstream.tokens`): one value a row.
+
+    ``input``: ``"logprobs"`` (target log-probabilities) or ``"nll"``; ``unit``: what
+    the units count (``"byte"``, ``"character"``, ``"word"``; a label for reports);
+    ``per_document``: keep the per-document table in the report.
+    """
+
+    kind: ClassVar[str] = "tokens"
+    input: str = "logprobs"
+    unit: str | None = None
+    per_document: bool = False
+
+    def __post_init__(self) -> None:
+        if self.input not in TOKEN_INPUTS:
+            raise ValueError(f"input: must be one of {list(TOKEN_INPUTS)}, got {self.input!r}")
+        if self.eps != "auto" or self.sum_tol is not None:
+            raise ValueError("eps, sum_tol: token values are not probabilities; leave them unset")
+        object.__setattr__(self, "validate", _check_flag("validate", self.validate))
+        if self.unit is not None and (not isinstance(self.unit, str) or not self.unit.strip()):
+            raise ValueError(f"unit: must be a non-empty string or None, got {show(self.unit)}")
+        object.__setattr__(self, "per_document", _check_flag("per_document", self.per_document))
+
+    def resolve_eps(self, dtype: np.dtype) -> float:
+        return 0.0

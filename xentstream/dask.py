@@ -345,6 +345,8 @@ def evaluate(
     split_every: int = 8,
     scheduler: Any = None,
     task_threads: int | None = None,
+    document: str | None = None,
+    units: str | None = None,
 ) -> Report | GroupedReport:
     """:func:`xentstream.evaluate` on a Dask cluster, bitwise equal to one process.
 
@@ -373,9 +375,10 @@ def evaluate(
         partition.
     metric : Metric
         Updated in place, as by :func:`xentstream.evaluate`.
-    preds, target, sample_weight, by, classes, batch_rows
+    preds, target, sample_weight, by, classes, batch_rows, document, units
         As in :func:`xentstream.evaluate`; ``batch_rows`` bounds the memory of each
-        task.
+        task. A document's rows may lie in several partitions (the per-document
+        states merge by document id).
     partition_rows : int
         Rows per partition of a file source (partitions never span two files).
     split_every : int
@@ -426,7 +429,14 @@ def evaluate(
     """
     dask = require_dask()
     run = Evaluation.of(
-        metric, preds=preds, target=target, sample_weight=sample_weight, by=by, classes=classes
+        metric,
+        preds=preds,
+        target=target,
+        sample_weight=sample_weight,
+        by=by,
+        classes=classes,
+        document=document,
+        units=units,
     )
     spec = run.spec
     if isinstance(split_every, bool) or not isinstance(split_every, int) or split_every < 2:

@@ -204,12 +204,18 @@ class GroupState:
         group_sums: np.ndarray,
         group_counts: np.ndarray,
         label_counts: np.ndarray | None = None,
+        documents: dict[int, Any] | None = None,
     ) -> None:
         """Add each group's sums of one batch (``group_sums[code]``, ``group_counts[code]``,
-        hard-label counts if kept) to its metric; groups without rows are skipped."""
+        hard-label counts if kept) to its metric; groups without rows are skipped.
+        ``documents``: per group code, the group's per-document sums (the token kind's
+        ``TokenBatch.group_documents``)."""
         for code in np.flatnonzero(group_counts.sum(axis=1)):
             labels = None if label_counts is None else label_counts[code]
-            self.metrics[code].state.add(group_sums[code], group_counts[code], label_counts=labels)
+            extra = {} if documents is None else {"documents": documents[int(code)]}
+            self.metrics[code].state.add(
+                group_sums[code], group_counts[code], label_counts=labels, **extra
+            )
 
     def to_json(self) -> list[dict[str, Any]]:
         """``[{"key": [...], "state": metric state}, ...]`` in code order; temporal and
@@ -669,6 +675,8 @@ class Evaluation:
         sample_weight: Any = None,
         by: Any = None,
         classes: Any = None,
+        document: str | None = None,
+        units: str | None = None,
     ) -> Evaluation:
         """An evaluation of ``metric`` from :func:`evaluate`'s column arguments.
 
@@ -676,16 +684,29 @@ class Evaluation:
         ------
         TypeError
             If ``metric`` is not an xentstream metric.
+        ValueError
+            For ``document`` / ``units`` given to a metric that takes no such column.
         """
         if not isinstance(metric, Metric):
             raise TypeError(f"metric: expected an xentstream metric, got {type(metric).__name__}")
         by_columns = (by,) if isinstance(by, str) else tuple(by or ())
+        # Side columns (the token kind's documents and units) go to metrics that take them.
+        takes = metric.kind.side_columns
+        for name, column in (("document", document), ("units", units)):
+            if column is not None and (name not in takes or not isinstance(column, str)):
+                raise ValueError(
+                    f"{name}: a column name, for a metric that takes it (TokenCrossEntropy); "
+                    f"got {show(column)} for a {type(metric).__name__}"
+                )
         spec = ColumnSpec(
             preds=preds,
             target=target,
             sample_weight=sample_weight,
             by=by_columns,
             classes=None if classes is None else tuple(classes),
+            document=document,
+            units=units,
+            target_optional=metric.kind.target_optional,
         )
         return cls(metric, spec)
 
@@ -795,6 +816,10 @@ def _run(
             n_groups = 1 if groups is None else len(groups.keys)
             if rows == 0:
                 _warn_if_probabilities(batch.preds, metric)
+            side = {}
+            if batch.extras:  # with their column names, for the metric's messages
+                names_of = {f"{key}_name": column for key, column in spec.side_columns().items()}
+                side = {**batch.extras, **names_of}
             result = metric.accumulate(
                 batch.preds,
                 batch.target,
@@ -805,12 +830,15 @@ def _run(
                 # Rows of this source, as the feeders' own errors (nulls) count them,
                 # whatever the metric held before.
                 row_offset=metric.rows_seen - base,
+                **side,
             )
             if groups is not None and result.group_sums is not None:
                 labels = metric.group_label_counts(
                     batch.target, batch.sample_weight, codes, len(groups.keys)
                 )
-                groups.absorb(result.group_sums, result.group_counts, labels)
+                # Per-document sums per group: only token batches with documents have them.
+                documents = getattr(result, "group_documents", None)
+                groups.absorb(result.group_sums, result.group_counts, labels, documents)
             if batch.n_rows:
                 # Metric rows per source row: 1, or T for (N, T, C) batches; None once
                 # it varies (then only the saved metric's own counts are checked).
@@ -972,6 +1000,8 @@ def evaluate(
     progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_key: str | None = None,
+    document: str | None = None,
+    units: str | None = None,
 ) -> Report | GroupedReport:
     """Run ``metric`` over every row of ``source`` in bounded batches; return its report.
 
@@ -1013,6 +1043,10 @@ def evaluate(
         A name for the source, stored in the checkpoint and compared on resume:
         required to checkpoint an iterable of batches (change it whenever the data
         change), an extra guard for other sources.
+    document, units : str, optional
+        For :class:`~xentstream.TokenCrossEntropy`: the column of document ids (any
+        order of rows) and of per-row unit counts (bytes, characters, words). Its
+        ``target`` is the optional mask column.
 
     Returns
     -------
@@ -1042,7 +1076,14 @@ def evaluate(
     2
     """
     run = Evaluation.of(
-        metric, preds=preds, target=target, sample_weight=sample_weight, by=by, classes=classes
+        metric,
+        preds=preds,
+        target=target,
+        sample_weight=sample_weight,
+        by=by,
+        classes=classes,
+        document=document,
+        units=units,
     )
     for _ in run.feed(
         source,
@@ -1068,6 +1109,8 @@ def stream(
     progress: bool | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_key: str | None = None,
+    document: str | None = None,
+    units: str | None = None,
 ) -> Iterator[Report | GroupedReport]:
     """Like :func:`evaluate`, but yield the running report after each batch.
 
@@ -1079,7 +1122,14 @@ def stream(
     [1, 2]
     """
     run = Evaluation.of(
-        metric, preds=preds, target=target, sample_weight=sample_weight, by=by, classes=classes
+        metric,
+        preds=preds,
+        target=target,
+        sample_weight=sample_weight,
+        by=by,
+        classes=classes,
+        document=document,
+        units=units,
     )
     for _ in run.feed(
         source,

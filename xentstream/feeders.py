@@ -13,7 +13,7 @@ import glob
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,9 @@ class ColumnSpec:
     ``preds``: one Array/List column, a list of column names, or a polars selector.
     ``target``: a column name, or names (multi-label / soft targets).
     ``classes``: class names, mapping string or categorical labels to indices.
+    ``document`` / ``units``: per-row side columns of the token kind (document ids, unit
+    counts), handed to the metric as ``Batch.extras``; ``target_optional``: the metric
+    runs without a target column (the token kind's target is an optional mask).
     """
 
     preds: Any = None
@@ -85,6 +88,14 @@ class ColumnSpec:
     sample_weight: str | None = None
     by: tuple[str, ...] = ()
     classes: tuple[Any, ...] | None = None
+    document: str | None = None
+    units: str | None = None
+    target_optional: bool = False
+
+    def side_columns(self) -> dict[str, str]:
+        """The side columns given: argument name -> column name."""
+        named = {"document": self.document, "units": self.units}
+        return {key: column for key, column in named.items() if column is not None}
 
     def names(self) -> ColumnNames:
         """How errors name the columns."""
@@ -103,6 +114,8 @@ class Batch:
     sample_weight: Any
     keys: pl.DataFrame | None  # the ``by`` columns of these rows
     n_rows: int
+    #: Side columns (``ColumnSpec.side_columns``) by argument name: ``document``, ``units``.
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class Feeder:
@@ -391,7 +404,7 @@ def _read_error(paths: Sequence[Path], error: Exception) -> ValueError:
 
 def _resolve_columns(schema: pl.Schema, spec: ColumnSpec) -> tuple[list[str], list[str]]:
     """(prediction columns, target columns) named by the spec, checked against the schema."""
-    if spec.preds is None or spec.target is None:
+    if spec.preds is None or (spec.target is None and not spec.target_optional):
         raise ValueError("preds and target: column names are required for frame and file sources")
     if cs.is_selector(spec.preds):
         pred_columns = cs.expand_selector(schema, spec.preds)
@@ -402,9 +415,12 @@ def _resolve_columns(schema: pl.Schema, spec: ColumnSpec) -> tuple[list[str], li
         pred_columns = [spec.preds]
     else:
         pred_columns = list(spec.preds)
-    target_columns = [spec.target] if isinstance(spec.target, str) else list(spec.target)
+    if spec.target is None:
+        target_columns = []
+    else:
+        target_columns = [spec.target] if isinstance(spec.target, str) else list(spec.target)
     needed = [*pred_columns, *target_columns, *([spec.sample_weight] if spec.sample_weight else [])]
-    needed += list(spec.by)
+    needed += list(spec.by) + list(spec.side_columns().values())
     missing = [name for name in needed if name not in schema]
     if missing:
         raise ValueError(
@@ -463,7 +479,9 @@ def _frame_feeder(
         )
     if batch_rows is None:
         batch_rows = default_batch_rows(_prediction_width(schema, pred_columns))
-    columns = list(dict.fromkeys([*pred_columns, *target_columns, *spec.by]))
+    columns = list(
+        dict.fromkeys([*pred_columns, *target_columns, *spec.by, *spec.side_columns().values()])
+    )
     if spec.sample_weight:
         columns.append(spec.sample_weight)
     total = frame.height if eager else None
@@ -478,6 +496,7 @@ def _frame_feeder(
             "sample_weight": spec.sample_weight,
             "by": list(spec.by),
             "classes": None if classes is None else [str(c) for c in classes],
+            **spec.side_columns(),
         },
     }
     described_columns = fingerprint["columns"]
@@ -597,12 +616,14 @@ def _frame_batch(
     classes: tuple[Any, ...] | None,
     offset: int,
 ) -> Batch:
-    needed = [*pred_columns, *target_columns]
+    needed = [*pred_columns, *target_columns, *spec.side_columns().values()]
     if spec.sample_weight:
         needed.append(spec.sample_weight)
     _check_nulls(frame, needed, offset)
     preds = _matrix(frame, pred_columns, offset)
-    if len(target_columns) == 1 and not isinstance(
+    if not target_columns:  # an optional target (the token kind's mask) not given
+        target = None
+    elif len(target_columns) == 1 and not isinstance(
         frame[target_columns[0]].dtype, pl.Array | pl.List
     ):
         target = _labels(frame[target_columns[0]], classes, offset)
@@ -610,7 +631,10 @@ def _frame_batch(
         target = _matrix(frame, target_columns, offset)
     weights = frame[spec.sample_weight].to_numpy() if spec.sample_weight else None
     keys = frame.select(spec.by) if spec.by else None
-    return Batch(preds, target, weights, keys, frame.height)
+    extras = {name: frame[column] for name, column in spec.side_columns().items()}
+    if "units" in extras:
+        extras["units"] = extras["units"].to_numpy()
+    return Batch(preds, target, weights, keys, frame.height, extras)
 
 
 # -- .npy files -----------------------------------------------------------------------------
@@ -637,6 +661,9 @@ def _npy_feeder(
         raise ValueError("target: a .npy source needs target= (a .npy path or an array)")
     if spec.by:
         raise ValueError("by: grouping needs a frame or file source with group columns")
+    if spec.side_columns():
+        name = next(iter(spec.side_columns()))
+        raise ValueError(f"{name}: a side column needs a frame or file source that holds it")
     preds = _load_npy(paths[0], "preds")
     target = _load_npy(spec.target, "target")
     weights = None if spec.sample_weight is None else _load_npy(spec.sample_weight, "sample_weight")
@@ -685,11 +712,20 @@ def _iterable_batches(source: Iterable[Any], spec: ColumnSpec, skip_rows: int) -
             batch = _frame_batch(item, pred_columns, target_columns, spec, classes, offset)
         elif isinstance(item, Mapping):
             preds = item[_key(item, spec.preds, "preds")]
-            target = item[_key(item, spec.target, "target")]
+            if spec.target_optional and _key_name(spec.target, "target") not in item:
+                target = None
+            else:
+                target = item[_key(item, spec.target, "target")]
             weight_key = spec.sample_weight or "sample_weight"
             weights = item.get(weight_key)
-            batch = Batch(preds, target, weights, None, _length(preds))
+            extras = {
+                name: item[_key(item, column, name)] for name, column in spec.side_columns().items()
+            }
+            batch = Batch(preds, target, weights, None, _length(preds), extras)
         elif isinstance(item, tuple) and len(item) in (2, 3):
+            if spec.side_columns():
+                name = next(iter(spec.side_columns()))
+                raise ValueError(f"{name}: tuple batches have no side columns; use dicts or frames")
             weights = item[2] if len(item) == 3 else None
             batch = Batch(item[0], item[1], weights, None, _length(item[0]))
         else:
@@ -708,8 +744,12 @@ def _iterable_batches(source: Iterable[Any], spec: ColumnSpec, skip_rows: int) -
         yield batch
 
 
+def _key_name(name: Any, default: str) -> str:
+    return name if isinstance(name, str) else default
+
+
 def _key(item: Mapping, name: Any, default: str) -> str:
-    key = name if isinstance(name, str) else default
+    key = _key_name(name, default)
     if key not in item:
         raise ValueError(f"source: batch dict has no {key!r} entry (keys: {list(item)[:10]})")
     return key
@@ -731,4 +771,7 @@ def _tail(batch: Batch, start: int) -> Batch:
     keys = None if batch.keys is None else batch.keys.slice(start)
     preds = np.asarray(batch.preds) if isinstance(batch.preds, list) else batch.preds
     target = np.asarray(batch.target) if isinstance(batch.target, list) else batch.target
-    return Batch(cut(preds), cut(target), cut(batch.sample_weight), keys, batch.n_rows - start)
+    extras = {name: cut(value) for name, value in batch.extras.items()}
+    return Batch(
+        cut(preds), cut(target), cut(batch.sample_weight), keys, batch.n_rows - start, extras
+    )

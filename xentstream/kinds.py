@@ -11,7 +11,7 @@ Examples
 --------
 >>> from xentstream.kinds import KINDS
 >>> [kind.name for kind in KINDS.values()]
-['multiclass', 'binary', 'multilabel']
+['multiclass', 'binary', 'multilabel', 'tokens']
 >>> KINDS["multilabel"].class_axis, KINDS["multilabel"].per_class_field
 ('label', 'per_label')
 """
@@ -27,7 +27,15 @@ import numpy as np
 from xentstream import report
 from xentstream._batch import BatchSums, binary_batch, multiclass_batch, multilabel_batch
 from xentstream._inputs import as_array
-from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
+from xentstream._tokens import TokenState, token_batch, token_report_fields
+from xentstream.accumulator import ExactState
+from xentstream.config import (
+    BinaryConfig,
+    LossConfig,
+    MulticlassConfig,
+    MultilabelConfig,
+    TokenConfig,
+)
 
 __all__ = ["KINDS", "Kind", "kind_of"]
 
@@ -76,6 +84,17 @@ class Kind:
     row_denominators : callable or None
         ``row_denominators(config, target, n_rows, n_classes)``: each row's ``d_i``
         (-1 for ignored rows), for the windowed loss; None: every ``d_i`` is 1.
+    state : type
+        Its :class:`~xentstream.accumulator.ExactState` class (a subclass for kinds
+        that keep more exact state, with their own state-file ``SECTIONS``).
+    extra_report : callable or None
+        ``extra_report(config, state) -> dict``: :class:`~xentstream.Report` fields the
+        kind sets beyond the common ones (the token kind's documents and units).
+    side_columns : tuple of str
+        Per-row columns besides preds / target / sample_weight that the kind's metric
+        takes (``evaluate(document=..., units=...)``).
+    target_optional : bool
+        Whether a source may leave the target out (the token kind's target is a mask).
     """
 
     name: str
@@ -94,6 +113,10 @@ class Kind:
     per_class_frame: Callable[..., Any]
     label_counts: Callable[..., np.ndarray | None] | None = None
     row_denominators: Callable[..., np.ndarray] | None = None
+    state: type[ExactState] = ExactState
+    extra_report: Callable[..., dict[str, Any]] | None = None
+    side_columns: tuple[str, ...] = ()
+    target_optional: bool = False
 
     def per_class(self, config: LossConfig) -> bool:
         """Whether ``config`` keeps per-class sums."""
@@ -222,6 +245,28 @@ KINDS: dict[str, Kind] = {
             has_accuracy=False,
             label_entropy=report.per_label_entropy,
             per_class_frame=report.label_frame,
+        ),
+        Kind(
+            name="tokens",
+            config=TokenConfig,
+            batch=token_batch,
+            class_axis=None,
+            count_field=None,
+            per_class_field=None,
+            loss_weights_field=None,
+            class_weights_denominator=False,
+            one_class_per_row=False,
+            counts_labels=False,
+            # The log-loss of the token that came under a distribution over the
+            # vocabulary: exp(loss) is the corpus perplexity.
+            has_perplexity=True,
+            has_accuracy=False,
+            label_entropy=lambda sums, class_sums, label_counts: None,
+            per_class_frame=report.label_frame,
+            state=TokenState,
+            extra_report=token_report_fields,
+            side_columns=("document", "units"),
+            target_optional=True,
         ),
     )
 }

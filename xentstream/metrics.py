@@ -287,7 +287,7 @@ class Metric:
     def reset(self) -> Metric:
         """Forget every row seen; the config (and inferred class count) is kept."""
         with self._lock:
-            self.state = ExactState(counts_labels=self.kind.counts_labels)
+            self.state = self.kind.state(counts_labels=self.kind.counts_labels)
             self._window = _Window(self.window) if self.window else None
         return self
 
@@ -465,7 +465,7 @@ class Metric:
         if state.class_sums is None and zero_classes:
             class_sums = accumulator.empty(zero_classes, layout.N_CLASS_SUMS)
             class_counts = np.zeros(zero_classes, dtype=np.int64)
-        return build_report(
+        report = build_report(
             kind=self.kind,
             state=state,
             unweighted=not self.kind.loss_weighted(self.config),
@@ -473,6 +473,9 @@ class Metric:
             class_sums=class_sums,
             class_counts=class_counts,
         )
+        if self.kind.extra_report is None:
+            return report
+        return replace(report, **self.kind.extra_report(self.config, state))
 
     def _window_loss(self) -> float | None:
         return self._window.loss() if self._window is not None else None
@@ -577,7 +580,12 @@ class Metric:
         """
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError("state: not an xentstream metric state (missing 'format')")
-        unknown = sorted(set(state) - set(_STATE_KEYS))
+        claimed = state.get("metric")
+        by_name = cls is Metric and isinstance(claimed, str)
+        named = Metric._registry.get(claimed, cls) if by_name else cls
+        # A kind with more exact state has more sections (named's: the class it holds).
+        sections = named.kind.state.SECTIONS if named is not Metric else ()
+        unknown = sorted(set(state) - set(_STATE_KEYS) - set(sections))
         if unknown:  # read exactly as written, or not at all
             shown = ", ".join(show(k, 30) for k in unknown[:3])
             raise ValueError(f"state: unknown keys {shown}{', ...' if len(unknown) > 3 else ''}")
@@ -609,7 +617,7 @@ class Metric:
                 raise ValueError("class_sums: a list, and only with per_class / per_label")
             if state.get("label_counts") is not None and not cls.kind.counts_labels:
                 raise ValueError(f"label_counts: a {cls.__name__} state holds none")
-            exact = ExactState.from_json(
+            exact = cls.kind.state.from_json(
                 state, per_class=per_class, counts_labels=cls.kind.counts_labels
             )
             if exact.class_sums is not None:

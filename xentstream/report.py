@@ -80,6 +80,14 @@ class Report:
         Mean loss over the last ``window`` counted rows, when the metric has a window.
     per_class : polars.DataFrame or None
         Per-class (per-label) statistics when requested.
+    documents, document_perplexity, clustered_stderr, units, bits_per_unit, \
+bits_per_unit_stderr, per_document, unit
+        Language-model fields of :class:`~xentstream.TokenCrossEntropy` (None for the
+        other metrics): the number of documents, the mean of the per-document
+        perplexities, the standard error of ``loss`` clustered by document, the units'
+        total, the bits per unit and its standard error, the per-document table
+        (:mod:`xentstream.tokens` gives the formulas); ``unit`` names what the units
+        count (``"byte"``: tables say ``bits_per_byte``).
     """
 
     loss: float
@@ -97,6 +105,14 @@ class Report:
     normalized_entropy: float | None
     window_loss: float | None
     per_class: pl.DataFrame | None = field(default=None, compare=False)
+    documents: int | None = None
+    document_perplexity: float | None = None
+    clustered_stderr: float | None = None
+    units: float | None = None
+    bits_per_unit: float | None = None
+    bits_per_unit_stderr: float | None = None
+    per_document: pl.DataFrame | None = field(default=None, compare=False)
+    unit: str | None = None
 
     def scalars(self, prefix: str = "") -> dict[str, float | int]:
         """The defined scalar fields as one flat dict, for loggers (TensorBoard, W&B,
@@ -121,25 +137,43 @@ class Report:
 
     def __str__(self) -> str:
         """One aligned ``name  value`` line per defined field, then the per-class table."""
-        lines = [f"{name:<{_WIDTH}}  {format_value(value)}" for name, value in self._shown()]
+        lines = [
+            f"{self.label(name):<{self.label_width()}}  {format_value(value)}"
+            for name, value in self._shown()
+        ]
         text = "\n".join(lines)
-        if self.per_class is not None:
-            import polars as pl
+        for table in (self.per_class, self.per_document):
+            if table is not None:
+                import polars as pl
 
-            with pl.Config(tbl_rows=50, tbl_cols=20, tbl_hide_dataframe_shape=True):
-                text += f"\n\n{self.per_class}"
+                with pl.Config(tbl_rows=50, tbl_cols=20, tbl_hide_dataframe_shape=True):
+                    text += f"\n\n{table}"
         return text
 
     def _repr_html_(self) -> str:
         """A two-column table in notebooks (and the per-class table below it)."""
         rows = "".join(
-            f"<tr><th style='text-align:left'>{name}</th><td>{format_value(value)}</td></tr>"
+            f"<tr><th style='text-align:left'>{self.label(name)}</th>"
+            f"<td>{format_value(value)}</td></tr>"
             for name, value in self._shown()
         )
         html = f"<table><caption>xentstream Report</caption>{rows}</table>"
-        if self.per_class is not None:
-            html += self.per_class._repr_html_()
+        for table in (self.per_class, self.per_document):
+            if table is not None:
+                html += table._repr_html_()
         return html
+
+    def label_width(self) -> int:
+        """Width of the name column of tables: the longest name shown, and at least the
+        common fields' longest (so that their tables keep one layout)."""
+        return max(_WIDTH, *(len(self.label(name)) for name, _ in self._shown()))
+
+    def label(self, name: str) -> str:
+        """How tables name field ``name``: ``bits_per_unit`` as ``bits_per_byte`` when
+        the units count bytes (:attr:`unit`)."""
+        if self.unit and name.startswith("bits_per_unit"):
+            return name.replace("unit", self.unit, 1)
+        return name
 
     def _shown(self) -> list[tuple[str, Any]]:
         return [
@@ -159,10 +193,12 @@ class Report:
         ['accuracy', 'bits', 'ci95', 'count']
         """
         data = {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
-        if self.per_class is not None:
-            data["per_class"] = [
-                {k: _json_value(v) for k, v in row.items()} for row in self.per_class.to_dicts()
-            ]
+        for name in ("per_class", "per_document"):
+            table = getattr(self, name)
+            if table is not None:
+                data[name] = [
+                    {k: _json_value(v) for k, v in row.items()} for row in table.to_dicts()
+                ]
         return data
 
 
@@ -184,6 +220,12 @@ SCALAR_FIELDS = (
     "kl",
     "normalized_entropy",
     "window_loss",
+    "documents",
+    "clustered_stderr",
+    "document_perplexity",
+    "units",
+    "bits_per_unit",
+    "bits_per_unit_stderr",
 )
 #: :data:`SCALAR_FIELDS` as flat columns (``ci95`` as two), as ``scalars()`` names them.
 FLAT_SCALAR_FIELDS = tuple(
@@ -191,7 +233,8 @@ FLAT_SCALAR_FIELDS = tuple(
     for name in SCALAR_FIELDS
     for part in (("ci95_low", "ci95_high") if name == "ci95" else (name,))
 )
-_WIDTH = max(map(len, SCALAR_FIELDS))
+#: The name column's least width: the longest name of the fields every kind shares.
+_WIDTH = len("normalized_entropy")
 
 
 def format_value(value: Any) -> str:

@@ -4,7 +4,8 @@ numba's on-disk cache keys a compiled kernel by the source file that defines it
 (``cpu.py``) only, so an edit to a helper module whose code it contains (``rows.py``,
 ``exact.py``, ``layout.py``) would silently reuse stale machine code. To prevent
 that, the first import compares a hash of all kernel sources with the one recorded
-beside the cache and, when they differ, touches ``cpu.py`` so numba recompiles.
+beside the cache and, when they differ, touches the modules that define cached
+kernels (``cpu.py``, ``tokens.py``) so numba recompiles.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import os
 from pathlib import Path
 
 _HERE = Path(__file__).parent
-_SOURCES = ("cpu.py", "rows.py", "exact.py", "layout.py", "fastmath.py")
+_SOURCES = ("cpu.py", "tokens.py", "rows.py", "exact.py", "layout.py", "fastmath.py")
+#: The modules whose kernels numba caches (the others are inlined into them).
+_CACHED = ("cpu.py", "tokens.py")
 _STAMP = _HERE / "__pycache__" / "kernel_sources.sha256"
 
 
@@ -26,7 +29,8 @@ def _invalidate_stale_cache() -> None:
         current = digest.hexdigest()
         if _STAMP.exists() and _STAMP.read_text() == current:
             return
-        os.utime(_HERE / "cpu.py")
+        for name in _CACHED:
+            os.utime(_HERE / name)
         _STAMP.parent.mkdir(exist_ok=True)
         _STAMP.write_text(current)
     except OSError:  # a read-only install cannot hold a stale cache of edited sources

@@ -70,6 +70,11 @@ TARGET_INVALID = 8
 TARGET_ROW_SUM = 9
 TARGET_NOT_PROBABILITY = 10
 SAMPLE_WEIGHT_INVALID = 11
+# Token values (one target log-probability or NLL a row, ``_kernels/tokens.py``).
+PRED_NEG_INF = 12  # a log-probability of -inf (the token had probability 0)
+PRED_NEGATIVE_NLL = 13
+UNITS_INVALID = 14  # units (bytes, characters, words) negative or not finite
+MASK_INVALID = 15  # a mask value other than 0 / 1
 
 #: Scalar options of one kernel call; a namedtuple so numba passes it by value.
 #: Always build it with :func:`kernel_options` so the field types never change
@@ -88,6 +93,13 @@ KernelOptions = namedtuple(
         "with_entropy",  # also accumulate H(p) and H(q) (costs a log per element)
     ],
 )
+
+
+#: Kernel options read straight from the config field of the same name, where a
+#: config has one holding a scalar (None: the default below). A new per-row option
+#: is a config field, a field here and its use in the kernels: the batch layer
+#: passes it on without naming it.
+CONFIG_OPTIONS = ("label_smoothing", "ignore_index", "pos_weight")
 
 
 def kernel_options(
