@@ -103,6 +103,10 @@ CASES = {
         lambda: xs.MultiLabelCrossEntropy(per_label=True),
         {"preds": "ml_p", "target": "ml_t"},
     ),
+    "multiclass-calibration": (
+        lambda: xs.CrossEntropy(calibration_bins=10),
+        {"preds": "p", "target": "y", "sample_weight": "w"},
+    ),
 }
 
 

@@ -84,3 +84,15 @@ def test_char_lm_both_dumps_agree() -> None:
     assert errors and float(errors[2]) > float(errors[1]) > 0.0, output  # correlated tokens
     # a trained model: well below the uniform perplexity over its ~90 characters
     assert float(tokens[1]) < 30.0, output
+
+
+def test_compare_models_prints_what_the_readme_shows() -> None:
+    pytest.importorskip("sklearn")
+    output = _run("compare_models.py")
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("\n## Is the new model better, and is it calibrated?\n")
+    section = readme[start : readme.index("\n## ", start + 1)]
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```$", section, flags=re.DOTALL | re.MULTILINE)
+    shown = [body for language, body in blocks if language == ""]
+    assert shown and shown[0].strip() == output.strip()
+    assert "logistic is better" in output

@@ -8,6 +8,8 @@ Examples
 """
 
 from xentstream._errors import ColumnNames, DataError
+from xentstream.comparing import GroupedComparison, compare
+from xentstream.comparison import Comparison, ComparisonReport, load
 from xentstream.config import BinaryConfig, MulticlassConfig, MultilabelConfig
 from xentstream.evaluation import GroupedReport, Interrupted, evaluate, stream
 from xentstream.functional import (
@@ -21,7 +23,6 @@ from xentstream.metrics import (
     CrossEntropy,
     Metric,
     MultiLabelCrossEntropy,
-    load,
 )
 from xentstream.report import Report
 from xentstream.tokens import TokenConfig, TokenCrossEntropy, token_cross_entropy
@@ -32,8 +33,11 @@ __all__ = [
     "BinaryConfig",
     "BinaryCrossEntropy",
     "ColumnNames",
+    "Comparison",
+    "ComparisonReport",
     "CrossEntropy",
     "DataError",
+    "GroupedComparison",
     "GroupedReport",
     "Interrupted",
     "Metric",
@@ -44,6 +48,7 @@ __all__ = [
     "TokenConfig",
     "TokenCrossEntropy",
     "binary_cross_entropy",
+    "compare",
     "cross_entropy",
     "entropy",
     "evaluate",

@@ -119,6 +119,8 @@ class BatchSums:
         Per-group sums when group codes were given (``sums`` is their exact total).
     group_counts : ndarray or None, shape (G, N_COUNTS)
         Per-group counters when group codes were given.
+    calibration : CalibrationState or None
+        The batch's reliability bins, set by a metric with ``calibration_bins``.
     """
 
     sums: np.ndarray
@@ -129,6 +131,7 @@ class BatchSums:
     n_classes: int
     group_sums: np.ndarray | None = None
     group_counts: np.ndarray | None = None
+    calibration: Any = None
 
     @property
     def n_rows(self) -> int:

@@ -686,8 +686,8 @@ class TokenState(ExactState):
 
     SECTIONS: ClassVar[tuple[str, ...]] = (*ExactState.SECTIONS, "unit_sums", "documents")
 
-    def __init__(self, *, counts_labels: bool = False) -> None:
-        super().__init__(counts_labels=counts_labels)
+    def __init__(self, *, counts_labels: bool = False, calibration_bins: int | None = None) -> None:
+        super().__init__(counts_labels=counts_labels, calibration_bins=calibration_bins)
         self.unit_sums = accumulator.empty(kernels.N_UNIT_SUMS)
         self.documents: _Documents | None = None
 
@@ -768,8 +768,20 @@ class TokenState(ExactState):
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], *, per_class: bool, counts_labels: bool) -> TokenState:
-        state = super().from_json(data, per_class=per_class, counts_labels=counts_labels)
+    def from_json(
+        cls,
+        data: dict[str, Any],
+        *,
+        per_class: bool,
+        counts_labels: bool,
+        calibration_bins: int | None = None,
+    ) -> TokenState:
+        state = super().from_json(
+            data,
+            per_class=per_class,
+            counts_labels=counts_labels,
+            calibration_bins=calibration_bins,
+        )
         unit_sums = data["unit_sums"]
         if not isinstance(unit_sums, dict) or set(unit_sums) != set(_UNIT_SUM_NAMES):
             raise ValueError(f"unit_sums must be an object with the keys {list(_UNIT_SUM_NAMES)}")

@@ -15,6 +15,7 @@ import numpy as np
 
 from xentstream._errors import show
 from xentstream._kernels import layout
+from xentstream._kernels.calibration import BIN_SUM_NAMES, BIN_WEIGHT, N_BIN_SUMS
 from xentstream._kernels.exact import (
     CHUNK_BITS,
     N_CHUNKS,
@@ -28,6 +29,7 @@ from xentstream._kernels.exact import (
 
 __all__ = [
     "N_SLOTS",
+    "CalibrationState",
     "ExactState",
     "check_addable",
     "empty",
@@ -253,6 +255,66 @@ def _add_label_counts(mine: np.ndarray | None, theirs: np.ndarray | None) -> np.
     return total
 
 
+class CalibrationState:
+    """Exact reliability bins: ``sums`` (n_bins, N_BIN_SUMS, N_SLOTS), ``counts`` (n_bins,)."""
+
+    def __init__(self, n_bins: int) -> None:
+        self.n_bins = n_bins
+        self.sums = empty(n_bins, N_BIN_SUMS)
+        self.counts = np.zeros(n_bins, dtype=np.int64)
+
+    def merge(self, other: CalibrationState) -> CalibrationState:
+        """Add ``other``'s bins (exact); returns ``self``."""
+        if other.n_bins != self.n_bins:
+            raise ValueError(f"calibration_bins: {self.n_bins} here, {other.n_bins} there")
+        merge_into(self.sums, other.sums)
+        self.counts += other.counts
+        return self
+
+    def copy(self) -> CalibrationState:
+        twin = CalibrationState(self.n_bins)
+        twin.sums, twin.counts = self.sums.copy(), self.counts.copy()
+        return twin
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bins": self.n_bins,
+            "counts": [int(c) for c in self.counts],
+            "sums": {name: to_json(self.sums[:, slot]) for slot, name in enumerate(BIN_SUM_NAMES)},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, n_bins: int) -> CalibrationState:
+        """Inverse of :meth:`to_json`; a ``ValueError`` naming the key otherwise."""
+        if not isinstance(data, dict) or set(data) != {"bins", "counts", "sums"}:
+            raise ValueError("calibration: must be an object with the keys bins, counts, sums")
+        if data["bins"] != n_bins or isinstance(data["bins"], bool):
+            raise ValueError(f"calibration.bins: {data['bins']!r}, but the config says {n_bins}")
+        counts = data["counts"]
+        if (
+            not isinstance(counts, list)
+            or len(counts) != n_bins
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
+            or sum(counts) >= 1 << 63
+        ):
+            raise ValueError(f"calibration.counts: must be {n_bins} non-negative integers")
+        sums = data["sums"]
+        if not isinstance(sums, dict) or set(sums) != set(BIN_SUM_NAMES):
+            raise ValueError(f"calibration.sums: must be an object with the keys {BIN_SUM_NAMES}")
+        state = cls(n_bins)
+        for slot, name in enumerate(BIN_SUM_NAMES):
+            try:
+                state.sums[:, slot] = from_json(sums[name], (n_bins,))
+            except ValueError as error:
+                raise ValueError(f"calibration.sums.{name}: {error}") from None
+        state.counts = np.array(counts, dtype=np.int64)
+        weights = state.sums[:, BIN_WEIGHT]
+        for k in range(n_bins):
+            if state.counts[k] == 0 and weights[k].any():
+                raise ValueError(f"calibration.sums.weight: bin {k} has weight but no rows")
+        return state
+
+
 class ExactState:
     """The exact state of one metric (or one group): every sum and counter it keeps.
 
@@ -269,6 +331,8 @@ class ExactState:
     label_counts : ndarray or None
         Exact counts of hard labels, for kinds that keep them; None when unknown
         (soft targets or sample weights were seen) or not kept.
+    calibration : CalibrationState or None
+        Reliability bins, for metrics with ``calibration_bins`` (not for groups).
 
     Every method that adds is all-or-nothing: a sum that would leave the
     accumulators' range raises before any part changed.
@@ -287,15 +351,19 @@ class ExactState:
         "class_sums",
         "class_counts",
         "label_counts",
+        "calibration",
     )
 
-    def __init__(self, *, counts_labels: bool = False) -> None:
+    def __init__(self, *, counts_labels: bool = False, calibration_bins: int | None = None) -> None:
         self.sums = empty(layout.N_SUMS)
         self.counts = np.zeros(layout.N_COUNTS, dtype=np.int64)
         self.class_sums: np.ndarray | None = None
         self.class_counts: np.ndarray | None = None
         self.label_counts: np.ndarray | None = (
             np.zeros(0, dtype=np.int64) if counts_labels else None
+        )
+        self.calibration: CalibrationState | None = (
+            None if calibration_bins is None else CalibrationState(calibration_bins)
         )
 
     @property
@@ -316,14 +384,22 @@ class ExactState:
         class_sums: np.ndarray | None = None,
         class_counts: np.ndarray | None = None,
         label_counts: np.ndarray | None = None,
+        calibration: CalibrationState | None = None,
     ) -> ExactState:
         """Add exact partial sums (a batch's, a group's share, another state's).
 
         ``label_counts`` None means the added rows' labels are unknown, which makes
-        this state's unknown too. Returns ``self``.
+        this state's unknown too. ``calibration``: the added rows' reliability bins
+        (a state without bins ignores them). Returns ``self``.
         """
         if class_sums is not None and self.class_sums is not None:
             check_addable(self.class_sums, class_sums)
+        if calibration is not None and self.calibration is not None:
+            if calibration.n_bins != self.calibration.n_bins:
+                raise ValueError(
+                    f"calibration_bins: {self.calibration.n_bins} here, {calibration.n_bins} there"
+                )
+            check_addable(self.calibration.sums, calibration.sums)
         merge_into(self.sums, sums)  # checked first: the last part that can fail
         self.counts += counts
         if class_sums is not None:
@@ -331,12 +407,19 @@ class ExactState:
             merge_into(self.class_sums, class_sums)
             self.class_counts += class_counts
         self.label_counts = _add_label_counts(self.label_counts, label_counts)
+        if calibration is not None and self.calibration is not None:
+            self.calibration.merge(calibration)
         return self
 
     def merge(self, other: ExactState) -> ExactState:
         """Add ``other`` into this state (``other`` is unchanged). Returns ``self``."""
         return self.add(
-            other.sums, other.counts, other.class_sums, other.class_counts, other.label_counts
+            other.sums,
+            other.counts,
+            other.class_sums,
+            other.class_counts,
+            other.label_counts,
+            other.calibration,
         )
 
     def copy(self) -> ExactState:
@@ -364,15 +447,25 @@ class ExactState:
             "class_sums": None if class_sums is None else to_json(class_sums),
             "class_counts": None if class_counts is None else [int(c) for c in class_counts],
             "label_counts": None if self.label_counts is None else self.label_counts.tolist(),
+            # Written only when kept: files of metrics without bins stay as they were.
+            **({} if self.calibration is None else {"calibration": self.calibration.to_json()}),
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], *, per_class: bool, counts_labels: bool) -> ExactState:
+    def from_json(
+        cls,
+        data: dict[str, Any],
+        *,
+        per_class: bool,
+        counts_labels: bool,
+        calibration_bins: int | None = None,
+    ) -> ExactState:
         """Inverse of :meth:`to_json`: structure and ranges checked, nothing else.
 
         ``per_class``: whether per-class sums may be present; ``counts_labels``:
-        whether label counts may be. Whether the numbers could come from real rows
-        is the metric's check.
+        whether label counts may be; ``calibration_bins``: the reliability bins that
+        must be present (None: none may be). Whether the numbers could come from real
+        rows is the metric's check.
 
         Raises
         ------
@@ -404,4 +497,13 @@ class ExactState:
             raise ValueError("label_counts: this kind of state holds none")
         # States written before label counts existed have none: unknown, not zero.
         state.label_counts = None if labels is None else counts_from_json(labels, "label_counts")
+        bins = data.get("calibration")
+        if calibration_bins is None and bins is not None:
+            raise ValueError("calibration: given, but the metric keeps no calibration_bins")
+        if calibration_bins is not None:
+            if bins is None:
+                raise ValueError(f"calibration: missing ({calibration_bins} calibration_bins)")
+            state.calibration = CalibrationState.from_json(bins, calibration_bins)
+            if int(state.calibration.counts.sum()) > int(state.counts.sum()) * (1 << 31):
+                raise ValueError("calibration.counts: more forecasts than rows could give")
         return state

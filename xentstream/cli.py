@@ -1,6 +1,7 @@
 """The ``xentstream`` command line (SPEC section 6).
 
-``evaluate`` runs a metric over prediction dumps; ``merge`` combines saved states.
+``evaluate`` runs a metric over prediction dumps; ``compare`` compares two models'
+predictions for the same rows (paired); ``merge`` combines saved states.
 Bad arguments and bad data exit with status 2 and one line on stderr, no traceback.
 
 argparse (standard library) rather than typer: no extra dependency, and its
@@ -32,6 +33,9 @@ import numpy as np
 import polars as pl
 
 from xentstream import __version__
+from xentstream.comparing import GroupedComparison, compare
+from xentstream.comparison import Comparison, ComparisonReport
+from xentstream.comparison import load as load_state
 from xentstream.evaluation import (
     GROUPED_FORMAT,
     GroupedReport,
@@ -46,7 +50,6 @@ from xentstream.metrics import (
     CrossEntropy,
     Metric,
     MultiLabelCrossEntropy,
-    load,
 )
 from xentstream.report import SCALAR_FIELDS, Report, format_value
 from xentstream.state import read_json, write_json_atomic
@@ -221,61 +224,14 @@ def _parser() -> argparse.ArgumentParser:
         "(default: the wide prediction column names)",
     )
     loss = run.add_argument_group("loss")
-    loss.add_argument(
-        "--task",
-        choices=("auto", "multiclass", "binary", "multilabel", "tokens"),
-        default="auto",
-        help="default: auto, from the columns' types and shapes: one score per row is "
-        "binary; labels with the predictions' shape minus the class axis are multiclass "
-        "(also (T, V) token logits with T labels); targets of the predictions' shape are "
-        "multi-label (soft multiclass targets need --task multiclass); --input "
-        "target-logprob / target-nll is the tokens task",
-    )
-    loss.add_argument(
-        "--input",
-        choices=("probs", "logprobs", "logits", *_TOKEN_INPUTS),
-        default="probs",
-        help="what the predictions hold (default: probs); target-logprob / target-nll: "
-        "one value a row, the log-probability (NLL) of the token that came",
-    )
-    loss.add_argument(
-        "--class-weight",
-        type=_float_list,
-        metavar="W,...",
-        help="multiclass: one weight per class (default: all 1)",
-    )
-    loss.add_argument(
-        "--pos-weight",
-        type=_float_list,
-        metavar="W[,...]",
-        help="binary and multi-label: weight of the positive term, one or one per label",
-    )
-    loss.add_argument(
-        "--ignore-index",
-        type=int,
-        metavar="K",
-        help="multiclass: drop rows (tokens) whose label is K, e.g. -100 for padding",
-    )
-    loss.add_argument(
-        "--label-smoothing",
-        type=float,
-        default=0.0,
-        metavar="E",
-        help="multiclass: mix the target with the uniform distribution (default: 0)",
-    )
-    loss.add_argument(
-        "--sum-tol",
-        type=float,
-        metavar="TOL",
-        help="tolerance of the sum-to-one checks of probability rows (default: sqrt of "
-        "the dtype's machine epsilon)",
-    )
+    _add_loss_options(loss)
     loss.add_argument(
         "--per-class",
         action="store_true",
         help="also report per-class (per-label) loss, counts and normalized entropy; "
         "tokens task: the per-document table",
     )
+    _add_calibration_flag(loss)
     running = run.add_argument_group("running")
     running.add_argument(
         "--batch-rows",
@@ -326,6 +282,8 @@ def _parser() -> argparse.ArgumentParser:
         help="draw the running loss with its 95%% band (per group with --by, per-class bars "
         "with --per-class); needs matplotlib",
     )
+
+    _add_compare_parser(commands)
 
     merge = commands.add_parser(
         "merge",
@@ -494,6 +452,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
             per_class=args.per_class,
             sum_tol=args.sum_tol,
             engine=args.engine,
+            calibration_bins=args.calibration_bins,
         )
     for flag in ("class_weight", "ignore_index"):
         if getattr(args, flag) is not None:
@@ -508,6 +467,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
             pos_weight=None if pos_weight is None else pos_weight[0],
             sum_tol=args.sum_tol,
             engine=args.engine,
+            calibration_bins=args.calibration_bins,
         )
     weight = pos_weight[0] if pos_weight is not None and len(pos_weight) == 1 else pos_weight
     return MultiLabelCrossEntropy(
@@ -516,6 +476,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
         per_label=args.per_class,
         sum_tol=args.sum_tol,
         engine=args.engine,
+        calibration_bins=args.calibration_bins,
     )
 
 
@@ -640,7 +601,8 @@ def _key_label(by: tuple[str, ...], key: tuple[Any, ...]) -> str:
 
 def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> Any:
     """The ``--plot`` figure: running loss (+ per-batch points, per-group lines), the
-    groups' losses and the per-class losses, each with its 95% interval."""
+    groups' losses and the per-class losses, each with its 95% interval, and the
+    reliability diagram with ``--calibration-bins``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -648,7 +610,7 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
 
     overall = result.overall if isinstance(result, GroupedReport) else result
     grouped = isinstance(result, GroupedReport) and bool(result.groups)
-    panels = 1 + grouped + (overall.per_class is not None)
+    panels = 1 + grouped + (overall.per_class is not None) + (overall.calibration is not None)
     figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
     axes = list(axes[0])
     line_axes = axes.pop(0)
@@ -727,6 +689,8 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
             None,
             f"mean loss per {column}",
         )
+    if overall.calibration is not None:  # --calibration-bins: the reliability diagram
+        overall.calibration.plot(ax=axes.pop(0))
     figure.tight_layout()
     return figure
 
@@ -1038,13 +1002,198 @@ def _merge(args: argparse.Namespace) -> int:
             write_json_atomic(args.save_state, grouped_state_dict(result))
         _write(_render(result, args.format), args.output)
         return 0
-    metrics = [load(path) for path in args.states]
+    metrics = [load_state(path) for path in args.states]
     merged = metrics[0]
     for other in metrics[1:]:
         merged.merge(other)
     if args.save_state:
         merged.save(args.save_state)
+    if isinstance(merged, Comparison):
+        _write(_render_comparison(merged.compute(), args.format), args.output)
+        return 0
     _write(_render(merged.compute(), args.format), args.output)
+    return 0
+
+
+def _add_compare_parser(commands: Any) -> None:
+    """``xentstream compare``: the loss options of ``evaluate``, two prediction columns."""
+    run = commands.add_parser(
+        "compare",
+        help="compare two models' predictions for the same rows (paired)",
+        description="Paired comparison of two models on the same rows: the mean per-row loss "
+        "difference (model - baseline), its standard error, 95%% interval and p-value, the "
+        "share of rows where each model is better, and each model's own report.",
+        formatter_class=_Formatter,
+    )
+    run.add_argument(
+        "source",
+        nargs="+",
+        metavar="SOURCE",
+        help="Parquet, Arrow IPC / Feather, CSV or NDJSON files or globs (one format)",
+    )
+    columns = run.add_argument_group("columns")
+    columns.add_argument(
+        "--preds",
+        nargs="+",
+        required=True,
+        metavar="COL",
+        help="the model's prediction column(s), as evaluate's --preds (patterns too)",
+    )
+    columns.add_argument(
+        "--baseline-preds",
+        nargs="+",
+        required=True,
+        metavar="COL",
+        help="the baseline model's prediction column(s), for the same rows",
+    )
+    columns.add_argument(
+        "--target", nargs="+", required=True, metavar="COL", help="target column(s), shared"
+    )
+    columns.add_argument("--sample-weight", metavar="COL", help="column of row weights")
+    columns.add_argument(
+        "--classes", type=_name_list, metavar="A,B,...", help="class names of string labels"
+    )
+    columns.add_argument(
+        "--baseline-source",
+        nargs="+",
+        metavar="FILE",
+        help="files holding --baseline-preds and --target for the same rows, in the same "
+        "order (default: SOURCE); their targets must match SOURCE's row by row",
+    )
+    columns.add_argument(
+        "--row-id", metavar="COL", help="with --baseline-source: a column checked to match"
+    )
+    columns.add_argument(
+        "--by", nargs="+", metavar="COL", help="group columns: a comparison per group as well"
+    )
+    loss = run.add_argument_group("loss")
+    _add_loss_options(loss)
+    _add_calibration_flag(loss)
+    running = run.add_argument_group("running")
+    running.add_argument("--batch-rows", type=int, metavar="N", help="rows per batch")
+    running.add_argument(
+        "--engine",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the kernels run (default: auto, the CPU for files)",
+    )
+    output = run.add_argument_group("output")
+    output.add_argument(
+        "--format", choices=("table", "json"), default="table", help="output format"
+    )
+    output.add_argument("--output", metavar="FILE", help="write the report here (default: stdout)")
+    output.add_argument(
+        "--save-state", metavar="FILE", help="write the exact comparison state (for merge)"
+    )
+
+
+def _add_loss_options(loss: Any) -> None:
+    """The options that make a metric (``_metric``), shared by evaluate and compare."""
+    loss.add_argument(
+        "--task",
+        choices=("auto", "multiclass", "binary", "multilabel", "tokens"),
+        default="auto",
+        help="default: auto, from the columns' types and shapes: one score per row is "
+        "binary; labels with the predictions' shape minus the class axis are multiclass "
+        "(also (T, V) token logits with T labels); targets of the predictions' shape are "
+        "multi-label (soft multiclass targets need --task multiclass); --input "
+        "target-logprob / target-nll is the tokens task",
+    )
+    loss.add_argument(
+        "--input",
+        choices=("probs", "logprobs", "logits", *_TOKEN_INPUTS),
+        default="probs",
+        help="what the predictions hold (default: probs); target-logprob / target-nll: "
+        "one value a row, the log-probability (NLL) of the token that came",
+    )
+    loss.add_argument(
+        "--class-weight",
+        type=_float_list,
+        metavar="W,...",
+        help="multiclass: one weight per class (default: all 1)",
+    )
+    loss.add_argument(
+        "--pos-weight",
+        type=_float_list,
+        metavar="W[,...]",
+        help="binary and multi-label: weight of the positive term, one or one per label",
+    )
+    loss.add_argument(
+        "--ignore-index",
+        type=int,
+        metavar="K",
+        help="multiclass: drop rows (tokens) whose label is K, e.g. -100 for padding",
+    )
+    loss.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=0.0,
+        metavar="E",
+        help="multiclass: mix the target with the uniform distribution (default: 0)",
+    )
+    loss.add_argument(
+        "--sum-tol",
+        type=float,
+        metavar="TOL",
+        help="tolerance of the sum-to-one checks of probability rows (default: sqrt of "
+        "the dtype's machine epsilon)",
+    )
+
+
+def _add_calibration_flag(group: Any) -> None:
+    group.add_argument(
+        "--calibration-bins",
+        type=int,
+        metavar="N",
+        help="also report calibration from N equal-width reliability bins (ECE, MCE, Brier "
+        "score; the top label for multiclass, the positive class otherwise), in the same pass",
+    )
+
+
+def _render_comparison(report: ComparisonReport | GroupedComparison, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(report.to_dict(), indent=2) + "\n"
+    return f"{report}\n"
+
+
+def _compare(args: argparse.Namespace) -> int:
+    if _is_npy(args.source):
+        raise _UsageError("compare: reads Parquet / IPC / CSV / NDJSON sources, not .npy")
+    args.per_class = False
+    if args.by and args.save_state:
+        raise _UsageError("--save-state: not with --by (a comparison's groups are not saved)")
+    schema = _resolve_columns(args)
+    baseline = args.baseline_source
+    baseline_schema = schema if baseline is None else _schema(baseline)
+    args.baseline_preds = _expand_columns(
+        args.baseline_preds, list(baseline_schema.names()), "--baseline-preds"
+    )
+    if args.row_id is not None and baseline is None:
+        raise _UsageError("--row-id: only with --baseline-source")
+    comparison = Comparison(_metric(args, _infer_task(args, schema)))
+
+    def one(columns: list[str]) -> Any:
+        return columns[0] if len(columns) == 1 else columns
+
+    report = compare(
+        args.source if len(args.source) > 1 else args.source[0],
+        comparison,
+        preds=one(args.preds),
+        baseline_preds=one(args.baseline_preds),
+        target=one(args.target),
+        sample_weight=args.sample_weight,
+        classes=args.classes,
+        baseline_source=None if baseline is None else one(baseline),
+        row_id=args.row_id,
+        by=args.by,
+        batch_rows=args.batch_rows,
+    )
+    if args.save_state:
+        comparison.save(args.save_state)
+    overall = report.overall if isinstance(report, GroupedComparison) else report
+    if overall.count + overall.model.ignored == 0:
+        warnings.warn("the source holds no rows: nothing was compared", stacklevel=1)
+    _write(_render_comparison(report, args.format), args.output)
     return 0
 
 
@@ -1115,7 +1264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command is None:  # bare ``xentstream``: what it does and how to start
                 parser.print_help()
                 return 0
-            return _evaluate(args) if args.command == "evaluate" else _merge(args)
+            commands = {"evaluate": _evaluate, "compare": _compare, "merge": _merge}
+            return commands[args.command](args)
     except _FAILURES as error:
         print(f"xentstream: error: {_with_flags(_one_line(error))}", file=sys.stderr)
         return 2

@@ -16,12 +16,14 @@ from xentstream._errors import show
 from xentstream._kernels.layout import INPUT_KINDS
 
 __all__ = [
+    "MAX_CALIBRATION_BINS",
     "TOKEN_INPUTS",
     "BinaryConfig",
     "LossConfig",
     "MulticlassConfig",
     "MultilabelConfig",
     "TokenConfig",
+    "check_calibration_bins",
 ]
 
 #: Values of ``input=`` of the token kind: target log-probabilities, or their negatives.
@@ -92,21 +94,48 @@ def _weight_tuple(name: str, values: Any, *, allow_zero: bool) -> tuple[float, .
     return tuple(float(v) for v in array)
 
 
+#: Most reliability bins a metric may keep (each is about 1.7 kB of exact state).
+MAX_CALIBRATION_BINS = 1 << 12
+#: Fields written only when set: files written before they existed stay readable (and
+#: equal to what this version writes for the same metric).
+_OPTIONAL_FIELDS = ("calibration_bins",)
+
+
+def check_calibration_bins(value: Any) -> int | None:
+    """``calibration_bins=``: None (no calibration) or a bin count in [1, 4096]."""
+    if value is None:
+        return None
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"calibration_bins: must be a positive integer or None, got {show(value)}")
+    if not 1 <= value <= MAX_CALIBRATION_BINS:
+        raise ValueError(
+            f"calibration_bins: must lie in [1, {MAX_CALIBRATION_BINS}], got {show(value)}"
+        )
+    return int(value)
+
+
 @dataclass(frozen=True)
 class LossConfig:
-    """Base of the loss configurations: options common to every loss."""
+    """Base of the loss configurations: options common to every loss.
+
+    ``calibration_bins``: also keep that many equal-width reliability bins
+    (:mod:`xentstream.calibration`); None keeps none.
+    """
 
     kind: ClassVar[str] = ""
     input: str = "probs"
     eps: float | str = "auto"
     sum_tol: float | None = None
     validate: bool = True
+    calibration_bins: int | None = None
 
     def __post_init__(self) -> None:
         _check_input(self.input)
         object.__setattr__(self, "eps", _check_eps(self.eps))
         object.__setattr__(self, "sum_tol", _check_sum_tol(self.sum_tol))
         object.__setattr__(self, "validate", _check_flag("validate", self.validate))
+        bins = check_calibration_bins(self.calibration_bins)
+        object.__setattr__(self, "calibration_bins", bins)
 
     def resolve_eps(self, dtype: np.dtype) -> float:
         """The clipping eps for inputs of ``dtype`` ("auto": machine eps, as scikit-learn).
@@ -127,9 +156,12 @@ class LossConfig:
         return self.sum_tol
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of every field, with the loss kind."""
+        """Plain JSON-able dict of every field (optional ones when set), with the loss kind."""
         data = asdict(self)
         data["kind"] = self.kind
+        for name in _OPTIONAL_FIELDS:
+            if data[name] is None:
+                del data[name]
         return data
 
     @classmethod
@@ -137,8 +169,8 @@ class LossConfig:
         """Inverse of :meth:`to_dict`; unknown or missing keys are a ``ValueError``."""
         if data.get("kind") != cls.kind:
             raise ValueError(f"config: kind {show(data.get('kind'))} is not {cls.kind!r}")
-        names = {f.name for f in fields(cls)}
         given = set(data) - {"kind"}
+        names = {f.name for f in fields(cls)} - (set(_OPTIONAL_FIELDS) - given)
         if given != names:
             wrong = sorted(map(str, given ^ names))
             shown = ", ".join(show(k) for k in wrong[:5]) + (", ..." if len(wrong) > 5 else "")
@@ -259,6 +291,12 @@ class TokenConfig(LossConfig):
             raise ValueError(f"input: must be one of {list(TOKEN_INPUTS)}, got {self.input!r}")
         if self.eps != "auto" or self.sum_tol is not None:
             raise ValueError("eps, sum_tol: token values are not probabilities; leave them unset")
+        if self.calibration_bins is not None:
+            # One log-probability a row: no forecast distribution to bin.
+            raise ValueError(
+                "calibration_bins: the tokens kind has no forecasts to calibrate (one "
+                "log-probability per row, not a distribution); leave it unset"
+            )
         object.__setattr__(self, "validate", _check_flag("validate", self.validate))
         if self.unit is not None and (not isinstance(self.unit, str) or not self.unit.strip()):
             raise ValueError(f"unit: must be a non-empty string or None, got {show(self.unit)}")

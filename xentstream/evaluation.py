@@ -179,6 +179,8 @@ class GroupState:
         flag = self.template.kind.per_class_field
         if flag is not None and getattr(config, flag):
             config = replace(config, **{flag: False})
+        if config.calibration_bins is not None:  # groups keep no reliability bins
+            config = replace(config, calibration_bins=None)
         return type(self.template).from_config(config, engine=self.template.engine, window=None)
 
     def codes(self, keys: pl.DataFrame) -> np.ndarray:

@@ -23,11 +23,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from xentstream import accumulator
+from xentstream import accumulator, calibration
 from xentstream._batch import ENGINES, BatchSums
 from xentstream._errors import DEFAULT_NAMES, ColumnNames, show
 from xentstream._inputs import as_array
 from xentstream._kernels import layout, load_cuda
+from xentstream._kernels.calibration import BIN_WEIGHT
 from xentstream.accumulator import ExactState
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
 from xentstream.kinds import KINDS, Kind
@@ -127,6 +128,30 @@ def _check_label_counts(metric: Metric) -> None:
     if metric.n_classes is not None and len(counts) > metric.n_classes:
         raise ValueError(
             f"label_counts: {len(counts)} classes, but the metric has {metric.n_classes}"
+        )
+
+
+def _check_calibration(metric: Metric) -> None:
+    """Reliability bins hold every counted row's forecasts (one per label for kinds with
+    a label axis) with the rows' exact weight."""
+    bins = metric.state.calibration
+    if bins is None:
+        return
+    per_row = (metric.n_classes or 0) if metric.kind.class_axis == "label" else 1
+    rows = int(metric.state.counts[layout.ROWS])
+    if int(bins.counts.sum()) != rows * per_row:
+        raise ValueError(
+            f"calibration.counts: {int(bins.counts.sum())} forecasts, but {rows} rows give "
+            f"{rows * per_row}"
+        )
+    weight = metric.state.sums[layout.WEIGHT]
+    binned = bins.sums[:, BIN_WEIGHT]
+    if accumulator.is_special(weight) or any(accumulator.is_special(row) for row in binned):
+        return
+    total = sum(accumulator.exact_integer(row) for row in binned)
+    if total != accumulator.exact_integer(weight) * per_row:
+        raise ValueError(
+            "calibration.sums.weight: does not add up to the rows' weight (sums.weight)"
         )
 
 
@@ -287,7 +312,10 @@ class Metric:
     def reset(self) -> Metric:
         """Forget every row seen; the config (and inferred class count) is kept."""
         with self._lock:
-            self.state = self.kind.state(counts_labels=self.kind.counts_labels)
+            self.state = self.kind.state(
+                counts_labels=self.kind.counts_labels,
+                calibration_bins=self.config.calibration_bins,
+            )
             self._window = _Window(self.window) if self.window else None
         return self
 
@@ -387,24 +415,76 @@ class Metric:
         batch's first row in error messages (default :attr:`rows_seen`).
         """
         with self._lock:
-            offset = self.rows_seen if row_offset is None else row_offset
-            batch = self.kind.batch(
-                self.config,
+            batch = self.run_batch(
                 preds,
                 target,
                 sample_weight,
-                keep_rows=self._window is not None,
-                with_entropy=True,
-                row_offset=offset,
                 names=names,
-                engine=self.engine,
                 groups=groups,
                 n_groups=n_groups,
+                row_offset=row_offset,
             )
-            if batch.n_rows:  # an empty batch is a no-op: no zeroed per-class state
+            self.absorb(batch, target, sample_weight)
+        return batch
+
+    def run_batch(
+        self,
+        preds: Any,
+        target: Any,
+        sample_weight: Any = None,
+        *,
+        names: ColumnNames = DEFAULT_NAMES,
+        groups: np.ndarray | None = None,
+        n_groups: int = 1,
+        row_offset: int | None = None,
+        keep_rows: bool = False,
+    ) -> BatchSums:
+        """The first half of :meth:`accumulate`: one validated kernel pass, nothing
+        absorbed (the state is unchanged). ``keep_rows``: also the per-row losses
+        (``batch.row_losses``, see :meth:`row_denominators`), as a paired comparison
+        of two metrics needs before it absorbs either batch."""
+        offset = self.rows_seen if row_offset is None else row_offset
+        batch = self.kind.batch(
+            self.config,
+            preds,
+            target,
+            sample_weight,
+            keep_rows=keep_rows or self._window is not None,
+            with_entropy=True,
+            row_offset=offset,
+            names=names,
+            engine=self.engine,
+            groups=groups,
+            n_groups=n_groups,
+        )
+        bins = self.config.calibration_bins
+        if bins is not None and batch.n_rows:
+            # The loss kernels validated every value above: the bins' pass needs no checks.
+            batch.calibration = calibration.batch_bins(
+                calibration.FORECASTS[self.kind.class_axis],
+                preds,
+                target,
+                sample_weight,
+                n_bins=bins,
+                input=self.config.input,
+                ignore_index=getattr(self.config, "ignore_index", None),
+                sum_tol=self.config.resolve_sum_tol(np.dtype(np.float64)),
+            )
+        return batch
+
+    def absorb(self, batch: BatchSums, target: Any, sample_weight: Any) -> None:
+        """The second half of :meth:`accumulate`: add a :meth:`run_batch` result of these
+        inputs to the state (an empty batch is a no-op: no zeroed per-class state)."""
+        with self._lock:
+            if batch.n_rows:
                 self._adopt_class_count(batch.n_classes)
                 self._absorb(batch, target, sample_weight)
-        return batch
+
+    def row_denominators(self, target: Any, batch: BatchSums) -> np.ndarray:
+        """Per-row denominators d_i of a batch with per-row losses (-1: an ignored row)."""
+        size = batch.row_losses.size
+        hook = self.kind.row_denominators
+        return np.ones(size) if hook is None else hook(self.config, target, size, batch.n_classes)
 
     def group_label_counts(
         self, target: Any, sample_weight: Any, codes: np.ndarray, n_groups: int
@@ -424,15 +504,17 @@ class Metric:
             label_counts = self.kind.label_counts(
                 self.config, target, sample_weight, batch.n_classes
             )
-        self.state.add(batch.sums, batch.counts, batch.class_sums, batch.class_counts, label_counts)
+        self.state.add(
+            batch.sums,
+            batch.counts,
+            batch.class_sums,
+            batch.class_counts,
+            label_counts,
+            batch.calibration,
+        )
         if self._window is not None and batch.row_losses is not None:
             losses = batch.row_losses.reshape(-1)
-            hook = self.kind.row_denominators
-            denominators = (
-                np.ones(losses.size)
-                if hook is None
-                else hook(self.config, target, losses.size, batch.n_classes)
-            )
+            denominators = self.row_denominators(target, batch)
             weights = (
                 np.ones_like(losses)
                 if sample_weight is None
@@ -618,7 +700,10 @@ class Metric:
             if state.get("label_counts") is not None and not cls.kind.counts_labels:
                 raise ValueError(f"label_counts: a {cls.__name__} state holds none")
             exact = cls.kind.state.from_json(
-                state, per_class=per_class, counts_labels=cls.kind.counts_labels
+                state,
+                per_class=per_class,
+                counts_labels=cls.kind.counts_labels,
+                calibration_bins=config.calibration_bins,
             )
             if exact.class_sums is not None:
                 width = exact.class_sums.shape[0]
@@ -637,6 +722,7 @@ class Metric:
                 metric._window.rows.extend(rows)
             _check_consistent(metric)
             _check_label_counts(metric)
+            _check_calibration(metric)
         except (KeyError, TypeError, IndexError, OverflowError) as error:
             raise ValueError(
                 f"state: malformed ({type(error).__name__}: {show(str(error))})"
@@ -707,6 +793,10 @@ class CrossEntropy(Metric):
         Where the kernels run.
     window : int, optional
         Also report the loss over the last ``window`` counted rows.
+    calibration_bins : int, optional
+        Also keep that many equal-width reliability bins of the top label's
+        probability (``Report.ece`` / ``mce`` / ``brier``, ``Report.calibration``;
+        :mod:`xentstream.calibration`), in the same pass over the batch.
 
     Examples
     --------
@@ -732,8 +822,10 @@ class CrossEntropy(Metric):
         validate: bool = True,
         engine: str = "auto",
         window: int | None = None,
+        calibration_bins: int | None = None,
     ) -> None:
         config = MulticlassConfig(
+            calibration_bins=calibration_bins,
             num_classes=num_classes,
             input=input,
             class_weight=class_weight,
@@ -758,6 +850,8 @@ class BinaryCrossEntropy(Metric):
         As in :func:`xentstream.binary_cross_entropy`.
     engine, window
         As in :class:`CrossEntropy`.
+    calibration_bins : int, optional
+        Reliability bins of the positive class's probability, as in :class:`CrossEntropy`.
 
     Examples
     --------
@@ -779,9 +873,15 @@ class BinaryCrossEntropy(Metric):
         validate: bool = True,
         engine: str = "auto",
         window: int | None = None,
+        calibration_bins: int | None = None,
     ) -> None:
         config = BinaryConfig(
-            input=input, pos_weight=pos_weight, eps=eps, sum_tol=sum_tol, validate=validate
+            input=input,
+            pos_weight=pos_weight,
+            eps=eps,
+            sum_tol=sum_tol,
+            validate=validate,
+            calibration_bins=calibration_bins,
         )
         super().__init__(config, engine=engine, window=window)
 
@@ -799,6 +899,9 @@ class MultiLabelCrossEntropy(Metric):
         Also keep exact per-label sums (``Report.per_class``, normalized entropy).
     engine, window
         As in :class:`CrossEntropy`.
+    calibration_bins : int, optional
+        Reliability bins of every label's probability (pooled), as in
+        :class:`CrossEntropy`.
 
     Examples
     --------
@@ -822,8 +925,10 @@ class MultiLabelCrossEntropy(Metric):
         validate: bool = True,
         engine: str = "auto",
         window: int | None = None,
+        calibration_bins: int | None = None,
     ) -> None:
         config = MultilabelConfig(
+            calibration_bins=calibration_bins,
             num_labels=num_labels,
             input=input,
             pos_weight=pos_weight,

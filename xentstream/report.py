@@ -26,11 +26,13 @@ import numpy as np
 
 from xentstream import accumulator
 from xentstream._kernels import layout
+from xentstream.calibration import build_calibration_report
 
 if TYPE_CHECKING:
     import polars as pl
 
     from xentstream.accumulator import ExactState
+    from xentstream.calibration import CalibrationReport
     from xentstream.kinds import Kind
 
 __all__ = ["FLAT_SCALAR_FIELDS", "SCALAR_FIELDS", "Report", "build_report"]
@@ -88,6 +90,13 @@ bits_per_unit_stderr, per_document, unit
         total, the bits per unit and its standard error, the per-document table
         (:mod:`xentstream.tokens` gives the formulas); ``unit`` names what the units
         count (``"byte"``: tables say ``bits_per_byte``).
+    ece, mce, brier : float or None
+        Expected and maximum calibration error and Brier score of the top label
+        (multiclass) or positive class (binary, each label), for metrics with
+        ``calibration_bins`` (:mod:`xentstream.calibration`).
+    calibration : CalibrationReport or None
+        The full calibration summary: the Brier score's decomposition, the binned
+        log-loss split and the reliability table (``calibration.plot()`` draws it).
     """
 
     loss: float
@@ -105,6 +114,10 @@ bits_per_unit_stderr, per_document, unit
     normalized_entropy: float | None
     window_loss: float | None
     per_class: pl.DataFrame | None = field(default=None, compare=False)
+    ece: float | None = None
+    mce: float | None = None
+    brier: float | None = None
+    calibration: CalibrationReport | None = field(default=None, compare=False)
     documents: int | None = None
     document_perplexity: float | None = None
     clustered_stderr: float | None = None
@@ -189,10 +202,12 @@ bits_per_unit_stderr, per_document, unit
         --------
         >>> import xentstream as xs
         >>> m = xs.CrossEntropy().update([[0.7, 0.3]], [0])
-        >>> sorted(m.compute().to_dict())[:4]
-        ['accuracy', 'bits', 'ci95', 'count']
+        >>> sorted(m.compute().to_dict())[:3]
+        ['accuracy', 'bits', 'brier']
         """
         data = {f.name: _json_value(getattr(self, f.name)) for f in fields(self)}
+        if self.calibration is not None:
+            data["calibration"] = self.calibration.to_dict()
         for name in ("per_class", "per_document"):
             table = getattr(self, name)
             if table is not None:
@@ -219,6 +234,9 @@ SCALAR_FIELDS = (
     "entropy",
     "kl",
     "normalized_entropy",
+    "ece",
+    "mce",
+    "brier",
     "window_loss",
     "documents",
     "clustered_stderr",
@@ -336,6 +354,7 @@ def build_report(
     per_class = None
     if class_sums is not None and class_counts is not None:
         per_class = kind.per_class_frame(class_sums, class_counts, weight)
+    bins = None if state.calibration is None else build_calibration_report(state.calibration)
     return Report(
         loss=loss,
         loss_sum=accumulator.to_float(sums[layout.LOSS]),
@@ -352,6 +371,10 @@ def build_report(
         normalized_entropy=normalized,
         window_loss=window_loss,
         per_class=per_class,
+        ece=None if bins is None else bins.ece,
+        mce=None if bins is None else bins.mce,
+        brier=None if bins is None else bins.brier,
+        calibration=bins,
     )
 
 

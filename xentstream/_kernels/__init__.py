@@ -1,11 +1,11 @@
 """Numba kernels: arrays in, exact accumulator arrays out (no Python objects).
 
 numba's on-disk cache keys a compiled kernel by the source file that defines it
-(``cpu.py``) only, so an edit to a helper module whose code it contains (``rows.py``,
-``exact.py``, ``layout.py``) would silently reuse stale machine code. To prevent
-that, the first import compares a hash of all kernel sources with the one recorded
-beside the cache and, when they differ, touches the modules that define cached
-kernels (``cpu.py``, ``tokens.py``) so numba recompiles.
+(``cpu.py``, ``tokens.py``, ``paired.py``, ``calibration.py``) only, so an edit to a
+helper module whose code it contains (``rows.py``, ``exact.py``, ``layout.py``) would
+silently reuse stale machine code. To prevent that, the first import compares a hash of
+all kernel sources with the one recorded beside the cache and, when they differ,
+touches the cached modules so numba recompiles.
 """
 
 from __future__ import annotations
@@ -15,9 +15,18 @@ import os
 from pathlib import Path
 
 _HERE = Path(__file__).parent
-_SOURCES = ("cpu.py", "tokens.py", "rows.py", "exact.py", "layout.py", "fastmath.py")
-#: The modules whose kernels numba caches (the others are inlined into them).
-_CACHED = ("cpu.py", "tokens.py")
+_SOURCES = (
+    "cpu.py",
+    "rows.py",
+    "exact.py",
+    "layout.py",
+    "fastmath.py",
+    "tokens.py",
+    "paired.py",
+    "calibration.py",
+)
+#: Modules with cached kernels that contain code of the other sources.
+_CACHED = ("cpu.py", "tokens.py", "paired.py", "calibration.py")
 _STAMP = _HERE / "__pycache__" / "kernel_sources.sha256"
 
 

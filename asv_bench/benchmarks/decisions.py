@@ -1,0 +1,128 @@
+"""What deciding costs beside the loss: a paired comparison of two models, reliability bins.
+
+``time_`` benchmarks stream 64k-row batches (C=10, float32) through
+
+- ``plain``: one ``CrossEntropy`` (one model's loss, the reference);
+- ``two_models``: two ``CrossEntropy`` metrics, one per model (what a comparison
+  replaces);
+- ``comparison``: one ``xs.Comparison`` over both models (two loss passes with per-row
+  losses, plus the exact paired sums);
+- ``calibration``: one ``CrossEntropy(calibration_bins=15)``.
+
+``track_cost_ratio`` is the cost of each relative to its reference, medians of
+interleaved rounds in one process: the comparison against two plain metrics (the same
+two loss passes; the issue's target is at most 1.3) and against one, calibration
+against a plain metric. **Lower is better**; 1.0 costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import xentstream as xs
+
+from . import common
+
+N_CLASSES = 10
+BINS = 15
+RATIO_UNIT = "cost ratio (lower is better)"
+
+
+def _batches(input: str) -> list[tuple]:
+    step = common.batch_rows()
+    rows = common.rows_for(N_CLASSES, common.elements())
+    logits, labels = common.logits_and_labels(rows, N_CLASSES, "float32", "decisions")
+    other, _ = common.logits_and_labels(rows, N_CLASSES, "float32", "decisions", 1)
+    if input == "probs":
+        logits = common.softmax(logits).astype("float32")
+        other = common.softmax(other).astype("float32")
+    return [
+        (logits[start : start + step], other[start : start + step], labels[start : start + step])
+        for start in range(0, rows, step)
+    ]
+
+
+def _plain(batches: list[tuple], input: str) -> float:
+    metric = xs.CrossEntropy(num_classes=N_CLASSES, input=input)
+    for preds, _, labels in batches:
+        metric.update(preds, labels)
+    return metric.value
+
+
+def _two_models(batches: list[tuple], input: str) -> float:
+    model = xs.CrossEntropy(num_classes=N_CLASSES, input=input)
+    baseline = xs.CrossEntropy(num_classes=N_CLASSES, input=input)
+    for preds, other, labels in batches:
+        model.update(preds, labels)
+        baseline.update(other, labels)
+    return model.value - baseline.value
+
+
+def _comparison(batches: list[tuple], input: str) -> float:
+    comparison = xs.Comparison(xs.CrossEntropy(num_classes=N_CLASSES, input=input))
+    for preds, other, labels in batches:
+        comparison.update(preds, other, labels)
+    return comparison.value
+
+
+def _calibration(batches: list[tuple], input: str) -> float:
+    metric = xs.CrossEntropy(num_classes=N_CLASSES, input=input, calibration_bins=BINS)
+    for preds, _, labels in batches:
+        metric.update(preds, labels)
+    return metric.value
+
+
+_RUNS = {
+    "plain": _plain,
+    "two_models": _two_models,
+    "comparison": _comparison,
+    "calibration": _calibration,
+}
+#: ratio name -> (measured, reference)
+_RATIOS = {
+    "comparison_vs_two_models": ("comparison", "two_models"),
+    "comparison_vs_plain": ("comparison", "plain"),
+    "calibration_vs_plain": ("calibration", "plain"),
+}
+
+
+class Decisions:
+    """Streaming updates: one metric, two, a comparison, a metric with reliability bins."""
+
+    params = (common.INPUTS, list(_RUNS))
+    param_names = ("input", "run")
+
+    def setup(self, input: str, run: str) -> None:
+        self.batches = _batches(input)
+        _RUNS[run](self.batches, input)  # JIT warm-up
+
+    def time_update(self, input: str, run: str) -> None:
+        _RUNS[run](self.batches, input)
+
+    def peakmem_update(self, input: str, run: str) -> None:
+        _RUNS[run](self.batches, input)
+
+
+class CostRatio:
+    """The cost of a comparison and of reliability bins relative to plain loss passes."""
+
+    params = (common.INPUTS, list(_RATIOS))
+    param_names = ("input", "ratio")
+    timeout = 300.0
+
+    def setup(self, input: str, ratio: str) -> None:
+        self.batches = _batches(input)
+        for name in _RATIOS[ratio]:
+            _RUNS[name](self.batches, input)  # JIT warm-up
+
+    def track_cost_ratio(self, input: str, ratio: str) -> float:
+        """Measured time / reference time: lower is better (1.0: no extra cost)."""
+        measured, reference = _RATIOS[ratio]
+        times = common.medians(
+            {
+                name: (lambda run=_RUNS[name]: run(self.batches, input))
+                for name in (measured, reference)
+            },
+            common.repeats(),
+        )
+        return times[measured] / times[reference]
+
+    track_cost_ratio.unit = RATIO_UNIT

@@ -1,0 +1,356 @@
+"""Calibration beside the loss: reliability bins with exact sums (SPEC section 9).
+
+A model is calibrated when, among the rows it gives probability ``f``, the outcome
+happens a share ``f`` of the time. The forecasts are binned into ``n_bins``
+equal-width bins (:mod:`xentstream._kernels.calibration`): the top label's
+probability and its correctness for multiclass (*top-label* calibration, as
+torchmetrics' ``CalibrationError(task="multiclass")``), the positive class's
+probability and the target for binary and for each label of a multi-label row. Each
+bin keeps exact sums of the weight, ``s f``, ``s o``, ``s f^2``, ``s f o`` and
+``s o^2``, so bins merge exactly across batches, files and machines.
+
+From the bins (``W_k`` the weight of bin k, ``W`` the total, ``f_k`` and ``o_k`` the
+bin's mean forecast and outcome, ``o`` the overall mean outcome):
+
+- ``ece = sum_k W_k |o_k - f_k| / W``; ``mce = max_k |o_k - f_k|`` over non-empty bins;
+- ``brier = sum s (f - o)^2 / W``, exact from the bins' sums (not binned): the top-label
+  Brier score for multiclass, scikit-learn's ``brier_score_loss`` for binary;
+- Murphy's decomposition of the Brier score, *binned*: ``reliability = sum_k W_k (f_k -
+  o_k)^2 / W``, ``resolution = sum_k W_k (o_k - o)^2 / W``, ``uncertainty = o (1 - o)``;
+  ``brier = reliability - resolution + uncertainty + within_bin``, where ``within_bin``
+  is what binning leaves out (the within-bin variance and covariance terms of
+  Stephenson et al. 2008, and for soft targets ``E o^2 - E o``); it is small when
+  the bins are narrow;
+- the log loss of the same binary forecasts split the same binned way:
+  ``log_loss_calibration = sum_k W_k KL(o_k || f_k) / W`` and
+  ``log_loss_refinement = sum_k W_k H(o_k) / W`` (Bernoulli KL and entropy; binned
+  estimators, not the model's log loss itself).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numba
+import numpy as np
+
+from xentstream import accumulator
+from xentstream._inputs import as_array, binary_columns
+from xentstream._kernels import calibration as kernels
+from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS
+from xentstream._kernels.layout import INPUT_KINDS
+from xentstream.accumulator import CalibrationState
+
+if TYPE_CHECKING:
+    import polars as pl
+
+__all__ = ["FORECASTS", "CalibrationReport", "batch_bins", "build_calibration_report"]
+
+_MIN_BLOCK_ROWS = 1 << 14
+
+
+def _blocks(n: int) -> int:
+    blocks = max(1, min(numba.get_num_threads() * 4, n // _MIN_BLOCK_ROWS))
+    return max(blocks, -(-n // MAX_TERMS_PER_BLOCK))
+
+
+def _weights(sample_weight: Any, rows: int) -> np.ndarray:
+    if sample_weight is None:
+        return np.empty(0, dtype=np.float64)
+    weights = as_array(sample_weight, "sample_weight").astype(np.float64, copy=False)
+    return np.ascontiguousarray(weights).reshape(-1)[:rows] if weights.size else weights
+
+
+#: The forecast a kind's rows make, by its class axis (``Kind.class_axis``): the top
+#: class of a distribution, the positive class of a binary row, each label of a row.
+FORECASTS = {"class": "top_label", None: "positive_class", "label": "each_label"}
+
+
+def batch_bins(
+    forecast: str,
+    preds: Any,
+    target: Any,
+    sample_weight: Any,
+    *,
+    n_bins: int,
+    input: str,
+    ignore_index: int | None = None,
+    sum_tol: float = 0.0,
+) -> CalibrationState:
+    """The reliability bins of one batch the loss kernels already validated.
+
+    ``forecast``: ``"top_label"`` (multiclass rows: the most probable class and whether
+    it is right), ``"positive_class"`` (binary rows, predict_proba layouts included) or
+    ``"each_label"`` (multi-label rows: every label's positive class); see
+    :data:`FORECASTS`.
+    """
+    input_kind = INPUT_KINDS[input]
+    state = CalibrationState(n_bins)
+    preds = as_array(preds, "preds", floating=True)
+    target = as_array(target, "target")
+    if forecast not in FORECASTS.values():
+        raise ValueError(f"forecast: must be one of {sorted(FORECASTS.values())}, got {forecast!r}")
+    if forecast == "top_label":
+        n_classes = preds.shape[-1]
+        rows = np.ascontiguousarray(preds).reshape(-1, n_classes)
+        n = rows.shape[0]
+        soft = target.ndim == preds.ndim
+        labels = np.empty(0, np.int64) if soft else target.reshape(-1).astype(np.int64)
+        distributions = (
+            np.ascontiguousarray(target, dtype=np.float64).reshape(-1, n_classes)
+            if soft
+            else np.empty((0, n_classes), np.float64)
+        )
+        sums = np.zeros((_blocks(n), n_bins, kernels.N_BIN_SUMS, N_SLOTS), np.int64)
+        counts = np.zeros((sums.shape[0], n_bins), np.int64)
+        if n:
+            kernels.top_label_bins(
+                rows,
+                labels,
+                distributions,
+                _weights(sample_weight, n),
+                input_kind,
+                0 if ignore_index is None else ignore_index,
+                ignore_index is not None,
+                sums,
+                counts,
+            )
+    else:
+        if forecast == "positive_class":
+            preds, target = binary_columns(
+                preds, target, input=input, sum_tol=sum_tol, validate=False, name="preds"
+            )
+            width = 1
+        else:
+            width = preds.shape[-1] if preds.ndim else 1
+        flat = np.ascontiguousarray(preds).reshape(-1)
+        outcomes = np.ascontiguousarray(target, dtype=np.float64).reshape(-1)
+        n = flat.shape[0]
+        sums = np.zeros((_blocks(n), n_bins, kernels.N_BIN_SUMS, N_SLOTS), np.int64)
+        counts = np.zeros((sums.shape[0], n_bins), np.int64)
+        if n:
+            kernels.positive_class_bins(
+                flat,
+                outcomes,
+                _weights(sample_weight, n // max(width, 1)),
+                max(width, 1),
+                input_kind,
+                sums,
+                counts,
+            )
+    for block in range(sums.shape[0]):
+        accumulator.merge_into(state.sums, sums[block])
+    state.counts = counts.sum(axis=0)
+    return state
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """Calibration of a model's probabilities from reliability bins (module docstring).
+
+    Attributes
+    ----------
+    bins : int
+        Number of equal-width bins.
+    count : int
+        Forecasts binned (rows; rows times labels for multi-label).
+    ece, mce : float or None
+        Expected and maximum calibration error (L1, weighted by the bins' weight).
+    brier : float or None
+        Brier score of the binned forecasts (top label / positive class), exact.
+    reliability, resolution, uncertainty, within_bin : float or None
+        Murphy's decomposition of ``brier`` (``reliability - resolution +
+        uncertainty + within_bin``), binned.
+    log_loss_calibration, log_loss_refinement : float or None
+        The binned calibration / refinement split of the forecasts' log loss.
+    table : polars.DataFrame
+        Per bin: ``lower``, ``upper``, ``count``, ``weight``, ``confidence`` (mean
+        forecast) and ``accuracy`` (mean outcome): the reliability diagram.
+    """
+
+    bins: int
+    count: int
+    ece: float | None
+    mce: float | None
+    brier: float | None
+    reliability: float | None
+    resolution: float | None
+    uncertainty: float | None
+    within_bin: float | None
+    log_loss_calibration: float | None
+    log_loss_refinement: float | None
+    table: pl.DataFrame | None = field(default=None, compare=False)
+
+    def scalars(self, prefix: str = "calibration/") -> dict[str, float | int]:
+        """The defined scalar fields, flat (for loggers)."""
+        out: dict[str, float | int] = {}
+        for name in SCALARS:
+            value = getattr(self, name)
+            if value is not None:
+                out[f"{prefix}{name}"] = value
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Strict-JSON-able dict, the table as a list of row dicts."""
+        data: dict[str, Any] = {name: _json(getattr(self, name)) for name in ("bins", *SCALARS)}
+        data["table"] = (
+            None
+            if self.table is None
+            else [{k: _json(v) for k, v in row.items()} for row in self.table.to_dicts()]
+        )
+        return data
+
+    def __str__(self) -> str:
+        width = max(map(len, SCALARS))
+        return "\n".join(
+            f"{name:<{width}}  {value:.6g}"
+            if isinstance(value, float)
+            else f"{name:<{width}}  {value}"
+            for name, value in ((n, getattr(self, n)) for n in ("bins", *SCALARS))
+            if value is not None
+        )
+
+    def plot(self, ax: Any = None) -> Any:
+        """Draw the reliability diagram (needs matplotlib); returns the axes."""
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:  # pragma: no cover - the plot extra
+            raise ImportError('plot: needs matplotlib: pip install "xentstream[plot]"') from None
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4.5, 4.5))
+        table = self.table
+        centers = ((table["lower"] + table["upper"]) / 2).to_numpy()
+        accuracy = table["accuracy"].to_numpy()
+        width = 1.0 / self.bins
+        ax.bar(
+            centers, np.nan_to_num(accuracy), width=width * 0.95, color="#4c72b0", label="outcome"
+        )
+        ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="calibrated")
+        ax.plot(centers, table["confidence"].to_numpy(), "o", color="#dd8452", label="confidence")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("observed frequency")
+        ece = "n/a" if self.ece is None else f"{self.ece:.4f}"
+        ax.set_title(f"reliability (ECE {ece})")
+        ax.legend(loc="upper left")
+        return ax
+
+
+#: Scalar fields in reading order.
+SCALARS = (
+    "count",
+    "ece",
+    "mce",
+    "brier",
+    "reliability",
+    "resolution",
+    "uncertainty",
+    "within_bin",
+    "log_loss_calibration",
+    "log_loss_refinement",
+)
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _bernoulli_entropy(p: float) -> float:
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return -(p * math.log(p) + (1.0 - p) * math.log1p(-p))
+
+
+def _bernoulli_kl(o: float, f: float) -> float:
+    """KL(Bernoulli(o) || Bernoulli(f)), 0 log 0 = 0."""
+    total = 0.0
+    for a, b in ((o, f), (1.0 - o, 1.0 - f)):
+        if a > 0.0:
+            total += a * (math.log(a / b) if b > 0.0 else math.inf)
+    return max(total, 0.0)
+
+
+def build_calibration_report(state: CalibrationState) -> CalibrationReport:
+    """Every :class:`CalibrationReport` field from exact bins."""
+    import polars as pl
+
+    n_bins = state.n_bins
+    values = accumulator.to_floats(state.sums)  # (n_bins, N_BIN_SUMS), correctly rounded
+    weight = values[:, kernels.BIN_WEIGHT]
+    count = int(state.counts.sum())
+    total = accumulator.to_float(_column_total(state, kernels.BIN_WEIGHT))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        confidence = np.where(weight > 0, values[:, kernels.BIN_CONFIDENCE] / weight, np.nan)
+        accuracy = np.where(weight > 0, values[:, kernels.BIN_OUTCOME] / weight, np.nan)
+    edges = np.arange(n_bins + 1) / n_bins
+    table = pl.DataFrame(
+        {
+            "bin": np.arange(n_bins, dtype=np.int64),
+            "lower": edges[:-1],
+            "upper": edges[1:],
+            "count": state.counts.astype(np.int64),
+            "weight": weight,
+            "confidence": confidence,
+            "accuracy": accuracy,
+        }
+    )
+    if not total > 0.0 or not math.isfinite(total):
+        return CalibrationReport(n_bins, count, *([None] * 9), table=table)
+    used = weight > 0
+    gaps = np.abs(accuracy[used] - confidence[used])
+    shares = weight[used] / total
+    ece = math.fsum(shares * gaps)
+    mce = float(gaps.max())
+    sums = {
+        slot: accumulator.to_float(_column_total(state, slot)) for slot in range(kernels.N_BIN_SUMS)
+    }
+    brier = (
+        math.fsum(
+            (
+                sums[kernels.BIN_CONFIDENCE_SQUARED],
+                -2.0 * sums[kernels.BIN_PRODUCT],
+                sums[kernels.BIN_OUTCOME_SQUARED],
+            )
+        )
+        / total
+    )
+    base_rate = sums[kernels.BIN_OUTCOME] / total
+    reliability = math.fsum(shares * (confidence[used] - accuracy[used]) ** 2)
+    resolution = math.fsum(shares * (accuracy[used] - base_rate) ** 2)
+    uncertainty = base_rate * (1.0 - base_rate)
+    within_bin = brier - (reliability - resolution + uncertainty)
+    kl = [
+        _bernoulli_kl(float(o), float(f))
+        for o, f in zip(accuracy[used], confidence[used], strict=True)
+    ]
+    calibration_term = math.fsum(shares * np.array(kl))
+    refinement = math.fsum(
+        shares * np.array([_bernoulli_entropy(float(o)) for o in accuracy[used]])
+    )
+    return CalibrationReport(
+        bins=n_bins,
+        count=count,
+        ece=ece,
+        mce=mce,
+        brier=brier,
+        reliability=reliability,
+        resolution=resolution,
+        uncertainty=uncertainty,
+        within_bin=within_bin,
+        log_loss_calibration=calibration_term,
+        log_loss_refinement=refinement,
+        table=table,
+    )
+
+
+def _column_total(state: CalibrationState, slot: int) -> np.ndarray:
+    """The exact total over bins of one slot, as one accumulator row."""
+    total = accumulator.empty(1)
+    for k in range(state.n_bins):
+        accumulator.merge_into(total, state.sums[k : k + 1, slot])
+    return total[0]
