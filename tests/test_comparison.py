@@ -475,3 +475,20 @@ def test_command_line_compare_by(rng, tmp_path, capsys):
     assert "p_value" in capsys.readouterr().out
     assert cli.main([*argv, "--by", "g", "--save-state", str(tmp_path / "s.json")]) == 2
     assert "--save-state" in capsys.readouterr().err
+
+
+def test_token_metrics_are_refused_with_a_reason(tmp_path, capsys):
+    """Pairing token log-probabilities is not built: a clear refusal, never a crash."""
+    with pytest.raises(TypeError, match="cannot be compared yet"):
+        xs.Comparison(xs.TokenCrossEntropy())
+    path = tmp_path / "tokens.parquet"
+    pl.DataFrame({"a": [-0.5, -1.0], "b": [-0.7, -0.2]}).write_parquet(path)
+    common = [str(path), "--preds", "a", "--input", "target-logprob"]
+    runs = [
+        ["compare", *common, "--baseline-preds", "b", "--target", "a"],
+        ["evaluate", *common, "--calibration-bins", "5"],
+    ]
+    for argv, needle in zip(runs, ["cannot be compared yet", "--calibration-bins"], strict=True):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("xentstream: error:") and needle in err

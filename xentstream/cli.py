@@ -45,6 +45,7 @@ from xentstream.evaluation import (
     merge_grouped_states,
     stream,
 )
+from xentstream.kinds import KINDS
 from xentstream.metrics import (
     BinaryCrossEntropy,
     CrossEntropy,
@@ -399,8 +400,8 @@ def _infer_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
         raise _UsageError(f"--input {args.input}: is the tokens task, not {args.task}")
     if tokens:
         return "tokens"
-    for flag in ("document", "units"):
-        if getattr(args, flag) is not None:
+    for flag in ("document", "units"):  # evaluate's flags (compare has none)
+        if getattr(args, flag, None) is not None:
             raise _UsageError(f"--{flag}: applies to --input target-logprob / target-nll")
     if args.task != "auto":
         return args.task
@@ -427,6 +428,13 @@ def _unit_name(column: str | None) -> str | None:
     return singular if singular in ("byte", "char", "character", "word") else None
 
 
+def _pairable_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
+    task = _infer_task(args, schema)
+    if not KINDS[task].pairable:
+        raise _UsageError(f"compare: the {task} task cannot be compared yet (not built)")
+    return task
+
+
 def _metric(args: argparse.Namespace, task: str) -> Metric:
     pos_weight = args.pos_weight
     if task == "tokens":
@@ -435,6 +443,11 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
                 raise _UsageError(f"--{flag.replace('_', '-')}: does not apply to token values")
         if args.label_smoothing:
             raise _UsageError("--label-smoothing: does not apply to token values")
+        if getattr(args, "calibration_bins", None) is not None:
+            raise _UsageError(
+                "--calibration-bins: token values are one log-probability a row, with no "
+                "forecast distribution to calibrate"
+            )
         return TokenCrossEntropy(
             input=_TOKEN_INPUTS[args.input],
             unit=_unit_name(args.units),
@@ -1170,7 +1183,7 @@ def _compare(args: argparse.Namespace) -> int:
     )
     if args.row_id is not None and baseline is None:
         raise _UsageError("--row-id: only with --baseline-source")
-    comparison = Comparison(_metric(args, _infer_task(args, schema)))
+    comparison = Comparison(_metric(args, _pairable_task(args, schema)))
 
     def one(columns: list[str]) -> Any:
         return columns[0] if len(columns) == 1 else columns

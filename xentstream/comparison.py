@@ -261,6 +261,11 @@ def _check_metric(metric: Any) -> Metric:
             "metric: must be a metric object such as xs.CrossEntropy(...), "
             f"got {type(metric).__name__}"
         )
+    if not metric.kind.pairable:
+        raise TypeError(
+            f"metric: a {type(metric).__name__} cannot be compared yet (paired comparison "
+            f"of the {metric.kind.name} kind is not built)"
+        )
     return metric
 
 

@@ -95,6 +95,9 @@ class Kind:
         takes (``evaluate(document=..., units=...)``).
     target_optional : bool
         Whether a source may leave the target out (the token kind's target is a mask).
+    pairable : bool
+        Whether :class:`~xentstream.Comparison` can pair two of its metrics (it needs
+        the kind's per-row losses and denominators from ``batch``).
     """
 
     name: str
@@ -117,6 +120,7 @@ class Kind:
     extra_report: Callable[..., dict[str, Any]] | None = None
     side_columns: tuple[str, ...] = ()
     target_optional: bool = False
+    pairable: bool = True
 
     def per_class(self, config: LossConfig) -> bool:
         """Whether ``config`` keeps per-class sums."""
@@ -267,6 +271,8 @@ KINDS: dict[str, Kind] = {
             extra_report=token_report_fields,
             side_columns=("document", "units"),
             target_optional=True,
+            # Its batch function keeps no per-row losses for the paired sums: not built.
+            pairable=False,
         ),
     )
 }
