@@ -35,7 +35,7 @@ from stream_support import (
 
 import xentstream as xs
 
-evaluate_module = importlib.import_module("xentstream.evaluate")
+evaluate_module = importlib.import_module("xentstream.evaluation")
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +277,7 @@ def test_malformed_checkpoints_are_refused(parquet: Path, tmp_path: Path) -> Non
 _CHILD = """
 import importlib, sys
 import xentstream as xs
-importlib.import_module("xentstream.evaluate").CHECKPOINT_INTERVAL_S = 0.05
+importlib.import_module("xentstream.evaluation").CHECKPOINT_INTERVAL_S = 0.05
 xs.evaluate(sys.argv[1], xs.CrossEntropy(per_class=True), preds="p", target="y",
             sample_weight="w", by="g", batch_rows=100, checkpoint=sys.argv[2], progress=False)
 print("finished")

@@ -200,7 +200,7 @@ _SELF_SIGNAL = """
 import os, signal, sys
 from xentstream import cli
 
-evaluate = sys.modules["xentstream.evaluate"]  # the package's ``evaluate`` is the function
+evaluate = sys.modules["xentstream.evaluation"]  # the package's ``evaluate`` is the function
 
 real_open = evaluate.open_source
 signum = getattr(signal, sys.argv[1])
@@ -341,7 +341,7 @@ def test_plot_shows_every_batch_group_and_class(tmp_path: Path, monkeypatch) -> 
 
 
 def test_progress_bar_says_compiling_and_ends_on_the_final_loss(monkeypatch) -> None:
-    evaluate_module = sys.modules["xentstream.evaluate"]
+    evaluate_module = sys.modules["xentstream.evaluation"]
     screen = io.StringIO()
     monkeypatch.setattr(sys, "stderr", screen)
     monkeypatch.setattr(evaluate_module, "_kernels_compiled", lambda: False)

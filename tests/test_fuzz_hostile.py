@@ -36,7 +36,7 @@ from stream_support import report_bits
 import xentstream as xs
 from xentstream.cli import main
 
-evaluate_module = importlib.import_module("xentstream.evaluate")
+evaluate_module = importlib.import_module("xentstream.evaluation")
 
 OUTCOMES: collections.Counter[str] = collections.Counter()
 #: Bounds of one example: far above what a real file needs, far below a blow-up.

@@ -30,7 +30,7 @@ import xentstream as xs
 import xentstream.state
 from xentstream.cli import main
 
-evaluate_module = importlib.import_module("xentstream.evaluate")  # xs.evaluate is the function
+evaluate_module = importlib.import_module("xentstream.evaluation")  # xs.evaluate is the function
 RNG = np.random.default_rng(17)
 
 

@@ -7,11 +7,11 @@ Examples
 0.356675
 """
 
-from xentstream._errors import ColumnNames
+from xentstream._errors import ColumnNames, DataError
 from xentstream.comparing import GroupedComparison, compare
 from xentstream.comparison import Comparison, ComparisonReport, load
 from xentstream.config import BinaryConfig, MulticlassConfig, MultilabelConfig
-from xentstream.evaluate import GroupedReport, Interrupted, evaluate, stream
+from xentstream.evaluation import GroupedReport, Interrupted, evaluate, stream
 from xentstream.functional import (
     binary_cross_entropy,
     cross_entropy,
@@ -36,6 +36,7 @@ __all__ = [
     "Comparison",
     "ComparisonReport",
     "CrossEntropy",
+    "DataError",
     "GroupedComparison",
     "GroupedReport",
     "Interrupted",

@@ -34,10 +34,10 @@ from xentstream._inputs import (
     as_array,
     binary_columns,
     half_precision,
-    is_device_array,
     squeeze_label_column,
 )
 from xentstream._kernels import cpu, layout, load_cuda
+from xentstream._kernels.devices import is_device_array
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
 from xentstream._kernels.groups import group_runs
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig

@@ -1,4 +1,5 @@
-"""Error messages for the codes the kernels' fused validation writes (SPEC section 7).
+"""Errors of bad data (SPEC section 7): :class:`DataError`, and the messages for the
+codes the kernels' fused validation writes.
 
 Each message names the argument or column, the row (as an offset in the whole
 stream) and the rule broken.
@@ -13,7 +14,7 @@ import numpy as np
 
 from xentstream._kernels import layout
 
-__all__ = ["DEFAULT_NAMES", "ColumnNames", "kernel_error", "shorten", "show"]
+__all__ = ["DEFAULT_NAMES", "ColumnNames", "DataError", "kernel_error", "shorten", "show"]
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,84 @@ class ColumnNames:
 DEFAULT_NAMES = ColumnNames()
 
 
-def _where(row: int, leading_shape: tuple[int, ...]) -> str:
-    text = f"row {row}"
+class DataError(ValueError):
+    """Bad data at one row of a stream (SPEC section 7); a ``ValueError``.
+
+    The message reads ``"{column}: row {row}{position}: {rule}"``, after
+    ``"{context}: "`` where a driver names a part of a larger run. The parts are kept
+    as attributes, so that whoever knows where a batch sits in a longer stream moves
+    the row by a number (:meth:`shifted`), not by editing text: :mod:`xentstream.dask`
+    turns a partition's row into a row of the whole stream that way.
+
+    Built by :meth:`at`; ``DataError(message)``, as code that rebuilds an exception
+    from its type and text calls it, is a DataError of unknown row (``row`` None).
+
+    Attributes
+    ----------
+    column : str or None
+        The argument or column holding the bad value.
+    row : int or None
+        The row, counted from the start of the stream.
+    position : str
+        The rest of the location, as the message shows it after the row: the row
+        within its batch, the index of multi-dimensional inputs, the class or label
+        (``" (batch row 4), class 2"``), or ``""``.
+    rule : str or None
+        What is wrong, and the rule broken.
+    context : str
+        Where in a larger run (``"partition 3 of 8 (...)"``), or ``""``.
+
+    Examples
+    --------
+    >>> import xentstream as xs
+    >>> try:
+    ...     xs.cross_entropy([[0.5, 0.5], [0.9, float("nan")]], [0, 1])
+    ... except xs.DataError as raised:
+    ...     error = raised
+    >>> error.column, error.row, error.rule
+    ('preds', 1, 'prediction is NaN; predictions must not be NaN')
+    >>> print(error.shifted(1000, context="part 2"))
+    part 2: preds: row 1001, class 1: prediction is NaN; predictions must not be NaN
+    """
+
+    column: str | None = None
+    row: int | None = None
+    position: str = ""
+    rule: str | None = None
+    context: str = ""
+
+    @classmethod
+    def at(
+        cls, column: str, row: int, rule: str, position: str = "", *, context: str = ""
+    ) -> DataError:
+        """The error of ``column`` at stream row ``row``: ``rule`` broken there."""
+        head = f"{context}: " if context else ""
+        error = cls(f"{head}{column}: row {row}{position}: {rule}")
+        # Instance attributes: pickled with the error (BaseException keeps __dict__),
+        # so a Dask worker's error reaches the client whole.
+        error.column, error.row, error.position, error.rule = column, int(row), position, rule
+        error.context = context
+        return error
+
+    def shifted(self, rows: int, *, context: str = "") -> DataError:
+        """The same error ``rows`` rows later in a longer stream, ``context`` naming
+        the part of the run it came from.
+
+        Raises
+        ------
+        ValueError
+            For an error of unknown row (built from its message alone).
+        """
+        if self.row is None or self.column is None or self.rule is None:
+            raise ValueError("this DataError has no row to shift (built from its message)")
+        return DataError.at(self.column, self.row + rows, self.rule, self.position, context=context)
+
+
+def _index(row: int, leading_shape: tuple[int, ...]) -> str:
+    """`` (index (i, j))`` of a batch row of multi-dimensional inputs, else ``""``."""
     if len(leading_shape) > 1 and 0 <= row < int(np.prod(leading_shape)):
-        text += f" (index {tuple(int(i) for i in np.unravel_index(row, leading_shape))})"
-    return text
+        return f" (index {tuple(int(i) for i in np.unravel_index(row, leading_shape))})"
+    return ""
 
 
 def kernel_error(
@@ -47,65 +121,65 @@ def kernel_error(
     n_classes: int,
     sum_tol: float,
     kind: str,
-) -> ValueError:
-    """Build the ``ValueError`` for one kernel error record.
+) -> DataError:
+    """Build the :class:`DataError` for one kernel error record.
 
-    ``row`` is the row within the batch; the message shows ``row_offset + row``
-    (and the batch index for multi-dimensional inputs).
+    ``row`` is the row within the batch; the error's row is ``row_offset + row``
+    (the message adds the batch row, and the batch index for multi-dimensional
+    inputs).
     """
-    where = _where(row, leading_shape)
+    position = _index(row, leading_shape)
     if row_offset:
-        where = f"row {row_offset + row} (batch {where})"
+        position = f" (batch row {row}{position})"
+    stream_row = row_offset + row
     label_word = "label" if kind == "multilabel" else "class"
     if kind == "multilabel" and column >= n_classes:
         column -= n_classes  # the multi-label kernel flags target columns this way
-    at = f"{where}, {label_word} {column}" if column >= 0 and kind != "binary" else where
+    at = f"{position}, {label_word} {column}" if column >= 0 and kind != "binary" else position
+
+    def preds(rule: str, where: str = at) -> DataError:
+        return DataError.at(names.preds, stream_row, rule, where)
+
+    def target(rule: str, where: str = at) -> DataError:
+        return DataError.at(names.target, stream_row, rule, where)
+
     if code == layout.PRED_NAN:
-        return ValueError(f"{names.preds}: {at}: prediction is NaN; predictions must not be NaN")
+        return preds("prediction is NaN; predictions must not be NaN")
     if code == layout.PRED_POS_INF:
-        return ValueError(f"{names.preds}: {at}: logit is +inf; logits must be finite or -inf")
+        return preds("logit is +inf; logits must be finite or -inf")
     if code == layout.PRED_NOT_PROBABILITY:
-        return ValueError(
-            f"{names.preds}: {at}: probability {value!r} is outside [0, 1] "
+        return preds(
+            f"probability {value!r} is outside [0, 1] "
             "(pass input='logits' or input='logprobs' for other scores)"
         )
     if code == layout.PRED_POSITIVE_LOGPROB:
-        return ValueError(
-            f"{names.preds}: {at}: log-probability {value!r} is positive; "
-            "log-probabilities must be <= 0"
-        )
+        return preds(f"log-probability {value!r} is positive; log-probabilities must be <= 0")
     if code == layout.PRED_ROW_SUM:
-        return ValueError(
-            f"{names.preds}: {at}: probabilities sum to {value!r}, not 1 within "
-            f"sum_tol={sum_tol:.3g} (pass input='logits' for unnormalized scores, or a "
-            "larger sum_tol)"
+        return preds(
+            f"probabilities sum to {value!r}, not 1 within sum_tol={sum_tol:.3g} (pass "
+            "input='logits' for unnormalized scores, or a larger sum_tol)"
         )
     if code == layout.PRED_ALL_NEG_INF:
-        return ValueError(
-            f"{names.preds}: {at}: every logit is -inf, so no class has positive probability"
-        )
+        return preds("every logit is -inf, so no class has positive probability")
     if code == layout.LABEL_OUT_OF_RANGE:
-        return ValueError(
-            f"{names.target}: {where}: label {column} is outside [0, {n_classes}) "
-            "and is not ignore_index"
+        return target(
+            f"label {column} is outside [0, {n_classes}) and is not ignore_index", position
         )
     if code == layout.TARGET_INVALID:
-        return ValueError(f"{names.target}: {at}: target probability {value!r} is negative or NaN")
+        return target(f"target probability {value!r} is negative or NaN")
     if code == layout.TARGET_ROW_SUM:
-        return ValueError(
-            f"{names.target}: {at}: target probabilities sum to {value!r}, not 1 within "
-            f"sum_tol={sum_tol:.3g}"
-        )
+        return target(f"target probabilities sum to {value!r}, not 1 within sum_tol={sum_tol:.3g}")
     if code == layout.TARGET_NOT_PROBABILITY:
-        if kind == "multilabel":
-            at = f"{where}, label {column}"
-        return ValueError(f"{names.target}: {at}: target {value!r} is outside [0, 1]")
+        where = f"{position}, label {column}" if kind == "multilabel" else at
+        return target(f"target {value!r} is outside [0, 1]", where)
     if code == layout.SAMPLE_WEIGHT_INVALID:
-        return ValueError(
-            f"{names.sample_weight}: {where}: weight {value!r} is invalid; "
-            "sample weights must be finite and >= 0"
+        return DataError.at(
+            names.sample_weight,
+            stream_row,
+            f"weight {value!r} is invalid; sample weights must be finite and >= 0",
+            position,
         )
-    return ValueError(f"{names.preds}: {where}: invalid input (kernel error code {code})")
+    return preds(f"invalid input (kernel error code {code})", position)
 
 
 def shorten(text: str, limit: int = 80) -> str:

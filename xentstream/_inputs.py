@@ -3,8 +3,9 @@
 Zero-copy wherever the source memory allows it; nothing here imports polars,
 pyarrow, torch or numba.cuda (their objects are recognised by their module or by
 ``__cuda_array_interface__``). Device arrays reach the CUDA engine untouched
-(:func:`is_device_array`); :func:`as_array` copies them to the host only when the
-CPU engine was forced.
+(:func:`xentstream._kernels.devices.is_device_array`); :func:`as_array` copies them
+to the host only when the CPU engine was forced. A null value raises a
+:class:`~xentstream._errors.DataError` naming its row.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_array", "is_device_array"]
+from xentstream._errors import DataError
+from xentstream._kernels.devices import is_device_array
+
+__all__ = ["as_array"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -22,25 +26,11 @@ def _module(value: Any) -> str:
     return type(value).__module__.split(".", 1)[0]
 
 
-def is_device_array(value: Any) -> bool:
-    """True for arrays in GPU memory (torch CUDA tensors, CuPy, numba device arrays).
-
-    Recognised by ``__cuda_array_interface__``, or as the CUDA simulator's device
-    arrays, which are numpy-backed and lack the interface. A torch tensor is asked
-    for its device instead: one that requires grad raises on the interface.
-    """
-    if type(value) is np.ndarray:  # the common case, asked several times a batch
-        return False
-    if _module(value) == "torch":
-        return getattr(getattr(value, "device", None), "type", "cpu") == "cuda"
-    if hasattr(value, "__cuda_array_interface__"):
-        return True
-    return type(value).__module__.startswith("numba.cuda.simulator")
+_NULL_RULE = "value is null; nulls are not allowed"
 
 
-def _first_null_error(name: str, mask: np.ndarray, row_offset: int) -> ValueError:
-    row = row_offset + int(np.argmax(mask))
-    return ValueError(f"{name}: row {row}: value is null; nulls are not allowed")
+def _first_null_error(name: str, mask: np.ndarray, row_offset: int) -> DataError:
+    return DataError.at(name, row_offset + int(np.argmax(mask)), _NULL_RULE)
 
 
 def half_precision(value: Any) -> str | None:
@@ -85,8 +75,8 @@ def as_array(value: Any, name: str, *, floating: bool = False, row_offset: int =
     ------
     TypeError
         For an unsupported object or dtype.
-    ValueError
-        For null values.
+    DataError
+        For null values (a ``ValueError`` naming the row).
 
     Examples
     --------
@@ -164,7 +154,7 @@ def _arrow_to_numpy(value: Any, name: str, row_offset: int = 0) -> np.ndarray:
         if value.null_count:
             element = int(np.argmax(np.asarray(value.is_null())))
             row = row_offset + element // int(np.prod(shape[1:]))
-            raise ValueError(f"{name}: row {row}: value is null; nulls are not allowed")
+            raise DataError.at(name, row, _NULL_RULE)
     return value.to_numpy(zero_copy_only=False).reshape(shape)
 
 
@@ -208,8 +198,9 @@ def binary_columns(
 
     Raises
     ------
-    ValueError
-        For (N, 2) probabilities whose rows do not sum to 1 (``validate`` on).
+    DataError
+        For (N, 2) probabilities whose rows do not sum to 1 (``validate`` on; a
+        ``ValueError`` naming the row).
 
     Examples
     --------
@@ -234,9 +225,11 @@ def binary_columns(
         bad = ~(np.abs(totals - 1.0) <= sum_tol)  # NaN counts as bad
         if bad.any():
             row = int(np.argmax(bad))
-            raise ValueError(
-                f"{name}: row {row_offset + row}: the two columns sum to {float(totals[row])!r}, "
-                f"not 1 within sum_tol={sum_tol:.3g}; binary predictions of shape (N, 2) "
-                "are read as predict_proba output: P(class 0), P(class 1)"
+            raise DataError.at(
+                name,
+                row_offset + row,
+                f"the two columns sum to {float(totals[row])!r}, not 1 within "
+                f"sum_tol={sum_tol:.3g}; binary predictions of shape (N, 2) are read as "
+                "predict_proba output: P(class 0), P(class 1)",
             )
     return np.ascontiguousarray(preds[..., 1]), target

@@ -36,7 +36,7 @@ from xentstream import __version__
 from xentstream.comparing import GroupedComparison, compare
 from xentstream.comparison import Comparison, ComparisonReport
 from xentstream.comparison import load as load_state
-from xentstream.evaluate import (
+from xentstream.evaluation import (
     GROUPED_FORMAT,
     GroupedReport,
     Interrupted,
@@ -311,11 +311,10 @@ def _is_npy(source: list[str]) -> bool:
     return str(source[0]).lower().endswith(".npy")
 
 
-def _schema(source: list[str]) -> pl.Schema:
-    from xentstream.feeders import _expand_paths, scan_files
+def _schema(source: list[str]) -> pl.Schema | None:
+    from xentstream.feeders import expand_paths, file_schema
 
-    paths = _expand_paths(source)
-    return scan_files(paths[:1]).collect_schema()
+    return file_schema(expand_paths(source))
 
 
 def _expand_columns(patterns: list[str], names: list[str], flag: str) -> list[str]:
@@ -409,9 +408,11 @@ def _infer_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     if args.task != "auto":
         return args.task
     if schema is None:  # .npy: the arrays' shapes, read from their headers
-        preds = np.load(args.source[0], mmap_mode="r", allow_pickle=False)
-        target = np.load(args.target[0], mmap_mode="r", allow_pickle=False)
-        return _task_from_shapes(preds.shape[1:], target.shape[1:], "the .npy files")
+        from xentstream.feeders import npy_shape
+
+        preds = npy_shape(args.source[0], "source")
+        target = npy_shape(args.target[0], "--target")
+        return _task_from_shapes(preds[1:], target[1:], "the .npy files")
 
     def columns(names: list[str]) -> tuple[int | None, ...]:
         if len(names) > 1:  # wide: one scalar column per class (label)
@@ -632,13 +633,9 @@ _PLOT_BARS = 40
 def _plot_batch_rows(source: Any, args: argparse.Namespace) -> int | None:
     """Rows per batch for ``--plot``: about ``_PLOT_POINTS`` points whatever the size
     (None, the default, once batches of that size would be large anyway)."""
-    from xentstream.feeders import _expand_paths, scan_files
+    from xentstream.feeders import count_rows, expand_paths
 
-    paths = _expand_paths(source)
-    if paths[0].suffix.lower() == ".npy":
-        total = np.load(paths[0], mmap_mode="r", allow_pickle=False).shape[0]
-    else:
-        total = scan_files(paths).select(pl.len()).collect().item()
+    total = count_rows(expand_paths(source))
     rows = max(1, math.ceil(total / _PLOT_POINTS))
     return rows if rows < 1 << 16 else None
 
@@ -943,8 +940,10 @@ def _check_dask_args(args: argparse.Namespace) -> None:
         )
     if args.plot:
         raise _UsageError("--plot draws the running loss of one process; it cannot use --dask")
+    from xentstream.feeders import SPLITTABLE_SUFFIXES
+
     suffixes = {Path(path).suffix.lower() for path in args.source}
-    if not suffixes <= {".parquet", ".pq", ".arrow", ".ipc", ".feather"}:
+    if not suffixes <= set(SPLITTABLE_SUFFIXES):
         raise _UsageError("--dask reads Parquet or Arrow IPC files only")
     _dask_workers(args.dask)
 
@@ -967,7 +966,7 @@ def _evaluate_on_dask(
 ) -> Report | GroupedReport:
     from xentstream import dask as xentstream_dask
 
-    xentstream_dask._require_dask(distributed=True)
+    xentstream_dask.require_dask(distributed=True)
     import dask
     from distributed.comm.core import CommClosedError
     from distributed.scheduler import KilledWorker, NoValidWorkerError, NoWorkerError

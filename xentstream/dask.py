@@ -2,18 +2,22 @@
 
 Each partition of the source (a slice of a Parquet / Arrow IPC file, or a partition
 of a ``dask.dataframe.DataFrame``) is read on a worker and fed through the same path
-as :func:`xentstream.evaluate` (``feeders`` -> ``Metric.accumulate`` -> the
-kernels, grouped rows through ``evaluate._GroupState``). The worker returns only the
-partition's exact state (``Metric.state_dict()``: about 3 KB of JSON-able integers,
-plus one such state per group); predictions never leave the worker that
-read them. The states are merged by a tree of ``split_every``-way merges that keeps
-the partitions in order, so group keys keep their order of first appearance. The
-sums are exact integers, so merging is integer addition and the report is bitwise
-equal to one process reading the same rows, whatever the partitioning.
+as :func:`xentstream.evaluate` (an :class:`xentstream.evaluation.Evaluation`:
+``feeders`` -> the metric -> the kernels, grouped rows through its
+:class:`~xentstream.evaluation.GroupState`). The worker returns only the partition's
+exact state (:meth:`Evaluation.state_dict`: about 3 KB of JSON-able integers, plus
+one such state per group); predictions never leave the worker that read them. The
+states are merged by a tree of ``split_every``-way merges that keeps the partitions
+in order, so group keys keep their order of first appearance. The sums are exact
+integers, so merging is integer addition and the report is bitwise equal to one
+process reading the same rows, whatever the partitioning.
 
 Tasks run on the metric's engine (a state does not carry it). Bad data is a task's
 result, not its exception, so the merge can keep the first bad partition of the
-stream: the error does not depend on which failing task finished first.
+stream: the error does not depend on which failing task finished first. A
+:class:`~xentstream.DataError` comes back whole, its row counted from the start of
+its partition, and is raised with the row moved to the whole stream
+(:meth:`~xentstream.DataError.shifted`).
 
 dask is an optional dependency (``pip install "xentstream[dask]"``), imported only
 when this module's functions run; ``import xentstream`` never imports it.
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,31 +34,36 @@ from typing import Any, NoReturn
 
 import polars as pl
 
-from xentstream.evaluate import (
-    GroupedReport,
-    _GroupState,
-    _prepare,
-    _report,
-    _run,
-    _spec_class_names,
+from xentstream._errors import DataError
+from xentstream.evaluation import Evaluation, GroupedReport
+from xentstream.feeders import (
+    SPLITTABLE_SUFFIXES,
+    ColumnSpec,
+    count_rows,
+    expand_paths,
+    open_source,
+    scan_files,
 )
-from xentstream.feeders import ColumnSpec, _expand_paths, open_source, scan_files
 from xentstream.metrics import Metric, check_engine
 from xentstream.report import Report
 
-__all__ = ["DEFAULT_PARTITION_ROWS", "evaluate"]
+__all__ = ["DEFAULT_PARTITION_ROWS", "evaluate", "require_dask"]
 
 #: Rows per partition of a file source: large enough that a task's fixed cost (a
 #: file open, a task round trip) stays small next to reading ~40 MB of float32
 #: logits, small enough that a few large files still spread over many workers.
 DEFAULT_PARTITION_ROWS = 1 << 20
-_SPLITTABLE = (".parquet", ".pq", ".arrow", ".ipc", ".feather")
-_FIRST_ROW = re.compile(r"\brow (\d+)")
 
 
-def _require_dask(*, distributed: bool = False) -> Any:
+def require_dask(*, distributed: bool = False) -> Any:
     """``dask``, or an ImportError naming the extra; ``distributed`` too where a run needs
-    a cluster (the command line's ``--dask``)."""
+    a cluster (the command line's ``--dask``).
+
+    Raises
+    ------
+    ImportError
+        Without dask (or distributed): ``pip install "xentstream[dask]"``.
+    """
     try:
         import dask
 
@@ -113,7 +121,7 @@ def _file_partitions(paths: list[Any], partition_rows: int) -> list[_FilePart]:
     for path in paths:
         name = os.path.abspath(path)  # workers may run elsewhere: shared storage, absolute path
         stat = os.stat(name)
-        rows = scan_files([Path(name)]).select(pl.len()).collect().item()
+        rows = count_rows([Path(name)])
         spans += [
             (
                 name,
@@ -131,19 +139,14 @@ def _file_partitions(paths: list[Any], partition_rows: int) -> list[_FilePart]:
 # -- what runs on the workers ------------------------------------------------------------------
 
 
-def _state(metric: Metric, groups: _GroupState | None) -> dict[str, Any]:
-    return {"metric": metric.state_dict(), "groups": None if groups is None else groups.to_json()}
-
-
-def _located(
-    kind: type[Exception], message: str, part: _FilePart | _FramePart, offset: int
-) -> Exception:
-    """The error ``kind(message)`` with the partition named and, for xentstream's own
-    checks, its row (numbered from the start of the partition, as the feeders and
-    kernels number them) turned into an offset in the whole stream (SPEC section 7)."""
-    if kind in (ValueError, TypeError):
-        message = _FIRST_ROW.sub(lambda m: f"row {offset + int(m[1])}", message, count=1)
-    return kind(f"{part.where()}: {message}")
+def _located(error: dict[str, Any], offset: int) -> Exception:
+    """A partition's error with the partition named; a :class:`DataError`'s row
+    (numbered from the start of the partition, as the feeders and kernels number
+    them) moved to the whole stream (SPEC section 7)."""
+    part = error["part"]
+    if error["data"] is not None:
+        return error["data"].shifted(offset, context=part.where())
+    return error["kind"](f"{part.where()}: {error['message']}")
 
 
 def _bad_data(part: _FilePart | _FramePart, error: Exception) -> dict[str, Any]:
@@ -156,7 +159,8 @@ def _bad_data(part: _FilePart | _FramePart, error: Exception) -> dict[str, Any]:
         kind = ValueError
     else:
         kind = type(error)  # polars' own errors: unreadable file, unconvertible frame
-    return {"error": {"part": part, "kind": kind, "message": str(error)}}
+    data = error if isinstance(error, DataError) and error.row is not None else None
+    return {"error": {"part": part, "kind": kind, "message": str(error), "data": data}}
 
 
 def _partition_state(
@@ -180,10 +184,9 @@ def _partition_state(
         raise type(error)(f"dask worker on host {socket.gethostname()}: {error}") from None
     # The engine is not part of a state: without it here, every task would run on
     # whatever "auto" picks on its worker.
-    metric = Metric.from_state_dict(template, engine=engine)
-    groups = _GroupState(spec.by, metric) if spec.by else None
+    run = Evaluation(Metric.from_state_dict(template, engine=engine), spec)
     if threads is None:
-        return _feed(part, data, metric, spec, groups, batch_rows)
+        return _feed(part, data, run, batch_rows)
     import numba
 
     # set_num_threads is per calling thread (this task's thread in the worker), so it
@@ -191,18 +194,13 @@ def _partition_state(
     before = numba.get_num_threads()
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     try:
-        return _feed(part, data, metric, spec, groups, batch_rows)
+        return _feed(part, data, run, batch_rows)
     finally:
         numba.set_num_threads(before)
 
 
 def _feed(
-    part: _FilePart | _FramePart,
-    data: Any,
-    metric: Metric,
-    spec: ColumnSpec,
-    groups: _GroupState | None,
-    batch_rows: int | None,
+    part: _FilePart | _FramePart, data: Any, run: Evaluation, batch_rows: int | None
 ) -> dict[str, Any]:
     if isinstance(part, _FramePart):
         try:
@@ -213,16 +211,14 @@ def _feed(
             return _bad_data(part, TypeError(f"{type(error).__name__}: {error}"))
     try:
         frame = part.frame() if isinstance(part, _FilePart) else data
-        for _ in _run(
-            frame, metric, spec, groups, batch_rows=batch_rows, progress=False, checkpoint=None
-        ):
+        for _ in run.feed(frame, batch_rows=batch_rows):
             pass
     except (ValueError, TypeError, pl.exceptions.PolarsError) as error:
         return _bad_data(part, error)
-    return _state(metric, groups)
+    return run.state_dict()
 
 
-def _merge_states(by: tuple[str, ...], *states: dict[str, Any]) -> dict[str, Any]:
+def _merge_states(spec: ColumnSpec, *states: dict[str, Any]) -> dict[str, Any]:
     """Merge partition states, in partition order (group keys keep first appearance).
 
     The first bad partition among ``states`` (they are in partition order, and each
@@ -233,14 +229,12 @@ def _merge_states(by: tuple[str, ...], *states: dict[str, Any]) -> dict[str, Any
     for state in states:
         if "error" in state:
             return state
-    metric = Metric.from_state_dict(states[0]["metric"])
-    groups = _GroupState(by, metric) if by else None
-    for number, state in enumerate(states):
-        if number:
-            metric.merge(Metric.from_state_dict(state["metric"]))
-        if groups is not None:
-            groups.load_json(state["groups"])
-    return _state(metric, groups)
+    run = Evaluation(Metric.from_state_dict(states[0]["metric"]), spec)
+    if run.groups is not None:
+        run.groups.load_json(states[0]["groups"])
+    for state in states[1:]:
+        run.merge_state_dict(state)
+    return run.state_dict()
 
 
 # -- the client side ---------------------------------------------------------------------------
@@ -290,14 +284,14 @@ def _leaves(
             task(_FramePart(index, len(parts)), part, *task_args, spec, batch_rows)
             for index, part in enumerate(parts)
         ]
-    paths = _expand_paths(source)
+    paths = expand_paths(source)
     if paths is None:
         raise TypeError(
             "source: expected a path, glob or list of Parquet / Arrow IPC files, or a "
             f"dask.dataframe.DataFrame, got {type(source).__name__}"
         )
     for path in paths:
-        if path.suffix.lower() not in _SPLITTABLE:
+        if path.suffix.lower() not in SPLITTABLE_SUFFIXES:
             raise ValueError(
                 f"source: {path} cannot be split into partitions ({path.suffix or 'no'} "
                 "suffix); use Parquet or Arrow IPC files, or a dask.dataframe.DataFrame "
@@ -327,14 +321,14 @@ def _raise_bad_data(source: Any, error: dict[str, Any], scheduler: Any) -> NoRet
 
     part = error["part"]
     offset = part.offset
-    if offset is None:
+    if offset is None and error["data"] is not None:
         offset = 0
         if part.index:
             (lengths,) = dask.compute(
                 source.partitions[: part.index].map_partitions(len), scheduler=scheduler
             )
             offset = int(sum(lengths))
-    raise _located(error["kind"], error["message"], part, offset)
+    raise _located(error, offset or 0)
 
 
 def evaluate(
@@ -433,8 +427,8 @@ def evaluate(
     >>> report.loss == one.loss
     True
     """
-    dask = _require_dask()
-    spec, groups = _prepare(
+    dask = require_dask()
+    run = Evaluation.of(
         metric,
         preds=preds,
         target=target,
@@ -444,6 +438,7 @@ def evaluate(
         document=document,
         units=units,
     )
+    spec = run.spec
     if isinstance(split_every, bool) or not isinstance(split_every, int) or split_every < 2:
         raise ValueError(f"split_every: must be an integer >= 2, got {split_every!r}")
     if task_threads is not None and (
@@ -458,7 +453,7 @@ def evaluate(
     merge = dask.delayed(_merge_states, pure=True)
     while len(level) > 1:
         level = [
-            merge(spec.by, *level[i : i + split_every]) for i in range(0, len(level), split_every)
+            merge(spec, *level[i : i + split_every]) for i in range(0, len(level), split_every)
         ]
     if level:
         if scheduler is None:
@@ -466,7 +461,5 @@ def evaluate(
         (state,) = dask.compute(level[0], scheduler=scheduler)
         if "error" in state:
             _raise_bad_data(source, state["error"], scheduler)
-        metric.merge(Metric.from_state_dict(state["metric"], engine=metric.engine))
-        if groups is not None:
-            groups.load_json(state["groups"])
-    return _report(metric, groups, _spec_class_names(spec))
+        run.merge_state_dict(state)
+    return run.report()

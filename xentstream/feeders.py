@@ -21,20 +21,40 @@ import numpy as np
 import polars as pl
 import polars.selectors as cs
 
-from xentstream._errors import ColumnNames, shorten
+from xentstream._errors import ColumnNames, DataError, shorten
 
-__all__ = ["Batch", "ColumnSpec", "Feeder", "open_source"]
+__all__ = [
+    "NPY_SUFFIX",
+    "SPLITTABLE_SUFFIXES",
+    "SUFFIXES",
+    "Batch",
+    "ColumnSpec",
+    "Feeder",
+    "count_rows",
+    "expand_paths",
+    "file_schema",
+    "npy_shape",
+    "open_source",
+    "scan_files",
+]
 
+_PARQUET_SUFFIXES = (".parquet", ".pq")
+_IPC_SUFFIXES = (".arrow", ".ipc", ".feather")
 _SCANNERS = {
-    ".parquet": pl.scan_parquet,
-    ".pq": pl.scan_parquet,
-    ".arrow": pl.scan_ipc,
-    ".ipc": pl.scan_ipc,
-    ".feather": pl.scan_ipc,
+    **dict.fromkeys(_PARQUET_SUFFIXES, pl.scan_parquet),
+    **dict.fromkeys(_IPC_SUFFIXES, pl.scan_ipc),
     ".csv": pl.scan_csv,
     ".ndjson": pl.scan_ndjson,
     ".jsonl": pl.scan_ndjson,
 }
+#: A memory-mapped numpy array of predictions (``target=`` names its labels' file).
+NPY_SUFFIX = ".npy"
+#: Every file suffix a path source may have (one format per source).
+SUFFIXES = (*_SCANNERS, NPY_SUFFIX)
+#: Formats whose row ranges are read without reading the rows before them (Parquet
+#: row groups, IPC record batches): a file of these splits into partitions
+#: (:mod:`xentstream.dask`). CSV and NDJSON must be parsed from their start.
+SPLITTABLE_SUFFIXES = (*_PARQUET_SUFFIXES, *_IPC_SUFFIXES)
 #: Default batch size aims at this many bytes of predictions per batch: large enough
 #: to amortize per-batch costs, small enough to stay in memory many times over.
 _TARGET_BATCH_BYTES = 1 << 26
@@ -134,8 +154,28 @@ class Feeder:
 # -- sources -------------------------------------------------------------------------------
 
 
-def _expand_paths(source: Any) -> list[Path] | None:
-    """The files of a path / glob / list of paths source, or None if not a path source."""
+def expand_paths(source: Any) -> list[Path] | None:
+    """The files of a path / glob / list of paths source, or None if not a path source.
+
+    An existing path means itself, even with glob characters in its name; a path
+    that does not exist is a glob pattern, its matches sorted.
+
+    Raises
+    ------
+    FileNotFoundError
+        For a path that does not exist and a pattern that matches nothing.
+    ValueError
+        For files of an unknown format (not one of :data:`SUFFIXES`) or of several.
+
+    Examples
+    --------
+    >>> expand_paths(["no-such-dump.parquet"])
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: source: file 'no-such-dump.parquet' does not exist
+    >>> expand_paths(object()) is None
+    True
+    """
     items = [source] if isinstance(source, str | os.PathLike) else None
     if items is None and isinstance(source, list | tuple) and source:
         if all(isinstance(item, str | os.PathLike) for item in source):
@@ -161,9 +201,9 @@ def _expand_paths(source: Any) -> list[Path] | None:
     if len(suffixes) > 1:
         raise ValueError(f"source: files of different formats {sorted(suffixes)}")
     suffix = suffixes.pop()
-    if suffix != ".npy" and suffix not in _SCANNERS:
+    if suffix not in SUFFIXES:
         raise ValueError(
-            f"source: unknown file type {suffix!r}; expected one of {sorted([*_SCANNERS, '.npy'])}"
+            f"source: unknown file type {suffix!r}; expected one of {sorted(SUFFIXES)}"
         )
     return paths
 
@@ -174,6 +214,28 @@ def scan_files(paths: Sequence[Path]) -> pl.LazyFrame:
     if scan is pl.scan_ndjson:  # no ``glob=`` option: escape the names instead
         return scan([glob.escape(str(p)) for p in paths])
     return scan([str(p) for p in paths], glob=False)
+
+
+def file_schema(paths: Sequence[Path]) -> pl.Schema | None:
+    """The columns of files from :func:`expand_paths` (their first file's: one format
+    is one schema); None for a ``.npy`` file, which holds an array, not columns."""
+    if paths[0].suffix.lower() == NPY_SUFFIX:
+        return None
+    return scan_files(paths[:1]).collect_schema()
+
+
+def count_rows(paths: Sequence[Path]) -> int:
+    """Rows of files from :func:`expand_paths`: read from file metadata where the
+    format keeps it (Parquet, IPC, a ``.npy`` header), else by a streaming pass."""
+    if paths[0].suffix.lower() == NPY_SUFFIX:
+        return sum(npy_shape(path)[0] for path in paths)
+    return int(scan_files(paths).select(pl.len()).collect().item())
+
+
+def npy_shape(path: str | os.PathLike[str], name: str = "source") -> tuple[int, ...]:
+    """The shape of the array in a ``.npy`` file (memory-mapped: only its header is
+    read); errors name the file as the argument ``name``."""
+    return tuple(int(n) for n in _load_npy(path, name).shape)
 
 
 def _file_fingerprint(paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -198,7 +260,9 @@ def open_source(
     Raises
     ------
     ValueError, TypeError, FileNotFoundError
-        For unknown formats, missing files or columns, and invalid specs.
+        For unknown formats, missing files or columns, and invalid specs; while
+        iterating, a :class:`~xentstream.DataError` (a ``ValueError``) for a null, a
+        label outside ``classes`` or a ragged list row, naming the row.
     """
     if batch_rows is not None and (
         isinstance(batch_rows, bool)
@@ -210,8 +274,8 @@ def open_source(
             f"batch_rows: must be a positive integer of at most {MAX_BATCH_ROWS}, got {shown!r}"
         )
     source = _as_polars_source(source, spec, batch_rows)
-    paths = _expand_paths(source)
-    if paths is not None and paths[0].suffix.lower() == ".npy":
+    paths = expand_paths(source)
+    if paths is not None and paths[0].suffix.lower() == NPY_SUFFIX:
         return _npy_feeder(paths, spec, batch_rows, skip_rows)
     if paths is not None:
         fingerprint = {"kind": "files", "files": _file_fingerprint(paths)}
@@ -499,7 +563,7 @@ def _check_nulls(frame: pl.DataFrame, columns: Sequence[str], offset: int) -> No
     for name, count in zip(columns, counts, strict=True):
         if count:
             row = int(frame[name].is_null().arg_max())
-            raise ValueError(f"{name}: row {offset + row}: value is null; nulls are not allowed")
+            raise DataError.at(name, offset + row, "value is null; nulls are not allowed")
 
 
 def _matrix(frame: pl.DataFrame, columns: list[str], offset: int) -> np.ndarray:
@@ -509,9 +573,11 @@ def _matrix(frame: pl.DataFrame, columns: list[str], offset: int) -> np.ndarray:
             widths = series.list.len()
             if widths.n_unique() > 1:
                 row = int((widths != widths[0]).arg_max())
-                raise ValueError(
-                    f"{columns[0]}: row {offset + row}: list of length {widths[row]} where "
-                    f"earlier rows have {widths[0]}; every row needs one value per class"
+                raise DataError.at(
+                    columns[0],
+                    offset + row,
+                    f"list of length {widths[row]} where earlier rows have {widths[0]}; "
+                    "every row needs one value per class",
                 )
             series = series.list.to_array(int(widths[0]))
         return series.to_numpy()
@@ -531,9 +597,10 @@ def _labels(series: pl.Series, classes: tuple[Any, ...] | None, offset: int) -> 
         )
         if codes.null_count():
             row = int(codes.is_null().arg_max())
-            raise ValueError(
-                f"{series.name}: row {offset + row}: label {series[row]!r} is not one of the "
-                f"classes {names[:10]}"
+            raise DataError.at(
+                series.name,
+                offset + row,
+                f"label {series[row]!r} is not one of the classes {names[:10]}",
             )
         return codes.to_numpy()
     if classes is not None and series.dtype.is_integer() is False:

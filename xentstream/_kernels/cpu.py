@@ -40,7 +40,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from xentstream._kernels.exact import add_term, add_terms
+from xentstream._kernels.exact import MAX_STAGED_TERMS, add_term, add_terms
 from xentstream._kernels.fastmath import add_reassoc, log64
 from xentstream._kernels.layout import (
     CLASS_LOSS,
@@ -98,8 +98,16 @@ _INF = np.inf
 _WEIGHT_ERROR = np.int64(SAMPLE_WEIGHT_INVALID)
 _LABEL_ERROR = np.int64(LABEL_OUT_OF_RANGE)
 _NO_COLUMN = np.int64(-1)
-#: Rows whose terms a group of a block stages before adding them (9 x 2048 x 8 B = 144 KiB).
-_STAGED_ROWS = 2048
+#: Rows whose terms a group of a block stages before adding them (9 x 2048 x 8 B =
+#: 144 KiB): as many as one ``add_terms`` call may take, its no-overflow limit, so a
+#: full buffer is one call per sum. Defined by that limit, so it cannot outgrow it.
+_STAGED_ROWS = MAX_STAGED_TERMS
+# The chunks that add whole columns of terms at once must fit one call too.
+if max(NARROW_CHUNK_ROWS, NARROW_GROUP_ELEMENTS) > MAX_STAGED_TERMS:
+    raise ImportError(
+        "xentstream: NARROW_CHUNK_ROWS and NARROW_GROUP_ELEMENTS must not exceed "
+        f"exact.MAX_STAGED_TERMS ({MAX_STAGED_TERMS}): add_terms would overflow"
+    )
 #: Bytes of staging columns per block (all groups): within a core's L2.
 _STAGING_BYTES = 1 << 18
 _KERNEL_FLAGS = {"parallel": True, "nogil": True, "cache": True, "error_model": "numpy"}

@@ -63,8 +63,8 @@ import numba
 import numpy as np
 from numba import cuda
 
-from xentstream._inputs import is_device_array
 from xentstream._kernels import rows
+from xentstream._kernels.devices import is_device_array
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, NAN, NEG_INF, POS_INF
 from xentstream._kernels.exact import combine_blocks as _combine_blocks
 from xentstream._kernels.layout import (
@@ -633,16 +633,19 @@ def reset_errors_kernel(errors):
         errors[i, 2] = -1
 
 
-def _small_grid(n: int) -> tuple[int, int]:
+def _grid(n: int) -> tuple[int, int]:
+    """(blocks, threads per block) of a grid-stride loop over ``n`` rows or elements:
+    a thread each, up to :data:`MAX_BLOCKS` blocks (read at each call: tests shrink it)."""
     threads = int(THREADS_PER_BLOCK)
-    return max(1, min(int(MAX_BLOCKS), -(-n // threads))), threads
+    blocks = max(1, min(int(MAX_BLOCKS), -(-n // threads)))
+    return blocks, threads
 
 
 def _widen(array: Any) -> Any:
     flat = array.reshape(array.size)
     wide = cuda.device_array(array.size, dtype=np.float32)
     if array.size:
-        blocks, threads = _small_grid(array.size)
+        blocks, threads = _grid(array.size)
         widen_kernel[blocks, threads](flat, wide)
     return wide.reshape(*array.shape)
 
@@ -650,7 +653,7 @@ def _widen(array: Any) -> Any:
 def _fill(array: Any, value: int, stream: Any) -> None:
     """Set every element of the contiguous device ``array`` to ``value`` on ``stream``."""
     if array.size:
-        blocks, threads = _small_grid(array.size)
+        blocks, threads = _grid(array.size)
         fill_kernel[blocks, threads, stream](array.reshape(array.size), value)
 
 
@@ -664,12 +667,6 @@ def to_host(value: Any) -> np.ndarray:
 def to_device(array: np.ndarray) -> Any:
     """Copy a (small) host array to the device."""
     return cuda.to_device(np.ascontiguousarray(array))
-
-
-def _grid(n_rows: int) -> tuple[int, int]:
-    threads = int(THREADS_PER_BLOCK)
-    blocks = max(1, min(int(MAX_BLOCKS), -(-n_rows // threads)))
-    return blocks, threads
 
 
 def _copies(blocks: int, n_groups: int, class_width: int) -> int:
@@ -860,7 +857,7 @@ def launch(
     per_stream = []
     for stream in streams:
         thread_errors = cuda.device_array((n_threads + 1, 3), np.int64)
-        blocks_reset, threads_reset = _small_grid(n_threads + 1)
+        blocks_reset, threads_reset = _grid(n_threads + 1)
         reset_errors_kernel[blocks_reset, threads_reset, stream](thread_errors)
         per_stream.append(
             (

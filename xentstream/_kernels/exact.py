@@ -33,7 +33,9 @@ N_SLOTS = N_CHUNKS + 3
 UNIT_EXPONENT = -1075
 #: A block of rows must add fewer terms than this to one slot before normalizing.
 MAX_TERMS_PER_BLOCK = 1 << 30
-#: Terms one :func:`add_terms` call may take (its int64 sums of < 2**52 parts stay exact).
+#: Terms one :func:`add_terms` call may take: its int64 sums of 2**11 parts below
+#: 2**52 stay below 2**63, so this is the most it can be. The CPU kernels' staging
+#: buffers are sized by it (``cpu._STAGED_ROWS``).
 MAX_STAGED_TERMS = 1 << 11
 
 #: add_terms adds this many terms or fewer one by one.

@@ -279,18 +279,6 @@ NARROW_GROUP_ELEMENTS = 1024
 
 
 @njit(**_CALLED)
-def _scan_prediction_row_scalar(preds, i, opts):
-    """:func:`scan_prediction_row` as a called function (the rare-row fallback)."""
-    return scan_prediction_row(preds, i, opts)
-
-
-@njit(**_CALLED)
-def _scan_soft_target_row_scalar(target, i, opts):
-    """:func:`scan_soft_target_row` as a called function (the rare-row fallback)."""
-    return scan_soft_target_row(target, i, opts)
-
-
-@njit(**_CALLED)
 def _row_max_argmax(preds, i):
     """(max, first arg-max, probe) of row ``i``; probe is NaN iff the row holds NaN or inf."""
     n_classes = preds.shape[1]
@@ -339,10 +327,10 @@ def scan_prediction_row_fast(preds, i, opts, scratch32):
     kind = opts.input_kind
     n_classes = preds.shape[1]
     if kind == LOGPROBS or n_classes < NARROW_CLASSES:
-        return _scan_prediction_row_scalar(preds, i, opts)
+        return scan_prediction_row(preds, i, opts)
     best, argmax, probe = _row_max_argmax(preds, i)
     if probe != 0.0:  # NaN, +inf or -inf somewhere: the scalar scan sorts it out
-        return _scan_prediction_row_scalar(preds, i, opts)
+        return scan_prediction_row(preds, i, opts)
     if kind == LOGITS and is_float32(preds):
         _float32_exps(preds[i], best, scratch32)
         scaled_sum = 0.0
@@ -391,7 +379,7 @@ def scan_prediction_row_fast(preds, i, opts, scratch32):
             term = x * log64(x)
             entropy = add_reassoc(entropy, -term if x > 0.0 else 0.0)
     if opts.validate and (out_of_range > 0 or abs(total - 1.0) > opts.sum_tol):
-        return _scan_prediction_row_scalar(preds, i, opts)
+        return scan_prediction_row(preds, i, opts)
     return OK, -1, 0.0, argmax, _NO_SHIFT, entropy
 
 
@@ -421,7 +409,7 @@ def scan_soft_target_row_fast(target, i, opts):
     _, argmax, probe = _row_max_argmax(target, i)
     if not opts.validate:
         if probe != 0.0:
-            return _scan_soft_target_row_scalar(target, i, opts)
+            return scan_soft_target_row(target, i, opts)
         return OK, -1, 0.0, argmax
     total = 0.0
     negative = 0
@@ -430,7 +418,7 @@ def scan_soft_target_row_fast(target, i, opts):
         total = add_reassoc(total, q)
         negative += np.int64(q < 0.0)
     if probe != 0.0 or negative > 0 or abs(total - 1.0) > opts.sum_tol:
-        return _scan_soft_target_row_scalar(target, i, opts)
+        return scan_soft_target_row(target, i, opts)
     return OK, -1, 0.0, argmax
 
 

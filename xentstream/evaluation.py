@@ -1,5 +1,7 @@
 """Evaluate a metric over a source of any size: ``evaluate`` / ``stream`` (SPEC section 5).
 
+(The module is ``xentstream.evaluation``: ``xentstream.evaluate`` is the function.)
+
 The loop: a background thread pulls batches from a :class:`~xentstream.feeders.Feeder`
 (polars and numpy release the GIL while reading, so reading batch k+1 overlaps
 computing batch k), the metric absorbs each batch in one kernel pass, per-group
@@ -39,7 +41,16 @@ from xentstream.metrics import Metric
 from xentstream.report import FLAT_SCALAR_FIELDS, Report
 from xentstream.state import read_json, write_json_atomic
 
-__all__ = ["GroupedReport", "Interrupted", "evaluate", "stream"]
+__all__ = [
+    "Evaluation",
+    "GroupState",
+    "GroupedReport",
+    "Interrupted",
+    "evaluate",
+    "grouped_state_dict",
+    "merge_grouped_states",
+    "stream",
+]
 
 CHECKPOINT_FORMAT = "xentstream.checkpoint"
 #: 2: with base_rows and metric_rows_per_row, which make a checkpoint self-checking.
@@ -204,15 +215,30 @@ def _entry_key(entry: Any, width: int, strict: bool) -> tuple[Any, ...]:
     return canonical_key(tuple(_key_from_json(v) for v in entry["key"]))
 
 
-class _GroupState:
-    """Group keys -> codes (first appearance order) and every group's exact state, in
-    arrays (:mod:`xentstream.grouping`): memory a few hundred bytes a group, a batch's
-    cost its rows plus its groups, whatever the number of groups."""
+class GroupState:
+    """Group keys -> codes (first appearance order) and every group's exact state.
 
-    def __new__(cls, by: tuple[str, ...], template: Metric) -> _GroupState:
+    What a grouped evaluation (``by=``) holds beside its overall metric: each batch's
+    key columns become the batch's own group numbers (:meth:`codes`) that the kernels
+    sum by, and each group's share of the batch goes to its exact state in arrays
+    (:mod:`xentstream.grouping`: a few hundred bytes a group, a batch's cost its rows
+    plus its groups, whatever the number of groups; :meth:`absorb`). The groups'
+    states travel as JSON (:meth:`to_json`, :meth:`load_json`): checkpoints, grouped
+    state files and :mod:`xentstream.dask`'s partition states.
+
+    Parameters
+    ----------
+    by : tuple of str
+        The group columns.
+    template : Metric
+        Every group's metric has its class and config (without per-class sums and
+        reliability bins) and engine.
+    """
+
+    def __new__(cls, by: tuple[str, ...], template: Metric) -> GroupState:
         # A kind whose state is more than an ExactState (the token kind's documents)
         # keeps one metric per group (_MetricGroups).
-        if cls is _GroupState and type(template.state) is not ExactState:
+        if cls is GroupState and type(template.state) is not ExactState:
             cls = _MetricGroups
         return super().__new__(cls)
 
@@ -347,7 +373,7 @@ class _GroupState:
         return GroupReports(self.table, self._keys, self.group_metric.report_of, codes)
 
 
-class _MetricGroups(_GroupState):
+class _MetricGroups(GroupState):
     """Groups as one metric each, for kinds whose state is more than an
     :class:`ExactState` (the token kind's per-document sums): what every kind used
     before :class:`~xentstream.grouping.GroupTable`, memory and time per group."""
@@ -428,7 +454,7 @@ class _MetricGroups(_GroupState):
         return {keys[c]: self.metrics[c].compute() for c in codes.tolist()}
 
 
-#: Groups whose accumulators one step of :meth:`_GroupState.to_json` widens at once.
+#: Groups whose accumulators one step of :meth:`GroupState.to_json` widens at once.
 _JSON_GROUPS = 4096
 _CODE_COLUMN = "__xentstream_code"
 
@@ -683,7 +709,7 @@ _CHECKPOINT_KEYS = (
 
 
 def _load_checkpoint(
-    path: Path, saved: dict[str, Any], metric: Metric, groups: _GroupState | None
+    path: Path, saved: dict[str, Any], metric: Metric, groups: GroupState | None
 ) -> int:
     """Load a checkpoint's state into ``metric`` (and ``groups``); return the rows consumed.
 
@@ -729,7 +755,7 @@ def _load_checkpoint(
     else:
         if not isinstance(entries, list):
             raise bad("this run groups by= but the checkpoint holds no list of groups")
-        loaded = _GroupState(groups.by, groups.template)
+        loaded = GroupState(groups.by, groups.template)
         try:
             loaded.load_json(entries, strict=True)
         except (KeyError, TypeError, ValueError, OverflowError) as error:
@@ -749,7 +775,7 @@ def _write_checkpoint(
     rows: int,
     counters: tuple[int, int | None],
     metric: Metric,
-    groups: _GroupState | None,
+    groups: GroupState | None,
 ) -> None:
     base, per_row = counters
     data = {
@@ -785,65 +811,175 @@ def _remove_stale_temp_files(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def _prepare(
-    metric: Metric,
-    *,
-    preds: Any,
-    target: Any,
-    sample_weight: Any,
-    by: Any,
-    classes: Any,
-    document: str | None = None,
-    units: str | None = None,
-) -> tuple[ColumnSpec, _GroupState | None]:
-    if not isinstance(metric, Metric):
-        raise TypeError(f"metric: expected an xentstream metric, got {type(metric).__name__}")
-    by_columns = (by,) if isinstance(by, str) else tuple(by or ())
-    # Side columns (the token kind's documents and units) go to metrics that take them.
-    takes = metric.kind.side_columns
-    for name, column in (("document", document), ("units", units)):
-        if column is not None and (name not in takes or not isinstance(column, str)):
-            raise ValueError(
-                f"{name}: a column name, for a metric that takes it (TokenCrossEntropy); "
-                f"got {show(column)} for a {type(metric).__name__}"
-            )
-    spec = ColumnSpec(
-        preds=preds,
-        target=target,
-        sample_weight=sample_weight,
-        by=by_columns,
-        classes=None if classes is None else tuple(classes),
-        document=document,
-        units=units,
-        target_optional=metric.kind.target_optional,
-    )
-    return spec, (_GroupState(by_columns, metric) if by_columns else None)
+class Evaluation:
+    """One evaluation in progress: a metric, the columns it reads and its groups.
+
+    The steps :func:`evaluate` and :func:`stream` take, public so that another driver
+    runs the very same path: :mod:`xentstream.dask` runs one evaluation per partition
+    on its workers (:meth:`feed`, then :meth:`state_dict`), merges their states in
+    stream order (:meth:`merge_state_dict`) and reports on the client
+    (:meth:`report`).
+
+    Parameters
+    ----------
+    metric : Metric
+        Updated in place by :meth:`feed` and :meth:`merge_state_dict`.
+    spec : ColumnSpec
+        The columns (see :meth:`of` to build one from :func:`evaluate`'s arguments).
+
+    Attributes
+    ----------
+    metric : Metric
+    spec : ColumnSpec
+    groups : GroupState or None
+        One metric per group of ``spec.by`` (None without ``by``).
+    class_names : list of str or None
+        Names of the per-class table's rows: the source's (its resolved columns) once
+        :meth:`feed` opened it, until then what the arguments name.
+
+    Examples
+    --------
+    >>> import polars as pl, xentstream as xs
+    >>> from xentstream.evaluation import Evaluation
+    >>> frame = pl.DataFrame({"p": [[0.7, 0.3], [0.4, 0.6]], "y": [0, 1], "g": [1, 2]})
+    >>> part = Evaluation.of(xs.CrossEntropy(), preds="p", target="y", by="g")
+    >>> for _ in part.feed(frame.head(1)):
+    ...     pass
+    >>> whole = Evaluation.of(xs.CrossEntropy(), preds="p", target="y", by="g")
+    >>> for _ in whole.feed(frame.tail(1)):
+    ...     pass
+    >>> whole.merge_state_dict(part.state_dict())
+    >>> report = whole.report()
+    >>> report.overall.count, list(report.groups)
+    (2, [(1,), (2,)])
+    """
+
+    def __init__(self, metric: Metric, spec: ColumnSpec) -> None:
+        if not isinstance(metric, Metric):
+            raise TypeError(f"metric: expected an xentstream metric, got {type(metric).__name__}")
+        self.metric = metric
+        self.spec = spec
+        self.groups = GroupState(spec.by, metric) if spec.by else None
+        self.class_names = _spec_class_names(spec)
+
+    @classmethod
+    def of(
+        cls,
+        metric: Metric,
+        *,
+        preds: Any = None,
+        target: Any = None,
+        sample_weight: Any = None,
+        by: Any = None,
+        classes: Any = None,
+        document: str | None = None,
+        units: str | None = None,
+    ) -> Evaluation:
+        """An evaluation of ``metric`` from :func:`evaluate`'s column arguments.
+
+        Raises
+        ------
+        TypeError
+            If ``metric`` is not an xentstream metric.
+        ValueError
+            For ``document`` / ``units`` given to a metric that takes no such column.
+        """
+        if not isinstance(metric, Metric):
+            raise TypeError(f"metric: expected an xentstream metric, got {type(metric).__name__}")
+        by_columns = (by,) if isinstance(by, str) else tuple(by or ())
+        # Side columns (the token kind's documents and units) go to metrics that take them.
+        takes = metric.kind.side_columns
+        for name, column in (("document", document), ("units", units)):
+            if column is not None and (name not in takes or not isinstance(column, str)):
+                raise ValueError(
+                    f"{name}: a column name, for a metric that takes it (TokenCrossEntropy); "
+                    f"got {show(column)} for a {type(metric).__name__}"
+                )
+        spec = ColumnSpec(
+            preds=preds,
+            target=target,
+            sample_weight=sample_weight,
+            by=by_columns,
+            classes=None if classes is None else tuple(classes),
+            document=document,
+            units=units,
+            target_optional=metric.kind.target_optional,
+        )
+        return cls(metric, spec)
+
+    def feed(
+        self,
+        source: Any,
+        *,
+        batch_rows: int | None = None,
+        progress: bool | None = False,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_key: str | None = None,
+    ) -> Iterator[None]:
+        """Feed every batch of ``source`` to the metric (and the groups); yield after
+        each batch. The arguments are :func:`evaluate`'s (``progress`` off unless
+        asked); so are the errors raised, and a bad batch changes nothing.
+        """
+        return _run(
+            source,
+            self,
+            batch_rows=batch_rows,
+            progress=progress,
+            checkpoint=checkpoint,
+            checkpoint_key=checkpoint_key,
+        )
+
+    def report(self) -> Report | GroupedReport:
+        """The report of what was fed and merged: a :class:`GroupedReport` with ``by``."""
+        return _report(self.metric, self.groups, self.class_names)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The exact state as a JSON-able dict: ``{"metric": ..., "groups": ...}`` (the
+        metric's :meth:`~xentstream.Metric.state_dict`, and :meth:`GroupState.to_json`
+        or None)."""
+        groups = None if self.groups is None else self.groups.to_json()
+        return {"metric": self.metric.state_dict(), "groups": groups}
+
+    def merge_state_dict(self, state: dict[str, Any]) -> None:
+        """Add a :meth:`state_dict` of the same metric and columns, exactly: the metric's
+        sums, and each group's by key (new keys after the known ones, so merging the
+        states of consecutive parts of a stream in order keeps first appearance).
+
+        Raises
+        ------
+        ValueError
+            For a state of another metric or config, or with groups where this
+            evaluation has none (and the other way round).
+        """
+        if (state["groups"] is None) != (self.groups is None):
+            raise ValueError("state: groups where this evaluation has no by=, or none where it has")
+        self.metric.merge(Metric.from_state_dict(state["metric"], engine=self.metric.engine))
+        if self.groups is not None:
+            self.groups.load_json(state["groups"])
 
 
 def _run(
     source: Any,
-    metric: Metric,
-    spec: ColumnSpec,
-    groups: _GroupState | None,
+    run: Evaluation,
     *,
     batch_rows: int | None,
     progress: bool | None,
     checkpoint: str | os.PathLike[str] | None,
-    info: dict[str, Any] | None = None,
     checkpoint_key: str | None = None,
 ) -> Iterator[None]:
-    """Feed every batch of ``source`` to ``metric`` (and ``groups``); yield after each.
+    """Feed every batch of ``source`` to ``run``'s metric (and groups); yield after each.
 
-    ``info`` receives ``class_names`` (for the per-class tables) once the source is open.
+    Sets ``run.class_names`` (for the per-class tables) once the source is open.
     """
+    metric, spec, groups = run.metric, run.spec, run.groups
     path = None if checkpoint is None else Path(checkpoint)
     if checkpoint_key is not None and not isinstance(checkpoint_key, str):
         raise TypeError(f"checkpoint_key: must be a string, got {type(checkpoint_key).__name__}")
     skip = 0
     # Open once without skipping to learn the fingerprint, then resume if it matches.
     feeder = open_source(source, spec, batch_rows=batch_rows)
-    if info is not None:  # from the resolved columns: no fingerprint (a pass over a frame)
-        info["class_names"] = _class_names({"columns": feeder.columns or {}})
+    # From the resolved columns: no fingerprint (a pass over a frame).
+    run.class_names = _class_names({"columns": feeder.columns or {}})
     base, per_row = metric.rows_seen, 1
     if path is not None:
         source_print = dict(feeder.fingerprint)
@@ -977,7 +1113,7 @@ def _warn_if_probabilities(preds: Any, metric: Metric) -> None:
 
 
 def _report(
-    metric: Metric, groups: _GroupState | None, class_names: list[str] | None = None
+    metric: Metric, groups: GroupState | None, class_names: list[str] | None = None
 ) -> Report | GroupedReport:
     overall = _named(metric.compute(), class_names)
     if groups is None:
@@ -991,7 +1127,7 @@ def _worst_first(item: tuple[tuple[Any, ...], Report]) -> tuple[bool, float]:
     return (loss != loss, 0.0 if loss != loss else -loss)  # NaN (no counted row) last
 
 
-def _key_sorted(groups: _GroupState, codes: np.ndarray) -> np.ndarray:
+def _key_sorted(groups: GroupState, codes: np.ndarray) -> np.ndarray:
     """``codes`` in key order."""
     rank = np.empty(groups.n_groups, dtype=np.int64)
     rank[groups.sorted_codes()] = np.arange(groups.n_groups)
@@ -1025,14 +1161,14 @@ def merge_grouped_states(states: list[dict[str, Any]]) -> GroupedReport:
         For states of another format or version, or grouped by other columns.
     """
     metric: Metric | None = None
-    groups: _GroupState | None = None
+    groups: GroupState | None = None
     for index, state in enumerate(states):
         if state.get("format") != GROUPED_FORMAT or state.get("version") != GROUPED_VERSION:
             raise ValueError(f"state {index}: not a grouped state of version {GROUPED_VERSION}")
         by = tuple(state["by"])
         overall = Metric.from_state_dict(state["overall"])
         if metric is None:
-            metric, groups = overall, _GroupState(by, overall)
+            metric, groups = overall, GroupState(by, overall)
         else:
             if by != groups.by:
                 raise ValueError(f"state {index}: grouped by {list(by)}, not {list(groups.by)}")
@@ -1131,7 +1267,7 @@ def evaluate(
     >>> report.count
     2
     """
-    spec, groups = _prepare(
+    run = Evaluation.of(
         metric,
         preds=preds,
         target=target,
@@ -1141,20 +1277,15 @@ def evaluate(
         document=document,
         units=units,
     )
-    info: dict[str, Any] = {}
-    for _ in _run(
+    for _ in run.feed(
         source,
-        metric,
-        spec,
-        groups,
         batch_rows=batch_rows,
         progress=progress,
         checkpoint=checkpoint,
-        info=info,
         checkpoint_key=checkpoint_key,
     ):
         pass
-    return _report(metric, groups, info.get("class_names"))
+    return run.report()
 
 
 def stream(
@@ -1182,7 +1313,7 @@ def stream(
     >>> [r.count for r in xs.stream(batches, xs.CrossEntropy())]
     [1, 2]
     """
-    spec, groups = _prepare(
+    run = Evaluation.of(
         metric,
         preds=preds,
         target=target,
@@ -1192,16 +1323,11 @@ def stream(
         document=document,
         units=units,
     )
-    info: dict[str, Any] = {}
-    for _ in _run(
+    for _ in run.feed(
         source,
-        metric,
-        spec,
-        groups,
         batch_rows=batch_rows,
         progress=progress,
         checkpoint=checkpoint,
-        info=info,
         checkpoint_key=checkpoint_key,
     ):
-        yield _report(metric, groups, info.get("class_names"))
+        yield run.report()
