@@ -29,7 +29,7 @@ sys.path.insert(0, sys.argv[1])
 import numpy as np, polars as pl
 from benchmarks import common, groups
 import xentstream as xs
-from xentstream.evaluate import grouped_state_dict
+from xentstream.evaluation import grouped_state_dict
 rows, n_keys, side = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rng = np.random.default_rng(15)
 logits = rng.normal(0.0, 2.0, (rows, groups.N_CLASSES)).astype(np.float32)

@@ -23,12 +23,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import cut_points, float64_terms
 from stream_support import report_bits
-from xentstream.evaluate import grouped_state_dict, merge_grouped_states
 
 import xentstream as xs
 from xentstream import accumulator
 from xentstream import cli as xs_cli
 from xentstream._kernels import layout
+from xentstream.evaluation import grouped_state_dict, merge_grouped_states
 from xentstream.grouping import GroupKeys, GroupTable
 
 _UNIT = Fraction(1, 2**1075)
