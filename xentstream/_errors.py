@@ -120,22 +120,33 @@ def kernel_error(
     leading_shape: tuple[int, ...],
     n_classes: int,
     sum_tol: float,
-    kind: str,
+    axis: str | None,
+    target_columns_follow: bool = False,
 ) -> DataError:
     """Build the :class:`DataError` for one kernel error record.
 
     ``row`` is the row within the batch; the error's row is ``row_offset + row``
     (the message adds the batch row, and the batch index for multi-dimensional
-    inputs).
+    inputs). ``axis`` names the column a record points at (the kind's
+    :attr:`~xentstream.kinds.Kind.class_axis`: ``"class"``, ``"label"``; None: one
+    value a row, no column shown). ``target_columns_follow``: the kernel records a
+    bad target column ``j`` as ``n_classes + j`` (targets shaped like the predictions).
+
+    Examples
+    --------
+    >>> from xentstream._kernels import layout
+    >>> error = kernel_error(layout.PRED_NAN, 3, 1, float("nan"), names=DEFAULT_NAMES,
+    ...     row_offset=0, leading_shape=(5,), n_classes=2, sum_tol=1e-8, axis="label")
+    >>> str(error)
+    'preds: row 3, label 1: prediction is NaN; predictions must not be NaN'
     """
     position = _index(row, leading_shape)
     if row_offset:
         position = f" (batch row {row}{position})"
     stream_row = row_offset + row
-    label_word = "label" if kind == "multilabel" else "class"
-    if kind == "multilabel" and column >= n_classes:
-        column -= n_classes  # the multi-label kernel flags target columns this way
-    at = f"{position}, {label_word} {column}" if column >= 0 and kind != "binary" else position
+    if target_columns_follow and column >= n_classes:
+        column -= n_classes
+    at = f"{position}, {axis} {column}" if column >= 0 and axis is not None else position
 
     def preds(rule: str, where: str = at) -> DataError:
         return DataError.at(names.preds, stream_row, rule, where)
@@ -170,8 +181,7 @@ def kernel_error(
     if code == layout.TARGET_ROW_SUM:
         return target(f"target probabilities sum to {value!r}, not 1 within sum_tol={sum_tol:.3g}")
     if code == layout.TARGET_NOT_PROBABILITY:
-        where = f"{position}, label {column}" if kind == "multilabel" else at
-        return target(f"target {value!r} is outside [0, 1]", where)
+        return target(f"target {value!r} is outside [0, 1]")
     if code == layout.SAMPLE_WEIGHT_INVALID:
         return DataError.at(
             names.sample_weight,

@@ -18,8 +18,8 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,10 @@ from xentstream.config import (
     TokenConfig,
 )
 
-__all__ = ["KINDS", "Kind", "kind_of"]
+__all__ = ["KINDS", "TARGET_SHAPES", "Kind", "kind_of"]
+
+#: Values of :attr:`Kind.target_shape`.
+TARGET_SHAPES = ("scalar", "labels", "preds")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,22 @@ class Kind:
     pairable : bool
         Whether :class:`~xentstream.Comparison` can pair two of its metrics (it needs
         the kind's per-row losses and denominators from ``batch``).
+    task : str
+        The command line's ``--task`` name of the kind.
+    breakdown_field : str or None
+        Config flag that the command line's ``--per-class`` sets: the per-class
+        (per-label) sums, or another per-item table (the token kind's documents);
+        None: the flag changes nothing for this kind.
+    target_shape : str or None
+        How ``--task auto`` recognizes the kind from the shapes of a row's values:
+        ``"scalar"`` (one prediction and one target a row), ``"labels"`` (the
+        predictions' shape less their class axis), ``"preds"`` (the predictions'
+        shape); None: never inferred from shapes.
+    cli_inputs : dict
+        ``--input`` values that belong to this kind alone, each to its config's
+        ``input=`` (the token kind's ``target-nll`` -> ``"nll"``); a source's values
+        in one of them select the kind. Empty: the common ``probs`` / ``logprobs`` /
+        ``logits``.
     """
 
     name: str
@@ -121,6 +140,16 @@ class Kind:
     side_columns: tuple[str, ...] = ()
     target_optional: bool = False
     pairable: bool = True
+    task: str = ""
+    breakdown_field: str | None = None
+    target_shape: str | None = None
+    cli_inputs: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            object.__setattr__(self, "task", self.name)
+        if self.target_shape not in (None, *TARGET_SHAPES):
+            raise ValueError(f"target_shape: one of {TARGET_SHAPES} or None")
 
     def per_class(self, config: LossConfig) -> bool:
         """Whether ``config`` keeps per-class sums."""
@@ -139,6 +168,15 @@ class Kind:
     def unit_denominators(self, config: LossConfig) -> bool:
         """Whether every row's denominator ``d_i`` is 1."""
         return not (self.class_weights_denominator and self.loss_weighted(config))
+
+    def complete(self, config: LossConfig) -> LossConfig:
+        """``config`` with the class count its per-class weights fix, where it has none
+        (what the metrics' constructors build)."""
+        weights = getattr(config, self.loss_weights_field) if self.loss_weights_field else None
+        if self.count_field and getattr(config, self.count_field) is None:
+            if isinstance(weights, tuple):
+                return replace(config, **{self.count_field: len(weights)})
+        return config
 
 
 def hard_labels(target: Any, sample_weight: Any) -> np.ndarray | None:
@@ -215,6 +253,8 @@ KINDS: dict[str, Kind] = {
             per_class_frame=report.class_frame,
             label_counts=_count_hard_labels,
             row_denominators=_class_weight_denominators,
+            breakdown_field="per_class",
+            target_shape="labels",  # a label per row, or per token of (T, V) logits
         ),
         Kind(
             name="binary",
@@ -232,6 +272,7 @@ KINDS: dict[str, Kind] = {
             has_accuracy=True,
             label_entropy=report.bernoulli_label_entropy,
             per_class_frame=report.label_frame,
+            target_shape="scalar",
         ),
         Kind(
             name="multilabel",
@@ -249,6 +290,8 @@ KINDS: dict[str, Kind] = {
             has_accuracy=False,
             label_entropy=report.per_label_entropy,
             per_class_frame=report.label_frame,
+            breakdown_field="per_label",
+            target_shape="preds",
         ),
         Kind(
             name="tokens",
@@ -273,6 +316,8 @@ KINDS: dict[str, Kind] = {
             target_optional=True,
             # Its batch function keeps no per-row losses for the paired sums: not built.
             pairable=False,
+            breakdown_field="per_document",
+            cli_inputs={"target-logprob": "logprobs", "target-nll": "nll"},
         ),
     )
 }

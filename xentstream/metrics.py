@@ -312,6 +312,26 @@ class Metric:
         Metric.__init__(metric, config, engine=engine, window=window)
         return metric
 
+    @staticmethod
+    def for_config(
+        config: LossConfig, *, engine: str = "auto", window: int | None = None
+    ) -> Metric:
+        """A fresh metric of the class that computes ``config``'s kind, completed as its
+        constructor completes it (per-class weights fix the class count): how the
+        command line builds a metric from its flags.
+
+        Examples
+        --------
+        >>> from xentstream.config import MultilabelConfig
+        >>> metric = Metric.for_config(MultilabelConfig(pos_weight=(1.0, 2.0)))
+        >>> type(metric).__name__, metric.n_classes
+        ('MultiLabelCrossEntropy', 2)
+        """
+        for cls in Metric._registry.values():
+            if cls.kind.config is type(config):
+                return cls.from_config(cls.kind.complete(config), engine=engine, window=window)
+        raise TypeError(f"config: no metric computes a {type(config).__name__}")
+
     # -- state ---------------------------------------------------------------------------
 
     def reset(self) -> Metric:
@@ -454,7 +474,8 @@ class Metric:
             preds,
             target,
             sample_weight,
-            keep_rows=keep_rows or self._window is not None,
+            keep_rows=keep_rows,
+            keep_terms=self._window is not None,
             with_entropy=True,
             row_offset=offset,
             names=names,
@@ -517,18 +538,31 @@ class Metric:
             label_counts,
             batch.calibration,
         )
-        if self._window is not None and batch.row_losses is not None:
-            losses = batch.row_losses.reshape(-1)
-            denominators = self.row_denominators(target, batch)
-            weights = (
-                np.ones_like(losses)
-                if sample_weight is None
-                else np.asarray(as_array(sample_weight, "sample_weight"), np.float64).reshape(-1)
-            )
-            counted = denominators >= 0  # ignored rows carry -1
-            self._window.extend(
-                (weights * losses)[counted], (weights * np.maximum(denominators, 0))[counted]
-            )
+        if self._window is not None:
+            self._window.extend(*self._window_terms(batch, target, sample_weight))
+
+    def _window_terms(
+        self, batch: BatchSums, target: Any, sample_weight: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The (s L, s d) terms of a batch's counted rows, for the window: the kernel's
+        own (``batch.kept_terms``), so that each row's ``d_i`` and whether it counts are
+        defined in the kernel alone; from the per-row losses where the kernel wrote no
+        terms (the CUDA twins)."""
+        terms = batch.kept_terms
+        if terms is not None:
+            counted = terms[:, layout.ROW_IGNORED] == 0.0
+            if not counted.all():
+                terms = terms[counted]
+            return terms[:, layout.LOSS], terms[:, layout.DENOMINATOR]
+        losses = batch.row_losses.reshape(-1)
+        denominators = self.row_denominators(target, batch)
+        weights = (
+            np.ones_like(losses)
+            if sample_weight is None
+            else np.asarray(as_array(sample_weight, "sample_weight"), np.float64).reshape(-1)
+        )
+        counted = denominators >= 0  # ignored rows carry -1
+        return (weights * losses)[counted], (weights * np.maximum(denominators, 0))[counted]
 
     # -- results -------------------------------------------------------------------------
 
@@ -841,9 +875,7 @@ class CrossEntropy(Metric):
             sum_tol=sum_tol,
             validate=validate,
         )
-        if num_classes is None and config.class_weight is not None:
-            config = replace(config, num_classes=len(config.class_weight))
-        super().__init__(config, engine=engine, window=window)
+        super().__init__(self.kind.complete(config), engine=engine, window=window)
 
 
 class BinaryCrossEntropy(Metric):
@@ -942,6 +974,4 @@ class MultiLabelCrossEntropy(Metric):
             sum_tol=sum_tol,
             validate=validate,
         )
-        if num_labels is None and isinstance(config.pos_weight, tuple):
-            config = replace(config, num_labels=len(config.pos_weight))
-        super().__init__(config, engine=engine, window=window)
+        super().__init__(self.kind.complete(config), engine=engine, window=window)
