@@ -19,7 +19,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -86,7 +86,9 @@ class Kind:
         ``n_groups`` keywords, per group, shape ``(n_groups, n_classes)``.
     row_denominators : callable or None
         ``row_denominators(config, target, n_rows, n_classes)``: each row's ``d_i``
-        (-1 for ignored rows), for the windowed loss; None: every ``d_i`` is 1.
+        (-1 for ignored rows), where the kernel wrote no per-row terms: a paired
+        comparison, and a window on the CUDA engine (on the CPU the window reads the
+        kernel's terms, ``BatchSums.kept_terms``); None: every ``d_i`` is 1.
     state : type
         Its :class:`~xentstream.accumulator.ExactState` class (a subclass for kinds
         that keep more exact state, with their own state-file ``SECTIONS``).
@@ -168,6 +170,34 @@ class Kind:
     def unit_denominators(self, config: LossConfig) -> bool:
         """Whether every row's denominator ``d_i`` is 1."""
         return not (self.class_weights_denominator and self.loss_weighted(config))
+
+    def make_config(self, **options: Any) -> LossConfig:
+        """The kind's config of ``options`` (its fields): how a function or a metric
+        passes on options it has no parameter of its own for (an option added to the
+        config works everywhere at once).
+
+        Raises
+        ------
+        TypeError
+            For a name that is no option of the kind, naming it and the options.
+
+        Examples
+        --------
+        >>> KINDS["binary"].make_config(pos_weight=2.0).pos_weight
+        2.0
+        >>> KINDS["binary"].make_config(pos_wieght=2.0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: pos_wieght: not an option of the binary loss (its options: ..., pos_weight, ...)
+        """
+        names = {option.name for option in fields(self.config)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(
+                f"{unknown[0]}: not an option of the {self.name} loss "
+                f"(its options: {', '.join(sorted(names))})"
+            )
+        return self.config(**options)
 
     def complete(self, config: LossConfig) -> LossConfig:
         """``config`` with the class count its per-class weights fix, where it has none

@@ -30,7 +30,7 @@ from xentstream._inputs import as_array
 from xentstream._kernels import layout, load_cuda
 from xentstream._kernels.calibration import BIN_WEIGHT
 from xentstream.accumulator import ExactState
-from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
+from xentstream.config import LossConfig
 from xentstream.kinds import KINDS, Kind
 from xentstream.report import Report, build_report
 from xentstream.state import FORMAT, VERSION, read_json, write_json_atomic
@@ -271,8 +271,10 @@ class _Window:
 class Metric:
     """Base of the streaming metrics: a config, its exact state, update / merge / compute.
 
-    Subclasses set ``kind`` (their :class:`~xentstream.kinds.Kind`) and a constructor
-    that builds the config; everything else is generic over the kind.
+    Subclasses set ``kind`` (their :class:`~xentstream.kinds.Kind`); everything else
+    is generic over the kind. The constructor takes a config, or the kind's options
+    as keywords (``Metric.__init__(self, engine=..., window=..., **options)``): a
+    subclass's own constructor only names them, for its signature and its docs.
 
     Attributes
     ----------
@@ -294,7 +296,18 @@ class Metric:
         super().__init_subclass__(**kwargs)
         Metric._registry[cls.__name__] = cls
 
-    def __init__(self, config: LossConfig, *, engine: str = "auto", window: int | None = None):
+    def __init__(
+        self,
+        config: LossConfig | None = None,
+        *,
+        engine: str = "auto",
+        window: int | None = None,
+        **options: Any,
+    ):
+        if config is None:  # the kind's options, completed as a constructor completes them
+            config = self.kind.complete(self.kind.make_config(**options))
+        elif options:
+            raise TypeError(f"{next(iter(options))}: an option of the config given, not here")
         self.config = config
         self.engine = check_engine(engine)
         self.window = _check_window(window)
@@ -836,6 +849,9 @@ class CrossEntropy(Metric):
         Also keep that many equal-width reliability bins of the top label's
         probability (``Report.ece`` / ``mce`` / ``brier``, ``Report.calibration``;
         :mod:`xentstream.calibration`), in the same pass over the batch.
+    **options
+        Further options of :class:`~xentstream.config.MulticlassConfig` (an option
+        added to the config is taken here before it has a parameter of its own).
 
     Examples
     --------
@@ -862,8 +878,11 @@ class CrossEntropy(Metric):
         engine: str = "auto",
         window: int | None = None,
         calibration_bins: int | None = None,
+        **options: Any,
     ) -> None:
-        config = MulticlassConfig(
+        super().__init__(
+            engine=engine,
+            window=window,
             calibration_bins=calibration_bins,
             num_classes=num_classes,
             input=input,
@@ -874,8 +893,8 @@ class CrossEntropy(Metric):
             per_class=per_class,
             sum_tol=sum_tol,
             validate=validate,
+            **options,
         )
-        super().__init__(self.kind.complete(config), engine=engine, window=window)
 
 
 class BinaryCrossEntropy(Metric):
@@ -889,6 +908,9 @@ class BinaryCrossEntropy(Metric):
         As in :class:`CrossEntropy`.
     calibration_bins : int, optional
         Reliability bins of the positive class's probability, as in :class:`CrossEntropy`.
+    **options
+        Further options of :class:`~xentstream.config.BinaryConfig`, as in
+        :class:`CrossEntropy`.
 
     Examples
     --------
@@ -911,16 +933,19 @@ class BinaryCrossEntropy(Metric):
         engine: str = "auto",
         window: int | None = None,
         calibration_bins: int | None = None,
+        **options: Any,
     ) -> None:
-        config = BinaryConfig(
+        super().__init__(
+            engine=engine,
+            window=window,
             input=input,
             pos_weight=pos_weight,
             eps=eps,
             sum_tol=sum_tol,
             validate=validate,
             calibration_bins=calibration_bins,
+            **options,
         )
-        super().__init__(config, engine=engine, window=window)
 
 
 class MultiLabelCrossEntropy(Metric):
@@ -938,6 +963,9 @@ class MultiLabelCrossEntropy(Metric):
         As in :class:`CrossEntropy`.
     calibration_bins : int, optional
         Reliability bins of every label's probability (pooled), as in
+        :class:`CrossEntropy`.
+    **options
+        Further options of :class:`~xentstream.config.MultilabelConfig`, as in
         :class:`CrossEntropy`.
 
     Examples
@@ -963,8 +991,11 @@ class MultiLabelCrossEntropy(Metric):
         engine: str = "auto",
         window: int | None = None,
         calibration_bins: int | None = None,
+        **options: Any,
     ) -> None:
-        config = MultilabelConfig(
+        super().__init__(
+            engine=engine,
+            window=window,
             calibration_bins=calibration_bins,
             num_labels=num_labels,
             input=input,
@@ -973,5 +1004,5 @@ class MultiLabelCrossEntropy(Metric):
             per_label=per_label,
             sum_tol=sum_tol,
             validate=validate,
+            **options,
         )
-        super().__init__(self.kind.complete(config), engine=engine, window=window)
