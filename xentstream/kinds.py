@@ -64,7 +64,8 @@ class Kind:
         Config flag that keeps per-class (per-label) sums.
     loss_weights_field : str or None
         Config field whose weights scale the loss terms (the KL divergence and the
-        normalized entropy are undefined while it is set).
+        normalized entropy are undefined while it is set, as they are while any
+        config field declared with ``metadata={"scales_loss": True}`` is set).
     class_weights_denominator : bool
         Whether a row's denominator ``d_i`` is its label's class weight (else 1).
     one_class_per_row : bool
@@ -162,9 +163,14 @@ class Kind:
         return getattr(config, self.count_field) if self.count_field else None
 
     def loss_weighted(self, config: LossConfig) -> bool:
-        """Whether weights in ``config`` scale the loss terms (class / positive weights)."""
-        return bool(
-            self.loss_weights_field and getattr(config, self.loss_weights_field) is not None
+        """Whether options in ``config`` scale the loss terms: its class / positive
+        weights, or any set config field declared with ``metadata={"scales_loss":
+        True}`` (so that an option of that sort needs no change here)."""
+        if self.loss_weights_field and getattr(config, self.loss_weights_field) is not None:
+            return True
+        return any(
+            option.metadata.get("scales_loss") and getattr(config, option.name) is not None
+            for option in fields(config)
         )
 
     def unit_denominators(self, config: LossConfig) -> bool:
