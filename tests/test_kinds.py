@@ -131,3 +131,18 @@ def test_a_new_config_option_gets_a_flag(
     assert "--gamma GAMMA multiclass: the gamma= option (default: 0.0)" in _help(capsys)
     with pytest.raises(cli._UsageError, match="--gamma: does not apply to the binary task"):
         cli._metric(args, "binary")
+
+
+def test_a_kind_words_the_codes_it_gives_another_meaning() -> None:
+    """A new kind reuses the kernels' codes with its own rules (no _errors.py change)."""
+    from xentstream._errors import DEFAULT_NAMES, kernel_error
+    from xentstream._kernels import layout
+
+    common = {"names": DEFAULT_NAMES, "leading_shape": (9,), "n_classes": 1, "sum_tol": 0.0}
+    rules = {layout.TARGET_INVALID: "count {value!r} is negative; counts must be >= 0"}
+    error = kernel_error(
+        layout.TARGET_INVALID, 4, -1, -2.0, row_offset=10, axis=None, rules=rules, **common
+    )
+    assert str(error) == "target: row 14 (batch row 4): count -2.0 is negative; counts must be >= 0"
+    plain = kernel_error(layout.TARGET_INVALID, 4, -1, -2.0, row_offset=0, axis=None, **common)
+    assert str(plain) == "target: row 4: target probability -2.0 is negative or NaN"

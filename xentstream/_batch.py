@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,12 +194,14 @@ def _run(
     axis: str | None,
     keep_terms: bool = False,
     target_columns_follow: bool = False,
+    rules: Mapping[int, str] | None = None,
     device: Any = None,
 ) -> BatchSums:
     """Call kernel ``kernel`` (a ``cpu`` name) on the CPU or, with ``device``, its CUDA twin.
 
     ``axis`` / ``target_columns_follow``: what a bad column of the kernel's error
-    records is (:func:`~xentstream._errors.kernel_error`). ``keep_terms``: also every
+    records is, and ``rules`` the kind's own wording of error codes
+    (:func:`~xentstream._errors.kernel_error`). ``keep_terms``: also every
     row's terms in row order (``BatchSums.kept_terms``; the CUDA twins write none).
     """
     # Only C-contiguous arrays reach the kernels: other layouts are copied once here,
@@ -281,6 +284,7 @@ def _run(
             sum_tol=opts.sum_tol,
             axis=axis,
             target_columns_follow=target_columns_follow,
+            rules=rules,
         )
     kept_terms = None
     if terms_in_order:

@@ -7,6 +7,7 @@ stream) and the rule broken.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,17 @@ class DataError(ValueError):
         return DataError.at(self.column, self.row + rows, self.rule, self.position, context=context)
 
 
+#: Codes of a bad target value (the others are of the predictions).
+_TARGET_CODES = frozenset(
+    (
+        layout.LABEL_OUT_OF_RANGE,
+        layout.TARGET_INVALID,
+        layout.TARGET_ROW_SUM,
+        layout.TARGET_NOT_PROBABILITY,
+    )
+)
+
+
 def _index(row: int, leading_shape: tuple[int, ...]) -> str:
     """`` (index (i, j))`` of a batch row of multi-dimensional inputs, else ``""``."""
     if len(leading_shape) > 1 and 0 <= row < int(np.prod(leading_shape)):
@@ -122,6 +134,7 @@ def kernel_error(
     sum_tol: float,
     axis: str | None,
     target_columns_follow: bool = False,
+    rules: Mapping[int, str] | None = None,
 ) -> DataError:
     """Build the :class:`DataError` for one kernel error record.
 
@@ -131,6 +144,9 @@ def kernel_error(
     :attr:`~xentstream.kinds.Kind.class_axis`: ``"class"``, ``"label"``; None: one
     value a row, no column shown). ``target_columns_follow``: the kernel records a
     bad target column ``j`` as ``n_classes + j`` (targets shaped like the predictions).
+    ``rules``: a kind's own wording of codes it gives another meaning (a rule with a
+    ``{value}`` field, e.g. ``{layout.TARGET_INVALID: "count {value!r} is negative"}``),
+    so that a new kind words its errors in its batch function, with no code here.
 
     Examples
     --------
@@ -154,6 +170,9 @@ def kernel_error(
     def target(rule: str, where: str = at) -> DataError:
         return DataError.at(names.target, stream_row, rule, where)
 
+    if rules and code in rules:
+        column_of = target if code in _TARGET_CODES else preds
+        return column_of(rules[code].format(value=value))
     if code == layout.PRED_NAN:
         return preds("prediction is NaN; predictions must not be NaN")
     if code == layout.PRED_POS_INF:
