@@ -5,7 +5,9 @@ and sent to its kernel (its batch function), what its class dimension is called,
 which config fields carry the class count, the per-class switch and the weights
 that scale the loss, and which report quantities it has. The metrics, the report,
 the command line, evaluation and Dask read this table instead of branching on a
-kind's name, so a new kind is one entry here (plus its config and kernel).
+kind's name, so a new kind is one entry here (plus its config, batch function,
+kernel, metric class and function: ``docs/architecture.md`` lists the files of a
+worked example).
 
 Examples
 --------
