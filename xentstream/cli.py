@@ -33,13 +33,14 @@ import numpy as np
 import polars as pl
 
 from xentstream import __version__
-from xentstream.comparing import GroupedComparison, compare
+from xentstream.comparing import GroupedComparison
 from xentstream.comparison import Comparison, ComparisonReport
 from xentstream.comparison import load as load_state
 from xentstream.evaluation import (
     GROUPED_FORMAT,
     GroupedReport,
     Interrupted,
+    compare,
     evaluate,
     grouped_state_dict,
     merge_grouped_states,
