@@ -962,21 +962,20 @@ class Evaluation:
         )
         return cls(metric, spec)
 
-    def fresh(self, *, engine: str | None = None) -> Evaluation:
+    def fresh(self, *, engine: str | None = None, groups: bool = True) -> Evaluation:
         """A new evaluation of the same columns with an empty metric (or comparison) of
         the same configuration, on ``engine`` (default: this metric's): what each of
-        :mod:`xentstream.dask`'s tasks and merges starts from."""
+        :mod:`xentstream.dask`'s tasks and merges starts from.
+
+        ``groups=False``: without the (empty) group state, to be sent to other
+        processes as a template (a group state is not pickled; its ``fresh()`` has
+        one again)."""
         metric = self.metric
-        blank = (
-            type(metric)
-            .from_state_dict(
-                metric.state_dict(), engine=metric.engine if engine is None else engine
-            )
-            .reset()
-        )
+        engine = metric.engine if engine is None else engine
+        blank = type(metric).from_state_dict(metric.state_dict(), engine=engine)
         run = copy.copy(self)
-        run.metric = blank
-        run.groups = run._new_groups()
+        run.metric = blank.reset()
+        run.groups = run._new_groups() if groups else None
         return run
 
     def feed(
