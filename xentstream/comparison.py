@@ -595,11 +595,12 @@ class Comparison(Stateful):
         return comparison
 
     def _check_loadable(self, other: Comparison) -> None:
-        if other.merge_key() != self.merge_key():
+        if type(other.model) is not type(self.model):
             raise ValueError(
-                "load_state_dict: the state compares another metric or configuration "
-                f"({type(other.model).__name__} {other.model.merge_key()})"
+                f"load_state_dict: the state compares a {type(other.model).__name__}, "
+                f"not a {type(self.model).__name__}"
             )
+        self.model._check_loadable(other.model)  # configurations (class counts may be open)
 
     def __repr__(self) -> str:
         kind = type(self.model).__name__
