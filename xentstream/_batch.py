@@ -38,7 +38,7 @@ from xentstream._inputs import (
 )
 from xentstream._kernels import cpu, layout, load_cuda
 from xentstream._kernels.devices import is_device_array
-from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
+from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks, normalize
 from xentstream._kernels.groups import group_runs
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
 
@@ -133,6 +133,9 @@ class BatchSums:
         The group code of every row, with ``row_terms``.
     calibration : CalibrationState or None
         The batch's reliability bins, set by a metric with ``calibration_bins``.
+    target : array or None
+        The targets as the kernel read them (converted, flat rows), so that what the
+        metric derives from them afterwards (label counts) converts nothing again.
     """
 
     sums: np.ndarray
@@ -146,6 +149,7 @@ class BatchSums:
     row_terms: np.ndarray | None = None
     group_codes: np.ndarray | None = None
     calibration: Any = None
+    target: Any = None
 
     @property
     def n_rows(self) -> int:
@@ -246,7 +250,9 @@ def _run(
         class_width=class_width,
         keep_rows=keep_rows,
     )
-    if errors[:, 0].max() >= 0:
+    n_blocks = block_sums.shape[0]
+    # One block (every small batch): one element read, not a numpy reduction.
+    if (errors[0, 0] if n_blocks == 1 else errors[:, 0].max()) >= 0:
         failed = np.flatnonzero(errors[:, 0] >= 0)
         first = failed[np.argmin(errors[failed, 0])]
         row, code, column = (int(v) for v in errors[first])
@@ -262,12 +268,16 @@ def _run(
             sum_tol=opts.sum_tol,
             kind=kind,
         )
-    n_blocks = block_sums.shape[0]
-    group_sums = accumulator.empty(n_groups, layout.N_SUMS)
-    combine_blocks(
-        block_sums.reshape(n_blocks, n_groups * layout.N_SUMS, N_SLOTS),
-        group_sums.reshape(n_groups * layout.N_SUMS, N_SLOTS),
-    )
+    if n_blocks == 1:
+        # Combining one block into zeros is normalizing it: the same bits, in place.
+        group_sums = block_sums[0]
+        normalize(group_sums.reshape(n_groups * layout.N_SUMS, N_SLOTS))
+    else:
+        group_sums = accumulator.empty(n_groups, layout.N_SUMS)
+        combine_blocks(
+            block_sums.reshape(n_blocks, n_groups * layout.N_SUMS, N_SLOTS),
+            group_sums.reshape(n_groups * layout.N_SUMS, N_SLOTS),
+        )
     group_counts = block_counts[0] if n_blocks == 1 else block_counts.sum(axis=0)
     if groups is None or row_terms:
         sums, counts = group_sums[0], group_counts[0]
@@ -294,6 +304,7 @@ def _run(
         group_counts=None if groups is None or row_terms else group_counts,
         row_terms=terms[0] if row_terms else None,
         group_codes=group_codes if row_terms else None,
+        target=target,
     )
 
 
@@ -325,7 +336,8 @@ def _launch_cpu(
     block_counts = np.zeros((n_blocks, n_groups, layout.N_COUNTS), dtype=np.int64)
     block_class_sums = np.zeros((n_blocks, class_width, layout.N_CLASS_SUMS, N_SLOTS), np.int64)
     block_class_counts = np.zeros((n_blocks, class_width), dtype=np.int64)
-    errors = np.full((n_blocks, 3), -1, dtype=np.int64)
+    errors = np.empty((n_blocks, 3), dtype=np.int64)
+    errors.fill(-1)  # np.full costs three times as much, on every small batch
     error_values = np.zeros(n_blocks, dtype=np.float64)
     outputs = (
         row_losses,
@@ -340,19 +352,29 @@ def _launch_cpu(
     positions = _NO_GROUPS if term_rows is None else term_rows
     arguments = (preds, target, weights, sample_weight, group_codes, opts, *outputs[:2])
     arguments = (*arguments, positions, *outputs[2:])
-    if n_blocks == 1 and threads > 1:
+    one_team = n_blocks == 1 and threads > 1
+    if one_team:
         # One block has work for one thread: a team of one wakes no other thread
-        # (numba's thread count is per calling thread, so this is thread-safe).
-        numba.set_num_threads(1)
+        # (numba's thread count is per calling thread, so this is thread-safe). Set
+        # from compiled code: numba.set_num_threads from Python costs ~3 us a call.
+        cpu.set_threads(1)
     try:
         if _threading_layer_is_safe:
             kernel(*arguments)
         else:
             _call_serialized(kernel, arguments)
     finally:
-        if n_blocks == 1 and threads > 1:
-            numba.set_num_threads(threads)
+        if one_team:
+            cpu.set_threads(threads)
     return (*outputs[2:], row_losses, *((row_terms,) if keep_terms else ()))
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_weights(n: int) -> np.ndarray:
+    """Read-only ones: the class (label) weights of an unweighted config, made once."""
+    ones = np.ones(n)
+    ones.flags.writeable = False
+    return ones
 
 
 def _read_only(array: Any) -> Any:
@@ -596,7 +618,7 @@ def multiclass_batch(
             n_classes, per_class, keep_rows, leading_shape, _grouped(groups, n_groups)
         )
     class_weight = (
-        np.ones(n_classes) if config.class_weight is None else np.asarray(config.class_weight)
+        _unit_weights(n_classes) if config.class_weight is None else np.asarray(config.class_weight)
     )
     opts = _options(config, eps_dtype or preds.dtype, with_entropy=with_entropy)
     return _run(
@@ -718,7 +740,7 @@ def multilabel_batch(
             n_labels, config.per_label, keep_rows, leading_shape, _grouped(groups, n_groups)
         )
     if config.pos_weight is None:
-        pos_weight = np.ones(n_labels)
+        pos_weight = _unit_weights(n_labels)
     else:
         pos_weight = np.broadcast_to(np.asarray(config.pos_weight, dtype=np.float64), (n_labels,))
     opts = _options(config, eps_dtype or preds.dtype, with_entropy=with_entropy)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -1091,6 +1092,13 @@ def _make_prediction_entropy(with_entropy):
             _add_all_staged(sums[block], staged, n_staged, staged_slots)
 
     return prediction_entropy
+
+
+@njit(nogil=True)  # not cacheable: it reads the threading layer's function pointers
+def set_threads(n):
+    """``numba.set_num_threads(n)`` for the calling thread, from compiled code:
+    microseconds cheaper a call than from Python, which matters on small batches."""
+    numba.set_num_threads(n)
 
 
 _FACTORIES = {
