@@ -479,10 +479,46 @@ def test_command_line_compare_by(rng, tmp_path, capsys):
     assert "--save-state" in capsys.readouterr().err
 
 
-def test_token_metrics_are_refused_with_a_reason(tmp_path, capsys):
-    """Pairing token log-probabilities is not built: a clear refusal, never a crash."""
-    with pytest.raises(TypeError, match="cannot be compared yet"):
-        xs.Comparison(xs.TokenCrossEntropy())
+def test_token_log_probabilities_against_scipy(rng):
+    """Two language models' target log-probabilities on the same tokens, padding masked:
+    the paired statistics of the per-token NLL difference, as scipy's paired t-test."""
+    n = 4000
+    model = np.log(rng.uniform(0.05, 1.0, n))
+    baseline = np.log(np.clip(np.exp(model) * rng.uniform(0.8, 1.2, n), 1e-6, 1.0))
+    mask = rng.random(n) < 0.9
+    report = xs.Comparison(xs.TokenCrossEntropy()).update(model, baseline, mask).compute()
+    differences = (baseline - model)[mask]  # NLL_A - NLL_B
+    test = stats.ttest_rel(-model[mask], -baseline[mask])
+    assert report.count == mask.sum()
+    assert math.isclose(report.difference, math.fsum(differences) / mask.sum(), rel_tol=1e-12)
+    assert math.isclose(report.stderr, stats.sem(differences), rel_tol=1e-9)
+    assert math.isclose(report.z, test.statistic, rel_tol=1e-9)
+    assert report.model.loss == xs.token_cross_entropy(model, mask)
+    assert (
+        report.baseline.perplexity
+        == xs.TokenCrossEntropy().update(baseline, mask).compute().perplexity
+    )
+    # by= groups and a frame source: each group as its own comparison
+    frame = pl.DataFrame({"a": model, "b": baseline, "m": mask, "g": rng.integers(0, 3, n)})
+    grouped = xs.compare(
+        frame,
+        xs.TokenCrossEntropy(),
+        preds="a",
+        baseline_preds="b",
+        target="m",
+        by="g",
+        batch_rows=999,
+    )
+    assert _dumped(grouped.overall) == _dumped(report)
+    for (key,), group in grouped.groups.items():
+        rows = frame["g"].to_numpy() == key
+        alone = xs.Comparison(xs.TokenCrossEntropy())
+        alone.update(model[rows], baseline[rows], mask[rows])
+        assert _dumped(group) == _dumped(alone.compute())
+
+
+def test_command_line_refuses_token_comparisons(tmp_path, capsys):
+    """The compare command has no --document / --units yet: a clear refusal, no crash."""
     path = tmp_path / "tokens.parquet"
     pl.DataFrame({"a": [-0.5, -1.0], "b": [-0.7, -0.2]}).write_parquet(path)
     common = [str(path), "--preds", "a", "--input", "target-logprob"]
@@ -490,7 +526,7 @@ def test_token_metrics_are_refused_with_a_reason(tmp_path, capsys):
         ["compare", *common, "--baseline-preds", "b", "--target", "a"],
         ["evaluate", *common, "--calibration-bins", "5"],
     ]
-    for argv, needle in zip(runs, ["cannot be compared yet", "--calibration-bins"], strict=True):
+    for argv, needle in zip(runs, ["in Python", "--calibration-bins"], strict=True):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("xentstream: error:") and needle in err

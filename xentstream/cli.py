@@ -435,6 +435,11 @@ def _pairable_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     task = _infer_task(args, schema)
     if not KINDS[task].pairable:
         raise _UsageError(f"compare: the {task} task cannot be compared yet (not built)")
+    if KINDS[task].side_columns:  # compare has none of evaluate's --document / --units
+        raise _UsageError(
+            f"compare: the {task} task is compared in Python (xs.compare with "
+            "xs.TokenCrossEntropy()), not on the command line yet"
+        )
     return task
 
 
