@@ -882,6 +882,9 @@ class Evaluation:
     def __init__(self, metric: Metric, spec: ColumnSpec) -> None:
         if not isinstance(metric, Metric):
             raise TypeError(f"metric: expected an xentstream metric, got {type(metric).__name__}")
+        self._hold(metric, spec)
+
+    def _hold(self, metric: Metric | Comparison, spec: ColumnSpec) -> None:
         self.metric: Metric | Comparison = metric
         self.spec = spec
         self.groups = self._new_groups()
@@ -1084,14 +1087,11 @@ class _ComparisonEvaluation(Evaluation):
         baseline_source: Any = None,
         row_id: str | None = None,
     ) -> None:
-        self.metric = comparison
-        self.spec = spec
         self.baseline_spec = baseline_spec
         self.by = by
         self.baseline_source = baseline_source
         self.row_id = row_id
-        self.groups = self._new_groups()
-        self.class_names = _spec_class_names(spec)
+        self._hold(comparison, spec)
 
     @classmethod
     def of_columns(
