@@ -350,7 +350,8 @@ def _launch_cpu(
         error_values,
     )
     positions = _NO_GROUPS if term_rows is None else term_rows
-    arguments = (preds, target, weights, sample_weight, group_codes, opts, *outputs[:2])
+    packed = layout.packed_options(opts)
+    arguments = (preds, target, weights, sample_weight, group_codes, packed, *outputs[:2])
     arguments = (*arguments, positions, *outputs[2:])
     one_team = n_blocks == 1 and threads > 1
     if one_team:
