@@ -328,7 +328,7 @@ def _launch_cpu(
     kernel = cpu.kernel(name, opts.with_entropy)
     n_rows = preds.shape[0]
     n_classes = preds.shape[1] if preds.ndim == 2 else 1
-    threads = numba.get_num_threads()
+    threads = cpu.thread_count()
     n_blocks = _block_count(n_rows, n_classes, class_width > 0, n_groups, threads)
     row_losses = np.empty(n_rows, dtype=np.float64) if keep_rows else _NO_ROWS
     row_terms = np.empty((n_rows if keep_terms else 0, layout.N_ROW_TERMS), dtype=np.float64)

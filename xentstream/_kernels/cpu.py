@@ -1098,6 +1098,12 @@ def _make_prediction_entropy(with_entropy):
 
 
 @njit(nogil=True)  # not cacheable: it reads the threading layer's function pointers
+def thread_count():
+    """``numba.get_num_threads()`` from compiled code (~2 us cheaper a call)."""
+    return numba.get_num_threads()
+
+
+@njit(nogil=True)  # not cacheable, as above
 def set_threads(n):
     """``numba.set_num_threads(n)`` for the calling thread, from compiled code:
     microseconds cheaper a call than from Python, which matters on small batches."""
