@@ -163,6 +163,8 @@ def _block_count(
     """Number of row blocks for one call (any choice gives the same bits)."""
     threads = numba.get_num_threads() if threads is None else threads
     by_size = n_rows * max(n_classes, 1) // _MIN_BLOCK_ELEMENTS
+    if by_size < 2:  # every small batch: each bound below gives one block
+        return 1
     blocks = max(1, min(by_size, threads * _BLOCKS_PER_THREAD))
     per_block = n_groups * (layout.N_SUMS + layout.N_COUNTS) * N_SLOTS * 8
     if per_class:
@@ -385,8 +387,14 @@ def _read_only(array: Any) -> Any:
     pyarrow are read-only, numpy's usually not. Handing every kernel read-only views
     keeps one compiled specialization per dtype instead of one per combination.
     """
-    if type(array) is np.ndarray and not array.flags.writeable and array.flags.c_contiguous:
-        return array
+    if type(array) is np.ndarray:
+        flags = array.flags
+        if flags.c_contiguous:
+            if not flags.writeable:
+                return array
+            view = array.view()  # numpy's own C-contiguous array: no copy to ask for
+            view.flags.writeable = False
+            return view
     if is_device_array(array):
         return array
     view = np.ascontiguousarray(array).view()
