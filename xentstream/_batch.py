@@ -169,6 +169,8 @@ def _block_count(
     """Number of row blocks for one call (any choice gives the same bits)."""
     threads = numba.get_num_threads() if threads is None else threads
     by_size = n_rows * max(n_classes, 1) // _MIN_BLOCK_ELEMENTS
+    if by_size < 2:  # every small batch: each bound below gives one block
+        return 1
     blocks = max(1, min(by_size, threads * _BLOCKS_PER_THREAD))
     per_block = n_groups * (layout.N_SUMS + layout.N_COUNTS) * N_SLOTS * 8
     if per_class:
@@ -358,7 +360,7 @@ def _launch_cpu(
     kernel = cpu.kernel(name, opts.with_entropy)
     n_rows = preds.shape[0]
     n_classes = preds.shape[1] if preds.ndim == 2 else 1
-    threads = numba.get_num_threads()
+    threads = cpu.thread_count()
     n_blocks = _block_count(n_rows, n_classes, class_width > 0, n_groups, threads)
     row_losses = np.empty(n_rows, dtype=np.float64) if keep_rows else _NO_ROWS
     row_terms = np.empty((n_rows if keep_terms else 0, layout.N_ROW_TERMS), dtype=np.float64)
@@ -380,7 +382,8 @@ def _launch_cpu(
         error_values,
     )
     positions = _NO_GROUPS if term_rows is None else term_rows
-    arguments = (preds, target, weights, sample_weight, group_codes, opts, *outputs[:2])
+    packed = layout.packed_options(opts)
+    arguments = (preds, target, weights, sample_weight, group_codes, packed, *outputs[:2])
     arguments = (*arguments, positions, *outputs[2:])
     one_team = n_blocks == 1 and threads > 1
     if one_team:
@@ -414,8 +417,14 @@ def _read_only(array: Any) -> Any:
     pyarrow are read-only, numpy's usually not. Handing every kernel read-only views
     keeps one compiled specialization per dtype instead of one per combination.
     """
-    if type(array) is np.ndarray and not array.flags.writeable and array.flags.c_contiguous:
-        return array
+    if type(array) is np.ndarray:
+        flags = array.flags
+        if flags.c_contiguous:
+            if not flags.writeable:
+                return array
+            view = array.view()  # numpy's own C-contiguous array: no copy to ask for
+            view.flags.writeable = False
+            return view
     if is_device_array(array):
         return array
     view = np.ascontiguousarray(array).view()

@@ -29,7 +29,7 @@ import numpy as np
 from xentstream import report
 from xentstream._batch import BatchSums, binary_batch, multiclass_batch, multilabel_batch
 from xentstream._inputs import as_array
-from xentstream._tokens import TokenState, token_batch, token_report_fields
+from xentstream._tokens import TokenState, token_batch, token_report_fields, token_row_denominators
 from xentstream.accumulator import ExactState
 from xentstream.config import (
     BinaryConfig,
@@ -352,10 +352,9 @@ KINDS: dict[str, Kind] = {
             extra_report=token_report_fields,
             side_columns=("document", "units"),
             target_optional=True,
-            # Its batch function keeps no per-row losses for the paired sums: not built.
-            pairable=False,
             breakdown_field="per_document",
             cli_inputs={"target-logprob": "logprobs", "target-nll": "nll"},
+            row_denominators=token_row_denominators,
         ),
     )
 }
