@@ -267,6 +267,12 @@ class _Window:
         return twin
 
 
+def _kernel_target(batch: BatchSums | None, target: Any) -> Any:
+    """The targets as the kernel read them (converted once, integer one-hot rows already
+    soft floats), else as given: what label counting reads."""
+    return target if batch is None or batch.target is None else batch.target
+
+
 class Metric(Stateful):
     """Base of the streaming metrics: a config, its exact state, update / merge / compute.
 
@@ -525,25 +531,34 @@ class Metric(Stateful):
         return np.ones(size) if hook is None else hook(self.config, target, size, batch.n_classes)
 
     def group_label_counts(
-        self, target: Any, sample_weight: Any, codes: np.ndarray, n_groups: int
+        self,
+        target: Any,
+        sample_weight: Any,
+        codes: np.ndarray,
+        n_groups: int,
+        *,
+        batch: BatchSums | None = None,
     ) -> np.ndarray | None:
         """Exact label counts per group of a batch, shape (n_groups, C); None where this
-        kind keeps none or the batch's labels are unknown (soft, weighted)."""
+        kind keeps none or the batch's labels are unknown (soft, weighted). ``batch``:
+        the batch's :meth:`accumulate` result, whose targets are already converted."""
         hook = self.kind.label_counts
         if hook is None or self.n_classes is None:
             return None
         return hook(
-            self.config, target, sample_weight, self.n_classes, codes=codes, n_groups=n_groups
+            self.config,
+            _kernel_target(batch, target),
+            sample_weight,
+            self.n_classes,
+            codes=codes,
+            n_groups=n_groups,
         )
 
     def _absorb(self, batch: BatchSums, target: Any, sample_weight: Any) -> None:
         label_counts = None
         if self.kind.label_counts is not None:
             label_counts = self.kind.label_counts(
-                self.config,
-                target if batch.target is None else batch.target,
-                sample_weight,
-                batch.n_classes,
+                self.config, _kernel_target(batch, target), sample_weight, batch.n_classes
             )
         self.state.add(
             batch.sums,
