@@ -36,7 +36,12 @@ import polars as pl
 from xentstream._errors import shorten, show
 from xentstream.accumulator import ExactState
 from xentstream.feeders import Batch, ColumnSpec, open_source
-from xentstream.grouping import GroupKeys, GroupReports, GroupTable, canonical_key
+from xentstream.grouping import (
+    GroupKeys,
+    GroupReports,
+    GroupTable,
+    canonical_key,
+)
 from xentstream.metrics import Metric
 from xentstream.report import FLAT_SCALAR_FIELDS, Report
 from xentstream.state import read_json, write_json_atomic
@@ -106,11 +111,15 @@ class GroupedReport:
                 schema=list(self.by),
                 orient="col",
             )
-        columns: dict[str, list[Any]] = {name: [] for name in FLAT_SCALAR_FIELDS}
-        for report in self.groups.values():
-            scalars = report.scalars()
-            for name, values in columns.items():
-                values.append(scalars.get(name))
+        columns = None
+        if isinstance(self.groups, GroupReports):  # every group at once, no Report each
+            columns = self.groups.scalar_columns()
+        if columns is None:
+            columns = {name: [] for name in FLAT_SCALAR_FIELDS}
+            for report in self.groups.values():
+                scalars = report.scalars()
+                for name, values in columns.items():
+                    values.append(scalars.get(name))
         if not keys.height:  # no row read: still the key and report columns
             return pl.DataFrame(schema=[*self.by, *FLAT_SCALAR_FIELDS])
         return keys.hstack(
@@ -302,6 +311,24 @@ class GroupState:
     def to_json(self) -> list[dict[str, Any]]:
         template = self.group_metric.state_dict()
         zero_classes = template["n_classes"] if template["class_sums"] is not None else None
+        if zero_classes:  # per-class zeros in every group: each state as it writes itself
+            return self._states_json(template, zero_classes)
+        keys = self.keys
+        # Keys _key_to_json would write as they are: no per-value type tests.
+        plain = all(
+            not dtype.is_temporal() and dtype not in (pl.Decimal, pl.Object)
+            for dtype in self._keys.frame.dtypes
+        )
+        entries = []
+        for start in range(0, len(keys), _JSON_GROUPS):
+            codes = np.arange(start, min(start + _JSON_GROUPS, len(keys)))
+            states = self.table.states_json(codes)
+            for code, state in zip(codes.tolist(), states, strict=True):
+                key = list(keys[code]) if plain else [_key_to_json(v) for v in keys[code]]
+                entries.append({"key": key, "state": {**template, **state}})
+        return entries
+
+    def _states_json(self, template: dict[str, Any], zero_classes: int) -> list[dict[str, Any]]:
         keys = self.keys
         entries = []
         for start in range(0, len(keys), _JSON_GROUPS):
@@ -370,7 +397,8 @@ class GroupState:
         """Reports of groups ``codes`` (default: all, in first appearance), built on access."""
         if codes is None:
             codes = np.arange(self.n_groups, dtype=np.int64)
-        return GroupReports(self.table, self._keys, self.group_metric.report_of, codes)
+        metric = self.group_metric
+        return GroupReports(self.table, self._keys, metric.report_of, codes, metric)
 
 
 class _MetricGroups(GroupState):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, ItemsView, Iterator, Mapping, ValuesView
+from statistics import NormalDist
 from typing import Any
 
 import numba
@@ -26,9 +27,10 @@ import numpy as np
 import polars as pl
 
 from xentstream import accumulator
+from xentstream import report as reporting
 from xentstream._kernels import groups as kernels
 from xentstream._kernels import layout
-from xentstream._kernels.exact import N_SLOTS
+from xentstream._kernels.exact import CHUNK_BITS, N_CHUNKS, N_SLOTS
 from xentstream.accumulator import ExactState
 
 __all__ = ["GroupKeys", "GroupReports", "GroupTable", "canonical_key"]
@@ -266,7 +268,7 @@ class GroupTable:
     >>> terms = np.zeros((3, layout.N_ROW_TERMS))
     >>> terms[:, layout.LOSS] = [0.1, 1e-300, 2.0]
     >>> table.add_rows(np.arange(3), np.array([0, 2, 3]), np.array([1, 0]), terms)
-    >>> from xentstream import accumulator
+    >>> from xentstream import accumulator, report
     >>> accumulator.to_float(table.state(1).sums[layout.LOSS]) == math.fsum([0.1, 1e-300])
     True
     >>> table.state(0).counts.tolist()
@@ -289,6 +291,7 @@ class GroupTable:
         # make them unknown, as they do a metric's).
         self.labels = np.zeros((0, 0), dtype=np.int64)
         self.labels_known = np.zeros(0, dtype=bool)
+        self._decimals: dict[int, str] = {}  # decimal text of integers states_json wrote
 
     @property
     def rows_seen(self) -> int:
@@ -433,6 +436,43 @@ class GroupTable:
             state.label_counts = self.labels[code].copy() if known else None
         return state
 
+    def states_json(self, codes: np.ndarray) -> list[dict[str, Any]]:
+        """``ExactState.to_json()`` of groups ``codes`` (no per-class sums), built from
+        their exact integers at once (:func:`exact_integers`); an integer met before
+        (counts, zeros) is not written to decimal again."""
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        sums = self.sums(codes)
+        ints = exact_integers(sums.reshape(-1, N_SLOTS))
+        flags = sums[:, :, N_CHUNKS:].tolist()
+        counts = self.counts[codes].tolist()
+        known = self.labels_known[codes].tolist() if self.counts_labels else None
+        decimal_of = self._decimals
+        n_sums = layout.N_SUMS
+        states = []
+        for i, code in enumerate(codes.tolist()):
+            written = {}
+            for slot, name in enumerate(layout.SUM_NAMES):
+                value = ints[i * n_sums + slot]
+                text = decimal_of.get(value)
+                if text is None:
+                    if len(decimal_of) >= _DECIMALS_KEPT:
+                        decimal_of.clear()
+                    text = decimal_of[value] = str(value)
+                written[name] = [text, *flags[i][slot]]
+            labels = None
+            if known is not None and known[i]:
+                labels = self.labels[code].tolist()
+            states.append(
+                {
+                    "counts": dict(zip(layout.COUNT_NAMES, counts[i], strict=True)),
+                    "sums": written,
+                    "class_sums": None,
+                    "class_counts": None,
+                    "label_counts": labels,
+                }
+            )
+        return states
+
     def n_widened(self) -> int:
         """Groups held in full accumulators."""
         return int(self.n_wide[0])
@@ -451,6 +491,9 @@ class GroupReports(Mapping):
         ``ExactState -> Report`` under the groups' config (``Metric.report_of``).
     codes : ndarray
         The groups, in display order.
+    metric : Metric, optional
+        The groups' metric (``report_of``'s): with it, :meth:`scalar_columns` derives
+        every group's scalar fields at once.
     """
 
     def __init__(
@@ -459,11 +502,13 @@ class GroupReports(Mapping):
         keys: GroupKeys,
         report_of: Callable[[ExactState], Any],
         codes: np.ndarray,
+        metric: Any = None,
     ) -> None:
         self.table = table
         self.keys = keys
         self.report_of = report_of
         self.codes = np.asarray(codes, dtype=np.int64)
+        self.metric = metric
         self._index: dict[tuple[Any, ...], int] | None = None
 
     def __len__(self) -> int:
@@ -494,7 +539,7 @@ class GroupReports(Mapping):
 
     def subset(self, codes: np.ndarray) -> GroupReports:
         """The reports of groups ``codes`` (in that order)."""
-        return GroupReports(self.table, self.keys, self.report_of, codes)
+        return GroupReports(self.table, self.keys, self.report_of, codes, self.metric)
 
     def counts(self) -> np.ndarray:
         """Rows counted of each group, in order."""
@@ -538,6 +583,106 @@ class GroupReports(Mapping):
         )
         return values, doubtful
 
+    def scalar_columns(self) -> dict[str, list[Any]] | None:
+        """Every group's :meth:`Report.scalars` fields as columns (``FLAT_SCALAR_FIELDS``,
+        None where a report has no value), equal to the reports' own; None when only
+        the reports can give them (no ``metric``, or a kind with fields of its own).
+
+        The fields come from each group's exact integers (:func:`exact_integers`),
+        rounded once by the same operations as ``report.build_report``; a group with
+        an infinite or NaN term takes its report.
+        """
+        metric = self.metric
+        if metric is None:
+            return None
+        kind, config = metric.kind, metric.config
+        if kind.extra_report is not None or kind.per_class(config):
+            return None
+        unweighted = not kind.loss_weighted(config)
+        # The label entropies of these depend on the weight and positive sums and the
+        # label counts only: one computation per distinct triple.
+        memo_entropy = kind.label_entropy in (
+            reporting.categorical_label_entropy,
+            reporting.bernoulli_label_entropy,
+            reporting.per_label_entropy,
+        )
+        entropies: dict[Any, float | None] = {}
+        names = reporting.FLAT_SCALAR_FIELDS
+        columns: dict[str, list[Any]] = {name: [] for name in names}
+        computed = (
+            "loss", "stderr", "ci95_low", "ci95_high", "count", "ignored", "loss_sum",
+            "weight_sum", "perplexity", "bits", "accuracy", "entropy", "kl",
+            "normalized_entropy",
+        )  # fmt: skip
+        others = [columns[name] for name in names if name not in computed]
+        table = self.table
+        n_sums = layout.N_SUMS
+        for start in range(0, len(self), _REPORT_CHUNK):
+            codes = self.codes[start : start + _REPORT_CHUNK]
+            sums = table.sums(codes)
+            special = sums[:, :, N_CHUNKS:].any(axis=(1, 2)).tolist()
+            ints = exact_integers(sums.reshape(-1, N_SLOTS))
+            counts = table.counts[codes].tolist()
+            known = table.labels_known[codes].tolist() if table.counts_labels else None
+            for i, code in enumerate(codes.tolist()):
+                if special[i]:
+                    scalars = self.report(code).scalars()
+                    for name in names:
+                        columns[name].append(scalars.get(name))
+                    continue
+                (
+                    loss_int, denominator, squares, weight, denominator_squared,
+                    entropy_int, target_entropy, correct, positive,
+                ) = ints[i * n_sums : (i + 1) * n_sums]  # fmt: skip
+                count, ignored = counts[i]
+                loss = _int_ratio(loss_int, denominator)
+                stderr = None
+                if count > 1:
+                    stderr = _int_stderr(loss_int, squares, denominator, denominator_squared)
+                has_rows = count > 0
+                kl = normalized = accuracy = entropy = None
+                if has_rows:
+                    if kind.has_accuracy:
+                        accuracy = _int_safe_ratio(correct, weight)
+                    entropy = _int_safe_ratio(entropy_int, weight)
+                    if unweighted and target_entropy:
+                        kl = _int_ratio(loss_int, weight) - _int_ratio(target_entropy, weight)
+                    if unweighted:
+                        labels = None
+                        if known is not None and known[i]:
+                            labels = table.labels[code]
+                        if memo_entropy:
+                            memo = (weight, positive, None if labels is None else labels.tobytes())
+                            if memo not in entropies:
+                                entropies[memo] = kind.label_entropy(sums[i], None, labels)
+                            baseline = entropies[memo]
+                        else:
+                            baseline = kind.label_entropy(sums[i], None, labels)
+                        if baseline is not None and baseline > 0.0:
+                            normalized = loss / baseline
+                columns["loss"].append(loss)
+                columns["stderr"].append(stderr)
+                columns["ci95_low"].append(None if stderr is None else loss - _Z95 * stderr)
+                columns["ci95_high"].append(None if stderr is None else loss + _Z95 * stderr)
+                columns["count"].append(count)
+                columns["ignored"].append(ignored)
+                columns["loss_sum"].append(_int_float(loss_int))
+                columns["weight_sum"].append(_int_float(denominator))
+                perplexity = None
+                if kind.has_perplexity:
+                    perplexity = math.nan if math.isnan(loss) else (
+                        math.exp(loss) if loss < 709.0 else math.inf
+                    )  # fmt: skip
+                columns["perplexity"].append(perplexity)
+                columns["bits"].append(loss / _LOG2)
+                columns["accuracy"].append(accuracy)
+                columns["entropy"].append(entropy)
+                columns["kl"].append(kl)
+                columns["normalized_entropy"].append(normalized)
+                for column in others:
+                    column.append(None)
+        return columns
+
     def iter_reports(self) -> Iterator[tuple[int, Any]]:
         """``(code, report)`` of every group in order, their sums exported in chunks."""
         for start in range(0, len(self), _REPORT_CHUNK):
@@ -551,6 +696,8 @@ class GroupReports(Mapping):
 _REPORT_CHUNK = 1024
 
 
+#: Distinct integers whose decimal text :meth:`GroupTable.states_json` keeps.
+_DECIMALS_KEPT = 1 << 16
 #: Runs of one batch from which threads share the grouped reduction (fewer: one thread).
 _PARALLEL_RUNS = 2 * kernels.RUNS_PER_BLOCK
 
@@ -602,3 +749,79 @@ def _grown(array: np.ndarray, rows: int) -> np.ndarray:
     grown = np.empty((rows, *array.shape[1:]), dtype=array.dtype)
     grown[: array.shape[0]] = array
     return grown
+
+
+# -- many groups' reports and states at once ----------------------------------------------
+
+_UNIT_DENOMINATOR = 1 << 1075  # accumulator integers count units of 2**-1075
+_Z95 = NormalDist().inv_cdf(0.975)
+_LOG2 = math.log(2.0)
+
+
+def exact_integers(rows: np.ndarray) -> list[int]:
+    """:func:`accumulator.exact_integer` of every normalized row of ``rows``
+    ``(n, N_SLOTS)``, at once: the 32-bit digits of all rows in one buffer, each row's
+    nonzero span read by one ``int.from_bytes`` (zero rows cost a comparison)."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    top_chunk = N_CHUNKS - 1
+    digits = rows[:, :top_chunk]
+    nonzero = digits != 0
+    low = np.argmax(nonzero, axis=1)
+    high = top_chunk - np.argmax(nonzero[:, ::-1], axis=1)
+    has_digits = nonzero.any(axis=1)
+    width = 4 * top_chunk
+    buffer = digits.astype("<u4").tobytes()
+    tops = rows[:, top_chunk].tolist()
+    out = []
+    for i, (lo, hi, some, top) in enumerate(
+        zip(low.tolist(), high.tolist(), has_digits.tolist(), tops, strict=True)
+    ):
+        value = top << (CHUNK_BITS * top_chunk) if top else 0
+        if some:
+            start = i * width
+            part = int.from_bytes(buffer[start + 4 * lo : start + 4 * hi], "little")
+            value += part << (CHUNK_BITS * lo)
+        out.append(value)
+    return out
+
+
+def _int_float(value: int) -> float:
+    """``accumulator.to_float`` of a row whose exact integer is ``value``."""
+    try:
+        return value / _UNIT_DENOMINATOR
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _int_ratio(top: int, bottom: int) -> float:
+    """``accumulator.ratio`` of two rows of exact integers ``top`` and ``bottom``."""
+    if bottom == 0:
+        return math.nan
+    try:
+        return top / bottom
+    except OverflowError:
+        return math.inf if (top > 0) == (bottom > 0) else -math.inf
+
+
+def _int_safe_ratio(top: int, bottom: int) -> float | None:
+    value = _int_ratio(top, bottom)
+    return None if math.isnan(value) and not _int_float(bottom) else value
+
+
+def _int_stderr(loss: int, squares: int, denominator: int, denominator_squared: int):
+    """``report._standard_error`` from the rows' exact integers."""
+    if denominator <= 0:
+        return None
+    try:
+        variance = (squares * denominator - loss * loss) / (denominator * denominator)
+    except OverflowError:
+        variance = math.inf
+    variance = max(variance, 0.0)
+    total = _int_float(denominator)
+    weights = _int_float(denominator_squared)
+    if weights <= 0.0:
+        return None
+    effective_n = total * total / weights
+    if effective_n <= 1.0 + 1e-12:
+        return None
+    return math.sqrt(variance / (effective_n - 1.0))
