@@ -384,6 +384,33 @@ class GroupState:
                     labels[row, : len(label_counts)] = label_counts
                 self.table.add_label_counts(codes[known], labels)
 
+    def packed(self) -> dict[str, Any] | None:
+        """The groups as arrays, for merging in memory (:mod:`xentstream.dask`'s
+        partition states; not a file format): the keys frame and the table's rows, a
+        few hundred bytes a group, where :meth:`to_json` takes kilobytes. None for
+        groups kept as one metric each."""
+        return {"keys": self._keys.frame, "table": self.table.packed()}
+
+    def merge_packed(self, packed: dict[str, Any]) -> None:
+        """Add groups :meth:`packed` by a grouping of the same metric and config (the
+        caller's check), exactly as :meth:`load_json` of their states would: a known
+        key's sums are merged into its group, a new key is appended; a few thousand
+        groups at a time, so merging needs little memory beyond the two tables."""
+        other = GroupTable.from_packed(packed["table"])
+        if not other.n_groups:
+            return
+        codes = self._keys.assign(packed["keys"])
+        self.table.resize(len(self._keys))
+        for start in range(0, other.n_groups, _JSON_GROUPS):
+            chunk = np.arange(start, min(start + _JSON_GROUPS, other.n_groups))
+            into = codes[chunk]
+            self.table.add_sums(into, other.sums(chunk), other.counts[chunk])
+            if self.table.counts_labels:
+                known = other.labels_known[chunk]
+                self.table.add_label_counts(into[~known], None)
+                if known.any():
+                    self.table.add_label_counts(into[known], other.labels[chunk[known]])
+
     def sorted_codes(self) -> np.ndarray:
         """Codes in key order: values ascending, then NaN, then null (as polars sorts)."""
         frame = self._keys.frame.with_row_index(_CODE_COLUMN)
@@ -474,6 +501,9 @@ class _MetricGroups(GroupState):
         self._grow()
         for code, metric in zip(codes.tolist(), loaded.values(), strict=True):
             self.metrics[code].merge(metric)
+
+    def packed(self) -> None:
+        return None
 
     def reports(self, codes: np.ndarray | None = None) -> dict[tuple[Any, ...], Report]:
         if codes is None:

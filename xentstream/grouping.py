@@ -300,9 +300,10 @@ class GroupTable:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the table's arrays."""
-        arrays = (self.base, self.window, self.wide, self.pending, self.counts, self.side)
-        return sum(a.nbytes for a in (*arrays, self.labels, self.labels_known))
+        """Bytes of the table's rows in use (the room reserved beyond them is address
+        space, never written, hence not resident)."""
+        rows = sum(getattr(self, name)[: self.n_groups].nbytes for name in _GROUP_ARRAYS)
+        return rows + self.side[: int(self.n_wide[0])].nbytes
 
     def resize(self, n_groups: int) -> None:
         """Make room for groups ``0 .. n_groups - 1`` (new groups are empty)."""
@@ -435,6 +436,28 @@ class GroupTable:
             known = bool(self.labels_known[code])
             state.label_counts = self.labels[code].copy() if known else None
         return state
+
+    def packed(self) -> dict[str, Any]:
+        """The table's rows in use, as arrays (for :meth:`from_packed` in another process:
+        a few hundred bytes a group, where JSON states take kilobytes)."""
+        rows = {name: getattr(self, name)[: self.n_groups].copy() for name in _GROUP_ARRAYS}
+        return {
+            "counts_labels": self.counts_labels,
+            "side": self.side[: int(self.n_wide[0])].copy(),
+            **rows,
+        }
+
+    @classmethod
+    def from_packed(cls, packed: dict[str, Any]) -> GroupTable:
+        """The table :meth:`packed` describes."""
+        table = cls(counts_labels=bool(packed["counts_labels"]))
+        n_groups = int(packed["counts"].shape[0])
+        for name in _GROUP_ARRAYS:
+            setattr(table, name, np.ascontiguousarray(packed[name]))
+        table.side = np.ascontiguousarray(packed["side"])
+        table.n_wide = np.array([table.side.shape[0]], dtype=np.int64)
+        table.n_groups = table._capacity = n_groups
+        return table
 
     def states_json(self, codes: np.ndarray) -> list[dict[str, Any]]:
         """``ExactState.to_json()`` of groups ``codes`` (no per-class sums), built from
