@@ -658,7 +658,7 @@ class GroupReports(Mapping):
                     entropy_int, target_entropy, correct, positive,
                 ) = ints[i * n_sums : (i + 1) * n_sums]  # fmt: skip
                 count, ignored = counts[i]
-                loss = _int_ratio(loss_int, denominator)
+                loss = accumulator.integer_ratio(loss_int, denominator)
                 stderr = None
                 if count > 1:
                     stderr = _int_stderr(loss_int, squares, denominator, denominator_squared)
@@ -669,7 +669,9 @@ class GroupReports(Mapping):
                         accuracy = _int_safe_ratio(correct, weight)
                     entropy = _int_safe_ratio(entropy_int, weight)
                     if unweighted and target_entropy:
-                        kl = _int_ratio(loss_int, weight) - _int_ratio(target_entropy, weight)
+                        kl = accumulator.integer_ratio(
+                            loss_int, weight
+                        ) - accumulator.integer_ratio(target_entropy, weight)
                     if unweighted:
                         labels = None
                         if known is not None and known[i]:
@@ -816,18 +818,8 @@ def _int_float(value: int) -> float:
         return math.inf if value > 0 else -math.inf
 
 
-def _int_ratio(top: int, bottom: int) -> float:
-    """``accumulator.ratio`` of two rows of exact integers ``top`` and ``bottom``."""
-    if bottom == 0:
-        return math.nan
-    try:
-        return top / bottom
-    except OverflowError:
-        return math.inf if (top > 0) == (bottom > 0) else -math.inf
-
-
 def _int_safe_ratio(top: int, bottom: int) -> float | None:
-    value = _int_ratio(top, bottom)
+    value = accumulator.integer_ratio(top, bottom)
     return None if math.isnan(value) and not _int_float(bottom) else value
 
 
