@@ -62,11 +62,12 @@ DEFAULT_CASES = (
     "logits-soft-C1000",
     "update-64k-C10",
     "update-32rows-C10",
+    "train-step-C10",
     "parquet-logits-C10",
 )
 #: numpy's float64 formula and scikit-learn are left out by default: at 1 GB their
 #: float64 temporaries need several times the data's memory (``--peers`` adds them).
-DEFAULT_PEERS = ("torch", "jax", "one-shot", "torch-mean", "polars", "duckdb")
+DEFAULT_PEERS = ("torch", "jax", "one-shot", "torch-mean", "no-metric", "polars", "duckdb")
 INSTALL_HINTS = {"jax": "pip install jax jaxlib", "torch": "pip install torch==2.13.0"}
 HEADER = ("case", "MB read", "peer", "xentstream", "peer time", "peer / ours", "read-BW fraction")
 

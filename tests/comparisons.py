@@ -219,6 +219,81 @@ def _small_batch_data(n_classes: int, batch: int) -> Callable[[Sizes, Path], Cas
     return make
 
 
+#: The training-step case: an MNIST-sized MLP (784 -> 512 -> 10) on 256-row batches,
+#: a step of a few milliseconds here, as small as real training steps get.
+TRAIN_FEATURES, TRAIN_HIDDEN, TRAIN_CLASSES, TRAIN_BATCH = 784, 512, 10, 256
+
+
+def _training_data(sizes: Sizes, _: Path) -> CaseData:
+    """Seeded features and labels in ``TRAIN_BATCH``-row batches: one training step each
+    (a twentieth of the 32-row case's calls, at least two)."""
+    steps = max(2, sizes.small_batch_calls // 20)
+    gen = generator("train", steps)
+    features = gen.standard_normal((steps * TRAIN_BATCH, TRAIN_FEATURES)).astype(np.float32)
+    labels = gen.integers(0, TRAIN_CLASSES, steps * TRAIN_BATCH, dtype=np.int64)
+    batches = [
+        (features[i : i + TRAIN_BATCH], labels[i : i + TRAIN_BATCH])
+        for i in range(0, len(labels), TRAIN_BATCH)
+    ]
+    return CaseData(features, labels, {"input": "logits"}, batches=batches, calls=len(batches))
+
+
+def _training_loop(
+    data: CaseData, resources: Resources, log: Callable[[Any, Any], None] | None
+) -> Callable[[], tuple[list[float], int]]:
+    """A torch SGD training loop over the batches from the same initial weights each
+    run; ``log(logits, labels)`` is called every step (xentstream's ``update``), else
+    the loop keeps its loss as a running torch sum, as a loop without a metric does."""
+    torch = _torch(resources)
+    functional = torch.nn.functional
+    torch.manual_seed(SEED)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(TRAIN_FEATURES, TRAIN_HIDDEN),
+        torch.nn.ReLU(),
+        torch.nn.Linear(TRAIN_HIDDEN, TRAIN_CLASSES),
+    )
+    initial = {name: value.clone() for name, value in model.state_dict().items()}
+    tensors = [(torch.from_numpy(x), torch.from_numpy(t)) for x, t in data.batches]
+
+    def run() -> Any:
+        model.load_state_dict(initial)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        total = torch.zeros((), dtype=torch.float64)
+        for x, t in tensors:
+            logits = model(x)
+            loss = functional.cross_entropy(logits, t)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if log is None:
+                total += loss.detach().double() * t.numel()
+            else:
+                log(logits.detach(), t)
+        return total
+
+    return run
+
+
+def _xs_training(data: CaseData, resources: Resources) -> Callable[[], float]:
+    """The training loop with ``CrossEntropy.update`` on every step's logits."""
+    metric = xs.CrossEntropy(num_classes=TRAIN_CLASSES, input="logits")
+    loop = _training_loop(data, resources, metric.update)
+
+    def run() -> float:
+        metric.reset()
+        loop()
+        return metric.value
+
+    return run
+
+
+def _torch_training(data: CaseData, resources: Resources) -> Callable[[], float]:
+    """The same loop with no metric: its loss kept as a running torch sum."""
+    loop = _training_loop(data, resources, None)
+    rows = sum(len(t) for _, t in data.batches)
+    return lambda: float(loop()) / rows
+
+
 def _file_data(fmt: str, input: str, n_classes: int) -> Callable[[Sizes, Path], CaseData]:
     def make(sizes: Sizes, directory: Path) -> CaseData:
         rows = rows_for(n_classes, sizes.elements)
@@ -533,6 +608,12 @@ PEERS = {
         Peer("duckdb", "duckdb", "DuckDB SQL on the same file", "float64"),
         Peer("jax", "jax", "jax.nn.log_softmax / log_sigmoid under jax.jit (CPU)", "float32"),
         Peer(
+            "no-metric",
+            "torch",
+            "the same torch training loop without xentstream, its loss summed in torch",
+            "float32",
+        ),
+        Peer(
             "torch-mean",
             "torch",
             "torcheval-style Mean: torch cross_entropy of each batch added to torch tensors",
@@ -618,6 +699,12 @@ COMPARISONS: dict[str, Comparison] = {
         _small_batch_data(10, 32),
         _xs_updates,
         {"torch-mean": _torch_mean},
+    ),
+    "train-step-C10": Comparison(
+        "torch training step (MLP 784-512-10, 256 rows) with CrossEntropy.update",
+        _training_data,
+        _xs_training,
+        {"no-metric": _torch_training},
     ),
     "parquet-logits-C10": _on_disk(
         "Parquet end to end, logits C=10",

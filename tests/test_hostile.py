@@ -562,6 +562,16 @@ def test_float16_probabilities_clip_at_float16_eps() -> None:
     assert xs.cross_entropy(torch.from_numpy(probs), labels) == xs.cross_entropy(probs, labels)
 
 
+def test_integer_one_hot_targets_report_like_float_ones() -> None:
+    # They are soft targets: their 0/1 entries must not be counted as class labels
+    # (which gave a normalized entropy from a label histogram of zeros and ones).
+    logits = RNG.standard_normal((40, 4))
+    one_hot = np.eye(4, dtype=np.int64)[RNG.integers(0, 4, 40)]
+    as_ints = xs.CrossEntropy(input="logits").update(logits, one_hot).compute()
+    as_floats = xs.CrossEntropy(input="logits").update(logits, one_hot.astype(float)).compute()
+    assert json.dumps(as_ints.to_dict()) == json.dumps(as_floats.to_dict())
+
+
 def test_integer_one_hot_soft_targets_are_accepted() -> None:
     probs = RNG.dirichlet(np.ones(3), 20)
     one_hot = np.eye(3, dtype=np.int64)[RNG.integers(0, 3, 20)]

@@ -38,7 +38,7 @@ from xentstream._inputs import (
 )
 from xentstream._kernels import cpu, layout, load_cuda
 from xentstream._kernels.devices import is_device_array
-from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
+from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks, normalize
 from xentstream._kernels.groups import group_runs
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
 
@@ -133,6 +133,9 @@ class BatchSums:
         The group code of every row, with ``row_terms``.
     calibration : CalibrationState or None
         The batch's reliability bins, set by a metric with ``calibration_bins``.
+    target : array or None
+        The targets as the kernel read them (converted, flat rows), so that what the
+        metric derives from them afterwards (label counts) converts nothing again.
     """
 
     sums: np.ndarray
@@ -146,6 +149,7 @@ class BatchSums:
     row_terms: np.ndarray | None = None
     group_codes: np.ndarray | None = None
     calibration: Any = None
+    target: Any = None
 
     @property
     def n_rows(self) -> int:
@@ -159,6 +163,8 @@ def _block_count(
     """Number of row blocks for one call (any choice gives the same bits)."""
     threads = numba.get_num_threads() if threads is None else threads
     by_size = n_rows * max(n_classes, 1) // _MIN_BLOCK_ELEMENTS
+    if by_size < 2:  # every small batch: each bound below gives one block
+        return 1
     blocks = max(1, min(by_size, threads * _BLOCKS_PER_THREAD))
     per_block = n_groups * (layout.N_SUMS + layout.N_COUNTS) * N_SLOTS * 8
     if per_class:
@@ -246,7 +252,9 @@ def _run(
         class_width=class_width,
         keep_rows=keep_rows,
     )
-    if errors[:, 0].max() >= 0:
+    n_blocks = block_sums.shape[0]
+    # One block (every small batch): one element read, not a numpy reduction.
+    if (errors[0, 0] if n_blocks == 1 else errors[:, 0].max()) >= 0:
         failed = np.flatnonzero(errors[:, 0] >= 0)
         first = failed[np.argmin(errors[failed, 0])]
         row, code, column = (int(v) for v in errors[first])
@@ -262,12 +270,16 @@ def _run(
             sum_tol=opts.sum_tol,
             kind=kind,
         )
-    n_blocks = block_sums.shape[0]
-    group_sums = accumulator.empty(n_groups, layout.N_SUMS)
-    combine_blocks(
-        block_sums.reshape(n_blocks, n_groups * layout.N_SUMS, N_SLOTS),
-        group_sums.reshape(n_groups * layout.N_SUMS, N_SLOTS),
-    )
+    if n_blocks == 1:
+        # Combining one block into zeros is normalizing it: the same bits, in place.
+        group_sums = block_sums[0]
+        normalize(group_sums.reshape(n_groups * layout.N_SUMS, N_SLOTS))
+    else:
+        group_sums = accumulator.empty(n_groups, layout.N_SUMS)
+        combine_blocks(
+            block_sums.reshape(n_blocks, n_groups * layout.N_SUMS, N_SLOTS),
+            group_sums.reshape(n_groups * layout.N_SUMS, N_SLOTS),
+        )
     group_counts = block_counts[0] if n_blocks == 1 else block_counts.sum(axis=0)
     if groups is None or row_terms:
         sums, counts = group_sums[0], group_counts[0]
@@ -294,6 +306,7 @@ def _run(
         group_counts=None if groups is None or row_terms else group_counts,
         row_terms=terms[0] if row_terms else None,
         group_codes=group_codes if row_terms else None,
+        target=target,
     )
 
 
@@ -317,7 +330,7 @@ def _launch_cpu(
     kernel = cpu.kernel(name, opts.with_entropy)
     n_rows = preds.shape[0]
     n_classes = preds.shape[1] if preds.ndim == 2 else 1
-    threads = numba.get_num_threads()
+    threads = cpu.thread_count()
     n_blocks = _block_count(n_rows, n_classes, class_width > 0, n_groups, threads)
     row_losses = np.empty(n_rows, dtype=np.float64) if keep_rows else _NO_ROWS
     row_terms = np.empty((n_rows if keep_terms else 0, layout.N_ROW_TERMS), dtype=np.float64)
@@ -325,7 +338,8 @@ def _launch_cpu(
     block_counts = np.zeros((n_blocks, n_groups, layout.N_COUNTS), dtype=np.int64)
     block_class_sums = np.zeros((n_blocks, class_width, layout.N_CLASS_SUMS, N_SLOTS), np.int64)
     block_class_counts = np.zeros((n_blocks, class_width), dtype=np.int64)
-    errors = np.full((n_blocks, 3), -1, dtype=np.int64)
+    errors = np.empty((n_blocks, 3), dtype=np.int64)
+    errors.fill(-1)  # np.full costs three times as much, on every small batch
     error_values = np.zeros(n_blocks, dtype=np.float64)
     outputs = (
         row_losses,
@@ -338,21 +352,32 @@ def _launch_cpu(
         error_values,
     )
     positions = _NO_GROUPS if term_rows is None else term_rows
-    arguments = (preds, target, weights, sample_weight, group_codes, opts, *outputs[:2])
+    packed = layout.packed_options(opts)
+    arguments = (preds, target, weights, sample_weight, group_codes, packed, *outputs[:2])
     arguments = (*arguments, positions, *outputs[2:])
-    if n_blocks == 1 and threads > 1:
+    one_team = n_blocks == 1 and threads > 1
+    if one_team:
         # One block has work for one thread: a team of one wakes no other thread
-        # (numba's thread count is per calling thread, so this is thread-safe).
-        numba.set_num_threads(1)
+        # (numba's thread count is per calling thread, so this is thread-safe). Set
+        # from compiled code: numba.set_num_threads from Python costs ~3 us a call.
+        cpu.set_threads(1)
     try:
         if _threading_layer_is_safe:
             kernel(*arguments)
         else:
             _call_serialized(kernel, arguments)
     finally:
-        if n_blocks == 1 and threads > 1:
-            numba.set_num_threads(threads)
+        if one_team:
+            cpu.set_threads(threads)
     return (*outputs[2:], row_losses, *((row_terms,) if keep_terms else ()))
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_weights(n: int) -> np.ndarray:
+    """Read-only ones: the class (label) weights of an unweighted config, made once."""
+    ones = np.ones(n)
+    ones.flags.writeable = False
+    return ones
 
 
 def _read_only(array: Any) -> Any:
@@ -362,8 +387,14 @@ def _read_only(array: Any) -> Any:
     pyarrow are read-only, numpy's usually not. Handing every kernel read-only views
     keeps one compiled specialization per dtype instead of one per combination.
     """
-    if type(array) is np.ndarray and not array.flags.writeable and array.flags.c_contiguous:
-        return array
+    if type(array) is np.ndarray:
+        flags = array.flags
+        if flags.c_contiguous:
+            if not flags.writeable:
+                return array
+            view = array.view()  # numpy's own C-contiguous array: no copy to ask for
+            view.flags.writeable = False
+            return view
     if is_device_array(array):
         return array
     view = np.ascontiguousarray(array).view()
@@ -596,7 +627,7 @@ def multiclass_batch(
             n_classes, per_class, keep_rows, leading_shape, _grouped(groups, n_groups)
         )
     class_weight = (
-        np.ones(n_classes) if config.class_weight is None else np.asarray(config.class_weight)
+        _unit_weights(n_classes) if config.class_weight is None else np.asarray(config.class_weight)
     )
     opts = _options(config, eps_dtype or preds.dtype, with_entropy=with_entropy)
     return _run(
@@ -718,7 +749,7 @@ def multilabel_batch(
             n_labels, config.per_label, keep_rows, leading_shape, _grouped(groups, n_groups)
         )
     if config.pos_weight is None:
-        pos_weight = np.ones(n_labels)
+        pos_weight = _unit_weights(n_labels)
     else:
         pos_weight = np.broadcast_to(np.asarray(config.pos_weight, dtype=np.float64), (n_labels,))
     opts = _options(config, eps_dtype or preds.dtype, with_entropy=with_entropy)

@@ -83,7 +83,7 @@ def as_array(value: Any, name: str, *, floating: bool = False, row_offset: int =
     >>> as_array([[0.5, 0.5]], "preds", floating=True).dtype
     dtype('float64')
     """
-    module = _module(value)
+    module = "numpy" if type(value) is np.ndarray else _module(value)  # the common case first
     from_list = False
     if isinstance(value, np.ndarray):
         array = value

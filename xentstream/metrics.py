@@ -507,7 +507,10 @@ class Metric:
         label_counts = None
         if self.kind.label_counts is not None:
             label_counts = self.kind.label_counts(
-                self.config, target, sample_weight, batch.n_classes
+                self.config,
+                target if batch.target is None else batch.target,
+                sample_weight,
+                batch.n_classes,
             )
         self.state.add(
             batch.sums,

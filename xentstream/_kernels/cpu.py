@@ -2,15 +2,17 @@
 
 Every kernel has the same shape of signature::
 
-    kernel(preds, target, <per-class or per-label weights>, sample_weight, groups, opts,
+    kernel(preds, target, <per-class or per-label weights>, sample_weight, groups, options,
            row_losses, row_terms, term_rows, sums, counts, class_sums, class_counts,
            errors, error_values)
 
-and splits the rows into ``sums.shape[0]`` contiguous blocks, one ``prange``
-iteration each. A block writes only its own slice of the output arrays (no false
-sharing of accumulators, no atomics). Because the sums are exact integers, the
-caller may combine the blocks in any order and the bits do not depend on the
-number of blocks or threads. Inside a block, each row's terms are staged in its
+(``options``: :func:`~xentstream._kernels.layout.packed_options`, an int64 vector the
+dispatcher types in C; the kernel rebuilds the ``KernelOptions`` from it) and splits
+the rows into ``sums.shape[0]`` contiguous blocks, one ``prange`` iteration each.
+A block writes only its own slice of the output arrays (no false sharing of
+accumulators, no atomics). Because the sums are exact integers, the caller may
+combine the blocks in any order and the bits do not depend on the number of blocks
+or threads. Inside a block, each row's terms are staged in its
 group's buffer and added a buffer at a time (:func:`_stage_row`,
 :func:`~xentstream._kernels.exact.add_terms`): exact too, so the same bits.
 
@@ -37,10 +39,11 @@ from __future__ import annotations
 import functools
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-from xentstream._kernels.exact import MAX_STAGED_TERMS, add_term, add_terms
+from xentstream._kernels.exact import MAX_STAGED_TERMS, add_term, add_terms, bits_float64
 from xentstream._kernels.fastmath import add_reassoc, log64
 from xentstream._kernels.layout import (
     CLASS_LOSS,
@@ -115,7 +118,8 @@ _KERNEL_FLAGS = {"parallel": True, "nogil": True, "cache": True, "error_model": 
 
 @njit(nogil=True, error_model="numpy")
 def _static_fields(opts, with_entropy):
-    """The fields of ``opts`` with the entropy flag of a kernel variant.
+    """The fields of ``opts`` (``layout.packed_options``: an int64 vector) with the
+    entropy flag of a kernel variant.
 
     ``with_entropy`` is a constant of the variant (a closure variable of its factory),
     so once LLVM inlines this and the row helpers every test of it folds away: the
@@ -128,14 +132,14 @@ def _static_fields(opts, with_entropy):
     SIMD loops testing the kind outside themselves anyway.
     """
     return (
-        opts.input_kind,
-        opts.eps,
-        opts.sum_tol,
-        opts.validate,
-        opts.label_smoothing,
-        opts.ignore_index,
-        opts.has_ignore_index,
-        opts.pos_weight,
+        opts[0],  # input_kind
+        bits_float64(opts[1]),  # eps
+        bits_float64(opts[2]),  # sum_tol
+        opts[3] != 0,  # validate
+        bits_float64(opts[4]),  # label_smoothing
+        opts[5],  # ignore_index
+        opts[6] != 0,  # has_ignore_index
+        bits_float64(opts[7]),  # pos_weight
         np.bool_(with_entropy),
     )
 
@@ -1091,6 +1095,19 @@ def _make_prediction_entropy(with_entropy):
             _add_all_staged(sums[block], staged, n_staged, staged_slots)
 
     return prediction_entropy
+
+
+@njit(nogil=True)  # not cacheable: it reads the threading layer's function pointers
+def thread_count():
+    """``numba.get_num_threads()`` from compiled code (~2 us cheaper a call)."""
+    return numba.get_num_threads()
+
+
+@njit(nogil=True)  # not cacheable, as above
+def set_threads(n):
+    """``numba.set_num_threads(n)`` for the calling thread, from compiled code:
+    microseconds cheaper a call than from Python, which matters on small batches."""
+    numba.set_num_threads(n)
 
 
 _FACTORIES = {
