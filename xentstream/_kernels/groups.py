@@ -414,27 +414,6 @@ def export_groups(codes, base, window, wide, side, out):
 
 
 @njit(**_FLAGS)
-def group_runs(local_codes, n_local):
-    """Rows grouped by ``local_codes`` (in ``[0, n_local)``): a counting sort.
-
-    Returns ``(order, run_starts)``: the rows of local group ``c`` are
-    ``order[run_starts[c]:run_starts[c + 1]]``, in row order.
-    """
-    run_starts = np.zeros(n_local + 1, dtype=np.int64)
-    for i in range(local_codes.shape[0]):
-        run_starts[local_codes[i] + 1] += 1
-    for c in range(n_local):
-        run_starts[c + 1] += run_starts[c]
-    fill = run_starts[:-1].copy()
-    order = np.empty(local_codes.shape[0], dtype=np.int64)
-    for i in range(local_codes.shape[0]):
-        c = local_codes[i]
-        order[fill[c]] = i
-        fill[c] += 1
-    return order, run_starts
-
-
-@njit(**_FLAGS)
 def approximate(codes, slot, base, window, wide, side, out, uncertain):
     """Float values of sum ``slot`` of groups ``codes``, within a few ulps (``uncertain``:
     where that bound may fail: negative or non-finite sums). For ranking groups only;
@@ -591,3 +570,21 @@ def batch_runs(codes, seen):
         order[fill[r]] = i
         fill[r] += 1
     return runs, order, run_starts, run_codes
+
+
+@njit(**_FLAGS)
+def row_positions(local_codes, n_local):
+    """Where each row lands when the rows are grouped by ``local_codes`` (in
+    ``[0, n_local)``, stable): the inverse of :func:`batch_runs`'s ``order``, for the
+    kernel's per-row terms; one counting pass, no ``order`` built and inverted."""
+    fill = np.zeros(n_local + 1, dtype=np.int64)
+    for i in range(local_codes.shape[0]):
+        fill[local_codes[i] + 1] += 1
+    for c in range(n_local):
+        fill[c + 1] += fill[c]
+    positions = np.empty(local_codes.shape[0], dtype=np.int64)
+    for i in range(local_codes.shape[0]):
+        c = local_codes[i]
+        positions[i] = fill[c]
+        fill[c] += 1
+    return positions
