@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import pickle
 
 import numpy as np
 import polars as pl
@@ -477,10 +479,46 @@ def test_command_line_compare_by(rng, tmp_path, capsys):
     assert "--save-state" in capsys.readouterr().err
 
 
-def test_token_metrics_are_refused_with_a_reason(tmp_path, capsys):
-    """Pairing token log-probabilities is not built: a clear refusal, never a crash."""
-    with pytest.raises(TypeError, match="cannot be compared yet"):
-        xs.Comparison(xs.TokenCrossEntropy())
+def test_token_log_probabilities_against_scipy(rng):
+    """Two language models' target log-probabilities on the same tokens, padding masked:
+    the paired statistics of the per-token NLL difference, as scipy's paired t-test."""
+    n = 4000
+    model = np.log(rng.uniform(0.05, 1.0, n))
+    baseline = np.log(np.clip(np.exp(model) * rng.uniform(0.8, 1.2, n), 1e-6, 1.0))
+    mask = rng.random(n) < 0.9
+    report = xs.Comparison(xs.TokenCrossEntropy()).update(model, baseline, mask).compute()
+    differences = (baseline - model)[mask]  # NLL_A - NLL_B
+    test = stats.ttest_rel(-model[mask], -baseline[mask])
+    assert report.count == mask.sum()
+    assert math.isclose(report.difference, math.fsum(differences) / mask.sum(), rel_tol=1e-12)
+    assert math.isclose(report.stderr, stats.sem(differences), rel_tol=1e-9)
+    assert math.isclose(report.z, test.statistic, rel_tol=1e-9)
+    assert report.model.loss == xs.token_cross_entropy(model, mask)
+    assert (
+        report.baseline.perplexity
+        == xs.TokenCrossEntropy().update(baseline, mask).compute().perplexity
+    )
+    # by= groups and a frame source: each group as its own comparison
+    frame = pl.DataFrame({"a": model, "b": baseline, "m": mask, "g": rng.integers(0, 3, n)})
+    grouped = xs.compare(
+        frame,
+        xs.TokenCrossEntropy(),
+        preds="a",
+        baseline_preds="b",
+        target="m",
+        by="g",
+        batch_rows=999,
+    )
+    assert _dumped(grouped.overall) == _dumped(report)
+    for (key,), group in grouped.groups.items():
+        rows = frame["g"].to_numpy() == key
+        alone = xs.Comparison(xs.TokenCrossEntropy())
+        alone.update(model[rows], baseline[rows], mask[rows])
+        assert _dumped(group) == _dumped(alone.compute())
+
+
+def test_command_line_refuses_token_comparisons(tmp_path, capsys):
+    """The compare command has no --document / --units yet: a clear refusal, no crash."""
     path = tmp_path / "tokens.parquet"
     pl.DataFrame({"a": [-0.5, -1.0], "b": [-0.7, -0.2]}).write_parquet(path)
     common = [str(path), "--preds", "a", "--input", "target-logprob"]
@@ -488,7 +526,178 @@ def test_token_metrics_are_refused_with_a_reason(tmp_path, capsys):
         ["compare", *common, "--baseline-preds", "b", "--target", "a"],
         ["evaluate", *common, "--calibration-bins", "5"],
     ]
-    for argv, needle in zip(runs, ["cannot be compared yet", "--calibration-bins"], strict=True):
+    for argv, needle in zip(runs, ["in Python", "--calibration-bins"], strict=True):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("xentstream: error:") and needle in err
+
+
+# -- the evaluation path: stream, checkpoints (Dask: tests/test_dask.py) --------------------
+
+evaluation_module = importlib.import_module("xentstream.evaluation")
+_COLUMNS = {"preds": "new", "baseline_preds": "old", "target": "y"}
+
+
+def _dumped(report) -> str:
+    """Every field of a (grouped) comparison report; floats by repr, so equal strings
+    are equal bits."""
+    return json.dumps(report.to_dict(), sort_keys=True)
+
+
+@pytest.fixture
+def every_batch(monkeypatch):
+    """Write the checkpoint after every batch."""
+    monkeypatch.setattr(evaluation_module, "CHECKPOINT_INTERVAL_S", 0.0)
+
+
+def test_stream_yields_the_running_comparison(rng):
+    frame, model, base, labels = _frame(rng)
+    reports = list(xs.stream(frame, xs.Comparison(xs.CrossEntropy()), batch_rows=700, **_COLUMNS))
+    assert [r.count for r in reports] == [700, 1400, 2100, 2800, 3000]
+    for report, stop in zip(reports, [700, 1400, 2100, 2800, 3000], strict=True):
+        prefix = xs.Comparison(xs.CrossEntropy()).update(model[:stop], base[:stop], labels[:stop])
+        assert _dumped(report) == _dumped(prefix.compute())
+    grouped = frame.with_columns(g=pl.col("id") % 3)
+    running = list(
+        xs.stream(grouped, xs.Comparison(xs.CrossEntropy()), by="g", batch_rows=1000, **_COLUMNS)
+    )
+    assert [type(r) for r in running] == [xs.GroupedComparison] * 3
+    whole = xs.compare(grouped, xs.CrossEntropy(), by="g", **_COLUMNS)
+    assert _dumped(running[-1]) == _dumped(whole)
+    # evaluate of a comparison is compare
+    assert _dumped(xs.evaluate(frame, xs.Comparison(xs.CrossEntropy()), **_COLUMNS)) == _dumped(
+        xs.compare(frame, xs.CrossEntropy(), **_COLUMNS)
+    )
+
+
+def _interrupt_after(batches: int, source, comparison, **options) -> int:
+    """Run ``stream`` for ``batches`` batches, then stop as a killed run would."""
+    running = xs.stream(source, comparison, **options)
+    for _ in range(batches):
+        report = next(running)
+    running.close()
+    overall = report.overall if isinstance(report, xs.GroupedComparison) else report
+    return overall.count + overall.model.ignored
+
+
+@pytest.mark.usefixtures("every_batch")
+@pytest.mark.parametrize("case", ["one-source", "by", "two-sources", "weighted-ignore-index"])
+def test_checkpoint_interrupted_and_resumed_is_bitwise_equal(rng, tmp_path, case):
+    frame, *_ = _frame(rng)
+    frame = frame.with_columns(g=(pl.col("id") * 7) % 5, w=pl.Series(rng.uniform(0.1, 2, 3000)))
+    source = tmp_path / "new.parquet"
+    frame.write_parquet(source)
+    metric = xs.CrossEntropy
+    options = dict(_COLUMNS)
+    if case == "by":
+        options["by"] = "g"
+    if case == "two-sources":
+        frame.select("id", "old", "y")[:1300].write_parquet(tmp_path / "old-0.parquet")
+        frame.select("id", "old", "y")[1300:].write_parquet(tmp_path / "old-1.parquet")
+        options.update(baseline_source=str(tmp_path / "old-*.parquet"), row_id="id")
+    if case == "weighted-ignore-index":
+        options["sample_weight"] = "w"
+        metric = lambda: xs.CrossEntropy(ignore_index=2)  # noqa: E731
+    uninterrupted = xs.compare(source, metric(), batch_rows=256, **options)
+    path = tmp_path / "run.ckpt"
+    consumed = _interrupt_after(
+        2, source, xs.Comparison(metric()), checkpoint=path, batch_rows=256, **options
+    )
+    assert consumed == 512
+    saved = json.loads(path.read_text())
+    assert saved["rows_consumed"] == 512
+    assert saved["fingerprint"]["metric"] == "Comparison"
+    assert saved["metric"]["format"] == "xentstream.comparison"
+    assert (saved["groups"] is None) == (case != "by")
+    # the rerun (another batch size: the split does not matter) starts where it stopped
+    comparison = xs.Comparison(metric())
+    resumed = list(xs.stream(source, comparison, checkpoint=path, batch_rows=500, **options))
+    first = resumed[0].overall if case == "by" else resumed[0]
+    assert first.count + first.model.ignored == 512 + 500
+    assert len(resumed) == -(-(3000 - 512) // 500)
+    assert _dumped(resumed[-1]) == _dumped(uninterrupted)
+    assert json.loads(path.read_text())["rows_consumed"] == 3000
+    # a rerun of a finished run reads everything from the checkpoint
+    again = xs.compare(source, metric(), checkpoint=path, **options)
+    assert _dumped(again) == _dumped(uninterrupted)
+    assert comparison.rows_seen == 3000
+
+
+@pytest.mark.usefixtures("every_batch")
+def test_checkpoint_of_a_comparison_is_its_own(rng, tmp_path):
+    frame, *_ = _frame(rng, 1000)
+    source = tmp_path / "t.parquet"
+    frame.write_parquet(source)
+    path = tmp_path / "run.ckpt"
+    xs.evaluate(source, xs.CrossEntropy(), preds="new", target="y", checkpoint=path)
+    with pytest.raises(ValueError, match="written for another run"):
+        xs.compare(source, xs.CrossEntropy(), checkpoint=path, **_COLUMNS)
+    path.unlink()
+    xs.compare(source, xs.CrossEntropy(), checkpoint=path, **_COLUMNS)
+    with pytest.raises(ValueError, match=r"written for another run.*columns"):
+        xs.compare(
+            source, xs.CrossEntropy(), checkpoint=path, **{**_COLUMNS, "baseline_preds": "new"}
+        )
+    with pytest.raises(ValueError, match="written for another run"):
+        xs.compare(source, xs.CrossEntropy(label_smoothing=0.1), checkpoint=path, **_COLUMNS)
+
+
+@pytest.mark.usefixtures("every_batch")
+def test_resumed_run_names_the_stream_row(rng, tmp_path):
+    frame, *_ = _frame(rng, 2000)
+    old = frame["old"].to_numpy().copy()
+    old[1500, 1] = 1.5
+    source = tmp_path / "t.parquet"
+    frame.with_columns(pl.Series("old", old)).write_parquet(source)
+    path = tmp_path / "run.ckpt"
+    options = {"checkpoint": path, "batch_rows": 256, **_COLUMNS}
+    assert _interrupt_after(2, source, xs.Comparison(xs.CrossEntropy()), **options) == 512
+    comparison = xs.Comparison(xs.CrossEntropy())
+    with pytest.raises(xs.DataError, match=r"old: row 1500") as raised:
+        xs.compare(source, comparison, **options)
+    assert raised.value.row == 1500
+    # the batches before the bad one were kept, and saved
+    assert comparison.rows_seen == json.loads(path.read_text())["rows_consumed"] == 1280
+
+
+@pytest.mark.usefixtures("every_batch")
+def test_checkpointed_iterable_of_tuples_resumes(rng, tmp_path):
+    model, base, labels = _two_models(rng, 1000)
+    cuts = range(0, 1000, 150)
+
+    def batches():  # one-shot, as a generator is
+        return ((model[i : i + 150], base[i : i + 150], labels[i : i + 150]) for i in cuts)
+
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(ValueError, match="checkpoint_key"):
+        xs.compare(batches(), xs.CrossEntropy(), checkpoint=path)
+    options = {"checkpoint": path, "checkpoint_key": "pairs-v1"}
+    assert _interrupt_after(3, batches(), xs.Comparison(xs.CrossEntropy()), **options) == 450
+    resumed = xs.compare(batches(), xs.CrossEntropy(), **options)
+    direct = xs.Comparison(xs.CrossEntropy()).update(model, base, labels)
+    assert _dumped(resumed) == _dumped(direct.compute())
+
+
+def test_comparison_arguments_need_a_comparison(rng):
+    frame, *_ = _frame(rng, 100)
+    for name, value in [("baseline_preds", "old"), ("row_id", "id"), ("baseline_source", frame)]:
+        with pytest.raises(ValueError, match=f"^{name}: only for a comparison"):
+            xs.evaluate(frame, xs.CrossEntropy(), preds="new", target="y", **{name: value})
+    with pytest.raises(ValueError, match=r"^baseline_preds: required"):
+        xs.evaluate(frame, xs.Comparison(xs.CrossEntropy()), preds="new", target="y")
+
+
+def test_comparison_pickles_and_loads_like_a_metric(rng):
+    model, base, labels = _two_models(rng, 300)
+    comparison = xs.Comparison(xs.CrossEntropy()).update(model, base, labels)
+    copy = pickle.loads(pickle.dumps(comparison))
+    assert copy.state_dict() == comparison.state_dict()
+    copy.update(model, base, labels)  # its lock was recreated
+    assert copy.rows_seen == 600
+    loaded = xs.Comparison(xs.CrossEntropy()).load_state_dict(comparison.state_dict())
+    assert loaded.state_dict() == comparison.state_dict()
+    other = xs.Comparison(xs.CrossEntropy(label_smoothing=0.1))
+    before = other.state_dict()
+    with pytest.raises(ValueError, match="load_state_dict: configurations differ"):
+        other.load_state_dict(comparison.state_dict())
+    assert other.state_dict() == before

@@ -446,3 +446,73 @@ def test_cli_names_the_extra_without_distributed(tmp_path: Path, table: pl.DataF
     assert done.returncode == 2, done.stderr[-2000:]
     assert "distributed is missing" in done.stderr
     assert 'pip install "xentstream[dask]"' in done.stderr
+
+
+# -- a paired comparison on the cluster -------------------------------------------------------
+
+
+def _pair_table(table: pl.DataFrame) -> pl.DataFrame:
+    """The table with ``q``: a second model's probabilities for the same rows."""
+    probs = table["p"].to_numpy()
+    return table.with_columns(pl.Series("q", 0.8 * probs + 0.05))
+
+
+@pytest.fixture(scope="module")
+def pair_files(table: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("dask-pairs")
+    pairs = _pair_table(table)
+    for number, (start, stop) in enumerate(itertools.pairwise(CUTS)):
+        write(pairs.slice(start, stop - start), root / f"part-{number}.parquet")
+    return str(root / "part-*.parquet")
+
+
+PAIR_COLUMNS = {"preds": "p", "baseline_preds": "q", "target": "y", "sample_weight": "w"}
+
+
+@pytest.mark.parametrize("by", [None, "band"])
+def test_comparison_bitwise_equal_to_one_process(
+    client: Any, pair_files: str, table: pl.DataFrame, by: str | None
+) -> None:
+    comparison = xs.Comparison(xs.CrossEntropy(per_class=True))
+    result = xentstream_dask.evaluate(
+        pair_files,
+        comparison,
+        partition_rows=PARTITION_ROWS,
+        batch_rows=BATCH_ROWS,
+        split_every=3,
+        by=by,
+        **PAIR_COLUMNS,
+    )
+    one = xs.Comparison(xs.CrossEntropy(per_class=True))
+    expected = xs.compare(_pair_table(table), one, by=by, **PAIR_COLUMNS)
+    assert bits(result.to_dict()) == bits(expected.to_dict())
+    assert comparison.state_dict() == one.state_dict()  # updated in place, exactly
+    if by is not None:
+        assert isinstance(result, xs.GroupedComparison)
+        assert list(result.groups) == list(expected.groups)  # sorted by key
+
+
+def test_bad_comparison_partition_names_partition_and_stream_row(
+    client: Any, table: pl.DataFrame, tmp_path: Path
+) -> None:
+    pairs = _pair_table(table)
+    second = pairs["q"].to_numpy().copy()
+    second[2_100] = [0.5, 0.5, 0.5, -0.5]
+    pairs = pairs.with_columns(pl.Series("q", second))
+    for number, (start, stop) in enumerate(itertools.pairwise(CUTS)):
+        write(pairs.slice(start, stop - start), tmp_path / f"bad-{number}.parquet")
+    source = str(tmp_path / "bad-*.parquet")
+    with pytest.raises(xs.DataError) as raised:
+        xentstream_dask.evaluate(
+            source, xs.Comparison(xs.CrossEntropy()), partition_rows=PARTITION_ROWS, **PAIR_COLUMNS
+        )
+    message = str(raised.value)
+    assert message.startswith("partition 7 of 9 (")
+    assert raised.value.row == 2_100 and "q: row 2100" in message
+    with pytest.raises(ValueError) as single:
+        xs.compare(source, xs.CrossEntropy(), **PAIR_COLUMNS)
+    assert message.endswith(str(single.value))
+    with pytest.raises(ValueError, match=r"^baseline_source: a comparison on Dask reads one"):
+        xentstream_dask.evaluate(
+            source, xs.Comparison(xs.CrossEntropy()), baseline_source=source, **PAIR_COLUMNS
+        )

@@ -8,10 +8,10 @@ Examples
 """
 
 from xentstream._errors import ColumnNames, DataError
-from xentstream.comparing import GroupedComparison, compare
+from xentstream.comparing import GroupedComparison
 from xentstream.comparison import Comparison, ComparisonReport, load
 from xentstream.config import BinaryConfig, MulticlassConfig, MultilabelConfig
-from xentstream.evaluation import GroupedReport, Interrupted, evaluate, stream
+from xentstream.evaluation import GroupedReport, Interrupted, compare, evaluate, stream
 from xentstream.functional import (
     binary_cross_entropy,
     cross_entropy,

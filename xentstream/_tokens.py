@@ -199,7 +199,9 @@ def token_batch(
 
     ``mask`` takes the target's place (bool or 0/1; 0 drops a row). ``document``: an id
     per row (integers or strings), for per-document sums; ``units``: per-row unit
-    counts. ``keep_rows``: the (s L, s) pairs of the counted rows, for a window.
+    counts. ``keep_rows``: the (s L, s) pairs of the counted rows, for a window, and
+    every row's loss ``L`` (``row_losses``; masked rows 0.0, see
+    :func:`token_row_denominators`), for a paired comparison.
     ``with_entropy`` is unused (token values carry no distribution); the kernel runs
     on the CPU (``engine="cuda"`` is refused: one value a row gains nothing there).
 
@@ -312,7 +314,22 @@ def token_batch(
     if keep_window and n_rows:
         # s L and s are the first two columns of every layout of the terms.
         batch.window = (terms[counted, 0], terms[counted, 1])
+    if keep_rows:
+        # The kernel's own L = x or -x (a negation is exact: the same bits), validated.
+        losses = values.astype(np.float64) if config.input == "nll" else -values.astype(np.float64)
+        batch.row_losses = np.where(counted, losses, 0.0)
     return batch
+
+
+def token_row_denominators(
+    config: TokenConfig, mask: Any, n_rows: int, n_classes: int
+) -> np.ndarray:
+    """Each row's denominator ``d_i`` for the paired sums: 1, or -1 for a row the mask
+    drops (the ``row_denominators`` of the token kind; the mask was validated)."""
+    if mask is None:
+        return np.ones(n_rows)
+    keep = np.asarray(as_array(mask, "mask")).reshape(-1)
+    return np.where(keep.astype(bool), 1.0, -1.0)
 
 
 def _group_documents(

@@ -33,13 +33,14 @@ import numpy as np
 import polars as pl
 
 from xentstream import __version__
-from xentstream.comparing import GroupedComparison, compare
+from xentstream.comparing import GroupedComparison
 from xentstream.comparison import Comparison, ComparisonReport
 from xentstream.comparison import load as load_state
 from xentstream.evaluation import (
     GROUPED_FORMAT,
     GroupedReport,
     Interrupted,
+    compare,
     evaluate,
     grouped_state_dict,
     merge_grouped_states,
@@ -434,6 +435,11 @@ def _pairable_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     task = _infer_task(args, schema)
     if not KINDS[task].pairable:
         raise _UsageError(f"compare: the {task} task cannot be compared yet (not built)")
+    if KINDS[task].side_columns:  # compare has none of evaluate's --document / --units
+        raise _UsageError(
+            f"compare: the {task} task is compared in Python (xs.compare with "
+            "xs.TokenCrossEntropy()), not on the command line yet"
+        )
     return task
 
 

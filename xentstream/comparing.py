@@ -1,29 +1,29 @@
 """Feeding a paired comparison: two models' predictions for the same rows of a source.
 
-:func:`compare` reads the two prediction columns of one source -- or the same rows of
-two sources, in lockstep -- in bounded batches and feeds them to a
+:func:`open_pair` reads the two prediction columns of one source -- or the same rows
+of two sources, in lockstep -- as bounded :class:`PairedRows` for a
 :class:`~xentstream.Comparison`. Two sources are checked to hold the same rows: their
-targets must be equal row by row, and so must an optional row-id column.
+targets must be equal row by row, and so must an optional row-id column. The drivers
+(``xs.compare``, ``xs.evaluate`` / ``xs.stream`` of a comparison, checkpoints,
+:mod:`xentstream.dask`) are :mod:`xentstream.evaluation`'s, the same as a metric's.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from xentstream._errors import ColumnNames, show
-from xentstream.comparison import Comparison, ComparisonReport
-from xentstream.feeders import Batch, ColumnSpec, open_source
-from xentstream.metrics import Metric
+from xentstream._errors import show
+from xentstream.comparison import ComparisonReport
+from xentstream.feeders import Batch, ColumnSpec, Feeder, open_source
 
-__all__ = ["GroupedComparison", "compare"]
-
-_CODE = "__xentstream_group_code"
+__all__ = ["GroupedComparison", "PairedRows", "open_pair"]
 
 
 @dataclass(frozen=True)
@@ -92,51 +92,6 @@ def _json_key(value: Any) -> Any:
     return value if isinstance(value, str | int | float | bool | None) else str(value)
 
 
-class _Groups:
-    """Group keys -> codes (first appearance order) and one :class:`Comparison` each."""
-
-    def __init__(self, by: tuple[str, ...], template: Comparison) -> None:
-        self.by = by
-        self.keys: list[tuple[Any, ...]] = []
-        self.comparisons: list[Comparison] = []
-        self._known: pl.DataFrame | None = None
-        metric = template.model
-        config = metric.config
-        flag = metric.kind.per_class_field
-        if flag is not None and getattr(config, flag):
-            config = replace(config, **{flag: False})
-        # Groups keep no per-class sums and no reliability bins (as evaluate's groups).
-        config = replace(config, calibration_bins=None)
-        self._template = type(metric).from_config(config, engine=metric.engine)
-
-    def codes(self, keys: pl.DataFrame) -> np.ndarray:
-        """Group code of every row of ``keys`` (new keys get new codes)."""
-        on = list(self.by)
-        new = keys.unique(subset=on, maintain_order=True)
-        if self._known is not None:
-            new = new.join(self._known, on=on, how="anti", nulls_equal=True)
-        if new.height:
-            first = len(self.keys)
-            numbered = new.with_columns(
-                pl.int_range(first, first + new.height, dtype=pl.Int64).alias(_CODE)
-            )
-            self._known = numbered if self._known is None else pl.concat([self._known, numbered])
-            for row in new.iter_rows():
-                self.keys.append(row)
-                self.comparisons.append(Comparison(self._template))
-        joined = keys.join(self._known, on=on, how="left", nulls_equal=True, maintain_order="left")
-        return joined[_CODE].to_numpy()
-
-
-def _is_batch_iterable(source: Any) -> bool:
-    """An iterable of ``(preds, baseline_preds, target[, sample_weight])`` tuples."""
-    if isinstance(source, str | bytes | dict | pl.DataFrame | pl.LazyFrame):
-        return False
-    if isinstance(source, list | tuple):
-        return bool(source) and all(isinstance(item, tuple) for item in source)
-    return hasattr(source, "__iter__") and not hasattr(source, "__fspath__")
-
-
 def _slice(batch: Batch, start: int, stop: int) -> Batch:
     return Batch(
         preds=batch.preds[start:stop],
@@ -201,151 +156,105 @@ def _check_same_rows(left: Batch, right: Batch, row_id: str | None, target: str,
         )
 
 
-def compare(
+@dataclass
+class PairedRows:
+    """The same rows of both models: ``model`` (model A's predictions, the target, the
+    weights and the group / row-id keys) and ``baseline`` (model B's predictions)."""
+
+    model: Batch
+    baseline: Batch
+
+    @property
+    def n_rows(self) -> int:
+        return self.model.n_rows
+
+
+def _is_batch_iterable(source: Any) -> bool:
+    """An iterable of batches (tuples, dicts, frames), not a frame or a path."""
+    if isinstance(source, str | bytes | dict | pl.DataFrame | pl.LazyFrame):
+        return False
+    if isinstance(source, list | tuple) and not (
+        source and all(isinstance(item, tuple | dict | pl.DataFrame) for item in source)
+    ):
+        return False  # a list of paths
+    return isinstance(source, Iterable) and not hasattr(source, "__fspath__")
+
+
+def _as_model_item(item: Any) -> Any:
+    """A ``(preds, baseline_preds, target[, sample_weight])`` tuple as model A's batch."""
+    if not isinstance(item, tuple):
+        return item  # dicts and frames: each side picks its columns
+    if len(item) not in (3, 4):
+        raise TypeError(
+            "source: batches must be (preds, baseline_preds, target[, sample_weight]) "
+            f"tuples, got a tuple of {len(item)}"
+        )
+    return {
+        "preds": item[0],
+        "target": item[2],
+        "sample_weight": item[3] if len(item) == 4 else None,
+    }
+
+
+def _as_baseline_item(item: Any) -> Any:
+    if not isinstance(item, tuple) or len(item) not in (3, 4):
+        return item
+    return {"preds": item[1], "target": item[2]}
+
+
+def open_pair(
     source: Any,
-    metric: Metric | Comparison,
+    baseline_source: Any,
+    spec: ColumnSpec,
+    baseline_spec: ColumnSpec,
     *,
-    preds: Any = None,
-    baseline_preds: Any = None,
-    target: Any = None,
-    sample_weight: Any = None,
-    classes: Any = None,
-    baseline_source: Any = None,
-    row_id: str | None = None,
-    by: Any = None,
-    batch_rows: int | None = None,
-) -> ComparisonReport | GroupedComparison:
-    """Compare two models over every row of ``source`` in bounded batches (paired).
+    row_id: str | None,
+    batch_rows: int | None,
+    skip_rows: int = 0,
+) -> Feeder:
+    """Open the rows of both models as a :class:`~xentstream.feeders.Feeder` of
+    :class:`PairedRows`: ``spec``'s columns of ``source`` and ``baseline_spec``'s of
+    ``baseline_source`` (None: ``source`` too), cut to common batches. Its fingerprint
+    and columns are ``source``'s, with the baseline's beside them.
 
-    Parameters
-    ----------
-    source
-        As in :func:`xentstream.evaluate` (a polars frame, files, a glob), holding
-        ``preds`` (model A) and, without ``baseline_source``, ``baseline_preds``
-        (model B) for the same rows; or an iterable of
-        ``(preds, baseline_preds, target[, sample_weight])`` tuples.
-    metric : Metric or Comparison
-        The loss both models are scored with (e.g. ``xs.CrossEntropy()``), or a
-        :class:`~xentstream.Comparison` to continue (updated in place).
-    preds, baseline_preds : str, list of str or polars selector
-        Model A's and model B's prediction columns.
-    target, sample_weight, classes
-        As in :func:`xentstream.evaluate`, shared by both models.
-    baseline_source : optional
-        Another source holding ``baseline_preds`` and ``target`` for the same rows in
-        the same order, read in lockstep with ``source``; its targets must equal
-        ``source``'s row by row.
-    row_id : str, optional
-        With ``baseline_source``: a column both sources hold, checked to be equal row
-        by row.
-    by : str or list of str, optional
-        Group columns (of ``source``): returns a :class:`GroupedComparison`, computed
-        in the same pass.
-    batch_rows : int, optional
-        Rows per batch.
-
-    Returns
-    -------
-    ComparisonReport or GroupedComparison
+    An iterable of batches is read once: each batch goes to both sides (``(preds,
+    baseline_preds, target[, sample_weight])`` tuples are split between them).
 
     Raises
     ------
     ValueError, TypeError, FileNotFoundError
-        Bad sources, columns or data (the message names the column and the row), or
-        sources that do not hold the same rows. Each batch is atomic, the run is not.
-
-    Examples
-    --------
-    >>> import polars as pl, xentstream as xs
-    >>> frame = pl.DataFrame({"new": [[0.8, 0.2], [0.3, 0.7]], "old": [[0.6, 0.4], [0.5, 0.5]],
-    ...                       "y": [0, 1]})
-    >>> report = xs.compare(frame, xs.CrossEntropy(), preds="new", baseline_preds="old",
-    ...                     target="y")
-    >>> report.count, report.model_better_rows
-    (2, 2)
+        As :func:`~xentstream.feeders.open_source`; while iterating, also for sources
+        that do not hold the same rows (their lengths, targets or ``row_id`` differ).
     """
-    comparison = metric if isinstance(metric, Comparison) else Comparison(metric)
-    by_columns = (by,) if isinstance(by, str) else tuple(by or ())
-    if _is_batch_iterable(source) and baseline_source is None:
-        if by_columns:
-            raise ValueError("by: needs a frame or file source (columns to group by)")
-        for item in source:
-            if not isinstance(item, tuple) or len(item) not in (3, 4):
-                raise TypeError(
-                    "source: batches must be (preds, baseline_preds, target[, sample_weight]) "
-                    f"tuples, got {type(item).__name__}"
-                )
-            comparison.update(*item)
-        return comparison.compute()
-    if baseline_preds is None:
+    second_source = source if baseline_source is None else baseline_source
+    batches_of_both = baseline_source is None and _is_batch_iterable(source)
+    if baseline_spec.preds is None and not batches_of_both:
         raise ValueError("baseline_preds: required (the baseline model's prediction column)")
-    if row_id is not None and baseline_source is None:
-        raise ValueError("row_id: only with baseline_source (one source holds its own rows)")
-    keys = () if row_id is None else (row_id,)
-    classes = None if classes is None else tuple(classes)
-    spec = ColumnSpec(
-        preds=preds,
-        target=target,
-        sample_weight=sample_weight,
-        by=tuple(dict.fromkeys((*by_columns, *keys))),
-        classes=classes,
-    )
-    groups = _Groups(by_columns, comparison) if by_columns else None
-    baseline_spec = ColumnSpec(
-        preds=baseline_preds,
-        target=target,
-        sample_weight=None if baseline_source is not None else sample_weight,
-        by=keys,
-        classes=classes,
-    )
+    if batches_of_both:
+        # One pass over a (possibly one-shot) iterable: the two sides read in lockstep,
+        # so tee holds at most one batch.
+        mine, theirs = itertools.tee(source)
+        source, second_source = map(_as_model_item, mine), map(_as_baseline_item, theirs)
+    first = open_source(source, spec, batch_rows=batch_rows, skip_rows=skip_rows)
+    second = open_source(second_source, baseline_spec, batch_rows=batch_rows, skip_rows=skip_rows)
     names = spec.names()
-    baseline_name = baseline_spec.names().preds
-    if baseline_name == "preds":
-        baseline_name = "baseline_preds"
-    first = open_source(source, spec, batch_rows=batch_rows)
-    second = open_source(
-        source if baseline_source is None else baseline_source, baseline_spec, batch_rows=batch_rows
-    )
-    start = comparison.rows_seen
-    rows = 0
-    for left, right in _lockstep(iter(first), iter(second)):
+
+    def fingerprint() -> dict[str, Any]:
+        own, theirs = dict(first.fingerprint), dict(second.fingerprint)
+        columns = {"model": own.pop("columns", None), "baseline": theirs.pop("columns", None)}
         if baseline_source is not None:
-            _check_same_rows(left, right, row_id, names.target, rows)
-        codes = None if groups is None else groups.codes(left.keys.select(by_columns))
-        n_groups = 1 if groups is None else len(groups.keys)
-        batch = comparison.accumulate(
-            left.preds,
-            right.preds,
-            left.target,
-            left.sample_weight,
-            names=ColumnNames(names.preds, names.target, names.sample_weight),
-            baseline_name=baseline_name,
-            groups=codes,
-            n_groups=n_groups,
-            row_offset=comparison.rows_seen - start,
-        )
-        if groups is not None and batch.model.group_counts is not None:
-            labels = comparison.model.group_label_counts(
-                left.target, left.sample_weight, codes, n_groups
-            )
-            for code in np.flatnonzero(batch.model.group_counts.sum(axis=1)):
-                groups.comparisons[code].absorb_group(batch, int(code), labels)
-        rows += left.n_rows
-    overall = comparison.compute()
-    if groups is None:
-        return overall
-    reports = {
-        key: group.compute() for key, group in zip(groups.keys, groups.comparisons, strict=True)
-    }
-    try:  # as evaluate's groups: by key, NaN then null last
-        reports = dict(sorted(reports.items(), key=lambda item: _key_order(item[0])))
-    except TypeError:  # keys that do not compare (mixed types): first appearance
-        pass
-    return GroupedComparison(overall=overall, by=by_columns, groups=reports)
+            own["baseline"] = theirs
+        return {**own, "columns": columns}
 
+    def batches() -> Iterator[PairedRows]:
+        rows = skip_rows
+        for left, right in _lockstep(iter(first), iter(second)):
+            if baseline_source is not None:
+                _check_same_rows(left, right, row_id, names.target, rows)
+            rows += left.n_rows
+            yield PairedRows(left, right)
 
-def _key_order(key: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(
-        (2, 0) if v is None else (1, 0) if isinstance(v, float) and math.isnan(v) else (0, v)
-        for v in key
-    )
+    columns = None
+    if first.columns is not None:
+        columns = {**first.columns, "baseline": second.columns}
+    return Feeder(batches(), total_rows=first.total_rows, fingerprint=fingerprint, columns=columns)

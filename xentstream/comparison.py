@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from dataclasses import dataclass, fields
 from statistics import NormalDist
 from typing import Any
@@ -50,7 +49,7 @@ from xentstream._kernels import layout, paired
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks, normalize
 from xentstream.metrics import Metric
 from xentstream.report import Report, format_value
-from xentstream.state import read_json, write_json_atomic
+from xentstream.state import Stateful, read_json, strict_loading
 
 __all__ = ["Comparison", "ComparisonReport", "load"]
 
@@ -275,7 +274,7 @@ def _fresh(metric: Metric) -> Metric:
     return twin.reset()
 
 
-class Comparison:
+class Comparison(Stateful):
     """Paired comparison of two models' losses on the same rows, exact and mergeable.
 
     Parameters
@@ -308,7 +307,7 @@ class Comparison:
         template = _check_metric(metric)
         self.model = _fresh(template)
         self.baseline = _fresh(template)
-        self._lock = threading.RLock()
+        Stateful.__init__(self)
         self._sums = accumulator.empty(paired.N_PAIRED_SUMS)
         self._counts = np.zeros(paired.N_PAIRED_COUNTS, dtype=np.int64)
 
@@ -327,6 +326,15 @@ class Comparison:
     def rows_seen(self) -> int:
         """Rows consumed so far, ignored rows included (the offset of the next batch)."""
         return self.model.rows_seen
+
+    @property
+    def engine(self) -> str:
+        """Where both models' kernels run."""
+        return self.model.engine
+
+    def merge_key(self) -> dict[str, Any]:
+        """What two comparisons must share to merge: their metrics' :meth:`Metric.merge_key`."""
+        return {"metric": type(self.model).__name__, **self.model.merge_key()}
 
     @property
     def value(self) -> float:
@@ -534,7 +542,7 @@ class Comparison:
             raise ValueError(
                 f"comparison state: version {show(version)} is not supported (expected {VERSION})"
             )
-        try:
+        with strict_loading("comparison state"):
             model = _load_metric(state["model"], "model", engine)
             baseline = _load_metric(state["baseline"], "baseline", engine)
             if type(model) is not type(baseline) or model.merge_key() != baseline.merge_key():
@@ -579,31 +587,20 @@ class Comparison:
                             f"sums.{_SUM_NAMES[slot]}: differs from {name}'s "
                             f"sums.{layout.SUM_NAMES[theirs]} (the same rows' weights)"
                         )
-        except (KeyError, TypeError) as error:
-            raise ValueError(
-                f"comparison state: malformed ({type(error).__name__}: {show(str(error))})"
-            ) from None
-        except ValueError as error:
-            raise ValueError(f"comparison state: {error}") from None
         comparison = cls.__new__(cls)
+        Stateful.__init__(comparison)
         comparison.model, comparison.baseline = model, baseline
-        comparison._lock = threading.RLock()
         comparison._sums = values
         comparison._counts = np.array(numbers, dtype=np.int64)
         return comparison
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`state_dict` to ``path`` as JSON, atomically."""
-        write_json_atomic(path, self.state_dict())
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
+    def _check_loadable(self, other: Comparison) -> None:
+        if type(other.model) is not type(self.model):
+            raise ValueError(
+                f"load_state_dict: the state compares a {type(other.model).__name__}, "
+                f"not a {type(self.model).__name__}"
+            )
+        self.model._check_loadable(other.model)  # configurations (class counts may be open)
 
     def __repr__(self) -> str:
         kind = type(self.model).__name__

@@ -36,13 +36,13 @@ from typing import Any, NoReturn
 import polars as pl
 
 from xentstream._errors import DataError
+from xentstream.comparing import GroupedComparison
+from xentstream.comparison import Comparison, ComparisonReport
 from xentstream.evaluation import Evaluation, GroupedReport
 from xentstream.feeders import (
     SPLITTABLE_SUFFIXES,
-    ColumnSpec,
     count_rows,
     expand_paths,
-    open_source,
     scan_files,
 )
 from xentstream.metrics import Metric, check_engine
@@ -167,10 +167,9 @@ def _bad_data(part: _FilePart | _FramePart, error: Exception) -> dict[str, Any]:
 def _partition_state(
     part: _FilePart | _FramePart,
     data: Any,
-    template: dict[str, Any],
+    template: Evaluation,
     engine: str,
     threads: int | None,
-    spec: ColumnSpec,
     batch_rows: int | None,
 ) -> dict[str, Any]:
     """Exact state of one partition (or its bad data): a pure function of its rows.
@@ -184,8 +183,9 @@ def _partition_state(
         # The worker's machine is at fault, not the data: stop the run at once.
         raise type(error)(f"dask worker on host {socket.gethostname()}: {error}") from None
     # The engine is not part of a state: without it here, every task would run on
-    # whatever "auto" picks on its worker.
-    run = Evaluation(Metric.from_state_dict(template, engine=engine), spec)
+    # whatever "auto" picks on its worker. A fresh evaluation per task: under the
+    # threaded and sync schedulers the tasks share ``template`` itself.
+    run = template.fresh(engine=engine)
     if threads is None:
         return _feed(part, data, run, batch_rows)
     import numba
@@ -235,7 +235,7 @@ def _merge_into(run: Evaluation, state: dict[str, Any]) -> None:
         run.groups.merge_packed(state["packed_groups"])
 
 
-def _merge_states(spec: ColumnSpec, *states: dict[str, Any]) -> dict[str, Any]:
+def _merge_states(template: Evaluation, *states: dict[str, Any]) -> dict[str, Any]:
     """Merge partition states, in partition order (group keys keep first appearance).
 
     The first bad partition among ``states`` (they are in partition order, and each
@@ -246,12 +246,8 @@ def _merge_states(spec: ColumnSpec, *states: dict[str, Any]) -> dict[str, Any]:
     for state in states:
         if "error" in state:
             return state
-    run = Evaluation(Metric.from_state_dict(states[0]["metric"]), spec)
-    if run.groups is not None:
-        run.groups.load_json(states[0]["groups"])
-        if "packed_groups" in states[0]:
-            run.groups.merge_packed(states[0]["packed_groups"])
-    for state in states[1:]:
+    run = template.fresh(engine="cpu")  # merging runs no kernel: no GPU needed here
+    for state in states:
         _merge_into(run, state)
     return _state_of(run)
 
@@ -281,15 +277,15 @@ def _is_dask_frame(source: Any) -> bool:
 
 def _leaves(
     source: Any,
-    spec: ColumnSpec,
+    run: Evaluation,
     batch_rows: int | None,
     partition_rows: int,
     task_args: tuple[Any, ...],
 ) -> list[Any]:
     """One delayed partition state per partition; checks columns on the client first.
 
-    ``task_args``: what every task gets after its partition and data (the metric's
-    template state, engine and numba threads; see :func:`_partition_state`).
+    ``task_args``: what every task gets after its partition and data (the empty
+    evaluation, the engine and numba threads; see :func:`_partition_state`).
     """
     from dask import delayed
 
@@ -297,10 +293,10 @@ def _leaves(
     if _is_dask_frame(source):
         # ``_meta``, the empty frame of the partitions' dtypes that every dask
         # collection carries: column errors before any task runs.
-        open_source(pl.from_pandas(source._meta), spec, batch_rows=batch_rows)
+        run.open(pl.from_pandas(source._meta), batch_rows=batch_rows)
         parts = source.to_delayed()
         return [
-            task(_FramePart(index, len(parts)), part, *task_args, spec, batch_rows)
+            task(_FramePart(index, len(parts)), part, *task_args, batch_rows)
             for index, part in enumerate(parts)
         ]
     paths = expand_paths(source)
@@ -322,10 +318,9 @@ def _leaves(
         or partition_rows < 1
     ):
         raise ValueError(f"partition_rows: must be a positive integer, got {partition_rows!r}")
-    open_source(scan_files(paths[:1]).head(0), spec, batch_rows=batch_rows)
+    run.open(scan_files(paths[:1]).head(0), batch_rows=batch_rows)
     return [
-        task(part, None, *task_args, spec, batch_rows)
-        for part in _file_partitions(paths, partition_rows)
+        task(part, None, *task_args, batch_rows) for part in _file_partitions(paths, partition_rows)
     ]
 
 
@@ -352,21 +347,15 @@ def _raise_bad_data(source: Any, error: dict[str, Any], scheduler: Any) -> NoRet
 
 def evaluate(
     source: Any,
-    metric: Metric,
+    metric: Metric | Comparison,
     *,
-    preds: Any = None,
-    target: Any = None,
-    sample_weight: Any = None,
-    by: Any = None,
-    classes: Any = None,
     batch_rows: int | None = None,
     partition_rows: int = DEFAULT_PARTITION_ROWS,
     split_every: int = 8,
     scheduler: Any = None,
     task_threads: int | None = None,
-    document: str | None = None,
-    units: str | None = None,
-) -> Report | GroupedReport:
+    **columns: Any,
+) -> Report | GroupedReport | ComparisonReport | GroupedComparison:
     """:func:`xentstream.evaluate` on a Dask cluster, bitwise equal to one process.
 
     Every partition becomes an exact metric state on a worker (the same feeders,
@@ -392,12 +381,18 @@ def evaluate(
         absolute paths on storage every worker sees), split into partitions of
         ``partition_rows`` rows; or a ``dask.dataframe.DataFrame``, one task per
         partition.
-    metric : Metric
-        Updated in place, as by :func:`xentstream.evaluate`.
-    preds, target, sample_weight, by, classes, batch_rows, document, units
-        As in :func:`xentstream.evaluate`; ``batch_rows`` bounds the memory of each
-        task. A document's rows may lie in several partitions (the per-document
-        states merge by document id).
+    metric : Metric or Comparison
+        Updated in place, as by :func:`xentstream.evaluate`. A
+        :class:`~xentstream.Comparison` compares the ``preds`` and ``baseline_preds``
+        columns of the same rows (one source: ``baseline_source`` is not splittable
+        in step with it).
+    batch_rows : int, optional
+        As in :func:`xentstream.evaluate`: bounds the memory of each task.
+    **columns
+        :func:`xentstream.evaluate`'s column arguments: ``preds``, ``target``,
+        ``sample_weight``, ``by``, ``classes``, ``document``, ``units`` (a document's
+        rows may lie in several partitions: the per-document states merge by
+        document id), and a comparison's ``baseline_preds``.
     partition_rows : int
         Rows per partition of a file source (partitions never span two files).
     split_every : int
@@ -416,7 +411,7 @@ def evaluate(
     -------
     Report or GroupedReport
         Bitwise equal to :func:`xentstream.evaluate` on the same rows in one process;
-        groups sorted by key, as there.
+        groups sorted by key, as there (a comparison's report for a comparison).
 
     Raises
     ------
@@ -447,32 +442,28 @@ def evaluate(
     True
     """
     dask = require_dask()
-    run = Evaluation.of(
-        metric,
-        preds=preds,
-        target=target,
-        sample_weight=sample_weight,
-        by=by,
-        classes=classes,
-        document=document,
-        units=units,
-    )
-    spec = run.spec
+    for name in ("baseline_source", "row_id"):
+        if columns.get(name) is not None:
+            raise ValueError(
+                f"{name}: a comparison on Dask reads one source (its preds and "
+                "baseline_preds columns); partitions of two sources are not cut in step"
+            )
+    run = Evaluation.of(metric, **columns)
     if isinstance(split_every, bool) or not isinstance(split_every, int) or split_every < 2:
         raise ValueError(f"split_every: must be an integer >= 2, got {split_every!r}")
     if task_threads is not None and (
         isinstance(task_threads, bool) or not isinstance(task_threads, int) or task_threads < 1
     ):
         raise ValueError(f"task_threads: must be a positive integer or None, got {task_threads!r}")
-    blank = Metric.from_state_dict(metric.state_dict())
-    template = blank.reset().state_dict()  # the config only: what every task starts from
+    # The config and columns only: what every task and merge starts from.
+    template = run.fresh(groups=False)
     level = _leaves(
-        source, spec, batch_rows, partition_rows, (template, metric.engine, task_threads)
+        source, template, batch_rows, partition_rows, (template, metric.engine, task_threads)
     )
     merge = dask.delayed(_merge_states, pure=True)
     while len(level) > 1:
         level = [
-            merge(spec, *level[i : i + split_every]) for i in range(0, len(level), split_every)
+            merge(template, *level[i : i + split_every]) for i in range(0, len(level), split_every)
         ]
     if level:
         if scheduler is None:

@@ -13,6 +13,7 @@ where it stopped, ending bitwise equal to an uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import decimal
 import glob
@@ -35,13 +36,10 @@ import polars as pl
 
 from xentstream._errors import shorten, show
 from xentstream.accumulator import ExactState
-from xentstream.feeders import Batch, ColumnSpec, open_source
-from xentstream.grouping import (
-    GroupKeys,
-    GroupReports,
-    GroupTable,
-    canonical_key,
-)
+from xentstream.comparing import GroupedComparison, PairedRows, open_pair
+from xentstream.comparison import Comparison, ComparisonReport
+from xentstream.feeders import Batch, ColumnSpec, Feeder, open_source
+from xentstream.grouping import GroupKeys, GroupReports, GroupTable, canonical_key
 from xentstream.metrics import Metric
 from xentstream.report import FLAT_SCALAR_FIELDS, Report
 from xentstream.state import read_json, write_json_atomic
@@ -51,6 +49,7 @@ __all__ = [
     "GroupState",
     "GroupedReport",
     "Interrupted",
+    "compare",
     "evaluate",
     "grouped_state_dict",
     "merge_grouped_states",
@@ -486,7 +485,7 @@ class _MetricGroups(GroupState):
         loaded: dict[tuple[Any, ...], Metric] = {}
         for entry in entries:
             key = _entry_key(entry, len(self.by), strict)
-            metric = Metric.from_state_dict(entry["state"])
+            metric = type(self.group_metric).from_state_dict(entry["state"])
             if strict:
                 if key in loaded:
                     raise ValueError(f"group key {show(list(key))} appears twice")
@@ -510,6 +509,25 @@ class _MetricGroups(GroupState):
             codes = np.arange(self.n_groups, dtype=np.int64)
         keys = self.keys
         return {keys[c]: self.metrics[c].compute() for c in codes.tolist()}
+
+
+class _ComparisonGroups(_MetricGroups):
+    """One :class:`~xentstream.Comparison` per group (a grouped comparison): each
+    takes its group's share of the models' and the paired sums of every batch."""
+
+    def __init__(self, by: tuple[str, ...], template: Comparison) -> None:
+        super().__init__(by, template.model)
+
+    def _new_metric(self) -> Comparison:  # type: ignore[override]
+        return Comparison(super()._new_metric())
+
+    def absorb(self, metric: Any, result: Any, target: Any, sample_weight: Any) -> None:
+        if result.model.group_counts is None:  # no row
+            return
+        codes = self._runs[0]
+        labels = metric.model.group_label_counts(target, sample_weight, codes, self.n_groups)
+        for code in np.flatnonzero(result.model.group_counts.sum(axis=1)):
+            self.metrics[code].absorb_group(result, int(code), labels)
 
 
 #: Groups whose accumulators one step of :meth:`GroupState.to_json` widens at once.
@@ -701,7 +719,7 @@ class _StopSignals:
             raise KeyboardInterrupt
 
 
-def _fingerprint(feeder_fingerprint: dict[str, Any], metric: Metric) -> dict[str, Any]:
+def _fingerprint(feeder_fingerprint: dict[str, Any], metric: Metric | Comparison) -> dict[str, Any]:
     source = dict(feeder_fingerprint)
     columns = source.pop("columns", None)  # an argument, not a property of the files
     return {
@@ -766,9 +784,7 @@ _CHECKPOINT_KEYS = (
 )
 
 
-def _load_checkpoint(
-    path: Path, saved: dict[str, Any], metric: Metric, groups: GroupState | None
-) -> int:
+def _load_checkpoint(path: Path, saved: dict[str, Any], run: Evaluation) -> int:
     """Load a checkpoint's state into ``metric`` (and ``groups``); return the rows consumed.
 
     A checkpoint must be self-consistent: the saved metric holds exactly the rows
@@ -794,8 +810,9 @@ def _load_checkpoint(
         raise bad(
             f"metric_rows_per_row must be null or a non-negative integer, got {show(per_row)}"
         )
+    metric, groups = run.metric, run.groups
     try:
-        state = Metric.from_state_dict(saved["metric"])
+        state = type(metric).from_state_dict(saved["metric"])
     except ValueError as error:
         raise ValueError(f"checkpoint {path}: {error}") from None
     held = state.rows_seen - base
@@ -813,7 +830,7 @@ def _load_checkpoint(
     else:
         if not isinstance(entries, list):
             raise bad("this run groups by= but the checkpoint holds no list of groups")
-        loaded = GroupState(groups.by, groups.template)
+        loaded = run._new_groups()
         try:
             loaded.load_json(entries, strict=True)
         except (KeyError, TypeError, ValueError, OverflowError) as error:
@@ -832,7 +849,7 @@ def _write_checkpoint(
     fingerprint: dict[str, Any],
     rows: int,
     counters: tuple[int, int | None],
-    metric: Metric,
+    metric: Metric | Comparison,
     groups: GroupState | None,
 ) -> None:
     base, per_row = counters
@@ -870,7 +887,8 @@ def _remove_stale_temp_files(path: Path) -> None:
 
 
 class Evaluation:
-    """One evaluation in progress: a metric, the columns it reads and its groups.
+    """One evaluation in progress: a metric (or a comparison), the columns it reads
+    and its groups.
 
     The steps :func:`evaluate` and :func:`stream` take, public so that another driver
     runs the very same path: :mod:`xentstream.dask` runs one evaluation per partition
@@ -881,13 +899,15 @@ class Evaluation:
     Parameters
     ----------
     metric : Metric
-        Updated in place by :meth:`feed` and :meth:`merge_state_dict`.
+        Updated in place by :meth:`feed` and :meth:`merge_state_dict`. (A
+        :class:`~xentstream.Comparison` is fed by the evaluation :meth:`of` builds for
+        it.)
     spec : ColumnSpec
         The columns (see :meth:`of` to build one from :func:`evaluate`'s arguments).
 
     Attributes
     ----------
-    metric : Metric
+    metric : Metric or Comparison
     spec : ColumnSpec
     groups : GroupState or None
         One metric per group of ``spec.by`` (None without ``by``).
@@ -915,15 +935,18 @@ class Evaluation:
     def __init__(self, metric: Metric, spec: ColumnSpec) -> None:
         if not isinstance(metric, Metric):
             raise TypeError(f"metric: expected an xentstream metric, got {type(metric).__name__}")
-        self.metric = metric
+        self._hold(metric, spec)
+
+    def _hold(self, metric: Metric | Comparison, spec: ColumnSpec) -> None:
+        self.metric: Metric | Comparison = metric
         self.spec = spec
-        self.groups = GroupState(spec.by, metric) if spec.by else None
+        self.groups = self._new_groups()
         self.class_names = _spec_class_names(spec)
 
     @classmethod
     def of(
         cls,
-        metric: Metric,
+        metric: Metric | Comparison,
         *,
         preds: Any = None,
         target: Any = None,
@@ -932,19 +955,49 @@ class Evaluation:
         classes: Any = None,
         document: str | None = None,
         units: str | None = None,
+        baseline_preds: Any = None,
+        baseline_source: Any = None,
+        row_id: str | None = None,
     ) -> Evaluation:
-        """An evaluation of ``metric`` from :func:`evaluate`'s column arguments.
+        """An evaluation of ``metric`` from :func:`evaluate`'s column arguments; of a
+        :class:`~xentstream.Comparison`, with :func:`compare`'s (``baseline_preds``,
+        ``baseline_source``, ``row_id``).
 
         Raises
         ------
         TypeError
-            If ``metric`` is not an xentstream metric.
+            If ``metric`` is not an xentstream metric or comparison.
         ValueError
-            For ``document`` / ``units`` given to a metric that takes no such column.
+            For ``document`` / ``units`` given to a metric that takes no such column,
+            comparison arguments without a comparison, or a comparison without
+            ``baseline_preds``.
         """
+        by_columns = (by,) if isinstance(by, str) else tuple(by or ())
+        classes = None if classes is None else tuple(classes)
+        if isinstance(metric, Comparison):
+            return _ComparisonEvaluation.of_columns(
+                metric,
+                ColumnSpec(
+                    preds=preds, target=target, sample_weight=sample_weight, classes=classes
+                ),
+                baseline_preds=baseline_preds,
+                baseline_source=baseline_source,
+                row_id=row_id,
+                by=by_columns,
+                side={"document": document, "units": units},
+            )
         if not isinstance(metric, Metric):
             raise TypeError(f"metric: expected an xentstream metric, got {type(metric).__name__}")
-        by_columns = (by,) if isinstance(by, str) else tuple(by or ())
+        for name, value in (
+            ("baseline_preds", baseline_preds),
+            ("baseline_source", baseline_source),
+            ("row_id", row_id),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"{name}: only for a comparison (xs.compare, or xs.Comparison(metric) "
+                    f"as the metric), not a {type(metric).__name__}"
+                )
         # Side columns (the token kind's documents and units) go to metrics that take them.
         takes = metric.kind.side_columns
         for name, column in (("document", document), ("units", units)):
@@ -958,12 +1011,28 @@ class Evaluation:
             target=target,
             sample_weight=sample_weight,
             by=by_columns,
-            classes=None if classes is None else tuple(classes),
+            classes=classes,
             document=document,
             units=units,
             target_optional=metric.kind.target_optional,
         )
         return cls(metric, spec)
+
+    def fresh(self, *, engine: str | None = None, groups: bool = True) -> Evaluation:
+        """A new evaluation of the same columns with an empty metric (or comparison) of
+        the same configuration, on ``engine`` (default: this metric's): what each of
+        :mod:`xentstream.dask`'s tasks and merges starts from.
+
+        ``groups=False``: without the (empty) group state, to be sent to other
+        processes as a template (a group state is not pickled; its ``fresh()`` has
+        one again)."""
+        metric = self.metric
+        engine = metric.engine if engine is None else engine
+        blank = type(metric).from_state_dict(metric.state_dict(), engine=engine)
+        run = copy.copy(self)
+        run.metric = blank.reset()
+        run.groups = run._new_groups() if groups else None
+        return run
 
     def feed(
         self,
@@ -986,6 +1055,11 @@ class Evaluation:
             checkpoint=checkpoint,
             checkpoint_key=checkpoint_key,
         )
+
+    def open(self, source: Any, *, batch_rows: int | None, skip_rows: int = 0) -> Feeder:
+        """``source``'s batches of this evaluation's columns (what :meth:`feed` reads;
+        opening checks the columns)."""
+        return open_source(source, self.spec, batch_rows=batch_rows, skip_rows=skip_rows)
 
     def report(self) -> Report | GroupedReport:
         """The report of what was fed and merged: a :class:`GroupedReport` with ``by``."""
@@ -1011,9 +1085,150 @@ class Evaluation:
         """
         if (state["groups"] is None) != (self.groups is None):
             raise ValueError("state: groups where this evaluation has no by=, or none where it has")
-        self.metric.merge(Metric.from_state_dict(state["metric"], engine=self.metric.engine))
+        metric = self.metric
+        metric.merge(type(metric).from_state_dict(state["metric"], engine=metric.engine))
         if self.groups is not None:
             self.groups.load_json(state["groups"])
+
+    # -- the steps of _run, which a comparison's evaluation takes its own way ------------
+
+    def _new_groups(self) -> GroupState | None:
+        return GroupState(self.spec.by, self.metric) if self.spec.by else None
+
+    def _progress_metric(self) -> Metric:
+        """The metric whose running loss the progress bar shows."""
+        return self.metric
+
+    def _absorb(self, batch: Batch, row_offset: int, first: bool) -> int:
+        """Add one batch to the metric and the groups; return the metric's rows of it.
+        ``row_offset``: the batch's first row in the source, for messages."""
+        metric, spec, groups = self.metric, self.spec, self.groups
+        codes = None if groups is None else groups.codes(batch.keys)
+        n_groups = 1 if groups is None else groups.batch_groups
+        if first:
+            _warn_if_probabilities(batch.preds, metric)
+        side = {}
+        if batch.extras:  # with their column names, for the metric's messages
+            names_of = {f"{key}_name": column for key, column in spec.side_columns().items()}
+            side = {**batch.extras, **names_of}
+        result = metric.accumulate(
+            batch.preds,
+            batch.target,
+            batch.sample_weight,
+            names=spec.names(),
+            groups=codes,
+            n_groups=n_groups,
+            row_offset=row_offset,
+            **side,
+        )
+        if groups is not None:
+            groups.absorb(metric, result, batch.target, batch.sample_weight)
+        return result.n_rows
+
+
+class _ComparisonEvaluation(Evaluation):
+    """The evaluation of a :class:`~xentstream.Comparison`: both models' columns read
+    in lockstep (:func:`xentstream.comparing.open_pair`), one comparison per group."""
+
+    def __init__(
+        self,
+        comparison: Comparison,
+        spec: ColumnSpec,
+        baseline_spec: ColumnSpec,
+        *,
+        by: tuple[str, ...],
+        baseline_source: Any = None,
+        row_id: str | None = None,
+    ) -> None:
+        self.baseline_spec = baseline_spec
+        self.by = by
+        self.baseline_source = baseline_source
+        self.row_id = row_id
+        self._hold(comparison, spec)
+
+    @classmethod
+    def of_columns(
+        cls,
+        comparison: Comparison,
+        columns: ColumnSpec,
+        *,
+        baseline_preds: Any,
+        baseline_source: Any,
+        row_id: str | None,
+        by: tuple[str, ...],
+        side: dict[str, Any],
+    ) -> _ComparisonEvaluation:
+        for name, column in side.items():
+            if column is not None:
+                raise ValueError(f"{name}: a comparison takes no {name} column")
+        if row_id is not None and baseline_source is None:
+            raise ValueError("row_id: only with baseline_source (one source holds its own rows)")
+        keys = () if row_id is None else (row_id,)
+        spec = replace(columns, by=tuple(dict.fromkeys((*by, *keys))))
+        baseline_spec = ColumnSpec(
+            preds=baseline_preds,
+            target=columns.target,
+            # One source: the weights are read once, with model A's columns.
+            sample_weight=None if baseline_source is None else columns.sample_weight,
+            by=keys,
+            classes=columns.classes,
+        )
+        return cls(
+            comparison,
+            spec,
+            baseline_spec,
+            by=by,
+            baseline_source=baseline_source,
+            row_id=row_id,
+        )
+
+    def open(self, source: Any, *, batch_rows: int | None, skip_rows: int = 0) -> Feeder:
+        return open_pair(
+            source,
+            self.baseline_source,
+            self.spec,
+            self.baseline_spec,
+            row_id=self.row_id,
+            batch_rows=batch_rows,
+            skip_rows=skip_rows,
+        )
+
+    def report(self) -> ComparisonReport | GroupedComparison:  # type: ignore[override]
+        """The comparison's report; a :class:`~xentstream.GroupedComparison` with ``by``."""
+        overall = self.metric.compute()
+        if self.groups is None:
+            return overall
+        reports = self.groups.reports(self.groups.sorted_codes())
+        return GroupedComparison(overall=overall, by=self.by, groups=reports)
+
+    def _new_groups(self) -> GroupState | None:
+        return _ComparisonGroups(self.by, self.metric) if self.by else None
+
+    def _progress_metric(self) -> Metric:
+        return self.metric.model
+
+    def _absorb(self, batch: PairedRows, row_offset: int, first: bool) -> int:  # type: ignore[override]
+        comparison, groups = self.metric, self.groups
+        rows, names = batch.model, self.spec.names()
+        codes = None if groups is None else groups.codes(rows.keys)
+        n_groups = 1 if groups is None else groups.batch_groups
+        if first:
+            _warn_if_probabilities(rows.preds, comparison.model)
+        baseline_name = self.baseline_spec.names().preds
+        result = comparison.accumulate(
+            rows.preds,
+            batch.baseline.preds,
+            rows.target,
+            rows.sample_weight,
+            names=names,
+            baseline_name="baseline_preds" if baseline_name == "preds" else baseline_name,
+            groups=codes,
+            n_groups=n_groups,
+            row_offset=row_offset,
+        )
+        if groups is not None:
+            groups.absorb(comparison, result, rows.target, rows.sample_weight)
+        return result.model.n_rows
 
 
 def _run(
@@ -1029,13 +1244,13 @@ def _run(
 
     Sets ``run.class_names`` (for the per-class tables) once the source is open.
     """
-    metric, spec, groups = run.metric, run.spec, run.groups
+    metric, groups = run.metric, run.groups
     path = None if checkpoint is None else Path(checkpoint)
     if checkpoint_key is not None and not isinstance(checkpoint_key, str):
         raise TypeError(f"checkpoint_key: must be a string, got {type(checkpoint_key).__name__}")
     skip = 0
     # Open once without skipping to learn the fingerprint, then resume if it matches.
-    feeder = open_source(source, spec, batch_rows=batch_rows)
+    feeder = run.open(source, batch_rows=batch_rows)
     # From the resolved columns: no fingerprint (a pass over a frame).
     run.class_names = _class_names({"columns": feeder.columns or {}})
     base, per_row = metric.rows_seen, 1
@@ -1053,10 +1268,9 @@ def _run(
         _remove_stale_temp_files(path)
         saved = _read_checkpoint(path, fingerprint)
         if saved is not None:
-            skip = _load_checkpoint(path, saved, metric, groups)
+            skip = _load_checkpoint(path, saved, run)
             base, per_row = saved["base_rows"], saved["metric_rows_per_row"]
-            feeder = open_source(source, spec, batch_rows=batch_rows, skip_rows=skip)
-    names = spec.names()
+            feeder = run.open(source, batch_rows=batch_rows, skip_rows=skip)
     bar = _Progress(progress, feeder.total_rows, skip)
     rows = skip
     last_save = time.monotonic()
@@ -1067,38 +1281,19 @@ def _run(
     try:
         for batch in _prefetch(iter(feeder)):
             stops.begin_batch()
-            codes = None if groups is None else groups.codes(batch.keys)
-            n_groups = 1 if groups is None else groups.batch_groups
-            if rows == 0:
-                _warn_if_probabilities(batch.preds, metric)
-            side = {}
-            if batch.extras:  # with their column names, for the metric's messages
-                names_of = {f"{key}_name": column for key, column in spec.side_columns().items()}
-                side = {**batch.extras, **names_of}
-            result = metric.accumulate(
-                batch.preds,
-                batch.target,
-                batch.sample_weight,
-                names=names,
-                groups=codes,
-                n_groups=n_groups,
-                # Rows of this source, as the feeders' own errors (nulls) count them,
-                # whatever the metric held before.
-                row_offset=metric.rows_seen - base,
-                **side,
-            )
-            if groups is not None:
-                groups.absorb(metric, result, batch.target, batch.sample_weight)
+            # Rows of this source, as the feeders' own errors (nulls) count them,
+            # whatever the metric held before.
+            metric_rows = run._absorb(batch, metric.rows_seen - base, rows == 0)
             if batch.n_rows:
                 # Metric rows per source row: 1, or T for (N, T, C) batches; None once
                 # it varies (then only the saved metric's own counts are checked).
-                ratio, exact = divmod(result.n_rows, batch.n_rows)
+                ratio, exact = divmod(metric_rows, batch.n_rows)
                 if per_row is not None and (exact or (rows > 0 and ratio != per_row)):
                     per_row = None
                 elif per_row is not None:
                     per_row = ratio
             rows += batch.n_rows
-            bar.update(batch.n_rows, metric)
+            bar.update(batch.n_rows, run._progress_metric())
             if path is not None and time.monotonic() - last_save > CHECKPOINT_INTERVAL_S:
                 _write_checkpoint(path, fingerprint, rows, (base, per_row), metric, groups)
                 last_save, saved_rows = time.monotonic(), rows
@@ -1237,9 +1432,32 @@ def merge_grouped_states(states: list[dict[str, Any]]) -> GroupedReport:
     return _report(metric, groups)
 
 
+def _start(
+    source: Any,
+    metric: Metric | Comparison,
+    *,
+    batch_rows: int | None = None,
+    progress: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_key: str | None = None,
+    **columns: Any,
+) -> tuple[Evaluation, Iterator[None]]:
+    """The one path of :func:`evaluate`, :func:`stream` and :func:`compare`: the
+    evaluation of ``columns`` (:meth:`Evaluation.of`) and its :meth:`~Evaluation.feed`."""
+    run = Evaluation.of(metric, **columns)
+    steps = run.feed(
+        source,
+        batch_rows=batch_rows,
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_key=checkpoint_key,
+    )
+    return run, steps
+
+
 def evaluate(
     source: Any,
-    metric: Metric,
+    metric: Metric | Comparison,
     *,
     preds: Any = None,
     target: Any = None,
@@ -1252,7 +1470,10 @@ def evaluate(
     checkpoint_key: str | None = None,
     document: str | None = None,
     units: str | None = None,
-) -> Report | GroupedReport:
+    baseline_preds: Any = None,
+    baseline_source: Any = None,
+    row_id: str | None = None,
+) -> Report | GroupedReport | ComparisonReport | GroupedComparison:
     """Run ``metric`` over every row of ``source`` in bounded batches; return its report.
 
     Parameters
@@ -1262,8 +1483,10 @@ def evaluate(
         IPC/Feather, CSV or NDJSON files; a ``.npy`` file of predictions (memory-mapped;
         ``target`` is then a ``.npy`` path or an array); or an iterable of batches:
         ``(preds, target[, sample_weight])`` tuples, dicts or DataFrames.
-    metric : Metric
-        Updated in place (``CrossEntropy``, ``BinaryCrossEntropy``, ...).
+    metric : Metric or Comparison
+        Updated in place (``CrossEntropy``, ``BinaryCrossEntropy``, ...). A
+        :class:`~xentstream.Comparison` compares two models' predictions for the same
+        rows, as :func:`compare` does (which builds one from a metric).
     preds, target : str, list of str or polars selector
         Columns of frame and file sources (unused for tuples). ``preds``: one Array /
         List column or several scalar columns; ``target``: one column, or several for
@@ -1297,10 +1520,14 @@ def evaluate(
         For :class:`~xentstream.TokenCrossEntropy`: the column of document ids (any
         order of rows) and of per-row unit counts (bytes, characters, words). Its
         ``target`` is the optional mask column.
+    baseline_preds, baseline_source, row_id : optional
+        For a :class:`~xentstream.Comparison`: as in :func:`compare`.
 
     Returns
     -------
     Report or GroupedReport
+        (:class:`~xentstream.ComparisonReport` or :class:`~xentstream.GroupedComparison`
+        for a comparison.)
 
     Raises
     ------
@@ -1325,44 +1552,34 @@ def evaluate(
     >>> report.count
     2
     """
-    run = Evaluation.of(
+    run, steps = _start(
+        source,
         metric,
         preds=preds,
         target=target,
         sample_weight=sample_weight,
         by=by,
         classes=classes,
-        document=document,
-        units=units,
-    )
-    for _ in run.feed(
-        source,
         batch_rows=batch_rows,
         progress=progress,
         checkpoint=checkpoint,
         checkpoint_key=checkpoint_key,
-    ):
+        document=document,
+        units=units,
+        baseline_preds=baseline_preds,
+        baseline_source=baseline_source,
+        row_id=row_id,
+    )
+    for _ in steps:
         pass
     return run.report()
 
 
 def stream(
-    source: Any,
-    metric: Metric,
-    *,
-    preds: Any = None,
-    target: Any = None,
-    sample_weight: Any = None,
-    by: Any = None,
-    classes: Any = None,
-    batch_rows: int | None = None,
-    progress: bool | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
-    checkpoint_key: str | None = None,
-    document: str | None = None,
-    units: str | None = None,
-) -> Iterator[Report | GroupedReport]:
-    """Like :func:`evaluate`, but yield the running report after each batch.
+    source: Any, metric: Metric | Comparison, **options: Any
+) -> Iterator[Report | GroupedReport | ComparisonReport | GroupedComparison]:
+    """Like :func:`evaluate` (the same arguments), but yield the running report after
+    each batch.
 
     Examples
     --------
@@ -1370,22 +1587,82 @@ def stream(
     >>> batches = [(np.array([[0.7, 0.3]]), np.array([0])), (np.array([[0.2, 0.8]]), [1])]
     >>> [r.count for r in xs.stream(batches, xs.CrossEntropy())]
     [1, 2]
+
+    A comparison's running report (model A's predictions, model B's, the target):
+
+    >>> pairs = [([[0.7, 0.3]], [[0.6, 0.4]], [0]), ([[0.2, 0.8]], [[0.3, 0.7]], [1])]
+    >>> [r.model_better_rows for r in xs.stream(pairs, xs.Comparison(xs.CrossEntropy()))]
+    [1, 2]
     """
-    run = Evaluation.of(
-        metric,
-        preds=preds,
-        target=target,
-        sample_weight=sample_weight,
-        by=by,
-        classes=classes,
-        document=document,
-        units=units,
-    )
-    for _ in run.feed(
-        source,
-        batch_rows=batch_rows,
-        progress=progress,
-        checkpoint=checkpoint,
-        checkpoint_key=checkpoint_key,
-    ):
+    run, steps = _start(source, metric, **options)
+    for _ in steps:
         yield run.report()
+
+
+def compare(
+    source: Any,
+    metric: Metric | Comparison,
+    *,
+    baseline_preds: Any = None,
+    baseline_source: Any = None,
+    row_id: str | None = None,
+    **options: Any,
+) -> ComparisonReport | GroupedComparison:
+    """Compare two models over every row of ``source`` in bounded batches (paired).
+
+    :func:`evaluate` of ``xs.Comparison(metric)``: the same arguments, checkpoints,
+    progress bar and errors.
+
+    Parameters
+    ----------
+    source
+        As in :func:`evaluate` (a polars frame, files, a glob), holding ``preds``
+        (model A) and, without ``baseline_source``, ``baseline_preds`` (model B) for
+        the same rows; or an iterable of ``(preds, baseline_preds, target[,
+        sample_weight])`` tuples.
+    metric : Metric or Comparison
+        The loss both models are scored with (e.g. ``xs.CrossEntropy()``), or a
+        :class:`~xentstream.Comparison` to continue (updated in place).
+    baseline_preds : str, list of str or polars selector
+        Model B's prediction columns (``preds``: model A's).
+    baseline_source : optional
+        Another source holding ``baseline_preds`` and ``target`` for the same rows in
+        the same order, read in lockstep with ``source``; its targets must equal
+        ``source``'s row by row.
+    row_id : str, optional
+        With ``baseline_source``: a column both sources hold, checked to be equal row
+        by row.
+    **options
+        :func:`evaluate`'s: ``preds``, ``target``, ``sample_weight``, ``classes``,
+        ``by`` (group columns of ``source``: returns a :class:`GroupedComparison`),
+        ``batch_rows``, ``progress``, ``checkpoint``, ``checkpoint_key``.
+
+    Returns
+    -------
+    ComparisonReport or GroupedComparison
+
+    Raises
+    ------
+    ValueError, TypeError, FileNotFoundError
+        Bad sources, columns or data (the message names the column and the row), or
+        sources that do not hold the same rows. Each batch is atomic, the run is not.
+
+    Examples
+    --------
+    >>> import polars as pl, xentstream as xs
+    >>> frame = pl.DataFrame({"new": [[0.8, 0.2], [0.3, 0.7]], "old": [[0.6, 0.4], [0.5, 0.5]],
+    ...                       "y": [0, 1]})
+    >>> report = xs.compare(frame, xs.CrossEntropy(), preds="new", baseline_preds="old",
+    ...                     target="y")
+    >>> report.count, report.model_better_rows
+    (2, 2)
+    """
+    comparison = metric if isinstance(metric, Comparison) else Comparison(metric)
+    return evaluate(
+        source,
+        comparison,
+        baseline_preds=baseline_preds,
+        baseline_source=baseline_source,
+        row_id=row_id,
+        **options,
+    )

@@ -27,7 +27,7 @@ import numpy as np
 from xentstream import report
 from xentstream._batch import BatchSums, binary_batch, multiclass_batch, multilabel_batch
 from xentstream._inputs import as_array
-from xentstream._tokens import TokenState, token_batch, token_report_fields
+from xentstream._tokens import TokenState, token_batch, token_report_fields, token_row_denominators
 from xentstream.accumulator import ExactState
 from xentstream.config import (
     BinaryConfig,
@@ -271,8 +271,7 @@ KINDS: dict[str, Kind] = {
             extra_report=token_report_fields,
             side_columns=("document", "units"),
             target_optional=True,
-            # Its batch function keeps no per-row losses for the paired sums: not built.
-            pairable=False,
+            row_denominators=token_row_denominators,
         ),
     )
 }

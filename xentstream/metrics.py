@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import math
 import os
-import threading
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -33,7 +32,7 @@ from xentstream.accumulator import ExactState
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
 from xentstream.kinds import KINDS, Kind
 from xentstream.report import Report, build_report
-from xentstream.state import FORMAT, VERSION, read_json, write_json_atomic
+from xentstream.state import FORMAT, VERSION, Stateful, read_json, strict_loading
 
 __all__ = [
     "BinaryCrossEntropy",
@@ -268,7 +267,7 @@ class _Window:
         return twin
 
 
-class Metric:
+class Metric(Stateful):
     """Base of the streaming metrics: a config, its exact state, update / merge / compute.
 
     Subclasses set ``kind`` (their :class:`~xentstream.kinds.Kind`) and a constructor
@@ -298,7 +297,7 @@ class Metric:
         self.config = config
         self.engine = check_engine(engine)
         self.window = _check_window(window)
-        self._lock = threading.RLock()
+        Stateful.__init__(self)
         self.reset()
 
     @classmethod
@@ -606,24 +605,8 @@ class Metric:
                 self._window.rows.extend(window.rows)
         return self
 
-    def load_state_dict(self, state: dict[str, Any]) -> Metric:
-        """Replace this metric's state by one saved with :meth:`state_dict` (a metric of
-        the same class and configuration), as torch's ``load_state_dict``. Returns
-        ``self``; on any error the state is unchanged.
-
-        Examples
-        --------
-        >>> import xentstream as xs
-        >>> saved = xs.CrossEntropy().update([[0.7, 0.3]], [0]).state_dict()
-        >>> xs.CrossEntropy().load_state_dict(saved).compute().count
-        1
-        """
-        other = type(self).from_state_dict(state, engine=self.engine)
+    def _check_loadable(self, other: Metric) -> None:
         self._check_compatible(other.merge_key(), other.n_classes, "load_state_dict")
-        with self._lock:
-            self.reset()
-            self.merge(other)
-        return self
 
     def _check_compatible(self, config: dict[str, Any], n_classes: int | None, what: str) -> None:
         mine = self.merge_key()
@@ -691,7 +674,7 @@ class Metric:
             cls = Metric._registry[name]
         elif name != cls.__name__:
             raise ValueError(f"state: holds a {show(name)}, not a {cls.__name__}")
-        try:
+        with strict_loading("state"):
             if not isinstance(state["config"], dict):
                 raise ValueError("config must be a JSON object")
             config = cls.kind.config.from_dict(state["config"])
@@ -731,32 +714,9 @@ class Metric:
             _check_consistent(metric)
             _check_label_counts(metric)
             _check_calibration(metric)
-        except (KeyError, TypeError, IndexError, OverflowError) as error:
-            raise ValueError(
-                f"state: malformed ({type(error).__name__}: {show(str(error))})"
-            ) from None
-        except ValueError as error:
-            message = str(error)
-            raise ValueError(
-                message if message.startswith("state") else f"state: {message}"
-            ) from None
         return metric
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`state_dict` to ``path`` as JSON, atomically (temp, fsync, rename)."""
-        write_json_atomic(path, self.state_dict())
-
     # -- plumbing ------------------------------------------------------------------------
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Picklable for multiprocessing (the lock is recreated); files use JSON only.
-        state = self.__dict__.copy()
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rows={self.rows_seen}, value={self.value!r})"

@@ -2,6 +2,9 @@
 
 A state file holds one metric's ``state_dict()``: its class, its full config and
 its exact integer accumulators, so that a loaded metric continues bit for bit.
+:class:`Stateful` is what every object with such a state shares (metrics and paired
+comparisons): the lock, pickling without it, ``save`` / ``load_state_dict``, and the
+strict loader's error form.
 """
 
 from __future__ import annotations
@@ -9,12 +12,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from xentstream._errors import shorten
+from xentstream._errors import shorten, show
 
-__all__ = ["FORMAT", "VERSION", "read_json", "write_json_atomic"]
+__all__ = ["FORMAT", "VERSION", "Stateful", "read_json", "strict_loading", "write_json_atomic"]
 
 FORMAT = "xentstream.metric"
 VERSION = 1
@@ -88,3 +94,83 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a valid xentstream state file (not a JSON object)")
     return data
+
+
+@contextmanager
+def strict_loading(what: str) -> Iterator[None]:
+    """Turn whatever a malformed state makes a loader raise into one ``ValueError``
+    starting with ``what`` (``"state"``, ``"comparison state"``): a state is read
+    exactly as written, or not at all."""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError, OverflowError) as error:
+        raise ValueError(
+            f"{what}: malformed ({type(error).__name__}: {show(str(error))})"
+        ) from None
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if message.startswith(what) else f"{what}: {message}") from None
+
+
+class Stateful:
+    """Base of the objects with an exact, versioned JSON state (metrics, comparisons).
+
+    A subclass provides ``state_dict``, ``from_state_dict(state, engine=...)``,
+    ``reset``, ``merge``, ``engine`` and ``_check_loadable(other)`` (what
+    :meth:`load_state_dict` refuses before it changes anything); this class adds the
+    lock, pickling (for multiprocessing: the lock is recreated; files use JSON only),
+    :meth:`save` and :meth:`load_state_dict`.
+    """
+
+    engine: str
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], *, engine: str = "auto") -> Stateful:
+        raise NotImplementedError
+
+    def reset(self) -> Stateful:
+        raise NotImplementedError
+
+    def merge(self, other: Any) -> Stateful:
+        raise NotImplementedError
+
+    def _check_loadable(self, other: Any) -> None:
+        raise NotImplementedError
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_dict` to ``path`` as JSON, atomically (temp, fsync, rename)."""
+        write_json_atomic(path, self.state_dict())
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any:
+        """Replace this object's state by one saved with ``state_dict`` (of the same
+        class and configuration), as torch's ``load_state_dict``. Returns ``self``; on
+        any error the state is unchanged.
+
+        Examples
+        --------
+        >>> import xentstream as xs
+        >>> saved = xs.CrossEntropy().update([[0.7, 0.3]], [0]).state_dict()
+        >>> xs.CrossEntropy().load_state_dict(saved).compute().count
+        1
+        """
+        other = type(self).from_state_dict(state, engine=self.engine)
+        with self._lock:
+            self._check_loadable(other)
+            self.reset()
+            self.merge(other)
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()

@@ -202,10 +202,15 @@ class TokenCrossEntropy(Metric):
                         else "the rows before had document ids; every batch needs them"
                     )
                 )
-            self.state.add_batch(batch)
-            if self._window is not None and batch.window is not None:
-                self._window.extend(*batch.window)
+            self._absorb(batch, target, sample_weight)
         return batch
+
+    def _absorb(self, batch: Any, target: Any, sample_weight: Any) -> None:
+        # A token batch adds its unit and per-document sums too (TokenState.add_batch);
+        # also what a paired comparison's ``absorb`` of a run_batch result reaches.
+        self.state.add_batch(batch)
+        if self._window is not None and batch.window is not None:
+            self._window.extend(*batch.window)
 
 
 def token_cross_entropy(
