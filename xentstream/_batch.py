@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +134,10 @@ class BatchSums:
         The group code of every row, with ``row_terms``.
     calibration : CalibrationState or None
         The batch's reliability bins, set by a metric with ``calibration_bins``.
+    kept_terms : ndarray or None, shape (N, N_ROW_TERMS)
+        With ``keep_terms`` on the CPU: every row's exact terms in row order, the
+        kernel's own (``s_i L_i``, ``s_i d_i``, ..., ``layout.ROW_IGNORED``), so that
+        a metric's window reads each row's denominator ``d_i`` where it is defined.
     target : array or None
         The targets as the kernel read them (converted, flat rows), so that what the
         metric derives from them afterwards (label counts) converts nothing again.
@@ -149,6 +154,7 @@ class BatchSums:
     row_terms: np.ndarray | None = None
     group_codes: np.ndarray | None = None
     calibration: Any = None
+    kept_terms: np.ndarray | None = None
     target: Any = None
 
     @property
@@ -191,10 +197,19 @@ def _run(
     keep_rows: bool,
     row_offset: int,
     names: ColumnNames,
-    kind: str,
+    axis: str | None,
+    keep_terms: bool = False,
+    target_columns_follow: bool = False,
+    rules: Mapping[int, str] | None = None,
     device: Any = None,
 ) -> BatchSums:
-    """Call kernel ``kernel`` (a ``cpu`` name) on the CPU or, with ``device``, its CUDA twin."""
+    """Call kernel ``kernel`` (a ``cpu`` name) on the CPU or, with ``device``, its CUDA twin.
+
+    ``axis`` / ``target_columns_follow``: what a bad column of the kernel's error
+    records is, and ``rules`` the kind's own wording of error codes
+    (:func:`~xentstream._errors.kernel_error`). ``keep_terms``: also every
+    row's terms in row order (``BatchSums.kept_terms``; the CUDA twins write none).
+    """
     # Only C-contiguous arrays reach the kernels: other layouts are copied once here,
     # which keeps one compiled specialization per dtype instead of one per layout.
     # Device arrays were checked to be contiguous by _array and stay where they are.
@@ -223,8 +238,15 @@ def _run(
         term_rows = _read_only(row_positions(group_codes, n_groups_given))
     else:
         kernel_codes = group_codes
+    # Terms in row order: the kernel writes row i's at i when term_rows is empty. The
+    # CUDA twins write none: their per-row losses stand in (the caller's fallback).
+    terms_in_order = keep_terms and device is None and not row_terms
+    keep_rows = keep_rows or (keep_terms and device is not None)
     launch = (
-        functools.partial(_launch_cpu, term_rows=term_rows if row_terms else None)
+        functools.partial(
+            _launch_cpu,
+            term_rows=term_rows if row_terms else _NO_GROUPS if terms_in_order else None,
+        )
         if device is None
         else device.launch
     )
@@ -265,8 +287,15 @@ def _run(
             leading_shape=leading_shape,
             n_classes=n_classes,
             sum_tol=opts.sum_tol,
-            kind=kind,
+            axis=axis,
+            target_columns_follow=target_columns_follow,
+            rules=rules,
         )
+    kept_terms = None
+    if terms_in_order:
+        kept_terms = terms[0]
+    elif keep_terms and row_terms:  # in group order: row i's at term_rows[i]
+        kept_terms = terms[0][term_rows]
     if n_blocks == 1:
         # Combining one block into zeros is normalizing it: the same bits, in place.
         group_sums = block_sums[0]
@@ -303,6 +332,7 @@ def _run(
         group_counts=None if groups is None or row_terms else group_counts,
         row_terms=terms[0] if row_terms else None,
         group_codes=group_codes if row_terms else None,
+        kept_terms=kept_terms,
         target=target,
     )
 
@@ -416,10 +446,16 @@ def _call_serialized(kernel: Any, arguments: tuple) -> None:
 
 
 def _empty_batch(
-    n_classes: int, per_class: bool, keep_rows: bool, shape: tuple, n_groups: int | None = None
+    n_classes: int,
+    per_class: bool,
+    keep_rows: bool,
+    shape: tuple,
+    n_groups: int | None = None,
+    keep_terms: bool = False,
 ) -> BatchSums:
     grouped = n_groups is not None
     return BatchSums(
+        kept_terms=np.zeros((0, layout.N_ROW_TERMS)) if keep_terms else None,
         row_terms=np.zeros((0, layout.N_ROW_TERMS)) if grouped else None,
         group_codes=np.zeros(0, dtype=np.int64) if grouped else None,
         sums=accumulator.empty(layout.N_SUMS),
@@ -574,6 +610,7 @@ def multiclass_batch(
     groups: np.ndarray | None = None,
     n_groups: int = 1,
     engine: str = "auto",
+    keep_terms: bool = False,
 ) -> BatchSums:
     """Exact sums of multiclass cross-entropy over one batch (hard or soft targets)."""
     device = _device_for(engine, preds)
@@ -621,7 +658,7 @@ def multiclass_batch(
     per_class = config.per_class
     if preds.size == 0:
         return _empty_batch(
-            n_classes, per_class, keep_rows, leading_shape, _grouped(groups, n_groups)
+            n_classes, per_class, keep_rows, leading_shape, _grouped(groups, n_groups), keep_terms
         )
     class_weight = (
         _unit_weights(n_classes) if config.class_weight is None else np.asarray(config.class_weight)
@@ -642,7 +679,8 @@ def multiclass_batch(
         keep_rows=keep_rows,
         row_offset=row_offset,
         names=names,
-        kind="multiclass",
+        axis="class",
+        keep_terms=keep_terms,
         device=device,
     )
 
@@ -673,6 +711,7 @@ def binary_batch(
     groups: np.ndarray | None = None,
     n_groups: int = 1,
     engine: str = "auto",
+    keep_terms: bool = False,
 ) -> BatchSums:
     """Exact sums of binary cross-entropy over one batch (predictions of any shape)."""
     device = _device_for(engine, preds)
@@ -691,7 +730,9 @@ def binary_batch(
     target = _binary_target(target, leading_shape, names, row_offset, device).reshape(-1)
     weights = _sample_weight(sample_weight, leading_shape, names.sample_weight, row_offset, device)
     if preds.size == 0:
-        return _empty_batch(1, False, keep_rows, leading_shape, _grouped(groups, n_groups))
+        return _empty_batch(
+            1, False, keep_rows, leading_shape, _grouped(groups, n_groups), keep_terms
+        )
     opts = _options(config, eps_dtype or preds.dtype, with_entropy=with_entropy)
     return _run(
         "binary",
@@ -708,7 +749,8 @@ def binary_batch(
         keep_rows=keep_rows,
         row_offset=row_offset,
         names=names,
-        kind="binary",
+        axis=None,  # one value a row: no column to name
+        keep_terms=keep_terms,
         device=device,
     )
 
@@ -726,6 +768,7 @@ def multilabel_batch(
     groups: np.ndarray | None = None,
     n_groups: int = 1,
     engine: str = "auto",
+    keep_terms: bool = False,
 ) -> BatchSums:
     """Exact sums of multi-label cross-entropy (sum over labels per row) over one batch."""
     device = _device_for(engine, preds)
@@ -743,7 +786,12 @@ def multilabel_batch(
         )
     if preds.size == 0:
         return _empty_batch(
-            n_labels, config.per_label, keep_rows, leading_shape, _grouped(groups, n_groups)
+            n_labels,
+            config.per_label,
+            keep_rows,
+            leading_shape,
+            _grouped(groups, n_groups),
+            keep_terms,
         )
     if config.pos_weight is None:
         pos_weight = _unit_weights(n_labels)
@@ -765,7 +813,9 @@ def multilabel_batch(
         keep_rows=keep_rows,
         row_offset=row_offset,
         names=names,
-        kind="multilabel",
+        axis="label",
+        target_columns_follow=True,  # the kernel records target column j as C + j
+        keep_terms=keep_terms,
         device=device,
     )
 
@@ -800,6 +850,6 @@ def entropy_batch(
         keep_rows=keep_rows,
         row_offset=0,
         names=names,
-        kind="multiclass",
+        axis="class",
         device=device,
     )

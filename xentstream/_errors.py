@@ -7,6 +7,7 @@ stream) and the rule broken.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,17 @@ class DataError(ValueError):
         return DataError.at(self.column, self.row + rows, self.rule, self.position, context=context)
 
 
+#: Codes of a bad target value (the others are of the predictions).
+_TARGET_CODES = frozenset(
+    (
+        layout.LABEL_OUT_OF_RANGE,
+        layout.TARGET_INVALID,
+        layout.TARGET_ROW_SUM,
+        layout.TARGET_NOT_PROBABILITY,
+    )
+)
+
+
 def _index(row: int, leading_shape: tuple[int, ...]) -> str:
     """`` (index (i, j))`` of a batch row of multi-dimensional inputs, else ``""``."""
     if len(leading_shape) > 1 and 0 <= row < int(np.prod(leading_shape)):
@@ -120,22 +132,37 @@ def kernel_error(
     leading_shape: tuple[int, ...],
     n_classes: int,
     sum_tol: float,
-    kind: str,
+    axis: str | None,
+    target_columns_follow: bool = False,
+    rules: Mapping[int, str] | None = None,
 ) -> DataError:
     """Build the :class:`DataError` for one kernel error record.
 
     ``row`` is the row within the batch; the error's row is ``row_offset + row``
     (the message adds the batch row, and the batch index for multi-dimensional
-    inputs).
+    inputs). ``axis`` names the column a record points at (the kind's
+    :attr:`~xentstream.kinds.Kind.class_axis`: ``"class"``, ``"label"``; None: one
+    value a row, no column shown). ``target_columns_follow``: the kernel records a
+    bad target column ``j`` as ``n_classes + j`` (targets shaped like the predictions).
+    ``rules``: a kind's own wording of codes it gives another meaning (a rule with a
+    ``{value}`` field, e.g. ``{layout.TARGET_INVALID: "count {value!r} is negative"}``),
+    so that a new kind words its errors in its batch function, with no code here.
+
+    Examples
+    --------
+    >>> from xentstream._kernels import layout
+    >>> error = kernel_error(layout.PRED_NAN, 3, 1, float("nan"), names=DEFAULT_NAMES,
+    ...     row_offset=0, leading_shape=(5,), n_classes=2, sum_tol=1e-8, axis="label")
+    >>> str(error)
+    'preds: row 3, label 1: prediction is NaN; predictions must not be NaN'
     """
     position = _index(row, leading_shape)
     if row_offset:
         position = f" (batch row {row}{position})"
     stream_row = row_offset + row
-    label_word = "label" if kind == "multilabel" else "class"
-    if kind == "multilabel" and column >= n_classes:
-        column -= n_classes  # the multi-label kernel flags target columns this way
-    at = f"{position}, {label_word} {column}" if column >= 0 and kind != "binary" else position
+    if target_columns_follow and column >= n_classes:
+        column -= n_classes
+    at = f"{position}, {axis} {column}" if column >= 0 and axis is not None else position
 
     def preds(rule: str, where: str = at) -> DataError:
         return DataError.at(names.preds, stream_row, rule, where)
@@ -143,6 +170,9 @@ def kernel_error(
     def target(rule: str, where: str = at) -> DataError:
         return DataError.at(names.target, stream_row, rule, where)
 
+    if rules and code in rules:
+        column_of = target if code in _TARGET_CODES else preds
+        return column_of(rules[code].format(value=value))
     if code == layout.PRED_NAN:
         return preds("prediction is NaN; predictions must not be NaN")
     if code == layout.PRED_POS_INF:
@@ -170,8 +200,7 @@ def kernel_error(
     if code == layout.TARGET_ROW_SUM:
         return target(f"target probabilities sum to {value!r}, not 1 within sum_tol={sum_tol:.3g}")
     if code == layout.TARGET_NOT_PROBABILITY:
-        where = f"{position}, label {column}" if kind == "multilabel" else at
-        return target(f"target {value!r} is outside [0, 1]", where)
+        return target(f"target {value!r} is outside [0, 1]")
     if code == layout.SAMPLE_WEIGHT_INVALID:
         return DataError.at(
             names.sample_weight,

@@ -194,14 +194,16 @@ def token_batch(
     engine: str = "auto",
     document_name: str = "document",
     units_name: str = "units",
+    keep_terms: bool = False,
 ) -> TokenBatch:
     """Exact sums of one batch of token values: the token kind's batch function.
 
     ``mask`` takes the target's place (bool or 0/1; 0 drops a row). ``document``: an id
     per row (integers or strings), for per-document sums; ``units``: per-row unit
-    counts. ``keep_rows``: the (s L, s) pairs of the counted rows, for a window, and
-    every row's loss ``L`` (``row_losses``; masked rows 0.0, see
-    :func:`token_row_denominators`), for a paired comparison.
+    counts. ``keep_rows`` / ``keep_terms``: the (s L, s) pairs of the counted rows,
+    for a window (``TokenBatch.window``); ``keep_rows`` also every row's loss ``L``
+    (``row_losses``; masked rows 0.0, see :func:`token_row_denominators`), for a
+    paired comparison.
     ``with_entropy`` is unused (token values carry no distribution); the kernel runs
     on the CPU (``engine="cuda"`` is refused: one value a row gains nothing there).
 
@@ -209,7 +211,7 @@ def token_batch(
     """
     if engine == "cuda":
         raise ValueError("engine: token values are evaluated on the CPU (engine='cpu')")
-    keep_window = keep_rows
+    keep_window = keep_rows or keep_terms
     values, shape = _values(preds, names.preds, row_offset)
     n_rows = values.shape[0]
     mask_array = (

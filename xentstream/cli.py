@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import fnmatch
 import glob
 import importlib.util
@@ -33,6 +34,7 @@ import numpy as np
 import polars as pl
 
 from xentstream import __version__
+from xentstream._kernels.layout import INPUT_KINDS
 from xentstream.comparing import GroupedComparison
 from xentstream.comparison import Comparison, ComparisonReport
 from xentstream.comparison import load as load_state
@@ -46,22 +48,34 @@ from xentstream.evaluation import (
     merge_grouped_states,
     stream,
 )
-from xentstream.kinds import KINDS
-from xentstream.metrics import (
-    BinaryCrossEntropy,
-    CrossEntropy,
-    Metric,
-    MultiLabelCrossEntropy,
-)
+from xentstream.kinds import KINDS, Kind
+from xentstream.metrics import Metric
 from xentstream.report import SCALAR_FIELDS, Report, format_value
 from xentstream.state import read_json, write_json_atomic
-from xentstream.tokens import TokenCrossEntropy
 
 __all__ = ["main"]
 
 _TABLE_FIELDS = SCALAR_FIELDS  # the table shows what Report's str shows, in that order
-#: ``--input`` values of the tokens task -> the token kind's ``input=``.
-_TOKEN_INPUTS = {"target-logprob": "logprobs", "target-nll": "nll"}
+#: ``--task`` names -> kinds.
+_TASKS: dict[str, Kind] = {kind.task: kind for kind in KINDS.values()}
+#: ``--input`` values that belong to one kind alone (the tokens task's) -> that kind.
+_KIND_INPUTS: dict[str, Kind] = {
+    value: kind for kind in KINDS.values() for value in kind.cli_inputs
+}
+#: Loss flags written by hand (their help names the tasks), each setting the config
+#: field of its dest's name; ``--per-class`` sets the kind's ``breakdown_field``.
+_LOSS_FLAGS = (
+    "class_weight",
+    "pos_weight",
+    "ignore_index",
+    "label_smoothing",
+    "sum_tol",
+    "calibration_bins",
+)
+#: Config fields the command line leaves at their defaults (eps: the dtype's machine
+#: epsilon; validate: always on) or fills from another flag (unit: the --units
+#: column's name). Class counts are inferred from the data.
+_FIELDS_WITHOUT_FLAGS = ("input", "eps", "validate", "unit")
 
 
 #: Seconds to wait for ``--dask ADDRESS``'s scheduler before giving up.
@@ -95,6 +109,7 @@ _FLAGS = {
     "ignore_index": "--ignore-index",
     "label_smoothing": "--label-smoothing",
     "sum_tol": "--sum-tol",
+    "calibration_bins": "--calibration-bins",
     "classes": "--classes",
     "input": "--input",
     "engine": "--engine",
@@ -365,18 +380,21 @@ def _task_from_shapes(
     preds: tuple[int | None, ...], target: tuple[int | None, ...], where: str
 ) -> str:
     """The task of predictions and targets whose rows have these shapes (SPEC section 2:
-    classes are the last axis of the predictions)."""
-    if not preds and not target:
-        return "binary"
+    classes are the last axis of the predictions): the kind whose ``target_shape``
+    they fit."""
+    fits = {
+        "scalar": not preds and not target,
+        "labels": bool(preds) and _same_shape(target, preds[:-1]),
+        "preds": bool(preds) and _same_shape(target, preds),
+    }
+    for kind in KINDS.values():
+        if kind.target_shape is not None and fits[kind.target_shape]:
+            return kind.task
     if not preds:
         raise _UsageError(
             f"--task: cannot tell the task from {where}: one prediction per row and targets "
             f"of shape {_show(target)}; pass --task"
         )
-    if _same_shape(target, preds[:-1]):
-        return "multiclass"  # a label per row, or per token of (T, V) logits
-    if _same_shape(target, preds):
-        return "multilabel"
     raise _UsageError(
         f"--task: cannot tell the task from {where}: predictions of shape {_show(preds)} "
         f"per row and targets of shape {_show(target)}; expected targets of shape "
@@ -396,16 +414,20 @@ def _show(shape: tuple[int | None, ...]) -> str:
 
 def _infer_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     """``--task auto``: from the columns' types and shapes (or the .npy arrays')."""
-    tokens = args.input in _TOKEN_INPUTS
-    if args.task == "tokens" and not tokens:
-        raise _UsageError("--task tokens: needs --input target-logprob or target-nll")
-    if tokens and args.task not in ("auto", "tokens"):
-        raise _UsageError(f"--input {args.input}: is the tokens task, not {args.task}")
-    if tokens:
-        return "tokens"
-    for flag in ("document", "units"):  # evaluate's flags (compare has none)
-        if getattr(args, flag, None) is not None:
-            raise _UsageError(f"--{flag}: applies to --input target-logprob / target-nll")
+    owner = _KIND_INPUTS.get(args.input)  # a kind of its own inputs (tokens)
+    chosen = _TASKS.get(args.task)
+    if chosen is not None and chosen.cli_inputs and owner is not chosen:
+        needed = " or ".join(chosen.cli_inputs)
+        raise _UsageError(f"--task {args.task}: needs --input {needed}")
+    if owner is not None and args.task not in ("auto", owner.task):
+        raise _UsageError(f"--input {args.input}: is the {owner.task} task, not {args.task}")
+    if owner is not None:
+        return owner.task
+    for kind in KINDS.values():
+        for flag in kind.side_columns:  # evaluate's flags (compare has none)
+            if getattr(args, flag, None) is not None:
+                needed = " / ".join(kind.cli_inputs) or f"--task {kind.task}"
+                raise _UsageError(f"--{flag}: applies to --input {needed}")
     if args.task != "auto":
         return args.task
     if schema is None:  # .npy: the arrays' shapes, read from their headers
@@ -443,62 +465,87 @@ def _pairable_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     return task
 
 
+def _config_flags() -> dict[str, list[Kind]]:
+    """Every config field a loss flag sets, by name (its flag's dest), with the kinds
+    whose config has it: the hand-written flags, ``per_class`` and one generated flag
+    per further option (:func:`_add_config_flags`)."""
+    found: dict[str, list[Kind]] = {name: [] for name in (*_LOSS_FLAGS, "per_class")}
+    for kind in KINDS.values():
+        derived = {kind.count_field, kind.breakdown_field, *_FIELDS_WITHOUT_FLAGS}
+        for field in dataclasses.fields(kind.config):
+            if field.name not in derived:
+                found.setdefault(field.name, []).append(kind)
+    return found
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _flag_type(field: dataclasses.Field) -> Any:
+    """What argparse turns a generated flag's text into, from the field's annotation."""
+    annotation = str(field.type)
+    if annotation.startswith("tuple"):
+        return _float_list
+    for name, convert in (("bool", bool), ("int", int), ("float", float)):
+        if annotation.split(" ")[0] == name:
+            return convert
+    return str
+
+
+def _add_config_flags(loss: Any) -> None:
+    """A flag for each config option without a hand-written one: a new option of a
+    kind's config is on the command line as ``--its-name`` with no change here."""
+    for name, kinds in _config_flags().items():
+        if name in (*_LOSS_FLAGS, "per_class"):
+            continue
+        field = next(f for f in dataclasses.fields(kinds[0].config) if f.name == name)
+        tasks = " and ".join(kind.task for kind in kinds)
+        kind_of_value = _flag_type(field)
+        if kind_of_value is bool:
+            loss.add_argument(_flag(name), action="store_true", help=f"{tasks}: {name}=True")
+            continue
+        loss.add_argument(
+            _flag(name),
+            type=kind_of_value,
+            metavar=name.upper(),
+            help=f"{tasks}: the {name}= option (default: {field.default})",
+        )
+
+
+def _field_value(flag: str, field: dataclasses.Field, value: Any, task: str) -> Any:
+    """A flag's value as its config field takes it: one number or a tuple of them."""
+    if not isinstance(value, list):
+        return value
+    annotation = str(field.type)
+    many = "tuple" in annotation
+    one = "float" in annotation.replace("tuple[float, ...]", "")
+    if len(value) == 1 and one:
+        return value[0]
+    if not many:
+        raise _UsageError(f"{flag}: the {task} task takes one value")
+    return value
+
+
 def _metric(args: argparse.Namespace, task: str) -> Metric:
-    pos_weight = args.pos_weight
-    if task == "tokens":
-        for flag in ("class_weight", "ignore_index", "pos_weight", "sum_tol"):
-            if getattr(args, flag) is not None:
-                raise _UsageError(f"--{flag.replace('_', '-')}: does not apply to token values")
-        if args.label_smoothing:
-            raise _UsageError("--label-smoothing: does not apply to token values")
-        if getattr(args, "calibration_bins", None) is not None:
-            raise _UsageError(
-                "--calibration-bins: token values are one log-probability a row, with no "
-                "forecast distribution to calibrate"
-            )
-        return TokenCrossEntropy(
-            input=_TOKEN_INPUTS[args.input],
-            unit=_unit_name(args.units),
-            per_document=args.per_class,
-            engine=args.engine,
-        )
-    if task == "multiclass":
-        if pos_weight is not None:
-            raise _UsageError("--pos-weight applies to binary and multi-label tasks")
-        return CrossEntropy(
-            input=args.input,
-            class_weight=args.class_weight,
-            ignore_index=args.ignore_index,
-            label_smoothing=args.label_smoothing,
-            per_class=args.per_class,
-            sum_tol=args.sum_tol,
-            engine=args.engine,
-            calibration_bins=args.calibration_bins,
-        )
-    for flag in ("class_weight", "ignore_index"):
-        if getattr(args, flag) is not None:
-            raise _UsageError(f"--{flag.replace('_', '-')} applies to the multiclass task only")
-    if args.label_smoothing:
-        raise _UsageError("--label-smoothing applies to the multiclass task only")
-    if task == "binary":
-        if pos_weight is not None and len(pos_weight) != 1:
-            raise _UsageError("--pos-weight: the binary task takes one weight")
-        return BinaryCrossEntropy(
-            input=args.input,
-            pos_weight=None if pos_weight is None else pos_weight[0],
-            sum_tol=args.sum_tol,
-            engine=args.engine,
-            calibration_bins=args.calibration_bins,
-        )
-    weight = pos_weight[0] if pos_weight is not None and len(pos_weight) == 1 else pos_weight
-    return MultiLabelCrossEntropy(
-        input=args.input,
-        pos_weight=weight,
-        per_label=args.per_class,
-        sum_tol=args.sum_tol,
-        engine=args.engine,
-        calibration_bins=args.calibration_bins,
-    )
+    """The metric of ``task`` with the options the loss flags set: each flag sets the
+    config field of its name, where the kind's config has one."""
+    kind = _TASKS[task]
+    fields = {field.name: field for field in dataclasses.fields(kind.config)}
+    options: dict[str, Any] = {"input": kind.cli_inputs.get(args.input, args.input)}
+    for name in _config_flags():
+        value = getattr(args, name, None)
+        if value is None or value is False:  # not given
+            continue
+        field = kind.breakdown_field if name == "per_class" else name
+        if field is None:  # --per-class: the kind keeps no breakdown
+            continue
+        if field not in fields:
+            raise _UsageError(f"{_flag(name)}: does not apply to the {task} task")
+        options[field] = _field_value(_flag(name), fields[field], value, task)
+    if "unit" in fields:
+        options["unit"] = _unit_name(getattr(args, "units", None))
+    return Metric.for_config(kind.config(**options), engine=args.engine)
 
 
 _format_value = format_value
@@ -856,7 +903,8 @@ def _plot(path: str, history: list[dict[str, Any]], result: Report | GroupedRepo
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    if not args.target and args.input not in _TOKEN_INPUTS:
+    owner = _KIND_INPUTS.get(args.input)
+    if not args.target and not (owner is not None and owner.target_optional):
         raise _UsageError("--target is required (except for --input target-logprob / target-nll)")
     if args.dask is not None:
         _check_dask_args(args)
@@ -1158,7 +1206,7 @@ def _add_loss_options(loss: Any) -> None:
     """The options that make a metric (``_metric``), shared by evaluate and compare."""
     loss.add_argument(
         "--task",
-        choices=("auto", "multiclass", "binary", "multilabel", "tokens"),
+        choices=("auto", *_TASKS),
         default="auto",
         help="default: auto, from the columns' types and shapes: one score per row is "
         "binary; labels with the predictions' shape minus the class axis are multiclass "
@@ -1168,7 +1216,7 @@ def _add_loss_options(loss: Any) -> None:
     )
     loss.add_argument(
         "--input",
-        choices=("probs", "logprobs", "logits", *_TOKEN_INPUTS),
+        choices=(*INPUT_KINDS, *_KIND_INPUTS),
         default="probs",
         help="what the predictions hold (default: probs); target-logprob / target-nll: "
         "one value a row, the log-probability (NLL) of the token that came",
@@ -1194,7 +1242,6 @@ def _add_loss_options(loss: Any) -> None:
     loss.add_argument(
         "--label-smoothing",
         type=float,
-        default=0.0,
         metavar="E",
         help="multiclass: mix the target with the uniform distribution (default: 0)",
     )
@@ -1205,6 +1252,7 @@ def _add_loss_options(loss: Any) -> None:
         help="tolerance of the sum-to-one checks of probability rows (default: sqrt of "
         "the dtype's machine epsilon)",
     )
+    _add_config_flags(loss)
 
 
 def _add_calibration_flag(group: Any) -> None:

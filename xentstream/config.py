@@ -289,8 +289,9 @@ class TokenConfig(LossConfig):
     def __post_init__(self) -> None:
         if self.input not in TOKEN_INPUTS:
             raise ValueError(f"input: must be one of {list(TOKEN_INPUTS)}, got {self.input!r}")
-        if self.eps != "auto" or self.sum_tol is not None:
-            raise ValueError("eps, sum_tol: token values are not probabilities; leave them unset")
+        for name, unset in (("eps", self.eps == "auto"), ("sum_tol", self.sum_tol is None)):
+            if not unset:
+                raise ValueError(f"{name}: token values are not probabilities; leave it unset")
         if self.calibration_bins is not None:
             # One log-probability a row: no forecast distribution to bin.
             raise ValueError(

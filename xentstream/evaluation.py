@@ -1349,7 +1349,8 @@ def _warn_if_probabilities(preds: Any, metric: Metric) -> None:
     Looked at on the first batch only: every value in [0, 1] and every row summing
     to 1 is what probabilities look like and logits almost never do.
     """
-    if getattr(metric.config, "input", None) != "logits" or metric.config.kind != "multiclass":
+    # Rows of one distribution over classes (not per-label, one-value or token rows).
+    if getattr(metric.config, "input", None) != "logits" or metric.kind.class_axis != "class":
         return
     if not isinstance(preds, np.ndarray) or preds.ndim < 2 or preds.shape[-1] < 2:
         return

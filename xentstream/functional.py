@@ -20,7 +20,8 @@ from xentstream._batch import (
 )
 from xentstream._inputs import as_array
 from xentstream._kernels import layout
-from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
+from xentstream.config import LossConfig
+from xentstream.kinds import KINDS
 
 __all__ = ["binary_cross_entropy", "cross_entropy", "entropy", "multilabel_cross_entropy"]
 
@@ -120,6 +121,7 @@ def cross_entropy(
     validate: bool = True,
     engine: str = "auto",
     labels: Any = None,
+    **options: Any,
 ) -> float | np.ndarray:
     """Multiclass cross-entropy, as ``torch.nn.functional.cross_entropy``.
 
@@ -163,6 +165,9 @@ def cross_entropy(
         The classes in the order of the prediction columns, as scikit-learn's
         ``log_loss(labels=...)``: ``target`` then holds these values (strings, or
         integers other than 0..C-1) and is mapped to column indices.
+    **options
+        Further options of :class:`~xentstream.config.MulticlassConfig` (an option
+        added to the config is taken here before it has a parameter of its own).
 
     Returns
     -------
@@ -188,7 +193,7 @@ def cross_entropy(
     True
     """
     _check_reduction(reduction)
-    config = MulticlassConfig(
+    config = KINDS["multiclass"].make_config(
         input=input,
         eps=eps,
         sum_tol=sum_tol,
@@ -196,6 +201,7 @@ def cross_entropy(
         class_weight=class_weight,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
+        **options,
     )
     try:
         batch = multiclass_batch(
@@ -224,6 +230,7 @@ def binary_cross_entropy(
     validate: bool = True,
     engine: str = "auto",
     labels: Any = None,
+    **options: Any,
 ) -> float | np.ndarray:
     """Binary cross-entropy, as ``torch.nn.functional.binary_cross_entropy(_with_logits)``.
 
@@ -246,6 +253,9 @@ def binary_cross_entropy(
         As in :func:`cross_entropy`.
     labels : sequence of two, optional
         ``[negative, positive]``: the values ``target`` holds (e.g. ``["ham", "spam"]``).
+    **options
+        Further options of :class:`~xentstream.config.BinaryConfig`, as in
+        :func:`cross_entropy`.
 
     Shapes people have are accepted: column vectors (a trailing axis of 1) on either
     side, and scikit-learn's ``predict_proba`` output of shape (N, 2) (rows must sum to
@@ -273,8 +283,8 @@ def binary_cross_entropy(
     True
     """
     _check_reduction(reduction)
-    config = BinaryConfig(
-        input=input, eps=eps, sum_tol=sum_tol, validate=validate, pos_weight=pos_weight
+    config = KINDS["binary"].make_config(
+        input=input, eps=eps, sum_tol=sum_tol, validate=validate, pos_weight=pos_weight, **options
     )
     try:
         batch = binary_batch(
@@ -302,6 +312,7 @@ def multilabel_cross_entropy(
     sum_tol: float | None = None,
     validate: bool = True,
     engine: str = "auto",
+    **options: Any,
 ) -> float | np.ndarray:
     """Multi-label cross-entropy: per row, the SUM over labels of the binary loss.
 
@@ -319,6 +330,9 @@ def multilabel_cross_entropy(
         Weight of the positive term, per label or for all.
     input, sample_weight, eps, reduction, sum_tol, validate, engine
         As in :func:`binary_cross_entropy`.
+    **options
+        Further options of :class:`~xentstream.config.MultilabelConfig`, as in
+        :func:`cross_entropy`.
 
     Returns
     -------
@@ -337,8 +351,8 @@ def multilabel_cross_entropy(
     True
     """
     _check_reduction(reduction)
-    config = MultilabelConfig(
-        input=input, eps=eps, sum_tol=sum_tol, validate=validate, pos_weight=pos_weight
+    config = KINDS["multilabel"].make_config(
+        input=input, eps=eps, sum_tol=sum_tol, validate=validate, pos_weight=pos_weight, **options
     )
     batch = multilabel_batch(
         config, preds, target, sample_weight, keep_rows=reduction == "none", engine=engine

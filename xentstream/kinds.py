@@ -5,7 +5,9 @@ and sent to its kernel (its batch function), what its class dimension is called,
 which config fields carry the class count, the per-class switch and the weights
 that scale the loss, and which report quantities it has. The metrics, the report,
 the command line, evaluation and Dask read this table instead of branching on a
-kind's name, so a new kind is one entry here (plus its config and kernel).
+kind's name, so a new kind is one entry here (plus its config, batch function,
+kernel, metric class and function: ``docs/architecture.md`` lists the files of a
+worked example).
 
 Examples
 --------
@@ -18,8 +20,8 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -37,7 +39,10 @@ from xentstream.config import (
     TokenConfig,
 )
 
-__all__ = ["KINDS", "Kind", "kind_of"]
+__all__ = ["KINDS", "TARGET_SHAPES", "Kind", "kind_of"]
+
+#: Values of :attr:`Kind.target_shape`.
+TARGET_SHAPES = ("scalar", "labels", "preds")
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,8 @@ class Kind:
         Config flag that keeps per-class (per-label) sums.
     loss_weights_field : str or None
         Config field whose weights scale the loss terms (the KL divergence and the
-        normalized entropy are undefined while it is set).
+        normalized entropy are undefined while it is set, as they are while any
+        config field declared with ``metadata={"scales_loss": True}`` is set).
     class_weights_denominator : bool
         Whether a row's denominator ``d_i`` is its label's class weight (else 1).
     one_class_per_row : bool
@@ -83,7 +89,9 @@ class Kind:
         ``n_groups`` keywords, per group, shape ``(n_groups, n_classes)``.
     row_denominators : callable or None
         ``row_denominators(config, target, n_rows, n_classes)``: each row's ``d_i``
-        (-1 for ignored rows), for the windowed loss; None: every ``d_i`` is 1.
+        (-1 for ignored rows), where the kernel wrote no per-row terms: a paired
+        comparison, and a window on the CUDA engine (on the CPU the window reads the
+        kernel's terms, ``BatchSums.kept_terms``); None: every ``d_i`` is 1.
     state : type
         Its :class:`~xentstream.accumulator.ExactState` class (a subclass for kinds
         that keep more exact state, with their own state-file ``SECTIONS``).
@@ -98,6 +106,22 @@ class Kind:
     pairable : bool
         Whether :class:`~xentstream.Comparison` can pair two of its metrics (it needs
         the kind's per-row losses and denominators from ``batch``).
+    task : str
+        The command line's ``--task`` name of the kind.
+    breakdown_field : str or None
+        Config flag that the command line's ``--per-class`` sets: the per-class
+        (per-label) sums, or another per-item table (the token kind's documents);
+        None: the flag changes nothing for this kind.
+    target_shape : str or None
+        How ``--task auto`` recognizes the kind from the shapes of a row's values:
+        ``"scalar"`` (one prediction and one target a row), ``"labels"`` (the
+        predictions' shape less their class axis), ``"preds"`` (the predictions'
+        shape); None: never inferred from shapes.
+    cli_inputs : dict
+        ``--input`` values that belong to this kind alone, each to its config's
+        ``input=`` (the token kind's ``target-nll`` -> ``"nll"``); a source's values
+        in one of them select the kind. Empty: the common ``probs`` / ``logprobs`` /
+        ``logits``.
     """
 
     name: str
@@ -121,6 +145,16 @@ class Kind:
     side_columns: tuple[str, ...] = ()
     target_optional: bool = False
     pairable: bool = True
+    task: str = ""
+    breakdown_field: str | None = None
+    target_shape: str | None = None
+    cli_inputs: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            object.__setattr__(self, "task", self.name)
+        if self.target_shape not in (None, *TARGET_SHAPES):
+            raise ValueError(f"target_shape: one of {TARGET_SHAPES} or None")
 
     def per_class(self, config: LossConfig) -> bool:
         """Whether ``config`` keeps per-class sums."""
@@ -131,14 +165,56 @@ class Kind:
         return getattr(config, self.count_field) if self.count_field else None
 
     def loss_weighted(self, config: LossConfig) -> bool:
-        """Whether weights in ``config`` scale the loss terms (class / positive weights)."""
-        return bool(
-            self.loss_weights_field and getattr(config, self.loss_weights_field) is not None
+        """Whether options in ``config`` scale the loss terms: its class / positive
+        weights, or any set config field declared with ``metadata={"scales_loss":
+        True}`` (so that an option of that sort needs no change here)."""
+        if self.loss_weights_field and getattr(config, self.loss_weights_field) is not None:
+            return True
+        return any(
+            option.metadata.get("scales_loss") and getattr(config, option.name) is not None
+            for option in fields(config)
         )
 
     def unit_denominators(self, config: LossConfig) -> bool:
         """Whether every row's denominator ``d_i`` is 1."""
         return not (self.class_weights_denominator and self.loss_weighted(config))
+
+    def make_config(self, **options: Any) -> LossConfig:
+        """The kind's config of ``options`` (its fields): how a function or a metric
+        passes on options it has no parameter of its own for (an option added to the
+        config works everywhere at once).
+
+        Raises
+        ------
+        TypeError
+            For a name that is no option of the kind, naming it and the options.
+
+        Examples
+        --------
+        >>> KINDS["binary"].make_config(pos_weight=2.0).pos_weight
+        2.0
+        >>> KINDS["binary"].make_config(pos_wieght=2.0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: pos_wieght: not an option of the binary loss (its options: ..., pos_weight, ...)
+        """
+        names = {option.name for option in fields(self.config)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(
+                f"{unknown[0]}: not an option of the {self.name} loss "
+                f"(its options: {', '.join(sorted(names))})"
+            )
+        return self.config(**options)
+
+    def complete(self, config: LossConfig) -> LossConfig:
+        """``config`` with the class count its per-class weights fix, where it has none
+        (what the metrics' constructors build)."""
+        weights = getattr(config, self.loss_weights_field) if self.loss_weights_field else None
+        if self.count_field and getattr(config, self.count_field) is None:
+            if isinstance(weights, tuple):
+                return replace(config, **{self.count_field: len(weights)})
+        return config
 
 
 def hard_labels(target: Any, sample_weight: Any) -> np.ndarray | None:
@@ -215,6 +291,8 @@ KINDS: dict[str, Kind] = {
             per_class_frame=report.class_frame,
             label_counts=_count_hard_labels,
             row_denominators=_class_weight_denominators,
+            breakdown_field="per_class",
+            target_shape="labels",  # a label per row, or per token of (T, V) logits
         ),
         Kind(
             name="binary",
@@ -232,6 +310,7 @@ KINDS: dict[str, Kind] = {
             has_accuracy=True,
             label_entropy=report.bernoulli_label_entropy,
             per_class_frame=report.label_frame,
+            target_shape="scalar",
         ),
         Kind(
             name="multilabel",
@@ -249,6 +328,8 @@ KINDS: dict[str, Kind] = {
             has_accuracy=False,
             label_entropy=report.per_label_entropy,
             per_class_frame=report.label_frame,
+            breakdown_field="per_label",
+            target_shape="preds",
         ),
         Kind(
             name="tokens",
@@ -271,6 +352,8 @@ KINDS: dict[str, Kind] = {
             extra_report=token_report_fields,
             side_columns=("document", "units"),
             target_optional=True,
+            breakdown_field="per_document",
+            cli_inputs={"target-logprob": "logprobs", "target-nll": "nll"},
             row_denominators=token_row_denominators,
         ),
     )

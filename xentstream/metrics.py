@@ -29,7 +29,7 @@ from xentstream._inputs import as_array
 from xentstream._kernels import layout, load_cuda
 from xentstream._kernels.calibration import BIN_WEIGHT
 from xentstream.accumulator import ExactState
-from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
+from xentstream.config import LossConfig
 from xentstream.kinds import KINDS, Kind
 from xentstream.report import Report, build_report
 from xentstream.state import FORMAT, VERSION, Stateful, read_json, strict_loading
@@ -270,8 +270,10 @@ class _Window:
 class Metric(Stateful):
     """Base of the streaming metrics: a config, its exact state, update / merge / compute.
 
-    Subclasses set ``kind`` (their :class:`~xentstream.kinds.Kind`) and a constructor
-    that builds the config; everything else is generic over the kind.
+    Subclasses set ``kind`` (their :class:`~xentstream.kinds.Kind`); everything else
+    is generic over the kind. The constructor takes a config, or the kind's options
+    as keywords (``Metric.__init__(self, engine=..., window=..., **options)``): a
+    subclass's own constructor only names them, for its signature and its docs.
 
     Attributes
     ----------
@@ -293,7 +295,18 @@ class Metric(Stateful):
         super().__init_subclass__(**kwargs)
         Metric._registry[cls.__name__] = cls
 
-    def __init__(self, config: LossConfig, *, engine: str = "auto", window: int | None = None):
+    def __init__(
+        self,
+        config: LossConfig | None = None,
+        *,
+        engine: str = "auto",
+        window: int | None = None,
+        **options: Any,
+    ):
+        if config is None:  # the kind's options, completed as a constructor completes them
+            config = self.kind.complete(self.kind.make_config(**options))
+        elif options:
+            raise TypeError(f"{next(iter(options))}: an option of the config given, not here")
         self.config = config
         self.engine = check_engine(engine)
         self.window = _check_window(window)
@@ -310,6 +323,26 @@ class Metric(Stateful):
         metric = cls.__new__(cls)
         Metric.__init__(metric, config, engine=engine, window=window)
         return metric
+
+    @staticmethod
+    def for_config(
+        config: LossConfig, *, engine: str = "auto", window: int | None = None
+    ) -> Metric:
+        """A fresh metric of the class that computes ``config``'s kind, completed as its
+        constructor completes it (per-class weights fix the class count): how the
+        command line builds a metric from its flags.
+
+        Examples
+        --------
+        >>> from xentstream.config import MultilabelConfig
+        >>> metric = Metric.for_config(MultilabelConfig(pos_weight=(1.0, 2.0)))
+        >>> type(metric).__name__, metric.n_classes
+        ('MultiLabelCrossEntropy', 2)
+        """
+        for cls in Metric._registry.values():
+            if cls.kind.config is type(config):
+                return cls.from_config(cls.kind.complete(config), engine=engine, window=window)
+        raise TypeError(f"config: no metric computes a {type(config).__name__}")
 
     # -- state ---------------------------------------------------------------------------
 
@@ -453,7 +486,8 @@ class Metric(Stateful):
             preds,
             target,
             sample_weight,
-            keep_rows=keep_rows or self._window is not None,
+            keep_rows=keep_rows,
+            keep_terms=self._window is not None,
             with_entropy=True,
             row_offset=offset,
             names=names,
@@ -519,18 +553,31 @@ class Metric(Stateful):
             label_counts,
             batch.calibration,
         )
-        if self._window is not None and batch.row_losses is not None:
-            losses = batch.row_losses.reshape(-1)
-            denominators = self.row_denominators(target, batch)
-            weights = (
-                np.ones_like(losses)
-                if sample_weight is None
-                else np.asarray(as_array(sample_weight, "sample_weight"), np.float64).reshape(-1)
-            )
-            counted = denominators >= 0  # ignored rows carry -1
-            self._window.extend(
-                (weights * losses)[counted], (weights * np.maximum(denominators, 0))[counted]
-            )
+        if self._window is not None:
+            self._window.extend(*self._window_terms(batch, target, sample_weight))
+
+    def _window_terms(
+        self, batch: BatchSums, target: Any, sample_weight: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The (s L, s d) terms of a batch's counted rows, for the window: the kernel's
+        own (``batch.kept_terms``), so that each row's ``d_i`` and whether it counts are
+        defined in the kernel alone; from the per-row losses where the kernel wrote no
+        terms (the CUDA twins)."""
+        terms = batch.kept_terms
+        if terms is not None:
+            counted = terms[:, layout.ROW_IGNORED] == 0.0
+            if not counted.all():
+                terms = terms[counted]
+            return terms[:, layout.LOSS], terms[:, layout.DENOMINATOR]
+        losses = batch.row_losses.reshape(-1)
+        denominators = self.row_denominators(target, batch)
+        weights = (
+            np.ones_like(losses)
+            if sample_weight is None
+            else np.asarray(as_array(sample_weight, "sample_weight"), np.float64).reshape(-1)
+        )
+        counted = denominators >= 0  # ignored rows carry -1
+        return (weights * losses)[counted], (weights * np.maximum(denominators, 0))[counted]
 
     # -- results -------------------------------------------------------------------------
 
@@ -765,6 +812,9 @@ class CrossEntropy(Metric):
         Also keep that many equal-width reliability bins of the top label's
         probability (``Report.ece`` / ``mce`` / ``brier``, ``Report.calibration``;
         :mod:`xentstream.calibration`), in the same pass over the batch.
+    **options
+        Further options of :class:`~xentstream.config.MulticlassConfig` (an option
+        added to the config is taken here before it has a parameter of its own).
 
     Examples
     --------
@@ -791,8 +841,11 @@ class CrossEntropy(Metric):
         engine: str = "auto",
         window: int | None = None,
         calibration_bins: int | None = None,
+        **options: Any,
     ) -> None:
-        config = MulticlassConfig(
+        super().__init__(
+            engine=engine,
+            window=window,
             calibration_bins=calibration_bins,
             num_classes=num_classes,
             input=input,
@@ -803,10 +856,8 @@ class CrossEntropy(Metric):
             per_class=per_class,
             sum_tol=sum_tol,
             validate=validate,
+            **options,
         )
-        if num_classes is None and config.class_weight is not None:
-            config = replace(config, num_classes=len(config.class_weight))
-        super().__init__(config, engine=engine, window=window)
 
 
 class BinaryCrossEntropy(Metric):
@@ -820,6 +871,9 @@ class BinaryCrossEntropy(Metric):
         As in :class:`CrossEntropy`.
     calibration_bins : int, optional
         Reliability bins of the positive class's probability, as in :class:`CrossEntropy`.
+    **options
+        Further options of :class:`~xentstream.config.BinaryConfig`, as in
+        :class:`CrossEntropy`.
 
     Examples
     --------
@@ -842,16 +896,19 @@ class BinaryCrossEntropy(Metric):
         engine: str = "auto",
         window: int | None = None,
         calibration_bins: int | None = None,
+        **options: Any,
     ) -> None:
-        config = BinaryConfig(
+        super().__init__(
+            engine=engine,
+            window=window,
             input=input,
             pos_weight=pos_weight,
             eps=eps,
             sum_tol=sum_tol,
             validate=validate,
             calibration_bins=calibration_bins,
+            **options,
         )
-        super().__init__(config, engine=engine, window=window)
 
 
 class MultiLabelCrossEntropy(Metric):
@@ -869,6 +926,9 @@ class MultiLabelCrossEntropy(Metric):
         As in :class:`CrossEntropy`.
     calibration_bins : int, optional
         Reliability bins of every label's probability (pooled), as in
+        :class:`CrossEntropy`.
+    **options
+        Further options of :class:`~xentstream.config.MultilabelConfig`, as in
         :class:`CrossEntropy`.
 
     Examples
@@ -894,8 +954,11 @@ class MultiLabelCrossEntropy(Metric):
         engine: str = "auto",
         window: int | None = None,
         calibration_bins: int | None = None,
+        **options: Any,
     ) -> None:
-        config = MultilabelConfig(
+        super().__init__(
+            engine=engine,
+            window=window,
             calibration_bins=calibration_bins,
             num_labels=num_labels,
             input=input,
@@ -904,7 +967,5 @@ class MultiLabelCrossEntropy(Metric):
             per_label=per_label,
             sum_tol=sum_tol,
             validate=validate,
+            **options,
         )
-        if num_labels is None and isinstance(config.pos_weight, tuple):
-            config = replace(config, num_labels=len(config.pos_weight))
-        super().__init__(config, engine=engine, window=window)
