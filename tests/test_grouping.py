@@ -21,6 +21,7 @@ import polars as pl
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from polars.testing import assert_series_equal
 from strategies import cut_points, float64_terms
 from stream_support import report_bits
 
@@ -30,6 +31,7 @@ from xentstream import cli as xs_cli
 from xentstream._kernels import layout
 from xentstream.evaluation import grouped_state_dict, merge_grouped_states
 from xentstream.grouping import GroupKeys, GroupTable
+from xentstream.report import FLAT_SCALAR_FIELDS
 
 _UNIT = Fraction(1, 2**1075)
 
@@ -314,3 +316,172 @@ def test_cli_top_sort_and_min_count(tmp_path: Path, rng: np.random.Generator, ca
     assert [int(row.split(",")[0]) for row in rows] == [key[0] for key in worst]
     assert xs_cli.main([*run, "--top", "3"]) == 2
     assert "apply to grouped runs (--by)" in capsys.readouterr().err
+
+
+# -- the speed paths: hashed keys, the parallel reduction, columns and states at once ------
+
+
+def _first_appearance(frames: list[pl.DataFrame], column: str) -> list[int]:
+    """Reference codes: polars' own grouping of all batches at once, numbered by first
+    appearance (as polars groups: NaN one key, -0.0 == 0.0, null its own key)."""
+    whole = pl.concat(frames).with_row_index("row")
+    firsts = whole.group_by(column, maintain_order=True).agg(pl.col("row").first())
+    code_of = firsts.with_row_index("code").select(["row", "code"])
+    joined = whole.join(
+        whole.group_by(column, maintain_order=True)
+        .agg(pl.col("row").first().alias("first"))
+        .join(code_of, left_on="first", right_on="row"),
+        on=column,
+        how="left",
+        nulls_equal=True,
+        maintain_order="left",
+    )
+    return joined["code"].to_list()
+
+
+@pytest.mark.parametrize(
+    "series",
+    [
+        pl.Series([3, -1, 3, None, 2**40, -1, None, 7] * 3, dtype=pl.Int64),
+        pl.Series([250, 1, 250, 0, None, 1, 7, 8] * 3, dtype=pl.UInt8),
+        pl.Series([2**64 - 1, 0, 2**63, 2**64 - 1, 5, None, 0, 9] * 3, dtype=pl.UInt64),
+        pl.Series([0.0, -0.0, float("nan"), None, 1.5, float("nan"), -1.5, 2.0] * 3),
+        pl.Series([0.5, -0.0, float("nan"), None, 1.5, 0.0, -1.5, 0.5] * 3, dtype=pl.Float32),
+        pl.Series([True, False, None, True, False, True, None, False] * 3),
+        pl.Series([datetime.date(2024, 1, d % 5 + 1) for d in range(24)]),
+        pl.Series([datetime.datetime(2024, 1, 1, d % 7) for d in range(24)]).cast(
+            pl.Datetime("ms")
+        ),
+        pl.Series([datetime.timedelta(seconds=d % 6) for d in range(24)]),
+    ],
+    ids=lambda s: str(s.dtype),
+)
+def test_hashed_key_columns_number_keys_as_polars_groups_them(series: pl.Series) -> None:
+    """One column of integers, floats, booleans or temporal values is coded by the key
+    hash table: the same groups, in the same first-appearance order, as polars gives
+    the whole column, whatever the batches; keys added from saved states join them."""
+    frames = [pl.DataFrame({"k": series[a:b]}) for a, b in ((0, 5), (5, 6), (6, 17), (17, 24))]
+    keys = GroupKeys(("k",))
+    codes = [code for frame in frames for code in _codes(keys, frame)]
+    assert keys._hash is not None  # the hashed path ran
+    assert codes == _first_appearance(frames, "k")
+    assert keys.frame["k"].dtype == series.dtype
+    assert_series_equal(
+        keys.frame["k"], pl.DataFrame({"k": series}).unique(maintain_order=True)["k"]
+    )
+    known = keys.tuples()
+    assert keys.assign_tuples(known[::-1]).tolist() == list(range(len(known)))[::-1]
+
+
+def test_hashed_keys_grow_and_fall_back_to_polars_on_another_type(
+    rng: np.random.Generator,
+) -> None:
+    """Many keys over many batches (the table grows and rehashes), then a batch of
+    another key type: codes continue through polars joins, the keys seen before kept."""
+    values = rng.integers(0, 40_000, 100_000)
+    keys = GroupKeys(("k",))
+    reference: dict[int, int] = {}
+    got = []
+    for start in range(0, values.size, 7_919):
+        part = values[start : start + 7_919]
+        got += _codes(keys, pl.DataFrame({"k": part}))
+    for value in values.tolist():
+        reference.setdefault(value, len(reference))
+    assert got == [reference[v] for v in values.tolist()]
+    wider = pl.DataFrame({"k": pl.Series([int(values[0]), -5], dtype=pl.Int32)})
+    assert _codes(keys, wider) == [reference[int(values[0])], len(reference)]
+    assert keys._hash is None
+    assert _codes(keys, pl.DataFrame({"k": [-5, int(values[1])]})) == [
+        len(reference),
+        reference[int(values[1])],
+    ]
+
+
+def test_parallel_reduction_gives_the_serial_bits(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of many runs are reduced by threads (groups that widen by the serial
+    pass): the same exact sums as one thread, and as the Fractions of the terms."""
+    from xentstream import grouping
+
+    n, n_groups = 60_000, 30_000
+    codes = rng.integers(0, n_groups, n)
+    values = rng.exponential(1.0, n)
+    odd = codes < 500
+    values[odd & (rng.random(n) < 0.3)] *= 1e-300
+    values[odd & (rng.random(n) < 0.05)] = np.inf
+    terms = _terms(values, rng.random(n) < 0.05)
+    tables = []
+    for parallel_runs in (grouping._PARALLEL_RUNS, 10**12):
+        monkeypatch.setattr(grouping, "_PARALLEL_RUNS", parallel_runs)
+        table, keys = GroupTable(counts_labels=False), GroupKeys(("k",))
+        for start in range(0, n, 30_000):
+            _fill(table, keys, codes[start : start + 30_000], terms[start : start + 30_000])
+        tables.append((table, keys))
+    (parallel, keys), (serial, _) = tables
+    assert 0 < parallel.n_widened() < n_groups
+    everything = np.arange(len(keys))
+    assert np.array_equal(parallel.sums(everything), serial.sums(everything))
+    assert np.array_equal(parallel.counts[: len(keys)], serial.counts[: len(keys)])
+    sample = np.isin(codes, rng.choice(n_groups, 40))
+    small, small_keys = GroupTable(counts_labels=False), GroupKeys(("k",))
+    _fill(small, small_keys, codes[sample], terms[sample])
+    _check_against_fractions(small, small_keys, codes[sample], terms[sample])
+    position = {key: code for code, (key,) in enumerate(keys.tuples())}
+    for code, (key,) in enumerate(small_keys.tuples()):
+        assert np.array_equal(
+            small.sums(np.array([code]))[0], parallel.sums(np.array([position[key]]))[0]
+        )
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["multiclass", "weighted", "soft", "binary", "multilabel", "smoothing"],
+)
+def test_columns_and_states_of_all_groups_equal_each_groups_own(
+    rng: np.random.Generator, case: str
+) -> None:
+    """``to_polars()`` and the grouped state come from all groups' exact integers at
+    once: equal to each group's :class:`Report` and ``ExactState.to_json`` (the
+    per-group path, itself checked against one-shot references above)."""
+    n, n_groups = 3000, 500
+    frame = {"g": rng.integers(0, n_groups, n), "d": rng.integers(0, 3, n)}
+    logits = rng.normal(0.0, 2.0, (n, 4))
+    if case == "binary":
+        metric = xs.BinaryCrossEntropy(input="logits")
+        frame["p"], frame["y"] = logits[:, 0], rng.random(n) < 0.4
+    elif case == "multilabel":
+        metric = xs.MultiLabelCrossEntropy(input="logits")
+        frame["p"], frame["y"] = logits, (rng.random((n, 4)) < 0.3).astype(np.int64)
+    elif case == "soft":
+        metric = xs.CrossEntropy(input="logits")
+        soft = rng.random((n, 4))
+        frame["p"], frame["y"] = logits, soft / soft.sum(axis=1, keepdims=True)
+    else:
+        metric = xs.CrossEntropy(
+            input="logits",
+            ignore_index=3 if case == "multiclass" else None,
+            label_smoothing=0.1 if case == "smoothing" else 0.0,
+        )
+        frame["p"], frame["y"] = logits, rng.integers(0, 4, n)
+    options = {"preds": "p", "target": "y", "by": ["g", "d"], "batch_rows": 700}
+    if case == "weighted":
+        weights = rng.exponential(1.0, n)
+        weights[rng.random(n) < 0.05] *= 1e-200  # widened groups
+        frame["w"] = weights
+        options["sample_weight"] = "w"
+    result = xs.evaluate(pl.DataFrame(frame), metric, **options)
+    table = result.to_polars()
+    assert table.height == len(result.groups)
+    for row, (key, report) in zip(table.iter_rows(named=True), result.groups.items(), strict=True):
+        assert (row["g"], row["d"]) == key
+        scalars = report.scalars()
+        for name in FLAT_SCALAR_FIELDS:
+            expected = scalars.get(name)
+            got = row[name]
+            assert (got == expected) or (
+                got is not None and math.isnan(got) and math.isnan(expected)
+            ), name
+    groups = result._states[1]
+    template = groups.group_metric.state_dict()
+    assert groups.to_json() == groups._states_json(template, 0)

@@ -40,7 +40,7 @@ from xentstream._inputs import (
 from xentstream._kernels import cpu, layout, load_cuda
 from xentstream._kernels.devices import is_device_array
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks, normalize
-from xentstream._kernels.groups import group_runs
+from xentstream._kernels.groups import row_positions
 from xentstream.config import BinaryConfig, LossConfig, MulticlassConfig, MultilabelConfig
 
 __all__ = [
@@ -235,10 +235,7 @@ def _run(
         kernel_codes, n_groups = _NO_GROUPS, 1
         # Each row's terms are written where its group's rows lie together (a stable
         # counting sort by code): gathering them afterwards cost more than the kernel.
-        order, _ = group_runs(group_codes, n_groups_given)
-        positions = np.empty(n_rows, dtype=np.int64)
-        positions[order] = np.arange(n_rows, dtype=np.int64)
-        term_rows = _read_only(positions)
+        term_rows = _read_only(row_positions(group_codes, n_groups_given))
     else:
         kernel_codes = group_codes
     # Terms in row order: the kernel writes row i's at i when term_rows is empty. The

@@ -116,8 +116,12 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> float:
     """
     if is_special(numerator) or is_special(denominator):
         return to_float(numerator) / to_float(denominator) if to_float(denominator) else math.nan
-    top = exact_integer(numerator)
-    bottom = exact_integer(denominator)
+    return integer_ratio(exact_integer(numerator), exact_integer(denominator))
+
+
+def integer_ratio(top: int, bottom: int) -> float:
+    """:func:`ratio` of two rows of exact integers ``top`` and ``bottom``: rounded once,
+    NaN for a zero ``bottom``, infinite beyond float64."""
     if bottom == 0:
         return math.nan
     try:

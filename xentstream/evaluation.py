@@ -110,11 +110,15 @@ class GroupedReport:
                 schema=list(self.by),
                 orient="col",
             )
-        columns: dict[str, list[Any]] = {name: [] for name in FLAT_SCALAR_FIELDS}
-        for report in self.groups.values():
-            scalars = report.scalars()
-            for name, values in columns.items():
-                values.append(scalars.get(name))
+        columns = None
+        if isinstance(self.groups, GroupReports):  # every group at once, no Report each
+            columns = self.groups.scalar_columns()
+        if columns is None:
+            columns = {name: [] for name in FLAT_SCALAR_FIELDS}
+            for report in self.groups.values():
+                scalars = report.scalars()
+                for name, values in columns.items():
+                    values.append(scalars.get(name))
         if not keys.height:  # no row read: still the key and report columns
             return pl.DataFrame(schema=[*self.by, *FLAT_SCALAR_FIELDS])
         return keys.hstack(
@@ -306,6 +310,24 @@ class GroupState:
     def to_json(self) -> list[dict[str, Any]]:
         template = self.group_metric.state_dict()
         zero_classes = template["n_classes"] if template["class_sums"] is not None else None
+        if zero_classes:  # per-class zeros in every group: each state as it writes itself
+            return self._states_json(template, zero_classes)
+        keys = self.keys
+        # Keys _key_to_json would write as they are: no per-value type tests.
+        plain = all(
+            not dtype.is_temporal() and dtype not in (pl.Decimal, pl.Object)
+            for dtype in self._keys.frame.dtypes
+        )
+        entries = []
+        for start in range(0, len(keys), _JSON_GROUPS):
+            codes = np.arange(start, min(start + _JSON_GROUPS, len(keys)))
+            states = self.table.states_json(codes)
+            for code, state in zip(codes.tolist(), states, strict=True):
+                key = list(keys[code]) if plain else [_key_to_json(v) for v in keys[code]]
+                entries.append({"key": key, "state": {**template, **state}})
+        return entries
+
+    def _states_json(self, template: dict[str, Any], zero_classes: int) -> list[dict[str, Any]]:
         keys = self.keys
         entries = []
         for start in range(0, len(keys), _JSON_GROUPS):
@@ -361,6 +383,33 @@ class GroupState:
                     labels[row, : len(label_counts)] = label_counts
                 self.table.add_label_counts(codes[known], labels)
 
+    def packed(self) -> dict[str, Any] | None:
+        """The groups as arrays, for merging in memory (:mod:`xentstream.dask`'s
+        partition states; not a file format): the keys frame and the table's rows, a
+        few hundred bytes a group, where :meth:`to_json` takes kilobytes. None for
+        groups kept as one metric each."""
+        return {"keys": self._keys.frame, "table": self.table.packed()}
+
+    def merge_packed(self, packed: dict[str, Any]) -> None:
+        """Add groups :meth:`packed` by a grouping of the same metric and config (the
+        caller's check), exactly as :meth:`load_json` of their states would: a known
+        key's sums are merged into its group, a new key is appended; a few thousand
+        groups at a time, so merging needs little memory beyond the two tables."""
+        other = GroupTable.from_packed(packed["table"])
+        if not other.n_groups:
+            return
+        codes = self._keys.assign(packed["keys"])
+        self.table.resize(len(self._keys))
+        for start in range(0, other.n_groups, _JSON_GROUPS):
+            chunk = np.arange(start, min(start + _JSON_GROUPS, other.n_groups))
+            into = codes[chunk]
+            self.table.add_sums(into, other.sums(chunk), other.counts[chunk])
+            if self.table.counts_labels:
+                known = other.labels_known[chunk]
+                self.table.add_label_counts(into[~known], None)
+                if known.any():
+                    self.table.add_label_counts(into[known], other.labels[chunk[known]])
+
     def sorted_codes(self) -> np.ndarray:
         """Codes in key order: values ascending, then NaN, then null (as polars sorts)."""
         frame = self._keys.frame.with_row_index(_CODE_COLUMN)
@@ -374,7 +423,8 @@ class GroupState:
         """Reports of groups ``codes`` (default: all, in first appearance), built on access."""
         if codes is None:
             codes = np.arange(self.n_groups, dtype=np.int64)
-        return GroupReports(self.table, self._keys, self.group_metric.report_of, codes)
+        metric = self.group_metric
+        return GroupReports(self.table, self._keys, metric.report_of, codes, metric)
 
 
 class _MetricGroups(GroupState):
@@ -450,6 +500,9 @@ class _MetricGroups(GroupState):
         self._grow()
         for code, metric in zip(codes.tolist(), loaded.values(), strict=True):
             self.metrics[code].merge(metric)
+
+    def packed(self) -> None:
+        return None
 
     def reports(self, codes: np.ndarray | None = None) -> dict[tuple[Any, ...], Report]:
         if codes is None:

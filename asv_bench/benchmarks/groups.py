@@ -79,3 +79,25 @@ class GroupBy:
 
     def time_top_10(self, n_keys: int) -> None:
         evaluate(self.data, "key").top(10).to_polars()
+
+
+class GroupOutputs:
+    """Every group's scalar fields (``to_polars()``) and the grouped state (JSON-able),
+    built from all groups' exact integers at once."""
+
+    params = (KEYS,)
+    param_names = ("keys",)
+    timeout = 600
+
+    def setup(self, n_keys: int) -> None:
+        data = frame(n_keys)
+        evaluate(data.head(256), "key")  # JIT warm-up
+        self.result = evaluate(data, "key")
+
+    def time_to_polars(self, n_keys: int) -> None:
+        self.result.to_polars()
+
+    def time_grouped_state(self, n_keys: int) -> None:
+        from xentstream.evaluation import grouped_state_dict
+
+        grouped_state_dict(self.result)

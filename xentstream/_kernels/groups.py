@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from xentstream._kernels.exact import (
     MAX_STAGED_TERMS,
@@ -176,10 +176,11 @@ def _widen(base, window, wide, side, n_wide, g):
 
 
 @njit(**_FLAGS)
-def _add_full_group(g, sums, base, window, wide, pending, side, n_wide):
+def _add_full_group(g, sums, base, window, wide, pending, side, n_wide, may_widen):
     """Add the normalized accumulators ``sums`` (N_SUMS, N_SLOTS) into group ``g``.
 
-    False, changing nothing, when the group must widen and ``side`` is full.
+    False, changing no value, when the group is wide or must widen and ``may_widen``
+    is False, or must widen and ``side`` is full.
     """
     if wide[g] < 0:
         fits = pending[g] + WINDOW < MAX_PENDING
@@ -208,10 +209,12 @@ def _add_full_group(g, sums, base, window, wide, pending, side, n_wide):
                         window[g, s, k] += sums[s, b + k]
             pending[g] += WINDOW
             return True
-        if n_wide[0] == side.shape[0]:
+        if not may_widen or n_wide[0] == side.shape[0]:
             return False
         _widen(base, window, wide, side, n_wide, g)
         pending[g] = 0
+    elif not may_widen:
+        return False
     full = side[wide[g]]
     full += sums
     normalize(full)
@@ -221,6 +224,89 @@ def _add_full_group(g, sums, base, window, wide, pending, side, n_wide):
 #: Runs of at least this many rows are summed with add_terms into a full accumulator
 #: first (a few cycles a term), then added to their group as one accumulator.
 LONG_RUN = 64
+#: Runs per block of :func:`add_runs_parallel` (a block is one thread's serial work).
+RUNS_PER_BLOCK = 4096
+
+
+@njit(**_FLAGS)
+def _add_run(g, start, stop, terms, base, window, wide, pending, side, n_wide, counts, may_widen):
+    """Add rows ``start:stop`` of ``terms`` (all of group ``g``) into the table, exactly.
+
+    False, changing no value (windows may have moved or been normalized), when the
+    group is wide or must widen and ``may_widen`` is False, or must widen and ``side``
+    is full. A short run is added term by term into its group's windows after one
+    pass for the chunks its terms reach.
+    """
+    n = stop - start
+    if n >= LONG_RUN:
+        if not may_widen and wide[g] >= 0:
+            return False
+        scratch = np.zeros((N_SUMS, N_SLOTS), dtype=np.int64)
+        column = np.empty(min(MAX_STAGED_TERMS, n))
+        for s in range(N_SUMS):
+            for chunk_start in range(start, stop, MAX_STAGED_TERMS):
+                size = min(MAX_STAGED_TERMS, stop - chunk_start)
+                for j in range(size):
+                    column[j] = terms[chunk_start + j, s]
+                add_terms(scratch[s], column, size)
+        normalize(scratch)
+        if not _add_full_group(g, scratch, base, window, wide, pending, side, n_wide, may_widen):
+            return False
+    else:
+        if wide[g] < 0:
+            fits = True
+            if pending[g] + n >= MAX_PENDING:
+                fits = _normalize_group(base, window, wide, side, g)
+                pending[g] = 0
+            # Each sum's window is fitted to its terms' chunks as soon as they are
+            # known (moving a window changes no value, so a later sum that does not
+            # fit leaves nothing to undo).
+            for s in range(N_SUMS if fits else 0):
+                low = N_CHUNKS
+                high = -1
+                finite = True
+                for j in range(start, stop):
+                    t = terms[j, s]
+                    if t != 0.0:
+                        finite = finite and t - t == 0.0
+                        chunk = _term_chunk(t)
+                        low = min(low, chunk)
+                        high = max(high, chunk + 2)
+                # inf and NaN: only a full accumulator counts them
+                if not finite or (high >= 0 and not _fit(base, window, g, s, low, high)):
+                    fits = False
+                    break
+            if fits:
+                for s in range(N_SUMS):
+                    row = window[g, s]
+                    b = base[g, s]
+                    for j in range(start, stop):
+                        t = terms[j, s]
+                        if t != 0.0:
+                            _add_term_window(row, b, t)
+                pending[g] += n
+            else:
+                if not may_widen or n_wide[0] == side.shape[0]:
+                    return False
+                _widen(base, window, wide, side, n_wide, g)
+                pending[g] = 0
+        if wide[g] >= 0:
+            if not may_widen:
+                return False
+            full = side[wide[g]]
+            if pending[g] + n >= MAX_PENDING:
+                normalize(full)
+                pending[g] = 0
+            for s in range(N_SUMS):
+                for j in range(start, stop):
+                    add_term(full[s], terms[j, s])
+            pending[g] += n
+    ignored = 0
+    for j in range(start, stop):
+        ignored += np.int64(terms[j, ROW_IGNORED] != 0.0)
+    counts[g, IGNORED] += ignored
+    counts[g, ROWS] += n - ignored
+    return True
 
 
 @njit(**_FLAGS)
@@ -228,7 +314,8 @@ def add_runs(
     terms,
     run_starts,
     run_codes,
-    first_run,
+    selected,
+    first,
     base,
     window,
     wide,
@@ -237,88 +324,61 @@ def add_runs(
     n_wide,
     counts,
 ):
-    """Add the rows of runs ``first_run ..`` (one group each) into the table, exactly.
+    """Add the rows of runs ``selected[first:]`` (one group each) into the table, exactly.
 
-    ``terms``: (N, N_ROW_TERMS), the rows of each run together. Returns the
-    first run not added: ``len(run_codes)`` when done, less when a group must widen
-    and ``side`` is full (the caller grows it and calls again from there; every run
-    is added whole or not at all). A short run is added term by term into its
-    group's windows after one pass for the chunks its terms reach.
+    ``terms``: (N, N_ROW_TERMS), the rows of each run together (run ``r`` is rows
+    ``run_starts[r]:run_starts[r + 1]``, all of group ``run_codes[r]``). Returns the
+    first entry of ``selected`` not added: ``len(selected)`` when done, less when a
+    group must widen and ``side`` is full (the caller grows it and calls again from
+    there; every run is added whole or not at all).
     """
-    n_runs = run_codes.shape[0]
-    lo = np.empty(N_SUMS, dtype=np.int64)
-    hi = np.empty(N_SUMS, dtype=np.int64)
-    scratch = np.zeros((N_SUMS, N_SLOTS), dtype=np.int64)
-    column = np.empty(MAX_STAGED_TERMS)
-    for r in range(first_run, n_runs):
+    for q in range(first, selected.shape[0]):
+        r = selected[q]
         g = run_codes[r]
-        start = run_starts[r]
-        stop = run_starts[r + 1]
-        n = stop - start
-        if n >= LONG_RUN:
-            scratch[:, :] = 0
-            for s in range(N_SUMS):
-                for chunk_start in range(start, stop, MAX_STAGED_TERMS):
-                    size = min(MAX_STAGED_TERMS, stop - chunk_start)
-                    for j in range(size):
-                        column[j] = terms[chunk_start + j, s]
-                    add_terms(scratch[s], column, size)
-            normalize(scratch)
-            if not _add_full_group(g, scratch, base, window, wide, pending, side, n_wide):
-                return r
-        else:
-            if wide[g] < 0:
-                fits = True
-                if pending[g] + n >= MAX_PENDING:
-                    fits = _normalize_group(base, window, wide, side, g)
-                    pending[g] = 0
-                finite = True
-                for s in range(N_SUMS):
-                    low = N_CHUNKS
-                    high = -1
-                    for j in range(start, stop):
-                        t = terms[j, s]
-                        if t != 0.0:
-                            finite = finite and t - t == 0.0
-                            chunk = _term_chunk(t)
-                            low = min(low, chunk)
-                            high = max(high, chunk + 2)
-                    lo[s] = low
-                    hi[s] = high
-                fits = fits and finite  # inf and NaN: only a full accumulator counts them
-                for s in range(N_SUMS if fits else 0):
-                    if hi[s] >= 0 and not _fit(base, window, g, s, lo[s], hi[s]):
-                        fits = False
-                        break
-                if fits:
-                    for s in range(N_SUMS):
-                        row = window[g, s]
-                        b = base[g, s]
-                        for j in range(start, stop):
-                            t = terms[j, s]
-                            if t != 0.0:
-                                _add_term_window(row, b, t)
-                    pending[g] += n
-                else:
-                    if n_wide[0] == side.shape[0]:
-                        return r
-                    _widen(base, window, wide, side, n_wide, g)
-                    pending[g] = 0
-            if wide[g] >= 0:
-                full = side[wide[g]]
-                if pending[g] + n >= MAX_PENDING:
-                    normalize(full)
-                    pending[g] = 0
-                for s in range(N_SUMS):
-                    for j in range(start, stop):
-                        add_term(full[s], terms[j, s])
-                pending[g] += n
-        ignored = 0
-        for j in range(start, stop):
-            ignored += np.int64(terms[j, ROW_IGNORED] != 0.0)
-        counts[g, IGNORED] += ignored
-        counts[g, ROWS] += n - ignored
-    return n_runs
+        if not _add_run(
+            g,
+            run_starts[r],
+            run_starts[r + 1],
+            terms,
+            base,
+            window,
+            wide,
+            pending,
+            side,
+            n_wide,
+            counts,
+            True,
+        ):
+            return q
+    return selected.shape[0]
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def add_runs_parallel(
+    terms, run_starts, run_codes, base, window, wide, pending, side, n_wide, counts, added
+):
+    """:func:`add_runs` of every run whose group stays compact, in parallel over blocks
+    of runs (the runs' groups are distinct, so no two threads touch one group);
+    ``added[r]``: whether run ``r`` was added (the others are for :func:`add_runs`)."""
+    n_runs = run_codes.shape[0]
+    n_blocks = (n_runs + RUNS_PER_BLOCK - 1) // RUNS_PER_BLOCK
+    for block in prange(n_blocks):
+        for r in range(block * RUNS_PER_BLOCK, min(n_runs, (block + 1) * RUNS_PER_BLOCK)):
+            g = run_codes[r]
+            added[r] = _add_run(
+                g,
+                run_starts[r],
+                run_starts[r + 1],
+                terms,
+                base,
+                window,
+                wide,
+                pending,
+                side,
+                n_wide,
+                counts,
+                False,
+            )
 
 
 @njit(**_FLAGS)
@@ -329,7 +389,7 @@ def add_full(codes, sums, group_counts, first, base, window, wide, pending, side
     Returns the first entry not added (as :func:`add_runs`).
     """
     for i in range(first, codes.shape[0]):
-        if not _add_full_group(codes[i], sums[i], base, window, wide, pending, side, n_wide):
+        if not _add_full_group(codes[i], sums[i], base, window, wide, pending, side, n_wide, True):
             return i
         counts[codes[i]] += group_counts[i]
     return codes.shape[0]
@@ -351,27 +411,6 @@ def export_groups(codes, base, window, wide, side, out):
                     for k in range(WINDOW):
                         full[s, b + k] += window[g, s, k]
         normalize(full)
-
-
-@njit(**_FLAGS)
-def group_runs(local_codes, n_local):
-    """Rows grouped by ``local_codes`` (in ``[0, n_local)``): a counting sort.
-
-    Returns ``(order, run_starts)``: the rows of local group ``c`` are
-    ``order[run_starts[c]:run_starts[c + 1]]``, in row order.
-    """
-    run_starts = np.zeros(n_local + 1, dtype=np.int64)
-    for i in range(local_codes.shape[0]):
-        run_starts[local_codes[i] + 1] += 1
-    for c in range(n_local):
-        run_starts[c + 1] += run_starts[c]
-    fill = run_starts[:-1].copy()
-    order = np.empty(local_codes.shape[0], dtype=np.int64)
-    for i in range(local_codes.shape[0]):
-        c = local_codes[i]
-        order[fill[c]] = i
-        fill[c] += 1
-    return order, run_starts
 
 
 @njit(**_FLAGS)
@@ -409,3 +448,143 @@ def add_at_rows(target, rows, values):
         row = target[rows[i]]
         for k in range(values.shape[1]):
             row[k] += values[i, k]
+
+
+#: Multiplier of the key hash (Fibonacci hashing: the high bits of ``key * phi``).
+_PHI = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(**_FLAGS)
+def _slot_of(key, mask):
+    return np.int64((np.uint64(key) * _PHI) >> np.uint64(16)) & mask
+
+
+@njit(**_FLAGS)
+def hash_codes(values, valid, slot_keys, slot_codes, known, state, codes, new_rows, start):
+    """Codes of int64 keys ``values[start:]`` (``valid``: False for a null, empty: none)
+    from an open-addressing table; keys not there get the next codes, in row order.
+
+    ``state``: ``[keys known (codes given), code of null or -1, new keys this call]``;
+    ``known[code]``: each key, for rehashing (:func:`rehash`); ``new_rows``: the row of
+    each new key's first appearance. Returns the first row not coded: ``len(values)``
+    when done, less when the table would pass half full or ``known`` is full (the
+    caller grows them and calls again from there).
+    """
+    mask = slot_keys.shape[0] - 1
+    nulls = valid.shape[0] > 0
+    for i in range(start, values.shape[0]):
+        if nulls and not valid[i]:
+            if state[1] < 0:
+                if state[0] >= known.shape[0]:
+                    return i
+                state[1] = state[0]
+                known[state[0]] = 0
+                new_rows[state[2]] = i
+                state[0] += 1
+                state[2] += 1
+            codes[i] = state[1]
+            continue
+        key = values[i]
+        slot = _slot_of(key, mask)
+        while True:
+            code = slot_codes[slot]
+            if code < 0:
+                if 2 * (state[0] + 1) > slot_keys.shape[0] or state[0] >= known.shape[0]:
+                    return i
+                code = state[0]
+                slot_keys[slot] = key
+                slot_codes[slot] = code
+                known[code] = key
+                new_rows[state[2]] = i
+                state[0] += 1
+                state[2] += 1
+                break
+            if slot_keys[slot] == key:
+                break
+            slot = (slot + 1) & mask
+        codes[i] = code
+    return values.shape[0]
+
+
+@njit(**_FLAGS)
+def rehash(known, n_known, null_code, slot_keys, slot_codes):
+    """Fill an empty table (``slot_codes`` all -1) with keys ``known[:n_known]``."""
+    mask = slot_keys.shape[0] - 1
+    for code in range(n_known):
+        if code == null_code:
+            continue
+        key = known[code]
+        slot = _slot_of(key, mask)
+        while slot_codes[slot] >= 0:
+            slot = (slot + 1) & mask
+        slot_keys[slot] = key
+        slot_codes[slot] = code
+
+
+@njit(**_FLAGS)
+def batch_runs(codes, seen):
+    """Rows of one batch grouped by their codes, the groups in code order.
+
+    ``seen``: scratch of at least ``max(codes) + 1`` entries, all -1 (and left so).
+    Returns ``(runs, order, run_starts, run_codes)`` as
+    :meth:`xentstream.grouping.GroupKeys.codes` describes them. Runs in code order make
+    the grouped reduction sweep the group table forwards instead of at random.
+    """
+    n = codes.shape[0]
+    distinct = np.empty(n, dtype=np.int64)
+    k = 0
+    top = 0
+    for i in range(n):
+        c = codes[i]
+        if seen[c] < 0:
+            seen[c] = 1
+            distinct[k] = c
+            k += 1
+            top = max(top, c + 1)
+    # Code order: sort the batch's groups, or scan the codes below the largest when
+    # that is cheaper (a batch that holds most groups).
+    if k * max(1, int(math.log2(k + 1))) < top:
+        run_codes = np.sort(distinct[:k])
+    else:
+        run_codes = np.empty(k, dtype=np.int64)
+        j = 0
+        for c in range(top):
+            if seen[c] >= 0:
+                run_codes[j] = c
+                j += 1
+    for j in range(k):
+        seen[run_codes[j]] = j
+    run_starts = np.zeros(k + 1, dtype=np.int64)
+    runs = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        r = seen[codes[i]]
+        runs[i] = r
+        run_starts[r + 1] += 1
+    for j in range(k):
+        run_starts[j + 1] += run_starts[j]
+        seen[run_codes[j]] = -1
+    fill = run_starts[:-1].copy()
+    order = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        r = runs[i]
+        order[fill[r]] = i
+        fill[r] += 1
+    return runs, order, run_starts, run_codes
+
+
+@njit(**_FLAGS)
+def row_positions(local_codes, n_local):
+    """Where each row lands when the rows are grouped by ``local_codes`` (in
+    ``[0, n_local)``, stable): the inverse of :func:`batch_runs`'s ``order``, for the
+    kernel's per-row terms; one counting pass, no ``order`` built and inverted."""
+    fill = np.zeros(n_local + 1, dtype=np.int64)
+    for i in range(local_codes.shape[0]):
+        fill[local_codes[i] + 1] += 1
+    for c in range(n_local):
+        fill[c + 1] += fill[c]
+    positions = np.empty(local_codes.shape[0], dtype=np.int64)
+    for i in range(local_codes.shape[0]):
+        c = local_codes[i]
+        positions[i] = fill[c]
+        fill[c] += 1
+    return positions
