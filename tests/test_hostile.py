@@ -642,3 +642,22 @@ def test_label_counts_are_checked_like_the_other_counts() -> None:
     state["label_counts"][0] += 1
     with pytest.raises(ValueError, match=r"label_counts: add up to 3 rows, but counts\.rows is 2"):
         xs.Metric.from_state_dict(state)
+
+
+def test_integer_one_hot_targets_grouped_report_like_float_ones() -> None:
+    # The grouped path counts labels per group: the same rule as the flat path above.
+    logits = RNG.standard_normal((60, 3))
+    one_hot = np.eye(3, dtype=np.int64)[RNG.integers(0, 3, 60)]
+    keys = RNG.integers(0, 4, 60)
+    reports = [
+        xs.evaluate(
+            pl.DataFrame({"preds": logits, "target": target, "key": keys}),
+            xs.CrossEntropy(input="logits"),
+            preds="preds",
+            target="target",
+            by="key",
+            progress=False,
+        )
+        for target in (one_hot, one_hot.astype(float))
+    ]
+    assert json.dumps(reports[0].to_dict()) == json.dumps(reports[1].to_dict())

@@ -304,7 +304,9 @@ class GroupState:
         else:  # few groups, or the CUDA engine: the kernel's sums of each of them
             self.table.add_sums(run_codes, result.group_sums, result.group_counts)
         if run_codes.size:
-            labels = metric.group_label_counts(target, sample_weight, runs, run_codes.shape[0])
+            labels = metric.group_label_counts(
+                target, sample_weight, runs, run_codes.shape[0], batch=result
+            )
             self.table.add_label_counts(run_codes, labels)
 
     def to_json(self) -> list[dict[str, Any]]:
@@ -462,7 +464,9 @@ class _MetricGroups(GroupState):
 
     def absorb(self, metric: Metric, result: Any, target: Any, sample_weight: Any) -> None:
         codes = self._runs[0]
-        labels = metric.group_label_counts(target, sample_weight, codes, self.n_groups)
+        labels = metric.group_label_counts(
+            target, sample_weight, codes, self.n_groups, batch=result
+        )
         # Per-document sums per group: only token batches with documents have them.
         documents = getattr(result, "group_documents", None)
         for code in np.flatnonzero(result.group_counts.sum(axis=1)):
@@ -525,7 +529,9 @@ class _ComparisonGroups(_MetricGroups):
         if result.model.group_counts is None:  # no row
             return
         codes = self._runs[0]
-        labels = metric.model.group_label_counts(target, sample_weight, codes, self.n_groups)
+        labels = metric.model.group_label_counts(
+            target, sample_weight, codes, self.n_groups, batch=result.model
+        )
         for code in np.flatnonzero(result.model.group_counts.sum(axis=1)):
             self.metrics[code].absorb_group(result, int(code), labels)
 

@@ -270,7 +270,8 @@ class _Window:
 def _kernel_target(batch: BatchSums | None, target: Any) -> Any:
     """The targets as the kernel read them (converted once, integer one-hot rows already
     soft floats), else as given: what label counting reads."""
-    return target if batch is None or batch.target is None else batch.target
+    converted = getattr(batch, "target", None)  # token batches keep their own
+    return target if converted is None else converted
 
 
 class Metric(Stateful):
