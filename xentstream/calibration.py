@@ -39,7 +39,7 @@ import numpy as np
 from xentstream import accumulator
 from xentstream._inputs import as_array, binary_columns
 from xentstream._kernels import calibration as kernels
-from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS
+from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
 from xentstream._kernels.layout import INPUT_KINDS
 from xentstream.accumulator import CalibrationState
 
@@ -97,7 +97,7 @@ def batch_bins(
         rows = np.ascontiguousarray(preds).reshape(-1, n_classes)
         n = rows.shape[0]
         soft = target.ndim == preds.ndim
-        labels = np.empty(0, np.int64) if soft else target.reshape(-1).astype(np.int64)
+        labels = np.empty(0, np.int64) if soft else np.asarray(target, np.int64).reshape(-1)
         distributions = (
             np.ascontiguousarray(target, dtype=np.float64).reshape(-1, n_classes)
             if soft
@@ -140,8 +140,8 @@ def batch_bins(
                 sums,
                 counts,
             )
-    for block in range(sums.shape[0]):
-        accumulator.merge_into(state.sums, sums[block])
+    # One compiled call normalizes and adds the blocks, not a Python merge per block.
+    combine_blocks(sums.reshape(sums.shape[0], -1, N_SLOTS), state.sums.reshape(-1, N_SLOTS))
     state.counts = counts.sum(axis=0)
     return state
 

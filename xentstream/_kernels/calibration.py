@@ -22,7 +22,14 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from xentstream._kernels.exact import N_SLOTS, add_term, add_terms, normalize
+from xentstream._kernels.exact import (
+    CHUNK_BITS,
+    N_SLOTS,
+    UNIT_EXPONENT,
+    add_term,
+    add_terms,
+    normalize,
+)
 from xentstream._kernels.fastmath import add_reassoc, exp32, exp64, is_float32, max_num
 from xentstream._kernels.layout import LOGITS, LOGPROBS
 
@@ -147,6 +154,202 @@ def _derived(weighted, binary_outcomes):
     return derived
 
 
+# -- the top-label and positive-class bins -------------------------------------------------
+#
+# A block's forecasts are computed a chunk of rows at a time in SIMD loops (narrow rows
+# across rows, as the loss kernels scan them); each forecast's terms then go straight
+# into its bin's accumulator: a term in [2**-31, 2**13) is three integer pieces added to
+# three fixed chunks (:func:`_fixed_add`), which is what ``add_term`` would add, found
+# with three multiplications instead of its bit work. Unweighted rows with 0/1 outcomes
+# (hard labels, 0/1 binary targets) count their weight and outcome sums as integers and
+# add them once per block. Exact throughout, so the bits never depend on the blocks.
+
+#: Chunk of the accumulator that takes the lowest piece of a :func:`_fixed_add` term.
+_FIXED_CHUNK = 31
+if UNIT_EXPONENT + CHUNK_BITS * _FIXED_CHUNK != -83:
+    raise ImportError("xentstream: calibration's fixed chunks assume chunk 31 counts 2**-83")
+#: Terms in [_FIXED_LOW, _FIXED_HIGH) have an ulp of at least 2**-83 and at most 2**32
+#: units 2**-19 each: every top-label confidence (>= 1/C), its square above 2**-31, and
+#: weights up to thousands times them. Others (0, tiny, huge, non-finite) take add_term.
+_FIXED_LOW = 2.0**-31
+_FIXED_HIGH = 2.0**13
+_SCALE_TOP = 2.0**19
+_UNIT_TOP = 2.0**-19
+_SCALE_MID = 2.0**51
+_UNIT_MID = 2.0**-51
+_SCALE_LOW = 2.0**83
+#: Rows of a chunk whose forecasts one set of SIMD loops computes (scratch stays in L1).
+_CHUNK_ROWS = 256
+#: Rows narrower than this are scanned across rows (too short to vectorize along).
+_NARROW_CLASSES = 64
+#: Positive-class forecasts of a chunk (one value each).
+_CHUNK_VALUES = 1024
+
+
+@njit(nogil=True, error_model="numpy")
+def _fixed_add(acc, value):
+    """``add_term(acc, value)``, cheaper for ``value`` in ``[_FIXED_LOW, _FIXED_HIGH)``.
+
+    Such a value is an integer number of units ``2**-83`` below ``2**96``: its three
+    32-bit digits, peeled off by exact multiplications and subtractions, are added to
+    chunks 31-33 (units ``2**-83``, ``2**-51``, ``2**-19``), the chunks and amounts
+    ``add_term`` adds (each below ``2**32``, so the chunks' room for ``2**31`` terms holds).
+    """
+    if value >= _FIXED_LOW and value < _FIXED_HIGH:
+        top = np.int64(value * _SCALE_TOP)  # value >= 0: truncation is floor
+        rest = value - np.float64(top) * _UNIT_TOP  # exact: the low bits of value
+        mid = np.int64(rest * _SCALE_MID)
+        low = np.int64((rest - np.float64(mid) * _UNIT_MID) * _SCALE_LOW)
+        acc[_FIXED_CHUNK] += low
+        acc[_FIXED_CHUNK + 1] += mid
+        acc[_FIXED_CHUNK + 2] += top
+    else:
+        add_term(acc, value)
+
+
+@njit(nogil=True, error_model="numpy")
+def _bin_index(f, n_bins):
+    """The bin of forecast ``f`` (:func:`_bin_of`), without converting NaN or huge values."""
+    scaled = f * n_bins
+    safe = min(scaled, n_bins - 1.0) if scaled >= 0.0 else 0.0  # NaN: bin 0, as _bin_of
+    return np.int64(safe)
+
+
+@njit(nogil=True, error_model="numpy")
+def _scratch(n_columns, n_rows, n_bins):
+    """A block's chunk scratch and integer bin counts, allocated in a called function:
+    numba hoists an ``np.empty`` of a ``prange`` body out of the loop (so blocks would
+    share it) when only called helpers write it."""
+    return (
+        np.empty((n_columns, n_rows)),
+        np.empty(n_rows),
+        np.empty(n_rows),
+        np.empty(n_rows, dtype=np.float32),
+        np.empty(n_rows, dtype=np.int64),
+        np.empty(n_rows, dtype=np.int64),
+        np.zeros(n_bins, dtype=np.int64),
+    )
+
+
+@njit(nogil=True, error_model="numpy")
+def _top_label_chunk(preds, start, stop, input_kind, columns, best, conf, total, exps32):
+    """Top class ``best[r]`` and its probability ``conf[r]`` of narrow rows ``start:stop``.
+
+    The chunk is transposed into ``columns[c, r]`` and every pass runs over its rows in
+    SIMD lanes: the first maximum and its class, then for logits ``1 / sum exp(x -
+    max)`` (float32 exps of float32 logits, summed in float64, as :func:`_top_label`),
+    for log-probabilities ``exp(max)``. Each row's values come from its own lane with
+    the classes in a fixed order, so they depend on the row only, never on the chunk.
+    """
+    chunk = preds[start:stop]  # sliced: an index start + r would cost a wraparound check
+    n, n_classes = chunk.shape
+    for r in range(n):
+        for c in range(n_classes):
+            columns[c, r] = np.float64(chunk[r, c])
+    top = conf  # the maxima, then the probabilities
+    for r in range(n):
+        top[r] = columns[0, r]
+        best[r] = 0
+    for c in range(1, n_classes):
+        for r in range(n):
+            x = columns[c, r]
+            larger = x > top[r]  # strict: the first maximum wins
+            top[r] = x if larger else top[r]
+            best[r] = c if larger else best[r]
+    if input_kind == LOGITS:
+        for r in range(n):
+            total[r] = 0.0
+        if is_float32(preds):
+            for c in range(n_classes):
+                for r in range(n):  # float32 math in its own loop, widened in the next
+                    exps32[r] = exp32(np.float32(columns[c, r]) - np.float32(top[r]))
+                for r in range(n):
+                    total[r] = total[r] + np.float64(exps32[r])
+        else:
+            for c in range(n_classes):
+                for r in range(n):
+                    total[r] = total[r] + exp64(columns[c, r] - top[r])
+        for r in range(n):
+            conf[r] = 1.0 / total[r]
+    elif input_kind == LOGPROBS:
+        for r in range(n):
+            conf[r] = math.exp(top[r])
+
+
+@njit(nogil=True, error_model="numpy")
+def _positive_chunk(preds, start, stop, input_kind, conf):
+    """Positive-class probabilities of the values ``start:stop`` in a SIMD loop
+    (:func:`_positive_probability`, with the branch-free ``exp64`` for logits)."""
+    values = preds[start:stop]
+    n = values.shape[0]
+    if input_kind == LOGITS:
+        for r in range(n):
+            x = np.float64(values[r])
+            e = exp64(-abs(x))
+            conf[r] = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
+    elif input_kind == LOGPROBS:
+        for r in range(n):
+            conf[r] = math.exp(np.float64(values[r]))
+    else:
+        for r in range(n):
+            conf[r] = np.float64(values[r])
+
+
+@njit(nogil=True, error_model="numpy")
+def _binary_outcomes(target, start, stop):
+    """Whether every outcome of ``start:stop`` is 0 or 1 (then ``s o^2 = s o``)."""
+    values = target[start:stop]
+    odd = 0
+    for r in range(values.shape[0]):
+        t = values[r]
+        odd += np.int64((t != 0.0) & (t != 1.0))
+    return odd == 0
+
+
+@njit(nogil=True, error_model="numpy")
+def _add_forecast(acc, w, f, o, weighted, binary):
+    """One forecast's terms into its bin's accumulators ``acc`` (slots, N_SLOTS): the
+    floats ``_stage`` stages (``w * f * f`` is ``(w * f) * f``), added exactly."""
+    if weighted:
+        _fixed_add(acc[BIN_WEIGHT], w)
+    wf = w * f
+    wo = w * o
+    _fixed_add(acc[BIN_CONFIDENCE], wf)
+    _fixed_add(acc[BIN_OUTCOME], wo)
+    _fixed_add(acc[BIN_CONFIDENCE_SQUARED], wf * f)
+    _fixed_add(acc[BIN_PRODUCT], wf * o)
+    if not binary:
+        _fixed_add(acc[BIN_OUTCOME_SQUARED], wo * o)
+
+
+@njit(nogil=True, error_model="numpy")
+def _add_counted(acc, f, hit):
+    """An unweighted forecast with a 0/1 outcome ``hit``: its weight and outcome are
+    counted (:func:`_finish_bins`); ``f o`` is ``f`` or nothing."""
+    _fixed_add(acc[BIN_CONFIDENCE], f)
+    _fixed_add(acc[BIN_CONFIDENCE_SQUARED], f * f)
+    if hit:
+        _fixed_add(acc[BIN_PRODUCT], f)
+
+
+@njit(nogil=True, error_model="numpy")
+def _finish_bins(sums, counts, hits, weighted, binary, counted):
+    """Normalize a block's bins and add what was counted, not summed: the weight of
+    unweighted forecasts (their count), the outcomes ``hits`` of ``counted`` ones, and
+    for 0/1 outcomes ``s o^2``, which equals ``s o`` term by term (the same bits)."""
+    flat = sums.reshape(-1, N_SLOTS)
+    normalize(flat)
+    for k in range(sums.shape[0]):
+        if not weighted:
+            add_term(sums[k, BIN_WEIGHT], np.float64(counts[k]))  # < 2**53: exact
+        if counted:
+            add_term(sums[k, BIN_OUTCOME], np.float64(hits[k]))
+    normalize(flat)
+    if binary:
+        for k in range(sums.shape[0]):
+            sums[k, BIN_OUTCOME_SQUARED, :] = sums[k, BIN_OUTCOME, :]
+
+
 @njit(parallel=True, cache=True)
 def top_label_bins(
     preds, labels, soft, sample_weight, input_kind, ignore, has_ignore, sums, counts
@@ -156,27 +359,57 @@ def top_label_bins(
     ``labels`` (N,) hard labels, or ``soft`` (N, C) target distributions when
     ``labels`` is empty.
     """
-    n_rows = preds.shape[0]
+    n_rows, n_classes = preds.shape
     n_blocks, n_bins = sums.shape[0], sums.shape[1]
     hard = labels.shape[0] > 0
     weighted = sample_weight.shape[0] > 0
+    narrow = n_classes < _NARROW_CLASSES
+    counted = hard and not weighted
     for block in prange(n_blocks):
         start = block * n_rows // n_blocks
         stop = (block + 1) * n_rows // n_blocks
-        staged = np.empty((n_bins, N_BIN_SUMS, _STAGE), dtype=np.float64)
-        filled = np.zeros(n_bins, dtype=np.int64)
+        columns, conf, total, exps32, best, bins, hits = _scratch(
+            n_classes if narrow else 0, _CHUNK_ROWS, n_bins
+        )
         block_sums = sums[block]
-        derived = _derived(weighted, hard)
-        for i in range(start, stop):
-            if hard and has_ignore and labels[i] == ignore:
+        block_counts = counts[block]
+        for chunk_start in range(start, stop, _CHUNK_ROWS):
+            chunk_stop = min(chunk_start + _CHUNK_ROWS, stop)
+            n = chunk_stop - chunk_start
+            if narrow:
+                _top_label_chunk(
+                    preds, chunk_start, chunk_stop, input_kind, columns, best, conf, total, exps32
+                )
+            else:
+                for r in range(n):
+                    best[r], conf[r] = _top_label(preds[chunk_start + r], input_kind)
+            for r in range(n):
+                bins[r] = _bin_index(conf[r], n_bins)
+            if counted:
+                chunk_labels = labels[chunk_start:chunk_stop]
+                for r in range(n):
+                    label = np.int64(chunk_labels[r])
+                    if has_ignore and label == ignore:
+                        continue
+                    k = bins[r]
+                    hit = label == best[r]
+                    block_counts[k] += 1
+                    hits[k] += np.int64(hit)
+                    _add_counted(block_sums[k], conf[r], hit)
                 continue
-            best, f = _top_label(preds[i], input_kind)
-            o = (1.0 if labels[i] == best else 0.0) if hard else np.float64(soft[i, best])
-            k = _bin_of(f, n_bins)
-            counts[block, k] += 1
-            weight = np.float64(sample_weight[i]) if weighted else 1.0
-            _stage(staged, filled, block_sums, k, weight, f, o, derived)
-        _finish(staged, filled, block_sums, counts[block], derived)
+            for r in range(n):
+                i = chunk_start + r
+                if hard and has_ignore and labels[i] == ignore:
+                    continue
+                if hard:
+                    o = 1.0 if labels[i] == best[r] else 0.0
+                else:
+                    o = np.float64(soft[i, best[r]])
+                k = bins[r]
+                block_counts[k] += 1
+                w = np.float64(sample_weight[i]) if weighted else 1.0
+                _add_forecast(block_sums[k], w, conf[r], o, weighted, hard)
+        _finish_bins(block_sums, block_counts, hits, weighted, hard, counted)
 
 
 @njit(parallel=True, cache=True)
@@ -189,15 +422,31 @@ def positive_class_bins(preds, target, sample_weight, row_width, input_kind, sum
     for block in prange(n_blocks):
         start = block * n // n_blocks
         stop = (block + 1) * n // n_blocks
-        staged = np.empty((n_bins, N_BIN_SUMS, _STAGE), dtype=np.float64)
-        filled = np.zeros(n_bins, dtype=np.int64)
+        _, conf, _, _, _, bins, hits = _scratch(0, _CHUNK_VALUES, n_bins)
         block_sums = sums[block]
-        derived = _derived(weighted, False)  # binary targets may be probabilities
-        for i in range(start, stop):
-            f = _positive_probability(preds[i], input_kind)
-            o = np.float64(target[i])
-            k = _bin_of(f, n_bins)
-            counts[block, k] += 1
-            weight = np.float64(sample_weight[i // row_width]) if weighted else 1.0
-            _stage(staged, filled, block_sums, k, weight, f, o, derived)
-        _finish(staged, filled, block_sums, counts[block], derived)
+        block_counts = counts[block]
+        # Binary targets may be probabilities: 0/1 outcomes are asked of the block's data.
+        binary = _binary_outcomes(target, start, stop)
+        counted = binary and not weighted
+        for chunk_start in range(start, stop, _CHUNK_VALUES):
+            chunk_stop = min(chunk_start + _CHUNK_VALUES, stop)
+            m = chunk_stop - chunk_start
+            _positive_chunk(preds, chunk_start, chunk_stop, input_kind, conf)
+            for r in range(m):
+                bins[r] = _bin_index(conf[r], n_bins)
+            outcomes = target[chunk_start:chunk_stop]
+            if counted:
+                for r in range(m):
+                    k = bins[r]
+                    hit = outcomes[r] == 1.0
+                    block_counts[k] += 1
+                    hits[k] += np.int64(hit)
+                    _add_counted(block_sums[k], conf[r], hit)
+                continue
+            for r in range(m):
+                k = bins[r]
+                block_counts[k] += 1
+                i = chunk_start + r
+                w = np.float64(sample_weight[i // row_width]) if weighted else 1.0
+                _add_forecast(block_sums[k], w, conf[r], np.float64(outcomes[r]), weighted, binary)
+        _finish_bins(block_sums, block_counts, hits, weighted, binary, counted)
