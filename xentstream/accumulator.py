@@ -272,63 +272,138 @@ def _add_label_counts(mine: np.ndarray | None, theirs: np.ndarray | None) -> np.
 
 
 class CalibrationState:
-    """Exact reliability bins: ``sums`` (n_bins, N_BIN_SUMS, N_SLOTS), ``counts`` (n_bins,)."""
+    """Exact reliability bins: ``sums`` (n_bins, N_BIN_SUMS, N_SLOTS), ``counts`` (n_bins,).
 
-    def __init__(self, n_bins: int) -> None:
+    ``per_class``: also one-vs-rest bins of every class, ``class_sums`` (C, n_bins,
+    N_BIN_SUMS, N_SLOTS) and ``class_counts`` (C, n_bins), None until a batch brought
+    them (the class count may be inferred from the first batch).
+    """
+
+    def __init__(self, n_bins: int, *, per_class: bool = False) -> None:
         self.n_bins = n_bins
         self.sums = empty(n_bins, N_BIN_SUMS)
         self.counts = np.zeros(n_bins, dtype=np.int64)
+        self.per_class = per_class
+        self.class_sums: np.ndarray | None = None
+        self.class_counts: np.ndarray | None = None
+
+    def check_addable(self, other: CalibrationState) -> None:
+        """Raise, before anything changed, where :meth:`merge` of ``other`` would fail."""
+        if other.n_bins != self.n_bins:
+            raise ValueError(f"calibration_bins: {self.n_bins} here, {other.n_bins} there")
+        check_addable(self.sums, other.sums)
+        if self.per_class and other.class_sums is not None and self.class_sums is not None:
+            if other.class_sums.shape != self.class_sums.shape:
+                raise ValueError(
+                    f"calibration.per_class: {self.class_sums.shape[0]} classes here, "
+                    f"{other.class_sums.shape[0]} there"
+                )
+            check_addable(self.class_sums, other.class_sums)
 
     def merge(self, other: CalibrationState) -> CalibrationState:
         """Add ``other``'s bins (exact); returns ``self``."""
-        if other.n_bins != self.n_bins:
-            raise ValueError(f"calibration_bins: {self.n_bins} here, {other.n_bins} there")
+        self.check_addable(other)
         merge_into(self.sums, other.sums)
         self.counts += other.counts
+        if self.per_class and other.class_sums is not None:
+            if self.class_sums is None:
+                self.class_sums = empty(*other.class_sums.shape[:-1])
+                self.class_counts = np.zeros(other.class_counts.shape, dtype=np.int64)
+            merge_into(self.class_sums, other.class_sums)
+            self.class_counts += other.class_counts
         return self
 
     def copy(self) -> CalibrationState:
-        twin = CalibrationState(self.n_bins)
+        twin = CalibrationState(self.n_bins, per_class=self.per_class)
         twin.sums, twin.counts = self.sums.copy(), self.counts.copy()
+        if self.class_sums is not None:
+            twin.class_sums, twin.class_counts = self.class_sums.copy(), self.class_counts.copy()
         return twin
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "bins": self.n_bins,
             "counts": [int(c) for c in self.counts],
             "sums": {name: to_json(self.sums[:, slot]) for slot, name in enumerate(BIN_SUM_NAMES)},
         }
+        if self.per_class:  # written only when kept: other files stay as they were
+            data["per_class"] = (
+                None
+                if self.class_sums is None
+                else {
+                    "counts": self.class_counts.tolist(),
+                    "sums": {
+                        name: to_json(self.class_sums[:, :, slot])
+                        for slot, name in enumerate(BIN_SUM_NAMES)
+                    },
+                }
+            )
+        return data
 
     @classmethod
     def from_json(cls, data: Any, n_bins: int) -> CalibrationState:
-        """Inverse of :meth:`to_json`; a ``ValueError`` naming the key otherwise."""
-        if not isinstance(data, dict) or set(data) != {"bins", "counts", "sums"}:
+        """Inverse of :meth:`to_json`; a ``ValueError`` naming the key otherwise.
+
+        A ``per_class`` key makes a per-class state; whether the metric keeps one is
+        the metric's check."""
+        keys = {"bins", "counts", "sums"}
+        if not isinstance(data, dict) or set(data) - {"per_class"} != keys:
             raise ValueError("calibration: must be an object with the keys bins, counts, sums")
         if data["bins"] != n_bins or isinstance(data["bins"], bool):
             raise ValueError(f"calibration.bins: {data['bins']!r}, but the config says {n_bins}")
-        counts = data["counts"]
-        if (
-            not isinstance(counts, list)
-            or len(counts) != n_bins
-            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts)
-            or sum(counts) >= 1 << 63
-        ):
-            raise ValueError(f"calibration.counts: must be {n_bins} non-negative integers")
-        sums = data["sums"]
-        if not isinstance(sums, dict) or set(sums) != set(BIN_SUM_NAMES):
-            raise ValueError(f"calibration.sums: must be an object with the keys {BIN_SUM_NAMES}")
-        state = cls(n_bins)
-        for slot, name in enumerate(BIN_SUM_NAMES):
-            try:
-                state.sums[:, slot] = from_json(sums[name], (n_bins,))
-            except ValueError as error:
-                raise ValueError(f"calibration.sums.{name}: {error}") from None
-        state.counts = np.array(counts, dtype=np.int64)
-        weights = state.sums[:, BIN_WEIGHT]
-        for k in range(n_bins):
-            if state.counts[k] == 0 and weights[k].any():
-                raise ValueError(f"calibration.sums.weight: bin {k} has weight but no rows")
+        state = cls(n_bins, per_class="per_class" in data)
+        state.counts, state.sums = _bins_from_json(data, (n_bins,), "calibration")
+        if data.get("per_class") is not None:
+            classes = data["per_class"]
+            if not isinstance(classes, dict) or set(classes) != {"counts", "sums"}:
+                raise ValueError(
+                    "calibration.per_class: must be an object with the keys counts, sums"
+                )
+            width = len(classes["counts"]) if isinstance(classes["counts"], list) else -1
+            if not 1 <= width <= MAX_CLASS_BINS // n_bins:
+                raise ValueError(
+                    f"calibration.per_class.counts: must be a list of 1 to "
+                    f"{MAX_CLASS_BINS // n_bins} classes' bin counts"
+                )
+            state.class_counts, state.class_sums = _bins_from_json(
+                classes, (width, n_bins), "calibration.per_class"
+            )
         return state
+
+
+#: Most class-times-bins a per-class calibration keeps (each is about 3.4 kB of exact state).
+MAX_CLASS_BINS = 1 << 14
+
+
+def _bins_from_json(
+    data: dict[str, Any], shape: tuple[int, ...], name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, sums) of bins of ``shape``; every bin with weight has rows."""
+    counts = data["counts"]
+    flat = np.asarray(counts, dtype=object).reshape(-1) if isinstance(counts, list) else None
+    if (
+        flat is None
+        or np.shape(np.asarray(counts, dtype=object)) != shape
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in flat)
+        or sum(flat) >= 1 << 63
+    ):
+        size = " x ".join(map(str, shape))
+        raise ValueError(f"{name}.counts: must be {size} non-negative integers")
+    sums = data["sums"]
+    if not isinstance(sums, dict) or set(sums) != set(BIN_SUM_NAMES):
+        raise ValueError(f"{name}.sums: must be an object with the keys {BIN_SUM_NAMES}")
+    exact = empty(*shape, N_BIN_SUMS)
+    for slot, key in enumerate(BIN_SUM_NAMES):
+        try:
+            exact[..., slot, :] = from_json(sums[key], shape)
+        except ValueError as error:
+            raise ValueError(f"{name}.sums.{key}: {error}") from None
+    binned = np.array(flat, dtype=np.int64).reshape(shape)
+    weights = exact[..., BIN_WEIGHT, :]
+    for index in zip(*np.nonzero((binned == 0) & weights.any(axis=-1)), strict=True):
+        where = ", ".join(str(int(i)) for i in index)
+        raise ValueError(f"{name}.sums.weight: bin {where} has weight but no rows")
+    return binned, exact
 
 
 class ExactState:
@@ -415,7 +490,7 @@ class ExactState:
                 raise ValueError(
                     f"calibration_bins: {self.calibration.n_bins} here, {calibration.n_bins} there"
                 )
-            check_addable(self.calibration.sums, calibration.sums)
+            self.calibration.check_addable(calibration)
         merge_into(self.sums, sums)  # checked first: the last part that can fail
         self.counts += counts
         if class_sums is not None:

@@ -30,7 +30,7 @@ bin's mean forecast and outcome, ``o`` the overall mean outcome):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numba
@@ -40,13 +40,20 @@ from xentstream import accumulator
 from xentstream._inputs import as_array, binary_columns
 from xentstream._kernels import calibration as kernels
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
-from xentstream._kernels.layout import INPUT_KINDS
-from xentstream.accumulator import CalibrationState
+from xentstream._kernels.layout import INPUT_KINDS, LOGITS
+from xentstream.accumulator import MAX_CLASS_BINS, CalibrationState
 
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["FORECASTS", "CalibrationReport", "batch_bins", "build_calibration_report"]
+__all__ = [
+    "CLASS_FORECASTS",
+    "FORECASTS",
+    "CalibrationReport",
+    "batch_bins",
+    "build_calibration_report",
+    "class_batch_bins",
+]
 
 _MIN_BLOCK_ROWS = 1 << 14
 
@@ -146,6 +153,95 @@ def batch_bins(
     return state
 
 
+#: The per-class forecasts (``per_class`` / ``per_label``) of a kind's rows, by its class
+#: axis: each class's probability against [label == c] (one-vs-rest) for a distribution,
+#: each label's positive class for multi-label rows. Kinds without one keep none.
+CLASS_FORECASTS = {"class": "each_class", "label": "each_label"}
+
+
+def class_batch_bins(
+    forecast: str,
+    preds: Any,
+    target: Any,
+    sample_weight: Any,
+    *,
+    n_bins: int,
+    input: str,
+    ignore_index: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest reliability bins of every class of one validated batch.
+
+    ``forecast``: ``"each_class"`` (multiclass rows: class c's probability p_c and the
+    outcome [label == c], or a soft target's mass on c) or ``"each_label"`` (multi-label
+    rows: each label's positive probability and target); see :data:`CLASS_FORECASTS`.
+    Returns ``(sums, counts)`` of shapes (C, n_bins, N_BIN_SUMS, N_SLOTS) and (C, n_bins),
+    the ``class_sums`` / ``class_counts`` of a per-class
+    :class:`~xentstream.accumulator.CalibrationState`.
+
+    Examples
+    --------
+    >>> sums, counts = class_batch_bins(
+    ...     "each_class", [[0.9, 0.1], [0.3, 0.7]], [0, 0], None, n_bins=2, input="probs"
+    ... )
+    >>> counts.tolist()  # class 0: 0.3 in bin 0, 0.9 in bin 1; class 1: 0.1 and 0.7
+    [[1, 1], [1, 1]]
+    """
+    if forecast not in CLASS_FORECASTS.values():
+        raise ValueError(
+            f"forecast: must be one of {sorted(CLASS_FORECASTS.values())}, got {forecast!r}"
+        )
+    input_kind = INPUT_KINDS[input]
+    preds = as_array(preds, "preds", floating=True)
+    target = as_array(target, "target")
+    n_classes = preds.shape[-1] if preds.ndim else 1
+    if n_classes * n_bins > MAX_CLASS_BINS:
+        raise ValueError(
+            f"calibration_bins: per-class bins for {n_classes} classes x {n_bins} bins exceed "
+            f"{MAX_CLASS_BINS} (about {MAX_CLASS_BINS * kernels.N_BIN_SUMS * N_SLOTS >> 17} MiB "
+            "of exact state); use fewer bins, or per_class=False for top-label bins only"
+        )
+    rows = np.ascontiguousarray(preds).reshape(-1, n_classes)
+    n = rows.shape[0]
+    distribution = forecast == "each_class"
+    soft = not distribution or target.ndim == preds.ndim
+    labels = np.empty(0, np.int64) if soft else target.reshape(-1).astype(np.int64)
+    outcomes = (
+        np.ascontiguousarray(target, dtype=np.float64).reshape(-1, n_classes)
+        if soft
+        else np.empty((0, n_classes), np.float64)
+    )
+    scales = np.empty((n if distribution and input_kind == LOGITS else 0, 2), np.float64)
+    if scales.shape[0]:
+        kernels.row_scales(rows, scales)
+    # Split rows too when there are fewer classes than threads (each split's sums are
+    # separate and merged exactly, so the bits do not depend on the split).
+    splits = max(
+        -(-max(numba.get_num_threads() * 2, 1) // n_classes) if n >= _MIN_BLOCK_ROWS else 1,
+        -(-n // MAX_TERMS_PER_BLOCK),
+        1,
+    )
+    sums = np.zeros((splits, n_classes, n_bins, kernels.N_BIN_SUMS, N_SLOTS), np.int64)
+    counts = np.zeros((splits, n_classes, n_bins), np.int64)
+    if n:
+        kernels.class_bins(
+            rows,
+            labels,
+            outcomes,
+            _weights(sample_weight, n),
+            input_kind,
+            distribution,
+            0 if ignore_index is None else ignore_index,
+            ignore_index is not None,
+            scales,
+            sums,
+            counts,
+        )
+    total = sums[0]
+    for split in range(1, splits):
+        accumulator.merge_into(total, sums[split])
+    return total, counts.sum(axis=0)
+
+
 @dataclass(frozen=True)
 class CalibrationReport:
     """Calibration of a model's probabilities from reliability bins (module docstring).
@@ -168,6 +264,12 @@ class CalibrationReport:
     table : polars.DataFrame
         Per bin: ``lower``, ``upper``, ``count``, ``weight``, ``confidence`` (mean
         forecast) and ``accuracy`` (mean outcome): the reliability diagram.
+    per_class : polars.DataFrame or None
+        With ``per_class`` (``per_label``): one row per class, ``class`` and every
+        scalar field of that class's one-vs-rest bins (forecast p_c, outcome [label ==
+        c] or the target's mass on c; each label's positive class for multi-label).
+    classes : tuple of CalibrationReport or None
+        The same per class, with their reliability tables (``plot(per_class=True)``).
     """
 
     bins: int
@@ -182,6 +284,8 @@ class CalibrationReport:
     log_loss_calibration: float | None
     log_loss_refinement: float | None
     table: pl.DataFrame | None = field(default=None, compare=False)
+    per_class: pl.DataFrame | None = field(default=None, compare=False)
+    classes: tuple[CalibrationReport, ...] | None = field(default=None, compare=False, repr=False)
 
     def scalars(self, prefix: str = "calibration/") -> dict[str, float | int]:
         """The defined scalar fields, flat (for loggers)."""
@@ -200,6 +304,10 @@ class CalibrationReport:
             if self.table is None
             else [{k: _json(v) for k, v in row.items()} for row in self.table.to_dicts()]
         )
+        if self.per_class is not None:
+            data["per_class"] = [
+                {k: _json(v) for k, v in row.items()} for row in self.per_class.to_dicts()
+            ]
         return data
 
     def __str__(self) -> str:
@@ -276,7 +384,32 @@ def _bernoulli_kl(o: float, f: float) -> float:
 
 
 def build_calibration_report(state: CalibrationState) -> CalibrationReport:
-    """Every :class:`CalibrationReport` field from exact bins."""
+    """Every :class:`CalibrationReport` field from exact bins (per class too, when kept)."""
+    report = _bins_report(state)
+    if not state.per_class:
+        return report
+    import polars as pl
+
+    classes: tuple[CalibrationReport, ...] = ()
+    if state.class_sums is not None:
+        classes = tuple(
+            _bins_report(_class_state(state, c)) for c in range(state.class_sums.shape[0])
+        )
+    columns: dict[str, Any] = {"class": pl.Series("class", range(len(classes)), pl.Int64)}
+    for name in SCALARS:
+        dtype = pl.Int64 if name == "count" else pl.Float64
+        columns[name] = pl.Series(name, [getattr(c, name) for c in classes], dtype)
+    return replace(report, per_class=pl.DataFrame(columns), classes=classes)
+
+
+def _class_state(state: CalibrationState, c: int) -> CalibrationState:
+    """Class ``c``'s one-vs-rest bins as a state of their own (views, not copies)."""
+    single = CalibrationState(state.n_bins)
+    single.sums, single.counts = state.class_sums[c], state.class_counts[c]
+    return single
+
+
+def _bins_report(state: CalibrationState) -> CalibrationReport:
     import polars as pl
 
     n_bins = state.n_bins

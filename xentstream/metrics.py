@@ -28,7 +28,7 @@ from xentstream._errors import DEFAULT_NAMES, ColumnNames, show
 from xentstream._inputs import as_array
 from xentstream._kernels import layout, load_cuda
 from xentstream._kernels.calibration import BIN_WEIGHT
-from xentstream.accumulator import ExactState
+from xentstream.accumulator import N_SLOTS, ExactState
 from xentstream.config import LossConfig
 from xentstream.kinds import KINDS, Kind
 from xentstream.report import Report, build_report
@@ -139,6 +139,15 @@ def _check_calibration(metric: Metric) -> None:
     bins = metric.state.calibration
     if bins is None:
         return
+    keeps = metric._class_forecast is not None
+    if bins.per_class != keeps:
+        raise ValueError(
+            "calibration.per_class: "
+            + ("missing, although" if keeps else "given, but not")
+            + " kept with calibration_bins and per_class / per_label"
+        )
+    if bins.class_sums is not None:
+        _check_class_bins(metric, bins)
     per_row = (metric.n_classes or 0) if metric.kind.class_axis == "label" else 1
     rows = int(metric.state.counts[layout.ROWS])
     if int(bins.counts.sum()) != rows * per_row:
@@ -155,6 +164,35 @@ def _check_calibration(metric: Metric) -> None:
         raise ValueError(
             "calibration.sums.weight: does not add up to the rows' weight (sums.weight)"
         )
+
+
+def _check_class_bins(metric: Metric, bins: Any) -> None:
+    """Per-class bins: one per class, each class binning every counted row once."""
+    width = bins.class_counts.shape[0]
+    if metric.n_classes is not None and width != metric.n_classes:
+        raise ValueError(
+            f"calibration.per_class: {width} classes, but the metric has {metric.n_classes}"
+        )
+    rows = int(metric.state.counts[layout.ROWS])
+    binned = bins.class_counts.sum(axis=1)
+    if (binned != rows).any():
+        c = int(np.argmax(binned != rows))
+        raise ValueError(
+            f"calibration.per_class.counts: class {c} bins {int(binned[c])} forecasts, but "
+            f"{rows} rows were counted"
+        )
+    weight = metric.state.sums[layout.WEIGHT]
+    binned_weights = bins.class_sums[:, :, BIN_WEIGHT].reshape(-1, N_SLOTS)
+    if accumulator.is_special(weight) or any(map(accumulator.is_special, binned_weights)):
+        return
+    expected = accumulator.exact_integer(weight)
+    for c in range(width):
+        total = sum(accumulator.exact_integer(row) for row in bins.class_sums[c, :, BIN_WEIGHT])
+        if total != expected:
+            raise ValueError(
+                f"calibration.per_class.sums.weight: class {c}'s bins do not add up to the "
+                "rows' weight (sums.weight)"
+            )
 
 
 def _check_consistent(metric: Metric) -> None:
@@ -360,8 +398,18 @@ class Metric(Stateful):
                 counts_labels=self.kind.counts_labels,
                 calibration_bins=self.config.calibration_bins,
             )
+            if self._class_forecast is not None:
+                self.state.calibration.per_class = True
             self._window = _Window(self.window) if self.window else None
         return self
+
+    @property
+    def _class_forecast(self) -> str | None:
+        """The per-class reliability bins' forecast (``calibration.CLASS_FORECASTS``) when
+        this metric keeps them: ``calibration_bins`` with ``per_class`` / ``per_label``."""
+        if self.config.calibration_bins is None or not self.kind.per_class(self.config):
+            return None
+        return calibration.CLASS_FORECASTS.get(self.kind.class_axis)
 
     @property
     def rows_seen(self) -> int:
@@ -515,6 +563,19 @@ class Metric(Stateful):
                 ignore_index=getattr(self.config, "ignore_index", None),
                 sum_tol=self.config.resolve_sum_tol(np.dtype(np.float64)),
             )
+            forecast = self._class_forecast
+            if forecast is not None:
+                bins_of = batch.calibration
+                bins_of.per_class = True
+                bins_of.class_sums, bins_of.class_counts = calibration.class_batch_bins(
+                    forecast,
+                    preds,
+                    target,
+                    sample_weight,
+                    n_bins=bins,
+                    input=self.config.input,
+                    ignore_index=getattr(self.config, "ignore_index", None),
+                )
         return batch
 
     def absorb(self, batch: BatchSums, target: Any, sample_weight: Any) -> None:

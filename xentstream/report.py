@@ -356,6 +356,8 @@ def build_report(
     if class_sums is not None and class_counts is not None:
         per_class = kind.per_class_frame(class_sums, class_counts, weight)
     bins = None if state.calibration is None else build_calibration_report(state.calibration)
+    if bins is not None and bins.per_class is not None and per_class is not None:
+        per_class = _with_class_calibration(per_class, bins.per_class)
     return Report(
         loss=loss,
         loss_sum=accumulator.to_float(sums[layout.LOSS]),
@@ -377,6 +379,13 @@ def build_report(
         brier=None if bins is None else bins.brier,
         calibration=bins,
     )
+
+
+def _with_class_calibration(table: pl.DataFrame, classes: pl.DataFrame) -> pl.DataFrame:
+    """The per-class table with each class's one-vs-rest ``ece``, ``mce`` and ``brier``."""
+    if classes.height != table.height:  # no rows binned yet
+        return table
+    return table.with_columns(classes.select("ece", "mce", "brier"))
 
 
 def _perplexity(loss: float) -> float:

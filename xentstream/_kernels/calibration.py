@@ -108,52 +108,6 @@ def _bin_of(f, n_bins):
     return k
 
 
-@njit(nogil=True, cache=True)
-def _stage(staged, filled, sums, k, weight, f, o, derived):
-    n = filled[k]
-    staged[k, BIN_WEIGHT, n] = weight
-    staged[k, BIN_CONFIDENCE, n] = weight * f
-    staged[k, BIN_OUTCOME, n] = weight * o
-    staged[k, BIN_CONFIDENCE_SQUARED, n] = weight * f * f
-    staged[k, BIN_PRODUCT, n] = weight * f * o
-    staged[k, BIN_OUTCOME_SQUARED, n] = weight * o * o
-    filled[k] = n + 1
-    if n + 1 == _STAGE:
-        _flush(staged, filled, sums, k, derived)
-
-
-@njit(nogil=True, cache=True)
-def _flush(staged, filled, sums, k, derived):
-    for slot in range(N_BIN_SUMS):
-        if not derived[slot]:
-            add_terms(sums[k, slot], staged[k, slot], filled[k])
-    filled[k] = 0
-
-
-@njit(nogil=True, cache=True)
-def _finish(staged, filled, sums, counts, derived):
-    """Add what is staged, then the slots derived rather than added (``derived``):
-    the weight of unweighted rows is their count; for 0/1 outcomes ``s o^2 = s o``
-    term by term, so the two sums have the same bits. A third fewer terms to add."""
-    for k in range(sums.shape[0]):
-        _flush(staged, filled, sums, k, derived)
-    normalize(sums.reshape(-1, N_SLOTS))
-    for k in range(sums.shape[0]):
-        if derived[BIN_WEIGHT]:
-            add_term(sums[k, BIN_WEIGHT], np.float64(counts[k]))  # < 2**53: exact
-        if derived[BIN_OUTCOME_SQUARED]:
-            sums[k, BIN_OUTCOME_SQUARED, :] = sums[k, BIN_OUTCOME, :]
-    normalize(sums.reshape(-1, N_SLOTS))
-
-
-@njit(nogil=True, cache=True)
-def _derived(weighted, binary_outcomes):
-    derived = np.zeros(N_BIN_SUMS, dtype=np.bool_)
-    derived[BIN_WEIGHT] = not weighted
-    derived[BIN_OUTCOME_SQUARED] = binary_outcomes
-    return derived
-
-
 # -- the top-label and positive-class bins -------------------------------------------------
 #
 # A block's forecasts are computed a chunk of rows at a time in SIMD loops (narrow rows
@@ -309,7 +263,7 @@ def _binary_outcomes(target, start, stop):
 @njit(nogil=True, error_model="numpy")
 def _add_forecast(acc, w, f, o, weighted, binary):
     """One forecast's terms into its bin's accumulators ``acc`` (slots, N_SLOTS): the
-    floats ``_stage`` stages (``w * f * f`` is ``(w * f) * f``), added exactly."""
+    floats the staged path adds (``w * f * f`` is ``(w * f) * f``), added exactly."""
     if weighted:
         _fixed_add(acc[BIN_WEIGHT], w)
     wf = w * f
@@ -450,3 +404,131 @@ def positive_class_bins(preds, target, sample_weight, row_width, input_kind, sum
                 w = np.float64(sample_weight[i // row_width]) if weighted else 1.0
                 _add_forecast(block_sums[k], w, conf[r], np.float64(outcomes[r]), weighted, binary)
         _finish_bins(block_sums, block_counts, hits, weighted, binary, counted)
+
+
+# -- per-class (one-vs-rest) bins ----------------------------------------------------------
+#
+# ``class_sums[split, class, bin, slot]``: the forecast of class c in a row is its
+# probability p_c and the outcome [label == c] (or the soft target's mass on c), for
+# multiclass rows (``distribution``); for multi-label rows each label's own positive
+# probability and target. The work is split by class (times a few row ranges when there
+# are fewer classes than threads), not by rows: a row block with every class's bins would
+# stage and sum C times more state per thread.
+
+
+@njit(nogil=True, cache=True)
+def _row_scale(row):
+    """(shift, 1 / sum exp(x - shift)) of a logits row, as :func:`_top_label` computes them."""
+    top = np.float64(row[0])
+    for c in range(1, row.shape[0]):
+        top = max_num(top, np.float64(row[c]))
+    total = 0.0
+    if is_float32(row):
+        shift = np.float32(top)
+        for c in range(row.shape[0]):
+            total = add_reassoc(total, np.float64(exp32(row[c] - shift)))
+    else:
+        for c in range(row.shape[0]):
+            total = add_reassoc(total, exp64(np.float64(row[c]) - top))
+    return top, 1.0 / total
+
+
+@njit(parallel=True, cache=True)
+def row_scales(preds, scales):
+    """Each logits row's :func:`_row_scale` into ``scales`` (N, 2)."""
+    for i in prange(preds.shape[0]):
+        shift, inverse = _row_scale(preds[i])
+        scales[i, 0] = shift
+        scales[i, 1] = inverse
+
+
+@njit(nogil=True, cache=True)
+def _class_probability(preds, scales, i, c, input_kind, distribution):
+    if not distribution:
+        return _positive_probability(preds[i, c], input_kind)
+    if input_kind == LOGITS:
+        if is_float32(preds[i]):
+            e = np.float64(exp32(preds[i, c] - np.float32(scales[i, 0])))
+        else:
+            e = exp64(np.float64(preds[i, c]) - scales[i, 0])
+        return e * scales[i, 1]
+    if input_kind == LOGPROBS:
+        return math.exp(np.float64(preds[i, c]))
+    return np.float64(preds[i, c])
+
+
+@njit(nogil=True, cache=True)
+def _add_staged(staged, filled, sums, k, skip):
+    for slot in range(N_BIN_SUMS):
+        if not skip[slot]:
+            add_terms(sums[k, slot], staged[k, slot], filled[k])
+    filled[k] = 0
+
+
+@njit(parallel=True, cache=True)
+def class_bins(
+    preds,
+    labels,
+    soft,
+    sample_weight,
+    input_kind,
+    distribution,
+    ignore,
+    has_ignore,
+    scales,
+    sums,
+    counts,
+):
+    """One-vs-rest bins of every class: ``sums`` (splits, C, n_bins, N_BIN_SUMS, N_SLOTS),
+    ``counts`` (splits, C, n_bins).
+
+    ``preds`` (N, C); ``labels`` (N,) hard labels, or ``soft`` (N, C) outcomes (soft
+    targets, multi-label targets) when ``labels`` is empty; ``distribution``: the row is
+    one distribution (multiclass; ``scales`` from :func:`row_scales` for logits) rather
+    than C independent positive-class forecasts (multi-label).
+    """
+    n_rows = preds.shape[0]
+    n_splits, n_classes, n_bins = sums.shape[0], sums.shape[1], sums.shape[2]
+    hard = labels.shape[0] > 0
+    weighted = sample_weight.shape[0] > 0
+    for task in prange(n_splits * n_classes):
+        split = task // n_classes
+        c = task % n_classes
+        start = split * n_rows // n_splits
+        stop = (split + 1) * n_rows // n_splits
+        staged = np.empty((n_bins, N_BIN_SUMS, _STAGE), dtype=np.float64)
+        filled = np.zeros(n_bins, dtype=np.int64)
+        task_sums = sums[split, c]
+        task_counts = counts[split, c]
+        # Derived rather than added: an unweighted bin's weight is its count, and a 0/1
+        # outcome's square is itself (the same bits, as in the top-label bins).
+        skip = np.zeros(N_BIN_SUMS, dtype=np.bool_)
+        skip[BIN_WEIGHT] = not weighted
+        skip[BIN_OUTCOME_SQUARED] = hard
+        for i in range(start, stop):
+            if hard and has_ignore and labels[i] == ignore:
+                continue
+            f = _class_probability(preds, scales, i, c, input_kind, distribution)
+            o = (1.0 if labels[i] == c else 0.0) if hard else np.float64(soft[i, c])
+            k = _bin_of(f, n_bins)
+            task_counts[k] += 1
+            w = np.float64(sample_weight[i]) if weighted else 1.0
+            n = filled[k]
+            staged[k, BIN_WEIGHT, n] = w
+            staged[k, BIN_CONFIDENCE, n] = w * f
+            staged[k, BIN_OUTCOME, n] = w * o
+            staged[k, BIN_CONFIDENCE_SQUARED, n] = w * f * f
+            staged[k, BIN_PRODUCT, n] = w * f * o
+            staged[k, BIN_OUTCOME_SQUARED, n] = w * o * o
+            filled[k] = n + 1
+            if n + 1 == _STAGE:
+                _add_staged(staged, filled, task_sums, k, skip)
+        for k in range(n_bins):
+            _add_staged(staged, filled, task_sums, k, skip)
+        normalize(task_sums.reshape(-1, N_SLOTS))
+        for k in range(n_bins):
+            if skip[BIN_WEIGHT]:
+                add_term(task_sums[k, BIN_WEIGHT], np.float64(task_counts[k]))
+            if skip[BIN_OUTCOME_SQUARED]:
+                task_sums[k, BIN_OUTCOME_SQUARED, :] = task_sums[k, BIN_OUTCOME, :]
+        normalize(task_sums.reshape(-1, N_SLOTS))
