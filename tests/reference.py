@@ -280,3 +280,29 @@ def exact_sum(terms: Any) -> Fraction:
 def exact_mean(numerator_terms: Any, denominator_terms: Any) -> float:
     """The correctly rounded quotient of two exact sums of float64 terms."""
     return float(exact_sum(numerator_terms) / exact_sum(denominator_terms))
+
+
+def reliability_bins(confidence, outcome, n_bins, weights=None):
+    """Reliability bins of forecasts ``confidence`` and outcomes ``outcome``, plain numpy:
+    equal-width bins [k/n, (k+1)/n), the last one closed; ECE, MCE, Brier and its Murphy
+    decomposition, per-bin counts, mean confidence and accuracy of the used bins."""
+    weights = np.ones_like(confidence) if weights is None else weights
+    index = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
+    w = np.bincount(index, weights, n_bins)
+    f = np.bincount(index, weights * confidence, n_bins)
+    o = np.bincount(index, weights * outcome, n_bins)
+    used = w > 0
+    fbar, obar = f[used] / w[used], o[used] / w[used]
+    total = w.sum()
+    base = (weights * outcome).sum() / total
+    return {
+        "ece": float(np.sum(w[used] / total * np.abs(obar - fbar))),
+        "mce": float(np.max(np.abs(obar - fbar))),
+        "brier": float(np.sum(weights * (confidence - outcome) ** 2) / total),
+        "reliability": float(np.sum(w[used] * (fbar - obar) ** 2) / total),
+        "resolution": float(np.sum(w[used] * (obar - base) ** 2) / total),
+        "uncertainty": float(base * (1 - base)),
+        "counts": np.bincount(index, minlength=n_bins),
+        "confidence": fbar,
+        "accuracy": obar,
+    }

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import polars as pl
 import pytest
+from reference import reliability_bins
 from scipy import special
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss, log_loss
@@ -22,30 +23,6 @@ def _binary(rng, n=20_000):
     p = rng.uniform(0.0, 1.0, n)
     y = (rng.uniform(0.0, 1.0, n) < p**1.3).astype(np.int64)  # over-confident forecasts
     return p, y
-
-
-def _reference(confidence, outcome, n_bins, weights=None):
-    """Plain numpy: equal-width bins [k/n, (k+1)/n), the last one closed."""
-    weights = np.ones_like(confidence) if weights is None else weights
-    index = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
-    w = np.bincount(index, weights, n_bins)
-    f = np.bincount(index, weights * confidence, n_bins)
-    o = np.bincount(index, weights * outcome, n_bins)
-    used = w > 0
-    fbar, obar = f[used] / w[used], o[used] / w[used]
-    total = w.sum()
-    base = (weights * outcome).sum() / total
-    return {
-        "ece": float(np.sum(w[used] / total * np.abs(obar - fbar))),
-        "mce": float(np.max(np.abs(obar - fbar))),
-        "brier": float(np.sum(weights * (confidence - outcome) ** 2) / total),
-        "reliability": float(np.sum(w[used] * (fbar - obar) ** 2) / total),
-        "resolution": float(np.sum(w[used] * (obar - base) ** 2) / total),
-        "uncertainty": float(base * (1 - base)),
-        "counts": np.bincount(index, minlength=n_bins),
-        "confidence": fbar,
-        "accuracy": obar,
-    }
 
 
 def test_binary_against_scikit_learn(rng):
@@ -73,7 +50,7 @@ def test_binary_sample_weights_against_scikit_learn(rng):
         batch_bins("positive_class", p, y, weights, n_bins=15, input="probs")
     )
     assert math.isclose(report.brier, brier_score_loss(y, p, sample_weight=weights), rel_tol=1e-12)
-    expected = _reference(p, y, 15, weights)
+    expected = reliability_bins(p, y, 15, weights)
     for name in ("ece", "mce", "reliability", "resolution", "uncertainty"):
         assert math.isclose(getattr(report, name), expected[name], rel_tol=1e-10), name
 
@@ -90,7 +67,7 @@ def test_multiclass_top_label_against_numpy(rng, input):
     )
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    expected = _reference(confidence, correct, 15)
+    expected = reliability_bins(confidence, correct, 15)
     assert report.table["count"].to_list() == expected["counts"].tolist()
     for name in ("ece", "mce", "brier", "reliability", "resolution", "uncertainty"):
         assert math.isclose(getattr(report, name), expected[name], rel_tol=1e-9), name
@@ -106,7 +83,7 @@ def test_soft_targets_use_the_mass_on_the_top_label(rng):
         batch_bins("top_label", probs, target, None, n_bins=10, input="probs")
     )
     outcome = target[np.arange(n), probs.argmax(axis=1)]
-    expected = _reference(probs.max(axis=1), outcome, 10)
+    expected = reliability_bins(probs.max(axis=1), outcome, 10)
     assert math.isclose(report.ece, expected["ece"], rel_tol=1e-10)
     assert math.isclose(report.brier, expected["brier"], rel_tol=1e-10)
 
@@ -119,7 +96,7 @@ def test_ignored_rows_are_not_binned(rng):
         batch_bins("top_label", probs, labels, None, n_bins=10, input="probs", ignore_index=-100)
     )
     kept = labels != -100
-    expected = _reference(
+    expected = reliability_bins(
         probs[kept].max(1), (probs[kept].argmax(1) == labels[kept]).astype(float), 10
     )
     assert report.count == int(kept.sum())
@@ -133,7 +110,7 @@ def test_multilabel_pools_every_label(rng):
     report = build_calibration_report(
         batch_bins("each_label", p, y, weights, n_bins=10, input="probs")
     )
-    expected = _reference(p.reshape(-1), y.reshape(-1), 10, np.repeat(weights, 3))
+    expected = reliability_bins(p.reshape(-1), y.reshape(-1), 10, np.repeat(weights, 3))
     assert report.count == 3000
     assert math.isclose(report.ece, expected["ece"], rel_tol=1e-10)
     assert math.isclose(report.brier, expected["brier"], rel_tol=1e-10)
@@ -238,7 +215,7 @@ def test_against_torchmetrics(rng):
 # -- calibration_bins on the metrics: one pass gives loss + calibration --------------------
 
 
-def test_metric_option_matches_the_reference(rng):
+def test_metric_option_matches_thereliability_bins(rng):
     n, classes = 6000, 4
     logits = rng.normal(scale=2.0, size=(n, classes))
     labels = rng.integers(0, classes, n)
@@ -247,7 +224,7 @@ def test_metric_option_matches_the_reference(rng):
         metric.update(logits[start : start + 1700], labels[start : start + 1700])
     report = metric.compute()
     probs = special.softmax(logits, axis=1)
-    expected = _reference(probs.max(1), (probs.argmax(1) == labels).astype(float), 12)
+    expected = reliability_bins(probs.max(1), (probs.argmax(1) == labels).astype(float), 12)
     assert math.isclose(report.ece, expected["ece"], rel_tol=1e-9)
     assert math.isclose(report.mce, expected["mce"], rel_tol=1e-9)
     assert math.isclose(report.brier, expected["brier"], rel_tol=1e-9)
@@ -339,7 +316,7 @@ def test_command_line_calibration(rng, tmp_path, capsys):
     argv = ["evaluate", str(path), "--preds", "p", "--target", "y", "--calibration-bins", "10"]
     assert cli.main([*argv, "--format", "json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    expected = _reference(probs.max(1), (probs.argmax(1) == labels).astype(float), 10)
+    expected = reliability_bins(probs.max(1), (probs.argmax(1) == labels).astype(float), 10)
     assert math.isclose(shown["ece"], expected["ece"], rel_tol=1e-9)
     assert len(shown["calibration"]["table"]) == 10
     assert cli.main(argv) == 0
@@ -383,7 +360,7 @@ def test_float32_logits(rng):
         batch_bins("top_label", logits, labels, None, n_bins=15, input="logits")
     )
     probs = special.softmax(logits.astype(np.float64), axis=1)
-    expected = _reference(probs.max(1), (probs.argmax(1) == labels).astype(float), 15)
+    expected = reliability_bins(probs.max(1), (probs.argmax(1) == labels).astype(float), 15)
     assert report.table["count"].to_list() == expected["counts"].tolist()
     # float32 exponentials (as the loss kernels use for float32 logits): 1e-6 relative.
     for name in ("ece", "brier", "reliability"):

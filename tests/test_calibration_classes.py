@@ -9,29 +9,12 @@ import math
 import numpy as np
 import polars as pl
 import pytest
+from reference import reliability_bins
 from scipy import special
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 
 import xentstream as xs
-
-
-def _reference(confidence, outcome, n_bins, weights=None):
-    """Plain numpy: equal-width bins [k/n, (k+1)/n), the last one closed."""
-    weights = np.ones_like(confidence) if weights is None else weights
-    index = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
-    w = np.bincount(index, weights, n_bins)
-    f = np.bincount(index, weights * confidence, n_bins)
-    o = np.bincount(index, weights * outcome, n_bins)
-    used = w > 0
-    fbar, obar = f[used] / w[used], o[used] / w[used]
-    total = w.sum()
-    return {
-        "ece": float(np.sum(w[used] / total * np.abs(obar - fbar))),
-        "mce": float(np.max(np.abs(obar - fbar))),
-        "brier": float(np.sum(weights * (confidence - outcome) ** 2) / total),
-        "counts": np.bincount(index, minlength=n_bins),
-    }
 
 
 def _multiclass(rng, n=6000, classes=4):
@@ -58,7 +41,7 @@ def test_each_class_against_scikit_learn(rng, input):
         counts = np.histogram(probs[:, c], bins=10, range=(0, 1))[0]
         assert table["count"].to_list() == counts[counts > 0].tolist()
         assert math.isclose(bins.brier, brier_score_loss(outcome, probs[:, c]), rel_tol=1e-9)
-        expected = _reference(probs[:, c], outcome.astype(float), 10)
+        expected = reliability_bins(probs[:, c], outcome.astype(float), 10)
         row = report.calibration.per_class.row(c, named=True)
         for name in ("ece", "mce", "brier"):
             assert math.isclose(row[name], expected[name], rel_tol=1e-9), (c, name)
@@ -91,7 +74,7 @@ def test_soft_targets_weights_and_ignored_rows(rng):
     weights = rng.uniform(0.0, 3.0, n)
     soft = xs.CrossEntropy(per_class=True, calibration_bins=8).update(probs, target, weights)
     for c in range(classes):
-        expected = _reference(probs[:, c], target[:, c], 8, weights)
+        expected = reliability_bins(probs[:, c], target[:, c], 8, weights)
         bins = soft.compute().calibration.classes[c]
         assert bins.table["count"].to_list() == expected["counts"].tolist()
         for name in ("ece", "mce", "brier"):
@@ -103,7 +86,7 @@ def test_soft_targets_weights_and_ignored_rows(rng):
     kept = labels != -1
     for c in range(classes):
         outcome = (labels[kept] == c).astype(float)
-        expected = _reference(probs[kept, c], outcome, 8, weights[kept])
+        expected = reliability_bins(probs[kept, c], outcome, 8, weights[kept])
         bins = report.calibration.classes[c]
         assert bins.count == kept.sum()
         assert math.isclose(
@@ -136,7 +119,7 @@ def test_float32_logits(rng):
     report = report.update(logits, labels).compute()
     probs = special.softmax(logits.astype(np.float64), axis=1)
     for c in (0, 9):
-        expected = _reference(probs[:, c], (labels == c).astype(float), 15)
+        expected = reliability_bins(probs[:, c], (labels == c).astype(float), 15)
         bins = report.calibration.classes[c]
         # float32 exponentials, as the loss kernels use for float32 logits.
         assert math.isclose(bins.brier, expected["brier"], rel_tol=1e-5)

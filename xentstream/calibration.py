@@ -70,6 +70,15 @@ def _weights(sample_weight: Any, rows: int) -> np.ndarray:
     return np.ascontiguousarray(weights).reshape(-1)[:rows] if weights.size else weights
 
 
+def _labels_or_outcomes(target: np.ndarray, n_classes: int, soft: bool) -> tuple[Any, Any]:
+    """The kernels' ``(labels, outcomes)``: hard labels (N,) and no outcomes, or no labels
+    and outcome rows (N, C) (soft targets, multi-label targets)."""
+    if soft:
+        outcomes = np.ascontiguousarray(target, dtype=np.float64).reshape(-1, n_classes)
+        return np.empty(0, np.int64), outcomes
+    return np.asarray(target, np.int64).reshape(-1), np.empty((0, n_classes), np.float64)
+
+
 #: The forecast a kind's rows make, by its class axis (``Kind.class_axis``): the top
 #: class of a distribution, the positive class of a binary row, each label of a row.
 FORECASTS = {"class": "top_label", None: "positive_class", "label": "each_label"}
@@ -103,13 +112,7 @@ def batch_bins(
         n_classes = preds.shape[-1]
         rows = np.ascontiguousarray(preds).reshape(-1, n_classes)
         n = rows.shape[0]
-        soft = target.ndim == preds.ndim
-        labels = np.empty(0, np.int64) if soft else np.asarray(target, np.int64).reshape(-1)
-        distributions = (
-            np.ascontiguousarray(target, dtype=np.float64).reshape(-1, n_classes)
-            if soft
-            else np.empty((0, n_classes), np.float64)
-        )
+        labels, distributions = _labels_or_outcomes(target, n_classes, target.ndim == preds.ndim)
         sums = np.zeros((_blocks(n), n_bins, kernels.N_BIN_SUMS, N_SLOTS), np.int64)
         counts = np.zeros((sums.shape[0], n_bins), np.int64)
         if n:
@@ -204,12 +207,7 @@ def class_batch_bins(
     n = rows.shape[0]
     distribution = forecast == "each_class"
     soft = not distribution or target.ndim == preds.ndim
-    labels = np.empty(0, np.int64) if soft else target.reshape(-1).astype(np.int64)
-    outcomes = (
-        np.ascontiguousarray(target, dtype=np.float64).reshape(-1, n_classes)
-        if soft
-        else np.empty((0, n_classes), np.float64)
-    )
+    labels, outcomes = _labels_or_outcomes(target, n_classes, soft)
     scales = np.empty((n if distribution and input_kind == LOGITS else 0, 2), np.float64)
     if scales.shape[0]:
         kernels.row_scales(rows, scales)

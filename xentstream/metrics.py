@@ -553,28 +553,25 @@ class Metric(Stateful):
         bins = self.config.calibration_bins
         if bins is not None and batch.n_rows:
             # The loss kernels validated every value above: the bins' pass needs no checks.
+            options = {
+                "n_bins": bins,
+                "input": self.config.input,
+                "ignore_index": getattr(self.config, "ignore_index", None),
+            }
             batch.calibration = calibration.batch_bins(
                 calibration.FORECASTS[self.kind.class_axis],
                 preds,
                 target,
                 sample_weight,
-                n_bins=bins,
-                input=self.config.input,
-                ignore_index=getattr(self.config, "ignore_index", None),
                 sum_tol=self.config.resolve_sum_tol(np.dtype(np.float64)),
+                **options,
             )
             forecast = self._class_forecast
             if forecast is not None:
                 bins_of = batch.calibration
                 bins_of.per_class = True
                 bins_of.class_sums, bins_of.class_counts = calibration.class_batch_bins(
-                    forecast,
-                    preds,
-                    target,
-                    sample_weight,
-                    n_bins=bins,
-                    input=self.config.input,
-                    ignore_index=getattr(self.config, "ignore_index", None),
+                    forecast, preds, target, sample_weight, **options
                 )
         return batch
 

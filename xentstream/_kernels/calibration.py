@@ -55,6 +55,29 @@ _STAGE = 256
 
 
 @njit(nogil=True, cache=True)
+def _row_max(row):
+    top = np.float64(row[0])
+    for c in range(1, row.shape[0]):
+        top = max_num(top, np.float64(row[c]))
+    return top
+
+
+@njit(nogil=True, cache=True)
+def _inverse_exp_total(row, top):
+    """``1 / sum exp(x - top)`` of a logits row: float32 exps of float32 logits summed in
+    float64, as the loss kernels compute them."""
+    total = 0.0
+    if is_float32(row):
+        shift = np.float32(top)
+        for c in range(row.shape[0]):
+            total = add_reassoc(total, np.float64(exp32(row[c] - shift)))
+    else:
+        for c in range(row.shape[0]):
+            total = add_reassoc(total, exp64(np.float64(row[c]) - top))
+    return 1.0 / total
+
+
+@njit(nogil=True, cache=True)
 def _top_label(row, input_kind):
     """(index, probability) of the row's most probable class (the first of ties).
 
@@ -62,24 +85,14 @@ def _top_label(row, input_kind):
     ``add_reassoc``, the branch-free ``exp64``): a scalar loop of ``math.exp`` cost
     twice the loss kernel's whole pass over logits rows (C=10, measured).
     """
-    top = np.float64(row[0])
-    for c in range(1, row.shape[0]):
-        top = max_num(top, np.float64(row[c]))
+    top = _row_max(row)
     best = 0
     for c in range(row.shape[0]):
         if np.float64(row[c]) == top:
             best = c
             break
     if input_kind == LOGITS:
-        total = 0.0
-        if is_float32(row):  # float32 exps of float32 logits, as the loss kernels
-            shift = np.float32(top)
-            for c in range(row.shape[0]):
-                total = add_reassoc(total, np.float64(exp32(row[c] - shift)))
-        else:
-            for c in range(row.shape[0]):
-                total = add_reassoc(total, exp64(np.float64(row[c]) - top))
-        return best, 1.0 / total
+        return best, _inverse_exp_total(row, top)
     if input_kind == LOGPROBS:
         return best, math.exp(top)
     return best, top
@@ -419,18 +432,8 @@ def positive_class_bins(preds, target, sample_weight, row_width, input_kind, sum
 @njit(nogil=True, cache=True)
 def _row_scale(row):
     """(shift, 1 / sum exp(x - shift)) of a logits row, as :func:`_top_label` computes them."""
-    top = np.float64(row[0])
-    for c in range(1, row.shape[0]):
-        top = max_num(top, np.float64(row[c]))
-    total = 0.0
-    if is_float32(row):
-        shift = np.float32(top)
-        for c in range(row.shape[0]):
-            total = add_reassoc(total, np.float64(exp32(row[c] - shift)))
-    else:
-        for c in range(row.shape[0]):
-            total = add_reassoc(total, exp64(np.float64(row[c]) - top))
-    return top, 1.0 / total
+    top = _row_max(row)
+    return top, _inverse_exp_total(row, top)
 
 
 @njit(parallel=True, cache=True)
