@@ -107,6 +107,10 @@ CASES = {
         lambda: xs.CrossEntropy(calibration_bins=10),
         {"preds": "p", "target": "y", "sample_weight": "w"},
     ),
+    "multiclass-calibration-per-class": (
+        lambda: xs.CrossEntropy(calibration_bins=10, per_class=True),
+        {"preds": "p", "target": "y", "sample_weight": "w"},
+    ),
 }
 
 
