@@ -382,20 +382,11 @@ def _launch_cpu(
     packed = layout.packed_options(opts)
     arguments = (preds, target, weights, sample_weight, group_codes, packed, *outputs[:2])
     arguments = (*arguments, positions, *outputs[2:])
-    one_team = n_blocks == 1 and threads > 1
-    if one_team:
-        # One block has work for one thread: a team of one wakes no other thread
-        # (numba's thread count is per calling thread, so this is thread-safe). Set
-        # from compiled code: numba.set_num_threads from Python costs ~3 us a call.
-        cpu.set_threads(1)
-    try:
+    with cpu.team_for(n_blocks, threads):
         if _threading_layer_is_safe:
             kernel(*arguments)
         else:
             _call_serialized(kernel, arguments)
-    finally:
-        if one_team:
-            cpu.set_threads(threads)
     return (*outputs[2:], row_losses, *((row_terms,) if keep_terms else ()))
 
 

@@ -33,12 +33,12 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-import numba
 import numpy as np
 
 from xentstream import accumulator
 from xentstream._inputs import as_array, binary_columns
 from xentstream._kernels import calibration as kernels
+from xentstream._kernels import cpu
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
 from xentstream._kernels.layout import INPUT_KINDS, LOGITS
 from xentstream.accumulator import MAX_CLASS_BINS, CalibrationState
@@ -58,8 +58,8 @@ __all__ = [
 _MIN_BLOCK_ROWS = 1 << 14
 
 
-def _blocks(n: int) -> int:
-    blocks = max(1, min(numba.get_num_threads() * 4, n // _MIN_BLOCK_ROWS))
+def _blocks(n: int, threads: int) -> int:
+    blocks = max(1, min(threads * 4, n // _MIN_BLOCK_ROWS))
     return max(blocks, -(-n // MAX_TERMS_PER_BLOCK))
 
 
@@ -93,7 +93,6 @@ def batch_bins(
     n_bins: int,
     input: str,
     ignore_index: int | None = None,
-    sum_tol: float = 0.0,
 ) -> CalibrationState:
     """The reliability bins of one batch the loss kernels already validated.
 
@@ -104,6 +103,7 @@ def batch_bins(
     """
     input_kind = INPUT_KINDS[input]
     state = CalibrationState(n_bins)
+    threads = cpu.thread_count()
     preds = as_array(preds, "preds", floating=True)
     target = as_array(target, "target")
     if forecast not in FORECASTS.values():
@@ -113,24 +113,26 @@ def batch_bins(
         rows = np.ascontiguousarray(preds).reshape(-1, n_classes)
         n = rows.shape[0]
         labels, distributions = _labels_or_outcomes(target, n_classes, target.ndim == preds.ndim)
-        sums = np.zeros((_blocks(n), n_bins, kernels.N_BIN_SUMS, N_SLOTS), np.int64)
+        sums = np.zeros((_blocks(n, threads), n_bins, kernels.N_BIN_SUMS, N_SLOTS), np.int64)
         counts = np.zeros((sums.shape[0], n_bins), np.int64)
         if n:
-            kernels.top_label_bins(
-                rows,
-                labels,
-                distributions,
-                _weights(sample_weight, n),
-                input_kind,
-                0 if ignore_index is None else ignore_index,
-                ignore_index is not None,
-                sums,
-                counts,
-            )
+            with cpu.team_for(sums.shape[0], threads):
+                kernels.top_label_bins(
+                    rows,
+                    labels,
+                    distributions,
+                    _weights(sample_weight, n),
+                    input_kind,
+                    0 if ignore_index is None else ignore_index,
+                    ignore_index is not None,
+                    sums,
+                    counts,
+                )
     else:
         if forecast == "positive_class":
+            # Not validated again (the loss kernels did), so no sum tolerance is needed.
             preds, target = binary_columns(
-                preds, target, input=input, sum_tol=sum_tol, validate=False, name="preds"
+                preds, target, input=input, sum_tol=0.0, validate=False, name="preds"
             )
             width = 1
         else:
@@ -138,18 +140,19 @@ def batch_bins(
         flat = np.ascontiguousarray(preds).reshape(-1)
         outcomes = np.ascontiguousarray(target, dtype=np.float64).reshape(-1)
         n = flat.shape[0]
-        sums = np.zeros((_blocks(n), n_bins, kernels.N_BIN_SUMS, N_SLOTS), np.int64)
+        sums = np.zeros((_blocks(n, threads), n_bins, kernels.N_BIN_SUMS, N_SLOTS), np.int64)
         counts = np.zeros((sums.shape[0], n_bins), np.int64)
         if n:
-            kernels.positive_class_bins(
-                flat,
-                outcomes,
-                _weights(sample_weight, n // max(width, 1)),
-                max(width, 1),
-                input_kind,
-                sums,
-                counts,
-            )
+            with cpu.team_for(sums.shape[0], threads):
+                kernels.positive_class_bins(
+                    flat,
+                    outcomes,
+                    _weights(sample_weight, n // max(width, 1)),
+                    max(width, 1),
+                    input_kind,
+                    sums,
+                    counts,
+                )
     # One compiled call normalizes and adds the blocks, not a Python merge per block.
     combine_blocks(sums.reshape(sums.shape[0], -1, N_SLOTS), state.sums.reshape(-1, N_SLOTS))
     state.counts = counts.sum(axis=0)
@@ -214,7 +217,7 @@ def class_batch_bins(
     # Split rows too when there are fewer classes than threads (each split's sums are
     # separate and merged exactly, so the bits do not depend on the split).
     splits = max(
-        -(-max(numba.get_num_threads() * 2, 1) // n_classes) if n >= _MIN_BLOCK_ROWS else 1,
+        -(-max(cpu.thread_count() * 2, 1) // n_classes) if n >= _MIN_BLOCK_ROWS else 1,
         -(-n // MAX_TERMS_PER_BLOCK),
         1,
     )

@@ -563,7 +563,6 @@ class Metric(Stateful):
                 preds,
                 target,
                 sample_weight,
-                sum_tol=self.config.resolve_sum_tol(np.dtype(np.float64)),
                 **options,
             )
             forecast = self._class_forecast

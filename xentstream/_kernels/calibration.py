@@ -154,22 +154,31 @@ _CHUNK_VALUES = 1024
 
 
 @njit(nogil=True, error_model="numpy")
-def _fixed_add(acc, value):
-    """``add_term(acc, value)``, cheaper for ``value`` in ``[_FIXED_LOW, _FIXED_HIGH)``.
+def _float_digits(value):
+    """The three 32-bit digits ``(low, mid, top)`` of ``value`` in ``[_FIXED_LOW,
+    _FIXED_HIGH)``, in units ``2**-83``, ``2**-51`` and ``2**-19``, as float64 integers.
 
-    Such a value is an integer number of units ``2**-83`` below ``2**96``: its three
-    32-bit digits, peeled off by exact multiplications and subtractions, are added to
-    chunks 31-33 (units ``2**-83``, ``2**-51``, ``2**-19``), the chunks and amounts
-    ``add_term`` adds (each below ``2**32``, so the chunks' room for ``2**31`` terms holds).
+    Such a value is an integer number of units ``2**-83`` below ``2**96``: the digits
+    are peeled off by exact multiplications, floors and subtractions; they are the
+    amounts ``add_term`` adds to chunks 31-33. Floats, not integers: branch-free SIMD
+    loops take them, while AVX2 has no vector conversion of float64 to int64.
     """
+    top = np.floor(value * _SCALE_TOP)
+    rest = value - top * _UNIT_TOP  # exact: the low bits of value
+    mid = np.floor(rest * _SCALE_MID)
+    return (rest - mid * _UNIT_MID) * _SCALE_LOW, mid, top
+
+
+@njit(nogil=True, error_model="numpy")
+def _fixed_add(acc, value):
+    """``add_term(acc, value)``, cheaper for ``value`` in ``[_FIXED_LOW, _FIXED_HIGH)``:
+    its :func:`_float_digits` added to chunks 31-33 (each below ``2**32``, so the chunks'
+    room for ``2**31`` terms holds)."""
     if value >= _FIXED_LOW and value < _FIXED_HIGH:
-        top = np.int64(value * _SCALE_TOP)  # value >= 0: truncation is floor
-        rest = value - np.float64(top) * _UNIT_TOP  # exact: the low bits of value
-        mid = np.int64(rest * _SCALE_MID)
-        low = np.int64((rest - np.float64(mid) * _UNIT_MID) * _SCALE_LOW)
-        acc[_FIXED_CHUNK] += low
-        acc[_FIXED_CHUNK + 1] += mid
-        acc[_FIXED_CHUNK + 2] += top
+        low, mid, top = _float_digits(value)
+        acc[_FIXED_CHUNK] += np.int64(low)
+        acc[_FIXED_CHUNK + 1] += np.int64(mid)
+        acc[_FIXED_CHUNK + 2] += np.int64(top)
     else:
         add_term(acc, value)
 
@@ -179,41 +188,45 @@ def _bin_index(f, n_bins):
     """The bin of forecast ``f`` (:func:`_bin_of`), without converting NaN or huge values."""
     scaled = f * n_bins
     safe = min(scaled, n_bins - 1.0) if scaled >= 0.0 else 0.0  # NaN: bin 0, as _bin_of
-    return np.int64(safe)
+    return np.int64(np.int32(safe))  # via int32: AVX2 converts float64 to int32 in SIMD
 
 
 @njit(nogil=True, error_model="numpy")
-def _scratch(n_columns, n_rows, n_bins):
-    """A block's chunk scratch and integer bin counts, allocated in a called function:
-    numba hoists an ``np.empty`` of a ``prange`` body out of the loop (so blocks would
-    share it) when only called helpers write it."""
+def _scratch(preds, n_columns, n_rows, n_bins):
+    """A block's chunk scratch, tally and integer bin counts, allocated in a called
+    function: numba hoists an ``np.empty`` of a ``prange`` body out of the loop (so blocks
+    would share it) when only called helpers write it. The transposed chunk and its
+    maxima keep the dtype of ``preds`` (float32 compares and exps need no conversion)."""
     return (
-        np.empty((n_columns, n_rows)),
+        np.empty((n_columns, n_rows), dtype=preds.dtype),
+        np.empty(n_rows, dtype=preds.dtype),
         np.empty(n_rows),
         np.empty(n_rows),
         np.empty(n_rows, dtype=np.float32),
         np.empty(n_rows, dtype=np.int64),
         np.empty(n_rows, dtype=np.int64),
         np.zeros(n_bins, dtype=np.int64),
+        np.zeros((2 * n_bins, _TALLY_WIDTH)),
+        np.empty((_TALLY_DIGITS + 1, n_rows)),
     )
 
 
 @njit(nogil=True, error_model="numpy")
-def _top_label_chunk(preds, start, stop, input_kind, columns, best, conf, total, exps32):
+def _top_label_chunk(preds, start, stop, input_kind, columns, top, best, conf, total, exps32):
     """Top class ``best[r]`` and its probability ``conf[r]`` of narrow rows ``start:stop``.
 
-    The chunk is transposed into ``columns[c, r]`` and every pass runs over its rows in
-    SIMD lanes: the first maximum and its class, then for logits ``1 / sum exp(x -
-    max)`` (float32 exps of float32 logits, summed in float64, as :func:`_top_label`),
-    for log-probabilities ``exp(max)``. Each row's values come from its own lane with
-    the classes in a fixed order, so they depend on the row only, never on the chunk.
+    The chunk is transposed into ``columns[c, r]`` (the dtype of ``preds``) and every
+    pass runs over its rows in SIMD lanes: the first maximum ``top[r]`` and its class,
+    then for logits ``1 / sum exp(x - max)`` (float32 exps of float32 logits, summed in
+    float64, as :func:`_top_label`), for log-probabilities ``exp(max)``. Each row's
+    values come from its own lane with the classes in a fixed order, so they depend on
+    the row only, never on the chunk.
     """
     chunk = preds[start:stop]  # sliced: an index start + r would cost a wraparound check
     n, n_classes = chunk.shape
     for r in range(n):
         for c in range(n_classes):
-            columns[c, r] = np.float64(chunk[r, c])
-    top = conf  # the maxima, then the probabilities
+            columns[c, r] = chunk[r, c]
     for r in range(n):
         top[r] = columns[0, r]
         best[r] = 0
@@ -229,18 +242,104 @@ def _top_label_chunk(preds, start, stop, input_kind, columns, best, conf, total,
         if is_float32(preds):
             for c in range(n_classes):
                 for r in range(n):  # float32 math in its own loop, widened in the next
-                    exps32[r] = exp32(np.float32(columns[c, r]) - np.float32(top[r]))
+                    exps32[r] = exp32(columns[c, r] - top[r])
                 for r in range(n):
                     total[r] = total[r] + np.float64(exps32[r])
         else:
             for c in range(n_classes):
                 for r in range(n):
-                    total[r] = total[r] + exp64(columns[c, r] - top[r])
+                    total[r] = total[r] + exp64(np.float64(columns[c, r]) - np.float64(top[r]))
         for r in range(n):
             conf[r] = 1.0 / total[r]
     elif input_kind == LOGPROBS:
         for r in range(n):
-            conf[r] = math.exp(top[r])
+            conf[r] = math.exp(np.float64(top[r]))
+    else:
+        for r in range(n):
+            conf[r] = np.float64(top[r])
+
+
+# -- the tally of unweighted 0/1 outcomes ----------------------------------------------------
+#
+# The common case (hard labels or 0/1 targets, no sample weights) adds per forecast only
+# f (to the confidence, and to the product when the outcome is 1) and f*f; the weight and
+# outcome sums are counts. A chunk's digits (:func:`_float_digits`) are found in one SIMD
+# loop; each forecast then adds its six digits and a count to one row of a small table,
+# ``tally[2 k + o]`` (bin k, outcome o: a bin's confidence is its two rows' sum, its
+# product the hit row's), in float64: sums of a chunk's digits below 2**32 each stay far
+# below 2**53, so they are exact. :func:`_flush_tally` adds the table to the bins'
+# accumulators after every chunk.
+
+#: Digits a forecast adds to its tally row: those of f, then those of f*f.
+_TALLY_DIGITS = 6
+#: Columns of a tally row: the digits, the count, padding to 64 bytes.
+_TALLY_WIDTH = 8
+if max(_CHUNK_ROWS, _CHUNK_VALUES) * 2.0**32 >= 2.0**53:
+    raise ImportError("xentstream: calibration's tally of a chunk must stay exact in float64")
+
+
+@njit(nogil=True, error_model="numpy")
+def _tally_chunk(conf, outcome, n, n_bins, tally, digits, bins, block_sums, block_counts, hits):
+    """Tally ``n`` unweighted forecasts ``conf[r]`` with outcomes ``outcome[r]`` (1 or 0;
+    -1 skips an ignored row) and add them to the block's bins. Forecasts whose f or f*f
+    falls outside the fixed range (``digits[_TALLY_DIGITS, r]`` set) take
+    :func:`_add_counted` instead."""
+    for r in range(n):
+        f = conf[r]
+        square = f * f
+        fast = (f >= _FIXED_LOW) & (f < _FIXED_HIGH)
+        fast = fast & (square >= _FIXED_LOW) & (square < _FIXED_HIGH)  # NaN: not fast
+        g = f if fast else 0.5  # keeps the digits finite for the rows not taken
+        low, mid, top = _float_digits(g)
+        digits[0, r] = low
+        digits[1, r] = mid
+        digits[2, r] = top
+        low, mid, top = _float_digits(g * g)
+        digits[3, r] = low
+        digits[4, r] = mid
+        digits[5, r] = top
+        digits[_TALLY_DIGITS, r] = 0.0 if fast else 1.0
+        bins[r] = _bin_index(f, n_bins)
+    for r in range(n):
+        o = outcome[r]
+        if o < 0:
+            continue
+        k = bins[r]
+        if digits[_TALLY_DIGITS, r] != 0.0:
+            block_counts[k] += 1
+            hits[k] += o
+            _add_counted(block_sums[k], conf[r], o == 1)
+            continue
+        row = 2 * k + o
+        for j in range(_TALLY_DIGITS):
+            tally[row, j] += digits[j, r]
+        tally[row, _TALLY_DIGITS] += 1.0
+    _flush_tally(tally, block_sums, block_counts, hits)
+
+
+@njit(nogil=True, error_model="numpy")
+def _flush_tally(tally, block_sums, block_counts, hits):
+    """Add a chunk's tally (:func:`_tally_chunk`) to its bins and zero it: per term a
+    digit below ``2**32`` to a chunk, as ``add_term`` would add, so the accumulators'
+    room for ``2**31`` terms holds."""
+    for k in range(block_counts.shape[0]):
+        miss = 2 * k
+        hit = miss + 1
+        if tally[miss, _TALLY_DIGITS] == 0.0 and tally[hit, _TALLY_DIGITS] == 0.0:
+            continue
+        for j in range(3):
+            chunk = _FIXED_CHUNK + j
+            hit_f = np.int64(tally[hit, j])
+            block_sums[k, BIN_CONFIDENCE, chunk] += np.int64(tally[miss, j]) + hit_f
+            block_sums[k, BIN_PRODUCT, chunk] += hit_f
+            square = np.int64(tally[miss, 3 + j]) + np.int64(tally[hit, 3 + j])
+            block_sums[k, BIN_CONFIDENCE_SQUARED, chunk] += square
+        n_hit = np.int64(tally[hit, _TALLY_DIGITS])
+        block_counts[k] += np.int64(tally[miss, _TALLY_DIGITS]) + n_hit
+        hits[k] += n_hit
+        for j in range(_TALLY_WIDTH):
+            tally[miss, j] = 0.0
+            tally[hit, j] = 0.0
 
 
 @njit(nogil=True, error_model="numpy")
@@ -335,8 +434,8 @@ def top_label_bins(
     for block in prange(n_blocks):
         start = block * n_rows // n_blocks
         stop = (block + 1) * n_rows // n_blocks
-        columns, conf, total, exps32, best, bins, hits = _scratch(
-            n_classes if narrow else 0, _CHUNK_ROWS, n_bins
+        columns, top, conf, total, exps32, best, bins, hits, tally, digits = _scratch(
+            preds, n_classes if narrow else 0, _CHUNK_ROWS, n_bins
         )
         block_sums = sums[block]
         block_counts = counts[block]
@@ -345,25 +444,33 @@ def top_label_bins(
             n = chunk_stop - chunk_start
             if narrow:
                 _top_label_chunk(
-                    preds, chunk_start, chunk_stop, input_kind, columns, best, conf, total, exps32
+                    preds,
+                    chunk_start,
+                    chunk_stop,
+                    input_kind,
+                    columns,
+                    top,
+                    best,
+                    conf,
+                    total,
+                    exps32,
                 )
             else:
                 for r in range(n):
                     best[r], conf[r] = _top_label(preds[chunk_start + r], input_kind)
-            for r in range(n):
-                bins[r] = _bin_index(conf[r], n_bins)
             if counted:
                 chunk_labels = labels[chunk_start:chunk_stop]
+                outcome = best  # overwritten in place: the outcome of each row's top class
                 for r in range(n):
                     label = np.int64(chunk_labels[r])
-                    if has_ignore and label == ignore:
-                        continue
-                    k = bins[r]
-                    hit = label == best[r]
-                    block_counts[k] += 1
-                    hits[k] += np.int64(hit)
-                    _add_counted(block_sums[k], conf[r], hit)
+                    skip = has_ignore and label == ignore
+                    outcome[r] = -1 if skip else np.int64(label == best[r])
+                _tally_chunk(
+                    conf, outcome, n, n_bins, tally, digits, bins, block_sums, block_counts, hits
+                )
                 continue
+            for r in range(n):
+                bins[r] = _bin_index(conf[r], n_bins)
             for r in range(n):
                 i = chunk_start + r
                 if hard and has_ignore and labels[i] == ignore:
@@ -389,7 +496,9 @@ def positive_class_bins(preds, target, sample_weight, row_width, input_kind, sum
     for block in prange(n_blocks):
         start = block * n // n_blocks
         stop = (block + 1) * n // n_blocks
-        _, conf, _, _, _, bins, hits = _scratch(0, _CHUNK_VALUES, n_bins)
+        _, _, conf, _, _, outcome, bins, hits, tally, digits = _scratch(
+            preds, 0, _CHUNK_VALUES, n_bins
+        )
         block_sums = sums[block]
         block_counts = counts[block]
         # Binary targets may be probabilities: 0/1 outcomes are asked of the block's data.
@@ -399,17 +508,16 @@ def positive_class_bins(preds, target, sample_weight, row_width, input_kind, sum
             chunk_stop = min(chunk_start + _CHUNK_VALUES, stop)
             m = chunk_stop - chunk_start
             _positive_chunk(preds, chunk_start, chunk_stop, input_kind, conf)
-            for r in range(m):
-                bins[r] = _bin_index(conf[r], n_bins)
             outcomes = target[chunk_start:chunk_stop]
             if counted:
                 for r in range(m):
-                    k = bins[r]
-                    hit = outcomes[r] == 1.0
-                    block_counts[k] += 1
-                    hits[k] += np.int64(hit)
-                    _add_counted(block_sums[k], conf[r], hit)
+                    outcome[r] = np.int64(outcomes[r] == 1.0)
+                _tally_chunk(
+                    conf, outcome, m, n_bins, tally, digits, bins, block_sums, block_counts, hits
+                )
                 continue
+            for r in range(m):
+                bins[r] = _bin_index(conf[r], n_bins)
             for r in range(m):
                 k = bins[r]
                 block_counts[k] += 1

@@ -36,6 +36,7 @@ cost and memory do not grow with the group count.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -1128,6 +1129,25 @@ def set_threads(n):
     """``numba.set_num_threads(n)`` for the calling thread, ~3 us cheaper a call (``n``
     is the caller's own count, or 1, so numba's range check is not needed)."""
     _threading_entry_points()[1](n)
+
+
+@contextlib.contextmanager
+def team_for(n_blocks, threads):
+    """Run the parallel kernel called inside on a team of one thread when it has one
+    block of work (``threads``: the caller's :func:`thread_count`).
+
+    One block has work for one thread: a team of one wakes no other thread, which a
+    small batch would otherwise wait for (numba's thread count is per calling thread, so
+    this is thread-safe).
+    """
+    one_team = n_blocks == 1 and threads > 1
+    if one_team:
+        set_threads(1)
+    try:
+        yield
+    finally:
+        if one_team:
+            set_threads(threads)
 
 
 _FACTORIES = {

@@ -1,0 +1,110 @@
+"""The reliability bins' exact sums: the kernels' fixed-point tally of unweighted 0/1
+outcomes and their general path against exact fractions, and the same bits for any
+split of the rows and any number of threads."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numba
+import numpy as np
+import pytest
+from reference import BIN_SUM_TERMS, exact_bin_sums
+
+from xentstream.accumulator import CalibrationState, exact_integer
+from xentstream.calibration import batch_bins
+
+N_BINS = 15
+#: One unit of the accumulators' fixed-point integer (``accumulator.exact_integer``).
+UNIT = Fraction(1, 2**1075)
+
+
+def _forecasts(rng, n):
+    """Probabilities across the range, with edge values: 0, 1, bin edges, tiny ones whose
+    square (or themselves) fall below 2**-31, powers of two."""
+    f = rng.uniform(0.0, 1.0, n)
+    edges = np.array(
+        [0.0, 1.0, 0.5, 1 / 15, 14 / 15, 2.0**-31, np.nextafter(2.0**-31, 0), 2.0**-15.5]
+        + [2.0**-16, 1e-12, 5e-324, 2.0**-20, np.nextafter(1.0, 0)]
+    )
+    spots = rng.choice(n, size=n // 10, replace=False)
+    f[spots] = rng.choice(edges, size=spots.size)
+    tiny = rng.choice(n, size=n // 20, replace=False)
+    f[tiny] = 10.0 ** rng.uniform(-30, -4, tiny.size)  # below the fixed range
+    return f
+
+
+def _assert_exact(state, f, o, weights=None):
+    sums, counts = exact_bin_sums(f, o, N_BINS, weights)
+    assert state.counts.tolist() == counts.tolist()
+    for k in range(N_BINS):
+        for slot, name in enumerate(BIN_SUM_TERMS):
+            row = state.sums[k, slot]
+            assert exact_integer(row) * UNIT == sums[k][name], (k, name)
+            assert not row[-3:].any()  # no non-finite terms
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["tally", "weighted"])
+def test_positive_class_sums_are_exact(rng, weighted):
+    n = 20_000
+    f = _forecasts(rng, n)
+    o = (rng.uniform(size=n) < f).astype(np.int64)
+    w = rng.uniform(0.0, 3.0, n) if weighted else None
+    state = batch_bins("positive_class", f, o, w, n_bins=N_BINS, input="probs")
+    _assert_exact(state, f, o, w)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["tally", "weighted"])
+def test_top_label_sums_are_exact(rng, weighted):
+    n, classes = 20_000, 4
+    top = _forecasts(rng, n)
+    rows = np.empty((n, classes))
+    rows[:] = (top * rng.uniform(0.0, 1.0, n))[:, None]  # below the top, any sum: not checked
+    where = rng.integers(0, classes, n)
+    rows[np.arange(n), where] = top
+    labels = rng.integers(0, classes, n)
+    labels[rng.choice(n, n // 7, replace=False)] = -100
+    w = rng.uniform(0.0, 3.0, n) if weighted else None
+    state = batch_bins(
+        "top_label", rows, labels, w, n_bins=N_BINS, input="probs", ignore_index=-100
+    )
+    kept = labels != -100
+    best = rows.argmax(axis=1)  # the first maximum
+    outcome = (best == labels).astype(np.float64)
+    _assert_exact(state, top[kept], outcome[kept], None if w is None else w[kept])
+
+
+def _split_states(forecast, preds, target, cuts, kwargs):
+    merged = CalibrationState(N_BINS)
+    for a, b in zip([0, *cuts], [*cuts, len(target)], strict=True):
+        merged.merge(batch_bins(forecast, preds[a:b], target[a:b], None, **kwargs))
+    return merged.to_json()
+
+
+@pytest.mark.parametrize("input", ["probs", "logits"])
+@pytest.mark.parametrize("forecast", ["top_label", "positive_class"])
+def test_tally_bits_do_not_depend_on_splits_or_threads(rng, forecast, input):
+    n = 140_000  # enough rows for more blocks on more threads
+    if forecast == "top_label":
+        preds = rng.standard_normal((n, 3)) * 3.0
+        target = rng.integers(0, 3, n)
+        if input == "probs":
+            preds = np.exp(preds) / np.exp(preds).sum(axis=1, keepdims=True)
+    else:
+        preds = rng.standard_normal(n) * 8.0  # logits far out: forecasts below 2**-31 too
+        if input == "probs":
+            preds = _forecasts(rng, n)
+        target = (rng.uniform(size=n) < 0.4).astype(np.int64)
+    kwargs = {"n_bins": N_BINS, "input": input}
+    default = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            results.append(batch_bins(forecast, preds, target, None, **kwargs).to_json())
+    finally:
+        numba.set_num_threads(default)
+    cuts = np.sort(rng.choice(np.arange(1, n), size=12, replace=False))
+    cuts = np.unique(np.concatenate([cuts, cuts[:3] + 1]))  # one-row batches too
+    results.append(_split_states(forecast, preds, target, cuts.tolist(), kwargs))
+    assert all(result == results[0] for result in results[1:])
