@@ -23,10 +23,8 @@ def _forecasts(rng, n):
     """Probabilities across the range, with edge values: 0, 1, bin edges, tiny ones whose
     square (or themselves) fall below 2**-31, powers of two."""
     f = rng.uniform(0.0, 1.0, n)
-    edges = np.array(
-        [0.0, 1.0, 0.5, 1 / 15, 14 / 15, 2.0**-31, np.nextafter(2.0**-31, 0), 2.0**-15.5]
-        + [2.0**-16, 1e-12, 5e-324, 2.0**-20, np.nextafter(1.0, 0)]
-    )
+    edges = np.array([0.0, 1.0, 0.5, 1 / 15, 14 / 15, 2.0**-31, 2.0**-15.5, 2.0**-16])
+    edges = np.concatenate([edges, [np.nextafter(2.0**-31, 0), np.nextafter(1.0, 0), 5e-324]])
     spots = rng.choice(n, size=n // 10, replace=False)
     f[spots] = rng.choice(edges, size=spots.size)
     tiny = rng.choice(n, size=n // 20, replace=False)
