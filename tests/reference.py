@@ -308,31 +308,27 @@ def reliability_bins(confidence, outcome, n_bins, weights=None):
     }
 
 
-#: The reliability bins' sums in state order (``xentstream.calibration`` documents them).
-BIN_SUM_TERMS = (
-    "weight",
-    "confidence",
-    "outcome",
-    "confidence_squared",
-    "product",
-    "outcome_squared",
-)
-
-
 def exact_bin_sums(confidence, outcome, n_bins, weights=None):
     """Exact per-bin sums (``Fraction``) of the reliability bins' six terms, and counts.
 
     The terms are float64 numpy products as the bins define them: ``s``, ``s f``,
     ``s o``, ``(s f) f``, ``(s f) o``, ``(s o) o`` (``s = 1`` without weights), summed
-    without rounding. Returns ``(sums, counts)``: ``sums[k][name]`` for the names of
-    :data:`BIN_SUM_TERMS`, ``counts`` (n_bins,) the forecasts per bin.
+    without rounding. Returns ``(sums, counts)``: ``sums[k][name]`` by the state file's
+    names of the sums, ``counts`` (n_bins,) the forecasts per bin.
     """
     f = np.asarray(confidence, np.float64)
     o = np.asarray(outcome, np.float64)
     s = np.ones_like(f) if weights is None else np.asarray(weights, np.float64)
     index = np.clip((f * n_bins).astype(np.int64), 0, n_bins - 1)
     sf, so = s * f, s * o
-    terms = dict(zip(BIN_SUM_TERMS, (s, sf, so, sf * f, sf * o, so * o), strict=True))
+    terms = {
+        "weight": s,
+        "confidence": sf,
+        "outcome": so,
+        "confidence_squared": sf * f,
+        "product": sf * o,
+        "outcome_squared": so * o,
+    }
     sums = [
         {
             name: sum(map(Fraction, values[index == k].tolist()), Fraction(0))
