@@ -382,11 +382,10 @@ def _launch_cpu(
     packed = layout.packed_options(opts)
     arguments = (preds, target, weights, sample_weight, group_codes, packed, *outputs[:2])
     arguments = (*arguments, positions, *outputs[2:])
-    with cpu.team_for(n_blocks, threads):
-        if _threading_layer_is_safe:
-            kernel(*arguments)
-        else:
-            _call_serialized(kernel, arguments)
+    if _threading_layer_is_safe:
+        cpu.launch(kernel, arguments, n_blocks, threads)
+    else:
+        _call_serialized(cpu.launch, (kernel, arguments, n_blocks, threads))
     return (*outputs[2:], row_losses, *((row_terms,) if keep_terms else ()))
 
 

@@ -303,6 +303,11 @@ class CalibrationState:
     def merge(self, other: CalibrationState) -> CalibrationState:
         """Add ``other``'s bins (exact); returns ``self``."""
         self.check_addable(other)
+        return self._merge_checked(other)
+
+    def _merge_checked(self, other: CalibrationState) -> CalibrationState:
+        """:meth:`merge` after :meth:`check_addable` passed (each check costs ~10 us, a
+        metric's every batch with bins)."""
         merge_into(self.sums, other.sums)
         self.counts += other.counts
         if self.per_class and other.class_sums is not None:
@@ -499,7 +504,7 @@ class ExactState:
             self.class_counts += class_counts
         self.label_counts = _add_label_counts(self.label_counts, label_counts)
         if calibration is not None and self.calibration is not None:
-            self.calibration.merge(calibration)
+            self.calibration._merge_checked(calibration)  # checked above
         return self
 
     def merge(self, other: ExactState) -> ExactState:

@@ -116,18 +116,18 @@ def batch_bins(
         sums = np.zeros((_blocks(n, threads), n_bins, kernels.N_BIN_SUMS, N_SLOTS), np.int64)
         counts = np.zeros((sums.shape[0], n_bins), np.int64)
         if n:
-            with cpu.team_for(sums.shape[0], threads):
-                kernels.top_label_bins(
-                    rows,
-                    labels,
-                    distributions,
-                    _weights(sample_weight, n),
-                    input_kind,
-                    0 if ignore_index is None else ignore_index,
-                    ignore_index is not None,
-                    sums,
-                    counts,
-                )
+            arguments = (
+                rows,
+                labels,
+                distributions,
+                _weights(sample_weight, n),
+                input_kind,
+                0 if ignore_index is None else ignore_index,
+                ignore_index is not None,
+                sums,
+                counts,
+            )
+            cpu.launch(kernels.top_label_bins, arguments, sums.shape[0], threads)
     else:
         if forecast == "positive_class":
             # Not validated again (the loss kernels did), so no sum tolerance is needed.
@@ -143,16 +143,16 @@ def batch_bins(
         sums = np.zeros((_blocks(n, threads), n_bins, kernels.N_BIN_SUMS, N_SLOTS), np.int64)
         counts = np.zeros((sums.shape[0], n_bins), np.int64)
         if n:
-            with cpu.team_for(sums.shape[0], threads):
-                kernels.positive_class_bins(
-                    flat,
-                    outcomes,
-                    _weights(sample_weight, n // max(width, 1)),
-                    max(width, 1),
-                    input_kind,
-                    sums,
-                    counts,
-                )
+            arguments = (
+                flat,
+                outcomes,
+                _weights(sample_weight, n // max(width, 1)),
+                max(width, 1),
+                input_kind,
+                sums,
+                counts,
+            )
+            cpu.launch(kernels.positive_class_bins, arguments, sums.shape[0], threads)
     # One compiled call normalizes and adds the blocks, not a Python merge per block.
     combine_blocks(sums.reshape(sums.shape[0], -1, N_SLOTS), state.sums.reshape(-1, N_SLOTS))
     state.counts = counts.sum(axis=0)

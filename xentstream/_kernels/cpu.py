@@ -36,7 +36,6 @@ cost and memory do not grow with the group count.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
@@ -1131,23 +1130,21 @@ def set_threads(n):
     _threading_entry_points()[1](n)
 
 
-@contextlib.contextmanager
-def team_for(n_blocks, threads):
-    """Run the parallel kernel called inside on a team of one thread when it has one
-    block of work (``threads``: the caller's :func:`thread_count`).
+def launch(kernel, arguments, n_blocks, threads):
+    """``kernel(*arguments)``, a parallel kernel of ``n_blocks`` blocks, on a team of one
+    thread when it has one block (``threads``: the caller's :func:`thread_count`).
 
     One block has work for one thread: a team of one wakes no other thread, which a
     small batch would otherwise wait for (numba's thread count is per calling thread, so
-    this is thread-safe).
+    this is thread-safe). A plain function, not a context manager: ~1.5 us less a call.
     """
-    one_team = n_blocks == 1 and threads > 1
-    if one_team:
+    if n_blocks == 1 and threads > 1:
         set_threads(1)
-    try:
-        yield
-    finally:
-        if one_team:
+        try:
+            return kernel(*arguments)
+        finally:
             set_threads(threads)
+    return kernel(*arguments)
 
 
 _FACTORIES = {
