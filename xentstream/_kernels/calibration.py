@@ -10,9 +10,12 @@ bins holds ``f`` in ``[k/n, (k+1)/n)`` (the last bin includes 1), as torchmetric
 ``sums[block, bin, slot]`` (exact accumulators), slots :data:`N_BIN_SUMS`:
 ``BIN_WEIGHT`` sum s, ``BIN_CONFIDENCE`` sum s f, ``BIN_OUTCOME`` sum s o,
 ``BIN_CONFIDENCE_SQUARED`` sum s f^2, ``BIN_PRODUCT`` sum s f o, ``BIN_OUTCOME_SQUARED``
-sum s o^2; ``counts[block, bin]`` the forecasts in each bin. Terms are staged per bin
-and added with :func:`~xentstream._kernels.exact.add_terms` (exact, so the bits do not
-depend on the blocks or threads). Inputs were validated by the loss kernels first.
+sum s o^2; ``counts[block, bin]`` the forecasts in each bin. Every sum is exact, so the
+bits do not depend on the blocks or threads: the top-label and positive-class bins add
+each term's fixed-point digits (unweighted 0/1 outcomes through a per-chunk tally,
+:func:`_tally_chunk`), the per-class bins stage terms for
+:func:`~xentstream._kernels.exact.add_terms`. Inputs were validated by the loss kernels
+first.
 """
 
 from __future__ import annotations
