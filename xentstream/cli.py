@@ -246,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
         "--per-class",
         action="store_true",
         help="also report per-class (per-label) loss, counts and normalized entropy; "
-        "tokens task: the per-document table",
+        "tokens task: the per-document table; not for the binary task (one class)",
     )
     _add_calibration_flag(loss)
     running = run.add_argument_group("running")
@@ -538,9 +538,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
         if value is None or value is False:  # not given
             continue
         field = kind.breakdown_field if name == "per_class" else name
-        if field is None:  # --per-class: the kind keeps no breakdown
-            continue
-        if field not in fields:
+        if field is None or field not in fields:  # (--per-class: the kind keeps no breakdown)
             raise _UsageError(f"{_flag(name)}: does not apply to the {task} task")
         options[field] = _field_value(_flag(name), fields[field], value, task)
     if "unit" in fields:
