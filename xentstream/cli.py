@@ -215,18 +215,7 @@ def _parser() -> argparse.ArgumentParser:
         "except for the tokens task, where it is an optional 0/1 mask (0: padding)",
     )
     columns.add_argument("--sample-weight", metavar="COL", help="column of row weights")
-    columns.add_argument(
-        "--document",
-        metavar="COL",
-        help="tokens task: column of document ids (rows in any order): per-document "
-        "perplexity and standard errors clustered by document",
-    )
-    columns.add_argument(
-        "--units",
-        metavar="COL",
-        help="tokens task: column of the bytes (characters, words) each row covers: "
-        "bits per unit with its delta-method standard error",
-    )
+    _add_token_columns(columns)
     columns.add_argument(
         "--by",
         nargs="+",
@@ -321,6 +310,28 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--save-state", metavar="FILE", help="write the merged state here")
     _add_group_flags(merge)
     return parser
+
+
+def _add_token_columns(columns: Any) -> None:
+    """--document and --units: the tokens task's side columns (evaluate and compare)."""
+    columns.add_argument(
+        "--document",
+        metavar="COL",
+        help="tokens task: column of document ids (rows in any order): per-document "
+        "perplexity and standard errors clustered by document",
+    )
+    columns.add_argument(
+        "--units",
+        metavar="COL",
+        help="tokens task: column of the bytes (characters, words) each row covers: "
+        "bits per unit with its delta-method standard error",
+    )
+
+
+def _check_target(args: argparse.Namespace) -> None:
+    owner = _KIND_INPUTS.get(args.input)
+    if not args.target and not (owner is not None and owner.target_optional):
+        raise _UsageError("--target is required (except for --input target-logprob / target-nll)")
 
 
 def _is_npy(source: list[str]) -> bool:
@@ -424,7 +435,7 @@ def _infer_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     if owner is not None:
         return owner.task
     for kind in KINDS.values():
-        for flag in kind.side_columns:  # evaluate's flags (compare has none)
+        for flag in kind.side_columns:  # --document, --units
             if getattr(args, flag, None) is not None:
                 needed = " / ".join(kind.cli_inputs) or f"--task {kind.task}"
                 raise _UsageError(f"--{flag}: applies to --input {needed}")
@@ -457,11 +468,6 @@ def _pairable_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     task = _infer_task(args, schema)
     if not KINDS[task].pairable:
         raise _UsageError(f"compare: the {task} task cannot be compared yet (not built)")
-    if KINDS[task].side_columns:  # compare has none of evaluate's --document / --units
-        raise _UsageError(
-            f"compare: the {task} task is compared in Python (xs.compare with "
-            "xs.TokenCrossEntropy()), not on the command line yet"
-        )
     return task
 
 
@@ -903,9 +909,7 @@ def _plot(path: str, history: list[dict[str, Any]], result: Report | GroupedRepo
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    owner = _KIND_INPUTS.get(args.input)
-    if not args.target and not (owner is not None and owner.target_optional):
-        raise _UsageError("--target is required (except for --input target-logprob / target-nll)")
+    _check_target(args)
     if args.dask is not None:
         _check_dask_args(args)
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the long run
@@ -1162,9 +1166,14 @@ def _add_compare_parser(commands: Any) -> None:
         help="the baseline model's prediction column(s), for the same rows",
     )
     columns.add_argument(
-        "--target", nargs="+", required=True, metavar="COL", help="target column(s), shared"
+        "--target",
+        nargs="+",
+        metavar="COL",
+        help="target column(s), shared; required except for the tokens task, where it is "
+        "an optional 0/1 mask (0: padding)",
     )
     columns.add_argument("--sample-weight", metavar="COL", help="column of row weights")
+    _add_token_columns(columns)
     columns.add_argument(
         "--classes", type=_name_list, metavar="A,B,...", help="class names of string labels"
     )
@@ -1183,6 +1192,12 @@ def _add_compare_parser(commands: Any) -> None:
     )
     loss = run.add_argument_group("loss")
     _add_loss_options(loss)
+    loss.add_argument(
+        "--per-class",
+        action="store_true",
+        help="tokens task: the documents side by side (each model's loss and their "
+        "difference); other tasks: each model's per-class table (in --format json)",
+    )
     _add_calibration_flag(loss)
     running = run.add_argument_group("running")
     running.add_argument("--batch-rows", type=int, metavar="N", help="rows per batch")
@@ -1274,7 +1289,7 @@ def _render_comparison(report: ComparisonReport | GroupedComparison, fmt: str) -
 def _compare(args: argparse.Namespace) -> int:
     if _is_npy(args.source):
         raise _UsageError("compare: reads Parquet / IPC / CSV / NDJSON sources, not .npy")
-    args.per_class = False
+    _check_target(args)
     if args.by and args.save_state:
         raise _UsageError("--save-state: not with --by (a comparison's groups are not saved)")
     schema = _resolve_columns(args)
@@ -1295,8 +1310,10 @@ def _compare(args: argparse.Namespace) -> int:
         comparison,
         preds=one(args.preds),
         baseline_preds=one(args.baseline_preds),
-        target=one(args.target),
+        target=args.target and one(args.target),
         sample_weight=args.sample_weight,
+        document=args.document,
+        units=args.units,
         classes=args.classes,
         baseline_source=None if baseline is None else one(baseline),
         row_id=args.row_id,

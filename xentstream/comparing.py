@@ -93,12 +93,16 @@ def _json_key(value: Any) -> Any:
 
 
 def _slice(batch: Batch, start: int, stop: int) -> Batch:
+    def cut(value: Any) -> Any:
+        return None if value is None else value[start:stop]
+
     return Batch(
         preds=batch.preds[start:stop],
-        target=batch.target[start:stop],
-        sample_weight=None if batch.sample_weight is None else batch.sample_weight[start:stop],
-        keys=None if batch.keys is None else batch.keys[start:stop],
+        target=cut(batch.target),  # None: the token kind's optional mask left out
+        sample_weight=cut(batch.sample_weight),
+        keys=cut(batch.keys),
         n_rows=stop - start,
+        extras={name: cut(column) for name, column in batch.extras.items()},
     )
 
 
