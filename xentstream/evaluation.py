@@ -892,6 +892,10 @@ def _remove_stale_temp_files(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+#: :meth:`Evaluation.fresh`'s default: the comparison's own baseline source.
+_SAME: Any = object()
+
+
 class Evaluation:
     """One evaluation in progress: a metric (or a comparison), the columns it reads
     and its groups.
@@ -1017,20 +1021,35 @@ class Evaluation:
         )
         return cls(metric, spec)
 
-    def fresh(self, *, engine: str | None = None, groups: bool = True) -> Evaluation:
+    def fresh(
+        self, *, engine: str | None = None, groups: bool = True, baseline_source: Any = _SAME
+    ) -> Evaluation:
         """A new evaluation of the same columns with an empty metric (or comparison) of
         the same configuration, on ``engine`` (default: this metric's): what each of
         :mod:`xentstream.dask`'s tasks and merges starts from.
 
         ``groups=False``: without the (empty) group state, to be sent to other
         processes as a template (a group state is not pickled; its ``fresh()`` has
-        one again)."""
+        one again). ``baseline_source``: a comparison's baseline rows from this source
+        instead (a Dask partition's; None: the comparison reads one source); a
+        metric's evaluation takes None only.
+
+        Raises
+        ------
+        ValueError
+            For a ``baseline_source`` given to a metric's evaluation.
+        """
+        comparing = isinstance(self, _ComparisonEvaluation)
+        if baseline_source is not _SAME and baseline_source is not None and not comparing:
+            raise ValueError("baseline_source: only for a comparison's evaluation")
         metric = self.metric
         engine = metric.engine if engine is None else engine
         blank = type(metric).from_state_dict(metric.state_dict(), engine=engine)
         run = copy.copy(self)
         run.metric = blank.reset()
         run.groups = run._new_groups() if groups else None
+        if comparing and baseline_source is not _SAME:
+            run.baseline_source = baseline_source
         return run
 
     def feed(
