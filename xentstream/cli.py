@@ -287,7 +287,8 @@ def _parser() -> argparse.ArgumentParser:
         "--plot",
         metavar="FILE.png",
         help="draw the running loss with its 95%% band (per group with --by, per-class bars "
-        "with --per-class); needs matplotlib",
+        "with --per-class), the reliability diagram with --calibration-bins (and a curve per "
+        "class with --per-class too); needs matplotlib",
     )
 
     _add_compare_parser(commands)
@@ -722,7 +723,8 @@ def _key_label(by: tuple[str, ...], key: tuple[Any, ...]) -> str:
 def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> Any:
     """The ``--plot`` figure: running loss (+ per-batch points, per-group lines), the
     groups' losses and the per-class losses, each with its 95% interval, and the
-    reliability diagram with ``--calibration-bins``."""
+    reliability diagram with ``--calibration-bins`` (and, with ``--per-class`` too, a
+    reliability curve per class)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -730,7 +732,10 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
 
     overall = result.overall if isinstance(result, GroupedReport) else result
     grouped = isinstance(result, GroupedReport) and bool(result.groups)
-    panels = 1 + grouped + (overall.per_class is not None) + (overall.calibration is not None)
+    calibration = overall.calibration
+    class_curves = calibration is not None and bool(calibration.classes)
+    panels = 1 + grouped + (overall.per_class is not None) + (calibration is not None)
+    panels += class_curves
     figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
     axes = list(axes[0])
     line_axes = axes.pop(0)
@@ -809,8 +814,11 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
             None,
             f"mean loss per {column}",
         )
-    if overall.calibration is not None:  # --calibration-bins: the reliability diagram
-        overall.calibration.plot(ax=axes.pop(0))
+    if calibration is not None:  # --calibration-bins: the reliability diagram
+        calibration.plot(ax=axes.pop(0))
+    if class_curves:  # and --per-class: a reliability curve per class (label)
+        names = None if overall.per_class is None else overall.per_class[:, 0].to_list()
+        calibration.plot(ax=axes.pop(0), per_class=True, names=names, most=_PLOT_GROUP_LINES)
     figure.tight_layout()
     return figure
 
