@@ -156,36 +156,15 @@ class TokenCrossEntropy(Metric):
     __call__ = forward
 
     def accumulate(
-        self,
-        preds: Any,
-        target: Any = None,
-        sample_weight: Any = None,
-        *,
-        names: ColumnNames = DEFAULT_NAMES,
-        groups: np.ndarray | None = None,
-        n_groups: int = 1,
-        row_offset: int | None = None,
-        document: Any = None,
-        units: Any = None,
-        document_name: str = "document",
-        units_name: str = "units",
+        self, preds: Any, target: Any = None, sample_weight: Any = None, **options: Any
     ) -> TokenBatch:
         """:meth:`Metric.accumulate` with the side columns ``document`` and ``units``
-        (``*_name``: their column names in messages)."""
+        (``document_name`` / ``units_name``: their column names in messages); the
+        keywords are :meth:`run_batch`'s (``names``, ``groups``, ``n_groups``,
+        ``row_offset``, the side columns)."""
         with self._lock:
             batch = self.run_batch(
-                preds,
-                target,
-                sample_weight,
-                names=names,
-                groups=groups,
-                n_groups=n_groups,
-                row_offset=row_offset,
-                keep_rows=self._window is not None,
-                document=document,
-                units=units,
-                document_name=document_name,
-                units_name=units_name,
+                preds, target, sample_weight, keep_rows=self._window is not None, **options
             )
             if batch.n_rows:
                 self._absorb(batch, target, sample_weight)
