@@ -211,3 +211,16 @@ def test_bad_token_comparisons_are_refused_and_change_nothing():
     with pytest.raises(ValueError, match=r"^lp_b: row 2: log-probability 0.5 is positive"):
         tokens.update([-0.5], [0.5], None, document=["a"], baseline_name="lp_b")
     assert _dumped(tokens.compute()) == before
+
+
+def test_compare_help_examples_are_commands_it_takes(capsys):
+    """Every example of `compare --help` parses as a compare command line."""
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--help"])
+    shown = capsys.readouterr().out
+    examples = shown.split("examples:\n", 1)[1].replace("\\\n", " ")
+    commands = [line.split() for line in examples.splitlines() if "xentstream compare" in line]
+    assert len(commands) == 4 and any("target-logprob" in c for c in commands)
+    for words in commands:
+        parsed = cli._parser().parse_args(words[1:])
+        assert parsed.command == "compare" and parsed.preds and parsed.baseline_preds

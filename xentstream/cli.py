@@ -1142,6 +1142,22 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+_COMPARE_EXAMPLES = """\
+examples:
+  # two models' probability columns in one dump
+  xentstream compare preds.parquet --preds new --baseline-preds old --target label
+  # each model in its own dump, rows in the same order (ids checked), with calibration
+  xentstream compare new.parquet --baseline-source old.parquet --row-id id \\
+      --preds p --baseline-preds p --target label --calibration-bins 15
+  # two language models' target log-probabilities: clustered by document, bits per
+  # byte, and the documents side by side
+  xentstream compare tokens.parquet --input target-logprob --preds lp_new \\
+      --baseline-preds lp_old --target mask --document doc_id --units bytes --per-class
+  # (T, V) logits and T token ids per row, padding -100
+  xentstream compare lm.parquet --preds logits_new --baseline-preds logits_old \\
+      --target tokens --input logits --ignore-index -100"""
+
+
 def _add_compare_parser(commands: Any) -> None:
     """``xentstream compare``: the loss options of ``evaluate``, two prediction columns."""
     run = commands.add_parser(
@@ -1150,6 +1166,7 @@ def _add_compare_parser(commands: Any) -> None:
         description="Paired comparison of two models on the same rows: the mean per-row loss "
         "difference (model - baseline), its standard error, 95%% interval and p-value, the "
         "share of rows where each model is better, and each model's own report.",
+        epilog=_COMPARE_EXAMPLES,
         formatter_class=_Formatter,
     )
     run.add_argument(
