@@ -80,6 +80,13 @@ def test_compare_command_on_token_logprobs_against_scipy(two_models, capsys):
         assert json.dumps(shown[side], sort_keys=True) == json.dumps(alone, sort_keys=True)
     # ... and against float64 formulas: documents as clusters, bits per byte.
     kept = frame.filter(pl.col("mask"))
+    per_doc = (
+        kept.with_columns(d=pl.Series(differences))
+        .group_by("doc")
+        .agg(pl.col("d").sum(), pl.len().cast(pl.Float64).alias("tokens"))
+    )
+    paired = clustered_stderr(per_doc["d"].to_numpy(), per_doc["tokens"].to_numpy())
+    assert math.isclose(shown["clustered_stderr"], paired, rel_tol=1e-9)
     for side, nll in (("model", nll_a), ("baseline", nll_b)):
         per_doc = (
             kept.with_columns(nll=pl.Series(nll))
@@ -106,6 +113,7 @@ def test_compare_table_shows_the_documents_side_by_side(two_models, capsys):
     out = capsys.readouterr().out
     for label in ("clustered_stderr", "document_perplexity", "bits_per_byte", "model_loss"):
         assert label in out
+    assert out.count("clustered_stderr") == 2  # the difference's, and each model's row
     report = xs.compare(
         path,
         xs.TokenCrossEntropy(per_document=True),
@@ -158,6 +166,8 @@ def test_grouped_and_two_source_token_comparisons_are_bitwise(two_models, tmp_pa
     two_files = xs.compare(path, metric, baseline_source=baseline_path, batch_rows=333, **options)
     assert _dumped(two_files) == _dumped(one_file)
     assert one_file.count == frame.height
+    plain = xs.compare(path, metric, preds="lp_a", baseline_preds="lp_b", units="bytes")
+    assert plain.clustered_stderr is None and plain.model.bits_per_unit is not None
 
 
 def test_compare_command_on_token_logits_against_scipy(tmp_path, rng, capsys):

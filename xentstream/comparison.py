@@ -114,6 +114,11 @@ class ComparisonReport:
         Rows where A's (B's) loss is strictly lower.
     model, baseline : Report
         Each model's own report, as its metric alone would give it.
+    clustered_stderr : float or None
+        Token comparisons with documents: the standard error of ``difference`` with
+        documents as clusters (cluster-robust, CR1, as the token kind's own
+        ``clustered_stderr``); tokens of one document are correlated, so ``stderr``
+        (per token, the paired t-test's) is too small. None otherwise.
     """
 
     difference: float
@@ -128,6 +133,7 @@ class ComparisonReport:
     baseline_better_rows: int
     model: Report
     baseline: Report
+    clustered_stderr: float | None = None
 
     def scalars(self, prefix: str = "") -> dict[str, float | int]:
         """The defined scalars as one flat dict (``ci95`` as two entries), then each
@@ -242,6 +248,7 @@ _SIDE_BY_SIDE = (
 _SCALARS = (
     "difference",
     "stderr",
+    "clustered_stderr",
     "ci95",
     "z",
     "p_value",
@@ -701,6 +708,8 @@ def _build_report(
     ci95 = None if stderr is None else (mean - _Z95 * stderr, mean + _Z95 * stderr)
     weight = sums[paired.WEIGHT]
     has_weight = accumulator.to_float(weight) > 0.0
+    hook = model.kind.paired_report
+    extra = {} if hook is None else hook(model.state, baseline.state, mean)
     return ComparisonReport(
         difference=mean,
         stderr=stderr,
@@ -714,6 +723,7 @@ def _build_report(
         baseline_better_rows=int(counts[paired.B_BETTER_ROWS]),
         model=model.compute(),
         baseline=baseline.compute(),
+        **extra,
     )
 
 
