@@ -308,6 +308,15 @@ def reliability_bins(confidence, outcome, n_bins, weights=None):
     }
 
 
+def clustered_stderr(a: Any, b: Any) -> float:
+    """Cluster-robust (CR1) standard error of ``sum a / sum b`` over clusters (the
+    documents' ``a_d``, ``b_d``), written out in float64."""
+    ratio = math.fsum(a) / math.fsum(b)
+    g = len(a)
+    residuals = [float(x) - ratio * float(y) for x, y in zip(a, b, strict=True)]
+    return math.sqrt(g / (g - 1) * math.fsum(r * r for r in residuals)) / math.fsum(b)
+
+
 def exact_bin_sums(confidence, outcome, n_bins, weights=None):
     """Exact per-bin sums (``Fraction``) of the reliability bins' six terms, and counts.
 

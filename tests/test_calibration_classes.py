@@ -217,3 +217,58 @@ def test_evaluate_and_command_line(rng, tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert [row["ece"] for row in data["per_class"]] == direct.compute().per_class["ece"].to_list()
     assert len(data["calibration"]["per_class"]) == 3
+
+
+def test_command_line_plot_draws_a_reliability_curve_per_class(rng, tmp_path, monkeypatch):
+    """`--plot` with --per-class and --calibration-bins: beside the top-label diagram, a
+    panel of one reliability curve per class, named as the per-class table names the
+    classes, each through its used bins' (mean forecast, mean outcome) of numpy's
+    one-vs-rest bins, labelled with its ECE; drawn for real (Agg) and written as a PNG."""
+    matplotlib = pytest.importorskip("matplotlib")
+    from xentstream import cli
+
+    matplotlib.use("Agg")
+    names = ["ant", "bee", "cat"]
+    probs = rng.dirichlet(np.ones(3), 1500)
+    labels = np.array([rng.choice(3, p=row) for row in probs**0.7 / (probs**0.7).sum(1)[:, None]])
+    path = tmp_path / "preds.parquet"
+    pl.DataFrame({**{n: probs[:, c] for c, n in enumerate(names)}, "y": labels}).write_parquet(path)
+    drawn = {}
+
+    def capture(output, history, result):
+        drawn["figure"] = cli._figure(history, result)
+        drawn["figure"].savefig(output)
+
+    monkeypatch.setattr(cli, "_plot", capture)
+    png = tmp_path / "plot.png"
+    argv = ["evaluate", str(path), "--preds", *names, "--target", "y", "--per-class"]
+    argv += ["--calibration-bins", "8", "--plot", str(png), "--no-progress"]
+    assert cli.main([*argv, "--output", str(tmp_path / "out.txt")]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    running, per_class_bars, diagram, curves = drawn["figure"].axes
+    assert "running loss" in [line.get_label() for line in running.get_lines()]
+    assert per_class_bars.get_title() == "mean loss per class"
+    assert diagram.get_title().startswith("reliability (ECE")
+    assert curves.get_title() == "reliability per class"
+    assert curves.get_xlabel() == "mean forecast of the class"
+    lines = curves.get_lines()
+    assert [line.get_label().split(" ")[0] for line in lines] == [*names, "calibrated"]
+    for c, line in enumerate(lines[:3]):
+        expected = reliability_bins(probs[:, c], (labels == c).astype(float), 8)
+        np.testing.assert_allclose(line.get_xdata(), expected["confidence"], rtol=1e-9)
+        np.testing.assert_allclose(line.get_ydata(), expected["accuracy"], rtol=1e-12)
+        shown_ece = float(line.get_label().split("ECE ")[1].rstrip(")"))
+        assert math.isclose(shown_ece, expected["ece"], abs_tol=5e-4)  # printed to 3 places
+    # Many classes: the most=K worst calibrated (highest ECE) only, said in the title.
+    report = xs.CrossEntropy(per_class=True, calibration_bins=8).update(probs, labels).compute()
+    ax = report.calibration.plot(per_class=True, most=2)
+    eces = [classes.ece for classes in report.calibration.classes]
+    worst = sorted(np.argsort(eces)[::-1][:2].tolist())
+    assert [line.get_label().split(" ")[0] for line in ax.get_lines()] == [
+        *map(str, worst),
+        "calibrated",
+    ]
+    assert ax.get_title() == "reliability per class (2 of 3, highest ECE)"
+    top = xs.CrossEntropy(calibration_bins=8).update(probs, labels).compute()
+    with pytest.raises(ValueError, match=r"^per_class: this report has no per-class bins"):
+        top.calibration.plot(per_class=True)

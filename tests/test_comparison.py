@@ -517,16 +517,15 @@ def test_token_log_probabilities_against_scipy(rng):
         assert _dumped(group) == _dumped(alone.compute())
 
 
-def test_command_line_refuses_token_comparisons(tmp_path, capsys):
-    """The compare command has no --document / --units yet: a clear refusal, no crash."""
+def test_command_line_refuses_token_calibration(tmp_path, capsys):
+    """Token values carry no distribution to calibrate: compare and evaluate refuse
+    --calibration-bins with a clear line, no crash (the comparison itself works:
+    tests/test_compare_tokens.py)."""
     path = tmp_path / "tokens.parquet"
     pl.DataFrame({"a": [-0.5, -1.0], "b": [-0.7, -0.2]}).write_parquet(path)
-    common = [str(path), "--preds", "a", "--input", "target-logprob"]
-    runs = [
-        ["compare", *common, "--baseline-preds", "b", "--target", "a"],
-        ["evaluate", *common, "--calibration-bins", "5"],
-    ]
-    for argv, needle in zip(runs, ["in Python", "--calibration-bins"], strict=True):
+    common = [str(path), "--preds", "a", "--input", "target-logprob", "--calibration-bins", "5"]
+    runs = [["compare", *common, "--baseline-preds", "b"], ["evaluate", *common]]
+    for argv, needle in zip(runs, ["--calibration-bins"] * 2, strict=True):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("xentstream: error:") and needle in err

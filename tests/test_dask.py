@@ -516,7 +516,127 @@ def test_bad_comparison_partition_names_partition_and_stream_row(
     with pytest.raises(ValueError) as single:
         xs.compare(source, xs.CrossEntropy(), **PAIR_COLUMNS)
     assert message.endswith(str(single.value))
-    with pytest.raises(ValueError, match=r"^baseline_source: a comparison on Dask reads one"):
+
+
+# -- two sources: the baseline model's predictions in files of their own ----------------------
+
+#: The baseline's files cut elsewhere than the source's (CUTS): partitions of the source
+#: take their rows from one or two of them.
+BASELINE_CUTS = (0, 1_200, N_ROWS)
+TWO_SOURCE_COLUMNS = {**PAIR_COLUMNS, "row_id": "id"}
+
+
+def _baseline_table(table: pl.DataFrame) -> pl.DataFrame:
+    """Model B's own dump of the same rows: its predictions as ``q``, target, weights, id."""
+    return _pair_table(table).select("q", "y", "w", id=pl.int_range(pl.len()))
+
+
+@pytest.fixture(scope="module")
+def two_sources(table: pl.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Model A's files (p, y, w, band, id; cut at CUTS) and model B's (cut at BASELINE_CUTS)."""
+    root = tmp_path_factory.mktemp("dask-two-sources")
+    model = table.select("p", "y", "w", "band", id=pl.int_range(pl.len()))
+    for number, (start, stop) in enumerate(itertools.pairwise(CUTS)):
+        write(model.slice(start, stop - start), root / f"model-{number}.parquet")
+    baseline = _baseline_table(table)
+    for number, (start, stop) in enumerate(itertools.pairwise(BASELINE_CUTS)):
+        write(baseline.slice(start, stop - start), root / f"baseline-{number}.arrow")
+    return str(root / "model-*.parquet"), str(root / "baseline-*.arrow")
+
+
+@pytest.mark.parametrize("by", [None, "band"])
+def test_two_source_comparison_bitwise_equal_to_one_process(
+    client: Any, two_sources: tuple[str, str], by: str | None
+) -> None:
+    """Each partition of the source reads the baseline's rows of the same stream rows
+    (the baseline's files cut elsewhere, in another format), ids and targets checked:
+    the bits of one process reading the two sources in lockstep."""
+    source, baseline = two_sources
+    comparison = xs.Comparison(xs.CrossEntropy(per_class=True))
+    result = xentstream_dask.evaluate(
+        source,
+        comparison,
+        baseline_source=baseline,
+        partition_rows=PARTITION_ROWS,
+        batch_rows=BATCH_ROWS,
+        split_every=3,
+        by=by,
+        **TWO_SOURCE_COLUMNS,
+    )
+    one = xs.Comparison(xs.CrossEntropy(per_class=True))
+    expected = xs.compare(source, one, baseline_source=baseline, by=by, **TWO_SOURCE_COLUMNS)
+    assert bits(result.to_dict()) == bits(expected.to_dict())
+    assert comparison.state_dict() == one.state_dict()
+    overall = result.overall if by is not None else result
+    assert overall.count == N_ROWS
+
+
+def test_two_dataframe_sources_pair_partition_by_partition(
+    client: Any, table: pl.DataFrame
+) -> None:
+    """Two dask DataFrames pair partition i with partition i; partitions of another
+    count are refused on the client, of other lengths by the task, naming the
+    partition."""
+    import dask.dataframe as dd
+
+    binary = {"t": (pl.col("y") == 0).cast(pl.Int8)}  # is it the first class?
+    model = table.select("w", id=pl.int_range(pl.len()), a=pl.col("p").arr.get(0), **binary)
+    baseline = _baseline_table(table).with_columns(b=pl.col("q").arr.get(0), **binary)
+    columns = {"preds": "a", "baseline_preds": "b", "target": "t", "sample_weight": "w"}
+    metric = xs.BinaryCrossEntropy
+    left = dd.from_pandas(model.to_pandas(), npartitions=4)
+    right = dd.from_pandas(baseline.to_pandas(), npartitions=4)
+    result = xentstream_dask.evaluate(
+        left, xs.Comparison(metric()), baseline_source=right, row_id="id", **columns
+    )
+    expected = xs.compare(model, metric(), baseline_source=baseline, row_id="id", **columns)
+    assert bits(result.to_dict()) == bits(expected.to_dict())
+    with pytest.raises(ValueError, match=r"^baseline_source: has 3 partitions but source has 4"):
         xentstream_dask.evaluate(
-            source, xs.Comparison(xs.CrossEntropy()), baseline_source=source, **PAIR_COLUMNS
+            left,
+            xs.Comparison(metric()),
+            baseline_source=dd.from_pandas(baseline.to_pandas(), npartitions=3),
+            **columns,
+        )
+    shifted = dd.from_pandas(baseline.to_pandas(), npartitions=4).repartition(
+        divisions=[0, 700, 1_200, 1_900, N_ROWS - 1]
+    )
+    with pytest.raises(ValueError, match=r"^partition 0 of 4 of the dask DataFrame: baseline"):
+        xentstream_dask.evaluate(left, xs.Comparison(metric()), baseline_source=shifted, **columns)
+
+
+def test_two_source_errors_name_the_stream_row(
+    client: Any, table: pl.DataFrame, two_sources: tuple[str, str], tmp_path: Path
+) -> None:
+    """A baseline of other length: refused on the client before any task; a target that
+    differs: the partition and the row of the whole stream, as in one process."""
+    source, _ = two_sources
+    comparison = xs.Comparison(xs.CrossEntropy())
+    short = write(_baseline_table(table).head(N_ROWS - 1), tmp_path / "short.parquet")
+    with pytest.raises(ValueError, match=r"^baseline_source: holds 2499 rows but source holds"):
+        xentstream_dask.evaluate(source, comparison, baseline_source=str(short), **PAIR_COLUMNS)
+    labels = table["y"].to_numpy().copy()
+    labels[2_100] = (labels[2_100] + 1) % 4
+    changed = _baseline_table(table).with_columns(y=pl.Series(labels))
+    bad = write(changed, tmp_path / "bad.parquet")
+    with pytest.raises(xs.DataError) as raised:
+        xentstream_dask.evaluate(
+            source,
+            comparison,
+            baseline_source=str(bad),
+            partition_rows=PARTITION_ROWS,
+            **TWO_SOURCE_COLUMNS,
+        )
+    message = str(raised.value)
+    assert message.startswith("partition 7 of 9 (") and raised.value.row == 2_100
+    with pytest.raises(ValueError) as single:
+        xs.compare(source, xs.CrossEntropy(), baseline_source=str(bad), **TWO_SOURCE_COLUMNS)
+    assert message.endswith(str(single.value))
+    assert comparison.rows_seen == 0  # nothing merged
+    text = write(_baseline_table(table).drop("q"), tmp_path / "b.csv")
+    with pytest.raises(ValueError, match=r"^baseline_source: .*b.csv cannot be split"):
+        xentstream_dask.evaluate(source, comparison, baseline_source=str(text), **PAIR_COLUMNS)
+    with pytest.raises(FileNotFoundError, match=r"^baseline_source: file .* does not exist"):
+        xentstream_dask.evaluate(
+            source, comparison, baseline_source=str(tmp_path / "no.arrow"), **PAIR_COLUMNS
         )

@@ -48,19 +48,33 @@ def test_quickstart_prints_what_the_readme_shows() -> None:
     assert done.stdout.strip() == shown.strip()
 
 
-def test_use_examples_run(tmp_path: Path) -> None:
-    code = "\n".join(_blocks(_section("Use"), "python"))
-    assert "xs.evaluate(records" in code  # the blocks were found
+def _run_python(code: str, cwd: Path) -> str:
+    """Run ``code`` in a child Python (warnings as errors); its stdout."""
     done = subprocess.run(
         [sys.executable, "-W", "error", "-c", code],
         capture_output=True,
         text=True,
-        cwd=tmp_path,
+        cwd=cwd,
         env=child_env(),
         timeout=300,
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_use_examples_run(tmp_path: Path) -> None:
+    code = "\n".join(_blocks(_section("Use"), "python"))
+    assert "xs.evaluate(records" in code  # the blocks were found
+    _run_python(code, tmp_path)
+
+
+def test_per_class_calibration_example_runs(tmp_path: Path) -> None:
+    """The comparison section's per-class calibration block runs as it stands."""
+    section = _section("Is the new model better, and is it calibrated?")
+    (code,) = [block for block in _blocks(section, "python") if "per_class=True" in block]
+    shown = _run_python(code, tmp_path)
+    assert "ece" in shown and "confidence" in shown
 
 
 def test_api_reference_builds_without_warnings(tmp_path: Path) -> None:

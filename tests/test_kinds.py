@@ -106,6 +106,8 @@ def test_flags_set_the_config_field_of_their_name() -> None:
         ("binary", ["--pos-weight", "1,2"], "--pos-weight: the binary task takes one value"),
         ("multiclass", ["--pos-weight", "2"], "--pos-weight: does not apply to the multiclass"),
         ("multilabel", ["--label-smoothing", "0.1"], "--label-smoothing: does not apply"),
+        # one class: no breakdown to report, and a flag that does nothing is an error
+        ("binary", ["--per-class"], "--per-class: does not apply to the binary task"),
     ],
 )
 def test_flags_a_kind_lacks_are_refused(task: str, argv: list[str], needle: str) -> None:

@@ -15,6 +15,7 @@ from statistics import NormalDist
 import numpy as np
 import polars as pl
 import pytest
+from reference import clustered_stderr as _clustered
 from reference import exact_mean, exact_sum
 
 import xentstream as xs
@@ -30,14 +31,6 @@ def _torch_dump(rng: np.random.Generator, rows: int, vocab: int, dtype=torch.flo
     target = torch.from_numpy(rng.integers(0, vocab, size=rows))
     logprobs = torch.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0]
     return logits, target, logprobs
-
-
-def _clustered(a: np.ndarray, b: np.ndarray) -> float:
-    """Cluster-robust (CR1) standard error of sum a / sum b, written out in float64."""
-    ratio = math.fsum(a) / math.fsum(b)
-    g = len(a)
-    residuals = [float(x) - ratio * float(y) for x, y in zip(a, b, strict=True)]
-    return math.sqrt(g / (g - 1) * math.fsum(r * r for r in residuals)) / math.fsum(b)
 
 
 def _per_document(lp, docs, weights=None, units=None):

@@ -26,7 +26,14 @@ from xentstream._kernels.exact import N_CHUNKS, N_SLOTS, normalize
 from xentstream.accumulator import ExactState
 from xentstream.config import TokenConfig
 
-__all__ = ["TokenBatch", "TokenState", "token_batch", "token_error", "token_report_fields"]
+__all__ = [
+    "TokenBatch",
+    "TokenState",
+    "token_batch",
+    "token_error",
+    "token_paired_fields",
+    "token_report_fields",
+]
 
 _LN2 = math.log(2.0)
 #: Per-document exact sums: ``sums[d, k]``.
@@ -832,3 +839,21 @@ def token_report_fields(config: TokenConfig, state: ExactState) -> dict[str, Any
     )
     # A token value carries no distribution: no entropy (its sums stay zero).
     return {"unit": config.unit, "entropy": None, **fields}
+
+
+def token_paired_fields(model: ExactState, baseline: ExactState, difference: float) -> dict:
+    """The token kind's :class:`~xentstream.ComparisonReport` fields (the kind's
+    ``paired_report``): ``clustered_stderr``, the cluster-robust standard error of the
+    paired mean difference with documents as clusters (the CR1 ratio formula of the
+    module docstring on ``D_d = A_d(model) - A_d(baseline)``, each ``A_d`` correctly
+    rounded, and the documents' shared ``B_d``); None without documents."""
+    mine, theirs = getattr(model, "documents", None), getattr(baseline, "documents", None)
+    # Both models saw the same rows: the same documents in the same order.
+    if mine is None or theirs is None or mine.keys != theirs.keys:
+        return {"clustered_stderr": None}
+    values, other = mine.values(), theirs.values()
+    weight = values[:, DOC_WEIGHT]
+    present = weight > 0.0
+    differences = values[present, DOC_LOSS] - other[present, DOC_LOSS]
+    total = accumulator.to_float(model.sums[layout.DENOMINATOR])
+    return {"clustered_stderr": _ratio_stderr(differences, weight[present], difference, total)}

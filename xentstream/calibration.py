@@ -321,14 +321,59 @@ class CalibrationReport:
             if value is not None
         )
 
-    def plot(self, ax: Any = None) -> Any:
-        """Draw the reliability diagram (needs matplotlib); returns the axes."""
+    def plot(
+        self,
+        ax: Any = None,
+        *,
+        per_class: bool = False,
+        names: Any = None,
+        most: int = 10,
+    ) -> Any:
+        """Draw the reliability diagram (needs matplotlib); returns the axes.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Where to draw (default: a new figure's).
+        per_class : bool
+            One reliability curve per class instead (each class's one-vs-rest bins:
+            mean outcome against mean forecast, bins holding weight only), labelled
+            with the class's ECE; needs the per-class bins (``per_class=True``).
+        names : sequence of str, optional
+            The classes' names for the legend (default: their indices).
+        most : int
+            With ``per_class``: the curves drawn at most, the classes of highest ECE
+            (more would be unreadable).
+
+        Raises
+        ------
+        ValueError
+            For ``per_class=True`` without per-class bins.
+
+        Examples
+        --------
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import xentstream as xs
+        >>> metric = xs.CrossEntropy(calibration_bins=5, per_class=True)
+        >>> report = metric.update([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4]], [0, 1, 1]).compute()
+        >>> ax = report.calibration.plot(per_class=True, names=["cat", "dog"])
+        >>> [line.get_label().split(" ")[0] for line in ax.get_lines()]
+        ['cat', 'dog', 'calibrated']
+        """
         try:
             import matplotlib.pyplot as plt
         except ImportError:  # pragma: no cover - the plot extra
             raise ImportError('plot: needs matplotlib: pip install "xentstream[plot]"') from None
+        if per_class and self.classes is None:
+            raise ValueError(
+                "per_class: this report has no per-class bins (per_class=True or "
+                "per_label=True with calibration_bins)"
+            )
         if ax is None:
             _, ax = plt.subplots(figsize=(4.5, 4.5))
+        if per_class:
+            return self._plot_classes(ax, names, most)
         table = self.table
         centers = ((table["lower"] + table["upper"]) / 2).to_numpy()
         accuracy = table["accuracy"].to_numpy()
@@ -345,6 +390,41 @@ class CalibrationReport:
         ece = "n/a" if self.ece is None else f"{self.ece:.4f}"
         ax.set_title(f"reliability (ECE {ece})")
         ax.legend(loc="upper left")
+        return ax
+
+    def _plot_classes(self, ax: Any, names: Any, most: int) -> Any:
+        """The per-class reliability curves (:meth:`plot` with ``per_class``)."""
+        classes = self.classes or ()
+        labels = [str(n) for n in names] if names is not None else []
+        if len(labels) != len(classes):
+            labels = [str(c) for c in range(len(classes))]
+        # The worst-calibrated first when not every class fits; then in class order.
+        order = sorted(
+            range(len(classes)), key=lambda c: -(classes[c].ece if classes[c].ece else 0.0)
+        )
+        shown = sorted(order[:most])
+        for index, c in enumerate(shown):
+            table = classes[c].table
+            held = table.filter(table["weight"] > 0.0)
+            ece = "n/a" if classes[c].ece is None else f"{classes[c].ece:.3f}"
+            ax.plot(
+                held["confidence"].to_numpy(),
+                held["accuracy"].to_numpy(),
+                marker="o",
+                markersize=3,
+                color=f"C{index % 10}",
+                label=f"{labels[c]} (ECE {ece})",
+            )
+        ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="calibrated")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("mean forecast of the class")
+        ax.set_ylabel("observed frequency of the class")
+        title = "reliability per class"
+        if len(shown) < len(classes):
+            title += f" ({len(shown)} of {len(classes)}, highest ECE)"
+        ax.set_title(title)
+        ax.legend(loc="upper left", fontsize="small")
         return ax
 
 

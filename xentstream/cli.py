@@ -215,18 +215,7 @@ def _parser() -> argparse.ArgumentParser:
         "except for the tokens task, where it is an optional 0/1 mask (0: padding)",
     )
     columns.add_argument("--sample-weight", metavar="COL", help="column of row weights")
-    columns.add_argument(
-        "--document",
-        metavar="COL",
-        help="tokens task: column of document ids (rows in any order): per-document "
-        "perplexity and standard errors clustered by document",
-    )
-    columns.add_argument(
-        "--units",
-        metavar="COL",
-        help="tokens task: column of the bytes (characters, words) each row covers: "
-        "bits per unit with its delta-method standard error",
-    )
+    _add_token_columns(columns)
     columns.add_argument(
         "--by",
         nargs="+",
@@ -246,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
         "--per-class",
         action="store_true",
         help="also report per-class (per-label) loss, counts and normalized entropy; "
-        "tokens task: the per-document table",
+        "tokens task: the per-document table; not for the binary task (one class)",
     )
     _add_calibration_flag(loss)
     running = run.add_argument_group("running")
@@ -298,7 +287,8 @@ def _parser() -> argparse.ArgumentParser:
         "--plot",
         metavar="FILE.png",
         help="draw the running loss with its 95%% band (per group with --by, per-class bars "
-        "with --per-class); needs matplotlib",
+        "with --per-class), the reliability diagram with --calibration-bins (and a curve per "
+        "class with --per-class too); needs matplotlib",
     )
 
     _add_compare_parser(commands)
@@ -321,6 +311,28 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--save-state", metavar="FILE", help="write the merged state here")
     _add_group_flags(merge)
     return parser
+
+
+def _add_token_columns(columns: Any) -> None:
+    """--document and --units: the tokens task's side columns (evaluate and compare)."""
+    columns.add_argument(
+        "--document",
+        metavar="COL",
+        help="tokens task: column of document ids (rows in any order): per-document "
+        "perplexity and standard errors clustered by document",
+    )
+    columns.add_argument(
+        "--units",
+        metavar="COL",
+        help="tokens task: column of the bytes (characters, words) each row covers: "
+        "bits per unit with its delta-method standard error",
+    )
+
+
+def _check_target(args: argparse.Namespace) -> None:
+    owner = _KIND_INPUTS.get(args.input)
+    if not args.target and not (owner is not None and owner.target_optional):
+        raise _UsageError("--target is required (except for --input target-logprob / target-nll)")
 
 
 def _is_npy(source: list[str]) -> bool:
@@ -424,7 +436,7 @@ def _infer_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     if owner is not None:
         return owner.task
     for kind in KINDS.values():
-        for flag in kind.side_columns:  # evaluate's flags (compare has none)
+        for flag in kind.side_columns:  # --document, --units
             if getattr(args, flag, None) is not None:
                 needed = " / ".join(kind.cli_inputs) or f"--task {kind.task}"
                 raise _UsageError(f"--{flag}: applies to --input {needed}")
@@ -457,11 +469,6 @@ def _pairable_task(args: argparse.Namespace, schema: pl.Schema | None) -> str:
     task = _infer_task(args, schema)
     if not KINDS[task].pairable:
         raise _UsageError(f"compare: the {task} task cannot be compared yet (not built)")
-    if KINDS[task].side_columns:  # compare has none of evaluate's --document / --units
-        raise _UsageError(
-            f"compare: the {task} task is compared in Python (xs.compare with "
-            "xs.TokenCrossEntropy()), not on the command line yet"
-        )
     return task
 
 
@@ -538,9 +545,7 @@ def _metric(args: argparse.Namespace, task: str) -> Metric:
         if value is None or value is False:  # not given
             continue
         field = kind.breakdown_field if name == "per_class" else name
-        if field is None:  # --per-class: the kind keeps no breakdown
-            continue
-        if field not in fields:
+        if field is None or field not in fields:  # (--per-class: the kind keeps no breakdown)
             raise _UsageError(f"{_flag(name)}: does not apply to the {task} task")
         options[field] = _field_value(_flag(name), fields[field], value, task)
     if "unit" in fields:
@@ -716,7 +721,8 @@ def _key_label(by: tuple[str, ...], key: tuple[Any, ...]) -> str:
 def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> Any:
     """The ``--plot`` figure: running loss (+ per-batch points, per-group lines), the
     groups' losses and the per-class losses, each with its 95% interval, and the
-    reliability diagram with ``--calibration-bins``."""
+    reliability diagram with ``--calibration-bins`` (and, with ``--per-class`` too, a
+    reliability curve per class)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -724,7 +730,10 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
 
     overall = result.overall if isinstance(result, GroupedReport) else result
     grouped = isinstance(result, GroupedReport) and bool(result.groups)
-    panels = 1 + grouped + (overall.per_class is not None) + (overall.calibration is not None)
+    calibration = overall.calibration
+    class_curves = calibration is not None and bool(calibration.classes)
+    panels = 1 + grouped + (overall.per_class is not None) + (calibration is not None)
+    panels += class_curves
     figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
     axes = list(axes[0])
     line_axes = axes.pop(0)
@@ -803,8 +812,11 @@ def _figure(history: list[dict[str, Any]], result: Report | GroupedReport) -> An
             None,
             f"mean loss per {column}",
         )
-    if overall.calibration is not None:  # --calibration-bins: the reliability diagram
-        overall.calibration.plot(ax=axes.pop(0))
+    if calibration is not None:  # --calibration-bins: the reliability diagram
+        calibration.plot(ax=axes.pop(0))
+    if class_curves:  # and --per-class: a reliability curve per class (label)
+        names = None if overall.per_class is None else overall.per_class[:, 0].to_list()
+        calibration.plot(ax=axes.pop(0), per_class=True, names=names, most=_PLOT_GROUP_LINES)
     figure.tight_layout()
     return figure
 
@@ -903,9 +915,7 @@ def _plot(path: str, history: list[dict[str, Any]], result: Report | GroupedRepo
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    owner = _KIND_INPUTS.get(args.input)
-    if not args.target and not (owner is not None and owner.target_optional):
-        raise _UsageError("--target is required (except for --input target-logprob / target-nll)")
+    _check_target(args)
     if args.dask is not None:
         _check_dask_args(args)
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # before the long run
@@ -1130,6 +1140,22 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+_COMPARE_EXAMPLES = """\
+examples:
+  # two models' probability columns in one dump
+  xentstream compare preds.parquet --preds new --baseline-preds old --target label
+  # each model in its own dump, rows in the same order (ids checked), with calibration
+  xentstream compare new.parquet --baseline-source old.parquet --row-id id \\
+      --preds p --baseline-preds p --target label --calibration-bins 15
+  # two language models' target log-probabilities: clustered by document, bits per
+  # byte, and the documents side by side
+  xentstream compare tokens.parquet --input target-logprob --preds lp_new \\
+      --baseline-preds lp_old --target mask --document doc_id --units bytes --per-class
+  # (T, V) logits and T token ids per row, padding -100
+  xentstream compare lm.parquet --preds logits_new --baseline-preds logits_old \\
+      --target tokens --input logits --ignore-index -100"""
+
+
 def _add_compare_parser(commands: Any) -> None:
     """``xentstream compare``: the loss options of ``evaluate``, two prediction columns."""
     run = commands.add_parser(
@@ -1138,6 +1164,7 @@ def _add_compare_parser(commands: Any) -> None:
         description="Paired comparison of two models on the same rows: the mean per-row loss "
         "difference (model - baseline), its standard error, 95%% interval and p-value, the "
         "share of rows where each model is better, and each model's own report.",
+        epilog=_COMPARE_EXAMPLES,
         formatter_class=_Formatter,
     )
     run.add_argument(
@@ -1162,9 +1189,14 @@ def _add_compare_parser(commands: Any) -> None:
         help="the baseline model's prediction column(s), for the same rows",
     )
     columns.add_argument(
-        "--target", nargs="+", required=True, metavar="COL", help="target column(s), shared"
+        "--target",
+        nargs="+",
+        metavar="COL",
+        help="target column(s), shared; required except for the tokens task, where it is "
+        "an optional 0/1 mask (0: padding)",
     )
     columns.add_argument("--sample-weight", metavar="COL", help="column of row weights")
+    _add_token_columns(columns)
     columns.add_argument(
         "--classes", type=_name_list, metavar="A,B,...", help="class names of string labels"
     )
@@ -1183,6 +1215,12 @@ def _add_compare_parser(commands: Any) -> None:
     )
     loss = run.add_argument_group("loss")
     _add_loss_options(loss)
+    loss.add_argument(
+        "--per-class",
+        action="store_true",
+        help="tokens task: the documents side by side (each model's loss and their "
+        "difference); other tasks: each model's per-class table (in --format json)",
+    )
     _add_calibration_flag(loss)
     running = run.add_argument_group("running")
     running.add_argument("--batch-rows", type=int, metavar="N", help="rows per batch")
@@ -1274,7 +1312,7 @@ def _render_comparison(report: ComparisonReport | GroupedComparison, fmt: str) -
 def _compare(args: argparse.Namespace) -> int:
     if _is_npy(args.source):
         raise _UsageError("compare: reads Parquet / IPC / CSV / NDJSON sources, not .npy")
-    args.per_class = False
+    _check_target(args)
     if args.by and args.save_state:
         raise _UsageError("--save-state: not with --by (a comparison's groups are not saved)")
     schema = _resolve_columns(args)
@@ -1295,8 +1333,10 @@ def _compare(args: argparse.Namespace) -> int:
         comparison,
         preds=one(args.preds),
         baseline_preds=one(args.baseline_preds),
-        target=one(args.target),
+        target=args.target and one(args.target),
         sample_weight=args.sample_weight,
+        document=args.document,
+        units=args.units,
         classes=args.classes,
         baseline_source=None if baseline is None else one(baseline),
         row_id=args.row_id,

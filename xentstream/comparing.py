@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from xentstream._errors import show
+from xentstream._errors import DataError, show
 from xentstream.comparison import ComparisonReport
 from xentstream.feeders import Batch, ColumnSpec, Feeder, open_source
 
@@ -93,12 +93,16 @@ def _json_key(value: Any) -> Any:
 
 
 def _slice(batch: Batch, start: int, stop: int) -> Batch:
+    def cut(value: Any) -> Any:
+        return None if value is None else value[start:stop]
+
     return Batch(
         preds=batch.preds[start:stop],
-        target=batch.target[start:stop],
-        sample_weight=None if batch.sample_weight is None else batch.sample_weight[start:stop],
-        keys=None if batch.keys is None else batch.keys[start:stop],
+        target=cut(batch.target),  # None: the token kind's optional mask left out
+        sample_weight=cut(batch.sample_weight),
+        keys=cut(batch.keys),
         n_rows=stop - start,
+        extras={name: cut(column) for name, column in batch.extras.items()},
     )
 
 
@@ -143,16 +147,20 @@ def _check_same_rows(left: Batch, right: Batch, row_id: str | None, target: str,
         ids_a, ids_b = left.keys[row_id].to_numpy(), right.keys[row_id].to_numpy()
         row = _first_difference(ids_a, ids_b)
         if row is not None:
-            raise ValueError(
-                f"{row_id}: row {offset + row}: id {show(ids_a[row].item())} in source but "
-                f"{show(ids_b[row].item())} in baseline_source; the sources must hold the "
-                "same rows in the same order"
+            raise DataError.at(
+                row_id,
+                offset + row,
+                f"id {show(ids_a[row].item())} in source but {show(ids_b[row].item())} in "
+                "baseline_source; the sources must hold the same rows in the same order",
             )
     row = _first_difference(left.target, right.target)
     if row is not None:
-        raise ValueError(
-            f"{target}: row {offset + row}: the targets of source and baseline_source differ; "
-            "the sources must hold the same rows in the same order"
+        # A DataError: a Dask partition's row moves to the whole stream's.
+        raise DataError.at(
+            target,
+            offset + row,
+            "the targets of source and baseline_source differ; the sources must hold "
+            "the same rows in the same order",
         )
 
 

@@ -114,6 +114,11 @@ class ComparisonReport:
         Rows where A's (B's) loss is strictly lower.
     model, baseline : Report
         Each model's own report, as its metric alone would give it.
+    clustered_stderr : float or None
+        Token comparisons with documents: the standard error of ``difference`` with
+        documents as clusters (cluster-robust, CR1, as the token kind's own
+        ``clustered_stderr``); tokens of one document are correlated, so ``stderr``
+        (per token, the paired t-test's) is too small. None otherwise.
     """
 
     difference: float
@@ -128,6 +133,7 @@ class ComparisonReport:
     baseline_better_rows: int
     model: Report
     baseline: Report
+    clustered_stderr: float | None = None
 
     def scalars(self, prefix: str = "") -> dict[str, float | int]:
         """The defined scalars as one flat dict (``ci95`` as two entries), then each
@@ -185,23 +191,64 @@ class ComparisonReport:
             f"p = {self.p_value:.2g}, {strength} at the 5% level)"
         )
 
+    @property
+    def per_document(self) -> Any:
+        """The token kind's documents side by side (None without both models'
+        per-document tables, ``per_document=True``): a polars frame of ``document``,
+        ``tokens``, ``model_loss``, ``baseline_loss`` and ``difference`` (model -
+        baseline, of the two correctly rounded losses), in the tables' order."""
+        mine, theirs = self.model.per_document, self.baseline.per_document
+        if mine is None or theirs is None:
+            return None
+        import polars as pl
+
+        # Both models saw the same rows: the same documents, in the same order.
+        return mine.select(
+            "document",
+            "tokens",
+            pl.col("loss").alias("model_loss"),
+            theirs["loss"].alias("baseline_loss"),
+            (pl.col("loss") - theirs["loss"]).alias("difference"),
+        )
+
     def __str__(self) -> str:
-        width = max(map(len, _SCALARS))
+        names = [name for name in _SIDE_BY_SIDE if getattr(self.model, name) is not None]
+        labels = [self.model.label(name) for name in names]
+        width = max(map(len, (*_SCALARS, *labels)))
         lines = [f"{name:<{width}}  {format_value(value)}" for name, value in self._shown()]
         lines.append("")
         lines.append(f"{'':<{width}}  {'model':>12}  {'baseline':>12}")
-        for name in ("loss", "stderr", "accuracy", "perplexity"):
+        for name, label in zip(names, labels, strict=True):
             a, b = getattr(self.model, name), getattr(self.baseline, name)
-            if a is not None or b is not None:
-                lines.append(f"{name:<{width}}  {format_value(a):>12}  {format_value(b):>12}")
+            lines.append(f"{label:<{width}}  {format_value(a):>12}  {format_value(b):>12}")
+        table = self.per_document
+        if table is not None:
+            import polars as pl
+
+            with pl.Config(tbl_rows=200, tbl_hide_dataframe_shape=True):
+                lines.extend(["", str(table)])
         lines.append("")
         lines.append(self.verdict())
         return "\n".join(lines)
 
 
+#: Each model's own report fields that the comparison's table shows side by side, where
+#: the models have them (the token kind's document and unit statistics).
+_SIDE_BY_SIDE = (
+    "loss",
+    "stderr",
+    "clustered_stderr",
+    "accuracy",
+    "perplexity",
+    "document_perplexity",
+    "bits_per_unit",
+)
+
+
 _SCALARS = (
     "difference",
     "stderr",
+    "clustered_stderr",
     "ci95",
     "z",
     "p_value",
@@ -353,6 +400,7 @@ class Comparison(Stateful):
         *,
         names: ColumnNames = DEFAULT_NAMES,
         baseline_name: str = _BASELINE_PREDS,
+        **side: Any,
     ) -> Comparison:
         """Add one batch of rows scored by both models. Atomic: a rejected batch (bad
         values in either model's predictions, mismatched shapes) changes nothing.
@@ -366,6 +414,12 @@ class Comparison(Stateful):
             Shared by both models.
         names, baseline_name
             Column names for messages (feeders); ``names.preds`` names ``preds``.
+        **side
+            The side columns of a metric that takes them, shared by both models: the
+            token kind's ``document`` ids and ``units`` (and ``document_name`` /
+            ``units_name`` for messages), as its ``update`` takes them; each model's
+            report then has its documents' statistics (clustered standard error,
+            per-document table) and bits per unit.
 
         Returns
         -------
@@ -376,10 +430,25 @@ class Comparison(Stateful):
         ------
         ValueError, TypeError
             As the metric's ``update``; also when the two models' predictions have a
-            different number of classes.
+            different number of classes, or for a side column the metric takes none of.
+
+        Examples
+        --------
+        >>> import numpy as np, xentstream as xs
+        >>> c = xs.Comparison(xs.TokenCrossEntropy(input="nll"))
+        >>> report = c.update([0.5, 1.0, 2.0], [0.7, 1.0, 1.5], None,
+        ...                   document=["a", "a", "b"]).compute()
+        >>> report.count, report.model.documents, report.model_better_rows
+        (3, 2, 1)
         """
         self.accumulate(
-            preds, baseline_preds, target, sample_weight, names=names, baseline_name=baseline_name
+            preds,
+            baseline_preds,
+            target,
+            sample_weight,
+            names=names,
+            baseline_name=baseline_name,
+            **side,
         )
         return self
 
@@ -395,6 +464,7 @@ class Comparison(Stateful):
         groups: np.ndarray | None = None,
         n_groups: int = 1,
         row_offset: int | None = None,
+        **side: Any,
     ) -> PairedBatch:
         """:meth:`update`, returning both models' batch sums and the paired sums and
         counters per group (``groups``: an int64 code in ``[0, n_groups)`` per row), as
@@ -403,10 +473,11 @@ class Comparison(Stateful):
         baseline_names = ColumnNames(
             preds=baseline_name, target=names.target, sample_weight=names.sample_weight
         )
+        side = self._side_columns(side)
         with self._lock:
             offset = self.rows_seen if row_offset is None else row_offset
             model, baseline = self.model, self.baseline
-            options = {"groups": groups, "n_groups": n_groups, "row_offset": offset}
+            options = {"groups": groups, "n_groups": n_groups, "row_offset": offset, **side}
             batch = model.run_batch(
                 preds, target, sample_weight, names=names, keep_rows=True, **options
             )
@@ -442,16 +513,32 @@ class Comparison(Stateful):
                 self._counts += counts.sum(axis=0)
         return PairedBatch(batch, baseline_batch, sums, counts)
 
+    def _side_columns(self, side: dict[str, Any]) -> dict[str, Any]:
+        """The side columns given (None: not given), refused for a metric without them."""
+        given = {name: value for name, value in side.items() if value is not None}
+        takes = self.model.kind.side_columns
+        for name in given:
+            column = name.removesuffix("_name")
+            if column not in takes:
+                raise ValueError(
+                    f"{column}: a comparison of {type(self.model).__name__} takes no "
+                    f"{column} column (TokenCrossEntropy takes document and units)"
+                )
+        return given
+
     def absorb_group(self, batch: PairedBatch, code: int, label_counts: Any = None) -> None:
         """Add group ``code``'s share of a grouped :meth:`accumulate` batch to this
-        (per-group) comparison: the models' and the paired sums, no per-class sums and
-        no reliability bins. ``label_counts``: :meth:`Metric.group_label_counts` of the
-        batch (shared: both models score the same targets), or None."""
+        (per-group) comparison: the models' and the paired sums (and a token batch's
+        per-document sums of the group), no per-class sums and no reliability bins.
+        ``label_counts``: :meth:`Metric.group_label_counts` of the batch (shared: both
+        models score the same targets), or None."""
         labels = None if label_counts is None else label_counts[code]
         with self._lock:
             for metric, sums in ((self.model, batch.model), (self.baseline, batch.baseline)):
+                documents = getattr(sums, "group_documents", None)
+                extra = {} if documents is None else {"documents": documents[code]}
                 metric.state.add(
-                    sums.group_sums[code], sums.group_counts[code], label_counts=labels
+                    sums.group_sums[code], sums.group_counts[code], label_counts=labels, **extra
                 )
             accumulator.merge_into(self._sums, batch.sums[code])
             self._counts += batch.counts[code]
@@ -621,6 +708,8 @@ def _build_report(
     ci95 = None if stderr is None else (mean - _Z95 * stderr, mean + _Z95 * stderr)
     weight = sums[paired.WEIGHT]
     has_weight = accumulator.to_float(weight) > 0.0
+    hook = model.kind.paired_report
+    extra = {} if hook is None else hook(model.state, baseline.state, mean)
     return ComparisonReport(
         difference=mean,
         stderr=stderr,
@@ -634,6 +723,7 @@ def _build_report(
         baseline_better_rows=int(counts[paired.B_BETTER_ROWS]),
         model=model.compute(),
         baseline=baseline.compute(),
+        **extra,
     )
 
 

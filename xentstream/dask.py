@@ -82,6 +82,19 @@ def require_dask(*, distributed: bool = False) -> Any:
 
 
 @dataclass(frozen=True)
+class _Span:
+    """Rows ``start .. start + rows`` of one file."""
+
+    path: str
+    start: int
+    rows: int
+    stamp: tuple[int, int]  # the file's size and mtime: a rewritten file gets new task keys
+
+    def frame(self) -> pl.LazyFrame:
+        return scan_files([Path(self.path)]).slice(self.start, self.rows)
+
+
+@dataclass(frozen=True)
 class _FilePart:
     """Rows ``start .. start + rows`` of one file: what one worker task reads."""
 
@@ -92,10 +105,18 @@ class _FilePart:
     rows: int
     offset: int  # row of the whole stream where this partition begins
     stamp: tuple[int, int]  # the file's size and mtime: a rewritten file gets new task keys
+    #: A two-source comparison's baseline rows of this partition (the same stream
+    #: rows, wherever the baseline's files cut them): spans of its files.
+    baseline: tuple[_Span, ...] = ()
 
     def frame(self) -> pl.LazyFrame:
-        scan = scan_files([Path(self.path)])
-        return scan.slice(self.start, self.rows)
+        return _Span(self.path, self.start, self.rows, self.stamp).frame()
+
+    def baseline_frame(self) -> pl.LazyFrame | None:
+        """The baseline's rows of this partition (None: a one-source run)."""
+        if not self.baseline:
+            return None
+        return pl.concat([span.frame() for span in self.baseline], how="vertical")
 
     def where(self) -> str:
         stop = self.start + self.rows - 1
@@ -116,25 +137,67 @@ class _FramePart:
         return f"partition {self.index} of {self.count} of the dask DataFrame"
 
 
-def _file_partitions(paths: list[Any], partition_rows: int) -> list[_FilePart]:
-    spans: list[tuple[str, int, int, int, tuple[int, int]]] = []
-    offset = 0
+def _file_spans(paths: list[Any]) -> list[_Span]:
+    """Every file whole, as a span (absolute paths: workers may run elsewhere, on
+    shared storage)."""
+    spans = []
     for path in paths:
-        name = os.path.abspath(path)  # workers may run elsewhere: shared storage, absolute path
+        name = os.path.abspath(path)
         stat = os.stat(name)
-        rows = count_rows([Path(name)])
-        spans += [
+        spans.append(_Span(name, 0, count_rows([Path(name)]), (stat.st_size, stat.st_mtime_ns)))
+    return spans
+
+
+def _file_partitions(
+    paths: list[Any], partition_rows: int, baseline_paths: list[Any] | None = None
+) -> list[_FilePart]:
+    """Partitions of ``partition_rows`` rows of each file (never spanning two); with
+    ``baseline_paths``, each with the baseline's spans of the same stream rows."""
+    parts: list[tuple[_Span, int]] = []
+    offset = 0
+    for file in _file_spans(paths):
+        parts += [
             (
-                name,
-                start,
-                min(partition_rows, rows - start),
-                offset + start,
-                (stat.st_size, stat.st_mtime_ns),
+                _Span(file.path, start, min(partition_rows, file.rows - start), file.stamp),
+                offset + start,  # the partition's first row in the whole stream
             )
-            for start in range(0, rows, partition_rows)
+            for start in range(0, file.rows, partition_rows)
         ]
-        offset += rows
-    return [_FilePart(index, len(spans), *span) for index, span in enumerate(spans)]
+        offset += file.rows
+    baseline = [] if baseline_paths is None else _file_spans(baseline_paths)
+    if baseline_paths is not None:
+        held = sum(span.rows for span in baseline)
+        if held != offset:
+            raise ValueError(
+                f"baseline_source: holds {held} rows but source holds {offset}; the "
+                "sources must hold the same rows in the same order"
+            )
+    return [
+        _FilePart(
+            index,
+            len(parts),
+            span.path,
+            span.start,
+            span.rows,
+            start,
+            span.stamp,
+            _rows_of(baseline, start, span.rows),
+        )
+        for index, (span, start) in enumerate(parts)
+    ]
+
+
+def _rows_of(files: list[_Span], start: int, rows: int) -> tuple[_Span, ...]:
+    """The spans of ``files`` (whole files, one stream in order) that hold stream rows
+    ``start .. start + rows``."""
+    out = []
+    offset = 0
+    for file in files:
+        low, high = max(start, offset), min(start + rows, offset + file.rows)
+        if low < high:
+            out.append(_Span(file.path, low - offset, high - low, file.stamp))
+        offset += file.rows
+    return tuple(out)
 
 
 # -- what runs on the workers ------------------------------------------------------------------
@@ -167,12 +230,15 @@ def _bad_data(part: _FilePart | _FramePart, error: Exception) -> dict[str, Any]:
 def _partition_state(
     part: _FilePart | _FramePart,
     data: Any,
+    baseline: Any,
     template: Evaluation,
     engine: str,
     threads: int | None,
     batch_rows: int | None,
 ) -> dict[str, Any]:
     """Exact state of one partition (or its bad data): a pure function of its rows.
+    ``data`` / ``baseline``: a DataFrame partition and a two-source comparison's
+    partition of its baseline (None: a file partition reads its own).
 
     A task lost with its worker is simply run again (Dask retries it); since its
     result depends only on its rows, no row is ever counted twice.
@@ -182,12 +248,8 @@ def _partition_state(
     except (ImportError, RuntimeError) as error:  # engine="cuda": no numba-cuda, no GPU
         # The worker's machine is at fault, not the data: stop the run at once.
         raise type(error)(f"dask worker on host {socket.gethostname()}: {error}") from None
-    # The engine is not part of a state: without it here, every task would run on
-    # whatever "auto" picks on its worker. A fresh evaluation per task: under the
-    # threaded and sync schedulers the tasks share ``template`` itself.
-    run = template.fresh(engine=engine)
     if threads is None:
-        return _feed(part, data, run, batch_rows)
+        return _feed(part, data, baseline, template, engine, batch_rows)
     import numba
 
     # set_num_threads is per calling thread (this task's thread in the worker), so it
@@ -195,24 +257,35 @@ def _partition_state(
     before = numba.get_num_threads()
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     try:
-        return _feed(part, data, run, batch_rows)
+        return _feed(part, data, baseline, template, engine, batch_rows)
     finally:
         numba.set_num_threads(before)
 
 
 def _feed(
-    part: _FilePart | _FramePart, data: Any, run: Evaluation, batch_rows: int | None
+    part: _FilePart | _FramePart,
+    data: Any,
+    baseline: Any,
+    template: Evaluation,
+    engine: str,
+    batch_rows: int | None,
 ) -> dict[str, Any]:
     if isinstance(part, _FramePart):
         try:
             data = pl.from_pandas(data)
+            baseline = None if baseline is None else pl.from_pandas(baseline)
         except (ValueError, TypeError) as error:
             return _bad_data(part, error)
         except Exception as error:  # pyarrow's NotImplementedError (a complex column), ...
             return _bad_data(part, TypeError(f"{type(error).__name__}: {error}"))
     try:
-        frame = part.frame() if isinstance(part, _FilePart) else data
-        for _ in run.feed(frame, batch_rows=batch_rows):
+        if isinstance(part, _FilePart):
+            data, baseline = part.frame(), part.baseline_frame()
+        # The engine is not part of a state: without it here, every task would run on
+        # whatever "auto" picks on its worker. A fresh evaluation per task: under the
+        # threaded and sync schedulers the tasks share ``template`` itself.
+        run = template.fresh(engine=engine, baseline_source=baseline)
+        for _ in run.feed(data, batch_rows=batch_rows):
             pass
     except (ValueError, TypeError, pl.exceptions.PolarsError) as error:
         return _bad_data(part, error)
@@ -277,6 +350,7 @@ def _is_dask_frame(source: Any) -> bool:
 
 def _leaves(
     source: Any,
+    baseline_source: Any,
     run: Evaluation,
     batch_rows: int | None,
     partition_rows: int,
@@ -284,44 +358,82 @@ def _leaves(
 ) -> list[Any]:
     """One delayed partition state per partition; checks columns on the client first.
 
-    ``task_args``: what every task gets after its partition and data (the empty
+    ``baseline_source``: a two-source comparison's baseline, of the same kind as
+    ``source`` (files, or a DataFrame whose partitions pair with ``source``'s), or
+    None. ``task_args``: what every task gets after its partition and data (the empty
     evaluation, the engine and numba threads; see :func:`_partition_state`).
     """
     from dask import delayed
 
     task = delayed(_partition_state, pure=True)
     if _is_dask_frame(source):
+        baselines = _baseline_partitions(source, baseline_source)
         # ``_meta``, the empty frame of the partitions' dtypes that every dask
         # collection carries: column errors before any task runs.
-        run.open(pl.from_pandas(source._meta), batch_rows=batch_rows)
+        empty = None if baseline_source is None else pl.from_pandas(baseline_source._meta)
+        checked = run.fresh(baseline_source=empty)
+        checked.open(pl.from_pandas(source._meta), batch_rows=batch_rows)
         parts = source.to_delayed()
         return [
-            task(_FramePart(index, len(parts)), part, *task_args, batch_rows)
-            for index, part in enumerate(parts)
+            task(_FramePart(index, len(parts)), part, baseline, *task_args, batch_rows)
+            for index, (part, baseline) in enumerate(zip(parts, baselines, strict=True))
         ]
-    paths = expand_paths(source)
-    if paths is None:
-        raise TypeError(
-            "source: expected a path, glob or list of Parquet / Arrow IPC files, or a "
-            f"dask.dataframe.DataFrame, got {type(source).__name__}"
-        )
-    for path in paths:
-        if path.suffix.lower() not in SPLITTABLE_SUFFIXES:
-            raise ValueError(
-                f"source: {path} cannot be split into partitions ({path.suffix or 'no'} "
-                "suffix); use Parquet or Arrow IPC files, or a dask.dataframe.DataFrame "
-                "(dask.dataframe.read_csv, ...)"
-            )
+    paths = _splittable(source, "source")
+    baseline_paths = (
+        None if baseline_source is None else _splittable(baseline_source, "baseline_source")
+    )
     if (
         isinstance(partition_rows, bool)
         or not isinstance(partition_rows, int)
         or partition_rows < 1
     ):
         raise ValueError(f"partition_rows: must be a positive integer, got {partition_rows!r}")
-    run.open(scan_files(paths[:1]).head(0), batch_rows=batch_rows)
+    empty = None if baseline_paths is None else scan_files(baseline_paths[:1]).head(0)
+    run.fresh(baseline_source=empty).open(scan_files(paths[:1]).head(0), batch_rows=batch_rows)
     return [
-        task(part, None, *task_args, batch_rows) for part in _file_partitions(paths, partition_rows)
+        task(part, None, None, *task_args, batch_rows)
+        for part in _file_partitions(paths, partition_rows, baseline_paths)
     ]
+
+
+def _splittable(source: Any, name: str) -> list[Path]:
+    """The files of a file source, each one that partitions can slice."""
+    try:
+        paths = expand_paths(source)
+    except FileNotFoundError as error:  # expand_paths names its argument "source"
+        raise FileNotFoundError(f"{name}: {str(error).removeprefix('source: ')}") from None
+    if paths is None:
+        raise TypeError(
+            f"{name}: expected a path, glob or list of Parquet / Arrow IPC files, or a "
+            f"dask.dataframe.DataFrame, got {type(source).__name__}"
+        )
+    for path in paths:
+        if path.suffix.lower() not in SPLITTABLE_SUFFIXES:
+            raise ValueError(
+                f"{name}: {path} cannot be split into partitions ({path.suffix or 'no'} "
+                "suffix); use Parquet or Arrow IPC files, or a dask.dataframe.DataFrame "
+                "(dask.dataframe.read_csv, ...)"
+            )
+    return paths
+
+
+def _baseline_partitions(source: Any, baseline_source: Any) -> list[Any]:
+    """A DataFrame source's baseline partitions, one per partition of ``source`` (each
+    checked in its task to hold as many rows); Nones for a one-source run."""
+    if baseline_source is None:
+        return [None] * source.npartitions
+    if not _is_dask_frame(baseline_source):
+        raise TypeError(
+            "baseline_source: with a dask.dataframe.DataFrame source, a DataFrame whose "
+            f"partitions hold the same rows as the source's, got {type(baseline_source).__name__}"
+        )
+    if baseline_source.npartitions != source.npartitions:
+        raise ValueError(
+            f"baseline_source: has {baseline_source.npartitions} partitions but source has "
+            f"{source.npartitions}; partition i of each must hold the same rows "
+            "(repartition one like the other)"
+        )
+    return baseline_source.to_delayed()
 
 
 def _raise_bad_data(source: Any, error: dict[str, Any], scheduler: Any) -> NoReturn:
@@ -384,15 +496,20 @@ def evaluate(
     metric : Metric or Comparison
         Updated in place, as by :func:`xentstream.evaluate`. A
         :class:`~xentstream.Comparison` compares the ``preds`` and ``baseline_preds``
-        columns of the same rows (one source: ``baseline_source`` is not splittable
-        in step with it).
+        columns of the same rows: of one source, or with ``baseline_source`` of two,
+        read in step (each partition of ``source`` with the baseline's rows of the same
+        stream rows, wherever the baseline's files are cut; two DataFrames pair
+        partition by partition).
     batch_rows : int, optional
         As in :func:`xentstream.evaluate`: bounds the memory of each task.
     **columns
         :func:`xentstream.evaluate`'s column arguments: ``preds``, ``target``,
         ``sample_weight``, ``by``, ``classes``, ``document``, ``units`` (a document's
         rows may lie in several partitions: the per-document states merge by
-        document id), and a comparison's ``baseline_preds``.
+        document id), and a comparison's ``baseline_preds``, ``baseline_source``
+        (files like ``source``'s holding as many rows, checked on the client, or a
+        DataFrame of as many partitions) and ``row_id`` (checked row by row in
+        every partition, as are the targets).
     partition_rows : int
         Rows per partition of a file source (partitions never span two files).
     split_every : int
@@ -442,12 +559,6 @@ def evaluate(
     True
     """
     dask = require_dask()
-    for name in ("baseline_source", "row_id"):
-        if columns.get(name) is not None:
-            raise ValueError(
-                f"{name}: a comparison on Dask reads one source (its preds and "
-                "baseline_preds columns); partitions of two sources are not cut in step"
-            )
     run = Evaluation.of(metric, **columns)
     if isinstance(split_every, bool) or not isinstance(split_every, int) or split_every < 2:
         raise ValueError(f"split_every: must be an integer >= 2, got {split_every!r}")
@@ -456,9 +567,15 @@ def evaluate(
     ):
         raise ValueError(f"task_threads: must be a positive integer or None, got {task_threads!r}")
     # The config and columns only: what every task and merge starts from.
-    template = run.fresh(groups=False)
+    # (A two-source comparison's baseline travels as each partition's own rows.)
+    template = run.fresh(groups=False, baseline_source=None)
     level = _leaves(
-        source, template, batch_rows, partition_rows, (template, metric.engine, task_threads)
+        source,
+        columns.get("baseline_source"),
+        template,
+        batch_rows,
+        partition_rows,
+        (template, metric.engine, task_threads),
     )
     merge = dask.delayed(_merge_states, pure=True)
     while len(level) > 1:

@@ -892,6 +892,10 @@ def _remove_stale_temp_files(path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+#: :meth:`Evaluation.fresh`'s default: the comparison's own baseline source.
+_SAME: Any = object()
+
+
 class Evaluation:
     """One evaluation in progress: a metric (or a comparison), the columns it reads
     and its groups.
@@ -1004,14 +1008,7 @@ class Evaluation:
                     f"{name}: only for a comparison (xs.compare, or xs.Comparison(metric) "
                     f"as the metric), not a {type(metric).__name__}"
                 )
-        # Side columns (the token kind's documents and units) go to metrics that take them.
-        takes = metric.kind.side_columns
-        for name, column in (("document", document), ("units", units)):
-            if column is not None and (name not in takes or not isinstance(column, str)):
-                raise ValueError(
-                    f"{name}: a column name, for a metric that takes it (TokenCrossEntropy); "
-                    f"got {show(column)} for a {type(metric).__name__}"
-                )
+        _check_side_columns(metric, document=document, units=units)
         spec = ColumnSpec(
             preds=preds,
             target=target,
@@ -1024,20 +1021,35 @@ class Evaluation:
         )
         return cls(metric, spec)
 
-    def fresh(self, *, engine: str | None = None, groups: bool = True) -> Evaluation:
+    def fresh(
+        self, *, engine: str | None = None, groups: bool = True, baseline_source: Any = _SAME
+    ) -> Evaluation:
         """A new evaluation of the same columns with an empty metric (or comparison) of
         the same configuration, on ``engine`` (default: this metric's): what each of
         :mod:`xentstream.dask`'s tasks and merges starts from.
 
         ``groups=False``: without the (empty) group state, to be sent to other
         processes as a template (a group state is not pickled; its ``fresh()`` has
-        one again)."""
+        one again). ``baseline_source``: a comparison's baseline rows from this source
+        instead (a Dask partition's; None: the comparison reads one source); a
+        metric's evaluation takes None only.
+
+        Raises
+        ------
+        ValueError
+            For a ``baseline_source`` given to a metric's evaluation.
+        """
+        comparing = isinstance(self, _ComparisonEvaluation)
+        if baseline_source is not _SAME and baseline_source is not None and not comparing:
+            raise ValueError("baseline_source: only for a comparison's evaluation")
         metric = self.metric
         engine = metric.engine if engine is None else engine
         blank = type(metric).from_state_dict(metric.state_dict(), engine=engine)
         run = copy.copy(self)
         run.metric = blank.reset()
         run.groups = run._new_groups() if groups else None
+        if comparing and baseline_source is not _SAME:
+            run.baseline_source = baseline_source
         return run
 
     def feed(
@@ -1113,10 +1125,6 @@ class Evaluation:
         n_groups = 1 if groups is None else groups.batch_groups
         if first:
             _warn_if_probabilities(batch.preds, metric)
-        side = {}
-        if batch.extras:  # with their column names, for the metric's messages
-            names_of = {f"{key}_name": column for key, column in spec.side_columns().items()}
-            side = {**batch.extras, **names_of}
         result = metric.accumulate(
             batch.preds,
             batch.target,
@@ -1125,11 +1133,31 @@ class Evaluation:
             groups=codes,
             n_groups=n_groups,
             row_offset=row_offset,
-            **side,
+            **_side_arguments(batch, spec),
         )
         if groups is not None:
             groups.absorb(metric, result, batch.target, batch.sample_weight)
         return result.n_rows
+
+
+def _check_side_columns(metric: Metric, **columns: Any) -> None:
+    """Side columns (the token kind's documents and units) go to metrics that take them."""
+    takes = metric.kind.side_columns
+    for name, column in columns.items():
+        if column is not None and (name not in takes or not isinstance(column, str)):
+            raise ValueError(
+                f"{name}: a column name, for a metric that takes it (TokenCrossEntropy); "
+                f"got {show(column)} for a {type(metric).__name__}"
+            )
+
+
+def _side_arguments(batch: Batch, spec: ColumnSpec) -> dict[str, Any]:
+    """A batch's side columns as the metric's keyword arguments, with their column
+    names (``document_name``) for its messages."""
+    if not batch.extras:
+        return {}
+    names_of = {f"{key}_name": column for key, column in spec.side_columns().items()}
+    return {**batch.extras, **names_of}
 
 
 class _ComparisonEvaluation(Evaluation):
@@ -1164,20 +1192,22 @@ class _ComparisonEvaluation(Evaluation):
         by: tuple[str, ...],
         side: dict[str, Any],
     ) -> _ComparisonEvaluation:
-        for name, column in side.items():
-            if column is not None:
-                raise ValueError(f"{name}: a comparison takes no {name} column")
+        _check_side_columns(comparison.model, **side)
         if row_id is not None and baseline_source is None:
             raise ValueError("row_id: only with baseline_source (one source holds its own rows)")
         keys = () if row_id is None else (row_id,)
-        spec = replace(columns, by=tuple(dict.fromkeys((*by, *keys))))
+        optional = comparison.model.kind.target_optional
+        spec = replace(
+            columns, by=tuple(dict.fromkeys((*by, *keys))), target_optional=optional, **side
+        )
         baseline_spec = ColumnSpec(
             preds=baseline_preds,
             target=columns.target,
-            # One source: the weights are read once, with model A's columns.
+            # One source: the weights (and side columns) are read once, with model A's.
             sample_weight=None if baseline_source is None else columns.sample_weight,
             by=keys,
             classes=columns.classes,
+            target_optional=optional,
         )
         return cls(
             comparison,
@@ -1231,6 +1261,7 @@ class _ComparisonEvaluation(Evaluation):
             groups=codes,
             n_groups=n_groups,
             row_offset=row_offset,
+            **_side_arguments(rows, self.spec),
         )
         if groups is not None:
             groups.absorb(comparison, result, rows.target, rows.sample_weight)

@@ -29,7 +29,13 @@ import numpy as np
 from xentstream import report
 from xentstream._batch import BatchSums, binary_batch, multiclass_batch, multilabel_batch
 from xentstream._inputs import as_array
-from xentstream._tokens import TokenState, token_batch, token_report_fields, token_row_denominators
+from xentstream._tokens import (
+    TokenState,
+    token_batch,
+    token_paired_fields,
+    token_report_fields,
+    token_row_denominators,
+)
 from xentstream.accumulator import ExactState
 from xentstream.config import (
     BinaryConfig,
@@ -98,6 +104,10 @@ class Kind:
     extra_report : callable or None
         ``extra_report(config, state) -> dict``: :class:`~xentstream.Report` fields the
         kind sets beyond the common ones (the token kind's documents and units).
+    paired_report : callable or None
+        ``paired_report(model_state, baseline_state, difference) -> dict``:
+        :class:`~xentstream.ComparisonReport` fields the kind sets beyond the common
+        ones (the token kind's difference clustered by document).
     side_columns : tuple of str
         Per-row columns besides preds / target / sample_weight that the kind's metric
         takes (``evaluate(document=..., units=...)``).
@@ -142,6 +152,7 @@ class Kind:
     row_denominators: Callable[..., np.ndarray] | None = None
     state: type[ExactState] = ExactState
     extra_report: Callable[..., dict[str, Any]] | None = None
+    paired_report: Callable[..., dict[str, Any]] | None = None
     side_columns: tuple[str, ...] = ()
     target_optional: bool = False
     pairable: bool = True
@@ -350,6 +361,7 @@ KINDS: dict[str, Kind] = {
             per_class_frame=report.label_frame,
             state=TokenState,
             extra_report=token_report_fields,
+            paired_report=token_paired_fields,
             side_columns=("document", "units"),
             target_optional=True,
             breakdown_field="per_document",

@@ -156,6 +156,21 @@ class TokenCrossEntropy(Metric):
     __call__ = forward
 
     def accumulate(
+        self, preds: Any, target: Any = None, sample_weight: Any = None, **options: Any
+    ) -> TokenBatch:
+        """:meth:`Metric.accumulate` with the side columns ``document`` and ``units``
+        (``document_name`` / ``units_name``: their column names in messages); the
+        keywords are :meth:`run_batch`'s (``names``, ``groups``, ``n_groups``,
+        ``row_offset``, the side columns)."""
+        with self._lock:
+            batch = self.run_batch(
+                preds, target, sample_weight, keep_rows=self._window is not None, **options
+            )
+            if batch.n_rows:
+                self._absorb(batch, target, sample_weight)
+        return batch
+
+    def run_batch(
         self,
         preds: Any,
         target: Any = None,
@@ -165,44 +180,44 @@ class TokenCrossEntropy(Metric):
         groups: np.ndarray | None = None,
         n_groups: int = 1,
         row_offset: int | None = None,
+        keep_rows: bool = False,
         document: Any = None,
         units: Any = None,
         document_name: str = "document",
         units_name: str = "units",
     ) -> TokenBatch:
-        """:meth:`Metric.accumulate` with the side columns ``document`` and ``units``
-        (``*_name``: their column names in messages)."""
-        with self._lock:
-            offset = self.rows_seen if row_offset is None else row_offset
-            batch = token_batch(
-                self.config,
-                preds,
-                target,
-                sample_weight,
-                document=document,
-                units=units,
-                groups=groups,
-                n_groups=n_groups,
-                keep_rows=self._window is not None,
-                row_offset=offset,
-                names=names,
-                engine=self.engine,
-                document_name=document_name,
-                units_name=units_name,
-            )
-            if not batch.n_rows:
-                return batch
-            with_documents = batch.doc_keys is not None
-            if self.rows_seen and with_documents != (self.state.documents is not None):
-                raise ValueError(
-                    f"{document_name}: "
-                    + (
-                        "this batch has document ids but the rows before it had none"
-                        if with_documents
-                        else "the rows before had document ids; every batch needs them"
-                    )
+        """:meth:`Metric.run_batch` with the side columns (as :meth:`accumulate`): one
+        validated pass, nothing absorbed; also refuses a batch with document ids after
+        rows without (or the other way round), so that a paired comparison of two
+        token metrics checks it before either absorbs."""
+        offset = self.rows_seen if row_offset is None else row_offset
+        batch = token_batch(
+            self.config,
+            preds,
+            target,
+            sample_weight,
+            document=document,
+            units=units,
+            groups=groups,
+            n_groups=n_groups,
+            keep_rows=keep_rows,
+            keep_terms=self._window is not None,
+            row_offset=offset,
+            names=names,
+            engine=self.engine,
+            document_name=document_name,
+            units_name=units_name,
+        )
+        with_documents = batch.doc_keys is not None
+        if batch.n_rows and self.rows_seen and with_documents != (self.state.documents is not None):
+            raise ValueError(
+                f"{document_name}: "
+                + (
+                    "this batch has document ids but the rows before it had none"
+                    if with_documents
+                    else "the rows before had document ids; every batch needs them"
                 )
-            self._absorb(batch, target, sample_weight)
+            )
         return batch
 
     def _absorb(self, batch: Any, target: Any, sample_weight: Any) -> None:

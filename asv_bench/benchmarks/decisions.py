@@ -7,12 +7,15 @@
   replaces);
 - ``comparison``: one ``xs.Comparison`` over both models (two loss passes with per-row
   losses, plus the exact paired sums);
-- ``calibration``: one ``CrossEntropy(calibration_bins=15)``.
+- ``calibration``: one ``CrossEntropy(calibration_bins=15)``;
+- ``calibration_per_class``: one ``CrossEntropy(calibration_bins=15, per_class=True)``
+  (the top-label bins and each class's one-vs-rest bins, with the per-class loss sums).
 
 ``track_cost_ratio`` is the cost of each relative to its reference, medians of
 interleaved rounds in one process: the comparison against two plain metrics (the same
 two loss passes; the issue's target is at most 1.3) and against one, calibration
-against a plain metric. **Lower is better**; 1.0 costs nothing extra.
+against a plain metric, per-class calibration against a plain metric and against the
+top-label bins alone. **Lower is better**; 1.0 costs nothing extra.
 """
 
 from __future__ import annotations
@@ -63,11 +66,17 @@ def _comparison(batches: list[tuple], input: str) -> float:
     return comparison.value
 
 
-def _calibration(batches: list[tuple], input: str) -> float:
-    metric = xs.CrossEntropy(num_classes=N_CLASSES, input=input, calibration_bins=BINS)
+def _calibration(batches: list[tuple], input: str, per_class: bool = False) -> float:
+    metric = xs.CrossEntropy(
+        num_classes=N_CLASSES, input=input, calibration_bins=BINS, per_class=per_class
+    )
     for preds, _, labels in batches:
         metric.update(preds, labels)
     return metric.value
+
+
+def _calibration_per_class(batches: list[tuple], input: str) -> float:
+    return _calibration(batches, input, per_class=True)
 
 
 _RUNS = {
@@ -75,17 +84,21 @@ _RUNS = {
     "two_models": _two_models,
     "comparison": _comparison,
     "calibration": _calibration,
+    "calibration_per_class": _calibration_per_class,
 }
 #: ratio name -> (measured, reference)
 _RATIOS = {
     "comparison_vs_two_models": ("comparison", "two_models"),
     "comparison_vs_plain": ("comparison", "plain"),
     "calibration_vs_plain": ("calibration", "plain"),
+    "calibration_per_class_vs_plain": ("calibration_per_class", "plain"),
+    "calibration_per_class_vs_calibration": ("calibration_per_class", "calibration"),
 }
 
 
 class Decisions:
-    """Streaming updates: one metric, two, a comparison, a metric with reliability bins."""
+    """Streaming updates: one metric, two, a comparison, a metric with reliability bins
+    (top-label, and per class too)."""
 
     params = (common.INPUTS, list(_RUNS))
     param_names = ("input", "run")
@@ -102,7 +115,8 @@ class Decisions:
 
 
 class CostRatio:
-    """The cost of a comparison and of reliability bins relative to plain loss passes."""
+    """The cost of a comparison and of reliability bins (top-label, per class)
+    relative to plain loss passes."""
 
     params = (common.INPUTS, list(_RATIOS))
     param_names = ("input", "ratio")
