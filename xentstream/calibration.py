@@ -49,10 +49,14 @@ if TYPE_CHECKING:
 __all__ = [
     "CLASS_FORECASTS",
     "FORECASTS",
+    "MAX_GROUP_BINS",
     "CalibrationReport",
+    "GroupBins",
     "batch_bins",
+    "bins_scalars",
     "build_calibration_report",
     "class_batch_bins",
+    "group_batch_bins",
 ]
 
 _MIN_BLOCK_ROWS = 1 << 14
@@ -240,6 +244,190 @@ def class_batch_bins(
     return total, counts.sum(axis=0)
 
 
+#: Most groups-times-bins a grouped evaluation keeps reliability bins for: each bin is
+#: 6 exact sums of N_SLOTS int64 (3.4 kB), so the cap is about 220 MB of state (and as
+#: much again for a batch that brings every group; docs/performance.md has the numbers).
+MAX_GROUP_BINS = 1 << 16
+
+
+def group_batch_bins(
+    forecast: str,
+    preds: Any,
+    target: Any,
+    sample_weight: Any,
+    order: np.ndarray,
+    run_starts: np.ndarray,
+    *,
+    n_bins: int,
+    input: str,
+    ignore_index: int | None = None,
+    sum_tol: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reliability bins of every group of one validated batch.
+
+    ``forecast`` as :func:`batch_bins`; the batch's groups are its runs
+    (:meth:`~xentstream.grouping.GroupKeys.codes`: run ``r`` is rows
+    ``order[run_starts[r]:run_starts[r + 1]]``). Returns ``(sums, counts)`` of shapes
+    (runs, n_bins, N_BIN_SUMS, N_SLOTS) and (runs, n_bins): run r's bins, bitwise those
+    :func:`batch_bins` gives of its rows alone.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> sums, counts = group_batch_bins(
+    ...     "top_label", [[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]], [0, 0, 1], None,
+    ...     np.array([0, 2, 1]), np.array([0, 2, 3]), n_bins=2, input="probs",
+    ... )
+    >>> counts.tolist()  # run 0: rows 0 and 2 (0.9, 0.6); run 1: row 1 (0.7)
+    [[0, 2], [0, 1]]
+    """
+    input_kind = INPUT_KINDS[input]
+    preds = as_array(preds, "preds", floating=True)
+    target = as_array(target, "target")
+    if forecast == "top_label":
+        n_classes = preds.shape[-1]
+        rows = np.ascontiguousarray(preds).reshape(-1, n_classes)
+        n = rows.shape[0]
+        labels, distributions = _labels_or_outcomes(target, n_classes, target.ndim == preds.ndim)
+        conf, outcome = np.empty(n), np.empty(n)
+        keep = np.empty(n, dtype=np.bool_)
+        if n:
+            kernels.top_label_forecasts(
+                rows,
+                labels,
+                distributions,
+                input_kind,
+                0 if ignore_index is None else ignore_index,
+                ignore_index is not None,
+                conf,
+                outcome,
+                keep,
+            )
+        width = 1
+    elif forecast in ("positive_class", "each_label"):
+        if forecast == "positive_class":
+            preds, target = binary_columns(
+                preds, target, input=input, sum_tol=sum_tol, validate=False, name="preds"
+            )
+            width = 1
+        else:
+            width = max(preds.shape[-1] if preds.ndim else 1, 1)
+        flat = np.ascontiguousarray(preds).reshape(-1)
+        outcome = np.ascontiguousarray(target, dtype=np.float64).reshape(-1)
+        n = flat.shape[0] // width
+        conf = np.empty(flat.shape[0])
+        keep = np.empty(0, dtype=np.bool_)
+        if flat.shape[0]:
+            kernels.positive_forecasts(flat, input_kind, conf)
+    else:
+        raise ValueError(f"forecast: must be one of {sorted(FORECASTS.values())}, got {forecast!r}")
+    n_runs = run_starts.shape[0] - 1
+    sums = np.zeros((n_runs, n_bins, kernels.N_BIN_SUMS, N_SLOTS), np.int64)
+    counts = np.zeros((n_runs, n_bins), np.int64)
+    if n_runs > 0:
+        kernels.grouped_bins(
+            np.ascontiguousarray(order, np.int64),
+            np.ascontiguousarray(run_starts, np.int64),
+            conf,
+            outcome,
+            keep,
+            _weights(sample_weight, n),
+            width,
+            sums,
+            counts,
+        )
+    return sums, counts
+
+
+class GroupBins:
+    """Exact reliability bins of every group: ``sums`` (groups, n_bins, N_BIN_SUMS,
+    N_SLOTS) and ``counts`` (groups, n_bins), a :class:`CalibrationState` each
+    (:meth:`state`), grown as groups arrive; a batch touches only its own groups.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bins = GroupBins(2)
+    >>> bins.resize(3)
+    >>> sums, counts = group_batch_bins(
+    ...     "positive_class", [0.2, 0.9], [0, 1], None, np.array([0, 1]), np.array([0, 1, 2]),
+    ...     n_bins=2, input="probs",
+    ... )
+    >>> bins.add(np.array([2, 0]), sums, counts)
+    >>> bins.counts.tolist(), bins.state(2).counts.tolist()
+    ([[0, 1], [0, 0], [1, 0]], [1, 0])
+    """
+
+    def __init__(self, n_bins: int) -> None:
+        self.n_bins = n_bins
+        self.n_groups = 0
+        self._sums = accumulator.empty(0, n_bins, kernels.N_BIN_SUMS)
+        self._counts = np.zeros((0, n_bins), dtype=np.int64)
+
+    @property
+    def sums(self) -> np.ndarray:
+        return self._sums[: self.n_groups]
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self._counts[: self.n_groups]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the groups' bins in use."""
+        return self.sums.nbytes + self.counts.nbytes
+
+    def check_groups(self, n_groups: int, by: tuple[str, ...]) -> None:
+        """Raise, naming ``calibration_bins`` and ``by``, where ``n_groups`` groups'
+        bins would pass :data:`MAX_GROUP_BINS`."""
+        if n_groups * self.n_bins > MAX_GROUP_BINS:
+            raise ValueError(
+                f"calibration_bins: reliability bins per group for {n_groups} groups of "
+                f"by={list(by)} x {self.n_bins} bins exceed {MAX_GROUP_BINS} group-bins "
+                f"(about {MAX_GROUP_BINS * kernels.N_BIN_SUMS * N_SLOTS >> 17} MiB of exact "
+                "state); use fewer calibration_bins or fewer groups, or drop "
+                "calibration_bins for a grouped run"
+            )
+
+    def resize(self, n_groups: int) -> None:
+        """Room for groups ``0 .. n_groups - 1`` (new groups have empty bins); the room
+        doubles, so groups arriving a few a batch cost no copy each."""
+        if n_groups > self._counts.shape[0]:
+            capacity = max(
+                n_groups, min(max(2 * self._counts.shape[0], 16), MAX_GROUP_BINS // self.n_bins)
+            )
+            for name in ("_sums", "_counts"):
+                old = getattr(self, name)
+                grown = np.zeros((capacity, *old.shape[1:]), dtype=np.int64)
+                grown[: old.shape[0]] = old
+                setattr(self, name, grown)
+        self.n_groups = max(self.n_groups, n_groups)
+
+    def check_addable(self, codes: np.ndarray, sums: np.ndarray) -> None:
+        """Raise, changing nothing, where :meth:`add` would (crafted, huge sums)."""
+        accumulator.check_addable(self.sums[codes], sums)
+
+    def add(self, codes: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> None:
+        """Add bins ``sums`` / ``counts`` (one row per entry of ``codes``, no code twice)
+        into those groups, exactly."""
+        if not codes.shape[0]:
+            return
+        merged = self._sums[codes]  # only these groups are read and written
+        accumulator.merge_into(merged, np.ascontiguousarray(sums))
+        self._sums[codes] = merged
+        self._counts[codes] += counts
+
+    def state(self, code: int) -> CalibrationState:
+        """Group ``code``'s bins as a state of their own (views, not copies)."""
+        single = CalibrationState(self.n_bins)
+        single.sums, single.counts = self.sums[code], self.counts[code]
+        return single
+
+    def packed(self) -> dict[str, np.ndarray]:
+        """The arrays (:meth:`GroupState.packed`, not a file format)."""
+        return {"sums": self.sums.copy(), "counts": self.counts.copy()}
+
+
 @dataclass(frozen=True)
 class CalibrationReport:
     """Calibration of a model's probabilities from reliability bins (module docstring).
@@ -412,12 +600,7 @@ def _bins_report(state: CalibrationState) -> CalibrationReport:
 
     n_bins = state.n_bins
     values = accumulator.to_floats(state.sums)  # (n_bins, N_BIN_SUMS), correctly rounded
-    weight = values[:, kernels.BIN_WEIGHT]
-    count = int(state.counts.sum())
-    total = accumulator.to_float(_column_total(state, kernels.BIN_WEIGHT))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        confidence = np.where(weight > 0, values[:, kernels.BIN_CONFIDENCE] / weight, np.nan)
-        accuracy = np.where(weight > 0, values[:, kernels.BIN_OUTCOME] / weight, np.nan)
+    weight, confidence, accuracy = _bin_means(values)
     edges = np.arange(n_bins + 1) / n_bins
     table = pl.DataFrame(
         {
@@ -430,8 +613,39 @@ def _bins_report(state: CalibrationState) -> CalibrationReport:
             "accuracy": accuracy,
         }
     )
+    return CalibrationReport(bins=n_bins, **_scalars(state, values), table=table)
+
+
+def bins_scalars(state: CalibrationState) -> dict[str, Any]:
+    """Every scalar field of the :class:`CalibrationReport` of ``state`` (``count`` and
+    :data:`SCALARS`; None where undefined), without its table: what grouped reports'
+    columns take for each group.
+
+    Examples
+    --------
+    >>> state = batch_bins("positive_class", [0.2, 0.9], [0, 1], None, n_bins=2, input="probs")
+    >>> scalars = bins_scalars(state)
+    >>> scalars["count"], round(scalars["ece"], 6), round(scalars["brier"], 6)
+    (2, 0.15, 0.025)
+    """
+    return _scalars(state, accumulator.to_floats(state.sums))
+
+
+def _bin_means(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each bin's weight, mean confidence and mean outcome (NaN for empty bins)."""
+    weight = values[:, kernels.BIN_WEIGHT]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        confidence = np.where(weight > 0, values[:, kernels.BIN_CONFIDENCE] / weight, np.nan)
+        accuracy = np.where(weight > 0, values[:, kernels.BIN_OUTCOME] / weight, np.nan)
+    return weight, confidence, accuracy
+
+
+def _scalars(state: CalibrationState, values: np.ndarray) -> dict[str, Any]:
+    weight, confidence, accuracy = _bin_means(values)
+    count = int(state.counts.sum())
+    total = accumulator.to_float(_column_total(state, kernels.BIN_WEIGHT))
     if not total > 0.0 or not math.isfinite(total):
-        return CalibrationReport(n_bins, count, *([None] * 9), table=table)
+        return {"count": count, **dict.fromkeys(SCALARS[1:])}
     used = weight > 0
     gaps = np.abs(accuracy[used] - confidence[used])
     shares = weight[used] / total
@@ -463,20 +677,18 @@ def _bins_report(state: CalibrationState) -> CalibrationReport:
     refinement = math.fsum(
         shares * np.array([_bernoulli_entropy(float(o)) for o in accuracy[used]])
     )
-    return CalibrationReport(
-        bins=n_bins,
-        count=count,
-        ece=ece,
-        mce=mce,
-        brier=brier,
-        reliability=reliability,
-        resolution=resolution,
-        uncertainty=uncertainty,
-        within_bin=within_bin,
-        log_loss_calibration=calibration_term,
-        log_loss_refinement=refinement,
-        table=table,
-    )
+    return {
+        "count": count,
+        "ece": ece,
+        "mce": mce,
+        "brier": brier,
+        "reliability": reliability,
+        "resolution": resolution,
+        "uncertainty": uncertainty,
+        "within_bin": within_bin,
+        "log_loss_calibration": calibration_term,
+        "log_loss_refinement": refinement,
+    }
 
 
 def _column_total(state: CalibrationState, slot: int) -> np.ndarray:
