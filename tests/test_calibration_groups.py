@@ -305,3 +305,25 @@ def test_command_line_on_digits(tmp_path, capsys):
             twice["calibration"]["table"][3]["count"]
             == 2 * (group["calibration"]["table"][3]["count"])
         )
+
+
+@pytest.mark.parametrize(("classes", "dtype"), [(5, np.float32), (70, np.float64)])
+def test_float32_and_wide_rows_equal_one_shot_metrics(rng, classes, dtype):
+    n = 1500
+    logits = rng.normal(scale=3.0, size=(n, classes)).astype(dtype)
+    labels = rng.integers(0, classes, n)
+    keys = rng.integers(0, 4, n)
+    result = xs.evaluate(
+        _frame(logits, labels, keys),
+        xs.CrossEntropy(input="logits", calibration_bins=BINS),
+        preds="p",
+        target="y",
+        by="g",
+        batch_rows=600,
+    )
+    for key, state in _state_of_groups(result).items():
+        rows = keys == key[0]
+        alone = xs.CrossEntropy(input="logits", calibration_bins=BINS).update(
+            logits[rows], labels[rows]
+        )
+        assert state["calibration"] == alone.state_dict()["calibration"]

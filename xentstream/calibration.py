@@ -39,7 +39,13 @@ import numpy as np
 from xentstream import accumulator
 from xentstream._inputs import as_array, binary_columns
 from xentstream._kernels import calibration as kernels
-from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
+from xentstream._kernels.exact import (
+    MAX_TERMS_PER_BLOCK,
+    N_CHUNKS,
+    N_SLOTS,
+    combine_blocks,
+    normalize,
+)
 from xentstream._kernels.layout import INPUT_KINDS, LOGITS
 from xentstream.accumulator import MAX_CLASS_BINS, CalibrationState
 
@@ -257,29 +263,32 @@ def group_batch_bins(
     sample_weight: Any,
     order: np.ndarray,
     run_starts: np.ndarray,
+    run_codes: np.ndarray,
+    into: GroupBins,
     *,
-    n_bins: int,
     input: str,
     ignore_index: int | None = None,
     sum_tol: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The reliability bins of every group of one validated batch.
+) -> None:
+    """Add the forecasts of one validated batch to its groups' reliability bins ``into``.
 
     ``forecast`` as :func:`batch_bins`; the batch's groups are its runs
     (:meth:`~xentstream.grouping.GroupKeys.codes`: run ``r`` is rows
-    ``order[run_starts[r]:run_starts[r + 1]]``). Returns ``(sums, counts)`` of shapes
-    (runs, n_bins, N_BIN_SUMS, N_SLOTS) and (runs, n_bins): run r's bins, bitwise those
-    :func:`batch_bins` gives of its rows alone.
+    ``order[run_starts[r]:run_starts[r + 1]]``, of group ``run_codes[r]``). Only those
+    groups' bins are touched; each group's end up bitwise those :func:`batch_bins`
+    gives of its rows alone.
 
     Examples
     --------
     >>> import numpy as np
-    >>> sums, counts = group_batch_bins(
+    >>> bins = GroupBins(2)
+    >>> bins.resize(3)
+    >>> group_batch_bins(
     ...     "top_label", [[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]], [0, 0, 1], None,
-    ...     np.array([0, 2, 1]), np.array([0, 2, 3]), n_bins=2, input="probs",
+    ...     np.array([0, 2, 1]), np.array([0, 2, 3]), np.array([2, 0]), bins, input="probs",
     ... )
-    >>> counts.tolist()  # run 0: rows 0 and 2 (0.9, 0.6); run 1: row 1 (0.7)
-    [[0, 2], [0, 1]]
+    >>> bins.counts.tolist()  # group 2: rows 0 and 2 (0.9, 0.6); group 0: row 1 (0.7)
+    [[0, 1], [0, 0], [0, 2]]
     """
     input_kind = INPUT_KINDS[input]
     preds = as_array(preds, "preds", floating=True)
@@ -321,39 +330,33 @@ def group_batch_bins(
             kernels.positive_forecasts(flat, input_kind, conf)
     else:
         raise ValueError(f"forecast: must be one of {sorted(FORECASTS.values())}, got {forecast!r}")
-    n_runs = run_starts.shape[0] - 1
-    sums = np.zeros((n_runs, n_bins, kernels.N_BIN_SUMS, N_SLOTS), np.int64)
-    counts = np.zeros((n_runs, n_bins), np.int64)
-    if n_runs > 0:
-        kernels.grouped_bins(
+    if run_codes.shape[0]:
+        into.add_forecasts(
             np.ascontiguousarray(order, np.int64),
             np.ascontiguousarray(run_starts, np.int64),
-            conf,
-            outcome,
-            keep,
+            np.ascontiguousarray(run_codes, np.int64),
+            (conf, outcome, keep),
             _weights(sample_weight, n),
             width,
-            sums,
-            counts,
         )
-    return sums, counts
 
 
 class GroupBins:
     """Exact reliability bins of every group: ``sums`` (groups, n_bins, N_BIN_SUMS,
     N_SLOTS) and ``counts`` (groups, n_bins), a :class:`CalibrationState` each
-    (:meth:`state`), grown as groups arrive; a batch touches only its own groups.
+    (:meth:`state`), grown as groups arrive; a batch touches only its own groups
+    (:func:`group_batch_bins`), and a group's accumulators are normalized when read
+    (or when their pending terms would fill a chunk), not every batch.
 
     Examples
     --------
     >>> import numpy as np
     >>> bins = GroupBins(2)
     >>> bins.resize(3)
-    >>> sums, counts = group_batch_bins(
+    >>> group_batch_bins(
     ...     "positive_class", [0.2, 0.9], [0, 1], None, np.array([0, 1]), np.array([0, 1, 2]),
-    ...     n_bins=2, input="probs",
+    ...     np.array([2, 0]), bins, input="probs",
     ... )
-    >>> bins.add(np.array([2, 0]), sums, counts)
     >>> bins.counts.tolist(), bins.state(2).counts.tolist()
     ([[0, 1], [0, 0], [1, 0]], [1, 0])
     """
@@ -363,10 +366,18 @@ class GroupBins:
         self.n_groups = 0
         self._sums = accumulator.empty(0, n_bins, kernels.N_BIN_SUMS)
         self._counts = np.zeros((0, n_bins), dtype=np.int64)
+        self._pending = np.zeros(0, dtype=np.int64)  # terms since the last normalize
 
     @property
     def sums(self) -> np.ndarray:
+        """The groups' bins, normalized (canonical: equal sums, equal bits)."""
+        self._normalize()
         return self._sums[: self.n_groups]
+
+    def _normalize(self) -> None:
+        n = self.n_groups
+        if n and self._pending[:n].any():
+            kernels.normalize_pending(self._sums[:n], self._pending[:n])
 
     @property
     def counts(self) -> np.ndarray:
@@ -396,7 +407,7 @@ class GroupBins:
             capacity = max(
                 n_groups, min(max(2 * self._counts.shape[0], 16), MAX_GROUP_BINS // self.n_bins)
             )
-            for name in ("_sums", "_counts"):
+            for name in ("_sums", "_counts", "_pending"):
                 old = getattr(self, name)
                 grown = np.zeros((capacity, *old.shape[1:]), dtype=np.int64)
                 grown[: old.shape[0]] = old
@@ -407,11 +418,38 @@ class GroupBins:
         """Raise, changing nothing, where :meth:`add` would (crafted, huge sums)."""
         accumulator.check_addable(self.sums[codes], sums)
 
+    def add_forecasts(
+        self,
+        order: np.ndarray,
+        run_starts: np.ndarray,
+        run_codes: np.ndarray,
+        forecasts: tuple[np.ndarray, np.ndarray, np.ndarray],
+        weights: np.ndarray,
+        width: int,
+    ) -> None:
+        """Add a batch's forecasts ``(conf, outcome, keep)`` run by run
+        (:func:`~xentstream._kernels.calibration.grouped_bins`), in place."""
+        conf, outcome, keep = forecasts
+        kernels.grouped_bins(
+            order,
+            run_starts,
+            run_codes,
+            conf,
+            outcome,
+            keep,
+            weights,
+            width,
+            self._sums,
+            self._counts,
+            self._pending,
+        )
+
     def add(self, codes: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> None:
         """Add bins ``sums`` / ``counts`` (one row per entry of ``codes``, no code twice)
         into those groups, exactly."""
         if not codes.shape[0]:
             return
+        self._normalize()  # a merge adds normalized operands
         merged = self._sums[codes]  # only these groups are read and written
         accumulator.merge_into(merged, np.ascontiguousarray(sums))
         self._sums[codes] = merged
@@ -643,7 +681,8 @@ def _bin_means(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _scalars(state: CalibrationState, values: np.ndarray) -> dict[str, Any]:
     weight, confidence, accuracy = _bin_means(values)
     count = int(state.counts.sum())
-    total = accumulator.to_float(_column_total(state, kernels.BIN_WEIGHT))
+    totals = _column_totals(state)
+    total = accumulator.to_float(totals[kernels.BIN_WEIGHT])
     if not total > 0.0 or not math.isfinite(total):
         return {"count": count, **dict.fromkeys(SCALARS[1:])}
     used = weight > 0
@@ -651,9 +690,7 @@ def _scalars(state: CalibrationState, values: np.ndarray) -> dict[str, Any]:
     shares = weight[used] / total
     ece = math.fsum(shares * gaps)
     mce = float(gaps.max())
-    sums = {
-        slot: accumulator.to_float(_column_total(state, slot)) for slot in range(kernels.N_BIN_SUMS)
-    }
+    sums = {slot: accumulator.to_float(totals[slot]) for slot in range(kernels.N_BIN_SUMS)}
     brier = (
         math.fsum(
             (
@@ -691,9 +728,19 @@ def _scalars(state: CalibrationState, values: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _column_total(state: CalibrationState, slot: int) -> np.ndarray:
-    """The exact total over bins of one slot, as one accumulator row."""
-    total = accumulator.empty(1)
+def _column_totals(state: CalibrationState) -> np.ndarray:
+    """The exact totals over bins of every slot, (N_BIN_SUMS, N_SLOTS) normalized.
+
+    Normalized chunks lie below 2**32, so their int64 sum over the bins is exact and one
+    normalize makes it canonical (one compiled call, not a merge per bin: grouped
+    reports take this for every group); a state with huge top chunks (only crafted
+    ones) is merged bin by bin, with the range check."""
+    sums = state.sums
+    if not sums.shape[0] or np.abs(sums[..., N_CHUNKS - 1]).max() < 1 << 40:
+        totals = np.ascontiguousarray(sums.sum(axis=0))
+        normalize(totals)
+        return totals
+    totals = accumulator.empty(kernels.N_BIN_SUMS)
     for k in range(state.n_bins):
-        accumulator.merge_into(total, state.sums[k : k + 1, slot])
-    return total[0]
+        accumulator.merge_into(totals, sums[k])
+    return totals

@@ -395,19 +395,19 @@ class GroupState:
         if preds is None:
             raise ValueError("calibration_bins: the groups' reliability bins need the preds")
         config = metric.config
-        sums, counts = group_batch_bins(
+        group_batch_bins(
             FORECASTS[metric.kind.class_axis],
             preds,
             target,
             sample_weight,
             self._order,
             run_starts,
-            n_bins=self.bins.n_bins,
+            run_codes,
+            self.bins,
             input=config.input,
             ignore_index=getattr(config, "ignore_index", None),
             sum_tol=config.resolve_sum_tol(np.dtype(np.float64)),
         )
-        self.bins.add(run_codes, sums, counts)
 
     def _with_bins(self, code: int, state: dict[str, Any]) -> dict[str, Any]:
         """A group's state dict with its reliability bins (its own ``calibration`` key)."""

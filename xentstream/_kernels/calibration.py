@@ -24,6 +24,7 @@ from numba import njit, prange
 
 from xentstream._kernels.exact import (
     CHUNK_BITS,
+    MAX_TERMS_PER_BLOCK,
     N_SLOTS,
     UNIT_EXPONENT,
     add_term,
@@ -597,20 +598,49 @@ def positive_forecasts(preds, input_kind, conf):
         _positive_chunk(preds, start, stop, input_kind, conf[start:stop])
 
 
-@njit(parallel=True, cache=True)
-def grouped_bins(order, run_starts, conf, outcome, keep, sample_weight, row_width, sums, counts):
-    """Bins per run: ``sums`` (runs, n_bins, N_BIN_SUMS, N_SLOTS), ``counts`` (runs, n_bins).
+#: Terms a group's bins take between normalizations: each adds below 2**32 to a chunk,
+#: and a normalized chunk is below 2**32, so int64 chunks hold 2**30 of them with room.
+MAX_PENDING_TERMS = MAX_TERMS_PER_BLOCK
 
-    Run ``r`` holds rows ``order[run_starts[r]:run_starts[r + 1]]``; row ``i`` has
-    ``row_width`` forecasts ``conf[i * row_width + l]`` with outcomes ``outcome`` and,
-    unless ``keep`` is empty, whether each counts. ``sample_weight`` (N,) or empty.
+
+@njit(parallel=True, cache=True)
+def grouped_bins(
+    order,
+    run_starts,
+    run_codes,
+    conf,
+    outcome,
+    keep,
+    sample_weight,
+    row_width,
+    sums,
+    counts,
+    pending,
+):
+    """Add each run's forecasts to its group's bins, in place: ``sums`` (groups, n_bins,
+    N_BIN_SUMS, N_SLOTS), ``counts`` (groups, n_bins), ``pending`` (groups,) the terms
+    added since the group's bins were last normalized.
+
+    Run ``r`` holds rows ``order[run_starts[r]:run_starts[r + 1]]``, all of group
+    ``run_codes[r]`` (no group twice); row ``i`` has ``row_width`` forecasts
+    ``conf[i * row_width + l]`` with outcomes ``outcome`` and, unless ``keep`` is
+    empty, whether each counts. ``sample_weight`` (N,) or empty. A group's bins are
+    normalized only when their pending terms would pass :data:`MAX_PENDING_TERMS`
+    (:func:`normalize_pending` before they are read): a batch's cost is its rows and
+    the bins it touches, not a pass over every touched group's accumulators.
     """
-    n_runs, n_bins = sums.shape[0], sums.shape[1]
+    n_runs, n_bins = run_codes.shape[0], sums.shape[1]
     weighted = sample_weight.shape[0] > 0
     kept = keep.shape[0] > 0
     for r in prange(n_runs):
-        run_sums = sums[r]
-        run_counts = counts[r]
+        group = run_codes[r]
+        group_sums = sums[group]
+        group_counts = counts[group]
+        terms = (run_starts[r + 1] - run_starts[r]) * row_width
+        if pending[group] + terms > MAX_PENDING_TERMS:
+            normalize(group_sums.reshape(-1, N_SLOTS))
+            pending[group] = 0
+        pending[group] += terms
         for j in range(run_starts[r], run_starts[r + 1]):
             row = order[j]
             w = np.float64(sample_weight[row]) if weighted else 1.0
@@ -620,6 +650,14 @@ def grouped_bins(order, run_starts, conf, outcome, keep, sample_weight, row_widt
                     continue
                 f = conf[i]
                 k = _bin_index(f, n_bins)
-                run_counts[k] += 1
-                _add_forecast(run_sums[k], w, f, outcome[i], True, False)
-        normalize(run_sums.reshape(-1, N_SLOTS))
+                group_counts[k] += 1
+                _add_forecast(group_sums[k], w, f, outcome[i], True, False)
+
+
+@njit(parallel=True, cache=True)
+def normalize_pending(sums, pending):
+    """Normalize the bins of every group with pending terms (canonical again)."""
+    for group in prange(pending.shape[0]):
+        if pending[group]:
+            normalize(sums[group].reshape(-1, N_SLOTS))
+            pending[group] = 0
