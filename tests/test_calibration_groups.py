@@ -327,3 +327,18 @@ def test_float32_and_wide_rows_equal_one_shot_metrics(rng, classes, dtype):
             logits[rows], labels[rows]
         )
         assert state["calibration"] == alone.state_dict()["calibration"]
+
+
+def test_command_line_refuses_too_many_group_bins(tmp_path, capsys):
+    from xentstream import cli
+
+    groups = MAX_GROUP_BINS // 4096 + 1
+    path = tmp_path / "cap.parquet"
+    _frame(
+        np.full((groups, 3), 1 / 3), np.zeros(groups, np.int64), np.arange(groups)
+    ).write_parquet(path)
+    argv = ["evaluate", str(path), "--preds", "p", "--target", "y", "--by", "g"]
+    assert cli.main([*argv, "--calibration-bins", "4096"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert f"--calibration-bins: reliability bins per group for {groups} groups" in error
