@@ -37,6 +37,7 @@ import polars as pl
 from xentstream._errors import shorten, show
 from xentstream.accumulator import ExactState
 from xentstream.calibration import FORECASTS, MAX_GROUP_BINS, GroupBins, group_batch_bins
+from xentstream.calibration import SCALARS as CALIBRATION_SCALARS
 from xentstream.comparing import GroupedComparison, PairedRows, open_pair
 from xentstream.comparison import Comparison, ComparisonReport
 from xentstream.feeders import Batch, ColumnSpec, Feeder, open_source
@@ -194,13 +195,8 @@ class GroupedReport:
 
 #: The calibration scalars :meth:`GroupedReport.to_polars` adds after the report fields
 #: (``ece`` / ``mce`` / ``brier`` are report fields already).
-CALIBRATION_COLUMNS = (
-    "reliability",
-    "resolution",
-    "uncertainty",
-    "within_bin",
-    "log_loss_calibration",
-    "log_loss_refinement",
+CALIBRATION_COLUMNS = tuple(
+    name for name in CALIBRATION_SCALARS if name not in ("count", *FLAT_SCALAR_FIELDS)
 )
 
 _KEY_TYPES = {
