@@ -111,6 +111,10 @@ CASES = {
         lambda: xs.CrossEntropy(calibration_bins=10, per_class=True),
         {"preds": "p", "target": "y", "sample_weight": "w"},
     ),
+    "multiclass-calibration-by": (  # every group's reliability bins, packed and merged
+        lambda: xs.CrossEntropy(calibration_bins=10),
+        {"preds": "p", "target": "y", "sample_weight": "w", "by": ["h", "band"]},
+    ),
 }
 
 

@@ -39,7 +39,13 @@ from xentstream import accumulator
 from xentstream._inputs import as_array, binary_columns
 from xentstream._kernels import calibration as kernels
 from xentstream._kernels import cpu
-from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks
+from xentstream._kernels.exact import (
+    MAX_TERMS_PER_BLOCK,
+    N_CHUNKS,
+    N_SLOTS,
+    combine_blocks,
+    normalize,
+)
 from xentstream._kernels.layout import INPUT_KINDS, LOGITS
 from xentstream.accumulator import MAX_CLASS_BINS, CalibrationState
 
@@ -49,10 +55,14 @@ if TYPE_CHECKING:
 __all__ = [
     "CLASS_FORECASTS",
     "FORECASTS",
+    "MAX_GROUP_BINS",
     "CalibrationReport",
+    "GroupBins",
     "batch_bins",
+    "bins_scalars",
     "build_calibration_report",
     "class_batch_bins",
+    "group_batch_bins",
 ]
 
 _MIN_BLOCK_ROWS = 1 << 14
@@ -241,6 +251,222 @@ def class_batch_bins(
     for split in range(1, splits):
         accumulator.merge_into(total, sums[split])
     return total, counts.sum(axis=0)
+
+
+#: Most groups-times-bins a grouped evaluation keeps reliability bins for: each bin is
+#: 6 exact sums of N_SLOTS int64 (3.4 kB), so the cap is about 220 MB of state (and as
+#: much again for a batch that brings every group; docs/performance.md has the numbers).
+MAX_GROUP_BINS = 1 << 16
+
+
+def group_batch_bins(
+    forecast: str,
+    preds: Any,
+    target: Any,
+    sample_weight: Any,
+    order: np.ndarray,
+    run_starts: np.ndarray,
+    run_codes: np.ndarray,
+    into: GroupBins,
+    *,
+    input: str,
+    ignore_index: int | None = None,
+    sum_tol: float = 0.0,
+) -> None:
+    """Add the forecasts of one validated batch to its groups' reliability bins ``into``.
+
+    ``forecast`` as :func:`batch_bins`; the batch's groups are its runs
+    (:meth:`~xentstream.grouping.GroupKeys.codes`: run ``r`` is rows
+    ``order[run_starts[r]:run_starts[r + 1]]``, of group ``run_codes[r]``). Only those
+    groups' bins are touched; each group's end up bitwise those :func:`batch_bins`
+    gives of its rows alone.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bins = GroupBins(2)
+    >>> bins.resize(3)
+    >>> group_batch_bins(
+    ...     "top_label", [[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]], [0, 0, 1], None,
+    ...     np.array([0, 2, 1]), np.array([0, 2, 3]), np.array([2, 0]), bins, input="probs",
+    ... )
+    >>> bins.counts.tolist()  # group 2: rows 0 and 2 (0.9, 0.6); group 0: row 1 (0.7)
+    [[0, 1], [0, 0], [0, 2]]
+    """
+    input_kind = INPUT_KINDS[input]
+    preds = as_array(preds, "preds", floating=True)
+    target = as_array(target, "target")
+    if forecast == "top_label":
+        n_classes = preds.shape[-1]
+        rows = np.ascontiguousarray(preds).reshape(-1, n_classes)
+        n = rows.shape[0]
+        labels, distributions = _labels_or_outcomes(target, n_classes, target.ndim == preds.ndim)
+        conf, outcome = np.empty(n), np.empty(n)
+        keep = np.empty(n, dtype=np.bool_)
+        if n:
+            kernels.top_label_forecasts(
+                rows,
+                labels,
+                distributions,
+                input_kind,
+                0 if ignore_index is None else ignore_index,
+                ignore_index is not None,
+                conf,
+                outcome,
+                keep,
+            )
+        width = 1
+    elif forecast in ("positive_class", "each_label"):
+        if forecast == "positive_class":
+            preds, target = binary_columns(
+                preds, target, input=input, sum_tol=sum_tol, validate=False, name="preds"
+            )
+            width = 1
+        else:
+            width = max(preds.shape[-1] if preds.ndim else 1, 1)
+        flat = np.ascontiguousarray(preds).reshape(-1)
+        outcome = np.ascontiguousarray(target, dtype=np.float64).reshape(-1)
+        n = flat.shape[0] // width
+        conf = np.empty(flat.shape[0])
+        keep = np.empty(0, dtype=np.bool_)
+        if flat.shape[0]:
+            kernels.positive_forecasts(flat, input_kind, conf)
+    else:
+        raise ValueError(f"forecast: must be one of {sorted(FORECASTS.values())}, got {forecast!r}")
+    if run_codes.shape[0]:
+        into.add_forecasts(
+            np.ascontiguousarray(order, np.int64),
+            np.ascontiguousarray(run_starts, np.int64),
+            np.ascontiguousarray(run_codes, np.int64),
+            (conf, outcome, keep),
+            _weights(sample_weight, n),
+            width,
+        )
+
+
+class GroupBins:
+    """Exact reliability bins of every group: ``sums`` (groups, n_bins, N_BIN_SUMS,
+    N_SLOTS) and ``counts`` (groups, n_bins), a :class:`CalibrationState` each
+    (:meth:`state`), grown as groups arrive; a batch touches only its own groups
+    (:func:`group_batch_bins`), and a group's accumulators are normalized when read
+    (or when their pending terms would fill a chunk), not every batch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> bins = GroupBins(2)
+    >>> bins.resize(3)
+    >>> group_batch_bins(
+    ...     "positive_class", [0.2, 0.9], [0, 1], None, np.array([0, 1]), np.array([0, 1, 2]),
+    ...     np.array([2, 0]), bins, input="probs",
+    ... )
+    >>> bins.counts.tolist(), bins.state(2).counts.tolist()
+    ([[0, 1], [0, 0], [1, 0]], [1, 0])
+    """
+
+    def __init__(self, n_bins: int) -> None:
+        self.n_bins = n_bins
+        self.n_groups = 0
+        self._sums = accumulator.empty(0, n_bins, kernels.N_BIN_SUMS)
+        self._counts = np.zeros((0, n_bins), dtype=np.int64)
+        self._pending = np.zeros(0, dtype=np.int64)  # terms since the last normalize
+
+    @property
+    def sums(self) -> np.ndarray:
+        """The groups' bins, normalized (canonical: equal sums, equal bits)."""
+        self._normalize()
+        return self._sums[: self.n_groups]
+
+    def _normalize(self) -> None:
+        n = self.n_groups
+        if n and self._pending[:n].any():
+            kernels.normalize_pending(self._sums[:n], self._pending[:n])
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self._counts[: self.n_groups]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the groups' bins in use."""
+        return self.sums.nbytes + self.counts.nbytes
+
+    def check_groups(self, n_groups: int, by: tuple[str, ...]) -> None:
+        """Raise, naming ``calibration_bins`` and ``by``, where ``n_groups`` groups'
+        bins would pass :data:`MAX_GROUP_BINS`."""
+        if n_groups * self.n_bins > MAX_GROUP_BINS:
+            raise ValueError(
+                f"calibration_bins: reliability bins per group for {n_groups} groups of "
+                f"by={list(by)} x {self.n_bins} bins exceed {MAX_GROUP_BINS} group-bins "
+                f"(about {MAX_GROUP_BINS * kernels.N_BIN_SUMS * N_SLOTS >> 17} MiB of exact "
+                "state); use fewer calibration_bins or fewer groups, or drop "
+                "calibration_bins for a grouped run"
+            )
+
+    def resize(self, n_groups: int) -> None:
+        """Room for groups ``0 .. n_groups - 1`` (new groups have empty bins); the room
+        doubles, so groups arriving a few a batch cost no copy each."""
+        if n_groups > self._counts.shape[0]:
+            capacity = max(
+                n_groups, min(max(2 * self._counts.shape[0], 16), MAX_GROUP_BINS // self.n_bins)
+            )
+            for name in ("_sums", "_counts", "_pending"):
+                old = getattr(self, name)
+                grown = np.zeros((capacity, *old.shape[1:]), dtype=np.int64)
+                grown[: old.shape[0]] = old
+                setattr(self, name, grown)
+        self.n_groups = max(self.n_groups, n_groups)
+
+    def check_addable(self, codes: np.ndarray, sums: np.ndarray) -> None:
+        """Raise, changing nothing, where :meth:`add` would (crafted, huge sums)."""
+        accumulator.check_addable(self.sums[codes], sums)
+
+    def add_forecasts(
+        self,
+        order: np.ndarray,
+        run_starts: np.ndarray,
+        run_codes: np.ndarray,
+        forecasts: tuple[np.ndarray, np.ndarray, np.ndarray],
+        weights: np.ndarray,
+        width: int,
+    ) -> None:
+        """Add a batch's forecasts ``(conf, outcome, keep)`` run by run
+        (:func:`~xentstream._kernels.calibration.grouped_bins`), in place."""
+        conf, outcome, keep = forecasts
+        kernels.grouped_bins(
+            order,
+            run_starts,
+            run_codes,
+            conf,
+            outcome,
+            keep,
+            weights,
+            width,
+            self._sums,
+            self._counts,
+            self._pending,
+        )
+
+    def add(self, codes: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> None:
+        """Add bins ``sums`` / ``counts`` (one row per entry of ``codes``, no code twice)
+        into those groups, exactly."""
+        if not codes.shape[0]:
+            return
+        self._normalize()  # a merge adds normalized operands
+        merged = self._sums[codes]  # only these groups are read and written
+        accumulator.merge_into(merged, np.ascontiguousarray(sums))
+        self._sums[codes] = merged
+        self._counts[codes] += counts
+
+    def state(self, code: int) -> CalibrationState:
+        """Group ``code``'s bins as a state of their own (views, not copies)."""
+        single = CalibrationState(self.n_bins)
+        single.sums, single.counts = self.sums[code], self.counts[code]
+        return single
+
+    def packed(self) -> dict[str, np.ndarray]:
+        """The arrays (:meth:`GroupState.packed`, not a file format)."""
+        return {"sums": self.sums.copy(), "counts": self.counts.copy()}
 
 
 @dataclass(frozen=True)
@@ -495,12 +721,7 @@ def _bins_report(state: CalibrationState) -> CalibrationReport:
 
     n_bins = state.n_bins
     values = accumulator.to_floats(state.sums)  # (n_bins, N_BIN_SUMS), correctly rounded
-    weight = values[:, kernels.BIN_WEIGHT]
-    count = int(state.counts.sum())
-    total = accumulator.to_float(_column_total(state, kernels.BIN_WEIGHT))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        confidence = np.where(weight > 0, values[:, kernels.BIN_CONFIDENCE] / weight, np.nan)
-        accuracy = np.where(weight > 0, values[:, kernels.BIN_OUTCOME] / weight, np.nan)
+    weight, confidence, accuracy = _bin_means(values)
     edges = np.arange(n_bins + 1) / n_bins
     table = pl.DataFrame(
         {
@@ -513,16 +734,46 @@ def _bins_report(state: CalibrationState) -> CalibrationReport:
             "accuracy": accuracy,
         }
     )
+    return CalibrationReport(bins=n_bins, **_scalars(state, values), table=table)
+
+
+def bins_scalars(state: CalibrationState) -> dict[str, Any]:
+    """Every scalar field of the :class:`CalibrationReport` of ``state`` (``count`` and
+    :data:`SCALARS`; None where undefined), without its table: what grouped reports'
+    columns take for each group.
+
+    Examples
+    --------
+    >>> state = batch_bins("positive_class", [0.2, 0.9], [0, 1], None, n_bins=2, input="probs")
+    >>> scalars = bins_scalars(state)
+    >>> scalars["count"], round(scalars["ece"], 6), round(scalars["brier"], 6)
+    (2, 0.15, 0.025)
+    """
+    return _scalars(state, accumulator.to_floats(state.sums))
+
+
+def _bin_means(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each bin's weight, mean confidence and mean outcome (NaN for empty bins)."""
+    weight = values[:, kernels.BIN_WEIGHT]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        confidence = np.where(weight > 0, values[:, kernels.BIN_CONFIDENCE] / weight, np.nan)
+        accuracy = np.where(weight > 0, values[:, kernels.BIN_OUTCOME] / weight, np.nan)
+    return weight, confidence, accuracy
+
+
+def _scalars(state: CalibrationState, values: np.ndarray) -> dict[str, Any]:
+    weight, confidence, accuracy = _bin_means(values)
+    count = int(state.counts.sum())
+    totals = _column_totals(state)
+    total = accumulator.to_float(totals[kernels.BIN_WEIGHT])
     if not total > 0.0 or not math.isfinite(total):
-        return CalibrationReport(n_bins, count, *([None] * 9), table=table)
+        return {"count": count, **dict.fromkeys(SCALARS[1:])}
     used = weight > 0
     gaps = np.abs(accuracy[used] - confidence[used])
     shares = weight[used] / total
     ece = math.fsum(shares * gaps)
     mce = float(gaps.max())
-    sums = {
-        slot: accumulator.to_float(_column_total(state, slot)) for slot in range(kernels.N_BIN_SUMS)
-    }
+    sums = {slot: accumulator.to_float(totals[slot]) for slot in range(kernels.N_BIN_SUMS)}
     brier = (
         math.fsum(
             (
@@ -546,25 +797,33 @@ def _bins_report(state: CalibrationState) -> CalibrationReport:
     refinement = math.fsum(
         shares * np.array([_bernoulli_entropy(float(o)) for o in accuracy[used]])
     )
-    return CalibrationReport(
-        bins=n_bins,
-        count=count,
-        ece=ece,
-        mce=mce,
-        brier=brier,
-        reliability=reliability,
-        resolution=resolution,
-        uncertainty=uncertainty,
-        within_bin=within_bin,
-        log_loss_calibration=calibration_term,
-        log_loss_refinement=refinement,
-        table=table,
-    )
+    return {
+        "count": count,
+        "ece": ece,
+        "mce": mce,
+        "brier": brier,
+        "reliability": reliability,
+        "resolution": resolution,
+        "uncertainty": uncertainty,
+        "within_bin": within_bin,
+        "log_loss_calibration": calibration_term,
+        "log_loss_refinement": refinement,
+    }
 
 
-def _column_total(state: CalibrationState, slot: int) -> np.ndarray:
-    """The exact total over bins of one slot, as one accumulator row."""
-    total = accumulator.empty(1)
+def _column_totals(state: CalibrationState) -> np.ndarray:
+    """The exact totals over bins of every slot, (N_BIN_SUMS, N_SLOTS) normalized.
+
+    Normalized chunks lie below 2**32, so their int64 sum over the bins is exact and one
+    normalize makes it canonical (one compiled call, not a merge per bin: grouped
+    reports take this for every group); a state with huge top chunks (only crafted
+    ones) is merged bin by bin, with the range check."""
+    sums = state.sums
+    if not sums.shape[0] or np.abs(sums[..., N_CHUNKS - 1]).max() < 1 << 40:
+        totals = np.ascontiguousarray(sums.sum(axis=0))
+        normalize(totals)
+        return totals
+    totals = accumulator.empty(kernels.N_BIN_SUMS)
     for k in range(state.n_bins):
-        accumulator.merge_into(total, state.sums[k : k + 1, slot])
-    return total[0]
+        accumulator.merge_into(totals, sums[k])
+    return totals

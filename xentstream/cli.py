@@ -617,6 +617,8 @@ def _table(result: Report | GroupedReport) -> str:
             out.write(f"\n{overall.per_document}\n")
         if isinstance(result, GroupedReport):
             columns = [*result.by, "count", "loss", "stderr", "perplexity", "accuracy"]
+            if overall.calibration is not None:  # --calibration-bins: each group's too
+                columns += ["ece", "mce", "brier"]
             out.write(f"\n{result.to_polars().select(columns)}\n")
     return out.getvalue()
 

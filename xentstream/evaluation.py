@@ -36,6 +36,8 @@ import polars as pl
 
 from xentstream._errors import shorten, show
 from xentstream.accumulator import ExactState
+from xentstream.calibration import FORECASTS, MAX_GROUP_BINS, GroupBins, group_batch_bins
+from xentstream.calibration import SCALARS as CALIBRATION_SCALARS
 from xentstream.comparing import GroupedComparison, PairedRows, open_pair
 from xentstream.comparison import Comparison, ComparisonReport
 from xentstream.feeders import Batch, ColumnSpec, Feeder, open_source
@@ -101,7 +103,11 @@ class GroupedReport:
 
     def to_polars(self) -> pl.DataFrame:
         """One row per group: key columns, then the scalar report fields as
-        :meth:`Report.scalars` names them (``ci95`` as ``ci95_low`` / ``ci95_high``)."""
+        :meth:`Report.scalars` names them (``ci95`` as ``ci95_low`` / ``ci95_high``).
+
+        With ``calibration_bins``, each group's ``ece``, ``mce`` and ``brier``, then its
+        calibration's other scalars (:data:`CALIBRATION_COLUMNS`: the Brier score's
+        decomposition and the binned log-loss split)."""
         if isinstance(self.groups, GroupReports):
             keys = self.groups.keys.frame[self.groups.codes]
         else:
@@ -119,10 +125,24 @@ class GroupedReport:
                 scalars = report.scalars()
                 for name, values in columns.items():
                     values.append(scalars.get(name))
+        extra: dict[str, list[Any]] = {}
+        if self.overall.calibration is not None:
+            if isinstance(self.groups, GroupReports):
+                extra = self.groups.calibration_columns() or {}
+            else:
+                extra = {
+                    name: [
+                        None if r.calibration is None else getattr(r.calibration, name)
+                        for r in self.groups.values()
+                    ]
+                    for name in CALIBRATION_COLUMNS
+                }
+            extra = {name: extra[name] for name in CALIBRATION_COLUMNS if name in extra}
         if not keys.height:  # no row read: still the key and report columns
-            return pl.DataFrame(schema=[*self.by, *FLAT_SCALAR_FIELDS])
+            schema = {name: pl.Float64 for name in extra}
+            return pl.DataFrame(schema=[*self.by, *FLAT_SCALAR_FIELDS, *schema])
         return keys.hstack(
-            [pl.Series(name, values, strict=False) for name, values in columns.items()]
+            [pl.Series(name, values, strict=False) for name, values in {**columns, **extra}.items()]
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,6 +192,12 @@ class GroupedReport:
     def _reports(self) -> GroupReports | None:
         return self.groups if isinstance(self.groups, GroupReports) else None
 
+
+#: The calibration scalars :meth:`GroupedReport.to_polars` adds after the report fields
+#: (``ece`` / ``mce`` / ``brier`` are report fields already).
+CALIBRATION_COLUMNS = tuple(
+    name for name in CALIBRATION_SCALARS if name not in ("count", *FLAT_SCALAR_FIELDS)
+)
 
 _KEY_TYPES = {
     "datetime": (datetime.datetime, datetime.datetime.isoformat, datetime.datetime.fromisoformat),
@@ -232,16 +258,24 @@ class GroupState:
     (:mod:`xentstream.grouping`: a few hundred bytes a group, a batch's cost its rows
     plus its groups, whatever the number of groups; :meth:`absorb`). The groups'
     states travel as JSON (:meth:`to_json`, :meth:`load_json`): checkpoints, grouped
-    state files and :mod:`xentstream.dask`'s partition states.
+    state files and :mod:`xentstream.dask`'s partition states. With
+    ``calibration_bins``, every group keeps its reliability bins too
+    (:class:`~xentstream.calibration.GroupBins`, at most
+    :data:`~xentstream.calibration.MAX_GROUP_BINS` groups times bins), each group's
+    under its state's ``calibration`` key.
 
     Parameters
     ----------
     by : tuple of str
         The group columns.
     template : Metric
-        Every group's metric has its class and config (without per-class sums and
-        reliability bins) and engine.
+        Every group's metric has its class and config (without per-class sums) and
+        engine.
     """
+
+    #: Whether the groups keep reliability bins when the template does (not the
+    #: groups kept as a metric each: their kinds and comparisons report none).
+    _keeps_bins = True
 
     def __new__(cls, by: tuple[str, ...], template: Metric) -> GroupState:
         # A kind whose state is more than an ExactState (the token kind's documents)
@@ -257,15 +291,19 @@ class GroupState:
         self.table = GroupTable(counts_labels=template.kind.counts_labels)
         self.group_metric = self._new_metric()  # config of every group (no per-class)
         self._scratch = self._new_metric()
-        # The last batch's groups: each row's run, where runs start, each run's code.
+        n_bins = self.group_metric.config.calibration_bins
+        self.bins = None if n_bins is None else GroupBins(n_bins)
+        # The last batch's groups: each row's run, where runs start, each run's code;
+        # and the rows in run order (the groups' reliability bins read them so).
         self._runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._order: np.ndarray | None = None
 
     def _new_metric(self) -> Metric:
         config = self.template.config
         flag = self.template.kind.per_class_field
         if flag is not None and getattr(config, flag):
             config = replace(config, **{flag: False})
-        if config.calibration_bins is not None:  # groups keep no reliability bins
+        if config.calibration_bins is not None and not self._keeps_bins:
             config = replace(config, calibration_bins=None)
         return type(self.template).from_config(config, engine=self.template.engine, window=None)
 
@@ -289,15 +327,44 @@ class GroupState:
 
     def codes(self, keys: pl.DataFrame) -> np.ndarray:
         """Codes of the rows of ``keys`` for the kernels: the batch's own numbering of
-        its groups, ``[0, batch_groups)`` (new keys get new groups)."""
-        runs, _, run_starts, run_codes = self._keys.codes(keys)
+        its groups, ``[0, batch_groups)`` (new keys get new groups).
+
+        Raises
+        ------
+        ValueError
+            With reliability bins, where the batch's new keys would pass
+            :data:`~xentstream.calibration.MAX_GROUP_BINS` (nothing changes).
+        """
+        if self.bins is not None:
+            self._check_bins_room(keys)
+        runs, order, run_starts, run_codes = self._keys.codes(keys)
         self.table.resize(len(self._keys))
+        if self.bins is not None:
+            self.bins.resize(len(self._keys))
         self._runs = (runs, run_starts, run_codes)
+        self._order = order
         return runs
 
-    def absorb(self, metric: Metric, result: Any, target: Any, sample_weight: Any) -> None:
+    def _check_bins_room(self, keys: pl.DataFrame) -> None:
+        """Refuse keys whose new groups' bins would pass the cap (before any is added)."""
+        limit = MAX_GROUP_BINS // self.bins.n_bins
+        if self.n_groups + keys.height <= limit:
+            return  # the common case: no look at the keys
+        distinct = keys.select(self.by).unique()
+        if self.n_groups:
+            known = self._keys.frame
+            schema = pl.concat([known.head(0), distinct.head(0)], how="vertical_relaxed").schema
+            distinct = distinct.cast(dict(schema)).join(
+                known.cast(dict(schema)), on=list(self.by), how="anti", nulls_equal=True
+            )
+        self.bins.check_groups(self.n_groups + distinct.height, self.by)
+
+    def absorb(
+        self, metric: Metric, result: Any, target: Any, sample_weight: Any, preds: Any = None
+    ) -> None:
         """Add the groups' shares of a batch that :meth:`codes` numbered (``result``:
-        what ``metric.accumulate`` returned for it)."""
+        what ``metric.accumulate`` returned for it; ``preds``: its inputs, for the
+        groups' reliability bins)."""
         runs, run_starts, run_codes = self._runs
         if result.row_terms is not None:  # many groups on the CPU: every row's terms
             self.table.add_grouped_rows(run_starts, run_codes, result.row_terms)
@@ -308,6 +375,41 @@ class GroupState:
                 target, sample_weight, runs, run_codes.shape[0], batch=result
             )
             self.table.add_label_counts(run_codes, labels)
+        if self.bins is not None and run_codes.size and result.n_rows:
+            self._add_bins(metric, preds, target, sample_weight, run_starts, run_codes)
+
+    def _add_bins(
+        self,
+        metric: Metric,
+        preds: Any,
+        target: Any,
+        sample_weight: Any,
+        run_starts: np.ndarray,
+        run_codes: np.ndarray,
+    ) -> None:
+        """The batch's rows binned by group (inputs the metric's kernels validated)."""
+        if preds is None:
+            raise ValueError("calibration_bins: the groups' reliability bins need the preds")
+        config = metric.config
+        group_batch_bins(
+            FORECASTS[metric.kind.class_axis],
+            preds,
+            target,
+            sample_weight,
+            self._order,
+            run_starts,
+            run_codes,
+            self.bins,
+            input=config.input,
+            ignore_index=getattr(config, "ignore_index", None),
+            sum_tol=config.resolve_sum_tol(np.dtype(np.float64)),
+        )
+
+    def _with_bins(self, code: int, state: dict[str, Any]) -> dict[str, Any]:
+        """A group's state dict with its reliability bins (its own ``calibration`` key)."""
+        if self.bins is not None:
+            state["calibration"] = self.bins.state(code).to_json()
+        return state
 
     def to_json(self) -> list[dict[str, Any]]:
         template = self.group_metric.state_dict()
@@ -326,7 +428,7 @@ class GroupState:
             states = self.table.states_json(codes)
             for code, state in zip(codes.tolist(), states, strict=True):
                 key = list(keys[code]) if plain else [_key_to_json(v) for v in keys[code]]
-                entries.append({"key": key, "state": {**template, **state}})
+                entries.append({"key": key, "state": self._with_bins(code, {**template, **state})})
         return entries
 
     def _states_json(self, template: dict[str, Any], zero_classes: int) -> list[dict[str, Any]]:
@@ -338,7 +440,10 @@ class GroupState:
             for code, group_sums in zip(codes.tolist(), sums, strict=True):
                 state = self.table.state(code, group_sums).to_json(zero_classes)
                 entries.append(
-                    {"key": [_key_to_json(v) for v in keys[code]], "state": {**template, **state}}
+                    {
+                        "key": [_key_to_json(v) for v in keys[code]],
+                        "state": self._with_bins(code, {**template, **state}),
+                    }
                 )
         return entries
 
@@ -361,15 +466,33 @@ class GroupState:
                 state = self._scratch.load_state_dict(entry["state"]).state.copy()
             else:
                 state = Metric.from_state_dict(entry["state"]).state
+            if self.bins is not None and (
+                state.calibration is None or state.calibration.n_bins != self.bins.n_bins
+            ):
+                raise ValueError(
+                    f"group key {show(list(key))}: its state keeps no reliability bins of "
+                    f"{self.bins.n_bins} calibration_bins, as this grouping's groups do (a "
+                    "state saved before grouped runs kept them, or of another config)"
+                )
             if key in states:
                 states[key].merge(state)
             else:
                 states[key] = state
         if not states:
             return
+        if self.bins is not None:
+            known = set(self.keys)
+            self.bins.check_groups(self.n_groups + sum(key not in known for key in states), self.by)
         codes = self._keys.assign_tuples(list(states))
         self.table.resize(len(self._keys))
         loaded = list(states.values())
+        if self.bins is not None:
+            self.bins.resize(len(self._keys))
+            self.bins.add(
+                codes,
+                np.stack([state.calibration.sums for state in loaded]),
+                np.stack([state.calibration.counts for state in loaded]),
+            )
         self.table.add_sums(
             codes,
             np.stack([state.sums for state in loaded]),
@@ -390,7 +513,8 @@ class GroupState:
         partition states; not a file format): the keys frame and the table's rows, a
         few hundred bytes a group, where :meth:`to_json` takes kilobytes. None for
         groups kept as one metric each."""
-        return {"keys": self._keys.frame, "table": self.table.packed()}
+        bins = None if self.bins is None else self.bins.packed()
+        return {"keys": self._keys.frame, "table": self.table.packed(), "bins": bins}
 
     def merge_packed(self, packed: dict[str, Any]) -> None:
         """Add groups :meth:`packed` by a grouping of the same metric and config (the
@@ -400,8 +524,15 @@ class GroupState:
         other = GroupTable.from_packed(packed["table"])
         if not other.n_groups:
             return
+        bins = packed.get("bins")
+        if (bins is None) != (self.bins is None):
+            raise ValueError("calibration_bins: groups with reliability bins and groups without")
+        if self.bins is not None:
+            self._check_bins_room(packed["keys"])
         codes = self._keys.assign(packed["keys"])
         self.table.resize(len(self._keys))
+        if self.bins is not None:
+            self.bins.resize(len(self._keys))
         for start in range(0, other.n_groups, _JSON_GROUPS):
             chunk = np.arange(start, min(start + _JSON_GROUPS, other.n_groups))
             into = codes[chunk]
@@ -411,6 +542,8 @@ class GroupState:
                 self.table.add_label_counts(into[~known], None)
                 if known.any():
                     self.table.add_label_counts(into[known], other.labels[chunk[known]])
+            if self.bins is not None:
+                self.bins.add(into, bins["sums"][chunk], bins["counts"][chunk])
 
     def sorted_codes(self) -> np.ndarray:
         """Codes in key order: values ascending, then NaN, then null (as polars sorts)."""
@@ -426,13 +559,18 @@ class GroupState:
         if codes is None:
             codes = np.arange(self.n_groups, dtype=np.int64)
         metric = self.group_metric
-        return GroupReports(self.table, self._keys, metric.report_of, codes, metric)
+        return GroupReports(
+            self.table, self._keys, metric.report_of, codes, metric, calibration=self.bins
+        )
 
 
 class _MetricGroups(GroupState):
     """Groups as one metric each, for kinds whose state is more than an
     :class:`ExactState` (the token kind's per-document sums): what every kind used
-    before :class:`~xentstream.grouping.GroupTable`, memory and time per group."""
+    before :class:`~xentstream.grouping.GroupTable`, memory and time per group. They
+    keep no reliability bins (comparisons report none; the token kind has none)."""
+
+    _keeps_bins = False
 
     def __init__(self, by: tuple[str, ...], template: Metric) -> None:
         self.by = by
@@ -442,6 +580,7 @@ class _MetricGroups(GroupState):
         self._keys = GroupKeys(by)
         self.metrics: list[Metric] = []
         self._runs = None
+        self.bins = None
 
     @property
     def rows_seen(self) -> int:
@@ -462,7 +601,9 @@ class _MetricGroups(GroupState):
         self._runs = (run_codes[runs], run_starts, run_codes)
         return self._runs[0]
 
-    def absorb(self, metric: Metric, result: Any, target: Any, sample_weight: Any) -> None:
+    def absorb(
+        self, metric: Metric, result: Any, target: Any, sample_weight: Any, preds: Any = None
+    ) -> None:
         codes = self._runs[0]
         labels = metric.group_label_counts(
             target, sample_weight, codes, self.n_groups, batch=result
@@ -525,7 +666,9 @@ class _ComparisonGroups(_MetricGroups):
     def _new_metric(self) -> Comparison:  # type: ignore[override]
         return Comparison(super()._new_metric())
 
-    def absorb(self, metric: Any, result: Any, target: Any, sample_weight: Any) -> None:
+    def absorb(
+        self, metric: Any, result: Any, target: Any, sample_weight: Any, preds: Any = None
+    ) -> None:
         if result.model.group_counts is None:  # no row
             return
         codes = self._runs[0]
@@ -1136,7 +1279,7 @@ class Evaluation:
             **_side_arguments(batch, spec),
         )
         if groups is not None:
-            groups.absorb(metric, result, batch.target, batch.sample_weight)
+            groups.absorb(metric, result, batch.target, batch.sample_weight, batch.preds)
         return result.n_rows
 
 

@@ -26,7 +26,7 @@ import numba
 import numpy as np
 import polars as pl
 
-from xentstream import accumulator
+from xentstream import accumulator, calibration
 from xentstream import report as reporting
 from xentstream._kernels import groups as kernels
 from xentstream._kernels import layout
@@ -517,6 +517,9 @@ class GroupReports(Mapping):
     metric : Metric, optional
         The groups' metric (``report_of``'s): with it, :meth:`scalar_columns` derives
         every group's scalar fields at once.
+    calibration : GroupBins, optional
+        The groups' reliability bins (:class:`~xentstream.calibration.GroupBins`): each
+        report carries its group's calibration.
     """
 
     def __init__(
@@ -526,12 +529,15 @@ class GroupReports(Mapping):
         report_of: Callable[[ExactState], Any],
         codes: np.ndarray,
         metric: Any = None,
+        *,
+        calibration: Any = None,
     ) -> None:
         self.table = table
         self.keys = keys
         self.report_of = report_of
         self.codes = np.asarray(codes, dtype=np.int64)
         self.metric = metric
+        self.calibration = calibration
         self._index: dict[tuple[Any, ...], int] | None = None
 
     def __len__(self) -> int:
@@ -552,7 +558,13 @@ class GroupReports(Mapping):
 
     def report(self, code: int) -> Any:
         """The report of group ``code``."""
-        return self.report_of(self.table.state(code))
+        return self.report_of(self._state(code))
+
+    def _state(self, code: int, sums: np.ndarray | None = None) -> ExactState:
+        state = self.table.state(code, sums)
+        if self.calibration is not None:
+            state.calibration = self.calibration.state(code)
+        return state
 
     def items(self) -> _Items:
         return _Items(self)
@@ -562,7 +574,9 @@ class GroupReports(Mapping):
 
     def subset(self, codes: np.ndarray) -> GroupReports:
         """The reports of groups ``codes`` (in that order)."""
-        return GroupReports(self.table, self.keys, self.report_of, codes, self.metric)
+        return GroupReports(
+            self.table, self.keys, self.report_of, codes, self.metric, calibration=self.calibration
+        )
 
     def counts(self) -> np.ndarray:
         """Rows counted of each group, in order."""
@@ -706,6 +720,24 @@ class GroupReports(Mapping):
                 columns["normalized_entropy"].append(normalized)
                 for column in others:
                     column.append(None)
+        bins = self.calibration_columns()
+        if bins is not None:  # the reports' own: the same function of the same bins
+            for name in ("ece", "mce", "brier"):
+                columns[name] = bins[name]
+        return columns
+
+    def calibration_columns(self) -> dict[str, list[Any]] | None:
+        """Every group's calibration scalars (``CalibrationReport`` fields but the
+        forecast count: ``ece``, ``mce``, ``brier`` and the decomposition), None where
+        a field is undefined; None without reliability bins."""
+        if self.calibration is None:
+            return None
+        names = calibration.SCALARS[1:]
+        columns: dict[str, list[Any]] = {name: [] for name in names}
+        for code in self.codes.tolist():
+            scalars = calibration.bins_scalars(self.calibration.state(code))
+            for name in names:
+                columns[name].append(scalars[name])
         return columns
 
     def iter_reports(self) -> Iterator[tuple[int, Any]]:
@@ -714,7 +746,7 @@ class GroupReports(Mapping):
             codes = self.codes[start : start + _REPORT_CHUNK]
             sums = self.table.sums(codes)
             for code, group_sums in zip(codes.tolist(), sums, strict=True):
-                yield code, self.report_of(self.table.state(code, group_sums))
+                yield code, self.report_of(self._state(code, group_sums))
 
 
 #: Groups whose sums one step of iterating over reports exports at once.

@@ -27,6 +27,7 @@ from numba import njit, prange
 
 from xentstream._kernels.exact import (
     CHUNK_BITS,
+    MAX_TERMS_PER_BLOCK,
     N_SLOTS,
     UNIT_EXPONENT,
     add_term,
@@ -646,3 +647,128 @@ def class_bins(
             if skip[BIN_OUTCOME_SQUARED]:
                 task_sums[k, BIN_OUTCOME_SQUARED, :] = task_sums[k, BIN_OUTCOME, :]
         normalize(task_sums.reshape(-1, N_SLOTS))
+
+
+# -- per-group bins (grouped evaluation) ---------------------------------------------------
+#
+# A grouped run bins every row's forecast in its group's bins as well: the forecasts are
+# computed a chunk at a time by the very helpers of the bins above (a row's forecast
+# depends on the row only), then each run of a group's rows adds its terms to that
+# group's bins, one run per task (runs are disjoint, so tasks never share a bin). Every
+# term goes in through ``_add_forecast``'s general path: for unit weights and 0/1
+# outcomes its terms are the counted path's numbers (1.0 * f is f, o * o is o), and the
+# sums are exact, so a group's bins are bitwise those of a one-shot metric over its rows.
+
+
+@njit(parallel=True, cache=True)
+def top_label_forecasts(preds, labels, soft, input_kind, ignore, has_ignore, conf, outcome, keep):
+    """Every row's top-label forecast into ``conf`` (N,), its outcome (``labels`` (N,)
+    hard labels or ``soft`` (N, C) targets when ``labels`` is empty) into ``outcome`` and
+    whether it counts (not ``ignore``) into ``keep``, as :func:`top_label_bins` bins them."""
+    n_rows, n_classes = preds.shape
+    narrow = n_classes < _NARROW_CLASSES
+    hard = labels.shape[0] > 0
+    n_chunks = -(-n_rows // _CHUNK_ROWS)
+    n_blocks = min(n_chunks, 64)
+    for block in prange(n_blocks):
+        columns, chunk_conf, total, exps32, best, _, _ = _scratch(
+            n_classes if narrow else 0, _CHUNK_ROWS, 1
+        )
+        for chunk in range(block * n_chunks // n_blocks, (block + 1) * n_chunks // n_blocks):
+            start = chunk * _CHUNK_ROWS
+            stop = min(start + _CHUNK_ROWS, n_rows)
+            n = stop - start
+            if narrow:
+                _top_label_chunk(
+                    preds, start, stop, input_kind, columns, best, chunk_conf, total, exps32
+                )
+            else:
+                for r in range(n):
+                    best[r], chunk_conf[r] = _top_label(preds[start + r], input_kind)
+            for r in range(n):
+                i = start + r
+                conf[i] = chunk_conf[r]
+                if hard:
+                    label = np.int64(labels[i])
+                    keep[i] = not (has_ignore and label == ignore)
+                    outcome[i] = 1.0 if label == best[r] else 0.0
+                else:
+                    keep[i] = True
+                    outcome[i] = np.float64(soft[i, best[r]])
+
+
+@njit(parallel=True, cache=True)
+def positive_forecasts(preds, input_kind, conf):
+    """Every positive-class forecast of the flat ``preds`` into ``conf``, as
+    :func:`positive_class_bins` bins them."""
+    n = preds.shape[0]
+    n_chunks = -(-n // _CHUNK_VALUES)
+    for chunk in prange(n_chunks):
+        start = chunk * _CHUNK_VALUES
+        stop = min(start + _CHUNK_VALUES, n)
+        _positive_chunk(preds, start, stop, input_kind, conf[start:stop])
+
+
+#: Terms a group's bins take between normalizations: each adds below 2**32 to a chunk,
+#: and a normalized chunk is below 2**32, so int64 chunks hold 2**30 of them with room.
+MAX_PENDING_TERMS = MAX_TERMS_PER_BLOCK
+
+
+@njit(parallel=True, cache=True)
+def grouped_bins(
+    order,
+    run_starts,
+    run_codes,
+    conf,
+    outcome,
+    keep,
+    sample_weight,
+    row_width,
+    sums,
+    counts,
+    pending,
+):
+    """Add each run's forecasts to its group's bins, in place: ``sums`` (groups, n_bins,
+    N_BIN_SUMS, N_SLOTS), ``counts`` (groups, n_bins), ``pending`` (groups,) the terms
+    added since the group's bins were last normalized.
+
+    Run ``r`` holds rows ``order[run_starts[r]:run_starts[r + 1]]``, all of group
+    ``run_codes[r]`` (no group twice); row ``i`` has ``row_width`` forecasts
+    ``conf[i * row_width + l]`` with outcomes ``outcome`` and, unless ``keep`` is
+    empty, whether each counts. ``sample_weight`` (N,) or empty. A group's bins are
+    normalized only when their pending terms would pass :data:`MAX_PENDING_TERMS`
+    (:func:`normalize_pending` before they are read): a batch's cost is its rows and
+    the bins it touches, not a pass over every touched group's accumulators.
+    """
+    n_runs, n_bins = run_codes.shape[0], sums.shape[1]
+    weighted = sample_weight.shape[0] > 0
+    kept = keep.shape[0] > 0
+    for r in prange(n_runs):
+        group = run_codes[r]
+        group_sums = sums[group]
+        group_counts = counts[group]
+        terms = (run_starts[r + 1] - run_starts[r]) * row_width
+        if pending[group] + terms > MAX_PENDING_TERMS:
+            normalize(group_sums.reshape(-1, N_SLOTS))
+            pending[group] = 0
+        pending[group] += terms
+        for j in range(run_starts[r], run_starts[r + 1]):
+            row = order[j]
+            w = np.float64(sample_weight[row]) if weighted else 1.0
+            for label in range(row_width):
+                i = row * row_width + label
+                if kept and not keep[i]:
+                    continue
+                f = conf[i]
+                k = _bin_index(f, n_bins)
+                group_counts[k] += 1
+                _add_forecast(group_sums[k], w, f, outcome[i], True, False)
+
+
+@njit(parallel=True, cache=True)
+def normalize_pending(sums, pending):
+    """Normalize the bins of every group with pending terms (canonical again)."""
+    for group in prange(pending.shape[0]):
+        if pending[group]:
+            normalize(sums[group].reshape(-1, N_SLOTS))
+            pending[group] = 0
