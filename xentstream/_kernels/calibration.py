@@ -671,8 +671,8 @@ def top_label_forecasts(preds, labels, soft, input_kind, ignore, has_ignore, con
     n_chunks = -(-n_rows // _CHUNK_ROWS)
     n_blocks = min(n_chunks, 64)
     for block in prange(n_blocks):
-        columns, chunk_conf, total, exps32, best, _, _ = _scratch(
-            n_classes if narrow else 0, _CHUNK_ROWS, 1
+        columns, top, chunk_conf, total, exps32, best, _, _, _, _ = _scratch(
+            preds, n_classes if narrow else 0, _CHUNK_ROWS, 1
         )
         for chunk in range(block * n_chunks // n_blocks, (block + 1) * n_chunks // n_blocks):
             start = chunk * _CHUNK_ROWS
@@ -680,7 +680,7 @@ def top_label_forecasts(preds, labels, soft, input_kind, ignore, has_ignore, con
             n = stop - start
             if narrow:
                 _top_label_chunk(
-                    preds, start, stop, input_kind, columns, best, chunk_conf, total, exps32
+                    preds, start, stop, input_kind, columns, top, best, chunk_conf, total, exps32
                 )
             else:
                 for r in range(n):
