@@ -390,7 +390,7 @@ def test_the_screen_sends_every_refusable_group_to_the_exact_check(
     the per-group rules refuse must be among those it doubts (which then are checked
     exactly), so a load refuses exactly the tables the per-group check would."""
     data, columns = _table(weighted)
-    offsets = columns._digit_offsets()
+    offsets = columns.digit_offsets()
     for position, what, factor in edits:
         group = position % columns.n_groups
         if what.startswith("rows"):

@@ -468,24 +468,7 @@ class GroupTable:
             selected = np.flatnonzero(~added)
         else:
             selected = np.arange(n_runs, dtype=np.int64)
-        first = 0
-        while first < selected.shape[0]:
-            first = kernels.add_runs(
-                terms,
-                run_starts,
-                run_codes,
-                selected,
-                first,
-                self.base,
-                self.window,
-                self.wide,
-                self.pending,
-                self.side,
-                self.n_wide,
-                self.counts,
-            )
-            if first < selected.shape[0]:
-                self._grow_side()
+        self._add_all(kernels.add_runs, selected.shape[0], terms, run_starts, run_codes, selected)
 
     def add_sums(self, codes: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> None:
         """Add normalized accumulators ``sums[i]`` ``(N_SUMS, N_SLOTS)`` and counters into
@@ -493,12 +476,16 @@ class GroupTable:
         codes = np.ascontiguousarray(codes, dtype=np.int64)
         sums = np.ascontiguousarray(sums, dtype=np.int64)
         counts = np.ascontiguousarray(counts, dtype=np.int64)
+        self._add_all(kernels.add_full, codes.shape[0], codes, sums, counts)
+
+    def _add_all(self, kernel: Callable[..., int], n: int, *inputs: np.ndarray) -> None:
+        """Call ``kernel(*inputs, first, <the table's arrays>)`` (``add_runs``,
+        ``add_full``, ``add_encoded``) until all ``n`` items are added, growing the
+        side table of widened groups whenever it stops for room."""
         first = 0
-        while first < codes.shape[0]:
-            first = kernels.add_full(
-                codes,
-                sums,
-                counts,
+        while first < n:
+            first = kernel(
+                *inputs,
                 first,
                 self.base,
                 self.window,
@@ -508,7 +495,7 @@ class GroupTable:
                 self.n_wide,
                 self.counts,
             )
-            if first < codes.shape[0]:
+            if first < n:
                 self._grow_side()
 
     def add_label_counts(self, codes: np.ndarray, label_counts: np.ndarray | None) -> None:
@@ -629,11 +616,8 @@ class GroupTable:
         labels = known = None
         if self.counts_labels:
             known = self.labels_known[codes].copy()
+            # (a group's counts from before its labels became unknown are not state)
             labels = np.where(known[:, None], self.labels[codes], 0)
-            # Only the classes some group counted: the width a batch gave is not the
-            # state's (one run and merged shards may have seen other widths).
-            used_classes = np.flatnonzero(labels.any(axis=0))
-            labels = labels[:, : used_classes[-1] + 1 if used_classes.size else 0]
         return GroupColumns(
             counts=self.counts[codes].copy(),
             spans=spans,
@@ -646,12 +630,28 @@ class GroupTable:
 
     def add_columns(self, codes: np.ndarray, columns: GroupColumns) -> None:
         """Add the groups of checked ``columns`` (:meth:`GroupColumns.check`) into groups
-        ``codes`` (distinct), exactly as :meth:`add_sums` of their accumulators, a few
-        thousand groups at a time."""
+        ``codes`` (distinct), exactly as :meth:`add_sums` of their accumulators: their
+        digits straight into the windows (:func:`kernels.add_encoded`), the groups with
+        special sums as whole accumulators."""
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
         n = columns.n_groups
-        for start in range(0, n, _COLUMN_GROUPS):
-            stop = min(start + _COLUMN_GROUPS, n)
-            self.add_sums(codes[start:stop], columns.sums(start, stop), columns.counts[start:stop])
+        special = np.unique(columns.special // layout.N_SUMS)
+        skip = np.zeros(n, dtype=np.bool_)
+        skip[special] = True
+        offsets = columns.digit_offsets()
+        self._add_all(
+            kernels.add_encoded,
+            n,
+            codes,
+            columns.spans,
+            columns.digits,
+            offsets,
+            skip,
+            columns.counts,
+        )
+        if special.size:
+            sums = np.stack([columns.sums(group, group + 1)[0] for group in special.tolist()])
+            self.add_sums(codes[special], sums, columns.counts[special])
         if self.counts_labels:
             known = columns.labels_known
             self.add_label_counts(codes[~known], None)
@@ -798,7 +798,7 @@ class GroupColumns:
             raise ValueError("special_sums: not normalized (a chunk outside [0, 2**32))")
         if where.shape[0] and not (rows[:, N_CHUNKS - 1 :] != 0).any(axis=1).all():
             raise ValueError("special_sums: a sum that is not special (written as digits)")
-        offsets = self._digit_offsets()
+        offsets = self.digit_offsets()
         options = np.array(
             [
                 validate,
@@ -835,7 +835,8 @@ class GroupColumns:
             doubtful |= wrong
         return np.flatnonzero(doubtful)
 
-    def _digit_offsets(self) -> np.ndarray:
+    def digit_offsets(self) -> np.ndarray:
+        """Where each sum's digits start: ``(n, N_SUMS)`` int64."""
         if self._offsets is None:
             counts = self.spans[:, :, 1].reshape(-1).astype(np.int64)
             offsets = np.zeros(counts.shape[0], dtype=np.int64)
@@ -849,7 +850,7 @@ class GroupColumns:
         out = np.empty((stop - start, layout.N_SUMS, N_SLOTS), dtype=np.int64)
         if stop == start:
             return out
-        first = int(self._digit_offsets()[start, 0])
+        first = int(self.digit_offsets()[start, 0])
         kernels.decode_groups(self.spans[start:stop], self.digits, first, out)
         n_sums = layout.N_SUMS
         lo, hi = np.searchsorted(self.special, [start * n_sums, stop * n_sums])
@@ -1088,8 +1089,6 @@ class GroupReports(Mapping):
 _REPORT_CHUNK = 1024
 
 
-#: Groups whose accumulators :meth:`GroupTable.add_columns` rebuilds at once.
-_COLUMN_GROUPS = 4096
 #: Distinct integers whose decimal text :meth:`GroupTable.states_json` keeps.
 _DECIMALS_KEPT = 1 << 16
 #: Runs of one batch from which threads share the grouped reduction (fewer: one thread).

@@ -186,12 +186,17 @@ def _widen(base, window, wide, side, n_wide, g):
     normalize(full)
 
 
-@njit(**_FLAGS)
-def _add_full_group(g, sums, base, window, wide, pending, side, n_wide, may_widen):
-    """Add the normalized accumulators ``sums`` (N_SUMS, N_SLOTS) into group ``g``.
+#: ``_place``'s ``lows[s]`` of a sum no window holds (negative or non-finite).
+_UNWINDOWED = -2
 
-    False, changing no value, when the group is wide or must widen and ``may_widen``
-    is False, or must widen and ``side`` is full.
+
+@njit(**_FLAGS)
+def _place(g, lows, highs, base, window, wide, pending, side, n_wide, may_widen):
+    """Where group ``g`` takes sums whose nonzero chunks are ``lows[s] .. highs[s]``
+    (``highs[s] < 0``: zero; ``lows[s] == _UNWINDOWED``: only a full accumulator holds
+    it): 1, its windows (moved to cover them); 0, its full accumulator (widened now if
+    need be); -1, nowhere, changing no value, when the group is wide or must widen and
+    ``may_widen`` is False, or must widen and ``side`` is full.
     """
     if wide[g] < 0:
         fits = pending[g] + WINDOW < MAX_PENDING
@@ -199,33 +204,53 @@ def _add_full_group(g, sums, base, window, wide, pending, side, n_wide, may_wide
             fits = _normalize_group(base, window, wide, side, g)
             pending[g] = 0
         for s in range(N_SUMS if fits else 0):
-            acc = sums[s]
-            if acc[POS_INF] or acc[NEG_INF] or acc[NAN] or acc[N_CHUNKS - 1] < 0:
-                fits = False
-                break
-            lo = N_CHUNKS
-            hi = -1
-            for k in range(N_CHUNKS):
-                if acc[k] != 0:
-                    lo = min(lo, k)
-                    hi = k
-            if hi >= 0 and not _fit(base, window, g, s, lo, hi):
+            if lows[s] == _UNWINDOWED or (
+                highs[s] >= 0 and not _fit(base, window, g, s, lows[s], highs[s])
+            ):
                 fits = False
                 break
         if fits:
-            for s in range(N_SUMS):
-                b = base[g, s]
-                if b >= 0:
-                    for k in range(WINDOW):
-                        window[g, s, k] += sums[s, b + k]
-            pending[g] += WINDOW
-            return True
+            return 1
         if not may_widen or n_wide[0] == side.shape[0]:
-            return False
+            return -1
         _widen(base, window, wide, side, n_wide, g)
         pending[g] = 0
     elif not may_widen:
+        return -1
+    return 0
+
+
+@njit(**_FLAGS)
+def _add_full_group(g, sums, base, window, wide, pending, side, n_wide, may_widen):
+    """Add the normalized accumulators ``sums`` (N_SUMS, N_SLOTS) into group ``g``.
+
+    False, changing no value, when the group is wide or must widen and ``may_widen``
+    is False, or must widen and ``side`` is full.
+    """
+    lows = np.empty(N_SUMS, dtype=np.int64)
+    highs = np.empty(N_SUMS, dtype=np.int64)
+    for s in range(N_SUMS):
+        acc = sums[s]
+        lows[s] = N_CHUNKS
+        highs[s] = -1
+        if acc[POS_INF] or acc[NEG_INF] or acc[NAN] or acc[N_CHUNKS - 1] < 0:
+            lows[s] = _UNWINDOWED
+            continue
+        for k in range(N_CHUNKS):
+            if acc[k] != 0:
+                lows[s] = min(lows[s], k)
+                highs[s] = k
+    where = _place(g, lows, highs, base, window, wide, pending, side, n_wide, may_widen)
+    if where < 0:
         return False
+    if where == 1:
+        for s in range(N_SUMS):
+            b = base[g, s]
+            if b >= 0:
+                for k in range(WINDOW):
+                    window[g, s, k] += sums[s, b + k]
+        pending[g] += WINDOW
+        return True
     full = side[wide[g]]
     full += sums
     normalize(full)
@@ -636,6 +661,26 @@ def _normalized_sum(base, window, wide, side, g, s, acc):
 
 
 @njit(**_FLAGS)
+def _normalized_window(window, g, s, b, acc):
+    """:func:`_normalized_sum` of a compact group's sum whose window starts at chunk
+    ``b``, touching only the chunks the window and its carries reach: returns the
+    chunk after the last written (``N_CHUNKS``: the top chunk was written too)."""
+    last = b + WINDOW - 1
+    top = N_CHUNKS - 1
+    carry = 0
+    k = b
+    while k < top:
+        value = (window[g, s, k - b] if k <= last else 0) + carry
+        acc[k] = value & _LOW32
+        carry = value >> 32
+        k += 1
+        if carry == 0 and k > last:
+            return k
+    acc[top] = (window[g, s, top - b] if top <= last else 0) + carry
+    return N_CHUNKS
+
+
+@njit(**_FLAGS)
 def encode_groups(codes, base, window, wide, side, spans, special, digits):
     """Columnar form of groups ``codes``: ``spans[i, s]`` = (lowest nonzero chunk, digit
     count) of group ``codes[i]``'s sum ``s``, its digits appended to ``digits``,
@@ -644,36 +689,107 @@ def encode_groups(codes, base, window, wide, side, spans, special, digits):
     Returns the digits written, or -1 when ``digits`` has no room (the caller sizes
     it: ``WINDOW + 1`` digits a compact group's sum, ``N_CHUNKS - 1`` a wide one's).
     """
-    acc = np.empty(N_SLOTS, dtype=np.int64)
+    acc = np.zeros(N_SLOTS, dtype=np.int64)
     n = 0
     top = N_CHUNKS - 1
     for i in range(codes.shape[0]):
         g = codes[i]
         for s in range(N_SUMS):
-            _normalized_sum(base, window, wide, side, g, s, acc)
             spans[i, s, 0] = 0
             spans[i, s, 1] = 0
-            special[i, s] = acc[top] != 0 or acc[POS_INF] != 0 or acc[NEG_INF] != 0
-            special[i, s] = special[i, s] or acc[NAN] != 0
-            if special[i, s]:
-                continue
-            lo = -1
-            hi = -1
-            for k in range(top):
-                if acc[k] != 0:
-                    if lo < 0:
-                        lo = k
-                    hi = k
-            if lo < 0:
-                continue
-            if n + hi - lo + 1 > digits.shape[0]:
-                return -1
-            for k in range(lo, hi + 1):
-                digits[n] = acc[k]
-                n += 1
-            spans[i, s, 0] = lo
-            spans[i, s, 1] = hi - lo + 1
+            special[i, s] = False
+            if wide[g] >= 0:
+                _normalized_sum(base, window, wide, side, g, s, acc)
+                start, stop = 0, N_SLOTS
+                flags = acc[POS_INF] != 0 or acc[NEG_INF] != 0 or acc[NAN] != 0
+            else:
+                start = base[g, s]
+                if start < 0:
+                    continue
+                stop = _normalized_window(window, g, s, start, acc)
+                flags = False
+            if flags or acc[top] != 0:  # (acc is zero beyond what was written)
+                special[i, s] = True
+            else:
+                lo = -1
+                hi = -1
+                for k in range(start, min(stop, top)):
+                    if acc[k] != 0:
+                        if lo < 0:
+                            lo = k
+                        hi = k
+                if lo >= 0:
+                    if n + hi - lo + 1 > digits.shape[0]:
+                        return -1
+                    for k in range(lo, hi + 1):
+                        digits[n] = acc[k]
+                        n += 1
+                    spans[i, s, 0] = lo
+                    spans[i, s, 1] = hi - lo + 1
+            for k in range(start, stop):  # leave acc zero for the next sum
+                acc[k] = 0
     return n
+
+
+@njit(**_FLAGS)
+def _add_encoded_group(
+    g, spans, digits, offsets, i, lows, highs, base, window, wide, pending, side, n_wide
+):
+    """:func:`_add_full_group` of encoded sums (none special) ``spans[i]`` into group
+    ``g``, the digits straight into its windows when they fit (``lows``, ``highs``:
+    scratch). False, changing no value, when it must widen and ``side`` is full."""
+    for s in range(N_SUMS):
+        lows[s] = spans[i, s, 0]
+        highs[s] = lows[s] + np.int64(spans[i, s, 1]) - 1
+    where = _place(g, lows, highs, base, window, wide, pending, side, n_wide, True)
+    if where < 0:
+        return False
+    for s in range(N_SUMS):
+        at = offsets[i, s]
+        # windowed: chunk k is window[g, s, k - base]; wide: the full row's own
+        row = window[g, s] if where == 1 else side[wide[g], s]
+        shift = base[g, s] if where == 1 else 0
+        for k in range(lows[s], highs[s] + 1):
+            row[k - shift] += np.int64(digits[at + k - lows[s]])
+    if where == 1:
+        pending[g] += WINDOW
+    else:
+        normalize(side[wide[g]])
+    return True
+
+
+@njit(**_FLAGS)
+def add_encoded(
+    codes,
+    spans,
+    digits,
+    offsets,
+    skip,
+    group_counts,
+    first,
+    base,
+    window,
+    wide,
+    pending,
+    side,
+    n_wide,
+    counts,
+):
+    """:func:`add_full` of groups in :func:`encode_groups`' form: group ``i`` (unless
+    ``skip[i]``: those with special sums, added whole by the caller) into group
+    ``codes[i]``. Returns the first group not added (as :func:`add_full`)."""
+    lows = np.empty(N_SUMS, dtype=np.int64)
+    highs = np.empty(N_SUMS, dtype=np.int64)
+    for i in range(first, codes.shape[0]):
+        if skip[i]:
+            continue
+        g = codes[i]
+        if not _add_encoded_group(
+            g, spans, digits, offsets, i, lows, highs, base, window, wide, pending, side, n_wide
+        ):
+            return i
+        counts[g] += group_counts[i]
+    return codes.shape[0]
 
 
 @njit(**_FLAGS)
