@@ -322,10 +322,11 @@ class GroupState:
 
     def to_json(self) -> dict[str, Any] | list[dict[str, Any]]:
         """The groups as JSON: a columnar table (:data:`GROUPS_FORMAT`; keys as lists,
-        every group's exact sums as base64 arrays, :class:`~xentstream.grouping.
-        GroupColumns`), in code order (first appearance); per-group entries
-        ``{key, state}`` (the format before it, which :meth:`load_json` still reads)
-        only for keys of a type without a columnar form (decimals, nested values).
+        every group's exact sums as base64 arrays,
+        :class:`~xentstream.grouping.GroupColumns`), in code order (first appearance);
+        per-group entries ``{key, state}`` (the format before it, which
+        :meth:`load_json` still reads) only for keys of a type without a columnar form
+        (decimals, nested values) and groups with per-class sums.
 
         The table is a function of the groups' keys, order and exact states: the
         same groups give the same text whatever the batches and merges that made them.
