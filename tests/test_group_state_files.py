@@ -266,9 +266,9 @@ def _merge_fails(capsys: Any, path: Path, edit: Any) -> str:
 
 
 def _set_array(groups: dict[str, Any], name: str, change: Any) -> None:
-    array = array_from_json(
-        groups[name], name, groups[name]["dtype"], len(groups[name]["shape"])
-    ).copy()
+    array = array_from_json(groups[name], name, groups[name]["dtype"], len(groups[name]["shape"]))
+    if name in ("counts", "label_counts"):  # written as narrow as they fit: edit as int64
+        array = array.astype(np.int64)
     change(array)
     groups[name] = array_to_json(array)
 
@@ -300,7 +300,10 @@ EDITS = [  # (edit of the file's groups, what the message must say)
         r"groups\.digits: \d+ bytes of data, but shape \[\d+\] of <u4 takes \d+ \(truncated",
     ),
     (lambda g: _digits(g, "*" + g["digits"]["base64"][1:]), r"groups\.digits: not base64"),
-    (lambda g: g["counts"].update(dtype="<i4"), r"groups\.counts: dtype '<i4', expected '<i8'"),
+    (
+        lambda g: g["counts"].update(dtype="<i4"),
+        r"groups\.counts: dtype '<i4', expected '\|u1' or '<u2' or '<u4' or '<i8'",
+    ),
     (
         lambda g: g["spans"].update(shape=[1, layout.N_SUMS, 2]),
         r"groups\.spans: shape \[1, 9, 2\], but axis 0",

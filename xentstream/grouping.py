@@ -663,6 +663,24 @@ class GroupTable:
         return int(self.n_wide[0])
 
 
+#: Dtypes of counts in a table, narrowest first: each array is written in the narrowest
+#: that holds it (a function of its values, so the text stays canonical), a table of a
+#: million small groups saving ~80 bytes a group against int64.
+_COUNT_DTYPES = ("|u1", "<u2", "<u4", "<i8")
+
+
+def _narrowest(counts: np.ndarray) -> np.ndarray:
+    """``counts`` in the narrowest of :data:`_COUNT_DTYPES` that holds every value."""
+    if counts.size and counts.min() >= 0:
+        top = int(counts.max())
+        for dtype in _COUNT_DTYPES[:-1]:
+            if top <= np.iinfo(dtype).max:
+                return counts.astype(dtype)
+    elif not counts.size:
+        return counts.astype(_COUNT_DTYPES[0])
+    return counts
+
+
 class GroupColumns:
     """Groups' exact states as columns: what grouped state files and checkpoints hold.
 
@@ -728,9 +746,11 @@ class GroupColumns:
     def to_json(self) -> dict[str, Any]:
         """The columns as JSON (:func:`~xentstream.state.array_to_json` each)."""
         data: dict[str, Any] = {name: array_to_json(getattr(self, name)) for name in self._ARRAYS}
-        for name in ("label_counts", "labels_known"):
-            value = getattr(self, name)
-            data[name] = None if value is None else array_to_json(value)
+        data["counts"] = array_to_json(_narrowest(self.counts))
+        labels = self.label_counts
+        data["label_counts"] = None if labels is None else array_to_json(_narrowest(labels))
+        known = self.labels_known
+        data["labels_known"] = None if known is None else array_to_json(known)
         return data
 
     @classmethod
@@ -744,7 +764,9 @@ class GroupColumns:
             Naming the array and what is wrong.
         """
         n_sums = layout.N_SUMS
-        counts = array_from_json(data["counts"], "counts", "<i8", 2, (None, layout.N_COUNTS))
+        counts = array_from_json(
+            data["counts"], "counts", _COUNT_DTYPES, 2, (None, layout.N_COUNTS)
+        ).astype(np.int64)
         n = counts.shape[0]
         spans = array_from_json(data["spans"], "spans", "|u1", 3, (n, n_sums, 2))
         digits = array_from_json(data["digits"], "digits", "<u4", 1)
@@ -756,7 +778,9 @@ class GroupColumns:
         if counts_labels:
             if data["label_counts"] is None or data["labels_known"] is None:
                 raise ValueError("label_counts: missing (this kind counts labels)")
-            labels = array_from_json(data["label_counts"], "label_counts", "<i8", 2, (n, None))
+            labels = array_from_json(
+                data["label_counts"], "label_counts", _COUNT_DTYPES, 2, (n, None)
+            ).astype(np.int64)
             known = array_from_json(data["labels_known"], "labels_known", "|b1", 1, (n,))
         elif data["label_counts"] is not None or data["labels_known"] is not None:
             raise ValueError("label_counts: given, but this kind of state holds none")

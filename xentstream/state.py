@@ -133,10 +133,15 @@ def array_to_json(array: np.ndarray) -> dict[str, Any]:
 
 
 def array_from_json(
-    data: Any, name: str, dtype: str, ndim: int, shape: tuple[int | None, ...] | None = None
+    data: Any,
+    name: str,
+    dtype: str | tuple[str, ...],
+    ndim: int,
+    shape: tuple[int | None, ...] | None = None,
 ) -> np.ndarray:
     """Inverse of :func:`array_to_json`: an array of ``dtype`` (numpy's ``str`` form,
-    such as ``"<i8"``) with ``ndim`` dimensions, of ``shape`` where it gives a length.
+    such as ``"<i8"``; or one of several) with ``ndim`` dimensions, of ``shape`` where
+    it gives a length.
 
     Raises
     ------
@@ -146,8 +151,11 @@ def array_from_json(
     """
     if not isinstance(data, dict) or set(data) != {"dtype", "shape", "base64"}:
         raise ValueError(f"{name}: must be an object with the keys dtype, shape, base64")
-    if data["dtype"] != dtype:
-        raise ValueError(f"{name}: dtype {show(data['dtype'])}, expected {dtype!r}")
+    allowed = (dtype,) if isinstance(dtype, str) else dtype
+    if data["dtype"] not in allowed:
+        expected = " or ".join(map(repr, allowed))
+        raise ValueError(f"{name}: dtype {show(data['dtype'])}, expected {expected}")
+    dtype = data["dtype"]
     found = data["shape"]
     if (
         not isinstance(found, list)
