@@ -9,6 +9,11 @@ then one call is timed. Sides: ``xs.evaluate(..., by="key")``, the same without
 ``by``, and polars ``group_by("key").agg(mean)`` of a precomputed float64 loss column
 (inexact, the issue's peer). Medians over ``--rounds``; the load average is printed
 with the table (other jobs on the machine move the times).
+
+The grouped state file (``--save-state``: :func:`~xentstream.evaluation.grouped_state_dict`
+written by ``write_json_atomic``) is timed written and loaded again (``read_json`` and
+``merge_grouped_states``), with its size and the peak of the memory each step allocates
+(``tracemalloc``, in a second pass: numpy's arrays are traced too).
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, tempfile, time, tracemalloc
 sys.path.insert(0, sys.argv[1])
 import numpy as np, polars as pl
 from benchmarks import common, groups
 import xentstream as xs
-from xentstream.evaluation import grouped_state_dict
+from xentstream.evaluation import grouped_state_dict, merge_grouped_states
+from xentstream.state import read_json, write_json_atomic
 rows, n_keys, side = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rng = np.random.default_rng(15)
 logits = rng.normal(0.0, 2.0, (rows, groups.N_CLASSES)).astype(np.float32)
@@ -65,9 +71,19 @@ if side == "by":
     start = time.perf_counter()
     result.to_polars()
     extra["to_polars_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    json.dumps(grouped_state_dict(result))
-    extra["state_json_s"] = time.perf_counter() - start
+    path = os.path.join(tempfile.mkdtemp(), "groups.json")
+    write = lambda: write_json_atomic(path, grouped_state_dict(result))
+    load = lambda: merge_grouped_states([read_json(path)])
+    for name, step in (("state_write", write), ("state_load", load)):
+        start = time.perf_counter()
+        step()
+        extra[name + "_s"] = time.perf_counter() - start
+        tracemalloc.start()
+        step()
+        extra[name + "_peak_mb"] = tracemalloc.get_traced_memory()[1] / 1e6
+        tracemalloc.stop()
+    extra["state_mb"] = os.path.getsize(path) / 1e6
+    os.remove(path)
 print(json.dumps({"seconds": elapsed, "peak_mb": peak / 1024, "setup_mb": before / 1024,
                   "groups": n_groups, **extra}))
 """
@@ -105,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rows={args.rows} C=10 rounds={args.rounds} load={os.getloadavg()}")
     print(
         "| keys | by= (s) | without by (s) | polars group_by mean (s) | by= peak RSS (MB) "
-        "| top(10) (s) | to_polars() (s) | grouped state JSON (s) |"
+        "| top(10) (s) | to_polars() (s) | state write (s) | state load (s) | state (MB) "
+        "| write / load peak (MB) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for keys in args.keys:
 
         def median(side: str, field: str, keys: int = keys) -> str:
@@ -118,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             f"| {keys:.0e} | {median('by', 'seconds')} | {median('without', 'seconds')} | "
             f"{median('polars', 'seconds')} | {median('by', 'peak_mb')} | "
             f"{median('by', 'top10_s')} | {median('by', 'to_polars_s')} | "
-            f"{median('by', 'state_json_s')} |"
+            f"{median('by', 'state_write_s')} | {median('by', 'state_load_s')} | "
+            f"{median('by', 'state_mb')} | {median('by', 'state_write_peak_mb')} / "
+            f"{median('by', 'state_load_peak_mb')} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1))

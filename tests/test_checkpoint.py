@@ -90,7 +90,7 @@ def test_checkpoint_file_is_versioned_json(parquet: Path, tmp_path: Path) -> Non
     result = xs.evaluate(parquet, xs.CrossEntropy(), checkpoint=path, **options)
     saved = read_checkpoint(path)
     assert saved["format"] == "xentstream.checkpoint"
-    assert saved["version"] == evaluate_module.CHECKPOINT_VERSION == 2
+    assert saved["version"] == evaluate_module.CHECKPOINT_VERSION == 3
     assert saved["rows_consumed"] == N_ROWS
     assert saved["fingerprint"]["metric"] == "CrossEntropy"
     assert saved["fingerprint"]["source"]["files"][0]["path"] == str(parquet.resolve())
@@ -261,14 +261,14 @@ def test_malformed_checkpoints_are_refused(parquet: Path, tmp_path: Path) -> Non
     with pytest.raises(ValueError, match=r"not a valid"):
         xs.evaluate(parquet, xs.CrossEntropy(), **options)
     xs.CrossEntropy().update([[0.5, 0.5]], [0]).save(path)  # a metric state, not a checkpoint
-    with pytest.raises(ValueError, match=r"not an xentstream checkpoint of version 2"):
+    with pytest.raises(ValueError, match=r"not an xentstream checkpoint of version 2 or 3"):
         xs.evaluate(parquet, xs.CrossEntropy(), **options)
     path.unlink()
     xs.evaluate(parquet, xs.CrossEntropy(), **options)
     saved = read_checkpoint(path)
     saved["version"] = 99
     path.write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match=r"not an xentstream checkpoint of version 2"):
+    with pytest.raises(ValueError, match=r"not an xentstream checkpoint of version 2 or 3"):
         xs.evaluate(parquet, xs.CrossEntropy(), **options)
 
 

@@ -29,7 +29,7 @@ import xentstream as xs
 from xentstream import accumulator
 from xentstream import cli as xs_cli
 from xentstream._kernels import layout
-from xentstream.evaluation import grouped_state_dict, merge_grouped_states
+from xentstream.evaluation import GroupState, grouped_state_dict, merge_grouped_states
 from xentstream.grouping import GroupKeys, GroupTable
 from xentstream.report import FLAT_SCALAR_FIELDS
 
@@ -484,4 +484,9 @@ def test_columns_and_states_of_all_groups_equal_each_groups_own(
             ), name
     groups = result._states[1]
     template = groups.group_metric.state_dict()
-    assert groups.to_json() == groups._states_json(template, 0)
+    each = groups._states_json(template, 0)
+    assert groups._entries_json(template) == each  # the per-group entries' fast path
+    # The columnar table holds the very same states: loaded back, each group's own.
+    loaded = GroupState(groups.by, groups.template)
+    loaded.load_json(json.loads(json.dumps(groups.to_json())))
+    assert loaded._states_json(template, 0) == each

@@ -29,6 +29,7 @@ from stream_support import child_env, report_bits
 import xentstream as xs
 import xentstream.state
 from xentstream.cli import main
+from xentstream.grouping import keys_to_json
 
 evaluate_module = importlib.import_module("xentstream.evaluation")  # xs.evaluate is the function
 RNG = np.random.default_rng(17)
@@ -182,17 +183,25 @@ def test_checkpoint_groups_must_match_the_run(tmp_path: Path) -> None:
     path = _interrupted(tmp_path, frame, by="g")
     pristine = path.read_bytes()
     _edited(path, lambda d: d.update(groups=None))
-    _refused(path, frame, r"holds no list of groups", by="g")
+    _refused(path, frame, r"holds no groups", by="g")
 
     def duplicate(data: dict[str, Any]) -> None:
-        data["groups"].append(copy.deepcopy(data["groups"][0]))
+        values = data["groups"]["keys"][0]["values"]
+        values[1] = values[0]
 
     path.write_bytes(pristine)
     _edited(path, duplicate)
     _refused(path, frame, r"group key \[\d\] appears twice", by="g")
 
     def drop_one(data: dict[str, Any]) -> None:
-        data["groups"].pop()
+        groups = evaluate_module.GroupState(("g",), xs.CrossEntropy())
+        groups.load_json(data["groups"])
+        kept = groups.n_groups - 1
+        data["groups"].update(
+            n_groups=kept,
+            keys=keys_to_json(groups._keys.frame.head(kept)),
+            **groups.table.columns(np.arange(kept)).to_json(),
+        )
 
     path.write_bytes(pristine)
     _edited(path, drop_one)
@@ -628,7 +637,7 @@ def test_checkpoint_version_is_strict(tmp_path: Path) -> None:
     frame = _frame(300, 14)
     path = _interrupted(tmp_path, frame)
     _edited(path, lambda d: d.update(version=float(evaluate_module.CHECKPOINT_VERSION)))
-    _refused(path, frame, r"not an xentstream checkpoint of version 2")
+    _refused(path, frame, r"not an xentstream checkpoint of version 2 or 3")
 
 
 def test_label_counts_are_checked_like_the_other_counts() -> None:

@@ -1122,7 +1122,7 @@ def _merge(args: argparse.Namespace) -> int:
                 "merge states of one kind"
             )
         try:
-            result = merge_grouped_states(states)
+            result = merge_grouped_states(states, [str(path) for path in args.states])
         except ValueError as error:
             raise ValueError(f"merge: {error}") from None
         if args.save_state:

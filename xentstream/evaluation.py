@@ -35,13 +35,22 @@ import numpy as np
 import polars as pl
 
 from xentstream._errors import shorten, show
+from xentstream._kernels import layout
 from xentstream.accumulator import ExactState
 from xentstream.calibration import FORECASTS, MAX_GROUP_BINS, GroupBins, group_batch_bins
 from xentstream.calibration import SCALARS as CALIBRATION_SCALARS
 from xentstream.comparing import GroupedComparison, PairedRows, open_pair
 from xentstream.comparison import Comparison, ComparisonReport
 from xentstream.feeders import Batch, ColumnSpec, Feeder, open_source
-from xentstream.grouping import GroupKeys, GroupReports, GroupTable, canonical_key
+from xentstream.grouping import (
+    GroupColumns,
+    GroupKeys,
+    GroupReports,
+    GroupTable,
+    canonical_key,
+    keys_from_json,
+    keys_to_json,
+)
 from xentstream.metrics import Metric
 from xentstream.report import FLAT_SCALAR_FIELDS, Report
 from xentstream.state import read_json, write_json_atomic
@@ -59,8 +68,10 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "xentstream.checkpoint"
-#: 2: with base_rows and metric_rows_per_row, which make a checkpoint self-checking.
-CHECKPOINT_VERSION = 2
+#: 2: with base_rows and metric_rows_per_row, which make a checkpoint self-checking;
+#: 3: groups as a columnar table (``GroupState.to_json``). Version 2 is still read.
+CHECKPOINT_VERSION = 3
+_CHECKPOINT_VERSIONS_READ = (2, 3)
 #: Seconds between checkpoint writes: often enough to lose little on a kill, rarely
 #: enough that writing the JSON never shows in the throughput.
 CHECKPOINT_INTERVAL_S = 5.0
@@ -411,8 +422,36 @@ class GroupState:
             state["calibration"] = self.bins.state(code).to_json()
         return state
 
-    def to_json(self) -> list[dict[str, Any]]:
-        template = self.group_metric.state_dict()
+    def to_json(self) -> dict[str, Any] | list[dict[str, Any]]:
+        """The groups as JSON: a columnar table (:data:`GROUPS_FORMAT`; keys as lists,
+        every group's exact sums as base64 arrays,
+        :class:`~xentstream.grouping.GroupColumns`), in code order (first appearance);
+        per-group entries ``{key, state}`` (the format before it, which
+        :meth:`load_json` still reads) only for keys of a type without a columnar form
+        (decimals, nested values) and groups with per-class sums.
+
+        The table is a function of the groups' keys, order and exact states: the
+        same groups give the same text whatever the batches and merges that made them.
+        """
+        # The groups' config as the overall metric's is now (its class count inferred
+        # by the first batch): one run and merged shards write the same.
+        template = self._new_metric().state_dict()
+        keys = keys_to_json(self._keys.frame)
+        if template["class_sums"] is not None or keys is None:  # groups of per-class sums
+            return self._entries_json(template)
+        columns = self.table.columns(np.arange(self.n_groups, dtype=np.int64))
+        return {
+            "format": GROUPS_FORMAT,
+            "version": GROUPS_VERSION,
+            "metric": template,
+            "sum_names": list(layout.SUM_NAMES),
+            "count_names": list(layout.COUNT_NAMES),
+            "n_groups": self.n_groups,
+            "keys": keys,
+            **columns.to_json(),
+        }
+
+    def _entries_json(self, template: dict[str, Any]) -> list[dict[str, Any]]:
         zero_classes = template["n_classes"] if template["class_sums"] is not None else None
         if zero_classes:  # per-class zeros in every group: each state as it writes itself
             return self._states_json(template, zero_classes)
@@ -447,15 +486,27 @@ class GroupState:
                 )
         return entries
 
-    def load_json(self, entries: list[dict[str, Any]], *, strict: bool = False) -> None:
-        """Add saved groups (:meth:`to_json`): a known key's state is merged into its
-        group, a new key is appended. Loading the groups of consecutive parts of a
-        stream in order thus keeps the keys in order of first appearance.
+    def load_json(self, entries: Any, *, strict: bool = False) -> None:
+        """Add saved groups (:meth:`to_json`: a columnar table, or per-group entries):
+        a known key's state is merged into its group, a new key is appended. Loading
+        the groups of consecutive parts of a stream in order thus keeps the keys in
+        order of first appearance.
 
-        ``strict`` (one saved stream, a checkpoint): every entry must be a group of
-        this grouping, of this metric's kind and config, and keys must not repeat.
-        Nothing changes when an entry is refused.
+        A table's groups must be of this grouping and of this metric's kind and
+        config, with distinct keys; ``strict`` (one saved stream, a checkpoint) asks
+        the same of entries. Nothing changes when a group is refused.
+
+        Raises
+        ------
+        ValueError
+            For a malformed table or entry (naming the part and, for a refused
+            group's numbers, its key), a group of another config, a repeated key.
         """
+        if isinstance(entries, dict):
+            self._load_columns(entries)
+            return
+        if not isinstance(entries, list):
+            raise ValueError("groups: must be a table of groups or a list of entries")
         states: dict[tuple[Any, ...], ExactState] = {}
         for entry in entries:
             key = _entry_key(entry, len(self.by), strict)
@@ -507,6 +558,61 @@ class GroupState:
                 for row, label_counts in enumerate(counted):
                     labels[row, : len(label_counts)] = label_counts
                 self.table.add_label_counts(codes[known], labels)
+
+    def _load_columns(self, data: dict[str, Any]) -> None:
+        """:meth:`load_json` of a columnar table: its form checked array by array, the
+        groups' numbers screened at once (``GroupColumns.check``) and only the groups
+        the screen doubts checked one by one, as a metric state; then added into the
+        table a few thousand at a time."""
+        fields = set(_GROUPS_KEYS)
+        if set(data) != fields:
+            extra = sorted(set(data) - fields)[:3] or sorted(fields - set(data))[:3]
+            raise ValueError(f"groups: not a table of groups (keys {', '.join(map(repr, extra))})")
+        version = data["version"]
+        if data["format"] != GROUPS_FORMAT or not _is_version(version, (GROUPS_VERSION,)):
+            raise ValueError(
+                f"groups: format {show(data['format'])} version {show(version)} is not "
+                f"supported (expected {GROUPS_FORMAT!r} version {GROUPS_VERSION})"
+            )
+        for name, names in (("sum_names", layout.SUM_NAMES), ("count_names", layout.COUNT_NAMES)):
+            if data[name] != list(names):
+                raise ValueError(f"groups.{name}: {show(data[name], 80)}, expected {list(names)}")
+        n_groups = data["n_groups"]
+        if not isinstance(n_groups, int) or isinstance(n_groups, bool) or n_groups < 0:
+            raise ValueError(f"groups.n_groups: {show(n_groups)} is not a number of groups")
+        try:
+            # Of this grouping's kind and config, or it raises.
+            self._scratch.load_state_dict(data["metric"])
+        except ValueError as error:
+            raise ValueError(f"groups.metric: {error}") from None
+        try:
+            columns = GroupColumns.from_json(data, counts_labels=self.table.counts_labels)
+            if columns.n_groups != n_groups:
+                raise ValueError(f"counts: {columns.n_groups} groups, n_groups says {n_groups}")
+            config = self.group_metric.config
+            doubtful = columns.check(
+                validate=bool(config.validate),
+                unit_denominators=bool(self.group_metric.kind.unit_denominators(config)),
+            )
+            keys = keys_from_json(data["keys"], self.by, n_groups)
+        except ValueError as error:
+            raise ValueError(f"groups.{error}") from None
+        repeated = keys.is_duplicated()
+        if repeated.any():
+            key = keys.filter(repeated).row(0)
+            raise ValueError(f"group key {show(list(key))} appears twice")
+        template = data["metric"]
+        for group in doubtful.tolist():
+            try:
+                self._scratch.load_state_dict({**template, **columns.state_json(group)})
+            except ValueError as error:
+                raise ValueError(f"group key {show(list(keys.row(group)))}: {error}") from None
+        self._scratch.reset()
+        if not n_groups:
+            return
+        codes = self._keys.assign(keys)
+        self.table.resize(len(self._keys))
+        self.table.add_columns(codes, columns)
 
     def packed(self) -> dict[str, Any] | None:
         """The groups as arrays, for merging in memory (:mod:`xentstream.dask`'s
@@ -626,7 +732,11 @@ class _MetricGroups(GroupState):
             for key, m in zip(self.keys, self.metrics, strict=True)
         ]
 
-    def load_json(self, entries: list[dict[str, Any]], *, strict: bool = False) -> None:
+    def load_json(self, entries: Any, *, strict: bool = False) -> None:
+        if not isinstance(entries, list):
+            raise ValueError(
+                "groups: must be a list of entries (groups of this metric are kept one metric each)"
+            )
         loaded: dict[tuple[Any, ...], Metric] = {}
         for entry in entries:
             key = _entry_key(entry, len(self.by), strict)
@@ -681,6 +791,19 @@ class _ComparisonGroups(_MetricGroups):
 
 #: Groups whose accumulators one step of :meth:`GroupState.to_json` widens at once.
 _JSON_GROUPS = 4096
+#: The columnar table of groups that :meth:`GroupState.to_json` writes.
+GROUPS_FORMAT = "xentstream.groups"
+GROUPS_VERSION = 1
+_GROUPS_KEYS = (
+    "format", "version", "metric", "sum_names", "count_names", "n_groups", "keys",
+    "counts", "spans", "digits", "special", "special_sums", "label_counts", "labels_known",
+)  # fmt: skip
+
+
+def _is_version(value: Any, versions: tuple[int, ...]) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value in versions
+
+
 _CODE_COLUMN = "__xentstream_code"
 
 
@@ -884,15 +1007,12 @@ def _read_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] 
     if not path.exists():
         return None
     data = read_json(path)
-    version = data.get("version")
-    if (
-        data.get("format") != CHECKPOINT_FORMAT
-        or not isinstance(version, int)
-        or isinstance(version, bool)
-        or version != CHECKPOINT_VERSION
+    if data.get("format") != CHECKPOINT_FORMAT or not _is_version(
+        data.get("version"), _CHECKPOINT_VERSIONS_READ
     ):
         raise ValueError(
-            f"checkpoint {path}: not an xentstream checkpoint of version {CHECKPOINT_VERSION}"
+            f"checkpoint {path}: not an xentstream checkpoint of version "
+            f"{' or '.join(map(str, _CHECKPOINT_VERSIONS_READ))}"
         )
     missing = sorted(set(_CHECKPOINT_KEYS) - set(data))
     if missing:
@@ -977,8 +1097,8 @@ def _load_checkpoint(path: Path, saved: dict[str, Any], run: Evaluation) -> int:
         if entries is not None:
             raise bad("it holds groups, but this run has no by=")
     else:
-        if not isinstance(entries, list):
-            raise bad("this run groups by= but the checkpoint holds no list of groups")
+        if not isinstance(entries, list | dict):
+            raise bad("this run groups by= but the checkpoint holds no groups")
         loaded = run._new_groups()
         try:
             loaded.load_json(entries, strict=True)
@@ -989,7 +1109,11 @@ def _load_checkpoint(path: Path, saved: dict[str, Any], run: Evaluation) -> int:
             raise bad(f"the groups hold {in_groups} rows, the metric {held} from this source")
     metric.load_state_dict(saved["metric"])
     if loaded is not None:
-        groups.load_json(entries)
+        packed = loaded.packed()  # the checked groups' arrays: no second parse
+        if packed is None:
+            groups.load_json(entries)
+        else:
+            groups.merge_packed(packed)
     return consumed
 
 
@@ -1569,7 +1693,10 @@ def _key_sorted(groups: GroupState, codes: np.ndarray) -> np.ndarray:
 
 
 GROUPED_FORMAT = "xentstream.grouped"
-GROUPED_VERSION = 1
+#: 2: the groups as a columnar table (``GroupState.to_json``); version 1 files (a list
+#: of per-group entries) are still read.
+GROUPED_VERSION = 2
+_GROUPED_VERSIONS_READ = (1, 2)
 
 
 def grouped_state_dict(result: GroupedReport) -> dict[str, Any]:
@@ -1585,29 +1712,47 @@ def grouped_state_dict(result: GroupedReport) -> dict[str, Any]:
     }
 
 
-def merge_grouped_states(states: list[dict[str, Any]]) -> GroupedReport:
+def merge_grouped_states(
+    states: list[dict[str, Any]], names: list[str] | None = None
+) -> GroupedReport:
     """Merge :func:`grouped_state_dict` outputs (shards of one run): the overall states,
-    and each group's states by key.
+    and each group's states by key. ``names``: what messages call each state (their
+    files; default ``state 0``, ``state 1``, ...).
 
     Raises
     ------
     ValueError
-        For states of another format or version, or grouped by other columns.
+        For states of another format or version, grouped by other columns, or
+        malformed (the message names the state and what is wrong in it).
     """
     metric: Metric | None = None
     groups: GroupState | None = None
     for index, state in enumerate(states):
-        if state.get("format") != GROUPED_FORMAT or state.get("version") != GROUPED_VERSION:
-            raise ValueError(f"state {index}: not a grouped state of version {GROUPED_VERSION}")
+        name = f"state {index}" if names is None else names[index]
+        if (
+            not isinstance(state, dict)
+            or state.get("format") != GROUPED_FORMAT
+            or not _is_version(state.get("version"), _GROUPED_VERSIONS_READ)
+        ):
+            raise ValueError(
+                f"{name}: not a grouped state of version "
+                f"{' or '.join(map(str, _GROUPED_VERSIONS_READ))}"
+            )
+        missing = sorted({"by", "overall", "groups"} - set(state))
+        if missing or not isinstance(state["by"], list):
+            raise ValueError(f"{name}: malformed grouped state (no {', '.join(missing) or 'by'})")
         by = tuple(state["by"])
-        overall = Metric.from_state_dict(state["overall"])
-        if metric is None:
-            metric, groups = overall, GroupState(by, overall)
-        else:
-            if by != groups.by:
-                raise ValueError(f"state {index}: grouped by {list(by)}, not {list(groups.by)}")
-            metric.merge(overall)
-        groups.load_json(state["groups"])
+        try:
+            overall = Metric.from_state_dict(state["overall"])
+            if metric is None:
+                metric, groups = overall, GroupState(by, overall)
+            else:
+                if by != groups.by:
+                    raise ValueError(f"grouped by {list(by)}, not {list(groups.by)}")
+                metric.merge(overall)
+            groups.load_json(state["groups"])
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
     if metric is None:
         raise ValueError("merge: no states")
     return _report(metric, groups)

@@ -28,12 +28,22 @@ import polars as pl
 
 from xentstream import accumulator, calibration
 from xentstream import report as reporting
+from xentstream._errors import show
 from xentstream._kernels import groups as kernels
 from xentstream._kernels import layout
-from xentstream._kernels.exact import CHUNK_BITS, N_CHUNKS, N_SLOTS
+from xentstream._kernels.exact import CHUNK_BITS, N_CHUNKS, N_SLOTS, UNIT_EXPONENT
 from xentstream.accumulator import ExactState
+from xentstream.state import array_from_json, array_to_json
 
-__all__ = ["GroupKeys", "GroupReports", "GroupTable", "canonical_key"]
+__all__ = [
+    "GroupColumns",
+    "GroupKeys",
+    "GroupReports",
+    "GroupTable",
+    "canonical_key",
+    "keys_from_json",
+    "keys_to_json",
+]
 
 _CODE = "__xentstream_code"
 _NAN = float("nan")
@@ -44,6 +54,102 @@ _MAX_KEY_CHUNKS = 32
 def canonical_key(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """``row`` with every NaN replaced by one NaN object, so that NaN keys compare equal."""
     return tuple(_NAN if isinstance(v, float) and math.isnan(v) else v for v in row)
+
+
+#: Key dtypes written as JSON lists of their values (the others by their physical values).
+_PLAIN_KEY_DTYPES = {
+    str(dtype): dtype
+    for dtype in (
+        pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64,
+        pl.Float32, pl.Float64, pl.Boolean, pl.String,
+    )
+}  # fmt: skip
+_TEMPORAL_KEY_DTYPES = {
+    "Date": pl.Date,
+    "Time": pl.Time,
+    "Datetime": pl.Datetime,
+    "Duration": pl.Duration,
+}
+
+
+def keys_to_json(frame: pl.DataFrame) -> list[dict[str, Any]] | None:
+    """The key columns of ``frame`` as JSON: ``{"name", "dtype", "values"}`` each, the
+    values a list (temporal ones as their integers, with ``time_unit`` and
+    ``time_zone``; categorical keys as strings); None when a column has another type
+    (decimal, nested: then only per-group entries can hold the keys).
+
+    Examples
+    --------
+    >>> import polars as pl
+    >>> keys_to_json(pl.DataFrame({"g": ["a", None]}))
+    [{'name': 'g', 'dtype': 'String', 'values': ['a', None]}]
+    >>> keys_from_json(keys_to_json(pl.DataFrame({"g": [1.5]})), ("g",), 1)["g"].to_list()
+    [1.5]
+    """
+    columns = []
+    for series in frame.get_columns():
+        dtype = series.dtype
+        entry: dict[str, Any] = {"name": series.name}
+        if isinstance(dtype, pl.Categorical | pl.Enum):
+            series, dtype = series.cast(pl.String), pl.String
+        if str(dtype) in _PLAIN_KEY_DTYPES:
+            entry["dtype"] = str(dtype)
+        elif dtype.base_type() in _TEMPORAL_KEY_DTYPES.values():
+            entry["dtype"] = dtype.base_type().__name__
+            if isinstance(dtype, pl.Datetime | pl.Duration):
+                entry["time_unit"] = dtype.time_unit
+            if isinstance(dtype, pl.Datetime):
+                entry["time_zone"] = dtype.time_zone
+            series = series.to_physical()
+        else:
+            return None
+        entry["values"] = series.to_list()
+        columns.append(entry)
+    return columns
+
+
+def keys_from_json(data: Any, by: tuple[str, ...], n_groups: int) -> pl.DataFrame:
+    """Inverse of :func:`keys_to_json`, for the group columns ``by`` and ``n_groups`` keys.
+
+    Raises
+    ------
+    ValueError
+        Naming the column and what is wrong.
+    """
+    if not isinstance(data, list) or len(data) != len(by):
+        raise ValueError(f"keys: must be a list of {len(by)} columns ({', '.join(by)})")
+    series = []
+    for name, column in zip(by, data, strict=True):
+        if not isinstance(column, dict) or column.get("name") != name:
+            raise ValueError(f"keys: expected the column {name!r}, got {show(column, 60)}")
+        dtype_name = column.get("dtype")
+        temporal = _TEMPORAL_KEY_DTYPES.get(dtype_name)
+        fields = {"name", "dtype", "values"}
+        if dtype_name in ("Datetime", "Duration"):
+            fields.add("time_unit")
+        if dtype_name == "Datetime":
+            fields.add("time_zone")
+        if set(column) != fields or (temporal is None and dtype_name not in _PLAIN_KEY_DTYPES):
+            raise ValueError(f"keys.{name}: unknown dtype {show(dtype_name)} or keys")
+        values = column["values"]
+        if not isinstance(values, list) or len(values) != n_groups:
+            raise ValueError(f"keys.{name}: values must be a list of {n_groups} keys")
+        try:
+            if temporal is None:
+                values = pl.Series(name, values, dtype=_PLAIN_KEY_DTYPES[dtype_name], strict=True)
+            else:
+                physical = pl.Int32 if temporal is pl.Date else pl.Int64
+                values = pl.Series(name, values, dtype=physical, strict=True)
+                if dtype_name == "Datetime":
+                    temporal = pl.Datetime(column["time_unit"], column["time_zone"])
+                elif dtype_name == "Duration":
+                    temporal = pl.Duration(column["time_unit"])
+                values = values.cast(temporal)
+        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError) as error:
+            message = show(str(error).splitlines()[0] if str(error) else type(error).__name__, 120)
+            raise ValueError(f"keys.{name}: not {dtype_name} keys ({message})") from None
+        series.append(values)
+    return pl.DataFrame(series) if series else pl.DataFrame()
 
 
 class GroupKeys:
@@ -362,24 +468,7 @@ class GroupTable:
             selected = np.flatnonzero(~added)
         else:
             selected = np.arange(n_runs, dtype=np.int64)
-        first = 0
-        while first < selected.shape[0]:
-            first = kernels.add_runs(
-                terms,
-                run_starts,
-                run_codes,
-                selected,
-                first,
-                self.base,
-                self.window,
-                self.wide,
-                self.pending,
-                self.side,
-                self.n_wide,
-                self.counts,
-            )
-            if first < selected.shape[0]:
-                self._grow_side()
+        self._add_all(kernels.add_runs, selected.shape[0], terms, run_starts, run_codes, selected)
 
     def add_sums(self, codes: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> None:
         """Add normalized accumulators ``sums[i]`` ``(N_SUMS, N_SLOTS)`` and counters into
@@ -387,12 +476,16 @@ class GroupTable:
         codes = np.ascontiguousarray(codes, dtype=np.int64)
         sums = np.ascontiguousarray(sums, dtype=np.int64)
         counts = np.ascontiguousarray(counts, dtype=np.int64)
+        self._add_all(kernels.add_full, codes.shape[0], codes, sums, counts)
+
+    def _add_all(self, kernel: Callable[..., int], n: int, *inputs: np.ndarray) -> None:
+        """Call ``kernel(*inputs, first, <the table's arrays>)`` (``add_runs``,
+        ``add_full``, ``add_encoded``) until all ``n`` items are added, growing the
+        side table of widened groups whenever it stops for room."""
         first = 0
-        while first < codes.shape[0]:
-            first = kernels.add_full(
-                codes,
-                sums,
-                counts,
+        while first < n:
+            first = kernel(
+                *inputs,
                 first,
                 self.base,
                 self.window,
@@ -402,7 +495,7 @@ class GroupTable:
                 self.n_wide,
                 self.counts,
             )
-            if first < codes.shape[0]:
+            if first < n:
                 self._grow_side()
 
     def add_label_counts(self, codes: np.ndarray, label_counts: np.ndarray | None) -> None:
@@ -496,9 +589,308 @@ class GroupTable:
             )
         return states
 
+    def columns(self, codes: np.ndarray) -> GroupColumns:
+        """The columnar form of groups ``codes`` (:class:`GroupColumns`), vectorized:
+        every sum as its normalized integer's nonzero digits, a function of the value
+        only (equal groups give equal columns whatever the batches, merges and
+        windows that made them)."""
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        n = codes.shape[0]
+        spans = np.empty((n, layout.N_SUMS, 2), dtype=np.uint8)
+        special = np.empty((n, layout.N_SUMS), dtype=np.bool_)
+        n_wide = int(np.count_nonzero(self.wide[codes] >= 0))
+        # The most digits a sum can have: a compact window's chunks and a carry, or a
+        # full accumulator's (np.empty: room never written costs no memory).
+        room = layout.N_SUMS * ((n - n_wide) * (kernels.WINDOW + 1) + n_wide * (N_CHUNKS - 1))
+        digits = np.empty(room, dtype=np.uint32)
+        used = kernels.encode_groups(
+            codes, self.base, self.window, self.wide, self.side, spans, special, digits
+        )
+        if used < 0:  # the bound above is what the kernels allow; never less room
+            raise AssertionError("GroupTable.columns: digits beyond a window's reach")
+        where = np.flatnonzero(special.reshape(-1))
+        special_sums = np.zeros((where.shape[0], N_SLOTS), dtype=np.int64)
+        if where.shape[0]:
+            full = self.sums(codes[where // layout.N_SUMS])
+            special_sums = full[np.arange(where.shape[0]), where % layout.N_SUMS]
+        labels = known = None
+        if self.counts_labels:
+            known = self.labels_known[codes].copy()
+            # (a group's counts from before its labels became unknown are not state)
+            labels = np.where(known[:, None], self.labels[codes], 0)
+        return GroupColumns(
+            counts=self.counts[codes].copy(),
+            spans=spans,
+            digits=digits[:used],
+            special=where.astype(np.int64),
+            special_sums=special_sums,
+            label_counts=labels,
+            labels_known=known,
+        )
+
+    def add_columns(self, codes: np.ndarray, columns: GroupColumns) -> None:
+        """Add the groups of checked ``columns`` (:meth:`GroupColumns.check`) into groups
+        ``codes`` (distinct), exactly as :meth:`add_sums` of their accumulators: their
+        digits straight into the windows (:func:`kernels.add_encoded`), the groups with
+        special sums as whole accumulators."""
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
+        n = columns.n_groups
+        special = np.unique(columns.special // layout.N_SUMS)
+        skip = np.zeros(n, dtype=np.bool_)
+        skip[special] = True
+        offsets = columns.digit_offsets()
+        self._add_all(
+            kernels.add_encoded,
+            n,
+            codes,
+            columns.spans,
+            columns.digits,
+            offsets,
+            skip,
+            columns.counts,
+        )
+        if special.size:
+            sums = np.stack([columns.sums(group, group + 1)[0] for group in special.tolist()])
+            self.add_sums(codes[special], sums, columns.counts[special])
+        if self.counts_labels:
+            known = columns.labels_known
+            self.add_label_counts(codes[~known], None)
+            if known.any():
+                self.add_label_counts(codes[known], columns.label_counts[known])
+
     def n_widened(self) -> int:
         """Groups held in full accumulators."""
         return int(self.n_wide[0])
+
+
+#: Dtypes of counts in a table, narrowest first: each array is written in the narrowest
+#: that holds it (a function of its values, so the text stays canonical), a table of a
+#: million small groups saving ~80 bytes a group against int64.
+_COUNT_DTYPES = ("|u1", "<u2", "<u4", "<i8")
+
+
+def _narrowest(counts: np.ndarray) -> np.ndarray:
+    """``counts`` in the narrowest of :data:`_COUNT_DTYPES` that holds every value."""
+    if counts.size and counts.min() >= 0:
+        top = int(counts.max())
+        for dtype in _COUNT_DTYPES[:-1]:
+            if top <= np.iinfo(dtype).max:
+                return counts.astype(dtype)
+    elif not counts.size:
+        return counts.astype(_COUNT_DTYPES[0])
+    return counts
+
+
+class GroupColumns:
+    """Groups' exact states as columns: what grouped state files and checkpoints hold.
+
+    Attributes
+    ----------
+    counts : ndarray
+        ``(n, N_COUNTS)`` int64, rows counted and ignored.
+    spans : ndarray
+        ``(n, N_SUMS, 2)`` uint8: each sum's lowest nonzero chunk and digit count
+        ((0, 0): zero or special).
+    digits : ndarray
+        uint32, the 32-bit digits of every sum's normalized integer from its lowest
+        nonzero chunk up, group after group, sum after sum.
+    special, special_sums : ndarray
+        The sums (``N_SUMS * group + sum``, ascending) whose top chunk is nonzero or
+        that count non-finite terms, and their whole accumulator rows ``(k, N_SLOTS)``.
+    label_counts, labels_known : ndarray or None
+        Exact label counts ``(n, width)`` (zero where unknown) and where known, for
+        kinds that count labels.
+
+    Examples
+    --------
+    >>> table = GroupTable(counts_labels=False)
+    >>> table.resize(1)
+    >>> terms = np.zeros((2, layout.N_ROW_TERMS))
+    >>> terms[:, layout.LOSS] = [0.5, 0.25]
+    >>> table.add_rows(np.arange(2), np.array([0, 2]), np.array([0]), terms)
+    >>> columns = table.columns(np.array([0]))
+    >>> # 0.75 is 3 * 2**1073 units of 2**-1075: 3 * 2**17 in chunk 33 (bits 1056..1087)
+    >>> columns.spans[0, layout.LOSS].tolist(), columns.digits.tolist() == [3 << 17]
+    ([33, 1], True)
+    >>> again = GroupColumns.from_json(columns.to_json(), counts_labels=False)
+    >>> bool((again.sums(0, 1) == table.sums(np.array([0]))).all())
+    True
+    """
+
+    _ARRAYS = ("counts", "spans", "digits", "special", "special_sums")
+
+    def __init__(
+        self,
+        *,
+        counts: np.ndarray,
+        spans: np.ndarray,
+        digits: np.ndarray,
+        special: np.ndarray,
+        special_sums: np.ndarray,
+        label_counts: np.ndarray | None,
+        labels_known: np.ndarray | None,
+    ) -> None:
+        self.counts = counts
+        self.spans = spans
+        self.digits = digits
+        self.special = special
+        self.special_sums = special_sums
+        self.label_counts = label_counts
+        self.labels_known = labels_known
+        self._offsets: np.ndarray | None = None
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.counts.shape[0])
+
+    def to_json(self) -> dict[str, Any]:
+        """The columns as JSON (:func:`~xentstream.state.array_to_json` each)."""
+        data: dict[str, Any] = {name: array_to_json(getattr(self, name)) for name in self._ARRAYS}
+        data["counts"] = array_to_json(_narrowest(self.counts))
+        labels = self.label_counts
+        data["label_counts"] = None if labels is None else array_to_json(_narrowest(labels))
+        known = self.labels_known
+        data["labels_known"] = None if known is None else array_to_json(known)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, counts_labels: bool) -> GroupColumns:
+        """Inverse of :meth:`to_json`, every array's dtype and shape checked (not yet
+        the values: :meth:`check`).
+
+        Raises
+        ------
+        ValueError
+            Naming the array and what is wrong.
+        """
+        n_sums = layout.N_SUMS
+        counts = array_from_json(
+            data["counts"], "counts", _COUNT_DTYPES, 2, (None, layout.N_COUNTS)
+        ).astype(np.int64)
+        n = counts.shape[0]
+        spans = array_from_json(data["spans"], "spans", "|u1", 3, (n, n_sums, 2))
+        digits = array_from_json(data["digits"], "digits", "<u4", 1)
+        special = array_from_json(data["special"], "special", "<i8", 1)
+        special_sums = array_from_json(
+            data["special_sums"], "special_sums", "<i8", 2, (special.shape[0], N_SLOTS)
+        )
+        labels = known = None
+        if counts_labels:
+            if data["label_counts"] is None or data["labels_known"] is None:
+                raise ValueError("label_counts: missing (this kind counts labels)")
+            labels = array_from_json(
+                data["label_counts"], "label_counts", _COUNT_DTYPES, 2, (n, None)
+            ).astype(np.int64)
+            known = array_from_json(data["labels_known"], "labels_known", "|b1", 1, (n,))
+        elif data["label_counts"] is not None or data["labels_known"] is not None:
+            raise ValueError("label_counts: given, but this kind of state holds none")
+        return cls(
+            counts=counts,
+            spans=spans,
+            digits=digits,
+            special=special,
+            special_sums=special_sums,
+            label_counts=labels,
+            labels_known=known,
+        )
+
+    def check(self, *, validate: bool, unit_denominators: bool) -> np.ndarray:
+        """Check the columns' form (canonical spans, every digit used, special sums
+        really special and normalized, label counts) and return the groups whose
+        numbers must be checked one by one (``Metric.load_state_dict`` of
+        :meth:`state_json`): those a state check might refuse, by the rules of
+        ``metrics._check_consistent`` (:func:`kernels.screen_groups`); the others
+        certainly pass.
+
+        Raises
+        ------
+        ValueError
+            Naming the array, the group and what is wrong.
+        """
+        n_sums = layout.N_SUMS
+        n = self.n_groups
+        where = self.special
+        if where.shape[0] and (
+            (np.diff(where) <= 0).any() or where[0] < 0 or where[-1] >= n * n_sums
+        ):
+            raise ValueError(f"special: not ascending sums of the {n} groups")
+        special = np.zeros((n, n_sums), dtype=np.bool_)
+        special.reshape(-1)[where] = True
+        rows = self.special_sums
+        low = rows[:, : N_CHUNKS - 1]
+        if ((low < 0) | (low >= 1 << CHUNK_BITS)).any():
+            raise ValueError("special_sums: not normalized (a chunk outside [0, 2**32))")
+        if where.shape[0] and not (rows[:, N_CHUNKS - 1 :] != 0).any(axis=1).all():
+            raise ValueError("special_sums: a sum that is not special (written as digits)")
+        offsets = self.digit_offsets()
+        options = np.array(
+            [
+                validate,
+                unit_denominators,
+                layout.CAUCHY_SCHWARZ_SLACK_BITS,
+                layout.UNDERFLOW_UNITS,
+                UNIT_EXPONENT,
+            ],
+            dtype=np.int64,
+        )
+        doubtful = np.zeros(n, dtype=np.bool_)
+        bad = kernels.screen_groups(
+            self.spans, special, self.digits, offsets, self.counts, options, doubtful
+        )
+        if bad < 0:
+            group, slot = divmod(-1 - bad, n_sums)
+            raise ValueError(
+                f"spans: sum {layout.SUM_NAMES[slot]} of group {group} is not written as "
+                "its lowest nonzero chunk and digit count (edited or corrupted)"
+            )
+        total = int(self.spans[:, :, 1].sum(dtype=np.int64))
+        if total != self.digits.shape[0]:
+            raise ValueError(
+                f"digits: {self.digits.shape[0]} digits, but the spans take {total} "
+                "(truncated or edited)"
+            )
+        if self.label_counts is not None:
+            labels, known = self.label_counts, self.labels_known
+            if labels[~known].any():
+                raise ValueError("label_counts: nonzero where labels_known is false")
+            wrong = known & (
+                (labels < 0).any(axis=1) | (labels.sum(axis=1) != self.counts[:, layout.ROWS])
+            )
+            doubtful |= wrong
+        return np.flatnonzero(doubtful)
+
+    def digit_offsets(self) -> np.ndarray:
+        """Where each sum's digits start: ``(n, N_SUMS)`` int64."""
+        if self._offsets is None:
+            counts = self.spans[:, :, 1].reshape(-1).astype(np.int64)
+            offsets = np.zeros(counts.shape[0], dtype=np.int64)
+            np.cumsum(counts[:-1], out=offsets[1:])
+            self._offsets = offsets.reshape(self.spans.shape[:2])
+        return self._offsets
+
+    def sums(self, start: int, stop: int) -> np.ndarray:
+        """Normalized accumulators ``(stop - start, N_SUMS, N_SLOTS)`` of groups
+        ``start:stop`` of checked columns."""
+        out = np.empty((stop - start, layout.N_SUMS, N_SLOTS), dtype=np.int64)
+        if stop == start:
+            return out
+        first = int(self.digit_offsets()[start, 0])
+        kernels.decode_groups(self.spans[start:stop], self.digits, first, out)
+        n_sums = layout.N_SUMS
+        lo, hi = np.searchsorted(self.special, [start * n_sums, stop * n_sums])
+        for index, row in zip(self.special[lo:hi].tolist(), self.special_sums[lo:hi], strict=True):
+            out[index // n_sums - start, index % n_sums] = row
+        return out
+
+    def state_json(self, group: int) -> dict[str, Any]:
+        """Group ``group``'s sections of a state file (``ExactState.to_json``), for the
+        full check of one group."""
+        state = ExactState(counts_labels=self.label_counts is not None)
+        state.sums = self.sums(group, group + 1)[0]
+        state.counts = self.counts[group].copy()
+        known = self.label_counts is not None and self.labels_known[group]
+        state.label_counts = self.label_counts[group].copy() if known else None
+        return state.to_json()
 
 
 class GroupReports(Mapping):

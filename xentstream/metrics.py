@@ -110,11 +110,10 @@ def _window_rows_from_json(rows: Any, window: int | None) -> list[tuple[float, f
 #: Sums that cannot be negative when every row passed validation (weights >= 0,
 #: losses and entropies >= 0, indicators in [0, 1]).
 _NON_NEGATIVE = tuple(range(layout.N_SUMS))
-#: Relative slack of the Cauchy-Schwarz check: the kernels add rounded products.
-_CS_SLACK_BITS = 40
-#: Absolute slack a term of a square's sum (units of 2**-1075): a square of a tiny
-#: weight or loss underflows (1e-280 squared is 0.0), losing up to one unit a term.
-_UNDERFLOW_UNITS = 2
+#: The slacks of the Cauchy-Schwarz checks (defined where the grouped screen of
+#: ``_kernels.groups.screen_groups`` reads them too).
+_CS_SLACK_BITS = layout.CAUCHY_SCHWARZ_SLACK_BITS
+_UNDERFLOW_UNITS = layout.UNDERFLOW_UNITS
 
 
 def _check_label_counts(metric: Metric) -> None:

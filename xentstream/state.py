@@ -2,6 +2,9 @@
 
 A state file holds one metric's ``state_dict()``: its class, its full config and
 its exact integer accumulators, so that a loaded metric continues bit for bit.
+Large tables inside one (a grouped state's groups) are arrays written as base64 of
+their little-endian bytes with their dtype and shape (:func:`array_to_json`), so
+that a million groups are a few strings, not millions of JSON values.
 :class:`Stateful` is what every object with such a state shares (metrics and paired
 comparisons): the lock, pickling without it, ``save`` / ``load_state_dict``, and the
 strict loader's error form.
@@ -9,6 +12,8 @@ strict loader's error form.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import tempfile
@@ -18,9 +23,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from xentstream._errors import shorten, show
 
-__all__ = ["FORMAT", "VERSION", "Stateful", "read_json", "strict_loading", "write_json_atomic"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Stateful",
+    "array_from_json",
+    "array_to_json",
+    "read_json",
+    "strict_loading",
+    "write_json_atomic",
+]
 
 FORMAT = "xentstream.metric"
 VERSION = 1
@@ -94,6 +110,77 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a valid xentstream state file (not a JSON object)")
     return data
+
+
+def array_to_json(array: np.ndarray) -> dict[str, Any]:
+    """An array as JSON: ``{"dtype", "shape", "base64"}``, the bytes little-endian in C
+    order (equal arrays, equal text: the form is canonical).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> array_to_json(np.array([1, 2], dtype=np.int64))["dtype"]
+    '<i8'
+    >>> array_from_json(array_to_json(np.arange(6).reshape(2, 3)), "a", "<i8", 2).tolist()
+    [[0, 1, 2], [3, 4, 5]]
+    """
+    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return {
+        "dtype": little.dtype.str,
+        "shape": list(little.shape),
+        "base64": base64.b64encode(little.data).decode("ascii"),
+    }
+
+
+def array_from_json(
+    data: Any,
+    name: str,
+    dtype: str | tuple[str, ...],
+    ndim: int,
+    shape: tuple[int | None, ...] | None = None,
+) -> np.ndarray:
+    """Inverse of :func:`array_to_json`: an array of ``dtype`` (numpy's ``str`` form,
+    such as ``"<i8"``; or one of several) with ``ndim`` dimensions, of ``shape`` where
+    it gives a length.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name`` and what is wrong: not such an object, another dtype or
+        shape, text that is not base64, or bytes that do not fill the shape.
+    """
+    if not isinstance(data, dict) or set(data) != {"dtype", "shape", "base64"}:
+        raise ValueError(f"{name}: must be an object with the keys dtype, shape, base64")
+    allowed = (dtype,) if isinstance(dtype, str) else dtype
+    if data["dtype"] not in allowed:
+        expected = " or ".join(map(repr, allowed))
+        raise ValueError(f"{name}: dtype {show(data['dtype'])}, expected {expected}")
+    dtype = data["dtype"]
+    found = data["shape"]
+    if (
+        not isinstance(found, list)
+        or len(found) != ndim
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in found)
+    ):
+        raise ValueError(f"{name}: shape {show(found)} is not a list of {ndim} sizes")
+    for axis, (size, expected) in enumerate(zip(found, shape or (None,) * ndim, strict=True)):
+        if expected is not None and size != expected:
+            raise ValueError(f"{name}: shape {found}, but axis {axis} must have {expected}")
+    if not isinstance(data["base64"], str):
+        raise ValueError(f"{name}: base64 must be a string")
+    try:
+        raw = base64.b64decode(data["base64"], validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ValueError(f"{name}: not base64 text ({error})") from None
+    wanted = np.dtype(dtype)
+    expected_bytes = wanted.itemsize * int(np.prod(found, dtype=np.float64))
+    if len(raw) != expected_bytes:
+        raise ValueError(
+            f"{name}: {len(raw)} bytes of data, but shape {found} of {dtype} takes "
+            f"{expected_bytes} (truncated or edited)"
+        )
+    array = np.frombuffer(raw, dtype=wanted).reshape(found)
+    return array.astype(wanted.newbyteorder("="))
 
 
 @contextmanager

@@ -50,7 +50,18 @@ from xentstream._kernels.exact import (
     float64_bits,
     normalize,
 )
-from xentstream._kernels.layout import IGNORED, N_SUMS, ROW_IGNORED, ROWS
+from xentstream._kernels.layout import (
+    CORRECT,
+    DENOMINATOR,
+    DENOMINATOR_SQUARED,
+    IGNORED,
+    LOSS,
+    LOSS_SQUARED,
+    N_SUMS,
+    ROW_IGNORED,
+    ROWS,
+    WEIGHT,
+)
 
 #: Chunks of a window (``32 * WINDOW`` bits around a group's exponent range).
 WINDOW = 6
@@ -175,12 +186,17 @@ def _widen(base, window, wide, side, n_wide, g):
     normalize(full)
 
 
-@njit(**_FLAGS)
-def _add_full_group(g, sums, base, window, wide, pending, side, n_wide, may_widen):
-    """Add the normalized accumulators ``sums`` (N_SUMS, N_SLOTS) into group ``g``.
+#: ``_place``'s ``lows[s]`` of a sum no window holds (negative or non-finite).
+_UNWINDOWED = -2
 
-    False, changing no value, when the group is wide or must widen and ``may_widen``
-    is False, or must widen and ``side`` is full.
+
+@njit(**_FLAGS)
+def _place(g, lows, highs, base, window, wide, pending, side, n_wide, may_widen):
+    """Where group ``g`` takes sums whose nonzero chunks are ``lows[s] .. highs[s]``
+    (``highs[s] < 0``: zero; ``lows[s] == _UNWINDOWED``: only a full accumulator holds
+    it): 1, its windows (moved to cover them); 0, its full accumulator (widened now if
+    need be); -1, nowhere, changing no value, when the group is wide or must widen and
+    ``may_widen`` is False, or must widen and ``side`` is full.
     """
     if wide[g] < 0:
         fits = pending[g] + WINDOW < MAX_PENDING
@@ -188,33 +204,53 @@ def _add_full_group(g, sums, base, window, wide, pending, side, n_wide, may_wide
             fits = _normalize_group(base, window, wide, side, g)
             pending[g] = 0
         for s in range(N_SUMS if fits else 0):
-            acc = sums[s]
-            if acc[POS_INF] or acc[NEG_INF] or acc[NAN] or acc[N_CHUNKS - 1] < 0:
-                fits = False
-                break
-            lo = N_CHUNKS
-            hi = -1
-            for k in range(N_CHUNKS):
-                if acc[k] != 0:
-                    lo = min(lo, k)
-                    hi = k
-            if hi >= 0 and not _fit(base, window, g, s, lo, hi):
+            if lows[s] == _UNWINDOWED or (
+                highs[s] >= 0 and not _fit(base, window, g, s, lows[s], highs[s])
+            ):
                 fits = False
                 break
         if fits:
-            for s in range(N_SUMS):
-                b = base[g, s]
-                if b >= 0:
-                    for k in range(WINDOW):
-                        window[g, s, k] += sums[s, b + k]
-            pending[g] += WINDOW
-            return True
+            return 1
         if not may_widen or n_wide[0] == side.shape[0]:
-            return False
+            return -1
         _widen(base, window, wide, side, n_wide, g)
         pending[g] = 0
     elif not may_widen:
+        return -1
+    return 0
+
+
+@njit(**_FLAGS)
+def _add_full_group(g, sums, base, window, wide, pending, side, n_wide, may_widen):
+    """Add the normalized accumulators ``sums`` (N_SUMS, N_SLOTS) into group ``g``.
+
+    False, changing no value, when the group is wide or must widen and ``may_widen``
+    is False, or must widen and ``side`` is full.
+    """
+    lows = np.empty(N_SUMS, dtype=np.int64)
+    highs = np.empty(N_SUMS, dtype=np.int64)
+    for s in range(N_SUMS):
+        acc = sums[s]
+        lows[s] = N_CHUNKS
+        highs[s] = -1
+        if acc[POS_INF] or acc[NEG_INF] or acc[NAN] or acc[N_CHUNKS - 1] < 0:
+            lows[s] = _UNWINDOWED
+            continue
+        for k in range(N_CHUNKS):
+            if acc[k] != 0:
+                lows[s] = min(lows[s], k)
+                highs[s] = k
+    where = _place(g, lows, highs, base, window, wide, pending, side, n_wide, may_widen)
+    if where < 0:
         return False
+    if where == 1:
+        for s in range(N_SUMS):
+            b = base[g, s]
+            if b >= 0:
+                for k in range(WINDOW):
+                    window[g, s, k] += sums[s, b + k]
+        pending[g] += WINDOW
+        return True
     full = side[wide[g]]
     full += sums
     normalize(full)
@@ -588,3 +624,335 @@ def row_positions(local_codes, n_local):
         positions[i] = fill[c]
         fill[c] += 1
     return positions
+
+
+# -- the columnar form of a table in state files ------------------------------------------
+#
+# A sum is written as its normalized integer's nonzero 32-bit digits (``spans[g, s]``:
+# the lowest nonzero chunk and the digit count; the digits of all sums one after the
+# other): a function of the value only, so equal states give equal files whatever the
+# splits, merges or windows held. A sum with a nonzero top chunk (negative or huge) or
+# a non-finite term is *special*: written whole (its slots), its span (0, 0).
+
+
+@njit(**_FLAGS)
+def _normalized_sum(base, window, wide, side, g, s, acc):
+    """Group ``g``'s sum ``s`` into ``acc`` (``N_SLOTS``), normalized as :func:`normalize`."""
+    acc[:] = 0
+    if wide[g] >= 0:
+        acc[:] = side[wide[g], s]
+        lo = 0
+        last = N_CHUNKS - 1
+    else:
+        lo = base[g, s]
+        if lo < 0:
+            return
+        for k in range(WINDOW):
+            acc[lo + k] = window[g, s, k]
+        last = lo + WINDOW - 1  # the chunks above are zero: carries stop there
+    carry = 0
+    for k in range(lo, N_CHUNKS - 1):
+        value = acc[k] + carry
+        acc[k] = value & _LOW32
+        carry = value >> 32
+        if carry == 0 and k >= last:
+            return
+    acc[N_CHUNKS - 1] += carry
+
+
+@njit(**_FLAGS)
+def _normalized_window(window, g, s, b, acc):
+    """:func:`_normalized_sum` of a compact group's sum whose window starts at chunk
+    ``b``, touching only the chunks the window and its carries reach: returns the
+    chunk after the last written (``N_CHUNKS``: the top chunk was written too)."""
+    last = b + WINDOW - 1
+    top = N_CHUNKS - 1
+    carry = 0
+    k = b
+    while k < top:
+        value = (window[g, s, k - b] if k <= last else 0) + carry
+        acc[k] = value & _LOW32
+        carry = value >> 32
+        k += 1
+        if carry == 0 and k > last:
+            return k
+    acc[top] = (window[g, s, top - b] if top <= last else 0) + carry
+    return N_CHUNKS
+
+
+@njit(**_FLAGS)
+def encode_groups(codes, base, window, wide, side, spans, special, digits):
+    """Columnar form of groups ``codes``: ``spans[i, s]`` = (lowest nonzero chunk, digit
+    count) of group ``codes[i]``'s sum ``s``, its digits appended to ``digits``,
+    ``special[i, s]`` where the sum is special (then its span is (0, 0)).
+
+    Returns the digits written, or -1 when ``digits`` has no room (the caller sizes
+    it: ``WINDOW + 1`` digits a compact group's sum, ``N_CHUNKS - 1`` a wide one's).
+    """
+    acc = np.zeros(N_SLOTS, dtype=np.int64)
+    n = 0
+    top = N_CHUNKS - 1
+    for i in range(codes.shape[0]):
+        g = codes[i]
+        for s in range(N_SUMS):
+            spans[i, s, 0] = 0
+            spans[i, s, 1] = 0
+            special[i, s] = False
+            if wide[g] >= 0:
+                _normalized_sum(base, window, wide, side, g, s, acc)
+                start, stop = 0, N_SLOTS
+                flags = acc[POS_INF] != 0 or acc[NEG_INF] != 0 or acc[NAN] != 0
+            else:
+                start = base[g, s]
+                if start < 0:
+                    continue
+                stop = _normalized_window(window, g, s, start, acc)
+                flags = False
+            if flags or acc[top] != 0:  # (acc is zero beyond what was written)
+                special[i, s] = True
+            else:
+                lo = -1
+                hi = -1
+                for k in range(start, min(stop, top)):
+                    if acc[k] != 0:
+                        if lo < 0:
+                            lo = k
+                        hi = k
+                if lo >= 0:
+                    if n + hi - lo + 1 > digits.shape[0]:
+                        return -1
+                    for k in range(lo, hi + 1):
+                        digits[n] = acc[k]
+                        n += 1
+                    spans[i, s, 0] = lo
+                    spans[i, s, 1] = hi - lo + 1
+            for k in range(start, stop):  # leave acc zero for the next sum
+                acc[k] = 0
+    return n
+
+
+@njit(**_FLAGS)
+def _add_encoded_group(
+    g, spans, digits, offsets, i, lows, highs, base, window, wide, pending, side, n_wide
+):
+    """:func:`_add_full_group` of encoded sums (none special) ``spans[i]`` into group
+    ``g``, the digits straight into its windows when they fit (``lows``, ``highs``:
+    scratch). False, changing no value, when it must widen and ``side`` is full."""
+    for s in range(N_SUMS):
+        lows[s] = spans[i, s, 0]
+        highs[s] = lows[s] + np.int64(spans[i, s, 1]) - 1
+    where = _place(g, lows, highs, base, window, wide, pending, side, n_wide, True)
+    if where < 0:
+        return False
+    for s in range(N_SUMS):
+        at = offsets[i, s]
+        # windowed: chunk k is window[g, s, k - base]; wide: the full row's own
+        row = window[g, s] if where == 1 else side[wide[g], s]
+        shift = base[g, s] if where == 1 else 0
+        for k in range(lows[s], highs[s] + 1):
+            row[k - shift] += np.int64(digits[at + k - lows[s]])
+    if where == 1:
+        pending[g] += WINDOW
+    else:
+        normalize(side[wide[g]])
+    return True
+
+
+@njit(**_FLAGS)
+def add_encoded(
+    codes,
+    spans,
+    digits,
+    offsets,
+    skip,
+    group_counts,
+    first,
+    base,
+    window,
+    wide,
+    pending,
+    side,
+    n_wide,
+    counts,
+):
+    """:func:`add_full` of groups in :func:`encode_groups`' form: group ``i`` (unless
+    ``skip[i]``: those with special sums, added whole by the caller) into group
+    ``codes[i]``. Returns the first group not added (as :func:`add_full`)."""
+    lows = np.empty(N_SUMS, dtype=np.int64)
+    highs = np.empty(N_SUMS, dtype=np.int64)
+    for i in range(first, codes.shape[0]):
+        if skip[i]:
+            continue
+        g = codes[i]
+        if not _add_encoded_group(
+            g, spans, digits, offsets, i, lows, highs, base, window, wide, pending, side, n_wide
+        ):
+            return i
+        counts[g] += group_counts[i]
+    return codes.shape[0]
+
+
+@njit(**_FLAGS)
+def decode_groups(spans, digits, start, out):
+    """Normalized accumulators ``out[i]`` (N_SUMS, N_SLOTS) of :func:`encode_groups`'
+    ``spans`` (special sums left zero), the digits read from ``digits[start]`` on.
+
+    Returns the next digit to read, or ``-1 - (N_SUMS * i + s)`` for the first sum
+    whose span is not canonical (reaching the top chunk or past the digits, a zero
+    lowest or highest digit, a lowest chunk without digits).
+    """
+    n = start
+    for i in range(spans.shape[0]):
+        for s in range(N_SUMS):
+            row = out[i, s]
+            row[:] = 0
+            lo = np.int64(spans[i, s, 0])
+            count = np.int64(spans[i, s, 1])
+            if count == 0:
+                if lo != 0:
+                    return -1 - (N_SUMS * i + s)
+                continue
+            if lo + count > N_CHUNKS - 1 or n + count > digits.shape[0]:
+                return -1 - (N_SUMS * i + s)
+            if digits[n] == 0 or digits[n + count - 1] == 0:
+                return -1 - (N_SUMS * i + s)
+            for k in range(count):
+                row[lo + k] = digits[n + k]
+            n += count
+    return n
+
+
+@njit(**_FLAGS)
+def _approx(digits, offset, lo, count):
+    """``(m, e)`` with the integer of a span within 2**-60 relative of ``m * 2**e``."""
+    if count == 0:
+        return 0.0, 0
+    take = min(count, np.int64(3))
+    m = 0.0
+    for j in range(take):
+        m = m * 4294967296.0 + np.float64(digits[offset + count - 1 - j])
+    return m, 32 * (lo + count - take)
+
+
+@njit(**_FLAGS)
+def _approx_add(m1, e1, m2, e2):
+    if m1 == 0.0:
+        return m2, e2
+    if m2 == 0.0:
+        return m1, e1
+    e = max(e1, e2)
+    return math.ldexp(m1, e1 - e) + math.ldexp(m2, e2 - e), e
+
+
+@njit(**_FLAGS)
+def _ratio_below(num_m, num_e, den_m, den_e, bound):
+    """Whether ``num / den`` (approximations) is certainly at most ``bound`` ~ 1."""
+    if num_m == 0.0:
+        return True
+    if den_m == 0.0:
+        return False
+    shift = num_e - den_e
+    if shift > 200:
+        return False
+    if shift < -200:
+        return True
+    return math.ldexp(num_m / den_m, shift) <= bound
+
+
+@njit(**_FLAGS)
+def _at_most(digits, spans, offsets, i, a, b):
+    """Whether group ``i``'s sum ``a`` is at most its sum ``b`` (compact sums), exactly."""
+    top_a = spans[i, a, 0] + spans[i, a, 1] if spans[i, a, 1] else 0
+    top_b = spans[i, b, 0] + spans[i, b, 1] if spans[i, b, 1] else 0
+    if top_a != top_b:
+        return top_a < top_b
+    for k in range(np.int64(top_a) - 1, -1, -1):
+        da = 0
+        db = 0
+        if spans[i, a, 1] and k >= spans[i, a, 0]:
+            da = digits[offsets[i, a] + k - spans[i, a, 0]]
+        if spans[i, b, 1] and k >= spans[i, b, 0]:
+            db = digits[offsets[i, b] + k - spans[i, b, 0]]
+        if da != db:
+            return da < db
+    return True
+
+
+@njit(**_FLAGS)
+def screen_groups(spans, special, digits, offsets, counts, options, doubtful):
+    """Mark ``doubtful[i]`` the loaded groups a state check might refuse, so that only
+    those are checked one by one (``Metric.load_state_dict``); the others certainly
+    pass. Returns ``-1 - (N_SUMS * i + s)`` for the first sum whose span is not what
+    :func:`encode_groups` writes (see :func:`decode_groups`; a special sum's is
+    (0, 0)), else 0.
+
+    ``offsets[i, s]``: where sum ``s`` of group ``i`` starts in ``digits``. ``options``:
+    ``[validate, unit denominators, slack bits, underflow units, unit exponent]``, the
+    rules of ``metrics._check_consistent``: no counted row, no sum; non-negative
+    counts; ``correct <= weight`` (validated); Cauchy-Schwarz of the loss and of the
+    denominator, within their slack. A group with a special sum is doubtful.
+    Approximations decide only by a margin (2**-46) far above their error (2**-50).
+    """
+    validate = options[0] != 0
+    unit_denominators = options[1] != 0
+    bound = 1.0 + math.ldexp(1.0, -options[2]) - math.ldexp(1.0, -46)
+    underflow = np.float64(options[3])
+    unit_shift = -options[4]
+    for i in range(spans.shape[0]):
+        rows = counts[i, ROWS]
+        # (a sum past 2**63 - 1 wraps negative)
+        doubt = rows < 0 or counts[i, IGNORED] < 0 or rows + counts[i, IGNORED] < 0
+        empty = True
+        for s in range(N_SUMS):
+            lo = np.int64(spans[i, s, 0])
+            count = np.int64(spans[i, s, 1])
+            if count == 0:
+                if lo != 0:
+                    return -1 - (N_SUMS * i + s)
+            elif (
+                special[i, s]
+                or lo + count > N_CHUNKS - 1
+                or offsets[i, s] + count > digits.shape[0]
+                or digits[offsets[i, s]] == 0
+                or digits[offsets[i, s] + count - 1] == 0
+            ):
+                return -1 - (N_SUMS * i + s)
+            doubt = doubt or special[i, s]
+            empty = empty and count == 0
+        if doubt or rows == 0:
+            doubtful[i] = doubt or not empty
+            continue
+        if validate and not _at_most(digits, spans, offsets, i, CORRECT, WEIGHT):
+            doubtful[i] = True
+            continue
+        m_l, e_l = _approx(digits, offsets[i, LOSS], spans[i, LOSS, 0], spans[i, LOSS, 1])
+        m_d, e_d = _approx(
+            digits, offsets[i, DENOMINATOR], spans[i, DENOMINATOR, 0], spans[i, DENOMINATOR, 1]
+        )
+        slack = underflow * np.float64(rows)
+        if unit_denominators:
+            m_q, e_q = _approx(
+                digits,
+                offsets[i, LOSS_SQUARED],
+                spans[i, LOSS_SQUARED, 0],
+                spans[i, LOSS_SQUARED, 1],
+            )
+            m_q, e_q = _approx_add(m_q, e_q, slack, 0)
+            if not _ratio_below(m_l * m_l, 2 * e_l, m_q * m_d, e_q + e_d, bound):
+                doubtful[i] = True
+                continue
+        if m_d != 0.0:
+            m_s, e_s = _approx(
+                digits,
+                offsets[i, DENOMINATOR_SQUARED],
+                spans[i, DENOMINATOR_SQUARED, 0],
+                spans[i, DENOMINATOR_SQUARED, 1],
+            )
+            m_s, e_s = _approx_add(m_s, e_s, slack, 0)
+            if not _ratio_below(
+                m_d * m_d, 2 * e_d, np.float64(rows) * m_s, e_s + unit_shift, bound
+            ):
+                doubtful[i] = True
+                continue
+        doubtful[i] = False
+    return 0

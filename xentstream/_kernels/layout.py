@@ -58,6 +58,13 @@ COUNT_NAMES = (
 ROWS, IGNORED = range(len(COUNT_NAMES))
 N_COUNTS = len(COUNT_NAMES)
 
+#: Relative slack (bits) of a state's Cauchy-Schwarz checks (``metrics._check_consistent``
+#: and ``groups.screen_groups``): the kernels add rounded products.
+CAUCHY_SCHWARZ_SLACK_BITS = 40
+#: Absolute slack a term of a square's sum (units of 2**-1075): a square of a tiny
+#: weight or loss underflows (1e-280 squared is 0.0), losing up to one unit a term.
+UNDERFLOW_UNITS = 2
+
 # Per-class (multiclass) / per-label (multi-label) exact sums: ``class_sums[c, slot]``.
 CLASS_SUM_NAMES = (
     "loss",  # hard: sum s L over rows of label c; soft / labels: sum of c's share of L
