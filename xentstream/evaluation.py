@@ -428,7 +428,7 @@ class GroupState:
         :class:`~xentstream.grouping.GroupColumns`), in code order (first appearance);
         per-group entries ``{key, state}`` (the format before it, which
         :meth:`load_json` still reads) only for keys of a type without a columnar form
-        (decimals, nested values) and groups with per-class sums.
+        (decimals, nested values) and groups with per-class sums or reliability bins.
 
         The table is a function of the groups' keys, order and exact states: the
         same groups give the same text whatever the batches and merges that made them.
@@ -437,7 +437,9 @@ class GroupState:
         # by the first batch): one run and merged shards write the same.
         template = self._new_metric().state_dict()
         keys = keys_to_json(self._keys.frame)
-        if template["class_sums"] is not None or keys is None:  # groups of per-class sums
+        # Groups of per-class sums or of reliability bins (a few thousand at most, capped
+        # by MAX_GROUP_BINS) are written as entries: the table holds loss sums only.
+        if template["class_sums"] is not None or keys is None or self.bins is not None:
             return self._entries_json(template)
         columns = self.table.columns(np.arange(self.n_groups, dtype=np.int64))
         return {
@@ -564,6 +566,11 @@ class GroupState:
         groups' numbers screened at once (``GroupColumns.check``) and only the groups
         the screen doubts checked one by one, as a metric state; then added into the
         table a few thousand at a time."""
+        if self.bins is not None:  # to_json writes groups with bins as entries
+            raise ValueError(
+                "groups: a table of groups keeps no reliability bins, as this grouping's "
+                f"groups do ({self.bins.n_bins} calibration_bins)"
+            )
         fields = set(_GROUPS_KEYS)
         if set(data) != fields:
             extra = sorted(set(data) - fields)[:3] or sorted(fields - set(data))[:3]
