@@ -273,6 +273,26 @@ def test_group_states_without_bins_are_refused(rng):
     assert strict.n_groups == 0
 
 
+def test_groups_with_bins_are_entries_and_a_table_is_refused(rng):
+    """The columnar table of groups holds loss sums only: groups with bins are written as
+    per-group entries, and a table (of groups without bins) is refused by a grouping whose
+    groups keep bins, which stays empty."""
+    probs = rng.dirichlet(np.ones(3), 300)
+    labels = rng.integers(0, 3, 300)
+    frame = _frame(probs, labels, rng.integers(0, 3, 300))
+    with_bins = grouped_state_dict(
+        xs.evaluate(frame, xs.CrossEntropy(calibration_bins=5), preds="p", target="y", by="g")
+    )
+    assert isinstance(with_bins["groups"], list)
+    assert all("calibration" in entry["state"] for entry in with_bins["groups"])
+    table = grouped_state_dict(xs.evaluate(frame, xs.CrossEntropy(), preds="p", target="y", by="g"))
+    assert isinstance(table["groups"], dict)  # the columnar table
+    grouping = GroupState(("g",), xs.CrossEntropy(calibration_bins=5))
+    with pytest.raises(ValueError, match="a table of groups keeps no reliability bins"):
+        grouping.load_json(table["groups"])
+    assert grouping.n_groups == 0
+
+
 def test_command_line_on_digits(tmp_path, capsys):
     from xentstream import cli
 
