@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -302,6 +303,11 @@ def test_command_line_on_digits(tmp_path, capsys):
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if "ink" in line and "ece" in line)
     assert "mce" in header and "brier" in header
+    # The README shows these lines of this output (its excerpt of the groups' table).
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    excerpt = readme.split("the groups' table gains ece, mce and brier:\n```\n\n```text\n")[1]
+    shown = excerpt.split("```")[0].splitlines()
+    assert len(shown) == 4 and set(shown) <= set(out.splitlines()), (shown, out)
     frame = pl.read_parquet(data)
     expected = {}
     for ink in frame["ink"].unique().to_list():
