@@ -66,6 +66,9 @@ _KERNEL_GROUPS = 64
 _BLOCK_STATE_BUDGET_BYTES = 1 << 28
 
 _NO_ROWS = np.empty(0, dtype=np.float64)
+_NO_FORECASTS = np.empty((2, 0), dtype=np.float64)
+#: The kernels that write top-label forecasts (``row_forecasts``, see ``cpu.py``).
+_FORECASTING_KERNELS = frozenset({"multiclass_hard", "multiclass_soft"})
 #: Values of ``engine=``.
 ENGINES = ("auto", "cpu", "cuda")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -141,6 +144,10 @@ class BatchSums:
     target : array or None
         The targets as the kernel read them (converted, flat rows), so that what the
         metric derives from them afterwards (label counts) converts nothing again.
+    row_forecasts : ndarray or None, shape (2, N)
+        With ``keep_forecasts`` where the kernel makes them (multiclass rows on the
+        CPU): every row's top-label confidence and outcome (-1: an ignored row), which
+        the reliability bins tally instead of scanning the predictions again.
     """
 
     sums: np.ndarray
@@ -156,6 +163,7 @@ class BatchSums:
     calibration: Any = None
     kept_terms: np.ndarray | None = None
     target: Any = None
+    row_forecasts: np.ndarray | None = None
 
     @property
     def n_rows(self) -> int:
@@ -202,6 +210,7 @@ def _run(
     target_columns_follow: bool = False,
     rules: Mapping[int, str] | None = None,
     device: Any = None,
+    keep_forecasts: bool = False,
 ) -> BatchSums:
     """Call kernel ``kernel`` (a ``cpu`` name) on the CPU or, with ``device``, its CUDA twin.
 
@@ -209,6 +218,8 @@ def _run(
     records is, and ``rules`` the kind's own wording of error codes
     (:func:`~xentstream._errors.kernel_error`). ``keep_terms``: also every
     row's terms in row order (``BatchSums.kept_terms``; the CUDA twins write none).
+    ``keep_forecasts``: also the rows' top-label forecasts (``BatchSums.row_forecasts``;
+    multiclass kernels on the CPU only, otherwise None).
     """
     # Only C-contiguous arrays reach the kernels: other layouts are copied once here,
     # which keeps one compiled specialization per dtype instead of one per layout.
@@ -242,10 +253,14 @@ def _run(
     # CUDA twins write none: their per-row losses stand in (the caller's fallback).
     terms_in_order = keep_terms and device is None and not row_terms
     keep_rows = keep_rows or (keep_terms and device is not None)
+    forecasts = None
+    if keep_forecasts and device is None and kernel in _FORECASTING_KERNELS:
+        forecasts = np.empty((2, n_rows))
     launch = (
         functools.partial(
             _launch_cpu,
             term_rows=term_rows if row_terms else _NO_GROUPS if terms_in_order else None,
+            row_forecasts=_NO_FORECASTS if forecasts is None else forecasts,
         )
         if device is None
         else device.launch
@@ -334,6 +349,7 @@ def _run(
         group_codes=group_codes if row_terms else None,
         kept_terms=kept_terms,
         target=target,
+        row_forecasts=forecasts,
     )
 
 
@@ -350,9 +366,11 @@ def _launch_cpu(
     class_width: int,
     keep_rows: bool,
     term_rows: np.ndarray | None = None,
+    row_forecasts: np.ndarray = None,
 ) -> tuple[np.ndarray, ...]:
     """Run ``cpu.<name>`` over blocks of rows; the per-block outputs (see ``cpu.py``),
-    then the per-row terms, at rows ``term_rows``, when given."""
+    then the per-row terms, at rows ``term_rows``, when given. ``row_forecasts``: the
+    kernel's (2, N) output of top-label forecasts, or (2, 0) for none."""
     keep_terms = term_rows is not None
     kernel = cpu.kernel(name, opts.with_entropy)
     n_rows = preds.shape[0]
@@ -380,8 +398,9 @@ def _launch_cpu(
     )
     positions = _NO_GROUPS if term_rows is None else term_rows
     packed = layout.packed_options(opts)
+    forecasts = _NO_FORECASTS if row_forecasts is None else row_forecasts
     arguments = (preds, target, weights, sample_weight, group_codes, packed, *outputs[:2])
-    arguments = (*arguments, positions, *outputs[2:])
+    arguments = (*arguments, forecasts, positions, *outputs[2:])
     if _threading_layer_is_safe:
         cpu.launch(kernel, arguments, n_blocks, threads)
     else:
@@ -601,8 +620,12 @@ def multiclass_batch(
     n_groups: int = 1,
     engine: str = "auto",
     keep_terms: bool = False,
+    keep_forecasts: bool = False,
 ) -> BatchSums:
-    """Exact sums of multiclass cross-entropy over one batch (hard or soft targets)."""
+    """Exact sums of multiclass cross-entropy over one batch (hard or soft targets).
+
+    ``keep_forecasts``: also each row's top-label forecast (``BatchSums.row_forecasts``)
+    for reliability bins, on the CPU."""
     device = _device_for(engine, preds)
     eps_dtype = half_precision(preds)  # eps follows the given dtype, not the widened one
     preds, leading_shape, n_classes = _class_predictions(
@@ -672,6 +695,7 @@ def multiclass_batch(
         axis="class",
         keep_terms=keep_terms,
         device=device,
+        keep_forecasts=keep_forecasts,
     )
 
 

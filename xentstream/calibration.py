@@ -62,6 +62,7 @@ __all__ = [
     "bins_scalars",
     "build_calibration_report",
     "class_batch_bins",
+    "forecast_bins",
     "group_batch_bins",
 ]
 
@@ -163,7 +164,40 @@ def batch_bins(
                 counts,
             )
             cpu.launch(kernels.positive_class_bins, arguments, sums.shape[0], threads)
-    # One compiled call normalizes and adds the blocks, not a Python merge per block.
+    return _combined(state, sums, counts)
+
+
+def forecast_bins(forecasts: np.ndarray, sample_weight: Any, *, n_bins: int) -> CalibrationState:
+    """The reliability bins of the top-label forecasts a loss kernel wrote.
+
+    ``forecasts``: ``BatchSums.row_forecasts`` (2, N), each row's top-class
+    probability and outcome (-1: an ignored row), from a metric's kernel pass with
+    ``keep_forecasts`` (:func:`~xentstream._batch.multiclass_batch`): the bins then
+    cost a tally, not a second pass over the predictions. The same bins as
+    :func:`batch_bins` of ``"top_label"`` up to the last bits of a logits row's
+    confidence (here ``exp(-log sum exp(x - max))`` as the loss kernel has it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> forecasts = np.array([[0.9, 0.7, 0.6], [1.0, 0.0, -1.0]])  # the last row ignored
+    >>> forecast_bins(forecasts, None, n_bins=2).counts.tolist()
+    [0, 2]
+    """
+    state = CalibrationState(n_bins)
+    threads = cpu.thread_count()
+    n = forecasts.shape[1]
+    sums = np.zeros((_blocks(n, threads), n_bins, kernels.N_BIN_SUMS, N_SLOTS), np.int64)
+    counts = np.zeros((sums.shape[0], n_bins), np.int64)
+    if n:
+        arguments = (forecasts, _weights(sample_weight, n), sums, counts)
+        cpu.launch(kernels.forecast_bins, arguments, sums.shape[0], threads)
+    return _combined(state, sums, counts)
+
+
+def _combined(state: CalibrationState, sums: np.ndarray, counts: np.ndarray) -> CalibrationState:
+    """``state`` with the blocks' bins added: one compiled call normalizes and adds the
+    blocks, not a Python merge per block."""
     combine_blocks(sums.reshape(sums.shape[0], -1, N_SLOTS), state.sums.reshape(-1, N_SLOTS))
     state.counts = counts.sum(axis=0)
     return state
@@ -272,10 +306,13 @@ def group_batch_bins(
     input: str,
     ignore_index: int | None = None,
     sum_tol: float = 0.0,
+    forecasts: np.ndarray | None = None,
 ) -> None:
     """Add the forecasts of one validated batch to its groups' reliability bins ``into``.
 
-    ``forecast`` as :func:`batch_bins`; the batch's groups are its runs
+    ``forecast`` as :func:`batch_bins`; ``forecasts``: the top-label forecasts the loss
+    kernel wrote (``BatchSums.row_forecasts``, as :func:`forecast_bins` takes them),
+    used instead of a pass over ``preds``. The batch's groups are its runs
     (:meth:`~xentstream.grouping.GroupKeys.codes`: run ``r`` is rows
     ``order[run_starts[r]:run_starts[r + 1]]``, of group ``run_codes[r]``). Only those
     groups' bins are touched; each group's end up bitwise those :func:`batch_bins`
@@ -294,9 +331,13 @@ def group_batch_bins(
     [[0, 1], [0, 0], [0, 2]]
     """
     input_kind = INPUT_KINDS[input]
-    preds = as_array(preds, "preds", floating=True)
-    target = as_array(target, "target")
-    if forecast == "top_label":
+    if forecast == "top_label" and forecasts is not None:
+        n, width = forecasts.shape[1], 1
+        conf, outcome = forecasts[0], forecasts[1]
+        keep = outcome >= 0.0
+    elif forecast == "top_label":
+        preds = as_array(preds, "preds", floating=True)
+        target = as_array(target, "target")
         n_classes = preds.shape[-1]
         rows = np.ascontiguousarray(preds).reshape(-1, n_classes)
         n = rows.shape[0]
@@ -317,6 +358,8 @@ def group_batch_bins(
             )
         width = 1
     elif forecast in ("positive_class", "each_label"):
+        preds = as_array(preds, "preds", floating=True)
+        target = as_array(target, "target")
         if forecast == "positive_class":
             preds, target = binary_columns(
                 preds, target, input=input, sum_tol=sum_tol, validate=False, name="preds"

@@ -387,7 +387,7 @@ class GroupState:
             )
             self.table.add_label_counts(run_codes, labels)
         if self.bins is not None and run_codes.size and result.n_rows:
-            self._add_bins(metric, preds, target, sample_weight, run_starts, run_codes)
+            self._add_bins(metric, preds, target, sample_weight, run_starts, run_codes, result)
 
     def _add_bins(
         self,
@@ -397,8 +397,10 @@ class GroupState:
         sample_weight: Any,
         run_starts: np.ndarray,
         run_codes: np.ndarray,
+        result: Any,
     ) -> None:
-        """The batch's rows binned by group (inputs the metric's kernels validated)."""
+        """The batch's rows binned by group (inputs the metric's kernels validated; the
+        forecasts its kernel wrote, where it wrote them)."""
         if preds is None:
             raise ValueError("calibration_bins: the groups' reliability bins need the preds")
         config = metric.config
@@ -414,6 +416,7 @@ class GroupState:
             input=config.input,
             ignore_index=getattr(config, "ignore_index", None),
             sum_tol=config.resolve_sum_tol(np.dtype(np.float64)),
+            forecasts=result.row_forecasts,
         )
 
     def _with_bins(self, code: int, state: dict[str, Any]) -> dict[str, Any]:

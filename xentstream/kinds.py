@@ -127,6 +127,10 @@ class Kind:
         ``"scalar"`` (one prediction and one target a row), ``"labels"`` (the
         predictions' shape less their class axis), ``"preds"`` (the predictions'
         shape); None: never inferred from shapes.
+    kernel_forecasts : bool
+        Whether ``batch`` takes ``keep_forecasts=True`` and its kernel then writes each
+        row's reliability-bin forecast (``BatchSums.row_forecasts``, where it can), so
+        that ``calibration_bins`` tally them instead of reading the predictions again.
     cli_inputs : dict
         ``--input`` values that belong to this kind alone, each to its config's
         ``input=`` (the token kind's ``target-nll`` -> ``"nll"``); a source's values
@@ -159,6 +163,7 @@ class Kind:
     task: str = ""
     breakdown_field: str | None = None
     target_shape: str | None = None
+    kernel_forecasts: bool = False
     cli_inputs: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -288,6 +293,7 @@ KINDS: dict[str, Kind] = {
             name="multiclass",
             config=MulticlassConfig,
             batch=multiclass_batch,
+            kernel_forecasts=True,
             class_axis="class",
             count_field="num_classes",
             per_class_field="per_class",

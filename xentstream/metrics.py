@@ -535,6 +535,10 @@ class Metric(Stateful):
         (``batch.row_losses``, see :meth:`row_denominators`), as a paired comparison
         of two metrics needs before it absorbs either batch."""
         offset = self.rows_seen if row_offset is None else row_offset
+        bins = self.config.calibration_bins
+        # The kernel writes the bins' forecasts where it can: then they cost a tally.
+        keep = bins is not None and self.kind.kernel_forecasts
+        forecasts = {"keep_forecasts": True} if keep else {}
         batch = self.kind.batch(
             self.config,
             preds,
@@ -548,8 +552,8 @@ class Metric(Stateful):
             engine=self.engine,
             groups=groups,
             n_groups=n_groups,
+            **forecasts,
         )
-        bins = self.config.calibration_bins
         if bins is not None and batch.n_rows:
             # The loss kernels validated every value above: the bins' pass needs no checks.
             options = {
@@ -557,13 +561,18 @@ class Metric(Stateful):
                 "input": self.config.input,
                 "ignore_index": getattr(self.config, "ignore_index", None),
             }
-            batch.calibration = calibration.batch_bins(
-                calibration.FORECASTS[self.kind.class_axis],
-                preds,
-                target,
-                sample_weight,
-                **options,
-            )
+            if batch.row_forecasts is not None:
+                batch.calibration = calibration.forecast_bins(
+                    batch.row_forecasts, sample_weight, n_bins=bins
+                )
+            else:
+                batch.calibration = calibration.batch_bins(
+                    calibration.FORECASTS[self.kind.class_axis],
+                    preds,
+                    target,
+                    sample_weight,
+                    **options,
+                )
             forecast = self._class_forecast
             if forecast is not None:
                 bins_of = batch.calibration

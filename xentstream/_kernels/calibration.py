@@ -490,6 +490,66 @@ def top_label_bins(
         _finish_bins(block_sums, block_counts, hits, weighted, hard, counted)
 
 
+@njit(nogil=True, error_model="numpy")
+def _counted_outcomes(outcomes, start, stop):
+    """Whether every outcome of ``start:stop`` is 1, 0 or -1 (an ignored row)."""
+    values = outcomes[start:stop]
+    odd = 0
+    for r in range(values.shape[0]):
+        o = values[r]
+        odd += np.int64((o != 0.0) & (o != 1.0) & (o != -1.0))
+    return odd == 0
+
+
+@njit(parallel=True, cache=True)
+def forecast_bins(forecasts, sample_weight, sums, counts):
+    """Bins of the top-label forecasts a loss kernel wrote (``row_forecasts`` (2, N):
+    each row's confidence, then its outcome; -1 skips an ignored row).
+
+    Blocks whose outcomes are all 0/1 and unweighted take the counted tally; others
+    add every term (a soft target's mass). Both add the same exact numbers, so a row's
+    bins never depend on the path its block took.
+    """
+    n = forecasts.shape[1]
+    n_blocks, n_bins = sums.shape[0], sums.shape[1]
+    weighted = sample_weight.shape[0] > 0
+    confidences = forecasts[0]
+    outcomes = forecasts[1]
+    for block in prange(n_blocks):
+        start = block * n // n_blocks
+        stop = (block + 1) * n // n_blocks
+        _, _, _, _, _, outcome, bins, hits, tally, digits = _scratch(
+            confidences, 0, _CHUNK_VALUES, n_bins
+        )
+        block_sums = sums[block]
+        block_counts = counts[block]
+        binary = _counted_outcomes(outcomes, start, stop)
+        counted = binary and not weighted
+        for chunk_start in range(start, stop, _CHUNK_VALUES):
+            chunk_stop = min(chunk_start + _CHUNK_VALUES, stop)
+            m = chunk_stop - chunk_start
+            conf = confidences[chunk_start:chunk_stop]
+            chunk_outcomes = outcomes[chunk_start:chunk_stop]
+            if counted:
+                for r in range(m):
+                    outcome[r] = np.int64(chunk_outcomes[r])
+                _tally_chunk(
+                    conf, outcome, m, n_bins, tally, digits, bins, block_sums, block_counts, hits
+                )
+                continue
+            for r in range(m):
+                bins[r] = _bin_index(conf[r], n_bins)
+            for r in range(m):
+                o = chunk_outcomes[r]
+                if o < 0.0:
+                    continue
+                k = bins[r]
+                block_counts[k] += 1
+                w = np.float64(sample_weight[chunk_start + r]) if weighted else 1.0
+                _add_forecast(block_sums[k], w, conf[r], o, weighted, binary)
+        _finish_bins(block_sums, block_counts, hits, weighted, binary, counted)
+
+
 @njit(parallel=True, cache=True)
 def positive_class_bins(preds, target, sample_weight, row_width, input_kind, sums, counts):
     """Bins of positive-class forecasts: ``preds`` and ``target`` flat, ``row_width``

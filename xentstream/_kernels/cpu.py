@@ -3,8 +3,8 @@
 Every kernel has the same shape of signature::
 
     kernel(preds, target, <per-class or per-label weights>, sample_weight, groups, options,
-           row_losses, row_terms, term_rows, sums, counts, class_sums, class_counts,
-           errors, error_values)
+           row_losses, row_terms, row_forecasts, term_rows, sums, counts, class_sums,
+           class_counts, errors, error_values)
 
 (``options``: :func:`~xentstream._kernels.layout.packed_options`, an int64 vector the
 dispatcher types in C; the kernel rebuilds the ``KernelOptions`` from it) and splits
@@ -32,6 +32,12 @@ marks ignored rows), row ``i``'s at row ``term_rows[i]`` (when given, else ``i``
 grouped evaluation at any number of groups passes no ``groups`` and reduces these
 terms per group afterwards (:mod:`xentstream._kernels.groups`), so that the kernel's
 cost and memory do not grow with the group count.
+
+``row_forecasts`` (shape ``(2, N)`` or ``(2, 0)``) receives every row's top-label
+forecast for the reliability bins (``calibration_bins``): the top class's probability
+and its outcome (1 or 0 for a hard label, the target's mass on it for a soft one, -1
+for an ignored row). The multiclass kernels write it; the bins then cost a tally of
+these, not a second pass over the predictions (:mod:`xentstream._kernels.calibration`).
 """
 
 from __future__ import annotations
@@ -91,6 +97,8 @@ from xentstream._kernels.rows import (
     scan_prediction_row,
     scan_prediction_row_fast,
     scan_soft_target_row_fast,
+    top_label_confidence,
+    top_label_confidences,
 )
 
 # error_model="numpy": a float division is a plain IEEE division (no zero check that
@@ -241,6 +249,18 @@ def _term_row(term_rows, i):
     return term_rows[i]
 
 
+#: The outcome of an ignored row's forecast: the bins skip it.
+_IGNORED_OUTCOME = -1.0
+
+
+@njit(nogil=True, error_model="numpy")
+def _write_forecast(row_forecasts, i, confidence, outcome):
+    """Row ``i``'s top-label forecast for the reliability bins: its confidence and
+    outcome (:data:`_IGNORED_OUTCOME` for an ignored row)."""
+    row_forecasts[0, i] = confidence
+    row_forecasts[1, i] = outcome
+
+
 @njit(nogil=True, error_model="numpy")
 def _write_ignored_row(row_terms, i):
     terms = row_terms[i]
@@ -365,6 +385,7 @@ def _make_multiclass_hard(with_entropy):
         opts,
         row_losses,
         row_terms,
+        row_forecasts,
         term_rows,
         sums,
         counts,
@@ -378,6 +399,7 @@ def _make_multiclass_hard(with_entropy):
         kind = opts.input_kind
         keep_rows = row_losses.shape[0] > 0
         keep_terms = row_terms.shape[0] > 0
+        keep_forecasts = row_forecasts.shape[1] > 0
         n_rows, n_classes = preds.shape
         n_blocks = sums.shape[0]
         smoothing = opts.label_smoothing
@@ -413,6 +435,7 @@ def _make_multiclass_hard(with_entropy):
             unusual = np.empty(width, dtype=np.uint8)
             losses = np.empty(width)
             squares = np.empty(width)
+            confidences = np.empty(width if keep_forecasts else 0)
             chunk_start = start
             chunk_stop = start
             i = start - 1
@@ -434,6 +457,16 @@ def _make_multiclass_hard(with_entropy):
                         row_entropy,
                         unusual,
                     )
+                    if keep_forecasts:  # across rows; unusual rows get theirs below
+                        top_label_confidences(
+                            opts,
+                            chunk_stop - chunk_start,
+                            columns,
+                            row_best,
+                            row_argmax,
+                            row_log_sum,
+                            confidences,
+                        )
                     if whole_chunks and n_unusual == 0:
                         special = hard_label_losses(
                             target,
@@ -454,6 +487,11 @@ def _make_multiclass_hard(with_entropy):
                                 correct[0] += np.int64(
                                     row_argmax[r] == np.int64(target[chunk_start + r])
                                 )
+                            if keep_forecasts:
+                                row_forecasts[0, chunk_start:chunk_stop] = confidences[:n]
+                                for r in range(n):
+                                    right = row_argmax[r] == np.int64(target[chunk_start + r])
+                                    row_forecasts[1, chunk_start + r] = np.float64(right)
                             # Before add_terms, which takes its terms as scratch.
                             for r in range(n if keep_terms else 0):
                                 _write_row_terms(
@@ -509,10 +547,18 @@ def _make_multiclass_hard(with_entropy):
                         row_losses[i] = 0.0
                     if keep_terms:
                         _write_ignored_row(row_terms, _term_row(term_rows, i))
+                    if keep_forecasts:
+                        _write_forecast(row_forecasts, i, 0.0, _IGNORED_OUTCOME)
                     continue
                 if label < 0 or label >= n_classes:
                     _record_error(errors, error_values, block, i, _LABEL_ERROR, label, 0.0)
                     break
+                if keep_forecasts:
+                    if narrow and not unusual[i - chunk_start]:
+                        confidence = confidences[i - chunk_start]
+                    else:
+                        confidence = top_label_confidence(preds, i, argmax, normalizer, opts)
+                    _write_forecast(row_forecasts, i, confidence, np.float64(argmax == label))
                 w = class_weight[label]
                 # log64, not libm: a narrow row whose chunk takes the whole-chunk path
                 # gets its loss from hard_label_losses, which must give the same bits.
@@ -602,6 +648,7 @@ def _make_multiclass_soft(with_entropy):
         opts,
         row_losses,
         row_terms,
+        row_forecasts,
         term_rows,
         sums,
         counts,
@@ -615,6 +662,7 @@ def _make_multiclass_soft(with_entropy):
         kind = opts.input_kind
         keep_rows = row_losses.shape[0] > 0
         keep_terms = row_terms.shape[0] > 0
+        keep_forecasts = row_forecasts.shape[1] > 0
         n_rows, n_classes = preds.shape
         n_blocks = sums.shape[0]
         smoothing = opts.label_smoothing
@@ -643,6 +691,9 @@ def _make_multiclass_soft(with_entropy):
                     _record_error(errors, error_values, block, i, _WEIGHT_ERROR, _NO_COLUMN, s)
                     break
                 group = _group(groups, i)
+                if keep_forecasts:  # the outcome of the top class: the target's mass on it
+                    confidence = top_label_confidence(preds, i, argmax, normalizer, opts)
+                    _write_forecast(row_forecasts, i, confidence, np.float64(target[i, argmax]))
                 loss = 0.0
                 target_entropy = 0.0
                 # The row's loss and entropy come from the same SIMD loops whatever the
@@ -732,6 +783,7 @@ def _make_binary(with_entropy):
         opts,
         row_losses,
         row_terms,
+        row_forecasts,
         term_rows,
         sums,
         counts,
@@ -879,6 +931,7 @@ def _make_multilabel(with_entropy):
         opts,
         row_losses,
         row_terms,
+        row_forecasts,
         term_rows,
         sums,
         counts,
@@ -1031,6 +1084,7 @@ def _make_prediction_entropy(with_entropy):
         opts,
         row_losses,
         row_terms,
+        row_forecasts,
         term_rows,
         sums,
         counts,

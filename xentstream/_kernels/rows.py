@@ -396,6 +396,37 @@ def log_probability_fast(preds, i, c, normalizer, opts):
 
 
 @njit(**_CALLED)
+def top_label_confidence(preds, i, argmax, normalizer, opts):
+    """The probability of row ``i``'s top class ``argmax``: a reliability bin's forecast.
+
+    Probabilities: the value itself (unclipped, as torchmetrics and scikit-learn bin
+    it); log-probabilities and logits: ``exp64`` of the log-probability the loss uses.
+    The branch-free ``exp64``, not libm, so that :func:`top_label_confidences` gives a
+    narrow row the same bits in its SIMD lanes.
+    """
+    x = np.float64(preds[i, argmax])
+    if opts.input_kind == PROBS:
+        return x
+    if opts.input_kind == LOGPROBS:
+        return exp64(x)
+    shift, log_sum = normalizer
+    return exp64((x - shift) - log_sum)
+
+
+@njit(**_CALLED)
+def top_label_confidences(opts, n, columns, best, argmax, log_sum, out):
+    """:func:`top_label_confidence` of the ordinary rows of a chunk that
+    :func:`narrow_rows_chunk` scanned (its ``columns``, ``best``, ``argmax``,
+    ``log_sum``), across rows: for logits the top value is the shift itself."""
+    if opts.input_kind == PROBS:
+        for r in range(n):
+            out[r] = columns[argmax[r], r]
+    else:
+        for r in range(n):
+            out[r] = exp64((best[r] - best[r]) - log_sum[r])
+
+
+@njit(**_CALLED)
 def neg_xlogy_fast(coefficient, log_value):
     """:func:`neg_xlogy` as a select (no branch)."""
     product = -coefficient * log_value
