@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from reference import exact_bin_sums
 
+from xentstream import CrossEntropy
 from xentstream._kernels.calibration import BIN_SUM_NAMES
-from xentstream.accumulator import CalibrationState, exact_integer
-from xentstream.calibration import batch_bins
+from xentstream._kernels.exact import N_SLOTS
+from xentstream.accumulator import CalibrationState, exact_integer, to_floats
+from xentstream.calibration import batch_bins, forecast_bins
 
 N_BINS = 15
 #: One unit of the accumulators' fixed-point integer (``accumulator.exact_integer``).
@@ -107,3 +109,87 @@ def test_tally_bits_do_not_depend_on_splits_or_threads(rng, forecast, input):
     cuts = np.unique(np.concatenate([cuts, cuts[:3] + 1]))  # one-row batches too
     results.append(_split_states(forecast, preds, target, cuts.tolist(), kwargs))
     assert all(result == results[0] for result in results[1:])
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["tally", "weighted"])
+@pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+def test_kernel_forecast_sums_are_exact(rng, weighted, soft):
+    """The tally of forecasts a loss kernel wrote (confidence, outcome; -1 ignored)."""
+    n = 20_000
+    f = _forecasts(rng, n)
+    o = rng.uniform(size=n) if soft else (rng.uniform(size=n) < f).astype(np.float64)
+    if not soft:
+        o[rng.choice(n, n // 9, replace=False)] = -1.0
+    w = rng.uniform(0.0, 3.0, n) if weighted else None
+    state = forecast_bins(np.stack([f, o]), w, n_bins=N_BINS)
+    kept = o >= 0.0
+    _assert_exact(state, f[kept], o[kept], None if w is None else w[kept])
+
+
+def _kernel_bins(preds, target, sample_weight=None, cuts=(), **options):
+    """The top-label bins a metric's kernel pass gives, batches cut at ``cuts``."""
+    metric = CrossEntropy(calibration_bins=N_BINS, **options)
+    for a, b in zip([0, *cuts], [*cuts, len(target)], strict=True):
+        weights = None if sample_weight is None else sample_weight[a:b]
+        metric.update(preds[a:b], target[a:b], sample_weight=weights)
+    bins = metric.state.calibration
+    return bins.counts.tolist(), bins.sums.tolist()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("input", ["logits", "probs"])
+def test_a_rows_kernel_forecast_does_not_depend_on_its_path(rng, input, dtype):
+    """A narrow row's forecast comes from its chunk's SIMD lanes or from the row path
+    (a weighted batch, a chunk with an ignored row, one with a -inf logit): the same
+    bits either way, for any split of the batches and any number of threads."""
+    n, classes = 30_000, 10
+    preds = rng.standard_normal((n, classes)) * 3.0
+    if input == "probs":
+        preds = np.exp(preds) / np.exp(preds).sum(axis=1, keepdims=True)
+    preds = preds.astype(dtype)
+    target = rng.integers(0, classes, n)
+    options = {"input": input, "ignore_index": -100}
+    expected = _kernel_bins(preds, target, **options)
+    assert sum(expected[0]) == n
+    # Unit weights take the row-by-row path, the same forecasts and exact sums.
+    assert _kernel_bins(preds, target, np.ones(n), **options) == expected
+    cuts = np.unique(rng.choice(np.arange(1, n), size=9, replace=False)).tolist()
+    assert _kernel_bins(preds, target, cuts=cuts, **options) == expected
+    default = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert _kernel_bins(preds, target, **options) == expected
+    finally:
+        numba.set_num_threads(default)
+    # Ignored rows (and a -inf logit) among them put their chunks on the row path.
+    extra = rng.choice(n, size=40, replace=False)
+    mixed_preds = np.insert(preds, extra, preds[:40], axis=0)
+    mixed_target = np.insert(target, extra, -100)
+    assert _kernel_bins(mixed_preds, mixed_target, **options) == expected
+    if input == "logits":
+        # A -inf logit makes its row unusual: its chunk's other rows take the row path
+        # in one batch, whole chunks when that row is a batch of its own.
+        odd = preds.copy()
+        row = int(extra[0]) + 1
+        odd[row, int(np.argmin(odd[row]))] = -np.inf
+        alone = _kernel_bins(odd, target, cuts=[row, row + 1], **options)
+        assert _kernel_bins(odd, target, **options) == alone
+
+
+def test_kernel_forecasts_match_a_pass_of_their_own(rng):
+    """The kernel's forecasts bin as the separate pass over the predictions does: the
+    same bits for probabilities (the top value itself), to rounding for logits."""
+    n, classes = 5_000, 7
+    logits = rng.standard_normal((n, classes)) * 2.0
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    target = rng.integers(0, classes, n)
+    for input, preds in (("probs", probs), ("logits", logits)):
+        separate = batch_bins("top_label", preds, target, None, n_bins=N_BINS, input=input)
+        counts, sums = _kernel_bins(preds, target, input=input)
+        assert counts == separate.counts.tolist()
+        if input == "probs":
+            assert sums == separate.sums.tolist()
+        else:
+            fused = to_floats(np.array(sums, dtype=np.int64).reshape(-1, N_SLOTS))
+            alone = to_floats(separate.sums.reshape(-1, N_SLOTS))
+            np.testing.assert_allclose(fused, alone, rtol=1e-12, atol=0.0)
