@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,33 @@ def _table() -> pl.DataFrame:
     )
 
 
+def _tokens() -> pl.DataFrame:
+    """Two language models' target log-probabilities, a padding mask, documents whose
+    tokens lie in every file (so their states merge across partitions), bytes a token."""
+    rng = np.random.default_rng(1919)
+    new = -rng.exponential(2.0, N_ROWS)
+    return pl.DataFrame(
+        {
+            "lp_new": new,
+            "lp_old": new - rng.normal(0.1, 0.5, N_ROWS).clip(-1.0, None) - 1.0,
+            "mask": (rng.random(N_ROWS) > 0.1).astype(np.int8),
+            "doc": rng.integers(0, 40, N_ROWS),
+            "bytes": rng.integers(1, 6, N_ROWS),
+        }
+    )
+
+
+def _reference_difference(table: pl.DataFrame) -> float:
+    """The weighted mean per-row log-loss difference (model - baseline), by math.fsum:
+    an independent check that the reports compared below hold the right numbers."""
+    rows = np.arange(N_ROWS)
+    labels = table["y"].to_numpy()
+    model = -np.log(table["p"].to_numpy()[rows, labels])
+    baseline = -np.log(table["q"].to_numpy()[rows, labels])
+    weights = table["w"].to_numpy()
+    return math.fsum(weights * (model - baseline)) / math.fsum(weights)
+
+
 def _write_parts(frame: pl.DataFrame, cuts: tuple[int, ...], pattern: str) -> None:
     for number, (start, stop) in enumerate(itertools.pairwise(cuts)):
         part = frame.slice(start, stop - start)
@@ -81,7 +109,9 @@ def dumps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     _write_parts(table.select("p", "y", "w", "band", "id"), CUTS, str(root / "model-{}.parquet"))
     baseline = table.select("q", "y", "w", "id")
     _write_parts(baseline, BASELINE_CUTS, str(root / "baseline-{}.arrow"))
+    _write_parts(_tokens(), CUTS, str(root / "tokens-{}.parquet"))
     return {
+        "tokens": str(root / "tokens-*.parquet"),
         "root": root,
         "table": table,
         "pairs": str(root / "pairs-*.parquet"),
@@ -153,6 +183,9 @@ def test_one_source_on_a_cluster_prints_what_one_process_prints(
         report = json.loads(out)
         overall = report["overall"] if "--by" in extra else report
         assert overall["count"] == N_ROWS
+        assert overall["difference"] == pytest.approx(
+            _reference_difference(dumps["table"]), rel=1e-12
+        )
         if "--by" in extra:  # keys sorted, as in one process, though first seen descending
             keys = [group["key"] for group in report["groups"]]
             assert keys == sorted(keys) and len(keys) == 5
@@ -176,6 +209,23 @@ def test_two_sources_on_a_cluster_print_what_one_process_prints(
     report = json.loads(_same_as_one_process(capsys, address, tmp_path, *args))
     overall = report["overall"] if "--by" in extra else report
     assert overall["count"] == N_ROWS
+    assert overall["difference"] == pytest.approx(_reference_difference(dumps["table"]), rel=1e-12)
+
+
+def test_token_comparison_on_a_cluster_prints_what_one_process_prints(
+    capsys: pytest.CaptureFixture, address: str, dumps: dict[str, Any], tmp_path: Path
+) -> None:
+    """Target log-probabilities, standard errors clustered by document, bits per byte
+    and the documents side by side: per-document states merged across partitions."""
+    args = (dumps["tokens"], "--input", "target-logprob", "--preds", "lp_new")
+    args += ("--baseline-preds", "lp_old", "--target", "mask", "--document", "doc")
+    args += ("--units", "bytes", "--per-class", "--format", "json")
+    report = json.loads(_same_as_one_process(capsys, address, tmp_path, *args))
+    tokens = _tokens().filter(pl.col("mask") == 1)
+    assert report["count"] == tokens.height
+    expected = math.fsum(tokens["lp_old"] - tokens["lp_new"]) / tokens.height
+    assert report["difference"] == pytest.approx(expected, rel=1e-12)
+    assert report["clustered_stderr"] is not None
 
 
 def test_local_cluster_of_the_command_line(

@@ -1167,7 +1167,10 @@ examples:
       --baseline-preds lp_old --target mask --document doc_id --units bytes --per-class
   # (T, V) logits and T token ids per row, padding -100
   xentstream compare lm.parquet --preds logits_new --baseline-preds logits_old \\
-      --target tokens --input logits --ignore-index -100"""
+      --target tokens --input logits --ignore-index -100
+  # on 4 local worker processes (or a scheduler's address): the same report, bitwise
+  xentstream compare 'dumps/*.parquet' --preds new --baseline-preds old --target label \\
+      --by country --dask local:4"""
 
 
 def _add_compare_parser(commands: Any) -> None:
