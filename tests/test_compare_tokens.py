@@ -230,7 +230,8 @@ def test_compare_help_examples_are_commands_it_takes(capsys):
     shown = capsys.readouterr().out
     examples = shown.split("examples:\n", 1)[1].replace("\\\n", " ")
     commands = [line.split() for line in examples.splitlines() if "xentstream compare" in line]
-    assert len(commands) == 4 and any("target-logprob" in c for c in commands)
+    assert len(commands) == 5 and any("target-logprob" in c for c in commands)
+    assert any("--dask" in c for c in commands)
     for words in commands:
         parsed = cli._parser().parse_args(words[1:])
         assert parsed.command == "compare" and parsed.preds and parsed.baseline_preds

@@ -257,12 +257,7 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="where the kernels run (default: auto, the CPU for files)",
     )
-    running.add_argument(
-        "--dask",
-        metavar="ADDRESS|local[:N]",
-        help="run on a Dask cluster: a scheduler's address, or N local worker processes "
-        "(Parquet / Arrow IPC sources)",
-    )
+    _add_dask_flag(running)
     running.add_argument(
         "--no-progress",
         action="store_true",
@@ -311,6 +306,16 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--save-state", metavar="FILE", help="write the merged state here")
     _add_group_flags(merge)
     return parser
+
+
+def _add_dask_flag(running: Any) -> None:
+    """--dask (evaluate and compare): the same rules for both (:func:`_check_dask_args`)."""
+    running.add_argument(
+        "--dask",
+        metavar="ADDRESS|local[:N]",
+        help="run on a Dask cluster: a scheduler's address, or N local worker processes "
+        "(Parquet / Arrow IPC sources)",
+    )
 
 
 def _add_token_columns(columns: Any) -> None:
@@ -946,7 +951,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.dask is not None:
         options.pop("checkpoint")
         options.pop("progress")
-        result = _evaluate_on_dask(args.dask, source, metric, options)
+        result = _on_dask(args.dask, source, metric, options)
     elif args.plot:
         if options["batch_rows"] is None:
             options["batch_rows"] = _plot_batch_rows(source, args)
@@ -999,16 +1004,19 @@ def _resolve_columns(args: argparse.Namespace) -> pl.Schema | None:
 
 
 def _check_dask_args(args: argparse.Namespace) -> None:
-    """Reject what a Dask run cannot do, before any cluster starts."""
-    if args.checkpoint:
+    """Reject what a Dask run cannot do, before any cluster starts: ``evaluate``'s and
+    ``compare``'s arguments (``compare`` has no --checkpoint or --plot; its
+    --baseline-source files are read on the workers too)."""
+    if getattr(args, "checkpoint", None):
         raise _UsageError(
             "--checkpoint cannot be combined with --dask: Dask reruns lost partitions itself"
         )
-    if args.plot:
+    if getattr(args, "plot", None):
         raise _UsageError("--plot draws the running loss of one process; it cannot use --dask")
     from xentstream.feeders import SPLITTABLE_SUFFIXES
 
-    suffixes = {Path(path).suffix.lower() for path in args.source}
+    paths = [*args.source, *(getattr(args, "baseline_source", None) or ())]
+    suffixes = {Path(path).suffix.lower() for path in paths}
     if not suffixes <= set(SPLITTABLE_SUFFIXES):
         raise _UsageError("--dask reads Parquet or Arrow IPC files only")
     _dask_workers(args.dask)
@@ -1027,9 +1035,13 @@ def _dask_workers(address: str) -> int | None:
     return int(count)
 
 
-def _evaluate_on_dask(
-    address: str, source: Any, metric: Metric, options: dict[str, Any]
-) -> Report | GroupedReport:
+def _on_dask(
+    address: str, source: Any, metric: Metric | Comparison, options: dict[str, Any]
+) -> Report | GroupedReport | ComparisonReport | GroupedComparison:
+    """``xentstream.dask.evaluate(source, metric, **options)`` on the cluster of
+    ``--dask`` (``evaluate``'s metric or ``compare``'s comparison, updated in place), its
+    failures as one-line usage errors. Returns the report (a comparison's for a
+    comparison)."""
     from xentstream import dask as xentstream_dask
 
     xentstream_dask.require_dask(distributed=True)
@@ -1062,8 +1074,8 @@ def _evaluate_on_dask(
 
 
 def _run_on_dask(
-    address: str, source: Any, metric: Metric, options: dict[str, Any]
-) -> Report | GroupedReport:
+    address: str, source: Any, metric: Metric | Comparison, options: dict[str, Any]
+) -> Report | GroupedReport | ComparisonReport | GroupedComparison:
     from distributed import Client, LocalCluster
 
     from xentstream import dask as xentstream_dask
@@ -1155,7 +1167,10 @@ examples:
       --baseline-preds lp_old --target mask --document doc_id --units bytes --per-class
   # (T, V) logits and T token ids per row, padding -100
   xentstream compare lm.parquet --preds logits_new --baseline-preds logits_old \\
-      --target tokens --input logits --ignore-index -100"""
+      --target tokens --input logits --ignore-index -100
+  # on 4 local worker processes (or a scheduler's address): the same report, bitwise
+  xentstream compare 'dumps/*.parquet' --preds new --baseline-preds old --target label \\
+      --by country --dask local:4"""
 
 
 def _add_compare_parser(commands: Any) -> None:
@@ -1232,6 +1247,7 @@ def _add_compare_parser(commands: Any) -> None:
         default="auto",
         help="where the kernels run (default: auto, the CPU for files)",
     )
+    _add_dask_flag(running)
     output = run.add_argument_group("output")
     output.add_argument(
         "--format", choices=("table", "json"), default="table", help="output format"
@@ -1317,6 +1333,8 @@ def _compare(args: argparse.Namespace) -> int:
     _check_target(args)
     if args.by and args.save_state:
         raise _UsageError("--save-state: not with --by (a comparison's groups are not saved)")
+    if args.dask is not None:
+        _check_dask_args(args)
     schema = _resolve_columns(args)
     baseline = args.baseline_source
     baseline_schema = schema if baseline is None else _schema(baseline)
@@ -1330,21 +1348,26 @@ def _compare(args: argparse.Namespace) -> int:
     def one(columns: list[str]) -> Any:
         return columns[0] if len(columns) == 1 else columns
 
-    report = compare(
-        args.source if len(args.source) > 1 else args.source[0],
-        comparison,
-        preds=one(args.preds),
-        baseline_preds=one(args.baseline_preds),
-        target=args.target and one(args.target),
-        sample_weight=args.sample_weight,
-        document=args.document,
-        units=args.units,
-        classes=args.classes,
-        baseline_source=None if baseline is None else one(baseline),
-        row_id=args.row_id,
-        by=args.by,
-        batch_rows=args.batch_rows,
-    )
+    source = args.source if len(args.source) > 1 else args.source[0]
+    # The column arguments of both runs: xs.compare in this process, or the same
+    # comparison's partitions on a cluster (bitwise the same report).
+    options = {
+        "preds": one(args.preds),
+        "baseline_preds": one(args.baseline_preds),
+        "target": args.target and one(args.target),
+        "sample_weight": args.sample_weight,
+        "document": args.document,
+        "units": args.units,
+        "classes": args.classes,
+        "baseline_source": None if baseline is None else one(baseline),
+        "row_id": args.row_id,
+        "by": args.by,
+        "batch_rows": args.batch_rows,
+    }
+    if args.dask is not None:
+        report = _on_dask(args.dask, source, comparison, options)
+    else:
+        report = compare(source, comparison, **options)
     if args.save_state:
         comparison.save(args.save_state)
     overall = report.overall if isinstance(report, GroupedComparison) else report
