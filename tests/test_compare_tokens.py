@@ -87,6 +87,11 @@ def test_compare_command_on_token_logprobs_against_scipy(two_models, capsys):
     )
     paired = clustered_stderr(per_doc["d"].to_numpy(), per_doc["tokens"].to_numpy())
     assert math.isclose(shown["clustered_stderr"], paired, rel_tol=1e-9)
+    # The verdict's interval and p-value: the clustered ones (scipy's normal law).
+    low, high = stats.norm.interval(0.95, loc=differences.mean(), scale=paired)
+    assert np.allclose(shown["clustered_ci95"], [low, high], rtol=1e-9)
+    expected_p = 2 * stats.norm.sf(abs(differences.mean()) / paired)
+    assert math.isclose(shown["clustered_p_value"], expected_p, rel_tol=1e-6)
     for side, nll in (("model", nll_a), ("baseline", nll_b)):
         per_doc = (
             kept.with_columns(nll=pl.Series(nll))
@@ -114,6 +119,7 @@ def test_compare_table_shows_the_documents_side_by_side(two_models, capsys):
     for label in ("clustered_stderr", "document_perplexity", "bits_per_byte", "model_loss"):
         assert label in out
     assert out.count("clustered_stderr") == 2  # the difference's, and each model's row
+    assert "nats per token, documents as clusters" in out  # the verdict's honest interval
     report = xs.compare(
         path,
         xs.TokenCrossEntropy(per_document=True),

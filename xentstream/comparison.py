@@ -119,6 +119,10 @@ class ComparisonReport:
         documents as clusters (cluster-robust, CR1, as the token kind's own
         ``clustered_stderr``); tokens of one document are correlated, so ``stderr``
         (per token, the paired t-test's) is too small. None otherwise.
+    clustered_ci95, clustered_p_value : tuple of float / float, or None
+        The 95% interval and two-sided p-value of ``difference`` from
+        ``clustered_stderr`` (normal approximation, as ``ci95`` / ``p_value`` from
+        ``stderr``); :meth:`verdict` uses these when they are there.
     """
 
     difference: float
@@ -134,6 +138,8 @@ class ComparisonReport:
     model: Report
     baseline: Report
     clustered_stderr: float | None = None
+    clustered_ci95: tuple[float, float] | None = None
+    clustered_p_value: float | None = None
 
     def scalars(self, prefix: str = "") -> dict[str, float | int]:
         """The defined scalars as one flat dict (``ci95`` as two entries), then each
@@ -149,8 +155,8 @@ class ComparisonReport:
         """
         out: dict[str, float | int] = {}
         for name, value in self._shown():
-            if name == "ci95":
-                out[f"{prefix}ci95_low"], out[f"{prefix}ci95_high"] = value
+            if name in ("ci95", "clustered_ci95"):
+                out[f"{prefix}{name}_low"], out[f"{prefix}{name}_high"] = value
             else:
                 out[f"{prefix}{name}"] = value
         out.update(self.model.scalars(f"{prefix}model/"))
@@ -178,17 +184,23 @@ class ComparisonReport:
     def verdict(self, model: str = "model", baseline: str = "baseline") -> str:
         """One sentence: which model is better, by how much, with what confidence.
 
-        ``model`` / ``baseline``: the names to use for A and B.
+        ``model`` / ``baseline``: the names to use for A and B. With documents (token
+        comparisons) the interval and p-value are the document-clustered ones: tokens
+        of one document are not independent evidence.
         """
-        if self.stderr is None or self.p_value is None or math.isnan(self.difference):
+        clustered = self.clustered_p_value is not None
+        interval = self.clustered_ci95 if clustered else self.ci95
+        p_value = self.clustered_p_value if clustered else self.p_value
+        if interval is None or p_value is None or math.isnan(self.difference):
             return "not enough rows to compare"
         better = model if self.difference < 0 else baseline
-        low, high = self.ci95  # type: ignore[misc]
-        strength = "significant" if self.p_value < 0.05 else "not significant"
+        low, high = interval
+        strength = "significant" if p_value < 0.05 else "not significant"
+        unit = "token, documents as clusters" if clustered else "row"
         return (
-            f"{better} is better by {abs(self.difference):.4g} nats per row "
+            f"{better} is better by {abs(self.difference):.4g} nats per {unit} "
             f"(95% CI of {model} - {baseline}: [{low:.4g}, {high:.4g}], "
-            f"p = {self.p_value:.2g}, {strength} at the 5% level)"
+            f"p = {p_value:.2g}, {strength} at the 5% level)"
         )
 
     @property
@@ -252,6 +264,8 @@ _SCALARS = (
     "ci95",
     "z",
     "p_value",
+    "clustered_ci95",
+    "clustered_p_value",
     "count",
     "model_better",
     "baseline_better",
@@ -298,7 +312,17 @@ def paired_statistics(
         # Identical losses on every row: no evidence either way (z undefined).
         return mean, stderr, None, None
     z = mean / stderr
-    return mean, stderr, z, math.erfc(abs(z) / math.sqrt(2.0))
+    return mean, stderr, z, _two_sided_p(z)
+
+
+def _two_sided_p(z: float) -> float:
+    """P(|Z| >= |z|) of a standard normal Z."""
+    return math.erfc(abs(z) / math.sqrt(2.0))
+
+
+def _interval(mean: float, stderr: float | None) -> tuple[float, float] | None:
+    """The normal-approximation 95% interval of ``mean`` (None without a stderr)."""
+    return None if stderr is None else (mean - _Z95 * stderr, mean + _Z95 * stderr)
 
 
 def _check_metric(metric: Any) -> Metric:
@@ -705,11 +729,15 @@ def _build_report(
     sums: np.ndarray, counts: np.ndarray, model: Metric, baseline: Metric
 ) -> ComparisonReport:
     mean, stderr, z, p_value = paired_statistics(sums, counts)
-    ci95 = None if stderr is None else (mean - _Z95 * stderr, mean + _Z95 * stderr)
+    ci95 = _interval(mean, stderr)
     weight = sums[paired.WEIGHT]
     has_weight = accumulator.to_float(weight) > 0.0
     hook = model.kind.paired_report
     extra = {} if hook is None else hook(model.state, baseline.state, mean)
+    clustered = extra.get("clustered_stderr")
+    if clustered is not None and clustered > 0.0 and not math.isnan(mean):
+        extra["clustered_ci95"] = _interval(mean, clustered)
+        extra["clustered_p_value"] = _two_sided_p(mean / clustered)
     return ComparisonReport(
         difference=mean,
         stderr=stderr,
