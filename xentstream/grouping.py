@@ -1135,8 +1135,22 @@ class GroupReports(Mapping):
             if values is None:
                 values = np.full(n, np.nan)
             columns[name] = (np.array(values), defined.copy())
-        # The groups the kernel leaves to the exact integers: their reports' values.
-        for i in np.flatnonzero(flags).tolist():
+        # The groups the kernel leaves to the exact integers (a special sum, or a value
+        # it could not round with certainty that a field needs): their reports' values.
+        doubtful = np.isnan(floats[:, _FLOAT_SUMS]).any(axis=1)
+        denominators = signs[:, _RATIO_PAIRS[:, 1]] != 0
+        undecided = np.isnan(ratios) & denominators
+        for name, needed in (
+            ("loss", everywhere),
+            ("accuracy", has_rows & kind.has_accuracy),
+            ("entropy", has_rows),
+            ("cross_entropy", kl_defined),
+            ("target", kl_defined),
+        ):
+            doubtful |= undecided[:, _RATIOS.index(name)] & needed
+        doubtful |= np.isnan(variance) & stderr_defined
+        doubtful |= (flags & kernels.SPECIAL) != 0
+        for i in np.flatnonzero(doubtful).tolist():
             scalars = self.report(int(codes[i])).scalars()
             for name, (values, defined) in columns.items():
                 value = scalars.get(name)
@@ -1207,6 +1221,10 @@ def _reports_of(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> Iterator[An
 _REPORT_CHUNK = 1024
 #: Groups whose scalar fields one step of iterating over reports computes at once.
 _ARRAY_CHUNK = 1 << 16
+#: The sums whose rounded values the scalar fields read.
+_FLOAT_SUMS = [
+    layout.LOSS, layout.DENOMINATOR, layout.WEIGHT, layout.DENOMINATOR_SQUARED, layout.POSITIVE
+]  # fmt: skip
 #: The quotients of sums :func:`kernels.group_values` rounds for every group.
 _RATIOS = ("loss", "accuracy", "entropy", "cross_entropy", "target")
 _RATIO_PAIRS = np.array(

@@ -1292,9 +1292,7 @@ def group_values(
                 qh, ql = _dd_div(hi[a], lo[a], hi[b], lo[b])
                 value = _round_quotient(qh, ql, ex[a] - ex[b], sg[a] * sg[b], _DD_ERROR)
                 if value != value and -1018 <= ex[a] - ex[b] <= 1020:
-                    value = _tie(
-                        magnitudes[a], magnitudes[b], qh, ql, ex[a] - ex[b], product
-                    )
+                    value = _tie(magnitudes[a], magnitudes[b], qh, ql, ex[a] - ex[b], product)
                     value *= sg[a] * sg[b]
                 if value != value:
                     flag |= UNCERTAIN
@@ -1337,11 +1335,13 @@ def _variance(hi, lo, ex, sg):
             ph = pl_ = 0.0
         elif mh != 0.0 and me < pe:
             mh = ml = 0.0
-    ph, pl_ = _scaled(ph, pe - top) if ph != 0.0 else 0.0, (
-        _scaled(pl_, pe - top) if ph != 0.0 else 0.0
+    ph, pl_ = (
+        _scaled(ph, pe - top) if ph != 0.0 else 0.0,
+        (_scaled(pl_, pe - top) if ph != 0.0 else 0.0),
     )
-    mh, ml = _scaled(mh, me - top) if mh != 0.0 else 0.0, (
-        _scaled(ml, me - top) if mh != 0.0 else 0.0
+    mh, ml = (
+        _scaled(mh, me - top) if mh != 0.0 else 0.0,
+        (_scaled(ml, me - top) if mh != 0.0 else 0.0),
     )
     # N = S D - L^2 as a double-double; its error is below 2**-100 of |S D| + |L^2|.
     nh, nt = _two_sum(ph, -mh)
