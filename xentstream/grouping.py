@@ -190,8 +190,39 @@ class GroupKeys:
     def tuples(self) -> list[tuple[Any, ...]]:
         """The known keys as tuples (NaN as one object), in code order."""
         if self._tuples is None:
-            self._tuples = [canonical_key(row) for row in self.frame.iter_rows()]
+            frame = self.frame
+            rows = list(frame.iter_rows())
+            # Only float (and object) columns hold NaN: the rows with one take the
+            # canonical NaN.
+            floats = [name for name, dtype in frame.schema.items() if dtype.is_float()]
+            if floats:
+                nan = frame.select(pl.any_horizontal(pl.col(floats).is_nan()).fill_null(False))
+                for row in np.flatnonzero(nan.to_series().to_numpy()).tolist():
+                    rows[row] = canonical_key(rows[row])
+            if any(dtype == pl.Object for dtype in frame.dtypes):  # of any Python value
+                rows = [canonical_key(row) for row in rows]
+            self._tuples = rows
         return self._tuples
+
+    def code_of(self, key: tuple[Any, ...]) -> int | None:
+        """The code of one key (a canonical tuple), without :meth:`tuples` of them all
+        (a scan of the key columns); None if it is not known or cannot be compared so."""
+        if self._known is None or len(key) != len(self.by):
+            return None
+        conditions = []
+        for name, value in zip(self.by, key, strict=True):
+            column = pl.col(name)
+            if value is None:
+                conditions.append(column.is_null())
+            elif isinstance(value, float) and math.isnan(value):
+                conditions.append(column.is_nan())
+            else:
+                conditions.append(column == pl.lit(value))
+        try:
+            found = self._known.filter(pl.all_horizontal(conditions).fill_null(False))
+        except (TypeError, ValueError, pl.exceptions.PolarsError):
+            return None
+        return int(found[_CODE][0]) if found.height else None
 
     def codes(self, keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Codes of one batch's keys; new keys get new codes.
@@ -932,6 +963,7 @@ class GroupReports(Mapping):
         self.metric = metric
         self.calibration = calibration
         self._index: dict[tuple[Any, ...], int] | None = None
+        self._lookups = 0
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
@@ -941,6 +973,20 @@ class GroupReports(Mapping):
         return (tuples[code] for code in self.codes.tolist())
 
     def __getitem__(self, key: tuple[Any, ...]) -> Any:
+        if self._index is None and self._lookups < _SCANNED_LOOKUPS:
+            # A few lookups scan the key columns (milliseconds at a million groups);
+            # more build the index of every key (seconds).
+            self._lookups += 1
+            try:
+                wanted = canonical_key(tuple(key))
+            except TypeError:
+                raise KeyError(key) from None
+            code = self.keys.code_of(wanted)
+            # (the index's own test of the key found: equal as Python values)
+            if code is not None and canonical_key(self.keys.frame.row(code)) == wanted:
+                if not (self.codes == code).any():
+                    raise KeyError(key)
+                return self.report(code)
         if self._index is None:
             tuples = self.keys.tuples()
             self._index = {tuples[code]: code for code in self.codes.tolist()}
@@ -1050,6 +1096,12 @@ class GroupReports(Mapping):
         kernel could not round with certainty (rare: a quotient within 2**-90 of a
         rounding boundary, a value out of the normal range), takes its report's.
         """
+        # (inf - inf, 0 / 0 and the like in groups whose field is undefined, or that
+        # take their report's values)
+        with np.errstate(all="ignore"):
+            return self._scalar_arrays(codes)
+
+    def _scalar_arrays(self, codes: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
         metric = self.metric
         if metric is None:
             return None
@@ -1217,6 +1269,8 @@ def _reports_of(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> Iterator[An
         yield report
 
 
+#: Lookups of one key that scan the key columns before the index of all is built.
+_SCANNED_LOOKUPS = 8
 #: Groups whose sums one step of iterating over reports exports at once.
 _REPORT_CHUNK = 1024
 #: Groups whose scalar fields one step of iterating over reports computes at once.
