@@ -1117,10 +1117,17 @@ class GroupReports(Mapping):
         variance = np.empty(n)
         signs = np.empty((n, n_sums), dtype=np.int8)
         flags = np.zeros(n, dtype=np.uint8)
+        # In code order (the table's), then back in display order: a sweep through the
+        # table, not a random read per group (3 us a group at 1e6 groups, ~1 in order).
+        order = np.argsort(codes, kind="stable")
         kernels.group_values(
-            codes, table.base, table.window, table.wide, table.side, table.counts,
+            codes[order], table.base, table.window, table.wide, table.side, table.counts,
             _RATIO_PAIRS, floats, ratios, variance, signs, flags,
         )  # fmt: skip
+        back = np.empty_like(order)
+        back[order] = np.arange(n)
+        floats, ratios, variance = floats[back], ratios[back], variance[back]
+        signs, flags = signs[back], flags[back]
         loss = ratios[:, _RATIOS.index("loss")]
         counts = table.counts[codes]
         count = counts[:, layout.ROWS]
@@ -1156,7 +1163,7 @@ class GroupReports(Mapping):
             normalized_defined = defined
         perplexity = np.full(n, np.nan)
         if kind.has_perplexity:
-            perplexity = np.array(list(map(reporting.perplexity_of, loss.tolist())))
+            perplexity = reporting.perplexities(loss)
         everywhere = np.ones(n, dtype=bool)
         nowhere = np.zeros(n, dtype=bool)
         accuracy = ratios[:, _RATIOS.index("accuracy")]
@@ -1250,22 +1257,27 @@ def _reports_of(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> Iterator[An
     (reports without tables, calibration or window: the fields are the arrays')."""
     columns = {}
     for name, (values, defined) in arrays.items():
+        if not defined.any():
+            continue  # None in every report: the template's
         column = values.tolist()
         if not defined.all():
             for i in np.flatnonzero(~defined).tolist():
                 column[i] = None
         columns[name] = column
-    low, high = columns.pop("ci95_low"), columns.pop("ci95_high")
-    columns["ci95"] = [None if a is None else (a, b) for a, b in zip(low, high, strict=True)]
+    low, high = columns.pop("ci95_low", None), columns.pop("ci95_high", None)
+    if low is not None:
+        columns["ci95"] = [None if a is None else (a, b) for a, b in zip(low, high, strict=True)]
     names = list(columns)
-    defaults = {f.name: f.default for f in dataclasses.fields(reporting.Report)}
+    template = dict.fromkeys(f.name for f in dataclasses.fields(reporting.Report))
     new, set_dict = object.__new__, object.__setattr__
     report_class = reporting.Report
     for row in zip(*columns.values(), strict=True):
         report = new(report_class)
         # (a frozen dataclass's __init__ sets each field through object.__setattr__:
         # the same instance, several times slower)
-        set_dict(report, "__dict__", {**defaults, **dict(zip(names, row, strict=True))})
+        fields = template.copy()
+        fields.update(zip(names, row, strict=True))
+        set_dict(report, "__dict__", fields)
         yield report
 
 
@@ -1274,7 +1286,7 @@ _SCANNED_LOOKUPS = 8
 #: Groups whose sums one step of iterating over reports exports at once.
 _REPORT_CHUNK = 1024
 #: Groups whose scalar fields one step of iterating over reports computes at once.
-_ARRAY_CHUNK = 1 << 16
+_ARRAY_CHUNK = 1 << 18
 #: The sums whose rounded values the scalar fields read.
 _FLOAT_SUMS = [
     layout.LOSS, layout.DENOMINATOR, layout.WEIGHT, layout.DENOMINATOR_SQUARED, layout.POSITIVE

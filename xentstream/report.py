@@ -411,9 +411,17 @@ def _with_class_calibration(table: pl.DataFrame, classes: pl.DataFrame) -> pl.Da
 
 def perplexity_of(loss: float) -> float:
     """``exp(loss)`` (inf beyond float64; NaN for NaN)."""
-    if math.isnan(loss):
-        return math.nan
-    return math.exp(loss) if loss < 709.0 else math.inf
+    return float(perplexities(np.array([loss]))[0])
+
+
+def perplexities(losses: np.ndarray) -> np.ndarray:
+    """:func:`perplexity_of` of every loss: ``math.exp`` (libm's, which numpy's own
+    SIMD ``exp`` need not equal to the bit) below 709, inf above, NaN for NaN."""
+    out = np.full(losses.shape, np.inf)
+    finite = losses < 709.0
+    out[finite] = list(map(math.exp, losses[finite].tolist()))
+    out[np.isnan(losses)] = np.nan
+    return out
 
 
 # -- the kinds' own quantities (referenced by xentstream.kinds) ---------------------------
@@ -489,8 +497,27 @@ def label_entropies(
         return values, np.zeros(n, dtype=bool)
     rows = np.flatnonzero(defined)
     distinct, inverse = _distinct_rows(labels[rows])
-    values[rows] = np.array([_label_count_entropy(row) for row in distinct])[inverse]
+    values[rows] = _label_count_entropies(distinct)[inverse]
     return values, defined
+
+
+def _label_count_entropies(label_counts: np.ndarray) -> np.ndarray:
+    """:func:`_label_count_entropy` of every row of ``label_counts``, by the same numpy
+    operations: the rows with ``k`` classes seen as one ``(rows, k)`` matrix of their
+    masses (in class order), its ``log`` elementwise and its row sums (numpy reduces
+    each contiguous row as it reduces that row alone: the test against one-shot
+    reports checks it)."""
+    counts = label_counts.astype(np.float64)
+    totals = counts.sum(axis=1)  # (exact: integers)
+    out = np.zeros(counts.shape[0])
+    seen = counts > 0.0
+    classes = seen.sum(axis=1)
+    for k in np.unique(classes[totals > 0.0]).tolist():
+        rows = np.flatnonzero((classes == k) & (totals > 0.0))
+        mass = counts[rows] / totals[rows, None]
+        mass = np.ascontiguousarray(mass[seen[rows]].reshape(rows.shape[0], k))
+        out[rows] = -np.sum(mass * np.log(mass), axis=1)
+    return out
 
 
 def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1017,12 +1017,12 @@ def _field(acc, lo, n):
 
 
 @njit(**_FLAGS)
-def _any_below(acc, position):
-    """Whether a bit below ``position`` of ``acc`` is set."""
+def _any_below(acc, position, start=0):
+    """Whether a bit below ``position`` of ``acc`` (zero below chunk ``start``) is set."""
     if position <= 0:
         return False
     whole = position >> 5
-    for k in range(min(whole, acc.shape[0])):
+    for k in range(start, min(whole, acc.shape[0])):
         if acc[k] != 0:
             return True
     part = position - 32 * whole
@@ -1073,13 +1073,14 @@ def _magnitude(acc, stop):
 
 
 @njit(**_FLAGS)
-def _rounded(acc, bits):
-    """The magnitude ``acc`` (``bits`` long, at least 54) times 2**-1075, rounded to
-    nearest even; NaN where the result is not a normal float64."""
+def _rounded(acc, bits, start):
+    """The magnitude ``acc`` (``bits`` long, at least 54; zero below chunk ``start``)
+    times 2**-1075, rounded to nearest even; NaN where the result is not a normal
+    float64."""
     shift = bits - 53
     q = _field(acc, shift, 53)
     half = _field(acc, shift - 1, 1)
-    if half and (q & 1 or _any_below(acc, shift - 1)):
+    if half and (q & 1 or _any_below(acc, shift - 1, start)):
         q += 1
     exponent = shift + UNIT_EXPONENT
     if exponent + 53 > 1024:
@@ -1268,7 +1269,7 @@ def group_values(
                 floats[i, s] = np.nan
                 flag |= UNCERTAIN
             else:
-                value = _rounded(acc, bits)
+                value = _rounded(acc, bits, used[s, 0])
                 if value != value:
                     flag |= UNCERTAIN
                 floats[i, s] = sign * value
