@@ -92,7 +92,7 @@ def test_group_values_round_every_group_once_as_python_integers(ordinary: bool) 
     only out of the normal range or within a hair of a rounding boundary that is not
     an exact tie, and ties (common: sums of two floats over a count of 2) it resolves."""
     rng = random.Random(15 + ordinary)
-    n = 3000
+    n = 3 * kernels.VALUES_PER_BLOCK  # (blocks for the parallel kernel)
     ints = [_random_sums(rng, ordinary) for _ in range(n)]
     table = GroupTable(counts_labels=False)
     table.resize(n)
@@ -110,6 +110,14 @@ def test_group_values_round_every_group_once_as_python_integers(ordinary: bool) 
         np.arange(n, dtype=np.int64), table.base, table.window, table.wide, table.side,
         table.counts, _PAIRS, floats, ratios, variance, signs, flags,
     )  # fmt: skip
+    # Threads splitting the groups in blocks give the same outputs.
+    twins = [np.empty_like(a) for a in (floats, ratios, variance, signs, flags)]
+    kernels.group_values_parallel(
+        np.arange(n, dtype=np.int64), table.base, table.window, table.wide, table.side,
+        table.counts, _PAIRS, *twins,
+    )  # fmt: skip
+    for one, other in zip((floats, ratios, variance, signs, flags), twins, strict=True):
+        assert one.tobytes() == other.tobytes()
     declined = 0
     for i, row in enumerate(ints):
         assert not flags[i] & kernels.SPECIAL

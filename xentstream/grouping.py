@@ -1120,7 +1120,8 @@ class GroupReports(Mapping):
         # In code order (the table's), then back in display order: a sweep through the
         # table, not a random read per group (3 us a group at 1e6 groups, ~1 in order).
         order = np.argsort(codes, kind="stable")
-        kernels.group_values(
+        parallel = n >= 2 * kernels.VALUES_PER_BLOCK and _parallel_is_safe()
+        (kernels.group_values_parallel if parallel else kernels.group_values)(
             codes[order], table.base, table.window, table.wide, table.side, table.counts,
             _RATIO_PAIRS, floats, ratios, variance, signs, flags,
         )  # fmt: skip

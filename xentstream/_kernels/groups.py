@@ -1226,6 +1226,38 @@ def group_values(
     special (the other outputs then mean nothing), :data:`UNCERTAIN` where a value was
     not certain here (NaN: the caller computes it from the exact integers).
     """
+    _group_values_range(
+        codes, 0, codes.shape[0], base, window, wide, side, counts, pairs,
+        floats, ratios, variance, signs, flags,
+    )  # fmt: skip
+
+
+#: Groups per block of :func:`group_values_parallel` (one thread's serial work).
+VALUES_PER_BLOCK = 4096
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def group_values_parallel(
+    codes, base, window, wide, side, counts, pairs, floats, ratios, variance, signs, flags
+):
+    """:func:`group_values`, threads splitting the groups in blocks (each writes only
+    its own groups' outputs and reads the table)."""
+    n_blocks = (codes.shape[0] + VALUES_PER_BLOCK - 1) // VALUES_PER_BLOCK
+    for block in prange(n_blocks):
+        start = block * VALUES_PER_BLOCK
+        stop = min(start + VALUES_PER_BLOCK, codes.shape[0])
+        _group_values_range(
+            codes, start, stop, base, window, wide, side, counts, pairs,
+            floats, ratios, variance, signs, flags,
+        )  # fmt: skip
+
+
+@njit(**_FLAGS)
+def _group_values_range(
+    codes, first, stop, base, window, wide, side, counts, pairs, floats, ratios, variance,
+    signs, flags,
+):  # fmt: skip
+    """:func:`group_values` of groups ``codes[first:stop]``."""
     magnitudes = np.zeros((N_SUMS, N_SLOTS), dtype=np.int64)
     product = np.zeros(N_SLOTS + 2, dtype=np.uint64)
     used = np.zeros((N_SUMS, 2), dtype=np.int64)  # chunks of magnitudes[s] not zero
@@ -1233,7 +1265,7 @@ def group_values(
     lo = np.zeros(N_SUMS)
     ex = np.zeros(N_SUMS, dtype=np.int64)
     sg = np.zeros(N_SUMS, dtype=np.int64)
-    for i in range(codes.shape[0]):
+    for i in range(first, stop):
         g = codes[i]
         flag = 0
         for s in range(N_SUMS):
