@@ -136,7 +136,7 @@ class GroupedReport:
                 scalars = report.scalars()
                 for name, values in columns.items():
                     values.append(scalars.get(name))
-        extra: dict[str, list[Any]] = {}
+        extra: dict[str, Any] = {}
         if self.overall.calibration is not None:
             if isinstance(self.groups, GroupReports):
                 extra = self.groups.calibration_columns() or {}
@@ -153,7 +153,10 @@ class GroupedReport:
             schema = {name: pl.Float64 for name in extra}
             return pl.DataFrame(schema=[*self.by, *FLAT_SCALAR_FIELDS, *schema])
         return keys.hstack(
-            [pl.Series(name, values, strict=False) for name, values in {**columns, **extra}.items()]
+            [
+                values if isinstance(values, pl.Series) else pl.Series(name, values, strict=False)
+                for name, values in {**columns, **extra}.items()
+            ]
         )
 
     def to_dict(self) -> dict[str, Any]:

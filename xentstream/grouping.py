@@ -17,6 +17,7 @@ metric over that group's rows whatever the batch splits and merge order.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, ItemsView, Iterator, Mapping, ValuesView
 from statistics import NormalDist
@@ -189,8 +190,39 @@ class GroupKeys:
     def tuples(self) -> list[tuple[Any, ...]]:
         """The known keys as tuples (NaN as one object), in code order."""
         if self._tuples is None:
-            self._tuples = [canonical_key(row) for row in self.frame.iter_rows()]
+            frame = self.frame
+            rows = list(frame.iter_rows())
+            # Only float (and object) columns hold NaN: the rows with one take the
+            # canonical NaN.
+            floats = [name for name, dtype in frame.schema.items() if dtype.is_float()]
+            if floats:
+                nan = frame.select(pl.any_horizontal(pl.col(floats).is_nan()).fill_null(False))
+                for row in np.flatnonzero(nan.to_series().to_numpy()).tolist():
+                    rows[row] = canonical_key(rows[row])
+            if any(dtype == pl.Object for dtype in frame.dtypes):  # of any Python value
+                rows = [canonical_key(row) for row in rows]
+            self._tuples = rows
         return self._tuples
+
+    def code_of(self, key: tuple[Any, ...]) -> int | None:
+        """The code of one key (a canonical tuple), without :meth:`tuples` of them all
+        (a scan of the key columns); None if it is not known or cannot be compared so."""
+        if self._known is None or len(key) != len(self.by):
+            return None
+        conditions = []
+        for name, value in zip(self.by, key, strict=True):
+            column = pl.col(name)
+            if value is None:
+                conditions.append(column.is_null())
+            elif isinstance(value, float) and math.isnan(value):
+                conditions.append(column.is_nan())
+            else:
+                conditions.append(column == pl.lit(value))
+        try:
+            found = self._known.filter(pl.all_horizontal(conditions).fill_null(False))
+        except (TypeError, ValueError, pl.exceptions.PolarsError):
+            return None
+        return int(found[_CODE][0]) if found.height else None
 
     def codes(self, keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Codes of one batch's keys; new keys get new codes.
@@ -931,6 +963,7 @@ class GroupReports(Mapping):
         self.metric = metric
         self.calibration = calibration
         self._index: dict[tuple[Any, ...], int] | None = None
+        self._lookups = 0
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
@@ -940,6 +973,20 @@ class GroupReports(Mapping):
         return (tuples[code] for code in self.codes.tolist())
 
     def __getitem__(self, key: tuple[Any, ...]) -> Any:
+        if self._index is None and self._lookups < _SCANNED_LOOKUPS:
+            # A few lookups scan the key columns (milliseconds at a million groups);
+            # more build the index of every key (seconds).
+            self._lookups += 1
+            try:
+                wanted = canonical_key(tuple(key))
+            except TypeError:
+                raise KeyError(key) from None
+            code = self.keys.code_of(wanted)
+            # (the index's own test of the key found: equal as Python values)
+            if code is not None and canonical_key(self.keys.frame.row(code)) == wanted:
+                if not (self.codes == code).any():
+                    raise KeyError(key)
+                return self.report(code)
         if self._index is None:
             tuples = self.keys.tuples()
             self._index = {tuples[code]: code for code in self.codes.tolist()}
@@ -1012,110 +1059,164 @@ class GroupReports(Mapping):
         )
         return values, doubtful
 
-    def scalar_columns(self) -> dict[str, list[Any]] | None:
+    def scalar_columns(self) -> dict[str, pl.Series] | None:
         """Every group's :meth:`Report.scalars` fields as columns (``FLAT_SCALAR_FIELDS``,
-        None where a report has no value), equal to the reports' own; None when only
+        null where a report has no value), equal to the reports' own; None when only
         the reports can give them (no ``metric``, or a kind with fields of its own).
 
-        The fields come from each group's exact integers (:func:`exact_integers`),
-        rounded once by the same operations as ``report.build_report``; a group with
-        an infinite or NaN term takes its report.
+        Computed as whole arrays (:meth:`scalar_arrays`), a few microseconds a group."""
+        arrays = self.scalar_arrays(self.codes)
+        if arrays is None:
+            return None
+        columns = {}
+        for name, (values, defined) in arrays.items():
+            if not defined.any():  # as a column of None: dtype Null
+                columns[name] = pl.Series(name, [None] * values.shape[0])
+                continue
+            series = pl.Series(name, values)
+            if not defined.all():
+                series = series.scatter(np.flatnonzero(~defined), None)
+            columns[name] = series
+        bins = self.calibration_columns()
+        if bins is not None:  # the reports' own: the same function of the same bins
+            for name in ("ece", "mce", "brier"):
+                columns[name] = pl.Series(name, bins[name], dtype=pl.Float64, strict=False)
+        return columns
+
+    def scalar_arrays(self, codes: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+        """The scalar fields (``FLAT_SCALAR_FIELDS``) of groups ``codes`` as arrays and
+        where each is defined (None in the report), bitwise the reports' values; None
+        when only the reports can give them (no ``metric``, or a kind with fields of its
+        own). The calibration fields are left undefined.
+
+        Every group's sums are rounded and divided at once (``kernels.group_values``:
+        once, as the reports' exact integers are); then one array formula per field,
+        the reports' own functions made elementwise (:func:`report.standard_errors`,
+        ...). A group whose sums hold an infinite or NaN term, or whose value the
+        kernel could not round with certainty (rare: a quotient within 2**-90 of a
+        rounding boundary, a value out of the normal range), takes its report's.
         """
+        # (inf - inf, 0 / 0 and the like in groups whose field is undefined, or that
+        # take their report's values)
+        with np.errstate(all="ignore"):
+            return self._scalar_arrays(codes)
+
+    def _scalar_arrays(self, codes: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
         metric = self.metric
         if metric is None:
             return None
         kind, config = metric.kind, metric.config
         if kind.extra_report is not None or kind.per_class(config):
             return None
-        unweighted = not kind.loss_weighted(config)
-        # The label entropies of these depend on the weight and positive sums and the
-        # label counts only: one computation per distinct triple.
-        memo_entropy = kind.label_entropy in (
-            reporting.categorical_label_entropy,
-            reporting.bernoulli_label_entropy,
-            reporting.per_label_entropy,
-        )
-        entropies: dict[Any, float | None] = {}
-        names = reporting.FLAT_SCALAR_FIELDS
-        columns: dict[str, list[Any]] = {name: [] for name in names}
-        computed = (
-            "loss", "stderr", "ci95_low", "ci95_high", "count", "ignored", "loss_sum",
-            "weight_sum", "perplexity", "bits", "accuracy", "entropy", "kl",
-            "normalized_entropy",
-        )  # fmt: skip
-        others = [columns[name] for name in names if name not in computed]
+        codes = np.ascontiguousarray(codes, dtype=np.int64)
         table = self.table
+        n = codes.shape[0]
         n_sums = layout.N_SUMS
-        for start in range(0, len(self), _REPORT_CHUNK):
-            codes = self.codes[start : start + _REPORT_CHUNK]
-            sums = table.sums(codes)
-            special = sums[:, :, N_CHUNKS:].any(axis=(1, 2)).tolist()
-            ints = exact_integers(sums.reshape(-1, N_SLOTS))
-            counts = table.counts[codes].tolist()
-            known = table.labels_known[codes].tolist() if table.counts_labels else None
-            for i, code in enumerate(codes.tolist()):
-                if special[i]:
-                    scalars = self.report(code).scalars()
-                    for name in names:
-                        columns[name].append(scalars.get(name))
-                    continue
-                (
-                    loss_int, denominator, squares, weight, denominator_squared,
-                    entropy_int, target_entropy, correct, positive,
-                ) = ints[i * n_sums : (i + 1) * n_sums]  # fmt: skip
-                count, ignored = counts[i]
-                loss = accumulator.integer_ratio(loss_int, denominator)
-                stderr = None
-                if count > 1:
-                    stderr = _int_stderr(loss_int, squares, denominator, denominator_squared)
-                has_rows = count > 0
-                kl = normalized = accuracy = entropy = None
-                if has_rows:
-                    if kind.has_accuracy:
-                        accuracy = _int_safe_ratio(correct, weight)
-                    entropy = _int_safe_ratio(entropy_int, weight)
-                    if unweighted and target_entropy:
-                        kl = accumulator.integer_ratio(
-                            loss_int, weight
-                        ) - accumulator.integer_ratio(target_entropy, weight)
-                    if unweighted:
-                        labels = None
-                        if known is not None and known[i]:
-                            labels = table.labels[code]
-                        if memo_entropy:
-                            memo = (weight, positive, None if labels is None else labels.tobytes())
-                            if memo not in entropies:
-                                entropies[memo] = kind.label_entropy(sums[i], None, labels)
-                            baseline = entropies[memo]
-                        else:
-                            baseline = kind.label_entropy(sums[i], None, labels)
-                        if baseline is not None and baseline > 0.0:
-                            normalized = loss / baseline
-                columns["loss"].append(loss)
-                columns["stderr"].append(stderr)
-                columns["ci95_low"].append(None if stderr is None else loss - _Z95 * stderr)
-                columns["ci95_high"].append(None if stderr is None else loss + _Z95 * stderr)
-                columns["count"].append(count)
-                columns["ignored"].append(ignored)
-                columns["loss_sum"].append(_int_float(loss_int))
-                columns["weight_sum"].append(_int_float(denominator))
-                perplexity = None
-                if kind.has_perplexity:
-                    perplexity = math.nan if math.isnan(loss) else (
-                        math.exp(loss) if loss < 709.0 else math.inf
-                    )  # fmt: skip
-                columns["perplexity"].append(perplexity)
-                columns["bits"].append(loss / _LOG2)
-                columns["accuracy"].append(accuracy)
-                columns["entropy"].append(entropy)
-                columns["kl"].append(kl)
-                columns["normalized_entropy"].append(normalized)
-                for column in others:
-                    column.append(None)
-        bins = self.calibration_columns()
-        if bins is not None:  # the reports' own: the same function of the same bins
-            for name in ("ece", "mce", "brier"):
-                columns[name] = bins[name]
+        floats = np.empty((n, n_sums))
+        ratios = np.empty((n, len(_RATIOS)))
+        variance = np.empty(n)
+        signs = np.empty((n, n_sums), dtype=np.int8)
+        flags = np.zeros(n, dtype=np.uint8)
+        # In code order (the table's), then back in display order: a sweep through the
+        # table, not a random read per group (3 us a group at 1e6 groups, ~1 in order).
+        order = np.argsort(codes, kind="stable")
+        parallel = n >= 2 * kernels.VALUES_PER_BLOCK and _parallel_is_safe()
+        (kernels.group_values_parallel if parallel else kernels.group_values)(
+            codes[order], table.base, table.window, table.wide, table.side, table.counts,
+            _RATIO_PAIRS, floats, ratios, variance, signs, flags,
+        )  # fmt: skip
+        back = np.empty_like(order)
+        back[order] = np.arange(n)
+        floats, ratios, variance = floats[back], ratios[back], variance[back]
+        signs, flags = signs[back], flags[back]
+        loss = ratios[:, _RATIOS.index("loss")]
+        counts = table.counts[codes]
+        count = counts[:, layout.ROWS]
+        has_rows = count > 0
+        weight = floats[:, layout.WEIGHT]
+        # (to_float of the weight 0: the quotient's NaN is None, else a value)
+        weightless = weight == 0.0
+        stderr, stderr_defined = reporting.standard_errors(
+            variance, floats[:, layout.DENOMINATOR], floats[:, layout.DENOMINATOR_SQUARED]
+        )
+        stderr_defined &= (count > 1) & (signs[:, layout.DENOMINATOR] > 0)
+        low, high = reporting.ci95_bounds(loss, stderr)
+        unweighted = not kind.loss_weighted(config)
+        kl = ratios[:, _RATIOS.index("cross_entropy")] - ratios[:, _RATIOS.index("target")]
+        kl_defined = has_rows & (signs[:, layout.TARGET_ENTROPY] != 0) & unweighted
+        normalized = np.full(n, np.nan)
+        normalized_defined = np.zeros(n, dtype=bool)
+        if unweighted:
+            labels = None
+            if table.counts_labels:
+                labels = table.labels[codes]
+            baseline = reporting.label_entropies(
+                kind.label_entropy, weight, floats[:, layout.POSITIVE], labels
+            )
+            if baseline is None:
+                return None
+            values, defined = baseline
+            if labels is not None:
+                defined &= table.labels_known[codes]
+            defined &= has_rows & (values > 0.0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                normalized = loss / values
+            normalized_defined = defined
+        perplexity = np.full(n, np.nan)
+        if kind.has_perplexity:
+            perplexity = reporting.perplexities(loss)
+        everywhere = np.ones(n, dtype=bool)
+        nowhere = np.zeros(n, dtype=bool)
+        accuracy = ratios[:, _RATIOS.index("accuracy")]
+        entropy = ratios[:, _RATIOS.index("entropy")]
+        with np.errstate(invalid="ignore"):
+            stats = {
+                "loss": (loss, everywhere),
+                "stderr": (stderr, stderr_defined),
+                "ci95_low": (low, stderr_defined),
+                "ci95_high": (high, stderr_defined),
+                "count": (count, everywhere),
+                "ignored": (counts[:, layout.IGNORED], everywhere),
+                "loss_sum": (floats[:, layout.LOSS], everywhere),
+                "weight_sum": (floats[:, layout.DENOMINATOR], everywhere),
+                "perplexity": (perplexity, everywhere if kind.has_perplexity else nowhere),
+                "bits": (reporting.bits_of(loss), everywhere),
+                "accuracy": (
+                    accuracy,
+                    has_rows & kind.has_accuracy & ~(np.isnan(accuracy) & weightless),
+                ),
+                "entropy": (entropy, has_rows & ~(np.isnan(entropy) & weightless)),
+                "kl": (kl, kl_defined),
+                "normalized_entropy": (normalized, normalized_defined),
+            }
+        columns = {}
+        for name in reporting.FLAT_SCALAR_FIELDS:
+            values, defined = stats.get(name, (None, nowhere))
+            if values is None:
+                values = np.full(n, np.nan)
+            columns[name] = (np.array(values), defined.copy())
+        # The groups the kernel leaves to the exact integers (a special sum, or a value
+        # it could not round with certainty that a field needs): their reports' values.
+        doubtful = np.isnan(floats[:, _FLOAT_SUMS]).any(axis=1)
+        denominators = signs[:, _RATIO_PAIRS[:, 1]] != 0
+        undecided = np.isnan(ratios) & denominators
+        for name, needed in (
+            ("loss", everywhere),
+            ("accuracy", has_rows & kind.has_accuracy),
+            ("entropy", has_rows),
+            ("cross_entropy", kl_defined),
+            ("target", kl_defined),
+        ):
+            doubtful |= undecided[:, _RATIOS.index(name)] & needed
+        doubtful |= np.isnan(variance) & stderr_defined
+        doubtful |= (flags & kernels.SPECIAL) != 0
+        for i in np.flatnonzero(doubtful).tolist():
+            scalars = self.report(int(codes[i])).scalars()
+            for name, (values, defined) in columns.items():
+                value = scalars.get(name)
+                defined[i] = value is not None
+                if value is not None:
+                    values[i] = value
         return columns
 
     def calibration_columns(self) -> dict[str, list[Any]] | None:
@@ -1133,7 +1234,18 @@ class GroupReports(Mapping):
         return columns
 
     def iter_reports(self) -> Iterator[tuple[int, Any]]:
-        """``(code, report)`` of every group in order, their sums exported in chunks."""
+        """``(code, report)`` of every group in order: built from :meth:`scalar_arrays`
+        a chunk of groups at a time where they give every field (no reliability bins),
+        else each from its state, the sums exported in chunks."""
+        if self.calibration is None and self.metric is not None:
+            for start in range(0, len(self), _ARRAY_CHUNK):
+                codes = self.codes[start : start + _ARRAY_CHUNK]
+                arrays = self.scalar_arrays(codes)
+                if arrays is None:
+                    break
+                yield from zip(codes.tolist(), _reports_of(arrays), strict=True)
+            else:
+                return
         for start in range(0, len(self), _REPORT_CHUNK):
             codes = self.codes[start : start + _REPORT_CHUNK]
             sums = self.table.sums(codes)
@@ -1141,8 +1253,57 @@ class GroupReports(Mapping):
                 yield code, self.report_of(self._state(code, group_sums))
 
 
+def _reports_of(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> Iterator[Any]:
+    """The :class:`~xentstream.Report` of each group of :meth:`GroupReports.scalar_arrays`
+    (reports without tables, calibration or window: the fields are the arrays')."""
+    columns = {}
+    for name, (values, defined) in arrays.items():
+        if not defined.any():
+            continue  # None in every report: the template's
+        column = values.tolist()
+        if not defined.all():
+            for i in np.flatnonzero(~defined).tolist():
+                column[i] = None
+        columns[name] = column
+    low, high = columns.pop("ci95_low", None), columns.pop("ci95_high", None)
+    if low is not None:
+        columns["ci95"] = [None if a is None else (a, b) for a, b in zip(low, high, strict=True)]
+    names = list(columns)
+    template = dict.fromkeys(f.name for f in dataclasses.fields(reporting.Report))
+    new, set_dict = object.__new__, object.__setattr__
+    report_class = reporting.Report
+    for row in zip(*columns.values(), strict=True):
+        report = new(report_class)
+        # (a frozen dataclass's __init__ sets each field through object.__setattr__:
+        # the same instance, several times slower)
+        fields = template.copy()
+        fields.update(zip(names, row, strict=True))
+        set_dict(report, "__dict__", fields)
+        yield report
+
+
+#: Lookups of one key that scan the key columns before the index of all is built.
+_SCANNED_LOOKUPS = 8
 #: Groups whose sums one step of iterating over reports exports at once.
 _REPORT_CHUNK = 1024
+#: Groups whose scalar fields one step of iterating over reports computes at once.
+_ARRAY_CHUNK = 1 << 18
+#: The sums whose rounded values the scalar fields read.
+_FLOAT_SUMS = [
+    layout.LOSS, layout.DENOMINATOR, layout.WEIGHT, layout.DENOMINATOR_SQUARED, layout.POSITIVE
+]  # fmt: skip
+#: The quotients of sums :func:`kernels.group_values` rounds for every group.
+_RATIOS = ("loss", "accuracy", "entropy", "cross_entropy", "target")
+_RATIO_PAIRS = np.array(
+    [
+        [layout.LOSS, layout.DENOMINATOR],
+        [layout.CORRECT, layout.WEIGHT],
+        [layout.ENTROPY, layout.WEIGHT],
+        [layout.LOSS, layout.WEIGHT],
+        [layout.TARGET_ENTROPY, layout.WEIGHT],
+    ],
+    dtype=np.int64,
+)
 
 
 #: Distinct integers whose decimal text :meth:`GroupTable.states_json` keeps.
@@ -1232,35 +1393,3 @@ def exact_integers(rows: np.ndarray) -> list[int]:
             value += part << (CHUNK_BITS * lo)
         out.append(value)
     return out
-
-
-def _int_float(value: int) -> float:
-    """``accumulator.to_float`` of a row whose exact integer is ``value``."""
-    try:
-        return value / _UNIT_DENOMINATOR
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
-
-
-def _int_safe_ratio(top: int, bottom: int) -> float | None:
-    value = accumulator.integer_ratio(top, bottom)
-    return None if math.isnan(value) and not _int_float(bottom) else value
-
-
-def _int_stderr(loss: int, squares: int, denominator: int, denominator_squared: int):
-    """``report._standard_error`` from the rows' exact integers."""
-    if denominator <= 0:
-        return None
-    try:
-        variance = (squares * denominator - loss * loss) / (denominator * denominator)
-    except OverflowError:
-        variance = math.inf
-    variance = max(variance, 0.0)
-    total = _int_float(denominator)
-    weights = _int_float(denominator_squared)
-    if weights <= 0.0:
-        return None
-    effective_n = total * total / weights
-    if effective_n <= 1.0 + 1e-12:
-        return None
-    return math.sqrt(variance / (effective_n - 1.0))

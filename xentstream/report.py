@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["FLAT_SCALAR_FIELDS", "SCALAR_FIELDS", "Report", "build_report"]
 
 _Z95 = NormalDist().inv_cdf(0.975)
+_LOG2 = math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -305,12 +306,32 @@ def _standard_error(sums: np.ndarray) -> float | None:
         return None
     total = accumulator.to_float(sums[layout.DENOMINATOR])
     squares = accumulator.to_float(sums[layout.DENOMINATOR_SQUARED])
-    if squares <= 0.0:
-        return None
-    effective_n = total * total / squares
-    if effective_n <= 1.0 + 1e-12:
-        return None
-    return math.sqrt(variance / (effective_n - 1.0))
+    stderr, defined = standard_errors(np.float64(variance), np.float64(total), np.float64(squares))
+    return float(stderr) if defined else None
+
+
+def standard_errors(
+    variance: np.ndarray, total: np.ndarray, squares: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Standard errors (module docstring) from the exact variances rounded once (before
+    their clamp at zero) and the rounded ``sum s d`` and ``sum (s d)^2``, elementwise
+    (one group's, or every group's at once: the same float operations); and where each
+    is defined (an effective sample size above 1)."""
+    variance = np.where(0.0 > variance, 0.0, variance)  # max(variance, 0.0), -0.0 kept
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        effective_n = total * total / squares
+        stderr = np.sqrt(variance / (effective_n - 1.0))
+    return stderr, ~(squares <= 0.0) & ~(effective_n <= 1.0 + 1e-12)
+
+
+def ci95_bounds(loss: Any, stderr: Any) -> tuple[Any, Any]:
+    """The normal-approximation 95% interval ``loss -/+ z stderr`` (floats or arrays)."""
+    return loss - _Z95 * stderr, loss + _Z95 * stderr
+
+
+def bits_of(loss: Any) -> Any:
+    """The loss in bits (floats or arrays)."""
+    return loss / _LOG2
 
 
 def build_report(
@@ -336,7 +357,7 @@ def build_report(
     loss = accumulator.ratio(sums[layout.LOSS], sums[layout.DENOMINATOR])
     count = int(counts[layout.ROWS])
     stderr = _standard_error(sums) if count > 1 else None
-    ci95 = None if stderr is None else (loss - _Z95 * stderr, loss + _Z95 * stderr)
+    ci95 = None if stderr is None else ci95_bounds(loss, stderr)
     has_rows = count > 0
     weight = sums[layout.WEIGHT]
     accuracy = _safe_ratio(sums[layout.CORRECT], weight) if has_rows and kind.has_accuracy else None
@@ -366,8 +387,8 @@ def build_report(
         ignored=int(counts[layout.IGNORED]),
         stderr=stderr,
         ci95=ci95,
-        perplexity=_perplexity(loss) if kind.has_perplexity else None,
-        bits=loss / math.log(2.0),
+        perplexity=perplexity_of(loss) if kind.has_perplexity else None,
+        bits=bits_of(loss),
         accuracy=accuracy,
         entropy=entropy,
         kl=kl,
@@ -388,10 +409,19 @@ def _with_class_calibration(table: pl.DataFrame, classes: pl.DataFrame) -> pl.Da
     return table.with_columns(classes.select("ece", "mce", "brier"))
 
 
-def _perplexity(loss: float) -> float:
-    if math.isnan(loss):
-        return math.nan
-    return math.exp(loss) if loss < 709.0 else math.inf
+def perplexity_of(loss: float) -> float:
+    """``exp(loss)`` (inf beyond float64; NaN for NaN)."""
+    return float(perplexities(np.array([loss]))[0])
+
+
+def perplexities(losses: np.ndarray) -> np.ndarray:
+    """:func:`perplexity_of` of every loss: ``math.exp`` (libm's, which numpy's own
+    SIMD ``exp`` need not equal to the bit) below 709, inf above, NaN for NaN."""
+    out = np.full(losses.shape, np.inf)
+    finite = losses < 709.0
+    out[finite] = list(map(math.exp, losses[finite].tolist()))
+    out[np.isnan(losses)] = np.nan
+    return out
 
 
 # -- the kinds' own quantities (referenced by xentstream.kinds) ---------------------------
@@ -414,6 +444,10 @@ def categorical_label_entropy(
         return _categorical_entropy(accumulator.to_floats(class_sums[:, layout.CLASS_MASS]) / total)
     if label_counts is None:
         return None
+    return _label_count_entropy(label_counts)
+
+
+def _label_count_entropy(label_counts: np.ndarray) -> float:
     counts = label_counts.astype(np.float64)
     return _categorical_entropy(counts / counts.sum()) if counts.sum() else 0.0
 
@@ -437,6 +471,69 @@ def per_label_entropy(
         return None
     rates = accumulator.to_floats(class_sums[:, layout.CLASS_MASS]) / total
     return math.fsum(_bernoulli_entropy(float(p)) for p in rates)
+
+
+def label_entropies(
+    label_entropy: Any, weight: np.ndarray, positive: np.ndarray, labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``label_entropy`` (one of the kinds' functions above) of many states without
+    per-class sums at once: from their rounded weight and positive sums and their exact
+    label counts (``labels``: a row each, None where unknown is all rows), each value
+    the single state's function's own; and where each is defined. None for another
+    function."""
+    n = weight.shape[0]
+    values = np.full(n, np.nan)
+    defined = weight > 0.0  # (to_float(weight) <= 0.0: None)
+    if label_entropy is per_label_entropy:  # needs per-label sums
+        return values, np.zeros(n, dtype=bool)
+    if label_entropy is bernoulli_label_entropy:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rates = (positive / weight)[defined]
+        values[defined] = list(map(_bernoulli_entropy, rates.tolist()))
+        return values, defined
+    if label_entropy is not categorical_label_entropy:
+        return None
+    if labels is None:
+        return values, np.zeros(n, dtype=bool)
+    rows = np.flatnonzero(defined)
+    distinct, inverse = _distinct_rows(labels[rows])
+    values[rows] = _label_count_entropies(distinct)[inverse]
+    return values, defined
+
+
+def _label_count_entropies(label_counts: np.ndarray) -> np.ndarray:
+    """:func:`_label_count_entropy` of every row of ``label_counts``, by the same numpy
+    operations: the rows with ``k`` classes seen as one ``(rows, k)`` matrix of their
+    masses (in class order), its ``log`` elementwise and its row sums (numpy reduces
+    each contiguous row as it reduces that row alone: the test against one-shot
+    reports checks it)."""
+    counts = label_counts.astype(np.float64)
+    totals = counts.sum(axis=1)  # (exact: integers)
+    out = np.zeros(counts.shape[0])
+    seen = counts > 0.0
+    classes = seen.sum(axis=1)
+    for k in np.unique(classes[totals > 0.0]).tolist():
+        rows = np.flatnonzero((classes == k) & (totals > 0.0))
+        mass = counts[rows] / totals[rows, None]
+        mass = np.ascontiguousarray(mass[seen[rows]].reshape(rows.shape[0], k))
+        out[rows] = -np.sum(mass * np.log(mass), axis=1)
+    return out
+
+
+def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of the int64 matrix ``rows`` and each row's index among them."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    if not rows.shape[0]:
+        return rows, np.zeros(0, dtype=np.int64)
+    # One 64-bit hash a row, then one check that equal hashes are equal rows.
+    weights = np.random.default_rng(0).integers(1, 1 << 62, rows.shape[1]).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        hashes = (rows.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    if not np.array_equal(rows[first][inverse], rows):
+        distinct, inverse = np.unique(rows, axis=0, return_inverse=True)
+        return distinct, inverse.reshape(-1)
+    return rows[first], inverse.reshape(-1)
 
 
 def _mean_class_loss(class_sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

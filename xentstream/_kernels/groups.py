@@ -45,8 +45,10 @@ from xentstream._kernels.exact import (
     NAN,
     NEG_INF,
     POS_INF,
+    UNIT_EXPONENT,
     add_term,
     add_terms,
+    bits_float64,
     float64_bits,
     normalize,
 )
@@ -956,3 +958,439 @@ def screen_groups(spans, special, digits, offsets, counts, options, doubtful):
                 continue
         doubtful[i] = False
     return 0
+
+
+# -- every group's floats and ratios at once, rounded once ---------------------------------
+#
+# A group's reported values are its exact integers (units 2**-1075) rounded once: a sum
+# to float, a quotient of two sums, the variance (S D - L^2) / D^2. Python's int
+# arithmetic does that exactly, at ~10 us a group; these kernels do it in float64 for
+# every group at once and say where their result is not certain (then the caller takes
+# the exact integers). A sum's top 106 bits as a double-double (truncated: relative error
+# below 2**-105) carry the quotients; the quotient's error is bounded, and a result is
+# certain when the exact value cannot lie on the other side of a rounding boundary
+# (Ziv's test). Results outside the normal range (subnormal, overflow) are uncertain too.
+
+#: ``value_flags`` bits: a special (infinite or NaN) sum; a result not certain here.
+SPECIAL = 1
+UNCERTAIN = 2
+#: Relative error bound of a double-double quotient of truncated double-doubles (the
+#: analysis gives ~2**-102; a wide margin costs nothing: uncertain results are rare).
+_DD_ERROR = 2.0**-90
+_SPLIT = 134217729.0  # 2**27 + 1, Dekker's split
+
+
+@njit(**_FLAGS)
+def _scaled(x, k):
+    """``math.ldexp(x, k)`` for the finite ``x``: a product by ``2**k`` where that is a
+    normal float64 (exact when the result is normal: every use here; a libm call
+    otherwise)."""
+    if -1022 <= k <= 1023:
+        return x * bits_float64((k + 1023) << 52)
+    return math.ldexp(x, k)
+
+
+@njit(**_FLAGS)
+def _bit_length(x):
+    """Bits of the non-negative ``x < 2**53``."""
+    if x == 0:
+        return 0
+    return ((float64_bits(np.float64(x)) >> 52) & 0x7FF) - 1022
+
+
+@njit(**_FLAGS)
+def _field(acc, lo, n):
+    """Bits ``lo .. lo + n - 1`` (``n <= 53``; bits below 0 are zero) of the non-negative
+    integer ``acc`` (32-bit chunks, the last below 2**53)."""
+    out = np.uint64(0)
+    hi = lo + n - 1
+    first = max(lo, 0) >> 5
+    last = min(hi >> 5, acc.shape[0] - 1)
+    for k in range(first, last + 1):
+        chunk = np.uint64(acc[k])
+        shift = 32 * k - lo
+        if shift >= 0:
+            out |= chunk << np.uint64(shift)
+        else:
+            out |= chunk >> np.uint64(-shift)
+    return np.int64(out & ((np.uint64(1) << np.uint64(n)) - np.uint64(1)))
+
+
+@njit(**_FLAGS)
+def _any_below(acc, position, start=0):
+    """Whether a bit below ``position`` of ``acc`` (zero below chunk ``start``) is set."""
+    if position <= 0:
+        return False
+    whole = position >> 5
+    for k in range(start, min(whole, acc.shape[0])):
+        if acc[k] != 0:
+            return True
+    part = position - 32 * whole
+    if part and whole < acc.shape[0]:
+        return (acc[whole] & ((1 << part) - 1)) != 0
+    return False
+
+
+@njit(**_FLAGS)
+def _load_sum(base, window, wide, side, g, s, acc):
+    """Group ``g``'s sum ``s`` into ``acc`` (zero), normalized: returns the chunks it
+    wrote, ``(start, stop)`` (a compact group's window and its carries only)."""
+    if wide[g] >= 0:
+        _normalized_sum(base, window, wide, side, g, s, acc)
+        return 0, N_SLOTS
+    b = base[g, s]
+    if b < 0:
+        return 0, 0
+    return b, _normalized_window(window, g, s, b, acc)
+
+
+@njit(**_FLAGS)
+def _magnitude(acc, stop):
+    """Make the normalized ``acc`` (zero from chunk ``stop`` on) its absolute value (in
+    place); returns its sign and its bit count, or bit count -1 if the magnitude is too
+    large to read here."""
+    top = N_CHUNKS - 1
+    sign = 1
+    if stop > top and acc[top] < 0:
+        sign = -1
+        borrow = 0
+        for k in range(top):
+            value = -acc[k] - borrow
+            borrow = 0
+            if value < 0:
+                value += 1 << 32
+                borrow = 1
+            acc[k] = value
+        acc[top] = -acc[top] - borrow
+    else:
+        top = min(stop, N_CHUNKS) - 1
+    if top == N_CHUNKS - 1 and acc[top] >= 1 << 52:
+        return sign, -1
+    for k in range(top, -1, -1):
+        if acc[k] != 0:
+            return sign, 32 * k + _bit_length(acc[k])
+    return 0, 0
+
+
+@njit(**_FLAGS)
+def _rounded(acc, bits, start):
+    """The magnitude ``acc`` (``bits`` long, at least 54; zero below chunk ``start``)
+    times 2**-1075, rounded to nearest even; NaN where the result is not a normal
+    float64."""
+    shift = bits - 53
+    q = _field(acc, shift, 53)
+    half = _field(acc, shift - 1, 1)
+    if half and (q & 1 or _any_below(acc, shift - 1, start)):
+        q += 1
+    exponent = shift + UNIT_EXPONENT
+    if exponent + 53 > 1024:
+        return np.nan
+    return _scaled(np.float64(q), exponent)
+
+
+@njit(**_FLAGS)
+def _two_product(a, b):
+    """``a * b`` as ``(p, e)`` with ``p + e`` exact (Dekker; no FMA)."""
+    p = a * b
+    t = _SPLIT * a
+    a_hi = t - (t - a)
+    a_lo = a - a_hi
+    t = _SPLIT * b
+    b_hi = t - (t - b)
+    b_lo = b - b_hi
+    e = ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+    return p, e
+
+
+@njit(**_FLAGS)
+def _two_sum(a, b):
+    s = a + b
+    v = s - a
+    return s, (a - (s - v)) + (b - v)
+
+
+@njit(**_FLAGS)
+def _dd_mul(ah, al, bh, bl):
+    p, e = _two_product(ah, bh)
+    e += ah * bl + al * bh
+    return _two_sum(p, e)
+
+
+@njit(**_FLAGS)
+def _dd_div(ah, al, bh, bl):
+    """``(ah + al) / (bh + bl)`` as a double-double (relative error ~2**-104)."""
+    q1 = ah / bh
+    p, e = _two_product(q1, bh)
+    r = (((ah - p) - e) + al) - q1 * bl
+    q2 = r / bh
+    return _two_sum(q1, q2)
+
+
+@njit(**_FLAGS)
+def _certain(s, t, bound):
+    """Whether ``s + t + d`` (``|d| <= bound * |s|``; ``s = fl(s + t)``, ``s > 0``)
+    rounds to ``s``: it lies strictly inside ``s``'s rounding interval."""
+    bits = float64_bits(s)
+    ulp = _scaled(1.0, ((bits >> 52) & 0x7FF) - 1075)
+    below = ulp / 4.0 if (bits & _MANTISSA_MASK) == 0 else ulp / 2.0
+    slack = bound * s
+    return t + slack < ulp / 2.0 and slack - t < below
+
+
+@njit(**_FLAGS)
+def _is_multiple(a, b, t, f, product):
+    """Whether ``a == t * b * 2**f`` exactly (``a``, ``b``: non-negative integers in
+    32-bit chunks; ``0 < t < 2**54``; ``product``: scratch, two chunks longer than ``b``)."""
+    mask = np.uint64(_LOW32)
+    product[:] = 0
+    for j in range(2):
+        tj = np.uint64((t >> (32 * j)) & _LOW32)
+        if tj == 0:
+            continue
+        carry = np.uint64(0)
+        for k in range(b.shape[0]):
+            # (2**32 - 1)**2 + 2 (2**32 - 1) < 2**64: no wrap
+            x = np.uint64(b[k]) * tj + product[k + j] + carry
+            product[k + j] = x & mask
+            carry = x >> np.uint64(32)
+        product[b.shape[0] + j] += carry
+    top = product.shape[0] - 1
+    while top > 0 and product[top] == 0:
+        top -= 1
+    p_bits = 32 * top + _bit_length(np.int64(product[top]))
+    top = a.shape[0] - 1
+    while top > 0 and a[top] == 0:
+        top -= 1
+    a_bits = 32 * top + _bit_length(a[top])
+    if a_bits != p_bits + f:
+        return False
+    shift_a = max(f, 0)  # compare a / 2**max(f, 0) with product / 2**max(-f, 0)
+    shift_p = max(-f, 0)
+    if _any_below(a, shift_a) or _any_below(product, shift_p):
+        return False
+    for position in range(0, p_bits - shift_p, 32):
+        if _field(a, shift_a + position, 32) != _field(product, shift_p + position, 32):
+            return False
+    return True
+
+
+@njit(**_FLAGS)
+def _tie(a, b, qh, ql, exponent, product):
+    """The quotient ``a / b`` (magnitudes in 32-bit chunks) rounded once where its
+    double-double ``(qh + ql) * 2**exponent`` lies too close to a rounding boundary for
+    the error bound: if it is exactly the boundary (a tie: the even neighbour), else
+    NaN (not certain)."""
+    bits = float64_bits(qh)
+    es = ((bits >> 52) & 0x7FF) - 1023
+    mantissa = (bits & _MANTISSA_MASK) | _HIDDEN_BIT
+    scale = exponent + es - 52  # qh * 2**exponent = mantissa * 2**scale
+    if ql > 0.0:
+        t, f, up = 2 * mantissa + 1, scale - 1, True
+    elif mantissa == _HIDDEN_BIT:
+        t, f, up = 4 * mantissa - 1, scale - 2, False
+    else:
+        t, f, up = 2 * mantissa - 1, scale - 1, False
+    if not _is_multiple(a, b, t, f, product):
+        return np.nan
+    if up:
+        chosen = mantissa + (mantissa & 1)
+    else:
+        chosen = mantissa - (mantissa & 1)
+    return _scaled(np.float64(chosen), scale)
+
+
+@njit(**_FLAGS)
+def _round_quotient(qh, ql, exponent, sign, bound):
+    """``sign * (qh + ql) * 2**exponent`` rounded once (``qh + ql`` within ``bound``
+    relative of the exact quotient, ``qh`` in [0.25, 4]); NaN if not certain."""
+    if exponent < -1018 or exponent > 1020:
+        return np.nan
+    if not _certain(qh, ql, bound):
+        return np.nan
+    return sign * _scaled(qh, exponent)
+
+
+@njit(**_FLAGS)
+def group_values(
+    codes, base, window, wide, side, counts, pairs, floats, ratios, variance, signs, flags
+):
+    """Every group's sums rounded to float64 and its quotients, rounded once.
+
+    For group ``codes[i]``: ``floats[i, s]`` its sum ``s`` (``accumulator.to_float``);
+    ``signs[i, s]`` the sign of sum ``s`` (-1, 0, 1); ``ratios[i, j]`` the quotient
+    of its sums ``pairs[j, 0]`` and ``pairs[j, 1]`` (``accumulator.integer_ratio``: NaN
+    for a zero denominator); ``variance[i]`` ``(S D - L^2) / D^2`` of its loss squares
+    ``S``, denominator ``D`` and loss ``L`` (``report._exact_variance`` before its
+    clamp at zero; NaN for ``D = 0``), for groups of more than one counted row (the
+    others' is NaN: no standard error needs it). ``flags[i]``: :data:`SPECIAL` where a sum is
+    special (the other outputs then mean nothing), :data:`UNCERTAIN` where a value was
+    not certain here (NaN: the caller computes it from the exact integers).
+    """
+    _group_values_range(
+        codes, 0, codes.shape[0], base, window, wide, side, counts, pairs,
+        floats, ratios, variance, signs, flags,
+    )  # fmt: skip
+
+
+#: Groups per block of :func:`group_values_parallel` (one thread's serial work).
+VALUES_PER_BLOCK = 4096
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def group_values_parallel(
+    codes, base, window, wide, side, counts, pairs, floats, ratios, variance, signs, flags
+):
+    """:func:`group_values`, threads splitting the groups in blocks (each writes only
+    its own groups' outputs and reads the table)."""
+    n_blocks = (codes.shape[0] + VALUES_PER_BLOCK - 1) // VALUES_PER_BLOCK
+    for block in prange(n_blocks):
+        start = block * VALUES_PER_BLOCK
+        stop = min(start + VALUES_PER_BLOCK, codes.shape[0])
+        _group_values_range(
+            codes, start, stop, base, window, wide, side, counts, pairs,
+            floats, ratios, variance, signs, flags,
+        )  # fmt: skip
+
+
+@njit(**_FLAGS)
+def _group_values_range(
+    codes, first, stop, base, window, wide, side, counts, pairs, floats, ratios, variance,
+    signs, flags,
+):  # fmt: skip
+    """:func:`group_values` of groups ``codes[first:stop]``."""
+    magnitudes = np.zeros((N_SUMS, N_SLOTS), dtype=np.int64)
+    product = np.zeros(N_SLOTS + 2, dtype=np.uint64)
+    used = np.zeros((N_SUMS, 2), dtype=np.int64)  # chunks of magnitudes[s] not zero
+    hi = np.zeros(N_SUMS)
+    lo = np.zeros(N_SUMS)
+    ex = np.zeros(N_SUMS, dtype=np.int64)
+    sg = np.zeros(N_SUMS, dtype=np.int64)
+    for i in range(first, stop):
+        g = codes[i]
+        flag = 0
+        for s in range(N_SUMS):
+            acc = magnitudes[s]
+            acc[used[s, 0] : used[s, 1]] = 0
+            start, stop = _load_sum(base, window, wide, side, g, s, acc)
+            used[s, 0] = start
+            used[s, 1] = stop
+            if stop > N_CHUNKS and (acc[POS_INF] != 0 or acc[NEG_INF] != 0 or acc[NAN] != 0):
+                flag |= SPECIAL
+                continue
+            sign, bits = _magnitude(acc, stop)
+            if sign < 0:
+                used[s, 0] = 0
+                used[s, 1] = N_SLOTS
+            sg[s] = sign
+            signs[i, s] = sign
+            if bits < 0:
+                flag |= UNCERTAIN
+                floats[i, s] = np.nan
+                hi[s] = np.nan
+                lo[s] = np.nan
+                continue
+            # 32-bit chunks throughout (the top one's high bits into the slot above it,
+            # free: the sum is not special)
+            if used[s, 1] >= N_CHUNKS:
+                acc[N_CHUNKS] = acc[N_CHUNKS - 1] >> 32
+                acc[N_CHUNKS - 1] &= _LOW32
+                used[s, 1] = max(used[s, 1], N_CHUNKS + 1)
+            if bits == 0:
+                floats[i, s] = 0.0
+            elif bits < 54:  # below 2**-1022: a subnormal (or 2**-1022 rounded up)
+                floats[i, s] = np.nan
+                flag |= UNCERTAIN
+            else:
+                value = _rounded(acc, bits, used[s, 0])
+                if value != value:
+                    flag |= UNCERTAIN
+                floats[i, s] = sign * value
+            ex[s] = bits - 53
+            hi[s] = np.float64(_field(acc, bits - 53, 53))
+            lo[s] = _scaled(np.float64(_field(acc, bits - 106, 53)), -53)
+        if flag & SPECIAL:
+            flags[i] = flag
+            continue
+        for j in range(pairs.shape[0]):
+            a = pairs[j, 0]
+            b = pairs[j, 1]
+            if sg[b] == 0:
+                ratios[i, j] = np.nan
+            elif sg[a] == 0:
+                ratios[i, j] = 0.0 if sg[b] > 0 else -0.0
+            elif hi[a] != hi[a] or hi[b] != hi[b]:
+                ratios[i, j] = np.nan
+                flag |= UNCERTAIN
+            else:
+                qh, ql = _dd_div(hi[a], lo[a], hi[b], lo[b])
+                value = _round_quotient(qh, ql, ex[a] - ex[b], sg[a] * sg[b], _DD_ERROR)
+                if value != value and -1018 <= ex[a] - ex[b] <= 1020:
+                    value = _tie(magnitudes[a], magnitudes[b], qh, ql, ex[a] - ex[b], product)
+                    value *= sg[a] * sg[b]
+                if value != value:
+                    flag |= UNCERTAIN
+                ratios[i, j] = value
+        variance[i] = np.nan
+        if counts[g, ROWS] > 1:
+            variance[i] = _variance(hi, lo, ex, sg)
+        if variance[i] != variance[i] and sg[DENOMINATOR] != 0 and counts[g, ROWS] > 1:
+            flag |= UNCERTAIN
+        flags[i] = flag
+
+
+@njit(**_FLAGS)
+def _variance(hi, lo, ex, sg):
+    """``(S D - L^2) / D^2`` of the double-doubles of sums LOSS_SQUARED, DENOMINATOR,
+    LOSS (see :func:`group_values`), rounded once, or NaN (zero ``D`` or not certain)."""
+    d = DENOMINATOR
+    if sg[d] == 0:
+        return np.nan
+    for s in (LOSS, LOSS_SQUARED, d):
+        if hi[s] != hi[s]:
+            return np.nan
+    # S D and L^2 (zero when S or L is), each within 2**-103 relative.
+    ph = pl_ = 0.0
+    pe = 0
+    if sg[LOSS_SQUARED] != 0:
+        ph, pl_ = _dd_mul(hi[LOSS_SQUARED], lo[LOSS_SQUARED], hi[d], lo[d])
+        ph, pl_ = sg[LOSS_SQUARED] * sg[d] * ph, sg[LOSS_SQUARED] * sg[d] * pl_
+        pe = ex[LOSS_SQUARED] + ex[d]
+    mh = ml = 0.0
+    me = 0
+    if sg[LOSS] != 0:
+        mh, ml = _dd_mul(hi[LOSS], lo[LOSS], hi[LOSS], lo[LOSS])
+        me = 2 * ex[LOSS]
+    if ph == 0.0 and mh == 0.0:
+        return 0.0
+    top = max(pe, me) if ph != 0.0 and mh != 0.0 else (pe if ph != 0.0 else me)
+    if top - min(pe, me) > 900:  # one product dwarfs the other: its own value
+        if ph != 0.0 and pe < me:
+            ph = pl_ = 0.0
+        elif mh != 0.0 and me < pe:
+            mh = ml = 0.0
+    ph, pl_ = (
+        _scaled(ph, pe - top) if ph != 0.0 else 0.0,
+        (_scaled(pl_, pe - top) if ph != 0.0 else 0.0),
+    )
+    mh, ml = (
+        _scaled(mh, me - top) if mh != 0.0 else 0.0,
+        (_scaled(ml, me - top) if mh != 0.0 else 0.0),
+    )
+    # N = S D - L^2 as a double-double; its error is below 2**-100 of |S D| + |L^2|.
+    nh, nt = _two_sum(ph, -mh)
+    nt += pl_ - ml
+    nh, nl = _two_sum(nh, nt)
+    error = 2.0**-98 * (abs(ph) + abs(mh))
+    if abs(nh) <= 2.0 * error:
+        return np.nan  # so much cancellation that the sign itself may be wrong
+    sign = 1.0
+    if nh < 0.0:  # (rounding errors of the terms; the caller clamps it at zero)
+        sign, nh, nl = -1.0, -nh, -nl
+    dh, dl = _dd_mul(hi[d], lo[d], hi[d], lo[d])
+    qh, ql = _dd_div(nh, nl, dh, dl)
+    # the quotient's leading part scaled to [0.25, 4] for the rounding test
+    k = ((float64_bits(qh) >> 52) & 0x7FF) - 1023
+    qh = _scaled(qh, -k)
+    ql = _scaled(ql, -k)
+    bound = 2.0 * error / abs(nh) + _DD_ERROR
+    return _round_quotient(qh, ql, top - 2 * ex[d] + k, sign, bound)
