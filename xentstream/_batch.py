@@ -67,8 +67,6 @@ _BLOCK_STATE_BUDGET_BYTES = 1 << 28
 
 _NO_ROWS = np.empty(0, dtype=np.float64)
 _NO_FORECASTS = np.empty((2, 0), dtype=np.float64)
-#: The kernels that write top-label forecasts (``row_forecasts``, see ``cpu.py``).
-_FORECASTING_KERNELS = frozenset({"multiclass_hard", "multiclass_soft"})
 #: Values of ``engine=``.
 ENGINES = ("auto", "cpu", "cuda")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -219,7 +217,8 @@ def _run(
     (:func:`~xentstream._errors.kernel_error`). ``keep_terms``: also every
     row's terms in row order (``BatchSums.kept_terms``; the CUDA twins write none).
     ``keep_forecasts``: also the rows' top-label forecasts (``BatchSums.row_forecasts``;
-    multiclass kernels on the CPU only, otherwise None).
+    on the CPU, otherwise None), asked only by a kernel that writes them (the
+    multiclass ones: their kinds declare ``Kind.kernel_forecasts``).
     """
     # Only C-contiguous arrays reach the kernels: other layouts are copied once here,
     # which keeps one compiled specialization per dtype instead of one per layout.
@@ -254,7 +253,7 @@ def _run(
     terms_in_order = keep_terms and device is None and not row_terms
     keep_rows = keep_rows or (keep_terms and device is not None)
     forecasts = None
-    if keep_forecasts and device is None and kernel in _FORECASTING_KERNELS:
+    if keep_forecasts and device is None:
         forecasts = np.empty((2, n_rows))
     launch = (
         functools.partial(

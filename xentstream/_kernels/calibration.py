@@ -567,17 +567,40 @@ def forecast_bins(forecasts, sample_weight, sums, counts):
                     conf, outcome, m, n_bins, tally, digits, bins, block_sums, block_counts, hits
                 )
                 continue
-            for r in range(m):
-                bins[r] = _bin_index(conf[r], n_bins)
-            for r in range(m):
-                o = chunk_outcomes[r]
-                if o < 0.0:
-                    continue
-                k = bins[r]
-                block_counts[k] += 1
-                w = np.float64(sample_weight[chunk_start + r]) if weighted else 1.0
-                _add_forecast(block_sums[k], w, conf[r], o, weighted, binary)
+            _add_chunk(
+                conf,
+                chunk_outcomes,
+                chunk_start,
+                1,
+                sample_weight,
+                binary,
+                bins,
+                block_sums,
+                block_counts,
+            )
         _finish_bins(block_sums, block_counts, hits, weighted, binary, counted)
+
+
+@njit(nogil=True, error_model="numpy")
+def _add_chunk(
+    conf, outcomes, first, row_width, sample_weight, binary, bins, block_sums, block_counts
+):
+    """Every term of a chunk's forecasts ``conf`` with outcomes ``outcomes`` (below 0:
+    an ignored row, skipped) into their bins, the chunk's first value being value
+    ``first`` of the call (``row_width`` forecasts a row of ``sample_weight``): the
+    general path, for weighted forecasts or outcomes other than 0 and 1."""
+    n_bins = block_counts.shape[0]
+    weighted = sample_weight.shape[0] > 0
+    for r in range(conf.shape[0]):
+        bins[r] = _bin_index(conf[r], n_bins)
+    for r in range(conf.shape[0]):
+        o = np.float64(outcomes[r])
+        if o < 0.0:
+            continue
+        k = bins[r]
+        block_counts[k] += 1
+        w = np.float64(sample_weight[(first + r) // row_width]) if weighted else 1.0
+        _add_forecast(block_sums[k], w, conf[r], o, weighted, binary)
 
 
 @njit(parallel=True, cache=True)
@@ -610,14 +633,17 @@ def positive_class_bins(preds, target, sample_weight, row_width, input_kind, sum
                     conf, outcome, m, n_bins, tally, digits, bins, block_sums, block_counts, hits
                 )
                 continue
-            for r in range(m):
-                bins[r] = _bin_index(conf[r], n_bins)
-            for r in range(m):
-                k = bins[r]
-                block_counts[k] += 1
-                i = chunk_start + r
-                w = np.float64(sample_weight[i // row_width]) if weighted else 1.0
-                _add_forecast(block_sums[k], w, conf[r], np.float64(outcomes[r]), weighted, binary)
+            _add_chunk(
+                conf[:m],
+                outcomes,
+                chunk_start,
+                row_width,
+                sample_weight,
+                binary,
+                bins,
+                block_sums,
+                block_counts,
+            )
         _finish_bins(block_sums, block_counts, hits, weighted, binary, counted)
 
 
