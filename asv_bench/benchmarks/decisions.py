@@ -1,6 +1,7 @@
 """What deciding costs beside the loss: a paired comparison of two models, reliability bins.
 
-``time_`` benchmarks stream 64k-row batches (C=10, float32) through
+``time_`` benchmarks stream 64k-row batches of float32 predictions (multiclass C=10 as
+logits or probabilities; binary as logits or probabilities of the positive class) through
 
 - ``plain``: one ``CrossEntropy`` (one model's loss, the reference);
 - ``two_models``: two ``CrossEntropy`` metrics, one per model (what a comparison
@@ -9,7 +10,12 @@
   losses, plus the exact paired sums);
 - ``calibration``: one ``CrossEntropy(calibration_bins=15)``;
 - ``calibration_per_class``: one ``CrossEntropy(calibration_bins=15, per_class=True)``
-  (the top-label bins and each class's one-vs-rest bins, with the per-class loss sums).
+  (the top-label bins and each class's one-vs-rest bins, with the per-class loss sums;
+  multiclass only).
+
+Binary runs use ``BinaryCrossEntropy`` in place of ``CrossEntropy``: their bins are the
+positive class's, tallied in a pass of their own (multiclass bins come from the loss
+kernel's pass).
 
 ``track_cost_ratio`` is the cost of each relative to its reference, medians of
 interleaved rounds in one process: the comparison against two plain metrics (the same
@@ -20,6 +26,8 @@ top-label bins alone. **Lower is better**; 1.0 costs nothing extra.
 
 from __future__ import annotations
 
+import numpy as np
+
 import xentstream as xs
 
 from . import common
@@ -27,9 +35,34 @@ from . import common
 N_CLASSES = 10
 BINS = 15
 RATIO_UNIT = "cost ratio (lower is better)"
+BINARY_INPUTS = ("binary_logits", "binary_probs")
+INPUTS = (*common.INPUTS, *BINARY_INPUTS)
+
+
+def _metric(input: str, **options) -> xs.Metric:
+    if input in BINARY_INPUTS:
+        return xs.BinaryCrossEntropy(input=input.removeprefix("binary_"), **options)
+    return xs.CrossEntropy(num_classes=N_CLASSES, input=input, **options)
+
+
+def _binary_batches(input: str) -> list[tuple]:
+    step = common.batch_rows()
+    rows = common.elements()  # one value a row, as many values as the multiclass runs
+    gen = np.random.default_rng([19, len(input)])
+    logits = (gen.standard_normal((2, rows)) * 2.0).astype("float32")
+    labels = (gen.uniform(size=rows) < 1.0 / (1.0 + np.exp(-logits[0]))).astype("int64")
+    if input == "binary_probs":
+        logits = (1.0 / (1.0 + np.exp(-logits.astype("float64")))).astype("float32")
+    preds, other = logits
+    return [
+        (preds[start : start + step], other[start : start + step], labels[start : start + step])
+        for start in range(0, rows, step)
+    ]
 
 
 def _batches(input: str) -> list[tuple]:
+    if input in BINARY_INPUTS:
+        return _binary_batches(input)
     step = common.batch_rows()
     rows = common.rows_for(N_CLASSES, common.elements())
     logits, labels = common.logits_and_labels(rows, N_CLASSES, "float32", "decisions")
@@ -44,15 +77,15 @@ def _batches(input: str) -> list[tuple]:
 
 
 def _plain(batches: list[tuple], input: str) -> float:
-    metric = xs.CrossEntropy(num_classes=N_CLASSES, input=input)
+    metric = _metric(input)
     for preds, _, labels in batches:
         metric.update(preds, labels)
     return metric.value
 
 
 def _two_models(batches: list[tuple], input: str) -> float:
-    model = xs.CrossEntropy(num_classes=N_CLASSES, input=input)
-    baseline = xs.CrossEntropy(num_classes=N_CLASSES, input=input)
+    model = _metric(input)
+    baseline = _metric(input)
     for preds, other, labels in batches:
         model.update(preds, labels)
         baseline.update(other, labels)
@@ -60,16 +93,15 @@ def _two_models(batches: list[tuple], input: str) -> float:
 
 
 def _comparison(batches: list[tuple], input: str) -> float:
-    comparison = xs.Comparison(xs.CrossEntropy(num_classes=N_CLASSES, input=input))
+    comparison = xs.Comparison(_metric(input))
     for preds, other, labels in batches:
         comparison.update(preds, other, labels)
     return comparison.value
 
 
 def _calibration(batches: list[tuple], input: str, per_class: bool = False) -> float:
-    metric = xs.CrossEntropy(
-        num_classes=N_CLASSES, input=input, calibration_bins=BINS, per_class=per_class
-    )
+    options = {"per_class": True} if per_class else {}
+    metric = _metric(input, calibration_bins=BINS, **options)
     for preds, _, labels in batches:
         metric.update(preds, labels)
     return metric.value
@@ -96,14 +128,20 @@ _RATIOS = {
 }
 
 
+def _check_applies(input: str, run: str) -> None:
+    if input in BINARY_INPUTS and run == "calibration_per_class":
+        raise NotImplementedError("binary predictions have no classes to bin one by one")
+
+
 class Decisions:
     """Streaming updates: one metric, two, a comparison, a metric with reliability bins
     (top-label, and per class too)."""
 
-    params = (common.INPUTS, list(_RUNS))
+    params = (INPUTS, list(_RUNS))
     param_names = ("input", "run")
 
     def setup(self, input: str, run: str) -> None:
+        _check_applies(input, run)
         self.batches = _batches(input)
         _RUNS[run](self.batches, input)  # JIT warm-up
 
@@ -118,11 +156,13 @@ class CostRatio:
     """The cost of a comparison and of reliability bins (top-label, per class)
     relative to plain loss passes."""
 
-    params = (common.INPUTS, list(_RATIOS))
+    params = (INPUTS, list(_RATIOS))
     param_names = ("input", "ratio")
     timeout = 300.0
 
     def setup(self, input: str, ratio: str) -> None:
+        for name in _RATIOS[ratio]:
+            _check_applies(input, name)
         self.batches = _batches(input)
         for name in _RATIOS[ratio]:
             _RUNS[name](self.batches, input)  # JIT warm-up
