@@ -143,9 +143,11 @@ class BatchSums:
         The targets as the kernel read them (converted, flat rows), so that what the
         metric derives from them afterwards (label counts) converts nothing again.
     row_forecasts : ndarray or None, shape (2, N)
-        With ``keep_forecasts`` where the kernel makes them (multiclass rows on the
-        CPU): every row's top-label confidence and outcome (-1: an ignored row), which
-        the reliability bins tally instead of scanning the predictions again.
+        With ``keep_forecasts`` where the kernel makes them (multiclass and binary
+        rows on the CPU): every row's forecast and outcome (multiclass: the top label's
+        confidence and whether it is right, -1 for an ignored row; binary: the positive
+        class's probability and the target), which the reliability bins tally instead
+        of scanning the predictions again.
     """
 
     sums: np.ndarray
@@ -216,9 +218,10 @@ def _run(
     records is, and ``rules`` the kind's own wording of error codes
     (:func:`~xentstream._errors.kernel_error`). ``keep_terms``: also every
     row's terms in row order (``BatchSums.kept_terms``; the CUDA twins write none).
-    ``keep_forecasts``: also the rows' top-label forecasts (``BatchSums.row_forecasts``;
-    on the CPU, otherwise None), asked only by a kernel that writes them (the
-    multiclass ones: their kinds declare ``Kind.kernel_forecasts``).
+    ``keep_forecasts``: also the rows' reliability-bin forecasts
+    (``BatchSums.row_forecasts``; on the CPU, otherwise None), asked only by a kernel
+    that writes them (the multiclass and binary ones: their kinds declare
+    ``Kind.kernel_forecasts``).
     """
     # Only C-contiguous arrays reach the kernels: other layouts are copied once here,
     # which keeps one compiled specialization per dtype instead of one per layout.
@@ -369,7 +372,7 @@ def _launch_cpu(
 ) -> tuple[np.ndarray, ...]:
     """Run ``cpu.<name>`` over blocks of rows; the per-block outputs (see ``cpu.py``),
     then the per-row terms, at rows ``term_rows``, when given. ``row_forecasts``: the
-    kernel's (2, N) output of top-label forecasts, or (2, 0) for none."""
+    kernel's (2, N) output of reliability-bin forecasts, or (2, 0) for none."""
     keep_terms = term_rows is not None
     kernel = cpu.kernel(name, opts.with_entropy)
     n_rows = preds.shape[0]
@@ -725,8 +728,12 @@ def binary_batch(
     n_groups: int = 1,
     engine: str = "auto",
     keep_terms: bool = False,
+    keep_forecasts: bool = False,
 ) -> BatchSums:
-    """Exact sums of binary cross-entropy over one batch (predictions of any shape)."""
+    """Exact sums of binary cross-entropy over one batch (predictions of any shape).
+
+    ``keep_forecasts``: also each row's positive-class forecast and target
+    (``BatchSums.row_forecasts``) for reliability bins, on the CPU."""
     device = _device_for(engine, preds)
     eps_dtype = half_precision(preds)  # eps follows the given dtype, not the widened one
     preds = _array(preds, names.preds, device, floating=True, row_offset=row_offset)
@@ -765,6 +772,7 @@ def binary_batch(
         axis=None,  # one value a row: no column to name
         keep_terms=keep_terms,
         device=device,
+        keep_forecasts=keep_forecasts,
     )
 
 

@@ -315,6 +315,7 @@ KINDS: dict[str, Kind] = {
             name="binary",
             config=BinaryConfig,
             batch=binary_batch,
+            kernel_forecasts=True,
             class_axis=None,
             count_field=None,
             per_class_field=None,

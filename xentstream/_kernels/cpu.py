@@ -33,11 +33,12 @@ grouped evaluation at any number of groups passes no ``groups`` and reduces thes
 terms per group afterwards (:mod:`xentstream._kernels.groups`), so that the kernel's
 cost and memory do not grow with the group count.
 
-``row_forecasts`` (shape ``(2, N)`` or ``(2, 0)``) receives every row's top-label
-forecast for the reliability bins (``calibration_bins``): the top class's probability
-and its outcome (1 or 0 for a hard label, the target's mass on it for a soft one, -1
-for an ignored row). The multiclass kernels write it; the bins then cost a tally of
-these, not a second pass over the predictions (:mod:`xentstream._kernels.calibration`).
+``row_forecasts`` (shape ``(2, N)`` or ``(2, 0)``) receives every row's forecast for
+the reliability bins (``calibration_bins``) and its outcome: in the multiclass kernels
+the top class's probability and 1 or 0 for a hard label, the target's mass on it for a
+soft one, -1 for an ignored row; in the binary kernel the positive class's probability
+and the target. The bins then cost a tally of these, not a second pass over the
+predictions (:mod:`xentstream._kernels.calibration`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ from xentstream._kernels.rows import (
     narrow_rows_chunk,
     neg_xlogy,
     neg_xlogy_fast,
+    positive_probabilities_fast,
     scan_prediction_row,
     scan_prediction_row_fast,
     scan_soft_target_row_fast,
@@ -796,6 +798,7 @@ def _make_binary(with_entropy):
         opts = KernelOptions(*_static_fields(opts, with_entropy))
         keep_rows = row_losses.shape[0] > 0
         keep_terms = row_terms.shape[0] > 0
+        keep_forecasts = row_forecasts.shape[1] > 0
         n_rows = preds.shape[0]
         n_blocks = sums.shape[0]
         unit = sample_weight.shape[0] == 0
@@ -822,10 +825,26 @@ def _make_binary(with_entropy):
                 binary_losses_fast(
                     preds, target, chunk_start, chunk_stop, opts.pos_weight, opts, losses, scratch32
                 )
+                soft_targets = 0
                 if with_entropy:
-                    bernoulli_entropies_fast(
+                    soft_targets = bernoulli_entropies_fast(
                         preds, target, chunk_start, chunk_stop, opts, h_p, h_t, scratch32
                     )
+                if keep_forecasts:
+                    # The bins' forecasts and outcomes, a chunk's in SIMD loops (written
+                    # before the checks: a batch with a bad row is dropped whole).
+                    positive_probabilities_fast(
+                        preds,
+                        chunk_start,
+                        chunk_stop,
+                        opts.input_kind,
+                        row_forecasts[0, chunk_start:chunk_stop],
+                        scratch32,
+                    )
+                    outcomes = row_forecasts[1, chunk_start:chunk_stop]
+                    chunk_target = target[chunk_start:chunk_stop]
+                    for r in range(n):
+                        outcomes[r] = np.float64(chunk_target[r])
                 if unit and not grouped:
                     # Every per-row step across the chunk's rows, in SIMD loops: the
                     # checks as a count, the terms as whole columns for add_terms.
@@ -849,7 +868,8 @@ def _make_binary(with_entropy):
                     add_terms(block_sums[POSITIVE], positives, n)
                     if with_entropy:
                         add_terms(block_sums[ENTROPY], h_p, n)
-                        add_terms(block_sums[TARGET_ENTROPY], h_t, n)
+                        if soft_targets > 0:  # else every H(t) is 0: nothing to add
+                            add_terms(block_sums[TARGET_ENTROPY], h_t, n)
                     counts[block, 0, ROWS] += n
                     correct_rows[0] += correct
                     continue
