@@ -50,6 +50,49 @@ def _row_terms(loss_a, loss_b, weight, denominator):
     return weighted, square
 
 
+@njit(nogil=True, cache=True)
+def _unit_rows(denominators, start, stop):
+    """Whether every denominator of rows ``start:stop`` is 1 (no class weights, nothing
+    ignored: binary rows, multiclass rows without class weights or ignore_index)."""
+    values = denominators[start:stop]
+    other = 0
+    for r in range(values.shape[0]):
+        other += np.int64(values[r] != 1.0)
+    return other == 0
+
+
+@njit(nogil=True, cache=True)
+def _add_unit_block(losses_a, losses_b, start, stop, staged, acc, block_counts):
+    """The rows ``start:stop`` of weight 1 and denominator 1, ungrouped: only the
+    difference and its square are staged (``s (L_A - L_B)`` and ``s (L_A - L_B)**2 / d``
+    are then those exact floats, as :func:`_row_terms` gives them); the four weight
+    sums are counts of rows, added once as exact floats (adding n ones exactly is n).
+    A branch-free SIMD loop: the general per-row path cost 21 ns a row (1 thread)."""
+    a_rows = 0
+    b_rows = 0
+    for chunk_start in range(start, stop, MAX_STAGED_TERMS):
+        chunk_stop = min(chunk_start + MAX_STAGED_TERMS, stop)
+        n = chunk_stop - chunk_start
+        chunk_a = losses_a[chunk_start:chunk_stop]  # sliced: no wraparound check
+        chunk_b = losses_b[chunk_start:chunk_stop]
+        for r in range(n):
+            difference = chunk_a[r] - chunk_b[r]
+            staged[DIFFERENCE, r] = difference
+            staged[DIFFERENCE_SQUARED, r] = difference * difference
+            a_rows += np.int64(chunk_a[r] < chunk_b[r])
+            b_rows += np.int64(chunk_b[r] < chunk_a[r])
+        add_terms(acc[DIFFERENCE], staged[DIFFERENCE], n)
+        add_terms(acc[DIFFERENCE_SQUARED], staged[DIFFERENCE_SQUARED], n)
+    rows = stop - start
+    add_term(acc[WEIGHT], np.float64(rows))  # block rows < 2**53: exact floats
+    add_term(acc[WEIGHT_SQUARED], np.float64(rows))
+    add_term(acc[A_BETTER], np.float64(a_rows))
+    add_term(acc[B_BETTER], np.float64(b_rows))
+    block_counts[PAIRED_ROWS] += rows
+    block_counts[A_BETTER_ROWS] += a_rows
+    block_counts[B_BETTER_ROWS] += b_rows
+
+
 @njit(parallel=True, cache=True)
 def paired_sums(losses_a, losses_b, sample_weight, denominators, groups, sums, counts):
     """Accumulate the paired sums of every row into ``sums`` / ``counts`` (per block).
@@ -65,6 +108,12 @@ def paired_sums(losses_a, losses_b, sample_weight, denominators, groups, sums, c
         stop = (block + 1) * n_rows // n_blocks
         staged = np.empty((N_PAIRED_SUMS, MAX_STAGED_TERMS), dtype=np.float64)
         n_staged = 0
+        if not weighted_rows and not grouped and _unit_rows(denominators, start, stop):
+            _add_unit_block(
+                losses_a, losses_b, start, stop, staged, sums[block, 0], counts[block, 0]
+            )
+            normalize(sums[block, 0])
+            continue
         for i in range(start, stop):
             d = denominators[i]
             if d < 0.0:
