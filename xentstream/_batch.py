@@ -38,6 +38,7 @@ from xentstream._inputs import (
     squeeze_label_column,
 )
 from xentstream._kernels import cpu, layout, load_cuda
+from xentstream._kernels.calibration import N_BIN_SUMS
 from xentstream._kernels.devices import is_device_array
 from xentstream._kernels.exact import MAX_TERMS_PER_BLOCK, N_SLOTS, combine_blocks, normalize
 from xentstream._kernels.groups import row_positions
@@ -143,11 +144,14 @@ class BatchSums:
         The targets as the kernel read them (converted, flat rows), so that what the
         metric derives from them afterwards (label counts) converts nothing again.
     row_forecasts : ndarray or None, shape (2, N)
-        With ``keep_forecasts`` where the kernel makes them (multiclass and binary
-        rows on the CPU): every row's forecast and outcome (multiclass: the top label's
-        confidence and whether it is right, -1 for an ignored row; binary: the positive
-        class's probability and the target), which the reliability bins tally instead
-        of scanning the predictions again.
+        With ``keep_forecasts`` where the kernel makes them (multiclass rows on the
+        CPU): every row's top-label confidence and outcome (-1: an ignored row), which
+        the reliability bins tally instead of scanning the predictions again.
+    bin_blocks : tuple of ndarray or None
+        With ``calibration_bins`` where the kernel bins its rows itself (binary rows on
+        the CPU): the per-block reliability bins ``(sums, counts)``, shapes
+        (blocks, n_bins, N_BIN_SUMS, N_SLOTS) and (blocks, n_bins), each block
+        normalized (:func:`xentstream.calibration.block_bins` combines them).
     """
 
     sums: np.ndarray
@@ -164,6 +168,7 @@ class BatchSums:
     kept_terms: np.ndarray | None = None
     target: Any = None
     row_forecasts: np.ndarray | None = None
+    bin_blocks: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def n_rows(self) -> int:
@@ -211,6 +216,7 @@ def _run(
     rules: Mapping[int, str] | None = None,
     device: Any = None,
     keep_forecasts: bool = False,
+    calibration_bins: int | None = None,
 ) -> BatchSums:
     """Call kernel ``kernel`` (a ``cpu`` name) on the CPU or, with ``device``, its CUDA twin.
 
@@ -218,10 +224,12 @@ def _run(
     records is, and ``rules`` the kind's own wording of error codes
     (:func:`~xentstream._errors.kernel_error`). ``keep_terms``: also every
     row's terms in row order (``BatchSums.kept_terms``; the CUDA twins write none).
-    ``keep_forecasts``: also the rows' reliability-bin forecasts
-    (``BatchSums.row_forecasts``; on the CPU, otherwise None), asked only by a kernel
-    that writes them (the multiclass and binary ones: their kinds declare
-    ``Kind.kernel_forecasts``).
+    ``keep_forecasts``: also the rows' top-label forecasts (``BatchSums.row_forecasts``;
+    on the CPU, otherwise None), asked only by a kernel that writes them (the
+    multiclass ones: their kinds declare ``Kind.kernel_forecasts``).
+    ``calibration_bins``: also the rows' reliability bins from the kernel itself
+    (``BatchSums.bin_blocks``; on the CPU, otherwise None), asked only of the binary
+    kernel (its kind declares ``Kind.kernel_bins``).
     """
     # Only C-contiguous arrays reach the kernels: other layouts are copied once here,
     # which keeps one compiled specialization per dtype instead of one per layout.
@@ -258,11 +266,14 @@ def _run(
     forecasts = None
     if keep_forecasts and device is None:
         forecasts = np.empty((2, n_rows))
+    bin_blocks = [] if calibration_bins is not None and device is None else None
     launch = (
         functools.partial(
             _launch_cpu,
             term_rows=term_rows if row_terms else _NO_GROUPS if terms_in_order else None,
             row_forecasts=_NO_FORECASTS if forecasts is None else forecasts,
+            n_bins=0 if bin_blocks is None else calibration_bins,
+            bin_blocks=bin_blocks,
         )
         if device is None
         else device.launch
@@ -352,6 +363,7 @@ def _run(
         kept_terms=kept_terms,
         target=target,
         row_forecasts=forecasts,
+        bin_blocks=tuple(bin_blocks) if bin_blocks else None,
     )
 
 
@@ -369,10 +381,14 @@ def _launch_cpu(
     keep_rows: bool,
     term_rows: np.ndarray | None = None,
     row_forecasts: np.ndarray = None,
+    n_bins: int = 0,
+    bin_blocks: list | None = None,
 ) -> tuple[np.ndarray, ...]:
     """Run ``cpu.<name>`` over blocks of rows; the per-block outputs (see ``cpu.py``),
     then the per-row terms, at rows ``term_rows``, when given. ``row_forecasts``: the
-    kernel's (2, N) output of reliability-bin forecasts, or (2, 0) for none."""
+    kernel's (2, N) output of top-label forecasts, or (2, 0) for none. ``n_bins``
+    reliability bins (0: none) are appended to ``bin_blocks`` as ``(sums, counts)`` of
+    the call's blocks (``BatchSums.bin_blocks``)."""
     keep_terms = term_rows is not None
     kernel = cpu.kernel(name, opts.with_entropy)
     n_rows = preds.shape[0]
@@ -401,8 +417,12 @@ def _launch_cpu(
     positions = _NO_GROUPS if term_rows is None else term_rows
     packed = layout.packed_options(opts)
     forecasts = _NO_FORECASTS if row_forecasts is None else row_forecasts
+    bin_sums = np.zeros((n_blocks if n_bins else 0, n_bins, N_BIN_SUMS, N_SLOTS), np.int64)
+    bin_counts = np.zeros(bin_sums.shape[:2], np.int64)
+    if bin_blocks is not None:
+        bin_blocks.extend((bin_sums, bin_counts))
     arguments = (preds, target, weights, sample_weight, group_codes, packed, *outputs[:2])
-    arguments = (*arguments, forecasts, positions, *outputs[2:])
+    arguments = (*arguments, forecasts, bin_sums, bin_counts, positions, *outputs[2:])
     if _threading_layer_is_safe:
         cpu.launch(kernel, arguments, n_blocks, threads)
     else:
@@ -728,12 +748,12 @@ def binary_batch(
     n_groups: int = 1,
     engine: str = "auto",
     keep_terms: bool = False,
-    keep_forecasts: bool = False,
+    calibration_bins: int | None = None,
 ) -> BatchSums:
     """Exact sums of binary cross-entropy over one batch (predictions of any shape).
 
-    ``keep_forecasts``: also each row's positive-class forecast and target
-    (``BatchSums.row_forecasts``) for reliability bins, on the CPU."""
+    ``calibration_bins``: also the batch's reliability bins, from the kernel's own
+    blocks (``BatchSums.bin_blocks``), on the CPU."""
     device = _device_for(engine, preds)
     eps_dtype = half_precision(preds)  # eps follows the given dtype, not the widened one
     preds = _array(preds, names.preds, device, floating=True, row_offset=row_offset)
@@ -772,7 +792,7 @@ def binary_batch(
         axis=None,  # one value a row: no column to name
         keep_terms=keep_terms,
         device=device,
-        keep_forecasts=keep_forecasts,
+        calibration_bins=calibration_bins,
     )
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "GroupBins",
     "batch_bins",
     "bins_scalars",
+    "block_bins",
     "build_calibration_report",
     "class_batch_bins",
     "forecast_bins",
@@ -172,12 +173,10 @@ def forecast_bins(forecasts: np.ndarray, sample_weight: Any, *, n_bins: int) -> 
 
     ``forecasts``: ``BatchSums.row_forecasts`` (2, N), each row's forecast and outcome
     (-1: an ignored row), from a metric's kernel pass with ``keep_forecasts``
-    (:func:`~xentstream._batch.multiclass_batch`, :func:`~xentstream._batch.binary_batch`):
-    the bins then cost a tally, not a second pass over the predictions. Binary rows
-    bin bitwise as :func:`batch_bins` of ``"positive_class"`` (the same forecast,
-    ``rows.positive_probabilities_fast``); multiclass rows as ``"top_label"`` up to
-    the last bits of a logits row's confidence (here ``exp(-log sum exp(x - max))`` as
-    the loss kernel has it).
+    (:func:`~xentstream._batch.multiclass_batch`): the bins then cost a tally, not a
+    second pass over the predictions. The same bins as :func:`batch_bins` of
+    ``"top_label"`` up to the last bits of a logits row's confidence (here
+    ``exp(-log sum exp(x - max))`` as the loss kernel has it).
 
     Examples
     --------
@@ -195,6 +194,13 @@ def forecast_bins(forecasts: np.ndarray, sample_weight: Any, *, n_bins: int) -> 
         arguments = (forecasts, _weights(sample_weight, n), sums, counts)
         cpu.launch(kernels.forecast_bins, arguments, sums.shape[0], threads)
     return _combined(state, sums, counts)
+
+
+def block_bins(sums: np.ndarray, counts: np.ndarray) -> CalibrationState:
+    """The reliability bins of one batch from a loss kernel's per-block bins
+    (``BatchSums.bin_blocks``: ``sums`` (blocks, n_bins, N_BIN_SUMS, N_SLOTS) and
+    ``counts`` (blocks, n_bins)), bitwise :func:`batch_bins` of the same rows."""
+    return _combined(CalibrationState(counts.shape[1]), sums, counts)
 
 
 def _combined(state: CalibrationState, sums: np.ndarray, counts: np.ndarray) -> CalibrationState:
@@ -312,8 +318,8 @@ def group_batch_bins(
 ) -> None:
     """Add the forecasts of one validated batch to its groups' reliability bins ``into``.
 
-    ``forecast`` as :func:`batch_bins`; ``forecasts``: the top-label or positive-class
-    forecasts the loss kernel wrote (``BatchSums.row_forecasts``, as
+    ``forecast`` as :func:`batch_bins`; ``forecasts``: the top-label forecasts the loss
+    kernel wrote (``BatchSums.row_forecasts``, as
     :func:`forecast_bins` takes them), used instead of a pass over ``preds``. The
     batch's groups are its runs (:meth:`~xentstream.grouping.GroupKeys.codes`: run ``r`` is rows
     ``order[run_starts[r]:run_starts[r + 1]]``, of group ``run_codes[r]``). Only those
@@ -333,7 +339,7 @@ def group_batch_bins(
     [[0, 1], [0, 0], [0, 2]]
     """
     input_kind = INPUT_KINDS[input]
-    if forecast in ("top_label", "positive_class") and forecasts is not None:
+    if forecast == "top_label" and forecasts is not None:
         n, width = forecasts.shape[1], 1
         conf, outcome = forecasts[0], forecasts[1]
         keep = outcome >= 0.0

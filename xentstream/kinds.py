@@ -131,6 +131,11 @@ class Kind:
         Whether ``batch`` takes ``keep_forecasts=True`` and its kernel then writes each
         row's reliability-bin forecast (``BatchSums.row_forecasts``, where it can), so
         that ``calibration_bins`` tally them instead of reading the predictions again.
+    kernel_bins : bool
+        Whether ``batch`` takes ``calibration_bins=n`` and its kernel then bins the
+        rows itself, block by block right after its loss pass
+        (``BatchSums.bin_blocks``, on the CPU): no forecasts written out, no second
+        launch.
     cli_inputs : dict
         ``--input`` values that belong to this kind alone, each to its config's
         ``input=`` (the token kind's ``target-nll`` -> ``"nll"``); a source's values
@@ -164,6 +169,7 @@ class Kind:
     breakdown_field: str | None = None
     target_shape: str | None = None
     kernel_forecasts: bool = False
+    kernel_bins: bool = False
     cli_inputs: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -315,7 +321,7 @@ KINDS: dict[str, Kind] = {
             name="binary",
             config=BinaryConfig,
             batch=binary_batch,
-            kernel_forecasts=True,
+            kernel_bins=True,
             class_axis=None,
             count_field=None,
             per_class_field=None,

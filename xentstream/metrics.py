@@ -538,7 +538,9 @@ class Metric(Stateful):
         bins = self.config.calibration_bins
         # The kernel writes the bins' forecasts where it can: then they cost a tally.
         keep = bins is not None and self.kind.kernel_forecasts
-        forecasts = {"keep_forecasts": True} if keep else {}
+        forecasts: dict[str, Any] = {"keep_forecasts": True} if keep else {}
+        if bins is not None and self.kind.kernel_bins:  # or the kernel bins the rows itself
+            forecasts["calibration_bins"] = bins
         batch = self.kind.batch(
             self.config,
             preds,
@@ -561,7 +563,9 @@ class Metric(Stateful):
                 "input": self.config.input,
                 "ignore_index": getattr(self.config, "ignore_index", None),
             }
-            if batch.row_forecasts is not None:
+            if batch.bin_blocks is not None:
+                batch.calibration = calibration.block_bins(*batch.bin_blocks)
+            elif batch.row_forecasts is not None:
                 batch.calibration = calibration.forecast_bins(
                     batch.row_forecasts, sample_weight, n_bins=bins
                 )

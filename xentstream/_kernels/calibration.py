@@ -589,41 +589,66 @@ def positive_class_bins(preds, target, sample_weight, row_width, input_kind, sum
     """Bins of positive-class forecasts: ``preds`` and ``target`` flat, ``row_width``
     forecasts per row of ``sample_weight`` (1 for binary, the labels for multi-label)."""
     n = preds.shape[0]
-    n_blocks, n_bins = sums.shape[0], sums.shape[1]
-    weighted = sample_weight.shape[0] > 0
+    n_blocks = sums.shape[0]
     for block in prange(n_blocks):
         start = block * n // n_blocks
         stop = (block + 1) * n // n_blocks
-        _, _, conf, _, exps32, _, bins, hits, tally, digits, _ = _scratch(
-            preds, 0, _CHUNK_VALUES, n_bins
+        positive_block_bins(
+            preds,
+            target,
+            sample_weight,
+            row_width,
+            input_kind,
+            start,
+            stop,
+            sums[block],
+            counts[block],
         )
-        block_sums = sums[block]
-        block_counts = counts[block]
-        # Binary targets may be probabilities: 0/1 outcomes are asked of the block's data.
-        binary = _binary_outcomes(target, start, stop)
-        counted = binary and not weighted
-        for chunk_start in range(start, stop, _CHUNK_VALUES):
-            chunk_stop = min(chunk_start + _CHUNK_VALUES, stop)
-            m = chunk_stop - chunk_start
-            positive_probabilities_fast(preds, chunk_start, chunk_stop, input_kind, conf, exps32)
-            outcomes = target[chunk_start:chunk_stop]
-            if counted:  # the block's targets are all 0.0 or 1.0 (or -0.0): the tally's own
-                _tally_chunk(
-                    conf, outcomes, m, n_bins, tally, digits, bins, block_sums, block_counts, hits
-                )
-                continue
-            _add_chunk(
-                conf[:m],
-                outcomes,
-                chunk_start,
-                row_width,
-                sample_weight,
-                binary,
-                bins,
-                block_sums,
-                block_counts,
+
+
+@njit(nogil=True, error_model="numpy")
+def positive_block_bins(
+    preds, target, sample_weight, row_width, input_kind, start, stop, block_sums, block_counts
+):
+    """One block's bins of the positive-class forecasts of values ``start:stop``
+    (``block_sums`` (n_bins, N_BIN_SUMS, N_SLOTS), ``block_counts`` (n_bins,), zeroed;
+    normalized on return): the body of :func:`positive_class_bins`, which the binary
+    loss kernel calls too, on each of its own blocks right after its loss pass, while
+    the block's values are still in cache (no second launch, no float64 copy of the
+    targets, no forecasts written out and read back). Exact, so the bits never depend on
+    the blocks."""
+    n_bins = block_counts.shape[0]
+    weighted = sample_weight.shape[0] > 0
+    _, _, conf, _, exps32, _, bins, hits, tally, digits, outcome = _scratch(
+        preds, 0, _CHUNK_VALUES, n_bins
+    )
+    # Binary targets may be probabilities: 0/1 outcomes are asked of the block's data.
+    binary = _binary_outcomes(target, start, stop)
+    counted = binary and not weighted
+    for chunk_start in range(start, stop, _CHUNK_VALUES):
+        chunk_stop = min(chunk_start + _CHUNK_VALUES, stop)
+        m = chunk_stop - chunk_start
+        positive_probabilities_fast(preds, chunk_start, chunk_stop, input_kind, conf, exps32)
+        outcomes = target[chunk_start:chunk_stop]
+        if counted:  # the block's targets are all 0 or 1 (or -0.0): the tally's own
+            for r in range(m):  # as float64: the tally's SIMD loop converts nothing
+                outcome[r] = np.float64(outcomes[r])
+            _tally_chunk(
+                conf, outcome, m, n_bins, tally, digits, bins, block_sums, block_counts, hits
             )
-        _finish_bins(block_sums, block_counts, hits, weighted, binary, counted)
+            continue
+        _add_chunk(
+            conf[:m],
+            outcomes,
+            chunk_start,
+            row_width,
+            sample_weight,
+            binary,
+            bins,
+            block_sums,
+            block_counts,
+        )
+    _finish_bins(block_sums, block_counts, hits, weighted, binary, counted)
 
 
 # -- per-class (one-vs-rest) bins ----------------------------------------------------------

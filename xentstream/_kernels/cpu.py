@@ -3,8 +3,8 @@
 Every kernel has the same shape of signature::
 
     kernel(preds, target, <per-class or per-label weights>, sample_weight, groups, options,
-           row_losses, row_terms, row_forecasts, term_rows, sums, counts, class_sums,
-           class_counts, errors, error_values)
+           row_losses, row_terms, row_forecasts, bin_sums, bin_counts, term_rows, sums,
+           counts, class_sums, class_counts, errors, error_values)
 
 (``options``: :func:`~xentstream._kernels.layout.packed_options`, an int64 vector the
 dispatcher types in C; the kernel rebuilds the ``KernelOptions`` from it) and splits
@@ -34,11 +34,14 @@ terms per group afterwards (:mod:`xentstream._kernels.groups`), so that the kern
 cost and memory do not grow with the group count.
 
 ``row_forecasts`` (shape ``(2, N)`` or ``(2, 0)``) receives every row's forecast for
-the reliability bins (``calibration_bins``) and its outcome: in the multiclass kernels
+the reliability bins (``calibration_bins``) and its outcome in the multiclass kernels:
 the top class's probability and 1 or 0 for a hard label, the target's mass on it for a
-soft one, -1 for an ignored row; in the binary kernel the positive class's probability
-and the target. The bins then cost a tally of these, not a second pass over the
-predictions (:mod:`xentstream._kernels.calibration`).
+soft one, -1 for an ignored row. The bins then cost a tally of these, not a second
+pass over the predictions (:mod:`xentstream._kernels.calibration`). ``bin_sums`` / ``bin_counts``
+(``(n_blocks, n_bins, N_BIN_SUMS, N_SLOTS)`` / ``(n_blocks, n_bins)``, or 0 blocks for
+none) take the binary kernel's reliability bins themselves, each block's added right
+after its loss pass (``calibration.positive_block_bins``) while its values are in
+cache; the other kernels leave them alone.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from xentstream._kernels.calibration import positive_block_bins
 from xentstream._kernels.exact import MAX_STAGED_TERMS, add_term, add_terms, bits_float64
 from xentstream._kernels.fastmath import add_reassoc, log64
 from xentstream._kernels.layout import (
@@ -95,7 +99,6 @@ from xentstream._kernels.rows import (
     narrow_rows_chunk,
     neg_xlogy,
     neg_xlogy_fast,
-    positive_probabilities_fast,
     scan_prediction_row,
     scan_prediction_row_fast,
     scan_soft_target_row_fast,
@@ -388,6 +391,8 @@ def _make_multiclass_hard(with_entropy):
         row_losses,
         row_terms,
         row_forecasts,
+        bin_sums,
+        bin_counts,
         term_rows,
         sums,
         counts,
@@ -651,6 +656,8 @@ def _make_multiclass_soft(with_entropy):
         row_losses,
         row_terms,
         row_forecasts,
+        bin_sums,
+        bin_counts,
         term_rows,
         sums,
         counts,
@@ -786,6 +793,8 @@ def _make_binary(with_entropy):
         row_losses,
         row_terms,
         row_forecasts,
+        bin_sums,
+        bin_counts,
         term_rows,
         sums,
         counts,
@@ -798,7 +807,6 @@ def _make_binary(with_entropy):
         opts = KernelOptions(*_static_fields(opts, with_entropy))
         keep_rows = row_losses.shape[0] > 0
         keep_terms = row_terms.shape[0] > 0
-        keep_forecasts = row_forecasts.shape[1] > 0
         n_rows = preds.shape[0]
         n_blocks = sums.shape[0]
         unit = sample_weight.shape[0] == 0
@@ -830,21 +838,6 @@ def _make_binary(with_entropy):
                     soft_targets = bernoulli_entropies_fast(
                         preds, target, chunk_start, chunk_stop, opts, h_p, h_t, scratch32
                     )
-                if keep_forecasts:
-                    # The bins' forecasts and outcomes, a chunk's in SIMD loops (written
-                    # before the checks: a batch with a bad row is dropped whole).
-                    positive_probabilities_fast(
-                        preds,
-                        chunk_start,
-                        chunk_stop,
-                        opts.input_kind,
-                        row_forecasts[0, chunk_start:chunk_stop],
-                        scratch32,
-                    )
-                    outcomes = row_forecasts[1, chunk_start:chunk_stop]
-                    chunk_target = target[chunk_start:chunk_stop]
-                    for r in range(n):
-                        outcomes[r] = np.float64(chunk_target[r])
                 if unit and not grouped:
                     # Every per-row step across the chunk's rows, in SIMD loops: the
                     # checks as a count, the terms as whole columns for add_terms.
@@ -934,6 +927,18 @@ def _make_binary(with_entropy):
             _add_all_staged(sums[block], staged, n_staged, staged_slots)
             if unit:
                 _add_unit_counts(sums[block], counts[block], correct_rows)
+            if bin_sums.shape[0] > 0 and errors[block, 0] < 0:  # a bad block is dropped
+                positive_block_bins(
+                    preds,
+                    target,
+                    sample_weight,
+                    1,
+                    opts.input_kind,
+                    start,
+                    stop,
+                    bin_sums[block],
+                    bin_counts[block],
+                )
 
     return binary
 
@@ -952,6 +957,8 @@ def _make_multilabel(with_entropy):
         row_losses,
         row_terms,
         row_forecasts,
+        bin_sums,
+        bin_counts,
         term_rows,
         sums,
         counts,
@@ -1105,6 +1112,8 @@ def _make_prediction_entropy(with_entropy):
         row_losses,
         row_terms,
         row_forecasts,
+        bin_sums,
+        bin_counts,
         term_rows,
         sums,
         counts,
