@@ -169,14 +169,14 @@ def batch_bins(
 
 
 def forecast_bins(forecasts: np.ndarray, sample_weight: Any, *, n_bins: int) -> CalibrationState:
-    """The reliability bins of the forecasts a loss kernel wrote.
+    """The reliability bins of the top-label forecasts a loss kernel wrote.
 
-    ``forecasts``: ``BatchSums.row_forecasts`` (2, N), each row's forecast and outcome
-    (-1: an ignored row), from a metric's kernel pass with ``keep_forecasts``
-    (:func:`~xentstream._batch.multiclass_batch`): the bins then cost a tally, not a
-    second pass over the predictions. The same bins as :func:`batch_bins` of
-    ``"top_label"`` up to the last bits of a logits row's confidence (here
-    ``exp(-log sum exp(x - max))`` as the loss kernel has it).
+    ``forecasts``: ``BatchSums.row_forecasts`` (2, N), each row's top-class
+    probability and outcome (-1: an ignored row), from a metric's kernel pass with
+    ``keep_forecasts`` (:func:`~xentstream._batch.multiclass_batch`): the bins then
+    cost a tally, not a second pass over the predictions. The same bins as
+    :func:`batch_bins` of ``"top_label"`` up to the last bits of a logits row's
+    confidence (here ``exp(-log sum exp(x - max))`` as the loss kernel has it).
 
     Examples
     --------
@@ -319,9 +319,9 @@ def group_batch_bins(
     """Add the forecasts of one validated batch to its groups' reliability bins ``into``.
 
     ``forecast`` as :func:`batch_bins`; ``forecasts``: the top-label forecasts the loss
-    kernel wrote (``BatchSums.row_forecasts``, as
-    :func:`forecast_bins` takes them), used instead of a pass over ``preds``. The
-    batch's groups are its runs (:meth:`~xentstream.grouping.GroupKeys.codes`: run ``r`` is rows
+    kernel wrote (``BatchSums.row_forecasts``, as :func:`forecast_bins` takes them),
+    used instead of a pass over ``preds``. The batch's groups are its runs
+    (:meth:`~xentstream.grouping.GroupKeys.codes`: run ``r`` is rows
     ``order[run_starts[r]:run_starts[r + 1]]``, of group ``run_codes[r]``). Only those
     groups' bins are touched; each group's end up bitwise those :func:`batch_bins`
     gives of its rows alone.

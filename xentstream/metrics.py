@@ -536,11 +536,13 @@ class Metric(Stateful):
         of two metrics needs before it absorbs either batch."""
         offset = self.rows_seen if row_offset is None else row_offset
         bins = self.config.calibration_bins
-        # The kernel writes the bins' forecasts where it can: then they cost a tally.
-        keep = bins is not None and self.kind.kernel_forecasts
-        forecasts: dict[str, Any] = {"keep_forecasts": True} if keep else {}
-        if bins is not None and self.kind.kernel_bins:  # or the kernel bins the rows itself
-            forecasts["calibration_bins"] = bins
+        # The kernel bins the rows itself, or writes the bins' forecasts, where it can:
+        # then the bins cost no second pass over the predictions.
+        bin_outputs: dict[str, Any] = {}
+        if bins is not None and self.kind.kernel_bins:
+            bin_outputs["calibration_bins"] = bins
+        elif bins is not None and self.kind.kernel_forecasts:
+            bin_outputs["keep_forecasts"] = True
         batch = self.kind.batch(
             self.config,
             preds,
@@ -554,7 +556,7 @@ class Metric(Stateful):
             engine=self.engine,
             groups=groups,
             n_groups=n_groups,
-            **forecasts,
+            **bin_outputs,
         )
         if bins is not None and batch.n_rows:
             # The loss kernels validated every value above: the bins' pass needs no checks.

@@ -14,8 +14,8 @@ logits or probabilities; binary as logits or probabilities of the positive class
   multiclass only).
 
 Binary runs use ``BinaryCrossEntropy`` in place of ``CrossEntropy``: their bins are the
-positive class's, tallied in a pass of their own (multiclass bins come from the loss
-kernel's pass).
+positive class's, which the loss kernel bins block by block after its loss pass
+(multiclass bins are a tally of the forecasts the loss kernel writes).
 
 ``track_cost_ratio`` is the cost of each relative to its reference, medians of
 interleaved rounds in one process: the comparison against two plain metrics (the same

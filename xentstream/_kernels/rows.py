@@ -608,7 +608,8 @@ def binary_losses_fast(preds, target, start, stop, pos_weight, opts, out, out32)
 def positive_probabilities_fast(preds, start, stop, input_kind, out, out32):
     """``out[:k]``: the positive-class probability of the values ``start:stop`` in SIMD
     loops, the reliability bins' forecast of a binary (or multi-label) value, whether
-    the loss kernel writes it or the bins' own pass takes it.
+    the binary loss kernel bins it (``calibration.positive_block_bins``) or the bins'
+    own pass does.
 
     Logits: ``exp(-|x|)`` (branch-free ``exp64``; float32 logits ``exp32`` into the
     float32 scratch ``out32``, as the softplus corrections: twice the lanes, in SPEC
