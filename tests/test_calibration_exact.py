@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from reference import exact_bin_sums
 
-from xentstream import CrossEntropy
+from xentstream import BinaryCrossEntropy, CrossEntropy
 from xentstream._kernels.calibration import BIN_SUM_NAMES
 from xentstream._kernels.exact import N_SLOTS
 from xentstream.accumulator import CalibrationState, exact_integer, to_floats
@@ -193,3 +193,32 @@ def test_kernel_forecasts_match_a_pass_of_their_own(rng):
             fused = to_floats(np.array(sums, dtype=np.int64).reshape(-1, N_SLOTS))
             alone = to_floats(separate.sums.reshape(-1, N_SLOTS))
             np.testing.assert_allclose(fused, alone, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("input", ["probs", "logits"])
+def test_binary_kernel_bins_of_mixed_chunks_are_exact(rng, input):
+    """The binary loss kernel bins each chunk after its loss pass: 0/1 chunks take the
+    tally, a chunk holding a soft target every term. A block mixing both gives the exact
+    sums, the bits of the separate pass and of any split of the batches."""
+    n = 9_000
+    probs = _forecasts(rng, n)
+    probs[probs < 2.0**-40] = 2.0**-40  # logit(f) finite
+    probs[probs > 1.0 - 2.0**-40] = 1.0 - 2.0**-40
+    preds = np.log(probs) - np.log1p(-probs) if input == "logits" else probs
+    target = (rng.uniform(size=n) < probs).astype(np.float64)
+    target[3000:3100] = rng.uniform(size=100)  # soft targets in a few chunks only
+    target[7777] = 0.25
+    metric = BinaryCrossEntropy(input=input, calibration_bins=N_BINS)
+    metric.update(preds, target)
+    state = metric.state.calibration
+    separate = batch_bins("positive_class", preds, target, None, n_bins=N_BINS, input=input)
+    assert state.to_json() == separate.to_json()
+    if input == "probs":  # the forecasts are the values themselves
+        _assert_exact(state, probs, target)
+    weighted = BinaryCrossEntropy(input=input, calibration_bins=N_BINS)
+    weighted.update(preds, target, sample_weight=np.ones(n))  # the block path
+    assert weighted.state.calibration.to_json() == state.to_json()
+    cut = BinaryCrossEntropy(input=input, calibration_bins=N_BINS)
+    for a, b in ((0, 1500), (1500, 3050), (3050, 7000), (7000, n)):
+        cut.update(preds[a:b], target[a:b])
+    assert cut.state.calibration.to_json() == state.to_json()

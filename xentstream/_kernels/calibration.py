@@ -36,7 +36,7 @@ from xentstream._kernels.exact import (
 )
 from xentstream._kernels.fastmath import add_reassoc, exp32, exp64, is_float32, max_num
 from xentstream._kernels.layout import LOGITS, LOGPROBS
-from xentstream._kernels.rows import positive_probabilities_fast
+from xentstream._kernels.rows import NARROW_GROUP_ELEMENTS, positive_probabilities_fast
 
 BIN_WEIGHT = 0
 BIN_CONFIDENCE = 1
@@ -410,8 +410,10 @@ def _add_counted(acc, f, hit):
 @njit(nogil=True, error_model="numpy")
 def _finish_bins(sums, counts, hits, weighted, binary, counted):
     """Normalize a block's bins and add what was counted, not summed: the weight of
-    unweighted forecasts (their count), the outcomes ``hits`` of ``counted`` ones, and
-    for 0/1 outcomes ``s o^2``, which equals ``s o`` term by term (the same bits)."""
+    unweighted forecasts (their count), the outcomes ``hits`` of ``counted`` ones (of
+    their ``o^2`` too when not every outcome of the block is 0/1: the tallied ones
+    are), and for 0/1 outcomes ``s o^2``, which equals ``s o`` term by term (the same
+    bits)."""
     flat = sums.reshape(-1, N_SLOTS)
     normalize(flat)
     for k in range(sums.shape[0]):
@@ -419,6 +421,8 @@ def _finish_bins(sums, counts, hits, weighted, binary, counted):
             add_term(sums[k, BIN_WEIGHT], np.float64(counts[k]))  # < 2**53: exact
         if counted:
             add_term(sums[k, BIN_OUTCOME], np.float64(hits[k]))
+        if counted and not binary:  # tallied 0/1 outcomes beside summed soft ones: o^2 = o
+            add_term(sums[k, BIN_OUTCOME_SQUARED], np.float64(hits[k]))
     normalize(flat)
     if binary:
         for k in range(sums.shape[0]):
@@ -649,6 +653,65 @@ def positive_block_bins(
             block_counts,
         )
     _finish_bins(block_sums, block_counts, hits, weighted, binary, counted)
+
+
+# -- bins fed chunk by chunk, from inside a loss kernel ---------------------------------------
+#
+# The binary loss kernel's unweighted, ungrouped chunks bin each chunk right after its loss
+# pass: the outcomes are the float64 targets that pass has already staged and its 0/1 count
+# says which chunks the tally takes, so the bins read no value twice and scan no block
+# ahead. Every path adds the same exact numbers, so the bins' bits never depend on it.
+
+if NARROW_GROUP_ELEMENTS > _CHUNK_VALUES:
+    raise ImportError("xentstream: a loss kernel's chunk must fit the bins' chunk scratch")
+
+
+@njit(nogil=True, error_model="numpy")
+def chunk_bins_scratch(preds, n_bins):
+    """Scratch for :func:`add_chunk_bins` of one block (allocated in a called function,
+    as :func:`_scratch`): forecasts, float32 exps, bin rows, hits, tally, digits; empty
+    for no bins (``n_bins`` 0)."""
+    n_values = _CHUNK_VALUES if n_bins > 0 else 0
+    _, _, conf, _, exps32, _, bins, hits, tally, digits, _ = _scratch(preds, 0, n_values, n_bins)
+    return conf, exps32, bins, hits, tally, digits
+
+
+@njit(nogil=True, error_model="numpy")
+def add_chunk_bins(
+    preds, outcomes, start, stop, input_kind, binary, scratch, no_weights, block_sums, block_counts
+):
+    """Bin the unweighted positive-class forecasts of values ``start:stop`` (at most
+    :data:`xentstream._kernels.rows.NARROW_GROUP_ELEMENTS`) with float64 outcomes
+    ``outcomes[:n]``: the tally when ``binary`` (every outcome 0 or 1), else every term.
+    ``scratch`` from :func:`chunk_bins_scratch`, ``no_weights`` an empty weight column;
+    :func:`finish_chunk_bins` ends the block."""
+    conf, exps32, bins, hits, tally, digits = scratch
+    n = stop - start
+    positive_probabilities_fast(preds, start, stop, input_kind, conf, exps32)
+    if binary:
+        _tally_chunk(
+            conf,
+            outcomes,
+            n,
+            block_counts.shape[0],
+            tally,
+            digits,
+            bins,
+            block_sums,
+            block_counts,
+            hits,
+        )
+    else:
+        _add_chunk(
+            conf[:n], outcomes[:n], start, 1, no_weights, False, bins, block_sums, block_counts
+        )
+
+
+@njit(nogil=True, error_model="numpy")
+def finish_chunk_bins(scratch, all_binary, block_sums, block_counts):
+    """Normalize a block's bins fed by :func:`add_chunk_bins` (``all_binary``: every
+    chunk was tallied)."""
+    _finish_bins(block_sums, block_counts, scratch[3], False, all_binary, True)
 
 
 # -- per-class (one-vs-rest) bins ----------------------------------------------------------

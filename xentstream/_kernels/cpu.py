@@ -39,9 +39,10 @@ the top class's probability and 1 or 0 for a hard label, the target's mass on it
 soft one, -1 for an ignored row. The bins then cost a tally of these, not a second
 pass over the predictions (:mod:`xentstream._kernels.calibration`). ``bin_sums`` / ``bin_counts``
 (``(n_blocks, n_bins, N_BIN_SUMS, N_SLOTS)`` / ``(n_blocks, n_bins)``, or 0 blocks for
-none) take the binary kernel's reliability bins themselves, each block's added right
-after its loss pass (``calibration.positive_block_bins``) while its values are in
-cache; the other kernels leave them alone.
+none) take the binary kernel's reliability bins themselves: an unweighted, ungrouped
+block bins each chunk right after its loss pass, from L1
+(``calibration.add_chunk_bins``), others each block after its loss pass
+(``calibration.positive_block_bins``); the other kernels leave them alone.
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from xentstream._kernels.calibration import positive_block_bins
+from xentstream._kernels.calibration import (
+    add_chunk_bins,
+    chunk_bins_scratch,
+    finish_chunk_bins,
+    positive_block_bins,
+)
 from xentstream._kernels.exact import MAX_STAGED_TERMS, add_term, add_terms, bits_float64
 from xentstream._kernels.fastmath import add_reassoc, log64
 from xentstream._kernels.layout import (
@@ -813,10 +819,13 @@ def _make_binary(with_entropy):
         # Per-row terms come from the row-by-row path, as grouped rows do.
         grouped = groups.shape[0] > 0 or row_terms.shape[0] > 0
         staged_slots = _staged_slots(unit, with_entropy, True)
+        binned = bin_sums.shape[0] > 0
         for block in prange(n_blocks):
             start, stop = _block_bounds(block, n_blocks, n_rows)
             correct_rows = np.zeros(sums.shape[1], dtype=np.int64)
             staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
+            bin_scratch = chunk_bins_scratch(preds, bin_sums.shape[1] if binned else 0)
+            all_tallied = True
             # Losses of a chunk of rows come from one SIMD pass (the same whatever the
             # outputs, so a metric and the function agree bitwise). Unweighted,
             # ungrouped chunks run every other step across rows too; others check,
@@ -841,7 +850,7 @@ def _make_binary(with_entropy):
                 if unit and not grouped:
                     # Every per-row step across the chunk's rows, in SIMD loops: the
                     # checks as a count, the terms as whole columns for add_terms.
-                    bad, correct = binary_chunk_terms(
+                    bad, correct, soft = binary_chunk_terms(
                         preds, target, chunk_start, chunk_stop, opts, losses, squares, positives
                     )
                     if bad > 0:
@@ -855,6 +864,22 @@ def _make_binary(with_entropy):
                         break
                     if keep_rows:
                         row_losses[chunk_start:chunk_stop] = losses[:n]
+                    # The chunk's bins while its values are in L1, before add_terms
+                    # takes positives as scratch.
+                    if binned:
+                        add_chunk_bins(
+                            preds,
+                            positives,
+                            chunk_start,
+                            chunk_stop,
+                            opts.input_kind,
+                            soft == 0,
+                            bin_scratch,
+                            sample_weight,
+                            bin_sums[block],
+                            bin_counts[block],
+                        )
+                        all_tallied = all_tallied and soft == 0
                     block_sums = sums[block, 0]
                     add_terms(block_sums[LOSS], losses, n)
                     add_terms(block_sums[LOSS_SQUARED], squares, n)
@@ -927,18 +952,21 @@ def _make_binary(with_entropy):
             _add_all_staged(sums[block], staged, n_staged, staged_slots)
             if unit:
                 _add_unit_counts(sums[block], counts[block], correct_rows)
-            if bin_sums.shape[0] > 0 and errors[block, 0] < 0:  # a bad block is dropped
-                positive_block_bins(
-                    preds,
-                    target,
-                    sample_weight,
-                    1,
-                    opts.input_kind,
-                    start,
-                    stop,
-                    bin_sums[block],
-                    bin_counts[block],
-                )
+            if binned and errors[block, 0] < 0:  # a bad block's bins are dropped
+                if unit and not grouped:
+                    finish_chunk_bins(bin_scratch, all_tallied, bin_sums[block], bin_counts[block])
+                else:
+                    positive_block_bins(
+                        preds,
+                        target,
+                        sample_weight,
+                        1,
+                        opts.input_kind,
+                        start,
+                        stop,
+                        bin_sums[block],
+                        bin_counts[block],
+                    )
 
     return binary
 

@@ -665,9 +665,10 @@ def binary_chunk_terms(preds, target, start, stop, opts, losses, squares, positi
     """The per-row steps of unweighted binary rows ``start:stop``, across rows.
 
     Given ``losses[:k]`` (:func:`binary_losses_fast`), writes ``squares[:k]`` (the
-    loss squared) and ``positives[:k]`` (the target), and returns ``(bad, correct)``:
-    the rows that fail the checks of :func:`check_binary_pair` and the rows whose
-    top-1 decision matches the target. Branch-free (``&`` on booleans, counts as sums)
+    loss squared) and ``positives[:k]`` (the target), and returns ``(bad, correct,
+    soft)``: the rows that fail the checks of :func:`check_binary_pair`, the rows whose
+    top-1 decision matches the target, and the targets other than 0 and 1 (none: the
+    chunk's reliability bins take the tally). Branch-free (``&`` on booleans, counts as sums)
     so that each loop compiles to SIMD code; a caller that sees ``bad > 0`` looks for
     the first bad row with :func:`check_binary_pair`.
     """
@@ -676,6 +677,7 @@ def binary_chunk_terms(preds, target, start, stop, opts, losses, squares, positi
     kind = opts.input_kind
     bad = 0
     correct = 0
+    soft = 0
     threshold = 0.0 if kind == LOGITS else (-math.log(2.0) if kind == LOGPROBS else 0.5)
     for r in range(stop - start):
         x = np.float64(chunk[r])
@@ -689,11 +691,12 @@ def binary_chunk_terms(preds, target, start, stop, opts, losses, squares, positi
             ok = ok & (x <= 0.0)
         bad += np.int64(not ok)
         correct += np.int64((x >= threshold) == (t >= 0.5))
+        soft += np.int64((t != 0.0) & (t != 1.0))
         squares[r] = losses[r] * losses[r]
         positives[r] = t
     if not opts.validate:
         bad = 0
-    return bad, correct
+    return bad, correct, soft
 
 
 #: Rows of one chunk of narrow logits rows processed across SIMD lanes.
