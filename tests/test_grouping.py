@@ -397,13 +397,32 @@ def test_hashed_keys_grow_and_fall_back_to_polars_on_another_type(
     ]
 
 
+def _threaded_and_serial(
+    monkeypatch: pytest.MonkeyPatch, codes: np.ndarray, terms: np.ndarray, batch: int
+) -> tuple[GroupTable, GroupTable, GroupKeys]:
+    """The same rows reduced in batches of ``batch`` with threads splitting every batch's
+    runs and on one thread: both tables (asserted bitwise equal) and the keys."""
+    from xentstream import grouping
+
+    tables = []
+    for parallel_rows in (1, 10**12):
+        monkeypatch.setattr(grouping, "_PARALLEL_ROWS", parallel_rows)
+        table, keys = GroupTable(counts_labels=False), GroupKeys(("k",))
+        for start in range(0, codes.shape[0], batch):
+            _fill(table, keys, codes[start : start + batch], terms[start : start + batch])
+        tables.append(table)
+    parallel, serial = tables
+    everything = np.arange(len(keys))
+    assert np.array_equal(parallel.sums(everything), serial.sums(everything))
+    assert np.array_equal(parallel.counts[: len(keys)], serial.counts[: len(keys)])
+    return parallel, serial, keys
+
+
 def test_parallel_reduction_gives_the_serial_bits(
     rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Batches of many runs are reduced by threads (groups that widen by the serial
     pass): the same exact sums as one thread, and as the Fractions of the terms."""
-    from xentstream import grouping
-
     n, n_groups = 60_000, 30_000
     codes = rng.integers(0, n_groups, n)
     values = rng.exponential(1.0, n)
@@ -411,18 +430,8 @@ def test_parallel_reduction_gives_the_serial_bits(
     values[odd & (rng.random(n) < 0.3)] *= 1e-300
     values[odd & (rng.random(n) < 0.05)] = np.inf
     terms = _terms(values, rng.random(n) < 0.05)
-    tables = []
-    for parallel_runs in (grouping._PARALLEL_RUNS, 10**12):
-        monkeypatch.setattr(grouping, "_PARALLEL_RUNS", parallel_runs)
-        table, keys = GroupTable(counts_labels=False), GroupKeys(("k",))
-        for start in range(0, n, 30_000):
-            _fill(table, keys, codes[start : start + 30_000], terms[start : start + 30_000])
-        tables.append((table, keys))
-    (parallel, keys), (serial, _) = tables
+    parallel, _, keys = _threaded_and_serial(monkeypatch, codes, terms, 30_000)
     assert 0 < parallel.n_widened() < n_groups
-    everything = np.arange(len(keys))
-    assert np.array_equal(parallel.sums(everything), serial.sums(everything))
-    assert np.array_equal(parallel.counts[: len(keys)], serial.counts[: len(keys)])
     sample = np.isin(codes, rng.choice(n_groups, 40))
     small, small_keys = GroupTable(counts_labels=False), GroupKeys(("k",))
     _fill(small, small_keys, codes[sample], terms[sample])
@@ -432,6 +441,32 @@ def test_parallel_reduction_gives_the_serial_bits(
         assert np.array_equal(
             small.sums(np.array([code]))[0], parallel.sums(np.array([position[key]]))[0]
         )
+
+
+def test_long_runs_of_whole_and_fractional_terms_are_exact(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Few groups, long runs (whole-number sums take a count instead of add_terms):
+    every sum equals the Fractions of its terms, threads or not, at the edges of the
+    count path (2**20 and beyond, negatives, -0.0, one fraction among whole numbers,
+    inf and NaN in a column of 0/1)."""
+    n, n_groups = 50_000, 6
+    codes = rng.integers(0, n_groups, n)
+    terms = np.zeros((n, layout.N_ROW_TERMS))
+    terms[:, 0] = rng.exponential(2.0, n)
+    terms[:, 1] = 1.0
+    terms[:, 2] = rng.integers(-5, 6, n)
+    terms[:, 3] = rng.integers(0, 1 << 22, n)  # past the count path's bound: add_terms
+    terms[:, 4] = rng.integers(0, 2, n)
+    terms[codes == 1, 4] = np.where(rng.random(int((codes == 1).sum())) < 0.01, np.inf, 1.0)
+    terms[:, 5] = np.where(rng.random(n) < 0.5, -0.0, 0.0)
+    terms[:, 6] = rng.integers(0, 3, n)
+    terms[np.flatnonzero(codes == 2)[100], 6] = 0.5
+    terms[:, 7] = rng.choice([2.0**20, -(2.0**20), 2.0**20 + 1.0], n)
+    terms[:, 8] = rng.integers(0, 4, n)
+    terms[np.flatnonzero(codes == 3)[:3], 8] = np.nan
+    _, serial, keys = _threaded_and_serial(monkeypatch, codes, terms, 20_000)
+    _check_against_fractions(serial, keys, codes, terms)
 
 
 @pytest.mark.parametrize(

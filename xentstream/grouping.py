@@ -480,7 +480,7 @@ class GroupTable:
         run_starts = np.ascontiguousarray(run_starts, dtype=np.int64)
         run_codes = np.ascontiguousarray(run_codes, dtype=np.int64)
         n_runs = run_codes.shape[0]
-        if n_runs >= _PARALLEL_RUNS and _parallel_is_safe():
+        if n_runs >= 2 and terms.shape[0] >= _PARALLEL_ROWS and _parallel_is_safe():
             # The runs' groups are distinct: threads split the runs. Groups that are or
             # become wide (a shared side table) are left to the serial pass.
             added = np.zeros(n_runs, dtype=np.bool_)
@@ -488,6 +488,7 @@ class GroupTable:
                 terms,
                 run_starts,
                 run_codes,
+                _run_blocks(run_starts),
                 self.base,
                 self.window,
                 self.wide,
@@ -1309,7 +1310,21 @@ _RATIO_PAIRS = np.array(
 #: Distinct integers whose decimal text :meth:`GroupTable.states_json` keeps.
 _DECIMALS_KEPT = 1 << 16
 #: Runs of one batch from which threads share the grouped reduction (fewer: one thread).
-_PARALLEL_RUNS = 2 * kernels.RUNS_PER_BLOCK
+#: Rows of a batch from which threads add its runs (below, a parallel launch costs more).
+_PARALLEL_ROWS = 1 << 15
+#: Rows a thread's block of runs holds, about: blocks of a fixed number of runs left a
+#: batch of 1e3 groups (700-row runs) to one thread.
+_ROWS_PER_RUN_BLOCK = 1 << 14
+
+
+def _run_blocks(run_starts: np.ndarray) -> np.ndarray:
+    """Run boundaries of blocks of about ``_ROWS_PER_RUN_BLOCK`` rows each (a run is
+    never split): ``block_runs`` of :func:`~xentstream._kernels.groups.add_runs_parallel`."""
+    n_rows = int(run_starts[-1])
+    n_blocks = max(1, n_rows // _ROWS_PER_RUN_BLOCK)
+    targets = np.linspace(0, n_rows, n_blocks + 1)[1:-1]
+    inner = np.searchsorted(run_starts, targets)
+    return np.unique(np.concatenate(([0], inner, [run_starts.shape[0] - 1]))).astype(np.int64)
 
 
 def _parallel_is_safe() -> bool:
