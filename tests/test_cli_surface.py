@@ -354,3 +354,71 @@ def test_progress_bar_says_compiling_and_ends_on_the_final_loss(monkeypatch) -> 
     last = screen.getvalue().replace("\r", "\n").strip().splitlines()[-1]
     assert last.startswith("xentstream: 100%") and "compiling" not in last
     assert f"loss {metric.value:.4g}±" in last  # the final loss, not the first batch's
+
+
+def test_compile_notice_says_once_when_a_kernel_of_ours_compiles() -> None:
+    from numba import njit
+
+    from xentstream._kernels import groups
+    from xentstream.evaluation import compile_notice
+
+    said = io.StringIO()
+    codes = np.array([1, 0, 1], dtype=np.int64)
+    with compile_notice(said, enabled=True):
+        njit(lambda x: x + 1)(1)  # not ours: nothing said
+        assert said.getvalue() == ""
+        fresh = njit(groups.row_positions.py_func)  # a new dispatcher compiles for real
+        assert fresh(codes, 2).tolist() == groups.row_positions(codes, 2).tolist()
+        njit(groups.row_positions.py_func)(codes, 2)
+    assert said.getvalue() == "xentstream: compiling kernels (first run only)...\n"
+    quiet = io.StringIO()  # not a terminal: nothing said by default
+    with compile_notice(quiet):
+        njit(groups.row_positions.py_func)(codes, 2)
+    assert quiet.getvalue() == ""
+
+
+def test_merge_on_a_cold_cache_says_it_compiles_and_a_warm_one_does_not(tmp_path: Path) -> None:
+    """On a terminal (a pty), a merge with an empty numba cache says it is compiling
+    (seconds of silence otherwise); the same merge again, from the cache, says nothing."""
+    import os
+    import pty
+
+    source = tmp_path / "preds.parquet"
+    pl.DataFrame(
+        {"p": [0.9, 0.2, 0.6, 0.7], "y": [1, 0, 0, 1], "g": ["a", "b", "a", "b"]}
+    ).write_parquet(source)
+    state = tmp_path / "state.json"
+    ok(cli("evaluate", source, "--preds", "p", "--target", "y", "--by", "g", "--save-state", state))
+    env = child_env()
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba-cache")
+    merge = ["merge", str(state), str(state), "--top", "1", "--format", "json"]
+    screens = []
+    for _ in range(2):
+        terminal, child_side = pty.openpty()
+        done = subprocess.run(
+            [sys.executable, "-m", "xentstream", *merge],
+            stdout=subprocess.PIPE,
+            stderr=child_side,
+            env=env,
+            timeout=600,
+            check=False,
+        )
+        os.close(child_side)
+        screen = b""
+        while True:
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # the pty's other side is closed: all read
+                break
+            if not chunk:
+                break
+            screen += chunk
+        os.close(terminal)
+        assert done.returncode == 0, screen.decode()[-2000:]
+        merged = json.loads(done.stdout)
+        worst = merged["groups"]
+        assert [group["key"] for group in worst] == [["a"]] and worst[0]["count"] == 4
+        assert worst[0]["loss"] == pytest.approx(log_loss([1, 0], [0.9, 0.6]), rel=1e-12)
+        screens.append(screen.decode())
+    assert screens[0].count("compiling kernels (first run only)") == 1
+    assert "compiling" not in screens[1]

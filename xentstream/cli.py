@@ -43,6 +43,7 @@ from xentstream.evaluation import (
     GroupedReport,
     Interrupted,
     compare,
+    compile_notice,
     evaluate,
     grouped_state_dict,
     merge_grouped_states,
@@ -972,7 +973,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     overall = result.overall if isinstance(result, GroupedReport) else result
     if overall.count + overall.ignored == 0:
         warnings.warn("the source holds no rows: nothing was evaluated", stacklevel=1)
-    _write(_render(_shown_groups(result, args), args.format), args.output)
+    with compile_notice():  # --top and the groups' table compile kernels of their own
+        _write(_render(_shown_groups(result, args), args.format), args.output)
     return 0
 
 
@@ -1124,6 +1126,11 @@ def _run_on_dask(
 
 
 def _merge(args: argparse.Namespace) -> int:
+    with compile_notice():  # loading and merging states compile kernels of their own
+        return _merge_states(args)
+
+
+def _merge_states(args: argparse.Namespace) -> int:
     states = [read_json(path) for path in args.states]
     grouped = [isinstance(s, dict) and s.get("format") == GROUPED_FORMAT for s in states]
     if any(grouped):

@@ -13,6 +13,7 @@ where it stopped, ending bitwise equal to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import decimal
@@ -61,6 +62,7 @@ __all__ = [
     "GroupedReport",
     "Interrupted",
     "compare",
+    "compile_notice",
     "evaluate",
     "grouped_state_dict",
     "merge_grouped_states",
@@ -869,6 +871,54 @@ def _kernels_compiled() -> bool:
         return True  # unknown: say nothing rather than something wrong
 
 
+#: What the user is told while kernels compile (a cold cache: seconds of silence).
+COMPILING = "xentstream: compiling kernels (first run only)"
+
+
+@contextlib.contextmanager
+def compile_notice(stream: Any = None, *, enabled: bool | None = None) -> Iterator[None]:
+    """Say once, on ``stream`` (stderr), when a kernel of xentstream starts compiling.
+
+    For steps outside a progress bar (the bar says it itself): a grouped report's
+    ``top`` and a state file's load compile kernels of their own on a fresh machine,
+    ~5-12 s without a word. numba's ``numba:compile`` event fires only for a real
+    compile, not for a disk-cache load, so a warm run says nothing. ``enabled``:
+    default, whether ``stream`` is a terminal.
+
+    Examples
+    --------
+    >>> import io
+    >>> out = io.StringIO()
+    >>> with compile_notice(out, enabled=True):
+    ...     pass  # nothing compiled here: nothing said
+    >>> out.getvalue()
+    ''
+    """
+    stream = sys.stderr if stream is None else stream
+    if enabled is None:
+        enabled = bool(getattr(stream, "isatty", lambda: False)())
+    if not enabled:
+        yield
+        return
+    from numba.core import event
+
+    class _Notice(event.Listener):
+        said = False
+
+        def on_start(self, ev: Any) -> None:
+            dispatcher = (ev.data or {}).get("dispatcher")
+            module = getattr(getattr(dispatcher, "py_func", None), "__module__", None) or ""
+            if not self.said and module.split(".")[0] == "xentstream":
+                self.said = True
+                print(f"{COMPILING}...", file=stream, flush=True)
+
+        def on_end(self, ev: Any) -> None:
+            pass
+
+    with event.install_listener("numba:compile", _Notice()):
+        yield
+
+
 class _Progress:
     """A tqdm bar with rows/s and the running loss +- stderr; off when not wanted.
 
@@ -894,9 +944,7 @@ class _Progress:
                 unit="rows",
                 unit_scale=True,
                 dynamic_ncols=True,
-                desc="xentstream: compiling kernels (first run only)"
-                if compiling
-                else "xentstream",
+                desc=COMPILING if compiling else "xentstream",
             )
             self._compiling = compiling
 
