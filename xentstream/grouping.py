@@ -1309,7 +1309,6 @@ _RATIO_PAIRS = np.array(
 
 #: Distinct integers whose decimal text :meth:`GroupTable.states_json` keeps.
 _DECIMALS_KEPT = 1 << 16
-#: Runs of one batch from which threads share the grouped reduction (fewer: one thread).
 #: Rows of a batch from which threads add its runs (below, a parallel launch costs more).
 _PARALLEL_ROWS = 1 << 15
 #: Rows a thread's block of runs holds, about: blocks of a fixed number of runs left a

@@ -276,9 +276,9 @@ def _add_run_chunk(scratch, terms, start, size, column):
     unit weights, their denominators and squares, 0/1 correctness, the zero entropies
     of hard targets: most of a run's sums -- adds its int64 total as one term; the
     others go through ``add_terms``. The chunk's rows (20 KB) stay in L1 across the
-    sums' strided passes: a pass per sum over a whole 700-row run re-read it from L2
-    each time (27 vs NN ns a row, 1 thread). NaN and infinities are never whole and
-    small, and are never converted.
+    sums' strided passes, where a pass per sum over a whole run re-read it from L2
+    each time (a 700-row run of three float and six whole sums, 1 thread: 27.1 -> 23.0
+    ns a row). NaN and infinities are never whole and small, and are never converted.
     """
     rows = terms[start : start + size]  # sliced: ``start + j`` would cost a wraparound check
     for s in range(N_SUMS):
