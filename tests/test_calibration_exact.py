@@ -12,10 +12,19 @@ import pytest
 from reference import exact_bin_sums
 
 from xentstream import BinaryCrossEntropy, CrossEntropy
-from xentstream._kernels.calibration import BIN_SUM_NAMES
+from xentstream._kernels.calibration import (
+    _CHUNK_ROWS,
+    _CHUNK_VALUES,
+    _DRAIN_CHUNKS,
+    BIN_SUM_NAMES,
+    N_BIN_SUMS,
+    positive_class_bins,
+    top_label_bins,
+)
 from xentstream._kernels.exact import N_SLOTS
+from xentstream._kernels.layout import PROBS
 from xentstream.accumulator import CalibrationState, exact_integer, to_floats
-from xentstream.calibration import batch_bins, forecast_bins
+from xentstream.calibration import batch_bins, block_bins, forecast_bins
 
 N_BINS = 15
 #: One unit of the accumulators' fixed-point integer (``accumulator.exact_integer``).
@@ -195,16 +204,19 @@ def test_kernel_forecasts_match_a_pass_of_their_own(rng):
             np.testing.assert_allclose(fused, alone, rtol=1e-12, atol=0.0)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("input", ["probs", "logits"])
-def test_binary_kernel_bins_of_mixed_chunks_are_exact(rng, input):
+def test_binary_kernel_bins_of_mixed_chunks_are_exact(rng, input, dtype):
     """The binary loss kernel bins each chunk after its loss pass: 0/1 chunks take the
     tally, a chunk holding a soft target every term. A block mixing both gives the exact
-    sums, the bits of the separate pass and of any split of the batches."""
+    sums, the bits of the separate pass and of any split of the batches. float32 logits'
+    forecasts come from the loss pass's exps, the separate pass computes its own."""
     n = 9_000
     probs = _forecasts(rng, n)
     probs[probs < 2.0**-40] = 2.0**-40  # logit(f) finite
     probs[probs > 1.0 - 2.0**-40] = 1.0 - 2.0**-40
-    preds = np.log(probs) - np.log1p(-probs) if input == "logits" else probs
+    preds = (np.log(probs) - np.log1p(-probs) if input == "logits" else probs).astype(dtype)
+    probs = preds.astype(np.float64)  # the forecasts of probabilities: the values
     target = (rng.uniform(size=n) < probs).astype(np.float64)
     target[3000:3100] = rng.uniform(size=100)  # soft targets in a few chunks only
     target[7777] = 0.25
@@ -222,3 +234,38 @@ def test_binary_kernel_bins_of_mixed_chunks_are_exact(rng, input):
     for a, b in ((0, 1500), (1500, 3050), (3050, 7000), (7000, n)):
         cut.update(preds[a:b], target[a:b])
     assert cut.state.calibration.to_json() == state.to_json()
+
+
+def _one_block_bins(forecast, preds, target):
+    """The bins of one block of every row (the kernel called with a single block)."""
+    sums = np.zeros((1, N_BINS, N_BIN_SUMS, N_SLOTS), np.int64)
+    counts = np.zeros((1, N_BINS), np.int64)
+    if forecast == "top_label":
+        no_soft = np.empty((0, preds.shape[1]))
+        arguments = (preds, target, no_soft, np.empty(0), PROBS, 0, False, sums, counts)
+        top_label_bins(*arguments)
+    else:
+        positive_class_bins(preds, target.astype(np.float64), np.empty(0), 1, PROBS, sums, counts)
+    return block_bins(sums, counts)
+
+
+@pytest.mark.parametrize("forecast", ["top_label", "positive_class"])
+def test_a_block_longer_than_the_tally_drain_is_exact(rng, forecast):
+    """A block of more tally chunks than its int64 digit sums hold (``_DRAIN_CHUNKS``)
+    adds them to its accumulators on the way: the same bits as batches short enough
+    never to (whose sums the tests above hold exact)."""
+    chunk = _CHUNK_ROWS if forecast == "top_label" else _CHUNK_VALUES
+    n = chunk * (_DRAIN_CHUNKS + 37) + 5
+    if forecast == "top_label":
+        preds = rng.dirichlet(np.ones(3), n)
+        target = rng.integers(0, 3, n)
+    else:
+        preds = rng.uniform(2.0**-16, 1.0, n)
+        target = (rng.uniform(size=n) < preds).astype(np.int64)
+    state = _one_block_bins(forecast, preds, target)
+    merged = CalibrationState(N_BINS)
+    step = chunk * (_DRAIN_CHUNKS // 4)  # one block each: under the drain's chunk count
+    for a in range(0, n, step):
+        merged.merge(_one_block_bins(forecast, preds[a : a + step], target[a : a + step]))
+    assert state.to_json() == merged.to_json()
+    assert state.counts.sum() == n

@@ -26,6 +26,7 @@ from xentstream._kernels.exact import (
     POS_INF,
     UNIT_EXPONENT,
     add_normalized,
+    sum_fits,
 )
 
 __all__ = [
@@ -147,11 +148,13 @@ def to_floats(acc: np.ndarray) -> np.ndarray:
 
 def check_addable(target: np.ndarray, source: np.ndarray) -> None:
     """Raise the ``ValueError`` :func:`merge_into` would raise, changing nothing."""
-    top = N_CHUNKS - 1
     # Both operands are normalized, so the top chunks carry the magnitude; bounding
     # their sum (+1 for a carry) keeps int64 from wrapping to the opposite sign.
-    reach = np.abs(target[..., top].astype(np.float64) + source[..., top]) + 1
-    if reach.size and reach.max() >= _TOP_CHUNK_BOUND:
+    if target.shape != source.shape:
+        raise ValueError(f"accumulator: shapes {target.shape} and {source.shape} differ")
+    if not sum_fits(
+        target.reshape(-1, N_SLOTS), source.reshape(-1, N_SLOTS), float(_TOP_CHUNK_BOUND)
+    ):
         raise _out_of_range()
 
 

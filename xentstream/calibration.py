@@ -43,7 +43,6 @@ from xentstream._kernels.exact import (
     MAX_TERMS_PER_BLOCK,
     N_CHUNKS,
     N_SLOTS,
-    combine_blocks,
     normalize,
 )
 from xentstream._kernels.layout import INPUT_KINDS, LOGITS
@@ -204,10 +203,8 @@ def block_bins(sums: np.ndarray, counts: np.ndarray) -> CalibrationState:
 
 
 def _combined(state: CalibrationState, sums: np.ndarray, counts: np.ndarray) -> CalibrationState:
-    """``state`` with the blocks' bins added: one compiled call normalizes and adds the
-    blocks, not a Python merge per block."""
-    combine_blocks(sums.reshape(sums.shape[0], -1, N_SLOTS), state.sums.reshape(-1, N_SLOTS))
-    state.counts = counts.sum(axis=0)
+    """``state`` (zero) with the blocks' bins added (:func:`kernels.combine_bin_blocks`)."""
+    kernels.combine_bin_blocks(sums, counts, state.sums, state.counts)
     return state
 
 

@@ -32,11 +32,17 @@ from xentstream._kernels.exact import (
     UNIT_EXPONENT,
     add_term,
     add_terms,
+    add_units,
+    combine_blocks,
     normalize,
 )
 from xentstream._kernels.fastmath import add_reassoc, exp32, exp64, is_float32, max_num
 from xentstream._kernels.layout import LOGITS, LOGPROBS
-from xentstream._kernels.rows import NARROW_GROUP_ELEMENTS, positive_probabilities_fast
+from xentstream._kernels.rows import (
+    NARROW_GROUP_ELEMENTS,
+    positive_probabilities_fast,
+    positive_probabilities_from_exps,
+)
 
 BIN_WEIGHT = 0
 BIN_CONFIDENCE = 1
@@ -211,7 +217,7 @@ def _scratch(preds, n_columns, n_rows, n_bins):
         np.empty(n_rows, dtype=np.int64),
         np.empty(n_rows, dtype=np.int64),
         np.zeros(n_bins, dtype=np.int64),
-        np.zeros((2 * n_bins + 1, _TALLY_WIDTH)),  # the last row: discarded
+        _tally_scratch(n_bins),
         np.empty((_TALLY_DIGITS, n_rows)),
         np.empty(n_rows),
     )
@@ -272,30 +278,55 @@ def _top_label_chunk(preds, start, stop, input_kind, columns, top, best, conf, t
 # outcome sums are counts. For f in [2**-16, 1] (every top-label forecast of up to 2**16
 # classes, nearly every positive-class one) f is an integer number of units 2**-68 and
 # f*f one of units 2**-84 (their ulps are at least that), each split into two integer
-# digits below 2**34 and 2**42 (a SIMD loop into a column-major ``digits`` table); each
-# forecast then adds its four digits and a count to one row of a small table,
+# digits (a SIMD loop into a column-major ``digits`` table): f's high digit (units
+# 2**-30, at most 2**30) carries the forecast's count too, as 2**41 more, so a row
+# needs four adds, not five; its low digit is below 2**38, f*f's two below 2**42 (units
+# 2**-42, 2**-84). Each forecast adds its four digits to one row of a small table,
 # ``tally[2 k + o]`` (bin k, outcome o: a bin's confidence is its two rows' sum, its
 # product the hit row's), in float64: a chunk's digit sums stay below 2**53, so they are
-# exact. :func:`_flush_tally` adds each sum, an exact float, to the bins' accumulators
-# after every chunk. Measured (1 thread, one 1024-forecast chunk again and again):
-# 8.8 ns a forecast with row-major digits (their loop stayed scalar), 3.4 ns now.
+# exact. After each chunk :func:`_flush_tally` moves the table's sums into int64 digit
+# sums of the block (and the counts into the bin counts); :func:`_drain_tally` adds those
+# to the bins' accumulators when the block ends (or every :data:`_DRAIN_CHUNKS` chunks):
+# a flush is a few integer adds a row instead of six ``add_term`` calls a bin.
+# Measured (1 thread, one 1024-forecast chunk again and again): 8.8 ns a forecast with
+# row-major digits (their loop stayed scalar), 4.0 ns with five adds a row and the
+# accumulators updated every chunk, 3.2 ns now.
 
-#: Digits a forecast adds to its tally row: f's two (units 2**-34, 2**-68), then f*f's
-#: two (units 2**-42, 2**-84).
+#: Digits a forecast adds to its tally row: f's two (units 2**-30, 2**-68; the first
+#: holds the count, 2**41 a forecast), then f*f's two (units 2**-42, 2**-84).
 _TALLY_DIGITS = 4
-#: Columns of a tally row: the digits, the count, padding to 64 bytes.
-_TALLY_WIDTH = 8
 _TALLY_LOW = 2.0**-16
-_F_SPLIT = 2.0**34
-_F_UNIT_HIGH = 2.0**-34
+_F_SPLIT = 2.0**30
+_F_UNIT_HIGH = 2.0**-30
 _F_SCALE_LOW = 2.0**68
-_F_UNIT_LOW = 2.0**-68
+_COUNT_UNIT = 2.0**41
+_INVERSE_COUNT_UNIT = 2.0**-41
 _Q_SPLIT = 2.0**42
 _Q_UNIT_HIGH = 2.0**-42
 _Q_SCALE_LOW = 2.0**84
-_Q_UNIT_LOW = 2.0**-84
-if max(_CHUNK_ROWS, _CHUNK_VALUES) * (_Q_SPLIT + 1.0) >= 2.0**53:
+#: Chunks whose int64 digit sums a block holds before they join the accumulators:
+#: each chunk adds at most 2**52 to a digit's sum over both outcome rows, so 2**9
+#: chunks stay below the 2**62 that ``add_units`` takes.
+_DRAIN_CHUNKS = 1 << 9
+_CHUNK_MOST = max(_CHUNK_ROWS, _CHUNK_VALUES)
+if (
+    _CHUNK_MOST * (_Q_SPLIT + 1.0) >= 2.0**53
+    or _DRAIN_CHUNKS * _CHUNK_MOST * (_Q_SPLIT + 1.0) >= 2.0**62
+    or _CHUNK_MOST * (_COUNT_UNIT + _F_SPLIT) >= 2.0**53
+    or _CHUNK_MOST * _F_SPLIT >= _COUNT_UNIT  # the count is the sum's digits above 2**41
+):
     raise ImportError("xentstream: calibration's tally of a chunk must stay exact in float64")
+
+
+@njit(nogil=True, error_model="numpy")
+def _tally_scratch(n_bins):
+    """A block's tally: the chunk's float64 table (the last row discarded), the block's
+    int64 digit sums and counts by table row, and the number of chunks those hold."""
+    return (
+        np.zeros((2 * n_bins + 1, _TALLY_DIGITS)),
+        np.zeros((2 * n_bins, _TALLY_DIGITS + 1), dtype=np.int64),
+        np.zeros(1, dtype=np.int64),
+    )
 
 
 @njit(nogil=True, error_model="numpy")
@@ -310,6 +341,7 @@ def _tally_chunk(conf, outcome, n, n_bins, tally, digits, rows, block_sums, bloc
     NaN is never converted. Row-major digits or a select of ``f`` kept this loop scalar
     (8.8 vs 3.4 ns a forecast, both loops, 1 thread); two branches in it cost 2.7x more.
     """
+    table = tally[0]
     discard = 2.0 * n_bins
     top_bin = n_bins - 1.0
     n_slow = 0
@@ -320,8 +352,8 @@ def _tally_chunk(conf, outcome, n, n_bins, tally, digits, rows, block_sums, bloc
         high = np.floor(f * _F_SPLIT)
         square = f * f
         square_high = np.floor(square * _Q_SPLIT)
-        digits[0, r] = high
-        digits[1, r] = (f - high * _F_UNIT_HIGH) * _F_SCALE_LOW  # exact: f's bits below 2**-34
+        digits[0, r] = high + _COUNT_UNIT
+        digits[1, r] = (f - high * _F_UNIT_HIGH) * _F_SCALE_LOW  # exact: f's bits below 2**-30
         digits[2, r] = square_high
         digits[3, r] = (square - square_high * _Q_UNIT_HIGH) * _Q_SCALE_LOW
         tallied = fast & (o >= 0.0)
@@ -329,10 +361,9 @@ def _tally_chunk(conf, outcome, n, n_bins, tally, digits, rows, block_sums, bloc
         rows[r] = np.int32(row if tallied else discard)  # AVX2 converts float64 to int32
         n_slow += np.int64((not fast) & (o >= 0.0))
     for r in range(n):
-        sums = tally[rows[r]]
+        sums = table[rows[r]]
         for j in range(_TALLY_DIGITS):
             sums[j] += digits[j, r]
-        sums[_TALLY_DIGITS] += 1.0
     for r in range(n if n_slow else 0):
         f = conf[r]
         o = outcome[r]
@@ -346,28 +377,48 @@ def _tally_chunk(conf, outcome, n, n_bins, tally, digits, rows, block_sums, bloc
 
 @njit(nogil=True, error_model="numpy")
 def _flush_tally(tally, block_sums, block_counts, hits):
-    """Add a chunk's tally (:func:`_tally_chunk`) to its bins and zero it: each digit sum
-    times its unit is an exact float64, added by ``add_term``."""
-    tally[2 * block_counts.shape[0]] = 0.0  # the discarded row
-    for k in range(block_counts.shape[0]):
-        miss = tally[2 * k]
-        hit = tally[2 * k + 1]
-        if miss[_TALLY_DIGITS] == 0.0 and hit[_TALLY_DIGITS] == 0.0:
+    """Move a chunk's table (:func:`_tally_chunk`) into the block's int64 digit sums and
+    counts, and zero it: every sum is an integer below 2**53, so each conversion is
+    exact. Nothing shared is written: blocks' ``block_counts`` share cache lines, and
+    threads writing them every chunk cost ~1 ns a forecast on two threads."""
+    table, pending, n_chunks = tally
+    table[table.shape[0] - 1] = 0.0  # the discarded row
+    for row in range(pending.shape[0]):
+        sums = table[row]
+        if sums[0] == 0.0:  # a tallied forecast adds at least 2**41 here
             continue
+        count = np.floor(sums[0] * _INVERSE_COUNT_UNIT)
+        pending[row, 0] += np.int64(sums[0] - count * _COUNT_UNIT)
+        for j in range(1, _TALLY_DIGITS):
+            pending[row, j] += np.int64(sums[j])
+        pending[row, _TALLY_DIGITS] += np.int64(count)
+        for j in range(_TALLY_DIGITS):
+            sums[j] = 0.0
+    n_chunks[0] += 1
+    if n_chunks[0] == _DRAIN_CHUNKS:
+        _drain_tally(tally, block_sums, block_counts, hits)
+
+
+@njit(nogil=True, error_model="numpy")
+def _drain_tally(tally, block_sums, block_counts, hits):
+    """Add the block's int64 digit sums (:func:`_flush_tally`) to its bins' accumulators
+    and its counts to ``block_counts`` / ``hits``, and zero them: a bin's confidence
+    digits are both its rows', its product the hit row's."""
+    _, pending, n_chunks = tally
+    for k in range(block_sums.shape[0]):
+        miss = pending[2 * k]
+        hit = pending[2 * k + 1]
+        block_counts[k] += miss[_TALLY_DIGITS] + hit[_TALLY_DIGITS]
+        hits[k] += hit[_TALLY_DIGITS]
         sums = block_sums[k]
-        # Sums of both rows stay below 2**53 too: exact.
-        add_term(sums[BIN_CONFIDENCE], (miss[0] + hit[0]) * _F_UNIT_HIGH)
-        add_term(sums[BIN_CONFIDENCE], (miss[1] + hit[1]) * _F_UNIT_LOW)
-        add_term(sums[BIN_CONFIDENCE_SQUARED], (miss[2] + hit[2]) * _Q_UNIT_HIGH)
-        add_term(sums[BIN_CONFIDENCE_SQUARED], (miss[3] + hit[3]) * _Q_UNIT_LOW)
-        add_term(sums[BIN_PRODUCT], hit[0] * _F_UNIT_HIGH)
-        add_term(sums[BIN_PRODUCT], hit[1] * _F_UNIT_LOW)
-        n_hit = np.int64(hit[_TALLY_DIGITS])
-        block_counts[k] += np.int64(miss[_TALLY_DIGITS]) + n_hit
-        hits[k] += n_hit
-        for j in range(_TALLY_WIDTH):
-            miss[j] = 0.0
-            hit[j] = 0.0
+        add_units(sums[BIN_CONFIDENCE], miss[0] + hit[0], -30)
+        add_units(sums[BIN_CONFIDENCE], miss[1] + hit[1], -68)
+        add_units(sums[BIN_CONFIDENCE_SQUARED], miss[2] + hit[2], -42)
+        add_units(sums[BIN_CONFIDENCE_SQUARED], miss[3] + hit[3], -84)
+        add_units(sums[BIN_PRODUCT], hit[0], -30)
+        add_units(sums[BIN_PRODUCT], hit[1], -68)
+    pending[:] = 0
+    n_chunks[0] = 0
 
 
 @njit(nogil=True, error_model="numpy")
@@ -408,14 +459,17 @@ def _add_counted(acc, f, hit):
 
 
 @njit(nogil=True, error_model="numpy")
-def _finish_bins(sums, counts, hits, weighted, binary, counted):
-    """Normalize a block's bins and add what was counted, not summed: the weight of
-    unweighted forecasts (their count), the outcomes ``hits`` of ``counted`` ones (of
-    their ``o^2`` too when not every outcome of the block is 0/1: the tallied ones
-    are), and for 0/1 outcomes ``s o^2``, which equals ``s o`` term by term (the same
-    bits)."""
-    flat = sums.reshape(-1, N_SLOTS)
-    normalize(flat)
+def _finish_bins(sums, counts, hits, tally, weighted, binary, counted):
+    """End a block's bins: add the digit sums still in its ``tally``
+    (:func:`_drain_tally`) and what was counted, not summed: the weight of unweighted
+    forecasts (their count), the outcomes ``hits`` of ``counted`` ones (of their ``o^2``
+    too when not every outcome of the block is 0/1: the tallied ones are), and for 0/1
+    outcomes ``s o^2``, which equals ``s o`` term by term (the same bits).
+
+    Not normalized: ``combine_blocks`` normalizes every block it adds, and a block's
+    chunks have room for its terms and these few (two normalizations of a block's 90
+    accumulators here cost ~9 us, a sixth of a 64k-row batch's bins)."""
+    _drain_tally(tally, sums, counts, hits)
     for k in range(sums.shape[0]):
         if not weighted:
             add_term(sums[k, BIN_WEIGHT], np.float64(counts[k]))  # < 2**53: exact
@@ -423,7 +477,6 @@ def _finish_bins(sums, counts, hits, weighted, binary, counted):
             add_term(sums[k, BIN_OUTCOME], np.float64(hits[k]))
         if counted and not binary:  # tallied 0/1 outcomes beside summed soft ones: o^2 = o
             add_term(sums[k, BIN_OUTCOME_SQUARED], np.float64(hits[k]))
-    normalize(flat)
     if binary:
         for k in range(sums.shape[0]):
             sums[k, BIN_OUTCOME_SQUARED, :] = sums[k, BIN_OUTCOME, :]
@@ -495,7 +548,7 @@ def top_label_bins(
                 block_counts[k] += 1
                 w = np.float64(sample_weight[i]) if weighted else 1.0
                 _add_forecast(block_sums[k], w, conf[r], o, weighted, hard)
-        _finish_bins(block_sums, block_counts, hits, weighted, hard, counted)
+        _finish_bins(block_sums, block_counts, hits, tally, weighted, hard, counted)
 
 
 @njit(nogil=True, error_model="numpy")
@@ -563,7 +616,7 @@ def forecast_bins(forecasts, sample_weight, sums, counts):
                 block_sums,
                 block_counts,
             )
-        _finish_bins(block_sums, block_counts, hits, weighted, binary, counted)
+        _finish_bins(block_sums, block_counts, hits, tally, weighted, binary, counted)
 
 
 @njit(nogil=True, error_model="numpy")
@@ -616,11 +669,11 @@ def positive_block_bins(
 ):
     """One block's bins of the positive-class forecasts of values ``start:stop``
     (``block_sums`` (n_bins, N_BIN_SUMS, N_SLOTS), ``block_counts`` (n_bins,), zeroed;
-    normalized on return): the body of :func:`positive_class_bins`, which the binary
-    loss kernel calls too, on each of its own blocks right after its loss pass, while
-    the block's values are still in cache (no second launch, no float64 copy of the
-    targets, no forecasts written out and read back). Exact, so the bits never depend on
-    the blocks."""
+    left for :func:`combine_bin_blocks` to normalize): the body of
+    :func:`positive_class_bins`, which the binary loss kernel calls too, on each of its
+    own blocks right after its loss pass, while the block's values are still in cache
+    (no second launch, no float64 copy of the targets, no forecasts written out and read
+    back). Exact, so the bits never depend on the blocks."""
     n_bins = block_counts.shape[0]
     weighted = sample_weight.shape[0] > 0
     _, _, conf, _, exps32, _, bins, hits, tally, digits, outcome = _scratch(
@@ -652,7 +705,20 @@ def positive_block_bins(
             block_sums,
             block_counts,
         )
-    _finish_bins(block_sums, block_counts, hits, weighted, binary, counted)
+    _finish_bins(block_sums, block_counts, hits, tally, weighted, binary, counted)
+
+
+@njit(nogil=True, cache=True)
+def combine_bin_blocks(block_sums, block_counts, sums, counts):
+    """Add the blocks' bins (``block_sums`` (blocks, n_bins, N_BIN_SUMS, N_SLOTS), each
+    normalized here; ``block_counts`` (blocks, n_bins)) into zeroed ``sums`` / ``counts``:
+    one compiled call, not a Python merge per block (numpy's sum of the counts alone took
+    ~6 us, on every batch of a metric with bins)."""
+    n_blocks = block_sums.shape[0]
+    combine_blocks(block_sums.reshape(n_blocks, -1, N_SLOTS), sums.reshape(-1, N_SLOTS))
+    for block in range(n_blocks):
+        for k in range(counts.shape[0]):
+            counts[k] += block_counts[block, k]
 
 
 # -- bins fed chunk by chunk, from inside a loss kernel ---------------------------------------
@@ -684,10 +750,15 @@ def add_chunk_bins(
     :data:`xentstream._kernels.rows.NARROW_GROUP_ELEMENTS`) with float64 outcomes
     ``outcomes[:n]``: the tally when ``binary`` (every outcome 0 or 1), else every term.
     ``scratch`` from :func:`chunk_bins_scratch`, ``no_weights`` an empty weight column;
-    :func:`finish_chunk_bins` ends the block."""
+    :func:`finish_chunk_bins` ends the block. For float32 logits, ``scratch``'s float32
+    exps already hold the chunk's ``exp(-|x|)``: the loss pass wrote them
+    (:func:`~xentstream._kernels.rows.binary_losses_fast`'s ``exps32``)."""
     conf, exps32, bins, hits, tally, digits = scratch
     n = stop - start
-    positive_probabilities_fast(preds, start, stop, input_kind, conf, exps32)
+    if input_kind == LOGITS and is_float32(preds):
+        positive_probabilities_from_exps(preds, start, stop, exps32, conf)
+    else:
+        positive_probabilities_fast(preds, start, stop, input_kind, conf, exps32)
     if binary:
         _tally_chunk(
             conf,
@@ -711,7 +782,7 @@ def add_chunk_bins(
 def finish_chunk_bins(scratch, all_binary, block_sums, block_counts):
     """Normalize a block's bins fed by :func:`add_chunk_bins` (``all_binary``: every
     chunk was tallied)."""
-    _finish_bins(block_sums, block_counts, scratch[3], False, all_binary, True)
+    _finish_bins(block_sums, block_counts, scratch[3], scratch[4], False, all_binary, True)
 
 
 # -- per-class (one-vs-rest) bins ----------------------------------------------------------

@@ -825,6 +825,8 @@ def _make_binary(with_entropy):
             correct_rows = np.zeros(sums.shape[1], dtype=np.int64)
             staged, n_staged = _staging_buffer(sums.shape[1], stop - start)
             bin_scratch = chunk_bins_scratch(preds, bin_sums.shape[1] if binned else 0)
+            # The loss pass keeps float32 logits' exp(-|x|) for the chunk's bins.
+            bin_exps = bin_scratch[1] if unit and not grouped else bin_scratch[1][:0]
             all_tallied = True
             # Losses of a chunk of rows come from one SIMD pass (the same whatever the
             # outputs, so a metric and the function agree bitwise). Unweighted,
@@ -840,7 +842,15 @@ def _make_binary(with_entropy):
                 chunk_stop = min(chunk_start + NARROW_GROUP_ELEMENTS, stop)
                 n = chunk_stop - chunk_start
                 binary_losses_fast(
-                    preds, target, chunk_start, chunk_stop, opts.pos_weight, opts, losses, scratch32
+                    preds,
+                    target,
+                    chunk_start,
+                    chunk_stop,
+                    opts.pos_weight,
+                    opts,
+                    losses,
+                    scratch32,
+                    bin_exps,
                 )
                 soft_targets = 0
                 if with_entropy:

@@ -550,15 +550,23 @@ def bernoulli_entropies_fast(preds, target, start, stop, opts, entropies, target
 
 
 @njit(**_CALLED)
-def _softplus_corrections(preds, start, stop, out32, out64):
+def _softplus_corrections(preds, start, stop, out32, out64, exps32):
     """``log1p(exp(-|x|))`` of the logits ``start:stop``: the inexact part of a softplus.
 
     float32 logits get float32 math into ``out32``, float64 logits float64 math into
     ``out64``. A loop of its own: a loop that also widens float32 to float64 or returns
-    a pair stays scalar (measured 30 vs 14 ms for 4 Mi float32 values).
+    a pair stays scalar (measured 30 vs 14 ms for 4 Mi float32 values). A non-empty
+    ``exps32`` also keeps float32 logits' ``exp(-|x|)``, the positive-class forecasts'
+    exps (:func:`positive_probabilities_from_exps`): one store a value instead of a
+    second exp pass.
     """
     chunk = preds[start:stop]  # see bernoulli_entropies_fast
-    if is_float32(preds):
+    if is_float32(preds) and exps32.shape[0] > 0:
+        for r in range(stop - start):
+            e = exp32(np.float32(-abs(chunk[r])))
+            exps32[r] = e
+            out32[r] = log1p32(e)
+    elif is_float32(preds):
         for r in range(stop - start):
             # np.float32: a no-op here, and it lets the float64 variant type this branch
             out32[r] = log1p32(exp32(np.float32(-abs(chunk[r]))))
@@ -568,7 +576,7 @@ def _softplus_corrections(preds, start, stop, out32, out64):
 
 
 @njit(**_CALLED)
-def binary_losses_fast(preds, target, start, stop, pos_weight, opts, out, out32):
+def binary_losses_fast(preds, target, start, stop, pos_weight, opts, out, out32, exps32):
     """``out[:k]``: the binary loss of rows ``start:stop`` in SIMD passes across rows.
 
     One value per row leaves no inner loop to vectorize, so the loops run across rows
@@ -577,14 +585,15 @@ def binary_losses_fast(preds, target, start, stop, pos_weight, opts, out, out32)
     SPEC section 3's budget), the rest exact in float64. Probabilities: ``log64`` /
     ``log1p64``. Invalid rows give NaN or garbage here; the kernel checks every row
     before it uses its loss. Log-probabilities keep the scalar ``expm1``. ``out32`` is
-    float32 scratch of ``out``'s length.
+    float32 scratch of ``out``'s length; a non-empty ``exps32`` (as long) also gets float32
+    logits' ``exp(-|x|)`` (:func:`_softplus_corrections`).
     """
     chunk = preds[start:stop]  # see bernoulli_entropies_fast
     chunk_target = target[start:stop]
     kind = opts.input_kind  # tested once, outside each SIMD loop
     eps = opts.eps
     if kind == LOGITS:
-        _softplus_corrections(preds, start, stop, out32, out)
+        _softplus_corrections(preds, start, stop, out32, out, exps32)
         for r in range(stop - start):
             m = np.float64(out32[r]) if is_float32(preds) else out[r]
             x = np.float64(chunk[r])
@@ -621,9 +630,7 @@ def positive_probabilities_fast(preds, start, stop, input_kind, out, out32):
     if input_kind == LOGITS and is_float32(preds):
         for r in range(n):  # float32 math in its own loop, widened in the next
             out32[r] = exp32(-abs(values[r]))
-        for r in range(n):
-            e = np.float64(out32[r])
-            out[r] = (1.0 if values[r] >= 0.0 else e) / (1.0 + e)
+        positive_probabilities_from_exps(preds, start, stop, out32, out)
     elif input_kind == LOGITS:
         for r in range(n):
             x = np.float64(values[r])
@@ -638,6 +645,17 @@ def positive_probabilities_fast(preds, start, stop, input_kind, out, out32):
 
 
 @njit(**_CALLED)
+def positive_probabilities_from_exps(preds, start, stop, exps32, out):
+    """``out[:k]``: the positive-class probability of the float32 logits ``start:stop``
+    from their ``exps32[:k] = exp(-|x|)`` (:func:`positive_probabilities_fast`'s, or the
+    loss pass's from :func:`binary_losses_fast`): the same bits either way."""
+    values = preds[start:stop]  # sliced: see bernoulli_entropies_fast
+    for r in range(values.shape[0]):
+        e = np.float64(exps32[r])
+        out[r] = (1.0 if values[r] >= 0.0 else e) / (1.0 + e)
+
+
+@njit(**_CALLED)
 def logit_label_losses(row, target_row, pos_weight, out32, out64, terms):
     """``terms[c]``: the binary loss of each logit of a multi-label row; returns their sum.
 
@@ -646,7 +664,7 @@ def logit_label_losses(row, target_row, pos_weight, out32, out64, terms):
     is one ``add_reassoc`` reduction, so a row's loss depends on the row only.
     """
     n = row.shape[0]
-    _softplus_corrections(row, 0, n, out32, out64)
+    _softplus_corrections(row, 0, n, out32, out64, out32[:0])
     loss = 0.0
     for c in range(n):
         m = np.float64(out32[c]) if is_float32(row) else out64[c]
