@@ -2,8 +2,9 @@
 
 ``python asv_bench/calibration_cost.py [--rounds 3] [--reps 5] [--cases ...]``
 
-The workload of ``benchmarks/decisions.py``: 4 Mi float32 prediction values (C=10:
-~420k rows; binary: 4 Mi rows) streamed through ``update`` in 64k-row batches. Every
+The workload of ``benchmarks/decisions.py`` (``decisions.batches``; its ``plain`` and
+``calibration`` runs, 15 bins): 4 Mi float32 prediction values (C=10: ~420k rows;
+binary: 4 Mi rows) streamed through ``update`` in 64k-row batches. Every
 (case, side) pair runs in a fresh process per round (rounds interleave the sides), which
 times ``--reps`` passes after a warm-up pass and reports the median wall time and the
 median CPU time (``time.process_time``: all threads of the process, which moves less
@@ -21,60 +22,24 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-CASES = ("logits", "probs", "binary_logits", "binary_probs")
-SIDES = ("plain", "bins")
-BINS = 15
-N_CLASSES = 10
-ELEMENTS = 1 << 22
-BATCH = 1 << 16
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmarks import decisions
 
-def _batches(case: str) -> list[tuple]:
-    import numpy as np
-
-    gen = np.random.default_rng([19, len(case)])
-    if case.startswith("binary"):
-        x = (gen.standard_normal(ELEMENTS) * 2.0).astype(np.float32)
-        y = (gen.uniform(size=ELEMENTS) < 1.0 / (1.0 + np.exp(-x))).astype(np.int64)
-        if case == "binary_probs":
-            x = (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
-    else:
-        rows = ELEMENTS // N_CLASSES
-        x = (gen.standard_normal((rows, N_CLASSES)) * 2.0).astype(np.float32)
-        y = gen.integers(0, N_CLASSES, rows, dtype=np.int64)
-        if case == "probs":
-            z = np.exp(x - x.max(axis=1, keepdims=True))
-            x = (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
-    return [(x[s : s + BATCH], y[s : s + BATCH]) for s in range(0, len(y), BATCH)]
+CASES = decisions.INPUTS
+SIDES = {"plain": "plain", "bins": "calibration"}  # side -> decisions.RUNS name
 
 
 def _worker(case: str, side: str, reps: int) -> None:
-    import xentstream as xs
-
-    batches = _batches(case)
-    bins = BINS if side == "bins" else None
-    if case.startswith("binary"):
-        kind = "logits" if case == "binary_logits" else "probs"
-
-        def make():
-            return xs.BinaryCrossEntropy(input=kind, calibration_bins=bins)
-    else:
-
-        def make():
-            return xs.CrossEntropy(num_classes=N_CLASSES, input=case, calibration_bins=bins)
-
-    def one_pass():
-        metric = make()
-        for preds, labels in batches:
-            metric.update(preds, labels)
-        return metric.value
-
-    one_pass()  # compile / load the kernels
+    batches = decisions.batches(case)
+    run = decisions.RUNS[SIDES[side]]
+    run(batches, case)  # compile / load the kernels
     walls, cpus = [], []
     for _ in range(reps):
         w0, c0 = time.perf_counter(), time.process_time()
-        one_pass()
+        run(batches, case)
         walls.append(time.perf_counter() - w0)
         cpus.append(time.process_time() - c0)
     print(json.dumps({"wall": statistics.median(walls), "cpu": statistics.median(cpus)}))

@@ -7,6 +7,7 @@ import pytest
 from numba import njit
 
 from xentstream._kernels.fastmath import (
+    add_four,
     add_reassoc,
     exp32,
     exp64,
@@ -153,6 +154,24 @@ def test_reductions_ignore_nothing_but_nan_in_max() -> None:
     # max_num carries nnan (it vectorizes only so): its value for a row holding NaN is
     # unspecified, and the row scans never use it for one (their probe re-scans it).
     assert np.isnan(total)
+
+
+@njit(error_model="numpy")
+def _add_fours(table, rows, values):
+    for r in range(rows.shape[0]):
+        add_four(table, rows[r], values[r, 0], values[r, 1], values[r, 2], values[r, 3])
+
+
+def test_add_four_adds_one_row_lane_by_lane() -> None:
+    rows = _RNG.integers(0, 7, 500)
+    values = _RNG.standard_normal((500, 4))
+    values[::9] = [np.inf, -0.0, np.nan, 1e300]
+    table = _RNG.standard_normal((7, 4))
+    expected = table.copy()
+    for row, four in zip(rows, values, strict=True):
+        expected[row] += four  # numpy's scalar adds, one lane at a time
+    _add_fours(table, rows, values)
+    np.testing.assert_array_equal(table, expected)
 
 
 @njit(error_model="numpy")

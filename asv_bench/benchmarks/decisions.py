@@ -60,7 +60,10 @@ def _binary_batches(input: str) -> list[tuple]:
     ]
 
 
-def _batches(input: str) -> list[tuple]:
+def batches(input: str) -> list[tuple]:
+    """The workload of ``input`` (one of :data:`INPUTS`): 64k-row batches of
+    ``(preds, other model's preds, labels)``, as many values as ``common.elements()``
+    (``calibration_cost.py`` times the same ones, each side in its own process)."""
     if input in BINARY_INPUTS:
         return _binary_batches(input)
     step = common.batch_rows()
@@ -111,7 +114,8 @@ def _calibration_per_class(batches: list[tuple], input: str) -> float:
     return _calibration(batches, input, per_class=True)
 
 
-_RUNS = {
+#: run name -> the pass over a workload's batches (``batches, input -> value``)
+RUNS = {
     "plain": _plain,
     "two_models": _two_models,
     "comparison": _comparison,
@@ -137,19 +141,19 @@ class Decisions:
     """Streaming updates: one metric, two, a comparison, a metric with reliability bins
     (top-label, and per class too)."""
 
-    params = (INPUTS, list(_RUNS))
+    params = (INPUTS, list(RUNS))
     param_names = ("input", "run")
 
     def setup(self, input: str, run: str) -> None:
         _check_applies(input, run)
-        self.batches = _batches(input)
-        _RUNS[run](self.batches, input)  # JIT warm-up
+        self.batches = batches(input)
+        RUNS[run](self.batches, input)  # JIT warm-up
 
     def time_update(self, input: str, run: str) -> None:
-        _RUNS[run](self.batches, input)
+        RUNS[run](self.batches, input)
 
     def peakmem_update(self, input: str, run: str) -> None:
-        _RUNS[run](self.batches, input)
+        RUNS[run](self.batches, input)
 
 
 class CostRatio:
@@ -163,16 +167,16 @@ class CostRatio:
     def setup(self, input: str, ratio: str) -> None:
         for name in _RATIOS[ratio]:
             _check_applies(input, name)
-        self.batches = _batches(input)
+        self.batches = batches(input)
         for name in _RATIOS[ratio]:
-            _RUNS[name](self.batches, input)  # JIT warm-up
+            RUNS[name](self.batches, input)  # JIT warm-up
 
     def track_cost_ratio(self, input: str, ratio: str) -> float:
         """Measured time / reference time: lower is better (1.0: no extra cost)."""
         measured, reference = _RATIOS[ratio]
         times = common.medians(
             {
-                name: (lambda run=_RUNS[name]: run(self.batches, input))
+                name: (lambda run=RUNS[name]: run(self.batches, input))
                 for name in (measured, reference)
             },
             common.repeats(),

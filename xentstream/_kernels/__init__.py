@@ -1,11 +1,11 @@
 """Numba kernels: arrays in, exact accumulator arrays out (no Python objects).
 
 numba's on-disk cache keys a compiled kernel by the source file that defines it
-(``cpu.py``, ``tokens.py``, ``paired.py``, ``calibration.py``) only, so an edit to a
-helper module whose code it contains (``rows.py``, ``exact.py``, ``layout.py``) would
-silently reuse stale machine code. To prevent that, the first import compares a hash of
-all kernel sources with the one recorded beside the cache and, when they differ,
-touches the cached modules so numba recompiles.
+(``cpu.py``, ``tokens.py``, ``paired.py``, ``calibration.py``, ``groups.py``) only, so
+an edit to a helper module whose code it contains (``rows.py``, ``exact.py``,
+``layout.py``, ``fastmath.py``) would silently reuse stale machine code. To prevent
+that, the first import compares a hash of all kernel sources with the one recorded
+beside the cache and, when they differ, touches the cached modules so numba recompiles.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ _SOURCES = (
     "tokens.py",
     "paired.py",
     "calibration.py",
+    "groups.py",
 )
 #: Modules with cached kernels that contain code of the other sources.
-_CACHED = ("cpu.py", "tokens.py", "paired.py", "calibration.py")
+_CACHED = ("cpu.py", "tokens.py", "paired.py", "calibration.py", "groups.py")
 _STAMP = _HERE / "__pycache__" / "kernel_sources.sha256"
 
 

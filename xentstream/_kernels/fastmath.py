@@ -67,6 +67,42 @@ def max_num(typingctx, a, b):
 
 
 @intrinsic
+def add_four(typingctx, table, row, a, b, c, d):
+    """``table[row, :4] += (a, b, c, d)`` as one 4-lane vector load, add and store.
+
+    ``table`` is a C-contiguous float64 array of 4 columns and ``row`` one of its rows:
+    neither is checked (the caller's row index is in range by construction). A row's
+    four scalar read-modify-writes, which LLVM will not merge (it cannot tell the table
+    from the arrays the values came from), cost 2.0 ns a row of the reliability bins'
+    tally; the vector, 1.05 (1 thread). The lanes add as the scalars would: same bits.
+    """
+    if not (
+        isinstance(table, types.Array)
+        and table.dtype == types.float64
+        and table.ndim == 2
+        and table.layout == "C"
+        and isinstance(row, types.Integer)
+        and all(value == types.float64 for value in (a, b, c, d))
+    ):
+        return None
+    signature = types.void(table, row, a, b, c, d)
+
+    def codegen(context, builder, sig, args):
+        array = context.make_array(sig.args[0])(context, builder, args[0])
+        index = context.cast(builder, args[1], sig.args[1], types.intp)
+        start = builder.mul(index, ir.Constant(index.type, 4))
+        lanes = ir.VectorType(ir.DoubleType(), 4)
+        pointer = builder.bitcast(builder.gep(array.data, [start]), lanes.as_pointer())
+        values = ir.Constant(lanes, ir.Undefined)
+        for lane, value in enumerate(args[2:]):
+            values = builder.insert_element(values, value, ir.Constant(ir.IntType(32), lane))
+        builder.store(builder.fadd(builder.load(pointer, align=8), values), pointer, align=8)
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+@intrinsic
 def is_float32(typingctx, array):
     """Whether ``array`` holds float32: a compile-time constant that LLVM folds.
 
