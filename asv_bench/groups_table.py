@@ -63,8 +63,8 @@ elapsed = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # of the timed call, not what follows
 extra = {}
 if side == "by":
-    table = result._states[1].table
-    extra = {"table_mb": table.nbytes / 1e6, "widened": table.n_widened()}
+    size = result.state_size()
+    extra = {"table_mb": size["bytes"] / 1e6, "widened": size["widened"]}
     start = time.perf_counter()
     result.top(10).to_polars()
     extra["top10_s"] = time.perf_counter() - start

@@ -249,7 +249,7 @@ def test_grouped_reports_equal_per_group_references(
     for key, report in whole.groups.items():
         assert report_bits(report) == references[key]
     if weights:  # the widened path was taken, and gave the same bits
-        assert whole._states[1].table.n_widened() > 0
+        assert whole.state_size()["widened"] > 0
     for batch_rows in (97, 1000):
         split = xs.evaluate(
             frame, xs.CrossEntropy(ignore_index=3), batch_rows=batch_rows, **options

@@ -172,6 +172,24 @@ class GroupedReport:
             ],
         }
 
+    def state_size(self) -> dict[str, int]:
+        """The exact group state behind these reports: ``bytes`` of its table in use and
+        the groups ``widened`` to full accumulators (their terms left the group's compact
+        window). Empty for a report built without one (merged from other reports).
+
+        Examples
+        --------
+        >>> import polars as pl, xentstream as xs
+        >>> frame = pl.DataFrame({"p": [[0.9, 0.1], [0.4, 0.6]], "y": [0, 1], "g": [1, 2]})
+        >>> size = xs.evaluate(frame, xs.CrossEntropy(), preds="p", target="y", by="g").state_size()
+        >>> size["bytes"] > 0, size["widened"]
+        (True, 0)
+        """
+        if self._states is None:
+            return {}
+        table = self._states[1].table
+        return {"bytes": table.nbytes, "widened": table.n_widened()}
+
     def sorted(self, by: str = "key") -> GroupedReport:
         """The groups ordered by key (``"key"``) or by mean loss, highest first
         (``"loss"``; groups without a counted row last)."""
