@@ -472,7 +472,7 @@ def _finish_bins(sums, counts, hits, tally, weighted, binary, counted):
     too when not every outcome of the block is 0/1: the tallied ones are), and for 0/1
     outcomes ``s o^2``, which equals ``s o`` term by term (the same bits).
 
-    Not normalized: ``combine_blocks`` normalizes every block it adds, and a block's
+    Not normalized: :func:`combine_bin_blocks` normalizes every block it adds, and a block's
     chunks have room for its terms and these few (two normalizations of a block's 90
     accumulators here cost ~9 us, a sixth of a 64k-row batch's bins)."""
     _drain_tally(tally, sums, counts, hits)
@@ -786,8 +786,8 @@ def add_chunk_bins(
 
 @njit(nogil=True, error_model="numpy")
 def finish_chunk_bins(scratch, all_binary, block_sums, block_counts):
-    """Normalize a block's bins fed by :func:`add_chunk_bins` (``all_binary``: every
-    chunk was tallied)."""
+    """End a block's bins fed by :func:`add_chunk_bins` (:func:`_finish_bins`;
+    ``all_binary``: every chunk was tallied)."""
     _finish_bins(block_sums, block_counts, scratch[3], scratch[4], False, all_binary, True)
 
 
