@@ -152,6 +152,10 @@ class BatchSums:
         the CPU): the per-block reliability bins ``(sums, counts)``, shapes
         (blocks, n_bins, N_BIN_SUMS, N_SLOTS) and (blocks, n_bins), each block
         normalized (:func:`xentstream.calibration.block_bins` combines them).
+    replay : tuple or None
+        Set where this call can be replayed (:class:`Replay`): the kernel's name, its
+        options, the predictions, targets and class weights as it read them, and the
+        class count.
     """
 
     sums: np.ndarray
@@ -169,6 +173,7 @@ class BatchSums:
     target: Any = None
     row_forecasts: np.ndarray | None = None
     bin_blocks: tuple[np.ndarray, np.ndarray] | None = None
+    replay: tuple | None = None
 
     @property
     def n_rows(self) -> int:
@@ -181,9 +186,9 @@ def _block_count(
 ) -> int:
     """Number of row blocks for one call (any choice gives the same bits)."""
     threads = numba.get_num_threads() if threads is None else threads
-    by_size = n_rows * max(n_classes, 1) // _MIN_BLOCK_ELEMENTS
-    if by_size < 2:  # every small batch: each bound below gives one block
+    if _one_block(n_rows, n_classes):  # every small batch: each bound below gives one
         return 1
+    by_size = n_rows * max(n_classes, 1) // _MIN_BLOCK_ELEMENTS
     blocks = max(1, min(by_size, threads * _BLOCKS_PER_THREAD))
     per_block = n_groups * (layout.N_SUMS + layout.N_COUNTS) * N_SLOTS * 8
     if per_class:
@@ -349,11 +354,20 @@ def _run(
             class_sums.reshape(n_classes * layout.N_CLASS_SUMS, N_SLOTS),
         )
         class_counts = block_class_counts.sum(axis=0)
+    replayable = (
+        n_blocks == 1
+        and device is None
+        and groups is None
+        and not (keep_rows or keep_terms or per_class or forecasts is not None or bin_blocks)
+        and calibration_bins is None
+        and sample_weight.shape[0] == 0
+    )
     return BatchSums(
         sums=sums,
         counts=counts,
         class_sums=class_sums,
         class_counts=class_counts,
+        replay=(kernel, opts, preds, target, weights, n_classes) if replayable else None,
         row_losses=row_losses.reshape(leading_shape) if keep_rows else None,
         n_classes=n_classes,
         group_sums=None if groups is None or row_terms else group_sums,
@@ -423,11 +437,139 @@ def _launch_cpu(
         bin_blocks.extend((bin_sums, bin_counts))
     arguments = (preds, target, weights, sample_weight, group_codes, packed, *outputs[:2])
     arguments = (*arguments, forecasts, bin_sums, bin_counts, positions, *outputs[2:])
+    _launch(kernel, arguments, n_blocks, threads)
+    return (*outputs[2:], row_losses, *((row_terms,) if keep_terms else ()))
+
+
+def _launch(kernel: Any, arguments: tuple, n_blocks: int, threads: int) -> None:
     if _threading_layer_is_safe:
         cpu.launch(kernel, arguments, n_blocks, threads)
     else:
         _call_serialized(cpu.launch, (kernel, arguments, n_blocks, threads))
-    return (*outputs[2:], row_losses, *((row_terms,) if keep_terms else ()))
+
+
+def _one_block(n_rows: int, n_classes: int) -> bool:
+    """Whether a batch is small enough for one block of rows (:func:`_block_count`)."""
+    return n_rows * max(n_classes, 1) // _MIN_BLOCK_ELEMENTS < 2
+
+
+def _input_layout(value: Any) -> tuple:
+    """What the checks of a batch read from an input: its type, dtype, shape past the
+    first axis and device (numpy arrays and torch tensors both have ``.device``)."""
+    return type(value), value.dtype, tuple(value.shape[1:]), getattr(value, "device", None)
+
+
+_ONE_BLOCK_SUM_WORDS = layout.N_SUMS * N_SLOTS
+_ONE_BLOCK_WORDS = _ONE_BLOCK_SUM_WORDS + layout.N_COUNTS
+
+
+class Replay:
+    """A validated small batch's kernel call, run again for the next batches of the
+    same layout without redoing the Python around it.
+
+    A 32-row batch's conversions and shape checks, its output allocations and the
+    block bookkeeping cost about five times its kernel call (``docs/performance.md``).
+    Everything they decide follows from the layout of the inputs (type, dtype, shape
+    past the first axis, device) and from the config, so a metric keeps one
+    ``Replay`` per (config, engine) and runs it while the layout repeats: the inputs
+    go to the same compiled kernel as views, with the same options, weights and
+    zero-size outputs. Values are still checked by the kernel, every row: a batch
+    it rejects (and any batch of another layout, or too big for one block) returns
+    None, and the full path then runs it, which raises the error with its message.
+    So a replayed batch gives the bits of the full path, by construction.
+
+    Made by :meth:`bind` only where the kernel read the caller's own memory (no
+    conversion happened: the same address, dtype and size), for a CPU call of one
+    block with no sample weights, groups, per-class sums or side outputs.
+    """
+
+    __slots__ = (
+        "_errors",
+        "_fixed",
+        "_kernel",
+        "_layouts",
+        "_n_classes",
+        "_shapes",
+        "_tail",
+    )
+
+    def __init__(self, spec: tuple, preds: Any, target: Any) -> None:
+        name, opts, kernel_preds, kernel_target, weights, n_classes = spec
+        self._kernel = cpu.kernel(name, opts.with_entropy)
+        no_terms = np.empty((0, layout.N_ROW_TERMS))
+        no_bins = np.zeros((0, 0, N_BIN_SUMS, N_SLOTS), np.int64)
+        self._fixed = (weights, _NO_WEIGHTS, _NO_GROUPS, layout.packed_options(opts), _NO_ROWS)
+        self._fixed += (no_terms, _NO_FORECASTS, no_bins, np.zeros((0, 0), np.int64), _NO_GROUPS)
+        self._errors = np.empty((1, 3), dtype=np.int64)
+        self._errors.fill(-1)
+        # The per-class outputs (zero classes), the error row and its value.
+        self._tail = (
+            np.zeros((1, 0, layout.N_CLASS_SUMS, N_SLOTS), np.int64),
+            np.zeros((1, 0), np.int64),
+            self._errors,
+            np.zeros(1),
+        )
+        self._layouts = (_input_layout(preds), _input_layout(target))
+        self._shapes = ((-1, *kernel_preds.shape[1:]), (-1, *kernel_target.shape[1:]))
+        self._n_classes = n_classes
+
+    @classmethod
+    def bind(cls, batch: BatchSums, preds: Any, target: Any) -> Replay | None:
+        """The replay of ``batch``'s kernel call for inputs laid out as ``preds`` /
+        ``target`` (the inputs it was run on), or None where it cannot replay."""
+        spec = batch.replay
+        if spec is None:
+            return None
+        kernel_preds, kernel_target = spec[2], spec[3]
+        given = [as_array(preds, "preds"), as_array(target, "target")]
+        for mine, theirs in zip(given, (kernel_preds, kernel_target), strict=True):
+            if (
+                mine.dtype != theirs.dtype
+                or mine.size != theirs.size
+                or mine.ctypes.data != theirs.ctypes.data
+                or not mine.flags.c_contiguous
+            ):
+                return None
+        if given[0].shape[:1] != given[1].shape[:1]:
+            return None
+        return cls(spec, preds, target)
+
+    def __call__(self, preds: Any, target: Any) -> BatchSums | None:
+        """The batch's sums, or None: not this layout, too big, or rejected."""
+        if _input_layout(preds) != self._layouts[0] or _input_layout(target) != self._layouts[1]:
+            return None
+        if type(preds) is not np.ndarray:  # a torch CPU tensor: a view of its memory
+            preds, target = as_array(preds, "preds"), as_array(target, "target")
+        n_rows = preds.shape[0]
+        if (
+            n_rows == 0
+            or target.shape[0] != n_rows
+            or not (preds.flags.c_contiguous and target.flags.c_contiguous)
+        ):
+            return None
+        kernel_preds = preds.reshape(self._shapes[0])
+        if not _one_block(kernel_preds.shape[0], self._n_classes):
+            return None
+        kernel_preds.flags.writeable = False
+        kernel_target = target.reshape(self._shapes[1])
+        kernel_target.flags.writeable = False
+        block = np.zeros(_ONE_BLOCK_WORDS, dtype=np.int64)  # sums and counts, one zeroing
+        sums = block[:_ONE_BLOCK_SUM_WORDS].reshape(1, 1, layout.N_SUMS, N_SLOTS)
+        counts = block[_ONE_BLOCK_SUM_WORDS:].reshape(1, 1, layout.N_COUNTS)
+        errors = self._errors
+        _launch(
+            self._kernel,
+            (kernel_preds, kernel_target, *self._fixed, sums, counts, *self._tail),
+            1,
+            cpu.thread_count(),
+        )
+        if errors[0, 0] >= 0:
+            errors.fill(-1)
+            return None
+        normalize(sums[0, 0])
+        return BatchSums(
+            sums[0, 0], counts[0, 0], None, None, None, self._n_classes, target=kernel_target
+        )
 
 
 @functools.lru_cache(maxsize=64)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from xentstream import accumulator, calibration
-from xentstream._batch import ENGINES, BatchSums
+from xentstream._batch import ENGINES, BatchSums, Replay
 from xentstream._errors import DEFAULT_NAMES, ColumnNames, show
 from xentstream._inputs import as_array
 from xentstream._kernels import layout, load_cuda
@@ -334,6 +334,8 @@ class Metric(Stateful):
 
     kind: ClassVar[Kind]
     _registry: ClassVar[dict[str, type[Metric]]] = {}
+    #: (config, engine, :class:`~xentstream._batch.Replay`) of the last small batch.
+    _replay: tuple | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -387,6 +389,11 @@ class Metric(Stateful):
             if cls.kind.config is type(config):
                 return cls.from_config(cls.kind.complete(config), engine=engine, window=window)
         raise TypeError(f"config: no metric computes a {type(config).__name__}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_replay", None)  # holds a compiled kernel; rebuilt by the next batch
+        return state
 
     # -- state ---------------------------------------------------------------------------
 
@@ -506,6 +513,14 @@ class Metric(Stateful):
         batch's first row in error messages (default :attr:`rows_seen`).
         """
         with self._lock:
+            plain = sample_weight is None and groups is None and row_offset is None
+            if plain and self._replay is not None:
+                config, engine, replay = self._replay
+                if config is self.config and engine == self.engine:
+                    batch = replay(preds, target)
+                    if batch is not None:
+                        self.absorb(batch, target, None)
+                        return batch
             batch = self.run_batch(
                 preds,
                 target,
@@ -516,6 +531,12 @@ class Metric(Stateful):
                 row_offset=row_offset,
             )
             self.absorb(batch, target, sample_weight)
+            if plain and batch.replay is not None:
+                # The next batches of this layout skip the Python around the kernel.
+                # Bound to the config as absorbing left it: a first batch fixes the
+                # class count, which a replay of its layout (the same count) passes.
+                replay = Replay.bind(batch, preds, target)
+                self._replay = None if replay is None else (self.config, self.engine, replay)
         return batch
 
     def run_batch(
